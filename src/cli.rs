@@ -1,0 +1,80 @@
+//! The command line (clap). Parsing only: commands live in `commands`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "rekey", version, about = "Credential rotation orchestrator for post-breach response", long_about = None)]
+pub struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Colours on stderr.
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    pub color: Color,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a playbook and show what a run would do: order, steps, requests, ETA.
+    Plan(PlanArgs),
+    /// Print the JSON Schema of playbooks (for editors).
+    Schema,
+    /// List the provider types this rekey knows.
+    Providers(ProvidersArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    Markdown,
+}
+
+/// Which credentials to act on. Values of one flag are alternatives; different
+/// flags narrow each other.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SelectionArgs {
+    /// Only credentials tied to this compromised system (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub compromised: Vec<String>,
+    /// Only credentials with this tag (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only the credential with this id (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub only: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The playbook file.
+    pub playbook: PathBuf,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Exit 10 when the plan has work to do, 0 when it has none.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProvidersArgs {
+    /// Output format on stdout (markdown is not offered here).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}

@@ -1,0 +1,10 @@
+//! Every environment variable rekey reads, in one place.
+
+/// Default variable holding the Vault token (`vault.auth.token_env` changes it).
+pub const VAULT_TOKEN: &str = "VAULT_TOKEN";
+/// Default variable holding the AppRole secret-id (`vault.auth.secret_id_env`).
+pub const VAULT_SECRET_ID: &str = "VAULT_SECRET_ID";
+/// Log filter in `tracing` syntax (e.g. `rekey=debug`); overrides `-v`/`-q`.
+pub const RUST_LOG: &str = "RUST_LOG";
+/// Set to any value to disable colours (https://no-color.org).
+pub const NO_COLOR: &str = "NO_COLOR";

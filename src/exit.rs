@@ -1,0 +1,25 @@
+//! Exit codes: the contract with scripts and CI. Documented in the README.
+
+/// How a command ended. `main` turns it into the process exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Done; for `plan --detailed-exitcode`, also "nothing to do".
+    Success,
+    /// A runtime failure (I/O, an internal error).
+    Failure,
+    /// Invalid input: playbook, provider definition or command-line flags.
+    Invalid,
+    /// `plan --detailed-exitcode` only: the plan has work to do.
+    PlanHasWork,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Invalid => 2,
+            ExitStatus::PlanHasWork => 10,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! rekey: credential rotation orchestrator for post-breach response.
+//!
+//! See ARCHITECTURE.md for the map of this crate.
+
+pub mod cli;
+pub mod commands;
+pub mod env_vars;
+pub mod exit;
+pub mod plan;
+pub mod playbook;
+pub mod provider;
+
+pub use exit::ExitStatus;

@@ -1,0 +1,52 @@
+//! The `rekey` binary: parse the command line, run the command, map the outcome to
+//! an exit code in one place.
+
+use clap::Parser;
+use rekey::cli::{Cli, Color, Command};
+use rekey::{ExitStatus, commands, env_vars};
+use std::io::IsTerminal;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os(env_vars::NO_COLOR).is_none(),
+    };
+    init_logging(&cli, color);
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr();
+    let mut io = commands::Io { stdout: &mut stdout, stderr: &mut stderr, color };
+    let result = match &cli.command {
+        Command::Plan(args) => commands::plan(args, &mut io),
+        Command::Schema => commands::schema(&mut io),
+        Command::Providers(args) => commands::providers(args, &mut io),
+    };
+    let status = match result {
+        Ok(status) => status,
+        Err(err) => {
+            // A closed pipe (`rekey plan ... | head`) is not a failure worth a message.
+            if err.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+                return std::process::ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitStatus::Failure
+        }
+    };
+    std::process::ExitCode::from(status.code())
+}
+
+fn init_logging(cli: &Cli, color: bool) {
+    let level = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = EnvFilter::try_from_env(env_vars::RUST_LOG).unwrap_or_else(|_| EnvFilter::new(format!("rekey={level}")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(color).with_target(false).init();
+}

@@ -1,0 +1,199 @@
+//! Problems found in a playbook, each with its position, a snippet and a fix.
+
+use super::yaml::Pos;
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceSpan};
+use serde::Serialize;
+use std::fmt;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One problem. `pos` is `None` only for problems about the whole file.
+#[derive(Clone, Debug)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub message: String,
+    pub pos: Option<Pos>,
+    /// Short text under the underlined span.
+    pub label: Option<String>,
+    /// How to fix it.
+    pub help: Option<String>,
+    /// Other places worth showing (e.g. where a duplicate id was first defined).
+    pub related: Vec<(Pos, String)>,
+}
+
+impl Diagnostic {
+    pub fn error(message: impl Into<String>, pos: Option<Pos>) -> Self {
+        Diagnostic {
+            severity: Severity::Error,
+            message: message.into(),
+            pos,
+            label: None,
+            help: None,
+            related: Vec::new(),
+        }
+    }
+    pub fn warning(message: impl Into<String>, pos: Option<Pos>) -> Self {
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(message, pos) }
+    }
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+    pub fn related(mut self, pos: Option<Pos>, label: impl Into<String>) -> Self {
+        if let Some(pos) = pos {
+            self.related.push((pos, label.into()));
+        }
+        self
+    }
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+/// The diagnostics of one file, with the text needed to show snippets.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub file: String,
+    pub source: Arc<String>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// A diagnostic as it appears in `--format json` output.
+#[derive(Debug, Serialize)]
+pub struct JsonDiagnostic<'a> {
+    pub severity: Severity,
+    pub file: &'a str,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: &'a str,
+    pub help: Option<&'a str>,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.errors() > 0
+    }
+
+    pub fn to_json(&self) -> Vec<JsonDiagnostic<'_>> {
+        self.diagnostics
+            .iter()
+            .map(|d| JsonDiagnostic {
+                severity: d.severity,
+                file: &self.file,
+                line: d.pos.map(|p| p.line),
+                column: d.pos.map(|p| p.column),
+                message: &d.message,
+                help: d.help.as_deref(),
+            })
+            .collect()
+    }
+
+    /// Renders every diagnostic with its snippet, the way they go to stderr.
+    pub fn render(&self, color: bool) -> String {
+        let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+        let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(2).with_width(100);
+        let named = Arc::new(NamedSource::new(self.file.clone(), self.source.to_string()));
+        let mut out = String::new();
+        for diagnostic in &self.diagnostics {
+            let shown = Shown { diagnostic, file: &self.file, source: named.clone(), source_len: self.source.len() };
+            if handler.render_report(&mut out, &shown).is_err() {
+                out.push_str(&format!("{}: {}\n", self.file, diagnostic.message));
+            }
+            out.push('\n');
+        }
+        let errors = self.errors();
+        let warnings = self.diagnostics.len() - errors;
+        if errors > 0 {
+            out.push_str(&format!(
+                "{}: {} error{}{}; nothing was changed.\n",
+                self.file,
+                errors,
+                if errors == 1 { "" } else { "s" },
+                if warnings > 0 { format!(", {warnings} warning{}", if warnings == 1 { "" } else { "s" }) } else { String::new() }
+            ));
+        }
+        out
+    }
+}
+
+/// Adapter that lets miette draw one diagnostic.
+struct Shown<'a> {
+    diagnostic: &'a Diagnostic,
+    file: &'a str,
+    source: Arc<NamedSource<String>>,
+    source_len: usize,
+}
+
+impl fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.diagnostic.message)
+    }
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.diagnostic.pos {
+            Some(p) => write!(f, "{}:{}:{}: {}", self.file, p.line, p.column, self.diagnostic.message),
+            None => write!(f, "{}: {}", self.file, self.diagnostic.message),
+        }
+    }
+}
+
+impl std::error::Error for Shown<'_> {}
+
+impl Shown<'_> {
+    fn span(&self, pos: Pos) -> SourceSpan {
+        let offset = pos.offset.min(self.source_len);
+        let len = pos.len.min(self.source_len - offset);
+        SourceSpan::new(offset.into(), len)
+    }
+}
+
+impl miette::Diagnostic for Shown<'_> {
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(match self.diagnostic.severity {
+            Severity::Error => miette::Severity::Error,
+            Severity::Warning => miette::Severity::Warning,
+        })
+    }
+    fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
+        self.diagnostic.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.diagnostic.pos.map(|_| &*self.source as &dyn miette::SourceCode)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let pos = self.diagnostic.pos?;
+        let mut labels = vec![LabeledSpan::new_primary_with_span(self.diagnostic.label.clone(), self.span(pos))];
+        for (p, text) in &self.diagnostic.related {
+            labels.push(LabeledSpan::new_with_span(Some(text.clone()), self.span(*p)));
+        }
+        Some(Box::new(labels.into_iter()))
+    }
+}
+
+/// "did you mean `x`?" for a misspelled name, when one candidate is close enough.
+pub fn did_you_mean<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut best: Option<(f64, &str)> = None;
+    for candidate in candidates {
+        let score = strsim::jaro_winkler(&given.to_lowercase(), &candidate.to_lowercase());
+        if score > 0.8 && best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, candidate));
+        }
+    }
+    best.map(|(_, c)| c.to_owned())
+}

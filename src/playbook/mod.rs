@@ -1,0 +1,236 @@
+//! Playbooks: the model as written (`model`), loading with positions (`yaml`,
+//! `interpolate`, `schema`) and pure validation into a resolved `Playbook`
+//! (`validate`). Nothing here does network I/O.
+
+pub mod diagnostic;
+pub mod interpolate;
+pub mod model;
+pub mod rate;
+pub mod schema;
+pub mod validate;
+pub mod yaml;
+
+use crate::provider::catalog::{Catalog, Kind, Requests};
+use diagnostic::{Diagnostic, Report};
+use indexmap::IndexMap;
+pub use model::Mode;
+use rate::Rate;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A validated playbook with every default applied and every value parsed.
+#[derive(Clone, Debug)]
+pub struct Playbook {
+    pub version: u32,
+    pub name: String,
+    pub description: Option<String>,
+    pub incident: Incident,
+    pub vault: Vault,
+    pub defaults: Defaults,
+    /// Declared instances, plus an implicit `manual` one when a credential uses it.
+    pub providers: IndexMap<String, ProviderInstance>,
+    pub credentials: Vec<Credential>,
+    /// Problems that do not stop a run.
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Incident {
+    pub id: Option<String>,
+    pub compromised: Vec<String>,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug)]
+pub struct Vault {
+    pub address: String,
+    pub mount: String,
+    pub staging_prefix: String,
+    pub namespace: Option<String>,
+    pub ca_file: Option<String>,
+    pub auth: VaultAuth,
+}
+
+#[derive(Clone, Debug)]
+pub enum VaultAuth {
+    /// Token read from this environment variable.
+    Token { env: String },
+    /// AppRole login; the secret-id is read from `secret_id_env`.
+    AppRole { role_id: String, secret_id_env: String, mount: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    pub verify: bool,
+    pub grace: Duration,
+    pub concurrency: u32,
+    pub max_age: Option<Duration>,
+    pub password: PasswordPolicy,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PasswordPolicy {
+    pub length: u32,
+    pub alphabet: String,
+}
+
+#[derive(Clone, Debug)]
+pub enum AdminSource {
+    Vault(String),
+    Env(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateOrigin {
+    Playbook,
+    ProviderDefault,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProviderInstance {
+    pub name: String,
+    pub type_name: String,
+    pub kind: Kind,
+    pub settings: IndexMap<String, serde_json::Value>,
+    pub admin: Option<AdminSource>,
+    pub rate: Rate,
+    pub rate_origin: RateOrigin,
+    pub concurrency: u32,
+    /// Typical duration of one request (from the catalog), for estimates.
+    pub latency: Duration,
+    pub requests: Requests,
+}
+
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub id: String,
+    /// Position in the playbook's `credentials` list.
+    pub index: usize,
+    /// Line of the entry in the playbook file.
+    pub line: usize,
+    pub provider: String,
+    pub type_name: String,
+    pub kind: Kind,
+    pub account: Option<String>,
+    /// Normalised KV path inside the mount.
+    pub vault_path: String,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub tied_to: Vec<String>,
+    pub depends_on: Vec<String>,
+    pub verify: bool,
+    /// Zero in breach mode, whatever the playbook says.
+    pub grace: Duration,
+    pub max_age: Option<Duration>,
+    pub password: PasswordPolicy,
+    pub settings: IndexMap<String, serde_json::Value>,
+    pub instructions: Option<String>,
+}
+
+/// A loaded playbook and the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub playbook: Playbook,
+    pub report: Report,
+}
+
+/// Reads, parses and validates a playbook file.
+pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Report> {
+    let file = path.display().to_string();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            let help = match e.kind() {
+                std::io::ErrorKind::NotFound => "check the path; `ls playbooks/` lists the shipped examples",
+                std::io::ErrorKind::PermissionDenied => "run rekey as a user that can read the file",
+                _ => "check that the path names a readable file",
+            };
+            return Err(Report {
+                file,
+                source: Arc::new(String::new()),
+                diagnostics: vec![Diagnostic::error(format!("cannot read the playbook: {e}"), None).help(help)],
+            });
+        }
+    };
+    load_bytes(&file, &bytes, env)
+}
+
+/// Parses and validates playbook bytes (`file` names them in messages).
+/// Never panics, whatever the bytes.
+pub fn load_bytes(file: &str, bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Report> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => load_str(file, text, env),
+        Err(e) => {
+            let lossy = String::from_utf8_lossy(bytes).into_owned();
+            let offset = e.valid_up_to();
+            let line = bytes[..offset].iter().filter(|b| **b == b'\n').count() + 1;
+            let column = offset - bytes[..offset].iter().rposition(|b| *b == b'\n').map(|p| p + 1).unwrap_or(0) + 1;
+            let pos = yaml::Pos { offset: lossy.char_indices().nth(String::from_utf8_lossy(&bytes[..offset]).chars().count()).map(|(i, _)| i).unwrap_or(0), len: 1, line, column };
+            Err(Report {
+                file: file.to_owned(),
+                source: Arc::new(lossy),
+                diagnostics: vec![Diagnostic::error(format!("the file is not UTF-8 text (invalid byte at line {line}, column {column})"), Some(pos))
+                    .help("save the playbook as UTF-8")],
+            })
+        }
+    }
+}
+
+pub fn load_str(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Report> {
+    let source = Arc::new(text.to_owned());
+    let fail = |diagnostics: Vec<Diagnostic>| Report { file: file.to_owned(), source: source.clone(), diagnostics };
+    let catalog = Catalog::builtin().map_err(|e| fail(vec![Diagnostic::error(e.to_string(), None)]))?;
+
+    let mut root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            let help = if e.message.to_lowercase().contains("duplicate") {
+                "remove or rename one of the two keys"
+            } else if e.message.to_lowercase().contains("budget") {
+                "the document is too large or too deeply nested for a playbook"
+            } else {
+                "fix the YAML syntax here (indentation with spaces, `key: value`, lists with `- `)"
+            };
+            return Err(fail(vec![Diagnostic::error(format!("invalid YAML: {}", first_line(&e.message)), e.pos).help(help)]));
+        }
+    };
+    if !matches!(root.value, yaml::Value::Map(_)) {
+        return Err(fail(vec![Diagnostic::error("a playbook is a mapping of keys (`version:`, `name:`, `vault:`, `credentials:` ...)", Some(root.pos))
+            .help("start from a shipped example in `playbooks/`, or `rekey schema` for the full structure")]));
+    }
+
+    let mut problems = interpolate::interpolate(&mut root, env);
+    let json = root.to_json();
+    problems.extend(schema::check(&json, &root));
+    if problems.iter().any(Diagnostic::is_error) {
+        return Err(fail(problems));
+    }
+    let raw: model::RawPlaybook = match serde_path_to_error::deserialize(&json) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let pointer: String = e.path().iter().map(|seg| format!("/{}", yaml::escape(&seg.to_string()))).collect();
+            let pointer = pointer.replace("/[", "/").replace(']', "");
+            let d = Diagnostic::error(format!("{}: {}", schema::describe_path(&pointer), e.inner()), root.pos_of(&pointer))
+                .help("`rekey schema` prints what each key accepts");
+            return Err(fail(vec![d]));
+        }
+    };
+    match validate::validate(&raw, &root, catalog) {
+        Ok(mut playbook) => {
+            problems.append(&mut playbook.warnings.clone());
+            playbook.warnings = problems.clone();
+            Ok(Loaded { playbook, report: fail(problems) })
+        }
+        Err(mut diagnostics) => {
+            problems.append(&mut diagnostics);
+            Err(fail(problems))
+        }
+    }
+}
+
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or(message)
+}

@@ -1,0 +1,92 @@
+//! Rates and durations as written in playbooks (`per_minute: 100`, `15m`, `90d`).
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// A request rate limit: steady requests per second and how many may go back to back.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// Human form: `20/s`, `100/min`, `5000/h`, with the burst when above 1.
+    pub fn describe(&self) -> String {
+        let base = if self.per_second >= 1.0 {
+            format!("{}/s", trim(self.per_second))
+        } else if self.per_second * 60.0 >= 1.0 {
+            format!("{}/min", trim(self.per_second * 60.0))
+        } else {
+            format!("{}/h", trim(self.per_second * 3600.0))
+        };
+        if self.burst > 1 { format!("{base} (burst {})", self.burst) } else { base }
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// Parses `0`, `30s`, `15m`, `1h30m`, `90d`. Returns a message fit for a diagnostic.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(t).map_err(|e| match e {
+        humantime::DurationError::NumberExpected(_) | humantime::DurationError::InvalidCharacter(_) => {
+            format!("`{text}` is not a duration")
+        }
+        humantime::DurationError::UnknownUnit { unit, .. } => format!("`{text}` has an unknown unit `{unit}`"),
+        humantime::DurationError::NumberOverflow => format!("`{text}` is too long a duration"),
+        humantime::DurationError::Empty => "the duration is empty".to_owned(),
+    })
+}
+
+pub const DURATION_HELP: &str = "write a number and a unit: `0s`, `30s`, `15m`, `1h30m`, `24h`, `90d`";
+
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".to_owned();
+    }
+    let secs = d.as_secs_f64();
+    if secs < 1.0 {
+        return format!("{}ms", d.as_millis());
+    }
+    if secs < 60.0 {
+        return format!("{:.1}s", secs);
+    }
+    let total = d.as_secs();
+    let (h, m, s) = (total / 3600, (total % 3600) / 60, total % 60);
+    match (h, m, s) {
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, _) if h < 48 => format!("{h}h{m:02}m"),
+        (h, _, _) => format!("{}d{}h", h / 24, h % 24),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("90d").unwrap(), Duration::from_secs(90 * 86400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(format_duration(Duration::from_millis(2500)), "2.5s");
+    }
+
+    #[test]
+    fn rates_describe_themselves() {
+        assert_eq!(Rate { per_second: 20.0, burst: 5 }.describe(), "20/s (burst 5)");
+        assert_eq!(Rate { per_second: 4.0, burst: 1 }.describe(), "4/s");
+        assert_eq!(Rate { per_second: 5000.0 / 3600.0, burst: 1 }.describe(), "83.33/min");
+        assert_eq!(Rate { per_second: 10.0 / 3600.0, burst: 1 }.describe(), "10/h");
+    }
+}

@@ -1,0 +1,225 @@
+//! The playbook's JSON Schema (generated from the model) and the structural check
+//! that uses it: wrong types, missing keys and unknown keys, all reported at once.
+
+use super::diagnostic::{Diagnostic, did_you_mean};
+use super::model::RawPlaybook;
+use super::yaml::{Node, escape};
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use serde_json::Value;
+use std::sync::OnceLock;
+
+/// Where `$schema` in the shipped playbooks points; `rekey schema` prints the file.
+pub const SCHEMA_ID: &str = "https://rekey.dev/schema/playbook-v1.json";
+
+/// The JSON Schema of playbook version 1.
+pub fn playbook_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let mut schema = serde_json::to_value(schemars::schema_for!(RawPlaybook)).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut schema {
+            map.insert("$id".into(), Value::String(SCHEMA_ID.into()));
+        }
+        schema
+    })
+}
+
+fn validator() -> Option<&'static jsonschema::Validator> {
+    static VALIDATOR: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    VALIDATOR.get_or_init(|| jsonschema::validator_for(playbook_schema()).ok()).as_ref()
+}
+
+/// Checks `instance` (the playbook as JSON) against the schema. Positions come from
+/// `root`, the same document with its YAML positions.
+pub fn check(instance: &Value, root: &Node) -> Vec<Diagnostic> {
+    let Some(validator) = validator() else {
+        return vec![Diagnostic::error("internal error: the playbook schema does not compile", None)];
+    };
+    let mut out = Vec::new();
+    for error in validator.iter_errors(instance) {
+        let path = error.instance_path().as_str().to_owned();
+        let here = describe_path(&path);
+        match error.kind() {
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                let allowed = allowed_keys(&path);
+                for key in unexpected {
+                    let key_path = format!("{path}/{}", escape(key));
+                    let mut d = Diagnostic::error(format!("unknown key `{key}` in {here}"), root.key_pos_of(&key_path))
+                        .label("not a known key");
+                    d = match did_you_mean(key, allowed.iter().map(String::as_str)) {
+                        Some(best) => d.help(format!("did you mean `{best}`?")),
+                        None if allowed.is_empty() => d.help("remove it"),
+                        None => d.help(format!("remove it; keys allowed here: {}", allowed.join(", "))),
+                    };
+                    out.push(d);
+                }
+            }
+            ValidationErrorKind::Required { property } => {
+                let name = property.as_str().unwrap_or("?");
+                let described = describe_field(&format!("{path}/{}", escape(name)));
+                let pos = root.key_pos_of(&path).or_else(|| root.pos_of(&path));
+                let mut d = Diagnostic::error(format!("{here} is missing the key `{name}`"), pos).label(format!("`{name}` missing"));
+                d = d.help(match described {
+                    Some(text) => format!("add `{name}:` ({text})"),
+                    None => format!("add `{name}:`"),
+                });
+                out.push(d);
+            }
+            ValidationErrorKind::Type { kind } => {
+                let expected = match kind {
+                    TypeKind::Single(t) => yaml_type(&t.to_string()).to_owned(),
+                    TypeKind::Multiple(set) => {
+                        let names: Vec<&str> = set.iter().map(|t| yaml_type(&t.to_string())).filter(|t| *t != "empty").collect();
+                        names.join(" or ")
+                    }
+                };
+                out.push(type_error(&path, &here, &expected, instance, root));
+            }
+            ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
+                let expected = expected_type(&path).unwrap_or_else(|| "a different value".into());
+                out.push(type_error(&path, &here, &expected, instance, root));
+            }
+            ValidationErrorKind::Enum { options } => {
+                let choices: Vec<String> = options.as_array().map(|a| a.iter().map(|v| v.to_string()).collect()).unwrap_or_default();
+                out.push(
+                    Diagnostic::error(format!("{here} must be one of {}", choices.join(", ")), root.pos_of(&path))
+                        .help(format!("write one of: {}", choices.join(", ").replace('"', ""))),
+                );
+            }
+            _ => out.push(Diagnostic::error(format!("{here}: {error}"), root.pos_of(&path))),
+        }
+    }
+    out
+}
+
+fn type_error(path: &str, here: &str, expected: &str, instance: &Value, root: &Node) -> Diagnostic {
+    let found = instance.pointer(path).map(json_type).unwrap_or("nothing");
+    let mut d = Diagnostic::error(format!("{here} must be {expected}, not {found}"), root.pos_of(path)).label(format!("expected {expected}"));
+    if let Some(text) = describe_field(path) {
+        d = d.help(text);
+    }
+    d
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "empty",
+        Value::Bool(_) => "true or false",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "a whole number",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+fn yaml_type(t: &str) -> &'static str {
+    match t {
+        "object" => "a mapping",
+        "array" => "a list",
+        "string" => "a string",
+        "integer" => "a whole number",
+        "number" => "a number",
+        "boolean" => "true or false",
+        "null" => "empty",
+        _ => "a value",
+    }
+}
+
+/// `credentials[3].provider` style name of a JSON pointer, for messages.
+pub fn describe_path(pointer: &str) -> String {
+    if pointer.is_empty() {
+        return "the playbook".into();
+    }
+    let mut out = String::new();
+    for seg in super::yaml::pointer_segments(pointer) {
+        if seg.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&seg);
+        }
+    }
+    format!("`{out}`")
+}
+
+/// The sub-schema that applies at an instance path, following `$ref`, `anyOf`
+/// (the non-null branch of optional fields), `properties`, `items` and maps.
+fn schema_at(pointer: &str) -> Option<&'static Value> {
+    let root = playbook_schema();
+    let mut schema = resolve(root, root)?;
+    for seg in super::yaml::pointer_segments(pointer) {
+        let next = if let Some(props) = schema.get("properties").and_then(|p| p.get(&seg)) {
+            props
+        } else if let Some(items) = schema.get("items") {
+            items
+        } else if let Some(extra) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+            extra
+        } else {
+            return None;
+        };
+        schema = resolve(root, next)?;
+    }
+    Some(schema)
+}
+
+fn resolve<'a>(root: &'a Value, mut schema: &'a Value) -> Option<&'a Value> {
+    for _ in 0..16 {
+        if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+            schema = root.pointer(r.strip_prefix('#')?)?;
+        } else if let Some(branches) = schema.get("anyOf").and_then(Value::as_array) {
+            schema = branches.iter().find(|b| b.get("type").and_then(Value::as_str) != Some("null"))?;
+        } else {
+            return Some(schema);
+        }
+    }
+    None
+}
+
+fn allowed_keys(pointer: &str) -> Vec<String> {
+    schema_at(pointer)
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().filter(|k| !k.starts_with('$')).cloned().collect())
+        .unwrap_or_default()
+}
+
+fn describe_field(pointer: &str) -> Option<String> {
+    let raw = playbook_schema();
+    // Descriptions sit next to the `$ref`, so look the parent's property up unresolved.
+    let (parent, last) = pointer.rsplit_once('/')?;
+    let parent_schema = schema_at(parent)?;
+    let prop = parent_schema.get("properties").and_then(|p| p.get(last))?;
+    let text = prop
+        .get("description")
+        .or_else(|| resolve(raw, prop).and_then(|s| s.get("description")))
+        .and_then(Value::as_str)?;
+    Some(text.split("\n\n").next().unwrap_or(text).replace('\n', " "))
+}
+
+fn expected_type(pointer: &str) -> Option<String> {
+    let schema = schema_at(pointer)?;
+    match schema.get("type")? {
+        Value::String(t) => Some(yaml_type(t).to_owned()),
+        Value::Array(ts) => Some(
+            ts.iter().filter_map(Value::as_str).map(yaml_type).filter(|t| *t != "empty").collect::<Vec<_>>().join(" or "),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_walker_finds_nested_keys() {
+        assert!(allowed_keys("").contains(&"credentials".to_string()));
+        assert!(allowed_keys("/credentials/0").contains(&"vault_path".to_string()));
+        assert!(allowed_keys("/providers/pg").contains(&"rate".to_string()));
+        assert!(allowed_keys("/providers/pg/rate").contains(&"per_minute".to_string()));
+        assert!(allowed_keys("/vault/auth").contains(&"role_id".to_string()));
+        assert_eq!(describe_path("/credentials/3/provider"), "`credentials[3].provider`");
+    }
+}

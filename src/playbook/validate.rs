@@ -1,0 +1,622 @@
+//! Semantic validation: pure (no I/O), reports every problem at once, and builds the
+//! resolved `Playbook` only when there is none. Nothing downstream validates again.
+
+use super::diagnostic::{Diagnostic, did_you_mean};
+use super::model::{Mode, RawAdmin, RawPasswordPolicy, RawPlaybook, RawRate};
+use super::rate::{DURATION_HELP, Rate, parse_duration};
+use super::yaml::{Node, Pos, escape};
+use super::{AdminSource, Credential, Defaults, Incident, PasswordPolicy, Playbook, ProviderInstance, RateOrigin, Vault, VaultAuth};
+use crate::provider::catalog::{Catalog, Kind, Need, Setting};
+use indexmap::IndexMap;
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub const SUPPORTED_VERSION: i64 = 1;
+pub const MANUAL: &str = "manual";
+const DEFAULT_ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+struct Ctx<'a> {
+    root: &'a Node,
+    out: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn at(&self, pointer: &str) -> Option<Pos> {
+        self.root.pos_of(pointer)
+    }
+    fn key_at(&self, pointer: &str) -> Option<Pos> {
+        self.root.key_pos_of(pointer).or_else(|| self.root.pos_of(pointer))
+    }
+    fn push(&mut self, d: Diagnostic) {
+        self.out.push(d);
+    }
+    fn duration(&mut self, text: &Option<String>, pointer: &str) -> Option<Duration> {
+        let text = text.as_ref()?;
+        match parse_duration(text) {
+            Ok(d) => Some(d),
+            Err(message) => {
+                self.push(Diagnostic::error(message, self.at(pointer)).label("bad duration").help(DURATION_HELP));
+                None
+            }
+        }
+    }
+    fn count(&mut self, value: Option<i64>, pointer: &str, what: &str, max: i64) -> Option<u32> {
+        let v = value?;
+        if v < 1 || v > max {
+            self.push(
+                Diagnostic::error(format!("{what} must be between 1 and {max}, not {v}"), self.at(pointer))
+                    .help(format!("set {what} to a whole number from 1 to {max}")),
+            );
+            return None;
+        }
+        Some(v as u32)
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Normalises a KV path (`/apps//billing/` → `apps/billing`), or says what is wrong.
+pub fn normalize_vault_path(path: &str) -> Result<String, String> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err("the Vault path is empty".into());
+    }
+    for part in &parts {
+        if *part == "." || *part == ".." {
+            return Err(format!("the Vault path `{path}` contains `{part}`"));
+        }
+        if part.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '+' | '#' | '?' | '%')) {
+            return Err(format!("the Vault path `{path}` contains a character Vault paths cannot hold"));
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+pub fn validate(raw: &RawPlaybook, root: &Node, catalog: &Catalog) -> Result<Playbook, Vec<Diagnostic>> {
+    let mut cx = Ctx { root, out: Vec::new() };
+
+    if raw.version != SUPPORTED_VERSION {
+        cx.push(
+            Diagnostic::error(format!("unsupported playbook version {}", raw.version), cx.at("/version"))
+                .label("this rekey reads version 1")
+                .help("write `version: 1`, or use the rekey release that introduced this version"),
+        );
+        return Err(cx.out);
+    }
+    if raw.name.trim().is_empty() {
+        cx.push(Diagnostic::error("the playbook name is empty", cx.at("/name")).help("name it after the incident, e.g. `idp-breach-2026-11`"));
+    }
+
+    let incident = validate_incident(&mut cx, raw);
+    let vault = validate_vault(&mut cx, raw);
+    let defaults = validate_defaults(&mut cx, raw);
+    let mut providers = validate_providers(&mut cx, raw, catalog);
+    let credentials = validate_credentials(&mut cx, raw, catalog, &mut providers, &vault, &defaults, incident.mode);
+
+    if let Some(cycle_diags) = find_cycles(&cx, &credentials) {
+        cx.out.extend(cycle_diags);
+    }
+
+    for (i, name) in incident.compromised.iter().enumerate() {
+        if !credentials.iter().any(|c| c.tied_to.contains(name)) {
+            let d = Diagnostic::warning(format!("no credential is tied to the compromised system `{name}`"), cx.at(&format!("/incident/compromised/{i}")))
+                .help(format!("add `tied_to: [{name}]` to the credentials reachable from it, or `rekey plan --compromised {name}` selects nothing"));
+            cx.push(d);
+        }
+    }
+
+    if cx.out.iter().any(Diagnostic::is_error) {
+        return Err(cx.out);
+    }
+    Ok(Playbook {
+        version: raw.version as u32,
+        name: raw.name.clone(),
+        description: raw.description.clone(),
+        incident,
+        vault,
+        defaults,
+        providers,
+        credentials,
+        warnings: cx.out,
+    })
+}
+
+fn validate_incident(cx: &mut Ctx, raw: &RawPlaybook) -> Incident {
+    let Some(inc) = &raw.incident else {
+        return Incident { id: None, compromised: Vec::new(), mode: Mode::Routine };
+    };
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in inc.compromised.iter().enumerate() {
+        if let Some(first) = seen.insert(name, i) {
+            cx.push(Diagnostic::warning(format!("`{name}` is listed twice in incident.compromised"), cx.at(&format!("/incident/compromised/{i}")))
+                .related(cx.at(&format!("/incident/compromised/{first}")), "first listed here")
+                .help("remove the repeat"));
+        }
+    }
+    // A playbook that names compromised systems is a breach response unless it says
+    // otherwise: the safe default never keeps a possibly-stolen value alive.
+    let mode = inc.mode.unwrap_or(if inc.compromised.is_empty() { Mode::Routine } else { Mode::Breach });
+    Incident { id: inc.id.clone(), compromised: inc.compromised.clone(), mode }
+}
+
+fn validate_vault(cx: &mut Ctx, raw: &RawPlaybook) -> Vault {
+    let v = &raw.vault;
+    let address = v.address.trim().trim_end_matches('/').to_owned();
+    if !(address.starts_with("https://") || address.starts_with("http://")) || address.len() < 10 {
+        cx.push(
+            Diagnostic::error(format!("`{}` is not a Vault address", v.address), cx.at("/vault/address"))
+                .help("write the URL with its scheme, e.g. `https://vault.example.com:8200` or `${VAULT_ADDR}`"),
+        );
+    }
+    let mount = v.mount.clone().unwrap_or_else(|| "secret".into()).trim_matches('/').to_owned();
+    if mount.is_empty() || mount.contains(char::is_whitespace) {
+        cx.push(Diagnostic::error(format!("`{mount}` is not a mount path"), cx.at("/vault/mount")).help("the KV v2 mount, e.g. `secret`"));
+    }
+    let staging_prefix = match normalize_vault_path(v.staging_prefix.as_deref().unwrap_or("rekey/staging")) {
+        Ok(p) => p,
+        Err(message) => {
+            cx.push(Diagnostic::error(message, cx.at("/vault/staging_prefix")).help("a KV path such as `rekey/staging`"));
+            String::new()
+        }
+    };
+    let auth = match &v.auth {
+        None => VaultAuth::Token { env: crate::env_vars::VAULT_TOKEN.into() },
+        Some(a) => {
+            let check_env = |cx: &mut Ctx, name: &str, field: &str| {
+                if !valid_env_name(name) {
+                    cx.push(Diagnostic::error(format!("`{name}` is not an environment variable name"), cx.at(&format!("/vault/auth/{field}")))
+                        .help("write the variable's name, not its value, e.g. `VAULT_TOKEN`"));
+                }
+            };
+            match a.method.as_str() {
+                "token" => {
+                    let env = a.token_env.clone().unwrap_or_else(|| crate::env_vars::VAULT_TOKEN.into());
+                    check_env(cx, &env, "token_env");
+                    for field in ["role_id", "secret_id_env"] {
+                        let set = if field == "role_id" { a.role_id.is_some() } else { a.secret_id_env.is_some() };
+                        if set {
+                            cx.push(Diagnostic::error(format!("`{field}` only applies to `method: approle`"), cx.key_at(&format!("/vault/auth/{field}"))).help("remove it, or set `method: approle`"));
+                        }
+                    }
+                    VaultAuth::Token { env }
+                }
+                "approle" => {
+                    let secret_id_env = a.secret_id_env.clone().unwrap_or_else(|| crate::env_vars::VAULT_SECRET_ID.into());
+                    check_env(cx, &secret_id_env, "secret_id_env");
+                    let role_id = a.role_id.clone().unwrap_or_default();
+                    if role_id.trim().is_empty() {
+                        cx.push(Diagnostic::error("AppRole login needs a `role_id`", cx.key_at("/vault/auth/method")).help("add `role_id: <the role's role-id>` (not a secret; the secret-id comes from `secret_id_env`)"));
+                    }
+                    VaultAuth::AppRole { role_id, secret_id_env, mount: a.mount.clone().unwrap_or_else(|| "approle".into()) }
+                }
+                other => {
+                    let mut d = Diagnostic::error(format!("unknown Vault auth method `{other}`"), cx.at("/vault/auth/method"));
+                    d = match did_you_mean(other, ["token", "approle"]) {
+                        Some(m) => d.help(format!("did you mean `{m}`?")),
+                        None => d.help("use `token` or `approle`"),
+                    };
+                    cx.push(d);
+                    VaultAuth::Token { env: crate::env_vars::VAULT_TOKEN.into() }
+                }
+            }
+        }
+    };
+    Vault { address, mount, staging_prefix, namespace: v.namespace.clone(), ca_file: v.ca_file.clone(), auth }
+}
+
+fn validate_password(cx: &mut Ctx, p: &Option<RawPasswordPolicy>, base: &PasswordPolicy, pointer: &str) -> PasswordPolicy {
+    let Some(p) = p else { return base.clone() };
+    let mut policy = base.clone();
+    if let Some(len) = p.length {
+        if !(16..=1024).contains(&len) {
+            cx.push(Diagnostic::error(format!("password length {len} is out of range"), cx.at(&format!("{pointer}/length")))
+                .help("use a length from 16 to 1024; 32 is the default"));
+        } else {
+            policy.length = len as u32;
+        }
+    }
+    if let Some(alphabet) = &p.alphabet {
+        let mut distinct: Vec<char> = alphabet.chars().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() < 10 || distinct.iter().any(|c| c.is_control() || c.is_whitespace()) {
+            cx.push(Diagnostic::error("the password alphabet must hold at least 10 distinct printable characters", cx.at(&format!("{pointer}/alphabet")))
+                .help("e.g. `ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789`"));
+        } else {
+            policy.alphabet = distinct.into_iter().collect();
+        }
+    }
+    policy
+}
+
+fn validate_defaults(cx: &mut Ctx, raw: &RawPlaybook) -> Defaults {
+    let d = raw.defaults.clone().unwrap_or_default();
+    let base = PasswordPolicy { length: 32, alphabet: DEFAULT_ALPHABET.into() };
+    Defaults {
+        verify: d.verify.unwrap_or(true),
+        grace: cx.duration(&d.grace, "/defaults/grace").unwrap_or(Duration::ZERO),
+        concurrency: cx.count(d.concurrency, "/defaults/concurrency", "concurrency", 1024).unwrap_or(8),
+        max_age: cx.duration(&d.max_age, "/defaults/max_age"),
+        password: validate_password(cx, &d.password, &base, "/defaults/password"),
+    }
+}
+
+fn validate_rate(cx: &mut Ctx, rate: &RawRate, pointer: &str) -> Option<Rate> {
+    let given: Vec<(&str, f64)> = [("per_second", rate.per_second, 1.0), ("per_minute", rate.per_minute, 60.0), ("per_hour", rate.per_hour, 3600.0), ("requests", rate.requests, 0.0)]
+        .into_iter()
+        .filter_map(|(k, v, div)| v.map(|v| (k, if div > 0.0 { v / div } else { v })))
+        .collect();
+    let help = "write exactly one of `per_second: 20`, `per_minute: 600`, `per_hour: 5000`, or `requests: 1200` with `period: 5m`";
+    if given.len() != 1 {
+        let message = if given.is_empty() { "the rate limit sets no rate".to_owned() } else {
+            format!("the rate limit sets {} rates ({})", given.len(), given.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "))
+        };
+        cx.push(Diagnostic::error(message, cx.at(pointer)).help(help));
+        return None;
+    }
+    let (key, mut per_second) = given[0];
+    let raw_value = [rate.per_second, rate.per_minute, rate.per_hour, rate.requests].into_iter().flatten().next().unwrap_or(0.0);
+    if !(raw_value.is_finite() && raw_value > 0.0) {
+        cx.push(Diagnostic::error(format!("`{key}` must be a positive number, not {raw_value}"), cx.at(&format!("{pointer}/{key}"))).help(help));
+        return None;
+    }
+    if key == "requests" {
+        let Some(period) = &rate.period else {
+            cx.push(Diagnostic::error("`requests` needs a `period`", cx.key_at(&format!("{pointer}/requests"))).help("add `period: 5m` (the window the provider counts requests in)"));
+            return None;
+        };
+        let d = cx.duration(&Some(period.clone()), &format!("{pointer}/period"))?;
+        if d.is_zero() {
+            cx.push(Diagnostic::error("the rate period must be longer than zero", cx.at(&format!("{pointer}/period"))).help("e.g. `period: 5m`"));
+            return None;
+        }
+        per_second = raw_value / d.as_secs_f64();
+    } else if rate.period.is_some() {
+        cx.push(Diagnostic::error(format!("`period` only goes with `requests`, not with `{key}`"), cx.key_at(&format!("{pointer}/period"))).help("remove `period`"));
+        return None;
+    }
+    let burst = match rate.burst {
+        None => 1,
+        Some(b) if (1..=100_000).contains(&b) => b as u32,
+        Some(b) => {
+            cx.push(Diagnostic::error(format!("burst must be from 1 to 100000, not {b}"), cx.at(&format!("{pointer}/burst"))).help("burst is how many requests may go back to back; 1 means evenly spaced"));
+            return None;
+        }
+    };
+    Some(Rate { per_second, burst })
+}
+
+fn validate_settings(cx: &mut Ctx, given: &IndexMap<String, serde_json::Value>, known: &IndexMap<String, Setting>, pointer: &str, type_name: &str) -> IndexMap<String, serde_json::Value> {
+    let mut out = IndexMap::new();
+    for (key, value) in given {
+        if known.contains_key(key) {
+            out.insert(key.clone(), value.clone());
+            continue;
+        }
+        let mut d = Diagnostic::error(format!("`{type_name}` has no setting `{key}`"), cx.key_at(&format!("{pointer}/{}", escape(key)))).label("unknown setting");
+        d = match did_you_mean(key, known.keys().map(String::as_str)) {
+            Some(best) => d.help(format!("did you mean `{best}`?")),
+            None if known.is_empty() => d.help(format!("`{type_name}` takes no settings here; remove it")),
+            None => d.help(format!("settings of `{type_name}` here: {}", known.keys().cloned().collect::<Vec<_>>().join(", "))),
+        };
+        cx.push(d);
+    }
+    for (key, setting) in known {
+        if setting.required && !given.contains_key(key) {
+            let at = cx.key_at(pointer).or_else(|| cx.key_at(pointer.rsplit_once('/').map(|p| p.0).unwrap_or("")));
+            cx.push(Diagnostic::error(format!("`{type_name}` needs the setting `{key}`"), at).help(format!("add `{key}: ...` under `settings:` ({})", setting.description.trim_end_matches('.'))));
+        } else if let Some(default) = &setting.default {
+            out.entry(key.clone()).or_insert_with(|| default.clone());
+        }
+    }
+    out
+}
+
+fn validate_admin(cx: &mut Ctx, admin: &Option<RawAdmin>, need: Need, pointer: &str, type_name: &str) -> Option<AdminSource> {
+    match (admin, need) {
+        (None, Need::Required) => {
+            cx.push(Diagnostic::error(format!("`{type_name}` needs an admin credential to rotate with"), cx.key_at(pointer.rsplit_once('/').map(|p| p.0).unwrap_or(pointer)))
+                .help("add `admin: { vault_path: infra/<name>-admin }` (read from Vault) or `admin: { env: VAR_NAME }`"));
+            None
+        }
+        (None, _) => None,
+        (Some(_), Need::None) => {
+            cx.push(Diagnostic::warning(format!("`{type_name}` does not use an admin credential; `admin` is ignored"), cx.key_at(pointer)).help("remove `admin`"));
+            None
+        }
+        (Some(a), _) => match (&a.vault_path, &a.env) {
+            (Some(path), None) => match normalize_vault_path(path) {
+                Ok(p) => Some(AdminSource::Vault(p)),
+                Err(message) => {
+                    cx.push(Diagnostic::error(message, cx.at(&format!("{pointer}/vault_path"))).help("a KV path inside the mount, e.g. `infra/pg-admin`"));
+                    None
+                }
+            },
+            (None, Some(env)) if valid_env_name(env) => Some(AdminSource::Env(env.clone())),
+            (None, Some(env)) => {
+                cx.push(Diagnostic::error(format!("`{env}` is not an environment variable name"), cx.at(&format!("{pointer}/env")))
+                    .help("write the variable's name (e.g. `PG_ADMIN_PASSWORD`), never the secret itself"));
+                None
+            }
+            _ => {
+                cx.push(Diagnostic::error("`admin` must set exactly one of `vault_path` and `env`", cx.at(pointer)).help("e.g. `admin: { vault_path: infra/pg-admin }`"));
+                None
+            }
+        },
+    }
+}
+
+fn validate_providers(cx: &mut Ctx, raw: &RawPlaybook, catalog: &Catalog) -> IndexMap<String, ProviderInstance> {
+    let mut out = IndexMap::new();
+    for (name, p) in &raw.providers {
+        let base = format!("/providers/{}", escape(name));
+        if !valid_id(name) {
+            cx.push(Diagnostic::error(format!("`{name}` is not a valid provider instance name"), cx.key_at(&base)).help("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"));
+        }
+        if name == MANUAL {
+            cx.push(Diagnostic::error("`manual` is reserved for hand-performed steps", cx.key_at(&base)).help("rename this instance; credentials use `provider: manual` without declaring it"));
+            continue;
+        }
+        let Some(t) = catalog.get(&p.kind) else {
+            let mut d = Diagnostic::error(format!("unknown provider type `{}`", p.kind), cx.at(&format!("{base}/type"))).label("not a provider type");
+            d = match did_you_mean(&p.kind, catalog.types.keys().map(String::as_str)) {
+                Some(best) => d.help(format!("did you mean `{best}`? (`rekey providers` lists every type)")),
+                None => d.help(format!("known types: {}", catalog.types.keys().cloned().collect::<Vec<_>>().join(", "))),
+            };
+            cx.push(d);
+            continue;
+        };
+        if t.kind == Kind::Manual {
+            cx.push(Diagnostic::error("manual steps need no provider instance", cx.at(&format!("{base}/type"))).help("remove this instance and write `provider: manual` on the credential"));
+            continue;
+        }
+        let settings = validate_settings(cx, &p.settings, &t.settings, &format!("{base}/settings"), &t.name);
+        let admin = validate_admin(cx, &p.admin, t.admin, &format!("{base}/admin"), &t.name);
+        let (rate, rate_origin) = match &p.rate {
+            Some(r) => (validate_rate(cx, r, &format!("{base}/rate")).unwrap_or(t.rate()), RateOrigin::Playbook),
+            None => (t.rate(), RateOrigin::ProviderDefault),
+        };
+        let concurrency = cx.count(p.concurrency, &format!("{base}/concurrency"), "concurrency", 1024).unwrap_or(t.default_concurrency);
+        out.insert(name.clone(), ProviderInstance {
+            name: name.clone(),
+            type_name: t.name.clone(),
+            kind: t.kind,
+            settings,
+            admin,
+            rate,
+            rate_origin,
+            concurrency,
+            latency: t.latency(),
+            requests: t.requests.clone(),
+        });
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn validate_credentials(cx: &mut Ctx, raw: &RawPlaybook, catalog: &Catalog, providers: &mut IndexMap<String, ProviderInstance>, vault: &Vault, defaults: &Defaults, mode: Mode) -> Vec<Credential> {
+    let mut out = Vec::with_capacity(raw.credentials.len());
+    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(raw.credentials.len());
+    let mut paths: HashMap<String, usize> = HashMap::with_capacity(raw.credentials.len());
+    if raw.credentials.is_empty() {
+        cx.push(Diagnostic::warning("the playbook lists no credentials", cx.key_at("/credentials")).help("add entries under `credentials:`"));
+    }
+    for (i, c) in raw.credentials.iter().enumerate() {
+        let base = format!("/credentials/{i}");
+        if !valid_id(&c.id) {
+            cx.push(Diagnostic::error(format!("`{}` is not a valid credential id", c.id), cx.at(&format!("{base}/id"))).help("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"));
+        }
+        if let Some(first) = ids.insert(&c.id, i) {
+            cx.push(Diagnostic::error(format!("duplicate credential id `{}`", c.id), cx.at(&format!("{base}/id")))
+                .label("defined again here")
+                .related(cx.at(&format!("/credentials/{first}/id")), "first defined here")
+                .help("give each credential its own id; ids name credentials in journals and `--only`"));
+        }
+
+        // The provider instance, or the implicit manual one.
+        let instance: Option<ProviderInstance> = if c.provider == MANUAL {
+            let t = catalog.get(MANUAL);
+            if c.instructions.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                cx.push(Diagnostic::error(format!("manual credential `{}` has no instructions", c.id), cx.at(&format!("{base}/provider")))
+                    .help("add `instructions:` telling the operator exactly what to do, e.g. where to regenerate the key"));
+            }
+            t.map(|t| {
+                providers.entry(MANUAL.into()).or_insert_with(|| ProviderInstance {
+                    name: MANUAL.into(),
+                    type_name: MANUAL.into(),
+                    kind: Kind::Manual,
+                    settings: IndexMap::new(),
+                    admin: None,
+                    rate: t.rate(),
+                    rate_origin: RateOrigin::ProviderDefault,
+                    concurrency: t.default_concurrency,
+                    latency: t.latency(),
+                    requests: t.requests.clone(),
+                }).clone()
+            })
+        } else if let Some(p) = providers.get(&c.provider) {
+            Some(p.clone())
+        } else {
+            let declared = raw.providers.contains_key(&c.provider);
+            if !declared {
+                let mut d = Diagnostic::error(format!("credential `{}` uses unknown provider instance `{}`", c.id, c.provider), cx.at(&format!("{base}/provider"))).label("not declared under `providers:`");
+                let names = raw.providers.keys().map(String::as_str).chain([MANUAL]);
+                d = match did_you_mean(&c.provider, names) {
+                    Some(best) => d.help(format!("did you mean `{best}`?")),
+                    None => d.help(format!("declare `{}` under `providers:` (with its `type`), or use `provider: manual`", c.provider)),
+                };
+                cx.push(d);
+            }
+            None
+        };
+
+        if let Some(inst) = &instance {
+            let t = catalog.get(&inst.type_name);
+            if let Some(t) = t {
+                if t.account == Need::Required && c.account.as_deref().is_none_or(|a| a.trim().is_empty()) {
+                    cx.push(Diagnostic::error(format!("credential `{}` needs an `account` (the {} account to rotate)", c.id, t.name), cx.at(&format!("{base}/id")))
+                        .help("add `account: <user, role or key name at the provider>`"));
+                }
+                if inst.kind != Kind::Manual && c.instructions.is_some() {
+                    cx.push(Diagnostic::warning(format!("`instructions` only apply to manual credentials; `{}` is rotated by `{}`", c.id, inst.type_name), cx.key_at(&format!("{base}/instructions"))).help("remove `instructions`, or use `provider: manual`"));
+                }
+            }
+        }
+        let settings = match instance.as_ref().and_then(|inst| catalog.get(&inst.type_name)) {
+            Some(t) => validate_settings(cx, &c.settings, &t.credential_settings, &format!("{base}/settings"), &t.name),
+            None => c.settings.clone(),
+        };
+
+        let vault_path = match normalize_vault_path(&c.vault_path) {
+            Ok(p) => {
+                let mount_prefix = format!("{}/", vault.mount);
+                if p.starts_with(&format!("{}data/", mount_prefix)) || p.starts_with(&mount_prefix) {
+                    cx.push(Diagnostic::warning(format!("`{}` starts with the mount `{}`; vault_path is relative to the mount", c.vault_path, vault.mount), cx.at(&format!("{base}/vault_path")))
+                        .help(format!("drop the leading `{}`", if p.starts_with(&format!("{}data/", mount_prefix)) { format!("{mount_prefix}data/") } else { mount_prefix })));
+                }
+                if !vault.staging_prefix.is_empty() && (p == vault.staging_prefix || p.starts_with(&format!("{}/", vault.staging_prefix))) {
+                    cx.push(Diagnostic::error(format!("`{p}` lies under the staging prefix `{}`", vault.staging_prefix), cx.at(&format!("{base}/vault_path")))
+                        .help("consumers' paths must stay outside `vault.staging_prefix`; move one of them"));
+                }
+                if let Some(&first) = paths.get(&p) {
+                    cx.push(Diagnostic::error(format!("credentials `{}` and `{}` both write the Vault path `{p}`", raw.credentials[first].id, c.id), cx.at(&format!("{base}/vault_path")))
+                        .label("written again here")
+                        .related(cx.at(&format!("/credentials/{first}/vault_path")), "first written here")
+                        .help("give each credential its own vault_path; one would silently overwrite the other"));
+                } else {
+                    paths.insert(p.clone(), i);
+                }
+                p
+            }
+            Err(message) => {
+                cx.push(Diagnostic::error(message, cx.at(&format!("{base}/vault_path"))).help("a KV path inside the mount, e.g. `apps/billing/db`"));
+                String::new()
+            }
+        };
+
+        let grace = cx.duration(&c.grace, &format!("{base}/grace")).unwrap_or(defaults.grace);
+        if mode == Mode::Breach && !grace.is_zero() {
+            let pointer = if c.grace.is_some() { format!("{base}/grace") } else { "/defaults/grace".into() };
+            if c.grace.is_some() || i == 0 {
+                cx.push(Diagnostic::warning("breach mode retires old credentials at once; this grace period is ignored", cx.at(&pointer))
+                    .help("remove it, or set `incident.mode: routine` if the old values are not compromised"));
+            }
+        }
+        let max_age = cx.duration(&c.max_age, &format!("{base}/max_age")).or(defaults.max_age);
+        let password = validate_password(cx, &c.password, &defaults.password, &format!("{base}/password"));
+
+        let mut seen_deps: HashMap<&str, usize> = HashMap::new();
+        for (j, dep) in c.depends_on.iter().enumerate() {
+            if let Some(_first) = seen_deps.insert(dep, j) {
+                cx.push(Diagnostic::warning(format!("`{dep}` is listed twice in depends_on"), cx.at(&format!("{base}/depends_on/{j}"))).help("remove the repeat"));
+            }
+            if dep == &c.id {
+                cx.push(Diagnostic::error(format!("credential `{}` depends on itself", c.id), cx.at(&format!("{base}/depends_on/{j}"))).help("remove it from its own depends_on"));
+            }
+        }
+        let mut seen_tags: HashMap<&str, usize> = HashMap::new();
+        for (j, tag) in c.tags.iter().enumerate() {
+            if tag.trim().is_empty() || tag.contains(char::is_whitespace) {
+                cx.push(Diagnostic::error(format!("`{tag}` is not a valid tag"), cx.at(&format!("{base}/tags/{j}"))).help("tags are single words such as `tier0`"));
+            }
+            seen_tags.insert(tag, j);
+        }
+
+        out.push(Credential {
+            id: c.id.clone(),
+            index: i,
+            line: cx.at(&base).map(|p| p.line).unwrap_or(0),
+            provider: c.provider.clone(),
+            type_name: instance.as_ref().map(|p| p.type_name.clone()).unwrap_or_default(),
+            kind: instance.as_ref().map(|p| p.kind).unwrap_or(Kind::Manual),
+            account: c.account.clone(),
+            vault_path,
+            description: c.description.clone(),
+            tags: c.tags.clone(),
+            tied_to: c.tied_to.clone(),
+            depends_on: c.depends_on.clone(),
+            verify: c.verify.unwrap_or(defaults.verify),
+            grace: if mode == Mode::Breach { Duration::ZERO } else { grace },
+            max_age,
+            password,
+            settings,
+            instructions: c.instructions.clone(),
+        });
+    }
+
+    // Unknown dependencies, reported once each credential table is known.
+    let known: Vec<&str> = raw.credentials.iter().map(|c| c.id.as_str()).collect();
+    for (i, c) in raw.credentials.iter().enumerate() {
+        for (j, dep) in c.depends_on.iter().enumerate() {
+            if !ids.contains_key(dep.as_str()) {
+                let mut d = Diagnostic::error(format!("credential `{}` depends on unknown credential `{dep}`", c.id), cx.at(&format!("/credentials/{i}/depends_on/{j}"))).label("no credential has this id");
+                d = match did_you_mean(dep, known.iter().copied()) {
+                    Some(best) => d.help(format!("did you mean `{best}`?")),
+                    None => d.help("depends_on lists ids of other credentials in this playbook"),
+                };
+                cx.push(d);
+            }
+        }
+    }
+    out
+}
+
+/// Finds dependency cycles (iteratively: a 100,000-long chain must not overflow the
+/// stack) and reports each once, printing the cycle.
+fn find_cycles(cx: &Ctx, credentials: &[Credential]) -> Option<Vec<Diagnostic>> {
+    let index: HashMap<&str, usize> = credentials.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
+    let edges: Vec<Vec<(usize, usize)>> = credentials
+        .iter()
+        .map(|c| c.depends_on.iter().enumerate().filter_map(|(j, d)| index.get(d.as_str()).map(|&t| (t, j))).filter(|(t, _)| credentials[*t].id != c.id).collect())
+        .collect();
+    #[derive(Clone, Copy, PartialEq)]
+    enum Color { White, Grey, Black }
+    let mut color = vec![Color::White; credentials.len()];
+    let mut out = Vec::new();
+    for start in 0..credentials.len() {
+        if color[start] != Color::White {
+            continue;
+        }
+        // Stack of (node, next edge to explore).
+        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        color[start] = Color::Grey;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            if let Some(&(target, dep_index)) = edges[node].get(*next) {
+                *next += 1;
+                match color[target] {
+                    Color::White => {
+                        color[target] = Color::Grey;
+                        stack.push((target, 0));
+                    }
+                    Color::Grey => {
+                        let from = stack.iter().position(|(n, _)| *n == target).unwrap_or(0);
+                        let mut names: Vec<&str> = stack[from..].iter().map(|(n, _)| credentials[*n].id.as_str()).collect();
+                        names.push(&credentials[target].id);
+                        let c = &credentials[node];
+                        out.push(
+                            Diagnostic::error(format!("dependency cycle: {}", names.join(" → ")), cx.at(&format!("/credentials/{}/depends_on/{dep_index}", c.index)))
+                                .label("closes the cycle")
+                                .help("remove one `depends_on` entry of the cycle; rekey rotates dependencies first, so a cycle can never start"),
+                        );
+                    }
+                    Color::Black => {}
+                }
+            } else {
+                color[node] = Color::Black;
+                stack.pop();
+            }
+        }
+    }
+    if out.is_empty() { None } else { Some(out) }
+}

@@ -1,0 +1,241 @@
+//! The catalog of provider types: what each type is (dual or single kind), its
+//! settings, its documented default rate limit and how many requests a rotation
+//! costs. It is read from the YAML files in `providers/`, embedded in the binary, so
+//! the documentation and what `rekey plan` computes cannot drift apart.
+
+use crate::playbook::rate::Rate;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How a credential of this type is replaced.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A second credential can be issued while the first still works (API keys).
+    Dual,
+    /// The value is changed in place; the old one dies at once (passwords).
+    Single,
+    /// An operator performs the change by hand and hands rekey the new value.
+    Manual,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Dual => "dual",
+            Kind::Single => "single",
+            Kind::Manual => "manual",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Need {
+    Required,
+    Optional,
+    None,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Setting {
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
+    pub description: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogRate {
+    #[serde(default)]
+    pub per_second: Option<f64>,
+    #[serde(default)]
+    pub per_minute: Option<f64>,
+    #[serde(default)]
+    pub per_hour: Option<f64>,
+    #[serde(default)]
+    pub requests: Option<f64>,
+    #[serde(default)]
+    pub period: Option<String>,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Where the figure comes from.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// Provider requests one rotation makes, per operation.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requests {
+    #[serde(default)]
+    pub list: u32,
+    #[serde(default)]
+    pub create: u32,
+    #[serde(default)]
+    pub change: u32,
+    #[serde(default)]
+    pub verify: u32,
+    #[serde(default)]
+    pub deactivate: u32,
+    #[serde(default)]
+    pub revoke: u32,
+}
+
+impl Requests {
+    pub fn total(&self, verify: bool) -> u32 {
+        self.list + self.create + self.change + if verify { self.verify } else { 0 } + self.deactivate + self.revoke
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderType {
+    pub name: String,
+    pub summary: String,
+    pub kind: Kind,
+    /// `native` (Rust), `http` (declarative definition), `builtin`.
+    pub implementation: String,
+    /// Whether `rekey run` can rotate this type in this build.
+    #[serde(default)]
+    pub available: bool,
+    /// Live credentials an account may hold at once (dual kinds), if limited.
+    #[serde(default)]
+    pub quota: Option<u32>,
+    pub default_rate: CatalogRate,
+    pub default_concurrency: u32,
+    /// Typical duration of one request, used for the plan's ETA.
+    pub typical_latency: String,
+    #[serde(default)]
+    pub requests: Requests,
+    pub admin: Need,
+    pub account: Need,
+    #[serde(default)]
+    pub settings: IndexMap<String, Setting>,
+    #[serde(default)]
+    pub credential_settings: IndexMap<String, Setting>,
+    /// Published documentation the definition was checked against.
+    #[serde(default)]
+    pub docs: Vec<String>,
+    /// What the provider's API cannot do, and what rekey does instead.
+    #[serde(default)]
+    pub limitations: Vec<String>,
+}
+
+impl ProviderType {
+    pub fn rate(&self) -> Rate {
+        let r = &self.default_rate;
+        let per_second = r
+            .per_second
+            .or(r.per_minute.map(|m| m / 60.0))
+            .or(r.per_hour.map(|h| h / 3600.0))
+            .or_else(|| {
+                let period = humantime::parse_duration(r.period.as_deref()?).ok()?;
+                Some(r.requests? / period.as_secs_f64())
+            })
+            .unwrap_or(1.0);
+        Rate { per_second, burst: r.burst.unwrap_or(1).max(1) }
+    }
+
+    pub fn latency(&self) -> Duration {
+        humantime::parse_duration(&self.typical_latency).unwrap_or(Duration::from_millis(100))
+    }
+}
+
+/// The shipped provider catalog files, embedded at build time.
+const SHIPPED: &[(&str, &str)] = &[
+    ("sandbox.yaml", include_str!("../../providers/sandbox.yaml")),
+    ("manual.yaml", include_str!("../../providers/manual.yaml")),
+    ("postgres.yaml", include_str!("../../providers/postgres.yaml")),
+    ("mysql.yaml", include_str!("../../providers/mysql.yaml")),
+    ("redis.yaml", include_str!("../../providers/redis.yaml")),
+    ("aws_iam.yaml", include_str!("../../providers/aws_iam.yaml")),
+    ("vault_approle.yaml", include_str!("../../providers/vault_approle.yaml")),
+    ("vault_userpass.yaml", include_str!("../../providers/vault_userpass.yaml")),
+    ("ldap.yaml", include_str!("../../providers/ldap.yaml")),
+    ("ssh.yaml", include_str!("../../providers/ssh.yaml")),
+    ("github_deploy_key.yaml", include_str!("../../providers/github_deploy_key.yaml")),
+    ("gitlab_token.yaml", include_str!("../../providers/gitlab_token.yaml")),
+    ("cloudflare_token.yaml", include_str!("../../providers/cloudflare_token.yaml")),
+    ("okta_client_secret.yaml", include_str!("../../providers/okta_client_secret.yaml")),
+    ("jumpcloud_user_password.yaml", include_str!("../../providers/jumpcloud_user_password.yaml")),
+    ("datadog_api_key.yaml", include_str!("../../providers/datadog_api_key.yaml")),
+];
+
+#[derive(Debug)]
+pub struct Catalog {
+    pub types: IndexMap<String, ProviderType>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the built-in provider catalog file providers/{file} is invalid: {message}")]
+pub struct CatalogError {
+    pub file: String,
+    pub message: String,
+}
+
+impl Catalog {
+    /// The catalog shipped in the binary (parsed once).
+    pub fn builtin() -> Result<&'static Catalog, CatalogError> {
+        static CATALOG: OnceLock<Result<Catalog, CatalogError>> = OnceLock::new();
+        CATALOG.get_or_init(|| Catalog::parse(SHIPPED)).as_ref().map_err(|e| CatalogError {
+            file: e.file.clone(),
+            message: e.message.clone(),
+        })
+    }
+
+    pub fn parse(files: &[(&str, &str)]) -> Result<Catalog, CatalogError> {
+        let mut types = IndexMap::new();
+        for (file, text) in files {
+            let t: ProviderType = serde_saphyr::from_str(text)
+                .map_err(|e| CatalogError { file: file.to_string(), message: e.to_string() })?;
+            if format!("{}.yaml", t.name) != *file {
+                return Err(CatalogError { file: file.to_string(), message: format!("name `{}` does not match the file name", t.name) });
+            }
+            if humantime::parse_duration(&t.typical_latency).is_err() {
+                return Err(CatalogError { file: file.to_string(), message: format!("bad typical_latency `{}`", t.typical_latency) });
+            }
+            types.insert(t.name.clone(), t);
+        }
+        Ok(Catalog { types })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ProviderType> {
+        self.types.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_catalog_parses_and_every_file_is_listed() {
+        let catalog = Catalog::builtin().unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("providers");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".yaml"))
+            .collect();
+        on_disk.sort();
+        let mut listed: Vec<String> = catalog.types.keys().map(|n| format!("{n}.yaml")).collect();
+        listed.sort();
+        assert_eq!(on_disk, listed, "every providers/*.yaml must be embedded in SHIPPED");
+        for t in catalog.types.values() {
+            let rate = t.rate();
+            assert!(rate.per_second > 0.0 && rate.per_second.is_finite(), "{}", t.name);
+            assert!(t.default_concurrency > 0, "{}", t.name);
+            match t.kind {
+                Kind::Dual => assert!(t.requests.create > 0, "{}: dual kinds create", t.name),
+                Kind::Single => assert!(t.requests.change > 0, "{}: single kinds change", t.name),
+                Kind::Manual => {}
+            }
+        }
+    }
+}
