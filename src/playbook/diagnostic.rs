@@ -105,7 +105,7 @@ impl Report {
     /// Renders every diagnostic with its snippet, the way they go to stderr.
     pub fn render(&self, color: bool) -> String {
         let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-        let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(2).with_width(100);
+        let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(2).with_width(100).with_wrap_lines(false);
         let named = Arc::new(NamedSource::new(self.file.clone(), self.source.to_string()));
         let mut out = String::new();
         for diagnostic in &self.diagnostics {

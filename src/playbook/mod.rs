@@ -138,7 +138,7 @@ pub struct Loaded {
 }
 
 /// Reads, parses and validates a playbook file.
-pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Report> {
+pub fn load_file(path: &Path, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Loaded, Report> {
     let file = path.display().to_string();
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -160,7 +160,7 @@ pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Lo
 
 /// Parses and validates playbook bytes (`file` names them in messages).
 /// Never panics, whatever the bytes.
-pub fn load_bytes(file: &str, bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Report> {
+pub fn load_bytes(file: &str, bytes: &[u8], env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Loaded, Report> {
     match std::str::from_utf8(bytes) {
         Ok(text) => load_str(file, text, env),
         Err(e) => {
@@ -179,9 +179,33 @@ pub fn load_bytes(file: &str, bytes: &[u8], env: &dyn Fn(&str) -> Option<String>
     }
 }
 
-pub fn load_str(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Report> {
+/// Stack for the loader thread: parsing and the checks after it recurse once per
+/// nesting level, and the depth budget (32) must hold whatever thread calls us
+/// (test threads have 2 MiB). Only touched pages are ever committed.
+const LOADER_STACK: usize = 64 * 1024 * 1024;
+
+pub fn load_str(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Loaded, Report> {
+    let spawned = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("playbook-loader".into())
+            .stack_size(LOADER_STACK)
+            .spawn_scoped(scope, || load_str_here(file, text, env))
+            .map(|handle| handle.join())
+    });
+    match spawned {
+        Ok(Ok(result)) => result,
+        // No thread could be started (or it died): load here, on the caller's stack.
+        Ok(Err(_)) | Err(_) => load_str_here(file, text, env),
+    }
+}
+
+fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Loaded, Report> {
     let source = Arc::new(text.to_owned());
-    let fail = |diagnostics: Vec<Diagnostic>| Report { file: file.to_owned(), source: source.clone(), diagnostics };
+    // Diagnostics in reading order: what the admin fixes top to bottom.
+    let fail = |mut diagnostics: Vec<Diagnostic>| {
+        diagnostics.sort_by_key(|d| d.pos.map(|p| (p.line, p.column)));
+        Report { file: file.to_owned(), source: source.clone(), diagnostics }
+    };
     let catalog = Catalog::builtin().map_err(|e| fail(vec![Diagnostic::error(e.to_string(), None)]))?;
 
     let mut root = match yaml::parse(text) {
@@ -189,7 +213,7 @@ pub fn load_str(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
         Err(e) => {
             let help = if e.message.to_lowercase().contains("duplicate") {
                 "remove or rename one of the two keys"
-            } else if e.message.to_lowercase().contains("budget") {
+            } else if ["budget", "recursion", "limit exceeded"].iter().any(|w| e.message.to_lowercase().contains(w)) {
                 "the document is too large or too deeply nested for a playbook"
             } else {
                 "fix the YAML syntax here (indentation with spaces, `key: value`, lists with `- `)"

@@ -13,13 +13,15 @@ pub struct Rate {
 impl Rate {
     /// Human form: `20/s`, `100/min`, `5000/h`, with the burst when above 1.
     pub fn describe(&self) -> String {
-        let base = if self.per_second >= 1.0 {
-            format!("{}/s", trim(self.per_second))
-        } else if self.per_second * 60.0 >= 1.0 {
-            format!("{}/min", trim(self.per_second * 60.0))
-        } else {
-            format!("{}/h", trim(self.per_second * 3600.0))
-        };
+        // Prefer the unit that makes the figure whole, as providers document them
+        // (5000/h, 2000/min), then the largest unit with a figure of at least 1.
+        let units = [(1.0, "s"), (60.0, "min"), (3600.0, "h")];
+        let whole = units.iter().find(|(f, _)| {
+            let v = self.per_second * f;
+            v >= 1.0 && (v - v.round()).abs() < 1e-6
+        });
+        let (factor, unit) = whole.or_else(|| units.iter().find(|(f, _)| self.per_second * f >= 1.0)).unwrap_or(&(3600.0, "h"));
+        let base = format!("{}/{unit}", trim(self.per_second * factor));
         if self.burst > 1 { format!("{base} (burst {})", self.burst) } else { base }
     }
 }
@@ -86,7 +88,9 @@ mod tests {
     fn rates_describe_themselves() {
         assert_eq!(Rate { per_second: 20.0, burst: 5 }.describe(), "20/s (burst 5)");
         assert_eq!(Rate { per_second: 4.0, burst: 1 }.describe(), "4/s");
-        assert_eq!(Rate { per_second: 5000.0 / 3600.0, burst: 1 }.describe(), "83.33/min");
+        assert_eq!(Rate { per_second: 5000.0 / 3600.0, burst: 1 }.describe(), "5000/h");
+        assert_eq!(Rate { per_second: 2000.0 / 60.0, burst: 1 }.describe(), "2000/min");
+        assert_eq!(Rate { per_second: 0.3, burst: 1 }.describe(), "18/min");
         assert_eq!(Rate { per_second: 10.0 / 3600.0, burst: 1 }.describe(), "10/h");
     }
 }

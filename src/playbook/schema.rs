@@ -34,9 +34,41 @@ pub fn check(instance: &Value, root: &Node) -> Vec<Diagnostic> {
     let Some(validator) = validator() else {
         return vec![Diagnostic::error("internal error: the playbook schema does not compile", None)];
     };
-    let mut out = Vec::new();
-    for error in validator.iter_errors(instance) {
-        let path = error.instance_path().as_str().to_owned();
+    let mut found = Vec::new();
+    check_against(validator, instance, "", instance, root, &mut found, 0);
+    // An unknown key whose suggestion is a missing required key is one mistake (a
+    // typo), not two: keep the "did you mean" and drop the "missing key".
+    let typos: Vec<(String, String)> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::Unknown { path, suggestion: Some(s), .. } => Some((path.clone(), s.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut out: Vec<Diagnostic> = found
+        .into_iter()
+        .filter_map(|f| match f {
+            Found::Missing { path, name, diagnostic } => (!typos.contains(&(path, name))).then_some(diagnostic),
+            Found::Unknown { diagnostic, .. } | Found::Other(diagnostic) => Some(diagnostic),
+        })
+        .collect();
+    out.sort_by_key(|d| d.pos.map(|p| (p.line, p.column)));
+    out
+}
+
+enum Found {
+    Unknown { path: String, suggestion: Option<String>, diagnostic: Diagnostic },
+    Missing { path: String, name: String, diagnostic: Diagnostic },
+    Other(Diagnostic),
+}
+
+/// Validates `sub` (the part of `instance` at `base`) and records what is wrong.
+/// Optional blocks are `anyOf: [block, null]` in the schema; when such a block is
+/// present but wrong inside, the validator only says "not valid under any of the
+/// schemas", so we validate against the block's own schema to say what is wrong.
+fn check_against(validator: &jsonschema::Validator, sub: &Value, base: &str, instance: &Value, root: &Node, out: &mut Vec<Found>, depth: usize) {
+    for error in validator.iter_errors(sub) {
+        let path = format!("{base}{}", error.instance_path().as_str());
         let here = describe_path(&path);
         match error.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
@@ -45,24 +77,25 @@ pub fn check(instance: &Value, root: &Node) -> Vec<Diagnostic> {
                     let key_path = format!("{path}/{}", escape(key));
                     let mut d = Diagnostic::error(format!("unknown key `{key}` in {here}"), root.key_pos_of(&key_path))
                         .label("not a known key");
-                    d = match did_you_mean(key, allowed.iter().map(String::as_str)) {
+                    let suggestion = did_you_mean(key, allowed.iter().map(String::as_str));
+                    d = match &suggestion {
                         Some(best) => d.help(format!("did you mean `{best}`?")),
                         None if allowed.is_empty() => d.help("remove it"),
                         None => d.help(format!("remove it; keys allowed here: {}", allowed.join(", "))),
                     };
-                    out.push(d);
+                    out.push(Found::Unknown { path: path.clone(), suggestion, diagnostic: d });
                 }
             }
             ValidationErrorKind::Required { property } => {
-                let name = property.as_str().unwrap_or("?");
-                let described = describe_field(&format!("{path}/{}", escape(name)));
+                let name = property.as_str().unwrap_or("?").to_owned();
+                let described = describe_field(&format!("{path}/{}", escape(&name)));
                 let pos = root.key_pos_of(&path).or_else(|| root.pos_of(&path));
                 let mut d = Diagnostic::error(format!("{here} is missing the key `{name}`"), pos).label(format!("`{name}` missing"));
                 d = d.help(match described {
                     Some(text) => format!("add `{name}:` ({text})"),
                     None => format!("add `{name}:`"),
                 });
-                out.push(d);
+                out.push(Found::Missing { path, name, diagnostic: d });
             }
             ValidationErrorKind::Type { kind } => {
                 let expected = match kind {
@@ -72,23 +105,43 @@ pub fn check(instance: &Value, root: &Node) -> Vec<Diagnostic> {
                         names.join(" or ")
                     }
                 };
-                out.push(type_error(&path, &here, &expected, instance, root));
+                out.push(Found::Other(type_error(&path, &here, &expected, instance, root)));
             }
             ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
-                let expected = expected_type(&path).unwrap_or_else(|| "a different value".into());
-                out.push(type_error(&path, &here, &expected, instance, root));
+                let value = instance.pointer(&path).unwrap_or(&Value::Null);
+                let branch = branch_validator(&path).filter(|_| depth < 8 && !value.is_null());
+                match branch {
+                    Some((v, expects_object)) if value.is_object() == expects_object => {
+                        check_against(&v, value, &path, instance, root, out, depth + 1);
+                    }
+                    _ => {
+                        let expected = expected_type(&path).unwrap_or_else(|| "a different value".into());
+                        out.push(Found::Other(type_error(&path, &here, &expected, instance, root)));
+                    }
+                }
             }
             ValidationErrorKind::Enum { options } => {
                 let choices: Vec<String> = options.as_array().map(|a| a.iter().map(|v| v.to_string()).collect()).unwrap_or_default();
-                out.push(
+                out.push(Found::Other(
                     Diagnostic::error(format!("{here} must be one of {}", choices.join(", ")), root.pos_of(&path))
                         .help(format!("write one of: {}", choices.join(", ").replace('"', ""))),
-                );
+                ));
             }
-            _ => out.push(Diagnostic::error(format!("{here}: {error}"), root.pos_of(&path))),
+            _ => out.push(Found::Other(Diagnostic::error(format!("{here}: {error}"), root.pos_of(&path)))),
         }
     }
-    out
+}
+
+/// A validator for the non-null branch of the optional block at `pointer`, and
+/// whether that branch is an object.
+fn branch_validator(pointer: &str) -> Option<(jsonschema::Validator, bool)> {
+    let branch = schema_at(pointer)?;
+    let mut schema = branch.clone();
+    if let (Value::Object(map), Some(defs)) = (&mut schema, playbook_schema().get("$defs")) {
+        map.insert("$defs".into(), defs.clone());
+    }
+    let is_object = branch.get("type").and_then(Value::as_str) == Some("object");
+    jsonschema::validator_for(&schema).ok().map(|v| (v, is_object))
 }
 
 fn type_error(path: &str, here: &str, expected: &str, instance: &Value, root: &Node) -> Diagnostic {

@@ -161,7 +161,8 @@ fn options() -> Options {
     let mut budget = Budget::default();
     budget.max_events = 20_000_000;
     budget.max_nodes = 10_000_000;
-    budget.max_depth = 64;
+    budget.max_depth = 32;
+    budget.flow_nesting_limit = 32;
     budget.max_aliases = 10_000;
     budget.max_anchors = 10_000;
     budget.max_total_scalar_bytes = MAX_INPUT_BYTES;
@@ -170,6 +171,10 @@ fn options() -> Options {
     options.budget = Some(budget);
     options.duplicate_keys = DuplicateKeyPolicy::Error;
     options.with_snippet = false;
+    // Anchors are handy for shared settings, but a playbook never needs more than a
+    // few thousand replayed nodes; more is an alias bomb.
+    options.alias_limits.max_total_replayed_events = 100_000;
+    options.alias_limits.max_alias_expansions_per_anchor = 10_000;
     options
 }
 
@@ -287,7 +292,7 @@ mod tests {
         let root = parse("a: 1\nb:\n  - x\n  - {c: true}\n").unwrap();
         let c = root.pointer("/b/1/c").unwrap();
         assert_eq!(c.value, Value::Bool(true));
-        assert_eq!((c.pos.line, c.pos.column), (4, 8));
+        assert_eq!((c.pos.line, c.pos.column), (4, 9));
         let key = root.key_pos_of("/b/1/c").unwrap();
         assert_eq!((key.line, key.column), (4, 6));
         assert_eq!(root.to_json(), serde_json::json!({"a": 1, "b": ["x", {"c": true}]}));

@@ -1,0 +1,9 @@
+//! The one integration test binary. Each module tests through a boundary: the CLI
+//! (`rekey` as a process), the loader (library API, property tests), and the real
+//! services started by `scripts/services`.
+
+mod cli_plan;
+mod loader_props;
+mod services;
+mod support;
+mod validation;

@@ -1,0 +1,76 @@
+//! A small builder for CLI cases: runs the real `rekey` binary with a clean
+//! environment from the repository root.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub struct Rekey {
+    cmd: Command,
+}
+
+/// `rekey` with only the variables a test sets (plus PATH), run from the repo root.
+pub fn rekey() -> Rekey {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rekey"));
+    cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).env("NO_COLOR", "1").current_dir(repo_root());
+    Rekey { cmd }
+}
+
+impl Rekey {
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+    /// The variables the shipped playbooks interpolate.
+    pub fn playbook_env(self) -> Self {
+        self.env("VAULT_ADDR", "http://127.0.0.1:8200")
+    }
+    pub fn run(mut self) -> Output {
+        let out = self.cmd.output().expect("rekey binary runs");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Writes `text` to a fresh temporary playbook file and returns its directory
+/// (kept alive by the caller) and path.
+pub fn playbook_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("playbook.yaml");
+    std::fs::write(&path, text).expect("write playbook");
+    (dir, path)
+}
+
+pub fn shipped_playbooks() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("playbooks"))
+        .expect("playbooks/ exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+pub fn relative(p: &Path) -> String {
+    p.strip_prefix(repo_root()).unwrap_or(p).display().to_string()
+}
