@@ -59,12 +59,12 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
         return Ok(ExitStatus::Invalid);
     }
     let plan = plan::build(&file, &loaded.playbook, &selection);
-    let text = match args.format {
-        Format::Text => render::text(&plan),
-        Format::Json => render::json(&plan),
-        Format::Markdown => render::markdown(&plan),
-    };
-    io.stdout.write_all(text.as_bytes()).context("cannot write the plan to stdout")?;
+    match args.format {
+        Format::Text => render::text(&plan, io.stdout),
+        Format::Json => render::json(&plan, io.stdout),
+        Format::Markdown => render::markdown(&plan, io.stdout),
+    }
+    .context("cannot write the plan to stdout")?;
     Ok(if args.detailed_exitcode && plan.totals.has_work { ExitStatus::PlanHasWork } else { ExitStatus::Success })
 }
 

@@ -8,9 +8,8 @@
 //! longest grace period after the last promotion is over. Manual steps wait for a
 //! person and are left out.
 
-use super::{CredentialPlan, Plan, ProviderPlan, Step};
-use crate::playbook::rate::format_duration;
-use crate::playbook::{Credential, Mode, Playbook};
+use super::{CredentialPlan, Plan, ProviderPlan};
+use crate::playbook::{Credential, Playbook};
 use crate::provider::catalog::Kind;
 use indexmap::IndexMap;
 use std::time::Duration;
@@ -21,86 +20,69 @@ pub const VAULT_REQUESTS_PER_CREDENTIAL: u32 = 5;
 /// Typical duration of one Vault request, for the ETA.
 pub const VAULT_LATENCY: Duration = Duration::from_millis(5);
 
-fn step(name: &'static str, detail: impl Into<String>) -> Step {
-    Step { name, detail: detail.into() }
-}
-
-pub fn credential_plan(playbook: &Playbook, c: &Credential) -> CredentialPlan {
-    let instance = playbook.providers.get(&c.provider);
-    let requests = instance.map(|p| p.requests.clone()).unwrap_or_default();
-    let staging = format!("{}/{}/{}", playbook.vault.mount, playbook.vault.staging_prefix, c.id);
-    let target = format!("{}/{}", playbook.vault.mount, c.vault_path);
-    let account = c.account.as_deref().unwrap_or("the account");
-    let breach = playbook.incident.mode == Mode::Breach;
-    let mut steps = vec![step("lock", format!("take the journal lease on `{}`", c.id))];
+/// The steps of one rotation, from a fixed vocabulary (docs/plan-json.md).
+pub fn steps(c: &Credential, deactivates: bool, lists: bool) -> Vec<&'static str> {
+    let mut steps = vec!["lock"];
     match c.kind {
         Kind::Dual => {
-            if requests.list > 0 {
-                steps.push(step("check_quota", format!("list {account}'s keys at {}; delete an inactive stray if the quota is full, never the current key", c.provider)));
+            if lists {
+                steps.push("check_quota");
             }
-            steps.push(step("create", format!("create a new key for {account} at {}", c.provider)));
-            steps.push(step("stage", format!("store it at once in Vault {staging}")));
+            steps.extend(["create", "stage"]);
             if c.verify {
-                steps.push(step("verify", "authenticate with the new key (with backoff)"));
+                steps.push("verify");
             }
-            steps.push(step("promote", format!("write {target} with check-and-set on the version read now")));
-            steps.push(if c.grace.is_zero() {
-                step("grace", if breach { "none: breach mode retires the old key at once" } else { "none" })
-            } else {
-                step("grace", format!("keep the old key working for {}", format_duration(c.grace)))
-            });
-            if requests.deactivate > 0 {
-                steps.push(step("deactivate", "deactivate the old key"));
+            steps.extend(["promote", "grace"]);
+            if deactivates {
+                steps.push("deactivate");
             }
-            steps.push(step("revoke", "delete the old key"));
+            steps.push("revoke");
         }
         Kind::Single => {
-            steps.push(step("generate", format!("generate a new password ({} characters)", c.password.length)));
-            steps.push(step("stage", format!("write it to Vault {staging} before the change (write-ahead)")));
-            steps.push(step("change", format!("change {account}'s password at {}", c.provider)));
+            steps.extend(["generate", "stage", "change"]);
             if c.verify {
-                steps.push(step("verify", "log in with the new password; if that fails, test the old one"));
+                steps.push("verify");
             }
-            steps.push(step("promote", format!("write {target} with check-and-set on the version read now")));
-            steps.push(step("clear_staging", "delete the staging entry"));
+            steps.extend(["promote", "clear_staging"]);
         }
-        Kind::Manual => {
-            let first = c.instructions.as_deref().unwrap_or("").lines().next().unwrap_or("").trim().to_owned();
-            steps.push(step("await_operator", format!("operator: {first}")));
-            steps.push(step("stage", format!("store the value the operator gives in Vault {staging}")));
-            steps.push(step("promote", format!("write {target} with check-and-set on the version read now")));
-            steps.push(step("clear_staging", "delete the staging entry"));
-        }
+        Kind::Manual => steps.extend(["await_operator", "stage", "promote", "clear_staging"]),
     }
+    steps
+}
+
+pub fn credential_plan<'a>(playbook: &'a Playbook, c: &'a Credential) -> CredentialPlan<'a> {
+    let requests = playbook.providers.get(&c.provider).map(|p| &p.requests);
     CredentialPlan {
-        id: c.id.clone(),
-        provider: c.provider.clone(),
-        type_name: c.type_name.clone(),
+        id: &c.id,
+        provider: &c.provider,
+        type_name: &c.type_name,
         kind: c.kind,
-        account: c.account.clone(),
-        vault_path: c.vault_path.clone(),
-        tags: c.tags.clone(),
-        depends_on: c.depends_on.clone(),
-        steps,
-        provider_requests: requests.total(c.verify),
+        account: c.account.as_deref(),
+        vault_path: &c.vault_path,
+        tags: &c.tags,
+        depends_on: &c.depends_on,
+        steps: steps(c, requests.is_some_and(|r| r.deactivate > 0), requests.is_some_and(|r| r.list > 0)),
+        provider_requests: requests.map(|r| r.total(c.verify)).unwrap_or(0),
         vault_requests: VAULT_REQUESTS_PER_CREDENTIAL,
+        verify: c.verify,
         grace_seconds: c.grace.as_secs_f64(),
+        instructions: if c.kind == Kind::Manual { c.instructions.as_deref() } else { None },
         line: c.line,
     }
 }
 
 /// Fills the per-provider table, wave ETAs and totals.
-pub fn fill(playbook: &Playbook, plan: &mut Plan) {
+pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
     let global = playbook.defaults.concurrency.max(1) as f64;
     // instance -> (credentials, requests, seconds)
-    let mut per_instance: IndexMap<String, (usize, u64, f64)> = IndexMap::new();
+    let mut per_instance: IndexMap<&'a str, (usize, u64, f64)> = IndexMap::new();
     let mut total_eta = 0.0;
     let mut max_grace: f64 = 0.0;
     let mut manual = 0;
     for wave in &mut plan.waves {
-        let mut groups: IndexMap<&str, Vec<&CredentialPlan>> = IndexMap::new();
+        let mut groups: IndexMap<&'a str, Vec<&CredentialPlan<'a>>> = IndexMap::new();
         for c in &wave.credentials {
-            groups.entry(c.provider.as_str()).or_default().push(c);
+            groups.entry(c.provider).or_default().push(c);
             if c.kind == Kind::Manual {
                 manual += 1;
             } else {
@@ -114,14 +96,14 @@ pub fn fill(playbook: &Playbook, plan: &mut Plan) {
             let Some(inst) = playbook.providers.get(*name) else { continue };
             let n = creds.len();
             let requests: u64 = creds.iter().map(|c| c.provider_requests as u64).sum();
-            let entry = per_instance.entry(name.to_string()).or_insert((0, 0, 0.0));
+            let entry = per_instance.entry(*name).or_insert((0, 0, 0.0));
             entry.0 += n;
             entry.1 += requests;
             if inst.kind == Kind::Manual {
                 continue;
             }
             automated += n;
-            let per_credential = |c: &&CredentialPlan| c.provider_requests as f64 * inst.latency.as_secs_f64() + c.vault_requests as f64 * VAULT_LATENCY.as_secs_f64();
+            let per_credential = |c: &&CredentialPlan<'a>| c.provider_requests as f64 * inst.latency.as_secs_f64() + c.vault_requests as f64 * VAULT_LATENCY.as_secs_f64();
             let busy: f64 = creds.iter().map(per_credential).sum();
             work_seconds += busy;
             let rate_bound = (requests as f64 - inst.rate.burst as f64).max(0.0) / inst.rate.per_second;
@@ -140,11 +122,11 @@ pub fn fill(playbook: &Playbook, plan: &mut Plan) {
     }
     let mut provider_requests = 0;
     for (name, (credentials, requests, seconds)) in per_instance {
-        let Some(inst) = playbook.providers.get(&name) else { continue };
+        let Some(inst) = playbook.providers.get(name) else { continue };
         provider_requests += requests;
         plan.providers.push(ProviderPlan {
-            instance: name,
-            type_name: inst.type_name.clone(),
+            instance: &inst.name,
+            type_name: &inst.type_name,
             kind: inst.kind,
             credentials,
             requests,

@@ -15,66 +15,68 @@ use serde::Serialize;
 /// Version of the JSON plan format; bumped only on incompatible changes.
 pub const PLAN_FORMAT_VERSION: u32 = 1;
 
+/// A plan borrows from the playbook it describes: a 100,000-credential plan must
+/// not copy every id and path again.
 #[derive(Debug, Serialize)]
-pub struct Plan {
+pub struct Plan<'a> {
     pub format_version: u32,
-    pub playbook: PlaybookInfo,
+    pub playbook: PlaybookInfo<'a>,
     pub selection: select::SelectionSummary,
     /// Credentials grouped in dependency waves: every credential of a wave depends
     /// only on credentials of earlier waves.
-    pub waves: Vec<Wave>,
-    pub providers: Vec<ProviderPlan>,
-    pub vault: VaultPlan,
+    pub waves: Vec<Wave<'a>>,
+    pub providers: Vec<ProviderPlan<'a>>,
+    pub vault: VaultPlan<'a>,
     pub totals: Totals,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct PlaybookInfo {
-    pub file: String,
-    pub name: String,
-    pub incident_id: Option<String>,
+pub struct PlaybookInfo<'a> {
+    pub file: &'a str,
+    pub name: &'a str,
+    pub incident_id: Option<&'a str>,
     pub mode: Mode,
-    pub compromised: Vec<String>,
+    pub compromised: &'a [String],
 }
 
 #[derive(Debug, Serialize)]
-pub struct Wave {
+pub struct Wave<'a> {
     pub index: usize,
     pub eta_seconds: f64,
-    pub credentials: Vec<CredentialPlan>,
+    pub credentials: Vec<CredentialPlan<'a>>,
 }
 
+/// One credential's rotation. `steps` are names from a fixed vocabulary
+/// (docs/plan-json.md); the staging entry is `<mount>/<staging_prefix>/<id>`.
 #[derive(Debug, Serialize)]
-pub struct CredentialPlan {
-    pub id: String,
-    pub provider: String,
+pub struct CredentialPlan<'a> {
+    pub id: &'a str,
+    pub provider: &'a str,
     #[serde(rename = "type")]
-    pub type_name: String,
+    pub type_name: &'a str,
     pub kind: Kind,
-    pub account: Option<String>,
-    pub vault_path: String,
-    pub tags: Vec<String>,
-    pub depends_on: Vec<String>,
-    pub steps: Vec<Step>,
+    pub account: Option<&'a str>,
+    pub vault_path: &'a str,
+    pub tags: &'a [String],
+    pub depends_on: &'a [String],
+    pub steps: Vec<&'static str>,
     pub provider_requests: u32,
     pub vault_requests: u32,
+    pub verify: bool,
     pub grace_seconds: f64,
+    /// For manual steps: what the operator must do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<&'a str>,
     /// Line of the credential in the playbook.
     pub line: usize,
 }
 
-#[derive(Debug, Serialize, Clone)]
-pub struct Step {
-    pub name: &'static str,
-    pub detail: String,
-}
-
 #[derive(Debug, Serialize)]
-pub struct ProviderPlan {
-    pub instance: String,
+pub struct ProviderPlan<'a> {
+    pub instance: &'a str,
     #[serde(rename = "type")]
-    pub type_name: String,
+    pub type_name: &'a str,
     pub kind: Kind,
     pub credentials: usize,
     pub requests: u64,
@@ -87,10 +89,10 @@ pub struct ProviderPlan {
 }
 
 #[derive(Debug, Serialize)]
-pub struct VaultPlan {
-    pub address: String,
-    pub mount: String,
-    pub staging_prefix: String,
+pub struct VaultPlan<'a> {
+    pub address: &'a str,
+    pub mount: &'a str,
+    pub staging_prefix: &'a str,
     pub requests: u64,
 }
 
@@ -109,10 +111,10 @@ pub struct Totals {
 }
 
 /// Builds the plan of `playbook` for the selected credentials.
-pub fn build(file: &str, playbook: &Playbook, selection: &select::Selection) -> Plan {
+pub fn build<'a>(file: &'a str, playbook: &'a Playbook, selection: &select::Selection) -> Plan<'a> {
     let selected = select::apply(playbook, selection);
     let waves_ix = order::waves(playbook, &selected.indices);
-    let waves: Vec<Wave> = waves_ix
+    let waves: Vec<Wave<'a>> = waves_ix
         .iter()
         .enumerate()
         .map(|(i, ids)| Wave {
@@ -124,23 +126,23 @@ pub fn build(file: &str, playbook: &Playbook, selection: &select::Selection) -> 
     let mut plan = Plan {
         format_version: PLAN_FORMAT_VERSION,
         playbook: PlaybookInfo {
-            file: file.to_owned(),
-            name: playbook.name.clone(),
-            incident_id: playbook.incident.id.clone(),
+            file,
+            name: &playbook.name,
+            incident_id: playbook.incident.id.as_deref(),
             mode: playbook.incident.mode,
-            compromised: playbook.incident.compromised.clone(),
+            compromised: &playbook.incident.compromised,
         },
         selection: selected.summary,
         waves,
         providers: Vec::new(),
         vault: VaultPlan {
-            address: playbook.vault.address.clone(),
-            mount: playbook.vault.mount.clone(),
-            staging_prefix: playbook.vault.staging_prefix.clone(),
+            address: &playbook.vault.address,
+            mount: &playbook.vault.mount,
+            staging_prefix: &playbook.vault.staging_prefix,
             requests: 0,
         },
         totals: Totals { credentials: 0, waves: 0, provider_requests: 0, vault_requests: 0, manual: 0, eta_seconds: 0.0, has_work: false },
-        warnings: playbook.warnings.iter().map(|w| w.message.clone()).collect(),
+        warnings: playbook.warnings.iter().map(|w| w.message.as_str()).collect(),
     };
     estimate::fill(playbook, &mut plan);
     plan

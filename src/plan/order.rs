@@ -3,24 +3,44 @@
 //! already refused cycles.
 
 use crate::playbook::Playbook;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// Groups the selected credential indices into waves, each in playbook order.
 pub fn waves(playbook: &Playbook, selected: &[usize]) -> Vec<Vec<usize>> {
-    let position: HashMap<&str, usize> = selected.iter().map(|&i| (playbook.credentials[i].id.as_str(), i)).collect();
-    let mut indegree: HashMap<usize, usize> = selected.iter().map(|&i| (i, 0)).collect();
-    let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
+    let credentials = &playbook.credentials;
+    let mut chosen = vec![false; credentials.len()];
     for &i in selected {
-        for dep in &playbook.credentials[i].depends_on {
-            if let Some(&d) = position.get(dep.as_str()) {
-                if d != i {
-                    *indegree.entry(i).or_default() += 1;
-                    dependents.entry(d).or_default().push(i);
+        chosen[i] = true;
+    }
+    let index: FxHashMap<&str, usize> = selected.iter().map(|&i| (credentials[i].id.as_str(), i)).collect();
+    // Edges dependency -> dependent, grouped by dependency (counting sort).
+    let mut indegree = vec![0u32; credentials.len()];
+    let mut edges: Vec<(u32, u32)> = Vec::new();
+    for &i in selected {
+        for dep in &credentials[i].depends_on {
+            if let Some(&d) = index.get(dep.as_str()) {
+                if d != i && chosen[d] {
+                    indegree[i] += 1;
+                    edges.push((d as u32, i as u32));
                 }
             }
         }
     }
-    let mut current: Vec<usize> = selected.iter().copied().filter(|i| indegree[i] == 0).collect();
+    let mut start = vec![0u32; credentials.len() + 1];
+    for &(d, _) in &edges {
+        start[d as usize + 1] += 1;
+    }
+    for k in 1..start.len() {
+        start[k] += start[k - 1];
+    }
+    let mut fill = start.clone();
+    let mut dependents = vec![0u32; edges.len()];
+    for &(d, i) in &edges {
+        dependents[fill[d as usize] as usize] = i;
+        fill[d as usize] += 1;
+    }
+
+    let mut current: Vec<usize> = selected.iter().copied().filter(|&i| indegree[i] == 0).collect();
     let mut out = Vec::new();
     let mut placed = 0;
     while !current.is_empty() {
@@ -28,16 +48,21 @@ pub fn waves(playbook: &Playbook, selected: &[usize]) -> Vec<Vec<usize>> {
         placed += current.len();
         let mut next = Vec::new();
         for &i in &current {
-            for &t in dependents.get(&i).map(Vec::as_slice).unwrap_or(&[]) {
-                let d = indegree.get_mut(&t).expect("every dependent is selected");
-                *d -= 1;
-                if *d == 0 {
+            for &t in &dependents[start[i] as usize..start[i + 1] as usize] {
+                let t = t as usize;
+                indegree[t] -= 1;
+                if indegree[t] == 0 {
                     next.push(t);
                 }
             }
         }
         out.push(std::mem::replace(&mut current, next));
     }
-    debug_assert_eq!(placed, selected.len(), "validation refuses cycles");
+    if placed < selected.len() {
+        // Unreachable after validation (no cycles); never lose a credential anyway.
+        let mut rest: Vec<usize> = selected.iter().copied().filter(|&i| indegree[i] > 0).collect();
+        rest.sort_unstable();
+        out.push(rest);
+    }
     out
 }

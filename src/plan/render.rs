@@ -1,22 +1,26 @@
 //! Plan output: text for people, JSON for machines (stable, see docs/plan-json.md),
-//! Markdown for pull-request comments.
+//! Markdown for pull-request comments. Each writes straight to the output, so a
+//! 100,000-credential plan is never held as one string.
 
 use super::Plan;
-use crate::playbook::Mode;
 use crate::playbook::rate::format_duration;
-use std::fmt::Write;
+use crate::playbook::{Mode, RateOrigin};
+use std::io::{self, Write};
 use std::time::Duration;
 
 fn eta(seconds: f64) -> String {
     format_duration(Duration::from_secs_f64(seconds.max(0.0)))
 }
 
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
 fn mode_line(plan: &Plan) -> String {
     let p = &plan.playbook;
-    let mut s = format!("{}", p.name);
-    let mut parts = Vec::new();
-    if let Some(id) = &p.incident_id {
-        parts.push(id.clone());
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(id) = p.incident_id {
+        parts.push(id.to_owned());
     }
     parts.push(match p.mode {
         Mode::Breach => "breach mode".to_owned(),
@@ -25,8 +29,7 @@ fn mode_line(plan: &Plan) -> String {
     if !p.compromised.is_empty() {
         parts.push(format!("compromised: {}", p.compromised.join(", ")));
     }
-    let _ = write!(s, " ({})", parts.join(", "));
-    s
+    format!("{} ({})", p.name, parts.join(", "))
 }
 
 fn selection_line(plan: &Plan) -> String {
@@ -38,61 +41,53 @@ fn selection_line(plan: &Plan) -> String {
         }
     }
     let by = if filters.is_empty() { String::new() } else { format!(" by {}", filters.join(" ")) };
-    format!("{} of {} credentials selected{by}", s.selected, s.total)
+    format!("{} of {} selected{by}", s.selected, plural(s.total, "credential"))
 }
 
 fn summary_line(plan: &Plan) -> String {
     let t = &plan.totals;
-    let manual = if t.manual > 0 { format!(" + {} manual step{}", t.manual, if t.manual == 1 { "" } else { "s" }) } else { String::new() };
-    format!(
-        "{} wave{}, {} provider requests, {} Vault requests, ETA {}{manual}",
-        t.waves,
-        if t.waves == 1 { "" } else { "s" },
-        t.provider_requests,
-        t.vault_requests,
-        eta(t.eta_seconds)
-    )
+    let manual = if t.manual > 0 { format!(" + {}", plural(t.manual, "manual step")) } else { String::new() };
+    format!("{}, {} provider requests, {} Vault requests, ETA {}{manual}", plural(t.waves, "wave"), t.provider_requests, t.vault_requests, eta(t.eta_seconds))
 }
 
-pub fn text(plan: &Plan) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "Plan: {}", mode_line(plan));
-    let _ = writeln!(out, "{}; {}.", selection_line(plan), summary_line(plan));
+pub fn text(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(1 << 16, out);
+    writeln!(out, "Plan: {}", mode_line(plan))?;
+    writeln!(out, "{}; {}.", selection_line(plan), summary_line(plan))?;
     if !plan.selection.unselected_dependencies.is_empty() {
-        let _ = writeln!(out, "Not selected but depended on (not rotated by this run): {}", plan.selection.unselected_dependencies.join(", "));
+        writeln!(out, "Not selected but depended on (not rotated by this run): {}", plan.selection.unselected_dependencies.join(", "))?;
     }
-    let _ = writeln!(out, "Vault: {} (mount {}, staging {})", plan.vault.address, plan.vault.mount, plan.vault.staging_prefix);
+    writeln!(out, "Vault: {} (mount {}, staging {})", plan.vault.address, plan.vault.mount, plan.vault.staging_prefix)?;
     for wave in &plan.waves {
-        let _ = writeln!(out, "\nWave {} ({} credential{}, ETA {})", wave.index, wave.credentials.len(), if wave.credentials.len() == 1 { "" } else { "s" }, eta(wave.eta_seconds));
+        writeln!(out, "\nWave {} ({}, ETA {})", wave.index, plural(wave.credentials.len(), "credential"), eta(wave.eta_seconds))?;
         for c in &wave.credentials {
-            let account = c.account.as_deref().map(|a| format!(" account {a}")).unwrap_or_default();
-            let _ = writeln!(out, "  {} via {} ({}, {}){account} -> {}", c.id, c.provider, c.type_name, c.kind.as_str(), c.vault_path);
-            let names: Vec<&str> = c.steps.iter().map(|s| s.name).collect();
-            let _ = writeln!(out, "      {}", names.join(" > "));
-            if let Some(op) = c.steps.iter().find(|s| s.name == "await_operator") {
-                let _ = writeln!(out, "      {}", op.detail);
+            let account = c.account.map(|a| format!(" account {a}")).unwrap_or_default();
+            writeln!(out, "  {} via {} ({}, {}){account} -> {}", c.id, c.provider, c.type_name, c.kind.as_str(), c.vault_path)?;
+            writeln!(out, "      {}", c.steps.join(" > "))?;
+            if let Some(instructions) = c.instructions {
+                writeln!(out, "      operator: {}", instructions.split_whitespace().collect::<Vec<_>>().join(" "))?;
             }
         }
     }
     if !plan.providers.is_empty() {
-        let _ = writeln!(out, "\nProviders");
+        writeln!(out, "\nProviders")?;
         let rows: Vec<[String; 6]> = plan
             .providers
             .iter()
             .map(|p| {
-                let origin = if p.rate_origin == crate::playbook::RateOrigin::ProviderDefault { " (default)" } else { "" };
-                [p.instance.clone(), p.type_name.clone(), p.credentials.to_string(), p.requests.to_string(), format!("{}{origin}", p.rate_description), eta(p.eta_seconds)]
+                let origin = if p.rate_origin == RateOrigin::ProviderDefault { " (default)" } else { "" };
+                [p.instance.to_owned(), p.type_name.to_owned(), p.credentials.to_string(), p.requests.to_string(), format!("{}{origin}", p.rate_description), eta(p.eta_seconds)]
             })
             .collect();
-        table(&mut out, ["instance", "type", "credentials", "requests", "rate limit", "ETA"], &rows);
+        table(&mut out, ["instance", "type", "credentials", "requests", "rate limit", "ETA"], &rows)?;
     }
     for w in &plan.warnings {
-        let _ = writeln!(out, "\nwarning: {w}");
+        writeln!(out, "\nwarning: {w}")?;
     }
-    out
+    out.flush()
 }
 
-fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N]]) {
+fn table<const N: usize>(out: &mut dyn Write, header: [&str; N], rows: &[[String; N]]) -> io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -102,58 +97,61 @@ fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N
     let line = |cells: Vec<&str>| {
         let mut s = String::from(" ");
         for (cell, w) in cells.iter().zip(&widths) {
-            let _ = write!(s, " {cell:<w$}");
+            s.push_str(&format!(" {cell:<w$}"));
         }
         s.trim_end().to_owned()
     };
-    let _ = writeln!(out, "{}", line(header.to_vec()));
+    writeln!(out, "{}", line(header.to_vec()))?;
     for row in rows {
-        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
     }
+    Ok(())
 }
 
-pub fn json(plan: &Plan) -> String {
-    serde_json::to_string_pretty(plan).unwrap_or_else(|e| format!("{{\"error\": \"cannot serialise the plan: {e}\"}}")) + "\n"
+pub fn json(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(1 << 16, out);
+    serde_json::to_writer_pretty(&mut out, plan)?;
+    writeln!(out)?;
+    out.flush()
 }
 
 fn md_escape(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
-pub fn markdown(plan: &Plan) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "### rekey plan: {}\n", md_escape(&mode_line(plan)));
-    let _ = writeln!(out, "**{}**; {}.\n", selection_line(plan), summary_line(plan));
+pub fn markdown(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(1 << 16, out);
+    writeln!(out, "### rekey plan: {}\n", md_escape(&mode_line(plan)))?;
+    writeln!(out, "**{}**; {}.\n", selection_line(plan), summary_line(plan))?;
     if !plan.selection.unselected_dependencies.is_empty() {
-        let _ = writeln!(out, "> Not selected but depended on (not rotated by this run): {}\n", plan.selection.unselected_dependencies.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", "));
+        let deps: Vec<String> = plan.selection.unselected_dependencies.iter().map(|d| format!("`{d}`")).collect();
+        writeln!(out, "> Not selected but depended on (not rotated by this run): {}\n", deps.join(", "))?;
     }
-    let _ = writeln!(out, "| wave | credential | provider | kind | Vault path | steps |");
-    let _ = writeln!(out, "|---:|---|---|---|---|---|");
+    writeln!(out, "| wave | credential | provider | kind | Vault path | steps |")?;
+    writeln!(out, "|---:|---|---|---|---|---|")?;
     for wave in &plan.waves {
         for c in &wave.credentials {
-            let steps: Vec<&str> = c.steps.iter().map(|s| s.name).collect();
-            let _ = writeln!(out, "| {} | `{}` | {} ({}) | {} | `{}` | {} |", wave.index, md_escape(&c.id), md_escape(&c.provider), md_escape(&c.type_name), c.kind.as_str(), md_escape(&c.vault_path), steps.join(" → "));
+            writeln!(out, "| {} | `{}` | {} ({}) | {} | `{}` | {} |", wave.index, md_escape(c.id), md_escape(c.provider), md_escape(c.type_name), c.kind.as_str(), md_escape(c.vault_path), c.steps.join(" → "))?;
         }
     }
     if !plan.providers.is_empty() {
-        let _ = writeln!(out, "\n| provider instance | type | credentials | requests | rate limit | ETA |");
-        let _ = writeln!(out, "|---|---|---:|---:|---|---:|");
+        writeln!(out, "\n| provider instance | type | credentials | requests | rate limit | ETA |")?;
+        writeln!(out, "|---|---|---:|---:|---|---:|")?;
         for p in &plan.providers {
-            let _ = writeln!(out, "| {} | {} | {} | {} | {} | {} |", md_escape(&p.instance), p.type_name, p.credentials, p.requests, p.rate_description, eta(p.eta_seconds));
+            writeln!(out, "| {} | {} | {} | {} | {} | {} |", md_escape(p.instance), p.type_name, p.credentials, p.requests, p.rate_description, eta(p.eta_seconds))?;
         }
     }
-    let manual: Vec<_> = plan.waves.iter().flat_map(|w| &w.credentials).filter(|c| c.steps.iter().any(|s| s.name == "await_operator")).collect();
+    let manual: Vec<_> = plan.waves.iter().flat_map(|w| &w.credentials).filter(|c| c.instructions.is_some()).collect();
     if !manual.is_empty() {
-        let _ = writeln!(out, "\n<details><summary>{} manual step{}</summary>\n", manual.len(), if manual.len() == 1 { "" } else { "s" });
+        writeln!(out, "\n<details><summary>{}</summary>\n", plural(manual.len(), "manual step"))?;
         for c in manual {
-            if let Some(op) = c.steps.iter().find(|s| s.name == "await_operator") {
-                let _ = writeln!(out, "- `{}`: {}", md_escape(&c.id), md_escape(op.detail.trim_start_matches("operator: ")));
-            }
+            let text = c.instructions.unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+            writeln!(out, "- `{}`: {}", md_escape(c.id), md_escape(&text))?;
         }
-        let _ = writeln!(out, "\n</details>");
+        writeln!(out, "\n</details>")?;
     }
     for w in &plan.warnings {
-        let _ = writeln!(out, "\n> **warning:** {}", md_escape(w));
+        writeln!(out, "\n> **warning:** {}", md_escape(w))?;
     }
-    out
+    out.flush()
 }

@@ -94,26 +94,36 @@ impl Report {
             .map(|d| JsonDiagnostic {
                 severity: d.severity,
                 file: &self.file,
-                line: d.pos.map(|p| p.line),
-                column: d.pos.map(|p| p.column),
+                line: d.pos.map(|p| p.line as usize),
+                column: d.pos.map(|p| p.column as usize),
                 message: &d.message,
                 help: d.help.as_deref(),
             })
             .collect()
     }
 
-    /// Renders every diagnostic with its snippet, the way they go to stderr.
+    /// Renders the diagnostics with their snippets, the way they go to stderr. After
+    /// `MAX_RENDERED` the rest are counted, not drawn: `--format json` lists them all.
     pub fn render(&self, color: bool) -> String {
+        const MAX_RENDERED: usize = 100;
         let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
         let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(2).with_width(100).with_wrap_lines(false);
         let named = Arc::new(NamedSource::new(self.file.clone(), self.source.to_string()));
+        let lines = LineIndex::new(&self.source);
         let mut out = String::new();
-        for diagnostic in &self.diagnostics {
-            let shown = Shown { diagnostic, file: &self.file, source: named.clone(), source_len: self.source.len() };
+        for diagnostic in self.diagnostics.iter().take(MAX_RENDERED) {
+            let shown = Shown { diagnostic, file: &self.file, source: named.clone(), text: &self.source, lines: &lines };
             if handler.render_report(&mut out, &shown).is_err() {
                 out.push_str(&format!("{}: {}\n", self.file, diagnostic.message));
             }
             out.push('\n');
+        }
+        if self.diagnostics.len() > MAX_RENDERED {
+            out.push_str(&format!(
+                "{}: {} more problems not shown; fix these first, or list them all with `--format json`\n",
+                self.file,
+                self.diagnostics.len() - MAX_RENDERED
+            ));
         }
         let errors = self.errors();
         let warnings = self.diagnostics.len() - errors;
@@ -130,12 +140,39 @@ impl Report {
     }
 }
 
+/// Byte offsets of line starts, to turn (line, column) into byte offsets for miette
+/// (positions count characters; the source may hold multi-byte UTF-8).
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    /// Byte range of `pos` in `text`.
+    fn range(&self, text: &str, pos: Pos) -> (usize, usize) {
+        let line = (pos.line as usize).max(1) - 1;
+        let Some(&line_start) = self.starts.get(line) else { return (text.len(), 0) };
+        let rest = &text[line_start..];
+        let mut chars = rest.char_indices().map(|(i, _)| line_start + i).chain(std::iter::once(text.len()));
+        let start = chars.nth((pos.column as usize).max(1) - 1).unwrap_or(text.len());
+        let tail = &text[start..];
+        let len = tail.char_indices().nth(pos.len as usize).map(|(i, _)| i).unwrap_or(tail.len());
+        (start, len)
+    }
+}
+
 /// Adapter that lets miette draw one diagnostic.
 struct Shown<'a> {
     diagnostic: &'a Diagnostic,
     file: &'a str,
     source: Arc<NamedSource<String>>,
-    source_len: usize,
+    text: &'a str,
+    lines: &'a LineIndex,
 }
 
 impl fmt::Debug for Shown<'_> {
@@ -157,8 +194,7 @@ impl std::error::Error for Shown<'_> {}
 
 impl Shown<'_> {
     fn span(&self, pos: Pos) -> SourceSpan {
-        let offset = pos.offset.min(self.source_len);
-        let len = pos.len.min(self.source_len - offset);
+        let (offset, len) = self.lines.range(self.text, pos);
         SourceSpan::new(offset.into(), len)
     }
 }

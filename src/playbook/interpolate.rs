@@ -25,15 +25,14 @@ pub fn looks_secret(name: &str) -> bool {
 }
 
 /// Replaces `${...}` in every string of the tree; returns one diagnostic per problem.
-pub fn interpolate(root: &mut Node, env: &dyn Fn(&str) -> Option<String>) -> Vec<Diagnostic> {
+pub fn interpolate(root: &mut Node<'_>, env: &dyn Fn(&str) -> Option<String>) -> Vec<Diagnostic> {
     let mut problems = Vec::new();
-    let mut path = String::new();
-    root.for_each_string_mut(&mut path, &mut |_, text, pos| {
+    root.for_each_string_mut(&mut |text, pos| {
         if !text.contains('$') {
             return;
         }
         match expand(text, env) {
-            Ok(expanded) => *text = expanded,
+            Ok(expanded) => *text = std::borrow::Cow::Owned(expanded),
             Err(problem) => problems.push(problem.into_diagnostic(Some(pos))),
         }
     });

@@ -2,6 +2,7 @@
 //! `interpolate`, `schema`) and pure validation into a resolved `Playbook`
 //! (`validate`). Nothing here does network I/O.
 
+pub mod de;
 pub mod diagnostic;
 pub mod interpolate;
 pub mod model;
@@ -168,7 +169,7 @@ pub fn load_bytes(file: &str, bytes: &[u8], env: &(dyn Fn(&str) -> Option<String
             let offset = e.valid_up_to();
             let line = bytes[..offset].iter().filter(|b| **b == b'\n').count() + 1;
             let column = offset - bytes[..offset].iter().rposition(|b| *b == b'\n').map(|p| p + 1).unwrap_or(0) + 1;
-            let pos = yaml::Pos { offset: lossy.char_indices().nth(String::from_utf8_lossy(&bytes[..offset]).chars().count()).map(|(i, _)| i).unwrap_or(0), len: 1, line, column };
+            let pos = yaml::Pos { offset: 0, len: 1, line: line as u32, column: column as u32 };
             Err(Report {
                 file: file.to_owned(),
                 source: Arc::new(lossy),
@@ -211,14 +212,7 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
     let mut root = match yaml::parse(text) {
         Ok(root) => root,
         Err(e) => {
-            let help = if e.message.to_lowercase().contains("duplicate") {
-                "remove or rename one of the two keys"
-            } else if ["budget", "recursion", "limit exceeded"].iter().any(|w| e.message.to_lowercase().contains(w)) {
-                "the document is too large or too deeply nested for a playbook"
-            } else {
-                "fix the YAML syntax here (indentation with spaces, `key: value`, lists with `- `)"
-            };
-            return Err(fail(vec![Diagnostic::error(format!("invalid YAML: {}", first_line(&e.message)), e.pos).help(help)]));
+            return Err(fail(vec![Diagnostic::error(format!("invalid YAML: {}", first_line(&e.message)), e.pos).help(e.help)]));
         }
     };
     if !matches!(root.value, yaml::Value::Map(_)) {
@@ -226,23 +220,51 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
             .help("start from a shipped example in `playbooks/`, or `rekey schema` for the full structure")]));
     }
 
-    let mut problems = interpolate::interpolate(&mut root, env);
-    let json = root.to_json();
-    problems.extend(schema::check(&json, &root));
+    // Most playbooks interpolate a handful of values; skip the walk when none do.
+    let mut problems = if text.contains('$') { interpolate::interpolate(&mut root, env) } else { Vec::new() };
     if problems.iter().any(Diagnostic::is_error) {
         return Err(fail(problems));
     }
-    let raw: model::RawPlaybook = match serde_path_to_error::deserialize(&json) {
+    // Fast path: typed straight from the tree. Only when that fails is the tree
+    // copied to JSON and checked against the schema, to explain every problem.
+    let raw = match <model::RawPlaybook as serde::Deserialize>::deserialize(de::NodeDe(&root)) {
         Ok(raw) => raw,
-        Err(e) => {
-            let pointer: String = e.path().iter().map(|seg| format!("/{}", yaml::escape(&seg.to_string()))).collect();
-            let pointer = pointer.replace("/[", "/").replace(']', "");
-            let d = Diagnostic::error(format!("{}: {}", schema::describe_path(&pointer), e.inner()), root.pos_of(&pointer))
-                .help("`rekey schema` prints what each key accepts");
-            return Err(fail(vec![d]));
+        Err(_) => {
+            let json = root.to_json();
+            problems.extend(schema::check(&json, &root));
+            if problems.iter().any(Diagnostic::is_error) {
+                return Err(fail(problems));
+            }
+            match serde_path_to_error::deserialize::<_, model::RawPlaybook>(&json) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    let pointer: String = e.path().iter().map(|seg| format!("/{}", yaml::escape(&seg.to_string()))).collect();
+                    let pointer = pointer.replace("/[", "/").replace(']', "");
+                    let d = Diagnostic::error(format!("{}: {}", schema::describe_path(&pointer), e.inner()), root.pos_of(&pointer))
+                        .help("`rekey schema` prints what each key accepts");
+                    return Err(fail(vec![d]));
+                }
+            }
         }
     };
-    match validate::validate(&raw, &root, catalog) {
+    // Validate without positions first, so the tree can be freed before the
+    // resolved playbook is built; only when there is something to report is the
+    // text parsed again to point at it.
+    let lines = credential_lines(&root);
+    drop(root);
+    let first = validate::validate(&raw, None, &lines, catalog);
+    let clean = matches!(&first, Ok(playbook) if playbook.warnings.is_empty());
+    let result = if clean {
+        first
+    } else {
+        drop(first);
+        let mut root = yaml::parse(text).map_err(|e| fail(vec![Diagnostic::error(e.message, e.pos)]))?;
+        if text.contains('$') {
+            interpolate::interpolate(&mut root, env);
+        }
+        validate::validate(&raw, Some(&root), &lines, catalog)
+    };
+    match result {
         Ok(mut playbook) => {
             problems.append(&mut playbook.warnings.clone());
             playbook.warnings = problems.clone();
@@ -252,6 +274,14 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
             problems.append(&mut diagnostics);
             Err(fail(problems))
         }
+    }
+}
+
+/// The line of each entry of `credentials`, for plans and run records.
+fn credential_lines(root: &yaml::Node<'_>) -> Vec<u32> {
+    match root.pointer("/credentials").map(|n| &n.value) {
+        Some(yaml::Value::Seq(items)) => items.iter().map(|n| n.pos.line).collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -8,34 +8,38 @@ use super::yaml::{Node, Pos, escape};
 use super::{AdminSource, Credential, Defaults, Incident, PasswordPolicy, Playbook, ProviderInstance, RateOrigin, Vault, VaultAuth};
 use crate::provider::catalog::{Catalog, Kind, Need, Setting};
 use indexmap::IndexMap;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::time::Duration;
 
 pub const SUPPORTED_VERSION: i64 = 1;
 pub const MANUAL: &str = "manual";
 const DEFAULT_ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
+/// Validation context. `root` is the positioned tree when positions are wanted;
+/// the loader validates without it first (so the tree can be freed early) and
+/// again with it only when there is something to report.
 struct Ctx<'a> {
-    root: &'a Node,
+    root: Option<&'a Node<'a>>,
     out: Vec<Diagnostic>,
 }
 
 impl Ctx<'_> {
     fn at(&self, pointer: &str) -> Option<Pos> {
-        self.root.pos_of(pointer)
+        self.root?.pos_of(pointer)
     }
     fn key_at(&self, pointer: &str) -> Option<Pos> {
-        self.root.key_pos_of(pointer).or_else(|| self.root.pos_of(pointer))
+        let root = self.root?;
+        root.key_pos_of(pointer).or_else(|| root.pos_of(pointer))
     }
     fn push(&mut self, d: Diagnostic) {
         self.out.push(d);
     }
-    fn duration(&mut self, text: &Option<String>, pointer: &str) -> Option<Duration> {
+    fn duration(&mut self, text: &Option<String>, pointer: impl AsRef<str>) -> Option<Duration> {
         let text = text.as_ref()?;
         match parse_duration(text) {
             Ok(d) => Some(d),
             Err(message) => {
-                self.push(Diagnostic::error(message, self.at(pointer)).label("bad duration").help(DURATION_HELP));
+                self.push(Diagnostic::error(message, self.at(pointer.as_ref())).label("bad duration").help(DURATION_HELP));
                 None
             }
         }
@@ -83,7 +87,9 @@ pub fn normalize_vault_path(path: &str) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
-pub fn validate(raw: &RawPlaybook, root: &Node, catalog: &Catalog) -> Result<Playbook, Vec<Diagnostic>> {
+/// Validates `raw`. `lines` holds the line of each credential entry (for plans);
+/// `root`, when given, supplies positions for diagnostics.
+pub fn validate(raw: &RawPlaybook, root: Option<&Node<'_>>, lines: &[u32], catalog: &Catalog) -> Result<Playbook, Vec<Diagnostic>> {
     let mut cx = Ctx { root, out: Vec::new() };
 
     if raw.version != SUPPORTED_VERSION {
@@ -102,7 +108,7 @@ pub fn validate(raw: &RawPlaybook, root: &Node, catalog: &Catalog) -> Result<Pla
     let vault = validate_vault(&mut cx, raw);
     let defaults = validate_defaults(&mut cx, raw);
     let mut providers = validate_providers(&mut cx, raw, catalog);
-    let credentials = validate_credentials(&mut cx, raw, catalog, &mut providers, &vault, &defaults, incident.mode);
+    let credentials = validate_credentials(&mut cx, raw, catalog, &mut providers, &vault, &defaults, incident.mode, lines);
 
     if let Some(cycle_diags) = find_cycles(&cx, &credentials) {
         cx.out.extend(cycle_diags);
@@ -136,7 +142,7 @@ fn validate_incident(cx: &mut Ctx, raw: &RawPlaybook) -> Incident {
     let Some(inc) = &raw.incident else {
         return Incident { id: None, compromised: Vec::new(), mode: Mode::Routine };
     };
-    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut seen: HashMap<&str, usize> = HashMap::default();
     for (i, name) in inc.compromised.iter().enumerate() {
         if let Some(first) = seen.insert(name, i) {
             cx.push(Diagnostic::warning(format!("`{name}` is listed twice in incident.compromised"), cx.at(&format!("/incident/compromised/{i}")))
@@ -405,10 +411,10 @@ fn validate_providers(cx: &mut Ctx, raw: &RawPlaybook, catalog: &Catalog) -> Ind
 }
 
 #[allow(clippy::too_many_arguments)]
-fn validate_credentials(cx: &mut Ctx, raw: &RawPlaybook, catalog: &Catalog, providers: &mut IndexMap<String, ProviderInstance>, vault: &Vault, defaults: &Defaults, mode: Mode) -> Vec<Credential> {
+fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalog, providers: &mut IndexMap<String, ProviderInstance>, vault: &Vault, defaults: &Defaults, mode: Mode, lines: &[u32]) -> Vec<Credential> {
     let mut out = Vec::with_capacity(raw.credentials.len());
-    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(raw.credentials.len());
-    let mut paths: HashMap<String, usize> = HashMap::with_capacity(raw.credentials.len());
+    let mut ids: HashMap<&str, usize> = HashMap::with_capacity_and_hasher(raw.credentials.len(), Default::default());
+    let mut paths: HashMap<String, usize> = HashMap::with_capacity_and_hasher(raw.credentials.len(), Default::default());
     if raw.credentials.is_empty() {
         cx.push(Diagnostic::warning("the playbook lists no credentials", cx.key_at("/credentials")).help("add entries under `credentials:`"));
     }
@@ -425,7 +431,9 @@ fn validate_credentials(cx: &mut Ctx, raw: &RawPlaybook, catalog: &Catalog, prov
         }
 
         // The provider instance, or the implicit manual one.
-        let instance: Option<ProviderInstance> = if c.provider == MANUAL {
+        // Only the type and kind are needed here; cloning the instance per
+        // credential would cost a 100,000-credential playbook dearly.
+        let instance: Option<(&'c str, Kind)> = if c.provider == MANUAL {
             let t = catalog.get(MANUAL);
             if c.instructions.as_deref().is_none_or(|s| s.trim().is_empty()) {
                 cx.push(Diagnostic::error(format!("manual credential `{}` has no instructions", c.id), cx.at(&format!("{base}/provider")))
@@ -443,10 +451,11 @@ fn validate_credentials(cx: &mut Ctx, raw: &RawPlaybook, catalog: &Catalog, prov
                     concurrency: t.default_concurrency,
                     latency: t.latency(),
                     requests: t.requests.clone(),
-                }).clone()
+                });
+                (MANUAL, Kind::Manual)
             })
         } else if let Some(p) = providers.get(&c.provider) {
-            Some(p.clone())
+            catalog.types.get_key_value(&p.type_name).map(|(name, t)| (name.as_str(), t.kind))
         } else {
             let declared = raw.providers.contains_key(&c.provider);
             if !declared {
@@ -461,20 +470,22 @@ fn validate_credentials(cx: &mut Ctx, raw: &RawPlaybook, catalog: &Catalog, prov
             None
         };
 
-        if let Some(inst) = &instance {
-            let t = catalog.get(&inst.type_name);
-            if let Some(t) = t {
+        if let Some((type_name, kind)) = instance {
+            if let Some(t) = catalog.get(type_name) {
                 if t.account == Need::Required && c.account.as_deref().is_none_or(|a| a.trim().is_empty()) {
                     cx.push(Diagnostic::error(format!("credential `{}` needs an `account` (the {} account to rotate)", c.id, t.name), cx.at(&format!("{base}/id")))
                         .help("add `account: <user, role or key name at the provider>`"));
                 }
-                if inst.kind != Kind::Manual && c.instructions.is_some() {
-                    cx.push(Diagnostic::warning(format!("`instructions` only apply to manual credentials; `{}` is rotated by `{}`", c.id, inst.type_name), cx.key_at(&format!("{base}/instructions"))).help("remove `instructions`, or use `provider: manual`"));
+                if kind != Kind::Manual && c.instructions.is_some() {
+                    cx.push(Diagnostic::warning(format!("`instructions` only apply to manual credentials; `{}` is rotated by `{}`", c.id, type_name), cx.key_at(&format!("{base}/instructions"))).help("remove `instructions`, or use `provider: manual`"));
                 }
             }
         }
-        let settings = match instance.as_ref().and_then(|inst| catalog.get(&inst.type_name)) {
-            Some(t) => validate_settings(cx, &c.settings, &t.credential_settings, &format!("{base}/settings"), &t.name),
+        let settings = match instance.and_then(|(type_name, _)| catalog.get(type_name)) {
+            Some(t) if !c.settings.is_empty() || t.credential_settings.values().any(|s| s.required || s.default.is_some()) => {
+                validate_settings(cx, &c.settings, &t.credential_settings, &format!("{base}/settings"), &t.name)
+            }
+            Some(_) => IndexMap::new(),
             None => c.settings.clone(),
         };
 
@@ -505,7 +516,7 @@ fn validate_credentials(cx: &mut Ctx, raw: &RawPlaybook, catalog: &Catalog, prov
             }
         };
 
-        let grace = cx.duration(&c.grace, &format!("{base}/grace")).unwrap_or(defaults.grace);
+        let grace = if c.grace.is_some() { cx.duration(&c.grace, format!("{base}/grace")).unwrap_or(defaults.grace) } else { defaults.grace };
         if mode == Mode::Breach && !grace.is_zero() {
             let pointer = if c.grace.is_some() { format!("{base}/grace") } else { "/defaults/grace".into() };
             if c.grace.is_some() || i == 0 {
@@ -513,33 +524,30 @@ fn validate_credentials(cx: &mut Ctx, raw: &RawPlaybook, catalog: &Catalog, prov
                     .help("remove it, or set `incident.mode: routine` if the old values are not compromised"));
             }
         }
-        let max_age = cx.duration(&c.max_age, &format!("{base}/max_age")).or(defaults.max_age);
-        let password = validate_password(cx, &c.password, &defaults.password, &format!("{base}/password"));
+        let max_age = if c.max_age.is_some() { cx.duration(&c.max_age, format!("{base}/max_age")) } else { defaults.max_age };
+        let password = if c.password.is_some() { validate_password(cx, &c.password, &defaults.password, &format!("{base}/password")) } else { defaults.password.clone() };
 
-        let mut seen_deps: HashMap<&str, usize> = HashMap::new();
         for (j, dep) in c.depends_on.iter().enumerate() {
-            if let Some(_first) = seen_deps.insert(dep, j) {
+            if c.depends_on[..j].contains(dep) {
                 cx.push(Diagnostic::warning(format!("`{dep}` is listed twice in depends_on"), cx.at(&format!("{base}/depends_on/{j}"))).help("remove the repeat"));
             }
             if dep == &c.id {
                 cx.push(Diagnostic::error(format!("credential `{}` depends on itself", c.id), cx.at(&format!("{base}/depends_on/{j}"))).help("remove it from its own depends_on"));
             }
         }
-        let mut seen_tags: HashMap<&str, usize> = HashMap::new();
         for (j, tag) in c.tags.iter().enumerate() {
             if tag.trim().is_empty() || tag.contains(char::is_whitespace) {
                 cx.push(Diagnostic::error(format!("`{tag}` is not a valid tag"), cx.at(&format!("{base}/tags/{j}"))).help("tags are single words such as `tier0`"));
             }
-            seen_tags.insert(tag, j);
         }
 
         out.push(Credential {
             id: c.id.clone(),
             index: i,
-            line: cx.at(&base).map(|p| p.line).unwrap_or(0),
+            line: lines.get(i).copied().unwrap_or(0) as usize,
             provider: c.provider.clone(),
-            type_name: instance.as_ref().map(|p| p.type_name.clone()).unwrap_or_default(),
-            kind: instance.as_ref().map(|p| p.kind).unwrap_or(Kind::Manual),
+            type_name: instance.map(|(t, _)| t.to_owned()).unwrap_or_default(),
+            kind: instance.map(|(_, k)| k).unwrap_or(Kind::Manual),
             account: c.account.clone(),
             vault_path,
             description: c.description.clone(),

@@ -1,61 +1,68 @@
 //! A YAML document as a tree of nodes that remember where they came from.
 //!
-//! serde-saphyr parses the text (with resource budgets, so hostile input cannot
-//! exhaust memory) and hands every node over wrapped in `Spanned`. Keeping the whole
-//! tree with positions lets validation report *every* problem with its line and
-//! column, instead of stopping at the first one the way plain serde does.
+//! saphyr-parser (the maintained YAML 1.2 parser of the saphyr project) turns the
+//! text into events with positions; we build the tree ourselves, iteratively, with
+//! budgets (depth, nodes, alias replays) so hostile input cannot exhaust memory or
+//! the stack. Keeping the whole tree with positions lets validation report *every*
+//! problem with its line and column. serde-saphyr, built on the same family of
+//! parsers, was 3.5 times slower on a 100,000-credential playbook (see
+//! `benches/plan_large.rs`), which is why the tree is built here.
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_saphyr::{Budget, DuplicateKeyPolicy, Options, Spanned};
-use std::fmt;
+use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, ScanError, Span};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
-/// A byte range in the source text, with the 1-based line and column of its start.
+/// Where a node is: character offset and length in the source, 1-based line and
+/// column. `u32` keeps nodes small; inputs are capped far below 4 GiB.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pos {
-    pub offset: usize,
-    pub len: usize,
-    pub line: usize,
-    pub column: usize,
+    /// Offset in characters (not bytes) from the start of the source.
+    pub offset: u32,
+    /// Length in characters.
+    pub len: u32,
+    pub line: u32,
+    pub column: u32,
 }
 
 impl Pos {
-    fn from_location(loc: &serde_saphyr::Location) -> Pos {
-        let span = loc.span();
+    fn from_span(span: &Span) -> Pos {
         Pos {
-            offset: span.byte_offset().unwrap_or(0) as usize,
-            len: span.byte_len().unwrap_or(0) as usize,
-            line: loc.line() as usize,
-            column: loc.column() as usize,
+            offset: span.start.index() as u32,
+            len: span.end.index().saturating_sub(span.start.index()) as u32,
+            line: span.start.line() as u32,
+            column: span.start.col() as u32 + 1,
         }
     }
 }
 
+/// A value. Strings borrow from the source text where YAML needs no unescaping,
+/// which keeps a 100,000-credential playbook's tree small.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Value {
+pub enum Value<'a> {
     Null,
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
-    Seq(Vec<Node>),
-    Map(Vec<(Key, Node)>),
+    Str(Cow<'a, str>),
+    Seq(Vec<Node<'a>>),
+    Map(Vec<(Key<'a>, Node<'a>)>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Node {
-    pub value: Value,
+pub struct Node<'a> {
+    pub value: Value<'a>,
     pub pos: Pos,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Key {
-    pub name: String,
+pub struct Key<'a> {
+    pub name: Cow<'a, str>,
     pub pos: Pos,
 }
 
-impl Node {
+impl<'a> Node<'a> {
     /// Follows a JSON pointer (`/credentials/3/provider`) to the node it names.
-    pub fn pointer(&self, pointer: &str) -> Option<&Node> {
+    pub fn pointer(&self, pointer: &str) -> Option<&Node<'a>> {
         let mut node = self;
         for segment in pointer_segments(pointer) {
             node = node.child(&segment)?;
@@ -63,8 +70,7 @@ impl Node {
         Some(node)
     }
 
-    /// Where a JSON pointer points: the node itself, or when the pointer names a map
-    /// entry, the node of that entry's value.
+    /// Where a JSON pointer points.
     pub fn pos_of(&self, pointer: &str) -> Option<Pos> {
         self.pointer(pointer).map(|n| n.pos)
     }
@@ -82,7 +88,7 @@ impl Node {
         }
     }
 
-    fn child(&self, segment: &str) -> Option<&Node> {
+    fn child(&self, segment: &str) -> Option<&Node<'a>> {
         match &self.value {
             Value::Map(entries) => entries.iter().find(|(k, _)| k.name == segment).map(|(_, v)| v),
             Value::Seq(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
@@ -90,7 +96,7 @@ impl Node {
         }
     }
 
-    /// Converts to JSON for schema validation and typed deserialization.
+    /// Converts to JSON for schema validation.
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::Value as J;
         match &self.value {
@@ -98,38 +104,24 @@ impl Node {
             Value::Bool(b) => J::Bool(*b),
             Value::Int(i) => J::from(*i),
             Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
-            Value::Str(s) => J::String(s.clone()),
+            Value::Str(s) => J::String(s.to_string()),
             Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
-            Value::Map(entries) => J::Object(
-                entries.iter().map(|(k, v)| (k.name.clone(), v.to_json())).collect(),
-            ),
+            Value::Map(entries) => J::Object(entries.iter().map(|(k, v)| (k.name.to_string(), v.to_json())).collect()),
         }
     }
 
-    /// Visits every string scalar (not keys) mutably, with its JSON pointer.
-    pub fn for_each_string_mut(&mut self, path: &mut String, f: &mut impl FnMut(&str, &mut String, Pos)) {
-        let pos = self.pos;
-        match &mut self.value {
-            Value::Str(s) => f(path, s, pos),
-            Value::Seq(items) => {
-                for (i, item) in items.iter_mut().enumerate() {
-                    let len = path.len();
-                    path.push('/');
-                    path.push_str(&i.to_string());
-                    item.for_each_string_mut(path, f);
-                    path.truncate(len);
-                }
+    /// Visits every string scalar (not keys) mutably. Iterative: depth is bounded by
+    /// the parser budget, but no recursion is needed.
+    pub fn for_each_string_mut(&mut self, f: &mut impl FnMut(&mut Cow<'a, str>, Pos)) {
+        let mut stack: Vec<&mut Node<'a>> = vec![self];
+        while let Some(node) = stack.pop() {
+            let pos = node.pos;
+            match &mut node.value {
+                Value::Str(s) => f(s, pos),
+                Value::Seq(items) => stack.extend(items.iter_mut()),
+                Value::Map(entries) => stack.extend(entries.iter_mut().map(|(_, v)| v)),
+                _ => {}
             }
-            Value::Map(entries) => {
-                for (k, v) in entries.iter_mut() {
-                    let len = path.len();
-                    path.push('/');
-                    path.push_str(&escape(&k.name));
-                    v.for_each_string_mut(path, f);
-                    path.truncate(len);
-                }
-            }
-            _ => {}
         }
     }
 }
@@ -139,148 +131,287 @@ pub fn pointer_segments(pointer: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 pub fn escape(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
+    if segment.contains(['~', '/']) { segment.replace('~', "~0").replace('/', "~1") } else { segment.to_owned() }
 }
 
 fn unescape(segment: &str) -> String {
-    segment.replace("~1", "/").replace("~0", "~")
+    if segment.contains('~') { segment.replace("~1", "/").replace("~0", "~") } else { segment.to_owned() }
 }
 
-/// A YAML syntax or resource-budget error, with the position serde-saphyr gave.
+/// A YAML syntax or budget error, with its position when known.
 #[derive(Debug)]
 pub struct ParseError {
     pub message: String,
     pub pos: Option<Pos>,
+    pub help: &'static str,
 }
 
 /// Largest playbook accepted: far above any real one (100,000 credentials is about
-/// 15 MB), small enough that hostile input cannot exhaust memory.
+/// 18 MB), small enough that hostile input cannot exhaust memory.
 pub const MAX_INPUT_BYTES: usize = 64 * 1024 * 1024;
+/// Deepest nesting accepted; a playbook needs about 6 levels.
+pub const MAX_DEPTH: usize = 32;
+/// Most nodes (scalars and collections) one document may hold.
+pub const MAX_NODES: usize = 20_000_000;
+/// Most nodes copied through aliases (`*anchor`): protects against alias bombs.
+pub const MAX_ALIAS_NODES: usize = 100_000;
 
-fn options() -> Options {
-    let mut budget = Budget::default();
-    budget.max_events = 20_000_000;
-    budget.max_nodes = 10_000_000;
-    budget.max_depth = 32;
-    budget.flow_nesting_limit = 32;
-    budget.max_aliases = 10_000;
-    budget.max_anchors = 10_000;
-    budget.max_total_scalar_bytes = MAX_INPUT_BYTES;
-    budget.max_documents = 1;
-    let mut options = Options::default();
-    options.budget = Some(budget);
-    options.duplicate_keys = DuplicateKeyPolicy::Error;
-    options.with_snippet = false;
-    // Anchors are handy for shared settings, but a playbook never needs more than a
-    // few thousand replayed nodes; more is an alias bomb.
-    options.alias_limits.max_total_replayed_events = 100_000;
-    options.alias_limits.max_alias_expansions_per_anchor = 10_000;
-    options
+const SYNTAX_HELP: &str = "fix the YAML syntax here (indentation with spaces, `key: value`, lists with `- `)";
+const LIMIT_HELP: &str = "a playbook is a few levels deep; this document is too large or too deeply nested";
+
+fn fail(message: impl Into<String>, pos: Option<Pos>, help: &'static str) -> ParseError {
+    ParseError { message: message.into(), pos, help }
+}
+
+fn scan_error(e: &ScanError) -> ParseError {
+    let m = e.marker();
+    let pos = Pos { offset: m.index() as u32, len: 1, line: m.line() as u32, column: m.col() as u32 + 1 };
+    fail(e.info(), Some(pos).filter(|p| p.line > 0), SYNTAX_HELP)
+}
+
+/// A collection under construction.
+enum Frame<'a> {
+    Seq { items: Vec<Node<'a>>, pos: Pos, anchor: usize },
+    Map { entries: Vec<(Key<'a>, Node<'a>)>, pending_key: Option<Key<'a>>, seen: Option<HashSet<Cow<'a, str>>>, pos: Pos, anchor: usize, merges: Vec<Node<'a>> },
 }
 
 /// Parses one YAML document into a positioned tree.
-pub fn parse(text: &str) -> Result<Node, ParseError> {
+pub fn parse(text: &str) -> Result<Node<'_>, ParseError> {
     if text.len() > MAX_INPUT_BYTES {
-        return Err(ParseError {
-            message: format!("the file is larger than {} MiB", MAX_INPUT_BYTES / (1024 * 1024)),
-            pos: None,
-        });
+        return Err(fail(format!("the file is larger than {} MiB", MAX_INPUT_BYTES / (1024 * 1024)), None, LIMIT_HELP));
     }
     if text.trim().is_empty() {
-        return Err(ParseError { message: "the file is empty".into(), pos: None });
+        return Err(fail("the file is empty", None, "start from a shipped example in `playbooks/`"));
     }
-    match serde_saphyr::from_str_with_options::<Spanned<Value>>(text, options()) {
-        Ok(root) => Ok(Node { pos: Pos::from_location(&root.referenced), value: root.value }),
-        Err(err) => {
-            let pos = err.location().map(|l| Pos::from_location(&l)).filter(|p| p.line > 0);
-            Err(ParseError { message: err.without_snippet().to_string(), pos })
-        }
-    }
-}
+    let mut parser = Parser::new_from_str(text);
+    let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut anchors: HashMap<usize, Node<'_>> = HashMap::new();
+    let mut root: Option<Node<'_>> = None;
+    let mut nodes = 0usize;
+    let mut replayed = 0usize;
+    let mut documents = 0usize;
 
-impl<'de> Deserialize<'de> for Value {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ValueVisitor)
-    }
-}
-
-fn spanned_node(s: Spanned<Value>) -> Node {
-    Node { pos: Pos::from_location(&s.referenced), value: s.value }
-}
-
-struct ValueVisitor;
-
-impl<'de> Visitor<'de> for ValueVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any YAML value")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Value::deserialize(d)
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Int(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
-    }
-    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
-        Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
-    }
-    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
-        Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::Float(v))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::Str(v.to_owned()))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
-        Ok(Value::Str(v))
-    }
-    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Value, E> {
-        Ok(Value::Str(String::from_utf8_lossy(v).into_owned()))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(item) = seq.next_element::<Spanned<Value>>()? {
-            items.push(spanned_node(item));
-        }
-        Ok(Value::Seq(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1024));
-        while let Some(key) = map.next_key::<Spanned<Value>>()? {
-            let pos = Pos::from_location(&key.referenced);
-            let name = match key.value {
-                Value::Str(s) => s,
-                Value::Int(i) => i.to_string(),
-                Value::Bool(b) => b.to_string(),
-                Value::Float(f) => f.to_string(),
-                Value::Null => "null".to_owned(),
-                Value::Seq(_) | Value::Map(_) => {
-                    return Err(de::Error::custom(format!(
-                        "a mapping key at line {} column {} is a list or a mapping; keys must be plain names",
-                        pos.line, pos.column
-                    )));
+    while let Some(event) = parser.next_event() {
+        let (event, span) = event.map_err(|e| scan_error(&e))?;
+        let pos = Pos::from_span(&span);
+        let finished: Option<(Node<'_>, usize)> = match event {
+            // Comments and anchor metadata are presentation, not data.
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Anchor(..) => None,
+            Event::UnresolvedAlias(_) => return Err(fail("alias to an unknown anchor", Some(pos), "define the anchor (`&name`) before using it (`*name`)")),
+            Event::DocumentStart(..) => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(fail("a playbook is one YAML document; this file has several (`---`)", Some(pos), "keep one document per file"));
                 }
-            };
-            let value = map.next_value::<Spanned<Value>>()?;
-            entries.push((Key { name, pos }, spanned_node(value)));
+                None
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                nodes += 1;
+                let tag = tag.map(|t| format!("{}{}", t.handle(), t.suffix()));
+                let value = resolve_scalar(text, style, tag.as_deref()).map_err(|m| fail(m, Some(pos), "remove the tag; rekey reads plain YAML values"))?;
+                Some((Node { value, pos }, anchor))
+            }
+            Event::SequenceStart(_, anchor, tag) => {
+                check_tag(tag.as_ref().map(|t| format!("{}{}", t.handle(), t.suffix())), "tag:yaml.org,2002:seq", pos)?;
+                nodes += 1;
+                if stack.len() >= MAX_DEPTH {
+                    return Err(fail(format!("nesting deeper than {MAX_DEPTH} levels"), Some(pos), LIMIT_HELP));
+                }
+                stack.push(Frame::Seq { items: Vec::new(), pos, anchor });
+                None
+            }
+            Event::MappingStart(_, anchor, tag) => {
+                check_tag(tag.as_ref().map(|t| format!("{}{}", t.handle(), t.suffix())), "tag:yaml.org,2002:map", pos)?;
+                nodes += 1;
+                if stack.len() >= MAX_DEPTH {
+                    return Err(fail(format!("nesting deeper than {MAX_DEPTH} levels"), Some(pos), LIMIT_HELP));
+                }
+                stack.push(Frame::Map { entries: Vec::new(), pending_key: None, seen: None, pos, anchor, merges: Vec::new() });
+                None
+            }
+            Event::SequenceEnd => match stack.pop() {
+                Some(Frame::Seq { items, pos, anchor }) => Some((Node { value: Value::Seq(items), pos }, anchor)),
+                _ => return Err(fail("unbalanced sequence", Some(pos), SYNTAX_HELP)),
+            },
+            Event::MappingEnd => match stack.pop() {
+                Some(Frame::Map { mut entries, pos, anchor, merges, .. }) => {
+                    apply_merges(&mut entries, merges);
+                    Some((Node { value: Value::Map(entries), pos }, anchor))
+                }
+                _ => return Err(fail("unbalanced mapping", Some(pos), SYNTAX_HELP)),
+            },
+            Event::Alias(id) => {
+                let Some(target) = anchors.get(&id) else {
+                    return Err(fail("alias to an unknown anchor", Some(pos), "define the anchor (`&name`) before using it (`*name`)"));
+                };
+                let count = count_nodes(target);
+                replayed += count;
+                nodes += count;
+                if replayed > MAX_ALIAS_NODES {
+                    return Err(fail(format!("aliases expand to more than {MAX_ALIAS_NODES} nodes"), Some(pos), LIMIT_HELP));
+                }
+                let mut copy = target.clone();
+                copy.pos = pos;
+                Some((copy, 0))
+            }
+            _ => None,
+        };
+        if nodes > MAX_NODES {
+            return Err(fail(format!("more than {MAX_NODES} values"), Some(pos), LIMIT_HELP));
         }
-        Ok(Value::Map(entries))
+        let Some((node, anchor)) = finished else { continue };
+        if anchor != 0 {
+            anchors.insert(anchor, node.clone());
+        }
+        match stack.last_mut() {
+            None => root = Some(node),
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map { entries, pending_key, seen, merges, .. }) => match pending_key.take() {
+                None => {
+                    let name = match node.value {
+                        Value::Str(s) => s,
+                        Value::Int(i) => Cow::Owned(i.to_string()),
+                        Value::Bool(b) => Cow::Owned(b.to_string()),
+                        Value::Float(f) => Cow::Owned(f.to_string()),
+                        Value::Null => Cow::Borrowed("null"),
+                        Value::Seq(_) | Value::Map(_) => {
+                            return Err(fail("a mapping key is a list or a mapping; keys must be plain names", Some(node.pos), SYNTAX_HELP));
+                        }
+                    };
+                    let duplicate = match seen {
+                        Some(set) => !set.insert(name.clone()),
+                        None => {
+                            let dup = entries.iter().any(|(k, _)| k.name == name);
+                            if entries.len() >= 16 {
+                                *seen = Some(entries.iter().map(|(k, _)| k.name.clone()).chain([name.clone()]).collect());
+                            }
+                            dup
+                        }
+                    };
+                    if duplicate && name != "<<" {
+                        return Err(fail(format!("duplicate key `{name}`"), Some(node.pos), "remove or rename one of the two keys"));
+                    }
+                    *pending_key = Some(Key { name, pos: node.pos });
+                }
+                Some(key) if key.name == "<<" => merges.push(node),
+                Some(key) => entries.push((key, node)),
+            },
+        }
     }
+    root.ok_or_else(|| fail("the file holds no YAML document", None, SYNTAX_HELP))
+}
+
+fn count_nodes(node: &Node<'_>) -> usize {
+    let mut count = 0;
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        count += 1;
+        match &n.value {
+            Value::Seq(items) => stack.extend(items.iter()),
+            Value::Map(entries) => stack.extend(entries.iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+    count
+}
+
+/// YAML merge keys (`<<: *defaults`): entries of the merged mappings that the
+/// mapping does not set itself.
+fn apply_merges<'a>(entries: &mut Vec<(Key<'a>, Node<'a>)>, merges: Vec<Node<'a>>) {
+    for merge in merges {
+        let sources = match merge.value {
+            Value::Map(m) => vec![m],
+            Value::Seq(items) => items.into_iter().filter_map(|n| if let Value::Map(m) = n.value { Some(m) } else { None }).collect(),
+            _ => Vec::new(),
+        };
+        for source in sources {
+            for (k, v) in source {
+                if !entries.iter().any(|(e, _)| e.name == k.name) {
+                    entries.push((k, v));
+                }
+            }
+        }
+    }
+}
+
+fn check_tag(tag: Option<String>, allowed: &str, pos: Pos) -> Result<(), ParseError> {
+    match tag {
+        None => Ok(()),
+        Some(t) if t == allowed || t == "!" => Ok(()),
+        Some(t) => Err(fail(format!("unsupported tag `{t}`"), Some(pos), "remove the tag; rekey reads plain YAML values")),
+    }
+}
+
+/// YAML 1.2 core schema resolution for plain scalars; quoted and block scalars are
+/// strings. Core tags (`!!str`, `!!int`...) are honoured; others are refused.
+fn resolve_scalar<'a>(text: Cow<'a, str>, style: ScalarStyle, tag: Option<&str>) -> Result<Value<'a>, String> {
+    const CORE: &str = "tag:yaml.org,2002:";
+    if let Some(tag) = tag {
+        let kind = tag.strip_prefix(CORE).unwrap_or(if tag == "!" { "str" } else { tag });
+        return match kind {
+            "str" => Ok(Value::Str(text)),
+            "null" | "bool" | "int" | "float" => {
+                let v = resolve_plain(text.clone());
+                let ok = matches!((kind, &v), ("null", Value::Null) | ("bool", Value::Bool(_)) | ("int", Value::Int(_)) | ("float", Value::Float(_) | Value::Int(_)));
+                if !ok {
+                    return Err(format!("`{text}` is not a valid !!{kind}"));
+                }
+                Ok(if let (Value::Int(i), "float") = (&v, kind) { Value::Float(*i as f64) } else { v })
+            }
+            _ => Err(format!("unsupported tag `{tag}`")),
+        };
+    }
+    Ok(match style {
+        ScalarStyle::Plain => resolve_plain(text),
+        _ => Value::Str(text),
+    })
+}
+
+fn resolve_plain(cow: Cow<'_, str>) -> Value<'_> {
+    let text: &str = &cow;
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        _ => {}
+    }
+    let first = text.as_bytes()[0];
+    if !(first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.')) {
+        return Value::Str(cow);
+    }
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(i) = text.parse::<i64>() {
+            return Value::Int(i);
+        }
+        return match text.parse::<f64>() {
+            Ok(f) => Value::Float(f),
+            Err(_) => Value::Str(cow),
+        };
+    }
+    if let Some(hex) = text.strip_prefix("0x") {
+        if let Ok(i) = i64::from_str_radix(hex, 16) {
+            return Value::Int(i);
+        }
+    }
+    if let Some(oct) = text.strip_prefix("0o") {
+        if let Ok(i) = i64::from_str_radix(oct, 8) {
+            return Value::Int(i);
+        }
+    }
+    // Floats: digits with a dot and/or an exponent (Rust's parser also takes "inf"
+    // and "nan", which YAML spells differently and which we keep as strings).
+    let is_float = digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && digits.bytes().any(|b| b.is_ascii_digit());
+    if is_float {
+        if let Ok(f) = text.parse::<f64>() {
+            return Value::Float(f);
+        }
+    }
+    Value::Str(cow)
 }
 
 #[cfg(test)]
@@ -299,19 +430,48 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_are_errors() {
-        let err = parse("a: 1\na: 2\n").unwrap_err();
-        assert!(err.message.to_lowercase().contains("duplicate"), "{}", err.message);
-        assert_eq!(err.pos.map(|p| p.line), Some(2));
+    fn scalars_resolve_like_yaml_1_2() {
+        let root = parse("a: ~\nb: TRUE\nc: 0x1F\nd: -12\ne: 1.5e3\nf: '12'\ng: 1.2.3\nh: yes\ni: !!str 5\nj: .inf\nk: 99999999999999999999\n").unwrap();
+        let json = root.to_json();
+        assert_eq!(json["a"], serde_json::Value::Null);
+        assert_eq!(json["b"], true);
+        assert_eq!(json["c"], 31);
+        assert_eq!(json["d"], -12);
+        assert_eq!(json["e"], 1500.0);
+        assert_eq!(json["f"], "12");
+        assert_eq!(json["g"], "1.2.3");
+        assert_eq!(json["h"], "yes");
+        assert_eq!(json["i"], "5");
+        assert_eq!(json["k"], 1e20);
     }
 
     #[test]
-    fn alias_bombs_are_refused() {
+    fn anchors_aliases_and_merge_keys_work() {
+        let root = parse("base: &b {host: db, port: 5432}\nx:\n  <<: *b\n  port: 6432\ny: *b\n").unwrap();
+        let json = root.to_json();
+        assert_eq!(json["x"], serde_json::json!({"port": 6432, "host": "db"}));
+        assert_eq!(json["y"], serde_json::json!({"host": "db", "port": 5432}));
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let err = parse("a: 1\na: 2\n").unwrap_err();
+        assert!(err.message.contains("duplicate key `a`"), "{}", err.message);
+        assert_eq!(err.pos.map(|p| p.line), Some(2));
+        let many: String = (0..40).map(|i| format!("k{i}: 1\n")).collect::<String>() + "k7: 2\n";
+        assert!(parse(&many).unwrap_err().message.contains("duplicate key `k7`"));
+    }
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused() {
         let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..12 {
             let prev = format!("*a{}", i - 1);
             text.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
         }
-        assert!(parse(&text).is_err());
+        assert!(parse(&text).unwrap_err().message.contains("aliases expand"));
+        let deep = "a: ".to_owned() + &"[".repeat(100) + &"]".repeat(100);
+        assert!(parse(&deep).unwrap_err().message.contains("nesting deeper"));
+        assert!(parse("a: 1\n---\nb: 2\n").unwrap_err().message.contains("one YAML document"));
     }
 }

@@ -1,0 +1,113 @@
+//! Benchmark: `rekey plan` of a generated 100,000-credential playbook.
+//!
+//! Goal (issue 2): under 2 s and under 300 MB peak RSS on the 2-core machine.
+//! Run with `cargo bench --bench plan_large` (add `-- 20000` for another size).
+//! Side by side in the same run, as a yardstick for the noisy machine: a bare YAML
+//! parse of the same file into `serde_json::Value` (no positions, no checks), in
+//! a child process too, so both figures include process start-up.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn generate(path: &Path, credentials: usize) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(out, "version: 1\nname: bench-{credentials}\nincident: {{ id: BENCH, compromised: [idp], mode: breach }}").unwrap();
+    writeln!(out, "vault: {{ address: 'http://127.0.0.1:8200' }}\ndefaults: {{ concurrency: 64 }}\nproviders:").unwrap();
+    for p in 0..20 {
+        match p % 4 {
+            0 => writeln!(out, "  pg-{p}: {{ type: postgres, settings: {{ host: db{p}.internal }}, admin: {{ vault_path: infra/pg-{p} }}, rate: {{ per_second: 200, burst: 20 }} }}"),
+            1 => writeln!(out, "  aws-{p}: {{ type: aws_iam, admin: {{ vault_path: infra/aws-{p} }}, rate: {{ per_second: 10 }} }}"),
+            2 => writeln!(out, "  redis-{p}: {{ type: redis, settings: {{ host: r{p}.internal }}, admin: {{ env: REDIS_ADMIN_{p} }} }}"),
+            _ => writeln!(out, "  sandbox-{p}: {{ type: sandbox, rate: {{ requests: 1200, period: 5m, burst: 10 }} }}"),
+        }
+        .unwrap();
+    }
+    writeln!(out, "credentials:").unwrap();
+    for i in 0..credentials {
+        let p = i % 20;
+        let provider = match p % 4 { 0 => format!("pg-{p}"), 1 => format!("aws-{p}"), 2 => format!("redis-{p}"), _ => format!("sandbox-{p}") };
+        writeln!(out, "  - id: cred-{i}\n    provider: {provider}\n    account: account_{i}\n    vault_path: apps/team-{}/cred-{i}\n    tags: [tier{}, team-{}]\n    tied_to: [idp]", i % 97, i % 3, i % 97).unwrap();
+        // Chains of dependencies, so the plan has several waves.
+        if i % 10 != 0 {
+            writeln!(out, "    depends_on: [cred-{}]", i - 1).unwrap();
+        }
+    }
+}
+
+struct Measured {
+    seconds: f64,
+    max_rss_mb: f64,
+}
+
+/// Runs a command to completion and reads its peak RSS from wait4's rusage.
+fn measure(mut cmd: Command) -> Measured {
+    let start = Instant::now();
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child with valid out-pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = start.elapsed().as_secs_f64();
+    assert_eq!(r, pid, "wait4 failed");
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "command failed: {cmd:?}");
+    Measured { seconds, max_rss_mb: usage.ru_maxrss as f64 / 1024.0 }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The baseline child: this same binary, re-run with REKEY_BENCH_BASELINE set.
+fn bare_parse(path: &std::ffi::OsStr) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut options = serde_saphyr::Options::default();
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = usize::MAX;
+    budget.max_nodes = usize::MAX;
+    options.budget = Some(budget);
+    let value: serde_json::Value = serde_saphyr::from_str_with_options(&text, options).unwrap();
+    std::hint::black_box(&value);
+}
+
+fn main() {
+    if let Some(path) = std::env::var_os("REKEY_BENCH_BASELINE") {
+        bare_parse(&path);
+        return;
+    }
+    // `cargo bench` passes `--bench`; a bare number sets the size.
+    let credentials: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(100_000);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let file = dir.join(format!("plan-{credentials}.yaml"));
+    generate(&file, credentials);
+    let size_mb = std::fs::metadata(&file).unwrap().len() as f64 / 1e6;
+    let rekey = env!("CARGO_BIN_EXE_rekey");
+    let baseline = std::env::current_exe().unwrap();
+
+    let runs = 5;
+    let (mut plan_s, mut plan_rss, mut base_s, mut base_rss) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        // Alternate the two so machine noise hits both alike.
+        let mut cmd = Command::new(rekey);
+        cmd.args(["plan", file.to_str().unwrap(), "--format", "json"]);
+        let m = measure(cmd);
+        plan_s.push(m.seconds);
+        plan_rss.push(m.max_rss_mb);
+        let mut cmd = Command::new(&baseline);
+        cmd.env("REKEY_BENCH_BASELINE", &file);
+        let m = measure(cmd);
+        base_s.push(m.seconds);
+        base_rss.push(m.max_rss_mb);
+    }
+    let (ps, pr, bs, br) = (median(plan_s), median(plan_rss), median(base_s), median(base_rss));
+    println!("plan of {credentials} credentials ({size_mb:.1} MB of YAML), median of {runs} runs:");
+    println!("  rekey plan --format json   {ps:.3} s   peak RSS {pr:.0} MB   (goal: < 2 s, < 300 MB)");
+    println!("  bare YAML parse (baseline) {bs:.3} s   peak RSS {br:.0} MB");
+    println!("  ratio plan / bare parse    {:.2}x time, {:.2}x memory", ps / bs, pr / br);
+    let ok = ps < 2.0 && pr < 300.0;
+    println!("  goal {}", if ok { "met" } else { "NOT met" });
+}
+

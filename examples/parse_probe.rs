@@ -1,0 +1,28 @@
+fn main() {
+    let path = std::env::args().nth(1).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let t = std::time::Instant::now();
+    let mut root = rekey::playbook::yaml::parse(&text).unwrap();
+    println!("parse {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let env = |_: &str| None;
+    let p = rekey::playbook::interpolate::interpolate(&mut root, &env);
+    println!("interpolate {:?} {}", t.elapsed(), p.len());
+    let t = std::time::Instant::now();
+    let raw = <rekey::playbook::model::RawPlaybook as serde::Deserialize>::deserialize(rekey::playbook::de::NodeDe(&root)).unwrap();
+    println!("deserialize {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let pb = rekey::playbook::validate::validate(&raw, None, &[], rekey::provider::catalog::Catalog::builtin().unwrap()).unwrap();
+    println!("validate {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let plan = rekey::plan::build("x", &pb, &Default::default());
+    println!("plan {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let mut v = Vec::new();
+    rekey::plan::render::json(&plan, &mut v).unwrap();
+    println!("json {:?} {} MB", t.elapsed(), v.len() / 1_000_000);
+    let t = std::time::Instant::now();
+    let mut v = Vec::new();
+    rekey::plan::render::text(&plan, &mut v).unwrap();
+    println!("text {:?} {} MB", t.elapsed(), v.len() / 1_000_000);
+}
