@@ -65,7 +65,12 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
         Format::Markdown => render::markdown(&plan, io.stdout),
     }
     .context("cannot write the plan to stdout")?;
-    Ok(if args.detailed_exitcode && plan.totals.has_work { ExitStatus::PlanHasWork } else { ExitStatus::Success })
+    let status = if args.detailed_exitcode && plan.totals.has_work { ExitStatus::PlanHasWork } else { ExitStatus::Success };
+    // The process ends right after this command: freeing a 100,000-credential
+    // playbook piece by piece would only delay the exit (about a tenth of a second).
+    drop(plan);
+    std::mem::forget(loaded);
+    Ok(status)
 }
 
 pub fn schema(io: &mut Io) -> Result<ExitStatus> {

@@ -12,6 +12,7 @@ use super::{CredentialPlan, Plan, ProviderPlan};
 use crate::playbook::{Credential, Playbook};
 use crate::provider::catalog::Kind;
 use indexmap::IndexMap;
+use rustc_hash::FxBuildHasher;
 use std::time::Duration;
 
 /// Vault requests per rotation: read the current version, stage, promote, write
@@ -75,12 +76,12 @@ pub fn credential_plan<'a>(playbook: &'a Playbook, c: &'a Credential) -> Credent
 pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
     let global = playbook.defaults.concurrency.max(1) as f64;
     // instance -> (credentials, requests, seconds)
-    let mut per_instance: IndexMap<&'a str, (usize, u64, f64)> = IndexMap::new();
+    let mut per_instance: IndexMap<&'a str, (usize, u64, f64), FxBuildHasher> = IndexMap::default();
     let mut total_eta = 0.0;
     let mut max_grace: f64 = 0.0;
     let mut manual = 0;
     for wave in &mut plan.waves {
-        let mut groups: IndexMap<&'a str, Vec<&CredentialPlan<'a>>> = IndexMap::new();
+        let mut groups: IndexMap<&'a str, Vec<&CredentialPlan<'a>>, FxBuildHasher> = IndexMap::default();
         for c in &wave.credentials {
             groups.entry(c.provider).or_default().push(c);
             if c.kind == Kind::Manual {

@@ -67,7 +67,7 @@ pub fn apply(playbook: &Playbook, selection: &Selection) -> Selected {
         .filter(|(_, c)| selection.only.is_empty() || selection.only.contains(&c.id))
         .map(|(i, _)| i)
         .collect();
-    let chosen: std::collections::HashSet<&str> = indices.iter().map(|&i| playbook.credentials[i].id.as_str()).collect();
+    let chosen: rustc_hash::FxHashSet<&str> = indices.iter().map(|&i| playbook.credentials[i].id.as_str()).collect();
     let mut unselected_dependencies: Vec<String> = indices
         .iter()
         .flat_map(|&i| playbook.credentials[i].depends_on.iter())

@@ -68,7 +68,7 @@ pub struct Defaults {
     pub grace: Duration,
     pub concurrency: u32,
     pub max_age: Option<Duration>,
-    pub password: PasswordPolicy,
+    pub password: Arc<PasswordPolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -126,7 +126,8 @@ pub struct Credential {
     /// Zero in breach mode, whatever the playbook says.
     pub grace: Duration,
     pub max_age: Option<Duration>,
-    pub password: PasswordPolicy,
+    /// Shared with the defaults unless the credential overrides it.
+    pub password: Arc<PasswordPolicy>,
     pub settings: IndexMap<String, serde_json::Value>,
     pub instructions: Option<String>,
 }
@@ -253,7 +254,7 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
     let lines = credential_lines(&root);
     drop(root);
     let first = validate::validate(&raw, None, &lines, catalog);
-    let clean = matches!(&first, Ok(playbook) if playbook.warnings.is_empty());
+    let clean = matches!(&first, Ok(validated) if validated.warnings.is_empty());
     let result = if clean {
         first
     } else {
@@ -264,7 +265,7 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
         }
         validate::validate(&raw, Some(&root), &lines, catalog)
     };
-    match result {
+    match result.map(|validated| validated.build(raw)) {
         Ok(mut playbook) => {
             problems.append(&mut playbook.warnings.clone());
             playbook.warnings = problems.clone();

@@ -2,16 +2,88 @@
 //! resolved `Playbook` only when there is none. Nothing downstream validates again.
 
 use super::diagnostic::{Diagnostic, did_you_mean};
-use super::model::{Mode, RawAdmin, RawPasswordPolicy, RawPlaybook, RawRate};
+use super::model::{Mode, RawAdmin, RawCredential, RawPasswordPolicy, RawPlaybook, RawRate};
 use super::rate::{DURATION_HELP, Rate, parse_duration};
 use super::yaml::{Node, Pos, escape};
 use super::{AdminSource, Credential, Defaults, Incident, PasswordPolicy, Playbook, ProviderInstance, RateOrigin, Vault, VaultAuth};
 use crate::provider::catalog::{Catalog, Kind, Need, Setting};
 use indexmap::IndexMap;
 use rustc_hash::FxHashMap as HashMap;
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const SUPPORTED_VERSION: i64 = 1;
+
+/// What validation resolved for one credential; the rest is moved from the raw
+/// credential when the playbook is built, so no string is copied twice.
+struct Resolved {
+    type_name: String,
+    kind: Kind,
+    /// The normalised path, when it differs from what the playbook wrote.
+    vault_path: Option<String>,
+    verify: bool,
+    grace: Duration,
+    max_age: Option<Duration>,
+    password: Arc<PasswordPolicy>,
+    /// Settings with defaults applied, when there are any to apply.
+    settings: Option<IndexMap<String, serde_json::Value>>,
+    line: usize,
+}
+
+/// A playbook that passed validation; `build` turns it into a `Playbook`.
+pub struct Validated {
+    incident: Incident,
+    vault: Vault,
+    defaults: Defaults,
+    providers: IndexMap<String, ProviderInstance>,
+    resolved: Vec<Resolved>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Validated {
+    /// Builds the resolved playbook, moving values out of `raw` (the playbook that
+    /// was validated). Does not validate again.
+    pub fn build(self, raw: RawPlaybook) -> Playbook {
+        let credentials = raw
+            .credentials
+            .into_iter()
+            .zip(self.resolved)
+            .enumerate()
+            .map(|(index, (c, r))| Credential {
+                id: c.id,
+                index,
+                line: r.line,
+                provider: c.provider,
+                type_name: r.type_name,
+                kind: r.kind,
+                account: c.account,
+                vault_path: r.vault_path.unwrap_or(c.vault_path),
+                description: c.description,
+                tags: c.tags,
+                tied_to: c.tied_to,
+                depends_on: c.depends_on,
+                verify: r.verify,
+                grace: r.grace,
+                max_age: r.max_age,
+                password: r.password,
+                settings: r.settings.unwrap_or(c.settings),
+                instructions: c.instructions,
+            })
+            .collect();
+        Playbook {
+            version: raw.version as u32,
+            name: raw.name,
+            description: raw.description,
+            incident: self.incident,
+            vault: self.vault,
+            defaults: self.defaults,
+            providers: self.providers,
+            credentials,
+            warnings: self.warnings,
+        }
+    }
+}
 pub const MANUAL: &str = "manual";
 const DEFAULT_ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -71,25 +143,28 @@ fn valid_env_name(name: &str) -> bool {
 }
 
 /// Normalises a KV path (`/apps//billing/` → `apps/billing`), or says what is wrong.
-pub fn normalize_vault_path(path: &str) -> Result<String, String> {
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    if parts.is_empty() {
-        return Err("the Vault path is empty".into());
-    }
-    for part in &parts {
-        if *part == "." || *part == ".." {
+/// Borrows when the path is already normal (the common case).
+pub fn normalize_vault_path(path: &str) -> Result<Cow<'_, str>, String> {
+    let mut parts = 0;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        parts += 1;
+        if part == "." || part == ".." {
             return Err(format!("the Vault path `{path}` contains `{part}`"));
         }
         if part.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '+' | '#' | '?' | '%')) {
             return Err(format!("the Vault path `{path}` contains a character Vault paths cannot hold"));
         }
     }
-    Ok(parts.join("/"))
+    if parts == 0 {
+        return Err("the Vault path is empty".into());
+    }
+    if !path.starts_with('/') && !path.ends_with('/') && !path.contains("//") {
+        return Ok(Cow::Borrowed(path));
+    }
+    Ok(Cow::Owned(path.split('/').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("/")))
 }
 
-/// Validates `raw`. `lines` holds the line of each credential entry (for plans);
-/// `root`, when given, supplies positions for diagnostics.
-pub fn validate(raw: &RawPlaybook, root: Option<&Node<'_>>, lines: &[u32], catalog: &Catalog) -> Result<Playbook, Vec<Diagnostic>> {
+pub fn validate(raw: &RawPlaybook, root: Option<&Node<'_>>, lines: &[u32], catalog: &Catalog) -> Result<Validated, Vec<Diagnostic>> {
     let mut cx = Ctx { root, out: Vec::new() };
 
     if raw.version != SUPPORTED_VERSION {
@@ -108,14 +183,14 @@ pub fn validate(raw: &RawPlaybook, root: Option<&Node<'_>>, lines: &[u32], catal
     let vault = validate_vault(&mut cx, raw);
     let defaults = validate_defaults(&mut cx, raw);
     let mut providers = validate_providers(&mut cx, raw, catalog);
-    let credentials = validate_credentials(&mut cx, raw, catalog, &mut providers, &vault, &defaults, incident.mode, lines);
+    let resolved = validate_credentials(&mut cx, raw, catalog, &mut providers, &vault, &defaults, incident.mode, lines);
 
-    if let Some(cycle_diags) = find_cycles(&cx, &credentials) {
+    if let Some(cycle_diags) = find_cycles(&cx, &raw.credentials) {
         cx.out.extend(cycle_diags);
     }
 
     for (i, name) in incident.compromised.iter().enumerate() {
-        if !credentials.iter().any(|c| c.tied_to.contains(name)) {
+        if !raw.credentials.iter().any(|c| c.tied_to.contains(name)) {
             let d = Diagnostic::warning(format!("no credential is tied to the compromised system `{name}`"), cx.at(&format!("/incident/compromised/{i}")))
                 .help(format!("add `tied_to: [{name}]` to the credentials reachable from it, or `rekey plan --compromised {name}` selects nothing"));
             cx.push(d);
@@ -125,17 +200,7 @@ pub fn validate(raw: &RawPlaybook, root: Option<&Node<'_>>, lines: &[u32], catal
     if cx.out.iter().any(Diagnostic::is_error) {
         return Err(cx.out);
     }
-    Ok(Playbook {
-        version: raw.version as u32,
-        name: raw.name.clone(),
-        description: raw.description.clone(),
-        incident,
-        vault,
-        defaults,
-        providers,
-        credentials,
-        warnings: cx.out,
-    })
+    Ok(Validated { incident, vault, defaults, providers, resolved, warnings: cx.out })
 }
 
 fn validate_incident(cx: &mut Ctx, raw: &RawPlaybook) -> Incident {
@@ -170,7 +235,7 @@ fn validate_vault(cx: &mut Ctx, raw: &RawPlaybook) -> Vault {
         cx.push(Diagnostic::error(format!("`{mount}` is not a mount path"), cx.at("/vault/mount")).help("the KV v2 mount, e.g. `secret`"));
     }
     let staging_prefix = match normalize_vault_path(v.staging_prefix.as_deref().unwrap_or("rekey/staging")) {
-        Ok(p) => p,
+        Ok(p) => p.into_owned(),
         Err(message) => {
             cx.push(Diagnostic::error(message, cx.at("/vault/staging_prefix")).help("a KV path such as `rekey/staging`"));
             String::new()
@@ -254,7 +319,7 @@ fn validate_defaults(cx: &mut Ctx, raw: &RawPlaybook) -> Defaults {
         grace: cx.duration(&d.grace, "/defaults/grace").unwrap_or(Duration::ZERO),
         concurrency: cx.count(d.concurrency, "/defaults/concurrency", "concurrency", 1024).unwrap_or(8),
         max_age: cx.duration(&d.max_age, "/defaults/max_age"),
-        password: validate_password(cx, &d.password, &base, "/defaults/password"),
+        password: Arc::new(validate_password(cx, &d.password, &base, "/defaults/password")),
     }
 }
 
@@ -343,7 +408,7 @@ fn validate_admin(cx: &mut Ctx, admin: &Option<RawAdmin>, need: Need, pointer: &
         }
         (Some(a), _) => match (&a.vault_path, &a.env) {
             (Some(path), None) => match normalize_vault_path(path) {
-                Ok(p) => Some(AdminSource::Vault(p)),
+                Ok(p) => Some(AdminSource::Vault(p.into_owned())),
                 Err(message) => {
                     cx.push(Diagnostic::error(message, cx.at(&format!("{pointer}/vault_path"))).help("a KV path inside the mount, e.g. `infra/pg-admin`"));
                     None
@@ -411,10 +476,13 @@ fn validate_providers(cx: &mut Ctx, raw: &RawPlaybook, catalog: &Catalog) -> Ind
 }
 
 #[allow(clippy::too_many_arguments)]
-fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalog, providers: &mut IndexMap<String, ProviderInstance>, vault: &Vault, defaults: &Defaults, mode: Mode, lines: &[u32]) -> Vec<Credential> {
+fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalog, providers: &mut IndexMap<String, ProviderInstance>, vault: &Vault, defaults: &Defaults, mode: Mode, lines: &[u32]) -> Vec<Resolved> {
     let mut out = Vec::with_capacity(raw.credentials.len());
     let mut ids: HashMap<&str, usize> = HashMap::with_capacity_and_hasher(raw.credentials.len(), Default::default());
-    let mut paths: HashMap<String, usize> = HashMap::with_capacity_and_hasher(raw.credentials.len(), Default::default());
+    let mut paths: HashMap<Cow<'_, str>, usize> = HashMap::with_capacity_and_hasher(raw.credentials.len(), Default::default());
+    let mount_prefix = format!("{}/", vault.mount);
+    let mount_data_prefix = format!("{}/data/", vault.mount);
+    let staging_dir = format!("{}/", vault.staging_prefix);
     if raw.credentials.is_empty() {
         cx.push(Diagnostic::warning("the playbook lists no credentials", cx.key_at("/credentials")).help("add entries under `credentials:`"));
     }
@@ -486,17 +554,18 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
                 validate_settings(cx, &c.settings, &t.credential_settings, &format!("{base}/settings"), &t.name)
             }
             Some(_) => IndexMap::new(),
-            None => c.settings.clone(),
+            None => IndexMap::new(),
         };
+        let settings = (!settings.is_empty() && settings != c.settings).then_some(settings);
 
         let vault_path = match normalize_vault_path(&c.vault_path) {
             Ok(p) => {
-                let mount_prefix = format!("{}/", vault.mount);
-                if p.starts_with(&format!("{}data/", mount_prefix)) || p.starts_with(&mount_prefix) {
+                if p.starts_with(&mount_prefix) {
+                    let drop = if p.starts_with(&mount_data_prefix) { &mount_data_prefix } else { &mount_prefix };
                     cx.push(Diagnostic::warning(format!("`{}` starts with the mount `{}`; vault_path is relative to the mount", c.vault_path, vault.mount), cx.at(&format!("{base}/vault_path")))
-                        .help(format!("drop the leading `{}`", if p.starts_with(&format!("{}data/", mount_prefix)) { format!("{mount_prefix}data/") } else { mount_prefix })));
+                        .help(format!("drop the leading `{drop}`")));
                 }
-                if !vault.staging_prefix.is_empty() && (p == vault.staging_prefix || p.starts_with(&format!("{}/", vault.staging_prefix))) {
+                if !vault.staging_prefix.is_empty() && (p == vault.staging_prefix || p.starts_with(&staging_dir)) {
                     cx.push(Diagnostic::error(format!("`{p}` lies under the staging prefix `{}`", vault.staging_prefix), cx.at(&format!("{base}/vault_path")))
                         .help("consumers' paths must stay outside `vault.staging_prefix`; move one of them"));
                 }
@@ -505,14 +574,16 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
                         .label("written again here")
                         .related(cx.at(&format!("/credentials/{first}/vault_path")), "first written here")
                         .help("give each credential its own vault_path; one would silently overwrite the other"));
+                    None
                 } else {
-                    paths.insert(p.clone(), i);
+                    let changed = matches!(p, Cow::Owned(_)).then(|| p.to_string());
+                    paths.insert(p, i);
+                    changed
                 }
-                p
             }
             Err(message) => {
                 cx.push(Diagnostic::error(message, cx.at(&format!("{base}/vault_path"))).help("a KV path inside the mount, e.g. `apps/billing/db`"));
-                String::new()
+                None
             }
         };
 
@@ -525,7 +596,7 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
             }
         }
         let max_age = if c.max_age.is_some() { cx.duration(&c.max_age, format!("{base}/max_age")) } else { defaults.max_age };
-        let password = if c.password.is_some() { validate_password(cx, &c.password, &defaults.password, &format!("{base}/password")) } else { defaults.password.clone() };
+        let password = if c.password.is_some() { Arc::new(validate_password(cx, &c.password, &defaults.password, &format!("{base}/password"))) } else { defaults.password.clone() };
 
         for (j, dep) in c.depends_on.iter().enumerate() {
             if c.depends_on[..j].contains(dep) {
@@ -541,25 +612,16 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
             }
         }
 
-        out.push(Credential {
-            id: c.id.clone(),
-            index: i,
-            line: lines.get(i).copied().unwrap_or(0) as usize,
-            provider: c.provider.clone(),
+        out.push(Resolved {
             type_name: instance.map(|(t, _)| t.to_owned()).unwrap_or_default(),
             kind: instance.map(|(_, k)| k).unwrap_or(Kind::Manual),
-            account: c.account.clone(),
             vault_path,
-            description: c.description.clone(),
-            tags: c.tags.clone(),
-            tied_to: c.tied_to.clone(),
-            depends_on: c.depends_on.clone(),
             verify: c.verify.unwrap_or(defaults.verify),
             grace: if mode == Mode::Breach { Duration::ZERO } else { grace },
             max_age,
             password,
             settings,
-            instructions: c.instructions.clone(),
+            line: lines.get(i).copied().unwrap_or(0) as usize,
         });
     }
 
@@ -582,7 +644,7 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
 
 /// Finds dependency cycles (iteratively: a 100,000-long chain must not overflow the
 /// stack) and reports each once, printing the cycle.
-fn find_cycles(cx: &Ctx, credentials: &[Credential]) -> Option<Vec<Diagnostic>> {
+fn find_cycles(cx: &Ctx, credentials: &[RawCredential]) -> Option<Vec<Diagnostic>> {
     let index: HashMap<&str, usize> = credentials.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
     let edges: Vec<Vec<(usize, usize)>> = credentials
         .iter()
@@ -611,9 +673,8 @@ fn find_cycles(cx: &Ctx, credentials: &[Credential]) -> Option<Vec<Diagnostic>> 
                         let from = stack.iter().position(|(n, _)| *n == target).unwrap_or(0);
                         let mut names: Vec<&str> = stack[from..].iter().map(|(n, _)| credentials[*n].id.as_str()).collect();
                         names.push(&credentials[target].id);
-                        let c = &credentials[node];
                         out.push(
-                            Diagnostic::error(format!("dependency cycle: {}", names.join(" → ")), cx.at(&format!("/credentials/{}/depends_on/{dep_index}", c.index)))
+                            Diagnostic::error(format!("dependency cycle: {}", names.join(" → ")), cx.at(&format!("/credentials/{node}/depends_on/{dep_index}")))
                                 .label("closes the cycle")
                                 .help("remove one `depends_on` entry of the cycle; rekey rotates dependencies first, so a cycle can never start"),
                         );

@@ -177,6 +177,102 @@ enum Frame<'a> {
 
 /// Parses one YAML document into a positioned tree.
 pub fn parse(text: &str) -> Result<Node<'_>, ParseError> {
+    if let Some(root) = parse_split(text, SPLIT_THRESHOLD) {
+        return Ok(root);
+    }
+    parse_serial(text)
+}
+
+/// Playbooks this large are parsed in two halves on two threads.
+const SPLIT_THRESHOLD: usize = 4 << 20;
+
+/// Parses a large playbook in two halves at once: the head up to an entry of the
+/// `credentials` list near the middle, and the rest of the list. Only for the
+/// plain shape generated and large playbooks have: `credentials:` is the last
+/// top-level key, and there are no anchors, aliases, tags, directives or document
+/// markers. Any doubt, or any error in either half, returns `None` and the caller
+/// parses serially, so errors are always reported by the serial parser.
+fn parse_split(text: &str, min_len: usize) -> Option<Node<'_>> {
+    if text.len() < min_len || std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return None;
+    }
+    if text.contains(['&', '*', '!', '%', '\t', '\r']) || text.contains("\n---") || text.contains("\n...") {
+        return None;
+    }
+    let key = text.find("\ncredentials:")? + 1;
+    let key_line_end = key + text[key..].find('\n')?;
+    let rest_of_key_line = text[key + "credentials:".len()..key_line_end].trim();
+    if !(rest_of_key_line.is_empty() || rest_of_key_line.starts_with('#')) {
+        return None;
+    }
+    let body_start = key_line_end + 1;
+    // The list's indentation, from its first entry.
+    let mut indent = None;
+    let mut offset = body_start;
+    let mut cut = None;
+    let middle = body_start + (text.len() - body_start) / 2;
+    for line in text[body_start..].split_inclusive('\n') {
+        let content = line.trim_start_matches(' ');
+        let spaces = line.len() - content.len();
+        let blank = content.trim().is_empty() || content.starts_with('#');
+        if !blank {
+            match indent {
+                None if content.starts_with("- ") => indent = Some(spaces),
+                None => return None,
+                Some(i) if spaces < i => return None,
+                Some(i) if spaces == i && !content.starts_with("- ") => return None,
+                Some(i) if spaces == i && cut.is_none() && offset >= middle => cut = Some(offset),
+                Some(_) => {}
+            }
+        }
+        offset += line.len();
+    }
+    let cut = cut?;
+    let (head, tail) = text.split_at(cut);
+    let (head, tail) = std::thread::scope(|scope| {
+        let head = std::thread::Builder::new().stack_size(16 << 20).spawn_scoped(scope, || parse_serial(head)).ok()?;
+        let tail = parse_serial(tail);
+        Some((head.join().ok()?, tail))
+    })?;
+    let (mut root, mut tail) = (head.ok()?, tail.ok()?);
+    // Positions in the tail count from the cut.
+    let lines_before = head_lines(text, cut);
+    let chars_before = text[..cut].chars().count() as u32;
+    shift(&mut tail, lines_before, chars_before);
+    let Value::Seq(more) = tail.value else { return None };
+    let Value::Map(entries) = &mut root.value else { return None };
+    let (last_key, list) = entries.last_mut()?;
+    match (&*last_key.name, &mut list.value) {
+        ("credentials", Value::Seq(items)) => items.extend(more),
+        _ => return None,
+    }
+    Some(root)
+}
+
+fn head_lines(text: &str, cut: usize) -> u32 {
+    text.as_bytes()[..cut].iter().filter(|b| **b == b'\n').count() as u32
+}
+
+fn shift(node: &mut Node<'_>, lines: u32, chars: u32) {
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        n.pos.line += lines;
+        n.pos.offset += chars;
+        match &mut n.value {
+            Value::Seq(items) => stack.extend(items.iter_mut()),
+            Value::Map(entries) => {
+                for (k, v) in entries.iter_mut() {
+                    k.pos.line += lines;
+                    k.pos.offset += chars;
+                    stack.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn parse_serial(text: &str) -> Result<Node<'_>, ParseError> {
     if text.len() > MAX_INPUT_BYTES {
         return Err(fail(format!("the file is larger than {} MiB", MAX_INPUT_BYTES / (1024 * 1024)), None, LIMIT_HELP));
     }
@@ -460,6 +556,54 @@ mod tests {
         assert_eq!(err.pos.map(|p| p.line), Some(2));
         let many: String = (0..40).map(|i| format!("k{i}: 1\n")).collect::<String>() + "k7: 2\n";
         assert!(parse(&many).unwrap_err().message.contains("duplicate key `k7`"));
+    }
+
+    fn positions(root: &Node<'_>) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root];
+        while let Some(n) = stack.pop() {
+            out.push((n.pos.line, n.pos.column));
+            match &n.value {
+                Value::Seq(items) => stack.extend(items.iter().rev()),
+                Value::Map(entries) => {
+                    for (k, v) in entries.iter().rev() {
+                        out.push((k.pos.line, k.pos.column));
+                        stack.push(v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn large_playbooks_parse_in_halves_exactly_as_serially() {
+        let mut text = String::from("version: 1\nname: big\nvault: { address: 'http://x:1' }\ncredentials:\n");
+        let mut i = 0;
+        while text.len() < 200_000 {
+            text.push_str(&format!("  - id: c{i}\n    provider: p\n    vault_path: \"a/{i}\"\n    tags: [t{}, x]\n    description: |\n      line one\n      - not an entry\n", i % 7));
+            i += 1;
+        }
+        let split = parse_split(&text, 100_000).expect("this shape splits");
+        let serial = parse_serial(&text).unwrap();
+        assert!(split.to_json() == serial.to_json(), "the halves hold other values");
+        // Same line and column for every node (a block scalar that ends right at
+        // the cut may span a different length, which only changes an underline).
+        let (a, b) = (positions(&split), positions(&serial));
+        assert_eq!(a.len(), b.len());
+        if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
+            panic!("node {i}: split {:?} != serial {:?}", a[i], b[i]);
+        }
+        // Another top-level key after the list: not split.
+        assert!(parse_split(&(text.clone() + "extra: 1\n"), 100_000).is_none());
+        // An anchor anywhere: not split.
+        assert!(parse_split(&text.replacen("tags: [t0", "tags: &a [t0", 1), 100_000).is_none());
+        // A quoted string running over the cut: the head fails, so no split.
+        let cut_line = text.len() / 2;
+        let at = text[cut_line..].find("\n  - id:").unwrap() + cut_line;
+        let broken = format!("{}\n    note: \"open{}", &text[..at], &text[at..]);
+        assert!(parse_split(&broken, 100_000).is_none() || parse_serial(&broken).is_ok());
     }
 
     #[test]

@@ -1,18 +1,25 @@
+//! Times each phase of loading and planning one playbook, for profiling:
+//! `cargo run --release --example plan_phases -- PLAYBOOK`. The benchmark with goals
+//! is `benches/plan_large.rs`; this shows where the time goes.
+
 fn main() {
-    let path = std::env::args().nth(1).unwrap();
+    let Some(path) = std::env::args().nth(1) else {
+        eprintln!("usage: plan_phases PLAYBOOK");
+        std::process::exit(2);
+    };
     let text = std::fs::read_to_string(&path).unwrap();
     let t = std::time::Instant::now();
     let mut root = rekey::playbook::yaml::parse(&text).unwrap();
     println!("parse {:?}", t.elapsed());
     let t = std::time::Instant::now();
-    let env = |_: &str| None;
+    let env = |name: &str| std::env::var(name).ok();
     let p = rekey::playbook::interpolate::interpolate(&mut root, &env);
     println!("interpolate {:?} {}", t.elapsed(), p.len());
     let t = std::time::Instant::now();
     let raw = <rekey::playbook::model::RawPlaybook as serde::Deserialize>::deserialize(rekey::playbook::de::NodeDe(&root)).unwrap();
     println!("deserialize {:?}", t.elapsed());
     let t = std::time::Instant::now();
-    let pb = rekey::playbook::validate::validate(&raw, None, &[], rekey::provider::catalog::Catalog::builtin().unwrap()).unwrap();
+    let pb = rekey::playbook::validate::validate(&raw, None, &[], rekey::provider::catalog::Catalog::builtin().unwrap()).unwrap().build(raw);
     println!("validate {:?}", t.elapsed());
     let t = std::time::Instant::now();
     let plan = rekey::plan::build("x", &pb, &Default::default());
