@@ -201,6 +201,28 @@ pub struct RawRate {
     /// Requests that may be sent back to back before the rate applies. Default 1.
     #[serde(default)]
     pub burst: Option<i64>,
+    /// Where the figure comes from (a documentation page, a contract); not used.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+impl RawRate {
+    /// Requests per second, when exactly one way of giving the rate is used and it
+    /// parses; `validate` explains what is wrong otherwise.
+    pub fn per_second(&self) -> Option<f64> {
+        let given = [self.per_second, self.per_minute, self.per_hour, self.requests].iter().flatten().count();
+        if given != 1 {
+            return None;
+        }
+        let per_second = match (self.per_second, self.per_minute, self.per_hour, self.requests) {
+            (Some(s), ..) => s,
+            (_, Some(m), ..) => m / 60.0,
+            (_, _, Some(h), _) => h / 3600.0,
+            (.., Some(r)) => r / crate::playbook::rate::parse_duration(self.period.as_deref()?).ok()?.as_secs_f64(),
+            _ => return None,
+        };
+        (per_second.is_finite() && per_second > 0.0).then_some(per_second)
+    }
 }
 
 /// One credential to rotate.

@@ -3,6 +3,7 @@
 //! costs. It is read from the YAML files in `providers/`, embedded in the binary, so
 //! the documentation and what `rekey plan` computes cannot drift apart.
 
+use crate::playbook::model::RawRate;
 use crate::playbook::rate::Rate;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -49,26 +50,6 @@ pub struct Setting {
     pub description: String,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CatalogRate {
-    #[serde(default)]
-    pub per_second: Option<f64>,
-    #[serde(default)]
-    pub per_minute: Option<f64>,
-    #[serde(default)]
-    pub per_hour: Option<f64>,
-    #[serde(default)]
-    pub requests: Option<f64>,
-    #[serde(default)]
-    pub period: Option<String>,
-    #[serde(default)]
-    pub burst: Option<u32>,
-    /// Where the figure comes from.
-    #[serde(default)]
-    pub source: Option<String>,
-}
-
 /// Provider requests one rotation makes, per operation.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -107,7 +88,7 @@ pub struct ProviderType {
     /// Live credentials an account may hold at once (dual kinds), if limited.
     #[serde(default)]
     pub quota: Option<u32>,
-    pub default_rate: CatalogRate,
+    pub default_rate: RawRate,
     pub default_concurrency: u32,
     /// Typical duration of one request, used for the plan's ETA.
     pub typical_latency: String,
@@ -130,16 +111,8 @@ pub struct ProviderType {
 impl ProviderType {
     pub fn rate(&self) -> Rate {
         let r = &self.default_rate;
-        let per_second = r
-            .per_second
-            .or(r.per_minute.map(|m| m / 60.0))
-            .or(r.per_hour.map(|h| h / 3600.0))
-            .or_else(|| {
-                let period = humantime::parse_duration(r.period.as_deref()?).ok()?;
-                Some(r.requests? / period.as_secs_f64())
-            })
-            .unwrap_or(1.0);
-        Rate { per_second, burst: r.burst.unwrap_or(1).max(1) }
+        // `Catalog::parse` refuses files whose rate does not resolve.
+        Rate { per_second: r.per_second().unwrap_or(1.0), burst: r.burst.unwrap_or(1).clamp(1, 100_000) as u32 }
     }
 
     pub fn latency(&self) -> Duration {
@@ -196,6 +169,9 @@ impl Catalog {
                 .map_err(|e| CatalogError { file: file.to_string(), message: e.to_string() })?;
             if format!("{}.yaml", t.name) != *file {
                 return Err(CatalogError { file: file.to_string(), message: format!("name `{}` does not match the file name", t.name) });
+            }
+            if t.default_rate.per_second().is_none() {
+                return Err(CatalogError { file: file.to_string(), message: "default_rate must set exactly one positive rate".into() });
             }
             if humantime::parse_duration(&t.typical_latency).is_err() {
                 return Err(CatalogError { file: file.to_string(), message: format!("bad typical_latency `{}`", t.typical_latency) });
