@@ -232,8 +232,23 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
         Ok(raw) => raw,
         Err(_) => {
             let json = root.to_json();
-            problems.extend(schema::check(&json, &root));
+            let checked = schema::check_with_repairs(&json, &root);
+            problems.extend(checked.diagnostics);
             if problems.iter().any(Diagnostic::is_error) {
+                // When every problem is an unknown key, read past them (a typo as
+                // the key it was meant to be) and report what validation finds
+                // behind them too: all problems at once, not one round per fix.
+                if checked.only_unknown_keys {
+                    for r in &checked.repairs {
+                        root.repair_key(&r.object, &r.key, r.rename_to.as_deref());
+                    }
+                    if let Ok(raw) = <model::RawPlaybook as serde::Deserialize>::deserialize(de::NodeDe(&root)) {
+                        let lines = credential_lines(&root);
+                        if let Err(more) = validate::validate(&raw, Some(&root), &lines, catalog) {
+                            problems.extend(more.into_iter().filter(|d| d.is_error()));
+                        }
+                    }
+                }
                 return Err(fail(problems));
             }
             match serde_path_to_error::deserialize::<_, model::RawPlaybook>(&json) {
@@ -248,6 +263,7 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
             }
         }
     };
+
     // Validate without positions first, so the tree can be freed before the
     // resolved playbook is built; only when there is something to report is the
     // text parsed again to point at it.

@@ -28,11 +28,35 @@ fn validator() -> Option<&'static jsonschema::Validator> {
     VALIDATOR.get_or_init(|| jsonschema::validator_for(playbook_schema()).ok()).as_ref()
 }
 
+/// A way to read past an unknown key, so validation can go on and report the
+/// problems behind it too: drop the key, or read it as the key it was probably
+/// meant to be (`vault_pth` as `vault_path`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repair {
+    /// JSON pointer of the mapping holding the key.
+    pub object: String,
+    pub key: String,
+    pub rename_to: Option<String>,
+}
+
+/// What the structural check found.
+pub struct Checked {
+    pub diagnostics: Vec<Diagnostic>,
+    pub repairs: Vec<Repair>,
+    /// Whether every problem found is an unknown key (so the repairs fix them all).
+    pub only_unknown_keys: bool,
+}
+
 /// Checks `instance` (the playbook as JSON) against the schema. Positions come from
 /// `root`, the same document with its YAML positions.
 pub fn check(instance: &Value, root: &Node) -> Vec<Diagnostic> {
+    check_with_repairs(instance, root).diagnostics
+}
+
+pub fn check_with_repairs(instance: &Value, root: &Node) -> Checked {
     let Some(validator) = validator() else {
-        return vec![Diagnostic::error("internal error: the playbook schema does not compile", None)];
+        let diagnostics = vec![Diagnostic::error("internal error: the playbook schema does not compile", None)];
+        return Checked { diagnostics, repairs: Vec::new(), only_unknown_keys: false };
     };
     let mut found = Vec::new();
     check_against(validator, instance, "", instance, root, &mut found, 0);
@@ -45,19 +69,35 @@ pub fn check(instance: &Value, root: &Node) -> Vec<Diagnostic> {
             _ => None,
         })
         .collect();
-    let mut out: Vec<Diagnostic> = found
-        .into_iter()
-        .filter_map(|f| match f {
-            Found::Missing { path, name, diagnostic } => (!typos.contains(&(path, name))).then_some(diagnostic),
-            Found::Unknown { diagnostic, .. } | Found::Other(diagnostic) => Some(diagnostic),
-        })
-        .collect();
+    let mut repairs = Vec::new();
+    let mut only_unknown_keys = true;
+    let mut out: Vec<Diagnostic> = Vec::new();
+    for f in found {
+        match f {
+            Found::Missing { path, name, diagnostic } => {
+                if !typos.contains(&(path, name)) {
+                    only_unknown_keys = false;
+                    out.push(diagnostic);
+                }
+            }
+            Found::Unknown { path, key, suggestion, diagnostic } => {
+                // Read the typo as its suggestion only when that key is not there.
+                let free = suggestion.filter(|s| instance.pointer(&path).and_then(|o| o.get(s)).is_none());
+                repairs.push(Repair { object: path, key, rename_to: free });
+                out.push(diagnostic);
+            }
+            Found::Other(diagnostic) => {
+                only_unknown_keys = false;
+                out.push(diagnostic);
+            }
+        }
+    }
     out.sort_by_key(|d| d.pos.map(|p| (p.line, p.column)));
-    out
+    Checked { diagnostics: out, repairs, only_unknown_keys }
 }
 
 enum Found {
-    Unknown { path: String, suggestion: Option<String>, diagnostic: Diagnostic },
+    Unknown { path: String, key: String, suggestion: Option<String>, diagnostic: Diagnostic },
     Missing { path: String, name: String, diagnostic: Diagnostic },
     Other(Diagnostic),
 }
@@ -83,7 +123,7 @@ fn check_against(validator: &jsonschema::Validator, sub: &Value, base: &str, ins
                         None if allowed.is_empty() => d.help("remove it"),
                         None => d.help(format!("remove it; keys allowed here: {}", allowed.join(", "))),
                     };
-                    out.push(Found::Unknown { path: path.clone(), suggestion, diagnostic: d });
+                    out.push(Found::Unknown { path: path.clone(), key: key.clone(), suggestion, diagnostic: d });
                 }
             }
             ValidationErrorKind::Required { property } => {

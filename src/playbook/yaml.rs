@@ -88,6 +88,31 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// Drops the key `key` of the mapping at `object`, or renames it to `rename_to`.
+    /// Used to read past unknown keys so the rest of a playbook can be checked.
+    pub fn repair_key(&mut self, object: &str, key: &str, rename_to: Option<&str>) {
+        let mut node = self;
+        for segment in pointer_segments(object) {
+            let next = match &mut node.value {
+                Value::Map(entries) => entries.iter_mut().find(|(k, _)| k.name == segment).map(|(_, v)| v),
+                Value::Seq(items) => segment.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+                _ => None,
+            };
+            let Some(next) = next else { return };
+            node = next;
+        }
+        if let Value::Map(entries) = &mut node.value {
+            match rename_to {
+                Some(to) => {
+                    if let Some((k, _)) = entries.iter_mut().find(|(k, _)| k.name == key) {
+                        k.name = Cow::Owned(to.to_owned());
+                    }
+                }
+                None => entries.retain(|(k, _)| k.name != key),
+            }
+        }
+    }
+
     fn child(&self, segment: &str) -> Option<&Node<'a>> {
         match &self.value {
             Value::Map(entries) => entries.iter().find(|(k, _)| k.name == segment).map(|(_, v)| v),

@@ -211,3 +211,16 @@ fn warnings_do_not_fail_the_plan() {
     assert!(stderr.contains("breach mode retires old credentials at once"), "{stderr}");
     assert!(stderr.contains("no credential is tied to the compromised system `idp`"), "{stderr}");
 }
+
+#[test]
+fn unknown_keys_do_not_hide_the_problems_behind_them() {
+    // A typo in one credential and a duplicate Vault path in another: one run shows both.
+    let text = BASE.replace("    vault_path: apps/a", "    vault_pth: apps/a").replace("vault_path: apps/b", "vault_path: apps/a").replace("  - id: b", "  - id: b\n    colour: blue");
+    assert_invalid(&text, &[
+        "PLAYBOOK:13:5: unknown key `vault_pth` in `credentials[0]`",
+        "did you mean `vault_path`?",
+        "PLAYBOOK:15:5: unknown key `colour` in `credentials[1]`",
+        "PLAYBOOK:18:17: credentials `a` and `b` both write the Vault path `apps/a`",
+        "3 errors",
+    ]);
+}
