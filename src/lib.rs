@@ -9,5 +9,8 @@ pub mod exit;
 pub mod plan;
 pub mod playbook;
 pub mod provider;
+pub mod secret;
+pub mod store;
+pub mod journal;
 
 pub use exit::ExitStatus;

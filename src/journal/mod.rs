@@ -1,0 +1,1 @@
+//! Durable run state in embedded SQLite. (Being written: see issue 3.)

@@ -1,0 +1,74 @@
+//! Secret values as a type: no `Display`, a redacted `Debug`, zeroized on drop, and
+//! an explicit, greppable `expose()` wherever the value must leave.
+
+use hmac::{KeyInit, Mac};
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// A secret string (a password, an API key, a token).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(Zeroizing::new(value.into()))
+    }
+
+    /// The value itself. Every call site is a place where a secret leaves rekey's
+    /// control (to a provider, to Vault): keep them few and obvious.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// HMAC-SHA256 of the value under `key`, hex: lets records refer to a value
+    /// (and lets someone who holds a value check it against them) without holding it.
+    pub fn fingerprint(&self, key: &[u8]) -> String {
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+        mac.update(self.0.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// A random password drawn from `alphabet` with the OS generator.
+    pub fn generate(length: usize, alphabet: &str) -> Secret {
+        use rand::RngExt;
+        let chars: Vec<char> = alphabet.chars().collect();
+        let mut rng = rand::rng();
+        let mut value = Zeroizing::new(String::with_capacity(length));
+        for _ in 0..length {
+            value.push(chars[rng.random_range(0..chars.len())]);
+        }
+        Secret(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value_and_fingerprints_are_keyed() {
+        let s = Secret::new("canary-7Hq2");
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        assert_ne!(s.fingerprint(b"k1"), s.fingerprint(b"k2"));
+        assert_eq!(s.fingerprint(b"k1"), Secret::new("canary-7Hq2").fingerprint(b"k1"));
+        assert_eq!(s.fingerprint(b"k1").len(), 64);
+    }
+
+    #[test]
+    fn generated_passwords_use_the_alphabet() {
+        let p = Secret::generate(40, "ab");
+        assert_eq!(p.expose().len(), 40);
+        assert!(p.expose().chars().all(|c| c == 'a' || c == 'b'));
+        assert_ne!(Secret::generate(32, "abcdefghij0123456789").expose(), Secret::generate(32, "abcdefghij0123456789").expose());
+    }
+}
