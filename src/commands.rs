@@ -59,6 +59,10 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
         return Ok(ExitStatus::Invalid);
     }
     let plan = plan::build(&file, &loaded.playbook, &selection);
+    let filtered = !(selection.compromised.is_empty() && selection.tags.is_empty() && selection.only.is_empty());
+    if filtered && plan.totals.credentials == 0 {
+        writeln!(io.stderr, "warning: {file}: each selection value matches something, but together they select no credential (values of different flags narrow each other)")?;
+    }
     match args.format {
         Format::Text => render::text(&plan, io.stdout),
         Format::Json => render::json(&plan, io.stdout),
@@ -87,9 +91,10 @@ pub fn providers(args: &ProvidersArgs, io: &mut Io) -> Result<ExitStatus> {
         return Ok(ExitStatus::Success);
     }
     let width = catalog.types.keys().map(String::len).max().unwrap_or(0);
+    let rate_width = catalog.types.values().map(|t| t.rate().describe().len()).max().unwrap_or(0);
     for t in catalog.types.values() {
         let status = if t.available { "" } else { " [not yet runnable]" };
-        writeln!(io.stdout, "{:<width$}  {:<6}  {:<12}  {}{status}", t.name, t.kind.as_str(), t.rate().describe(), t.summary)?;
+        writeln!(io.stdout, "{:<width$}  {:<6}  {:<rate_width$}  {}{status}", t.name, t.kind.as_str(), t.rate().describe(), t.summary)?;
     }
     Ok(ExitStatus::Success)
 }

@@ -6,5 +6,5 @@ pub const VAULT_TOKEN: &str = "VAULT_TOKEN";
 pub const VAULT_SECRET_ID: &str = "VAULT_SECRET_ID";
 /// Log filter in `tracing` syntax (e.g. `rekey=debug`); overrides `-v`/`-q`.
 pub const RUST_LOG: &str = "RUST_LOG";
-/// Set to any value to disable colours (https://no-color.org).
+/// Set to a non-empty value to disable colours (https://no-color.org).
 pub const NO_COLOR: &str = "NO_COLOR";

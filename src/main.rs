@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,
-        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os(env_vars::NO_COLOR).is_none(),
+        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os(env_vars::NO_COLOR).is_none_or(|v| v.is_empty()),
     };
     init_logging(&cli, color);
     let mut stdout = std::io::stdout().lock();

@@ -152,6 +152,7 @@ pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
     };
 }
 
+/// Milliseconds precision, and always finite (JSON has no infinity).
 fn round(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
+    if v.is_finite() { (v * 1000.0).round() / 1000.0 } else { f64::MAX }
 }

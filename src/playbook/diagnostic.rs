@@ -107,12 +107,30 @@ impl Report {
     pub fn render(&self, color: bool) -> String {
         const MAX_RENDERED: usize = 100;
         let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-        let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(2).with_width(100).with_wrap_lines(false);
-        let named = Arc::new(NamedSource::new(self.file.clone(), self.source.to_string()));
-        let lines = LineIndex::new(&self.source);
+        let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(2).with_width(100).with_wrap_lines(false)
+            // The message already says file:line:column, counted in characters;
+            // miette would count bytes, which disagrees after non-ASCII text.
+            .without_primary_span_start();
+        // What reaches the terminal is cleaned of control characters (a playbook must
+        // not be able to drive the terminal), byte for byte so positions hold.
+        let clean_source = sanitize(&self.source);
+        let named = Arc::new(NamedSource::new(sanitize(&self.file), clean_source.clone()));
+        let lines = LineIndex::new(&clean_source);
         let mut out = String::new();
+        let file = sanitize(&self.file);
         for diagnostic in self.diagnostics.iter().take(MAX_RENDERED) {
-            let shown = Shown { diagnostic, file: &self.file, source: named.clone(), text: &self.source, lines: &lines };
+            let diagnostic = &diagnostic.sanitized();
+            // miette cannot draw columns past 65,535, and a snippet of a huge line
+            // helps nobody: such diagnostics keep their position, without a snippet.
+            let long_line = |p: &Pos| lines.line_len(&clean_source, p.line) > 400;
+            let plain;
+            let diagnostic = if diagnostic.pos.as_ref().is_some_and(long_line) || diagnostic.related.iter().any(|(p, _)| long_line(p)) {
+                plain = Diagnostic { related: Vec::new(), ..diagnostic.clone() };
+                &plain
+            } else {
+                diagnostic
+            };
+            let shown = Shown { diagnostic, file: &file, source: named.clone(), text: &clean_source, lines: &lines, snippet: !diagnostic.pos.as_ref().is_some_and(long_line) };
             if handler.render_report(&mut out, &shown).is_err() {
                 out.push_str(&format!("{}: {}\n", self.file, diagnostic.message));
             }
@@ -146,10 +164,47 @@ struct LineIndex {
     starts: Vec<usize>,
 }
 
+/// Replaces ASCII control characters other than line breaks and tabs with `?`.
+fn sanitize(text: &str) -> String {
+    if !text.bytes().any(|b| (b < 0x20 && b != b'\n' && b != b'\r' && b != b'\t') || b == 0x7f) {
+        return text.to_owned();
+    }
+    text.chars().map(|c| if c.is_ascii_control() && c != '\n' && c != '\r' && c != '\t' { '?' } else { c }).collect()
+}
+
+impl Diagnostic {
+    fn sanitized(&self) -> Diagnostic {
+        Diagnostic {
+            severity: self.severity,
+            message: sanitize(&self.message),
+            pos: self.pos,
+            label: self.label.as_deref().map(sanitize),
+            help: self.help.as_deref().map(sanitize),
+            related: self.related.iter().map(|(p, l)| (*p, sanitize(l))).collect(),
+        }
+    }
+}
+
 impl LineIndex {
+    /// Length in bytes of line `line` (1-based).
+    fn line_len(&self, text: &str, line: u32) -> usize {
+        let i = (line as usize).max(1) - 1;
+        match (self.starts.get(i), self.starts.get(i + 1)) {
+            (Some(&a), Some(&b)) => b - a,
+            (Some(&a), None) => text.len() - a,
+            _ => 0,
+        }
+    }
+
     fn new(text: &str) -> Self {
+        // Lines end with \n, \r\n or a lone \r (old Mac files), as in YAML.
+        let bytes = text.as_bytes();
         let mut starts = vec![0];
-        starts.extend(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1));
+        for (i, b) in bytes.iter().enumerate() {
+            if *b == b'\n' || (*b == b'\r' && bytes.get(i + 1) != Some(&b'\n')) {
+                starts.push(i + 1);
+            }
+        }
         LineIndex { starts }
     }
 
@@ -173,6 +228,8 @@ struct Shown<'a> {
     source: Arc<NamedSource<String>>,
     text: &'a str,
     lines: &'a LineIndex,
+    /// Whether to draw the source snippet.
+    snippet: bool,
 }
 
 impl fmt::Debug for Shown<'_> {
@@ -210,10 +267,10 @@ impl miette::Diagnostic for Shown<'_> {
         self.diagnostic.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.diagnostic.pos.map(|_| &*self.source as &dyn miette::SourceCode)
+        self.diagnostic.pos.filter(|_| self.snippet).map(|_| &*self.source as &dyn miette::SourceCode)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        let pos = self.diagnostic.pos?;
+        let pos = self.diagnostic.pos.filter(|_| self.snippet)?;
         let mut labels = vec![LabeledSpan::new_primary_with_span(self.diagnostic.label.clone(), self.span(pos))];
         for (p, text) in &self.diagnostic.related {
             labels.push(LabeledSpan::new_with_span(Some(text.clone()), self.span(*p)));

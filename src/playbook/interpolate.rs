@@ -8,20 +8,28 @@
 use super::diagnostic::Diagnostic;
 use super::yaml::Node;
 
-/// Names that look like they hold a secret value.
-const SECRET_MARKERS: &[&str] =
-    &["TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "PRIVATE", "CREDENTIAL", "API_KEY", "APIKEY", "ACCESS_KEY"];
-
-/// Suffixes that name something about a secret rather than the secret itself
-/// (`GITLAB_TOKEN_ID`, `API_KEY_NAME`). `SECRET_ID` stays a secret: it is AppRole's.
-const NOT_SECRET_SUFFIXES: &[&str] = &["_ID", "_NAME", "_URL", "_ADDR", "_HOST", "_PORT", "_PATH", "_FILE", "_USER", "_ENV"];
+/// Words that mark a variable as holding a secret, matched against the
+/// `_`-separated words of its name (`MYSQL_PWD`, `STRIPE_KEY`, `GITHUB_PAT`).
+const SECRET_WORDS: &[&str] = &[
+    "TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PWD", "PASS", "PASSPHRASE", "PRIVATE", "CREDENTIAL",
+    "CREDENTIALS", "CREDS", "KEY", "APIKEY", "PAT", "AUTH", "COOKIE", "SESSION", "SIGNATURE", "CERT", "DSN",
+];
+/// Substrings that mark a secret even inside a longer word (`APITOKEN`, `DBPASSWORD`).
+const SECRET_MARKERS: &[&str] = &["TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "PRIVATE", "CREDENTIAL", "APIKEY"];
+/// Last words that name something *about* a secret rather than the secret itself
+/// (`GITLAB_TOKEN_ID`, `KMS_KEY_NAME`). `SECRET_ID` stays a secret: it is AppRole's.
+const NOT_SECRET_SUFFIXES: &[&str] = &["ID", "NAME", "URL", "ADDR", "HOST", "PORT", "PATH", "FILE", "USER", "ENV", "TYPE"];
 
 pub fn looks_secret(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     if upper.ends_with("SECRET_ID") {
         return true;
     }
-    SECRET_MARKERS.iter().any(|m| upper.contains(m)) && !NOT_SECRET_SUFFIXES.iter().any(|s| upper.ends_with(s))
+    let words: Vec<&str> = upper.split('_').filter(|w| !w.is_empty()).collect();
+    if words.last().is_some_and(|w| NOT_SECRET_SUFFIXES.contains(w)) {
+        return false;
+    }
+    words.iter().any(|w| SECRET_WORDS.contains(w)) || SECRET_MARKERS.iter().any(|m| upper.contains(m))
 }
 
 /// Replaces `${...}` in every string of the tree; returns one diagnostic per problem.
@@ -69,6 +77,30 @@ impl Problem {
 }
 
 pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Problem> {
+    expand_depth(text, env, 0)
+}
+
+/// Index of the `}` closing a `${` whose body starts at `body`, minding nested `${`.
+fn closing_brace(body: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let bytes = body.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+fn expand_depth(text: &str, env: &dyn Fn(&str) -> Option<String>, depth: usize) -> Result<String, Problem> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -78,7 +110,7 @@ pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
             out.push_str("${");
             rest = literal;
         } else if let Some(inner) = after.strip_prefix('{') {
-            let end = inner.find('}').ok_or(Problem::Unterminated)?;
+            let end = closing_brace(inner).ok_or(Problem::Unterminated)?;
             let body = &inner[..end];
             let (name, fallback) = match body.find(":-") {
                 Some(j) => (&body[..j], Some(&body[j + 2..])),
@@ -95,7 +127,9 @@ pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
             }
             match (env(name).filter(|v| !v.is_empty()), fallback) {
                 (Some(value), _) => out.push_str(&value),
-                (None, Some(fallback)) => out.push_str(fallback),
+                // A fallback may itself use variables: `${A:-${B}}`.
+                (None, Some(fallback)) if depth < 8 => out.push_str(&expand_depth(fallback, env, depth + 1)?),
+                (None, Some(_)) => return Err(Problem::Unterminated),
                 (None, None) => return Err(Problem::Unset(name.to_owned())),
             }
             rest = &inner[end + 1..];
@@ -125,6 +159,9 @@ mod tests {
         assert_eq!(expand("pg://${HOST}:5432", &env).unwrap(), "pg://db.internal:5432");
         assert_eq!(expand("${MISSING:-x}${EMPTY:-y}", &env).unwrap(), "xy");
         assert_eq!(expand("cost $5 and $${HOST}", &env).unwrap(), "cost $5 and ${HOST}");
+        assert_eq!(expand("${MISSING:-${HOST}}/x", &env).unwrap(), "db.internal/x");
+        assert_eq!(expand("${MISSING:-${ALSO_MISSING:-deep}}", &env).unwrap(), "deep");
+        assert_eq!(expand("${MISSING:-${NOPE}}", &env), Err(Problem::Unset("NOPE".into())));
     }
 
     #[test]
@@ -136,5 +173,11 @@ mod tests {
         assert_eq!(expand("${DB_PASSWORD:-x}", &env), Err(Problem::Secret("DB_PASSWORD".into())));
         assert_eq!(expand("${VAULT_SECRET_ID:-x}", &env), Err(Problem::Secret("VAULT_SECRET_ID".into())));
         assert_eq!(expand("${GITLAB_TOKEN_ID:-7}", &env).unwrap(), "7");
+        for name in ["MYSQL_PWD", "DB_PASS", "STRIPE_KEY", "GITHUB_PAT", "APITOKEN", "SESSION_COOKIE", "NPM_AUTH"] {
+            assert_eq!(expand(&format!("${{{name}:-x}}"), &env), Err(Problem::Secret(name.into())), "{name}");
+        }
+        for name in ["PATH_PREFIX", "KEYCLOAK_URL", "SSH_KEY_PATH", "PASSENGER_COUNT"] {
+            assert!(expand(&format!("${{{name}:-x}}"), &env).is_ok(), "{name} is not a secret");
+        }
     }
 }

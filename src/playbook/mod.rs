@@ -142,19 +142,32 @@ pub struct Loaded {
 /// Reads, parses and validates a playbook file.
 pub fn load_file(path: &Path, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Loaded, Report> {
     let file = path.display().to_string();
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    let cannot_read = |message: String, help: &str| Report {
+        file: file.clone(),
+        source: Arc::new(String::new()),
+        diagnostics: vec![Diagnostic::error(message, None).help(help)],
+    };
+    let read = || -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let f = std::fs::File::open(path)?;
+        // Only regular files: a FIFO would block, /dev/zero would never end.
+        if !f.metadata()?.is_file() {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        f.take(yaml::MAX_INPUT_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    };
+    let bytes = match read() {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err(cannot_read("the playbook is not a regular file".into(), "give the path of a YAML file")),
         Err(e) => {
             let help = match e.kind() {
                 std::io::ErrorKind::NotFound => "check the path; `ls playbooks/` lists the shipped examples",
                 std::io::ErrorKind::PermissionDenied => "run rekey as a user that can read the file",
                 _ => "check that the path names a readable file",
             };
-            return Err(Report {
-                file,
-                source: Arc::new(String::new()),
-                diagnostics: vec![Diagnostic::error(format!("cannot read the playbook: {e}"), None).help(help)],
-            });
+            return Err(cannot_read(format!("cannot read the playbook: {e}"), help));
         }
     };
     load_bytes(&file, &bytes, env)
@@ -168,8 +181,10 @@ pub fn load_bytes(file: &str, bytes: &[u8], env: &(dyn Fn(&str) -> Option<String
         Err(e) => {
             let lossy = String::from_utf8_lossy(bytes).into_owned();
             let offset = e.valid_up_to();
+            let line_start = bytes[..offset].iter().rposition(|b| *b == b'\n').map(|p| p + 1).unwrap_or(0);
             let line = bytes[..offset].iter().filter(|b| **b == b'\n').count() + 1;
-            let column = offset - bytes[..offset].iter().rposition(|b| *b == b'\n').map(|p| p + 1).unwrap_or(0) + 1;
+            // Columns count characters, like every other position rekey reports.
+            let column = String::from_utf8_lossy(&bytes[line_start..offset]).chars().count() + 1;
             let pos = yaml::Pos { offset: 0, len: 1, line: line as u32, column: column as u32 };
             Err(Report {
                 file: file.to_owned(),
@@ -182,8 +197,8 @@ pub fn load_bytes(file: &str, bytes: &[u8], env: &(dyn Fn(&str) -> Option<String
 }
 
 /// Stack for the loader thread: parsing and the checks after it recurse once per
-/// nesting level, and the depth budget (32) must hold whatever thread calls us
-/// (test threads have 2 MiB). Only touched pages are ever committed.
+/// nesting level, and the depth budget must hold whatever thread calls us (test
+/// threads have 2 MiB). Only touched pages are ever committed.
 const LOADER_STACK: usize = 64 * 1024 * 1024;
 
 pub fn load_str(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Loaded, Report> {
@@ -202,6 +217,9 @@ pub fn load_str(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> + 
 }
 
 fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Loaded, Report> {
+    // A byte-order mark is an encoding artefact, not content: positions and
+    // snippets are about what follows it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let source = Arc::new(text.to_owned());
     // Diagnostics in reading order: what the admin fixes top to bottom.
     let fail = |mut diagnostics: Vec<Diagnostic>| {
@@ -256,8 +274,7 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
                 Err(e) => {
                     let pointer: String = e.path().iter().map(|seg| format!("/{}", yaml::escape(&seg.to_string()))).collect();
                     let pointer = pointer.replace("/[", "/").replace(']', "");
-                    let d = Diagnostic::error(format!("{}: {}", schema::describe_path(&pointer), e.inner()), root.pos_of(&pointer))
-                        .help("`rekey schema` prints what each key accepts");
+                    let d = schema::serde_error(&pointer, &e.inner().to_string(), &json, &root);
                     return Err(fail(vec![d]));
                 }
             }

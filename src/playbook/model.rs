@@ -119,13 +119,13 @@ pub struct RawDefaults {
     /// How long the old credential stays valid after the new one is promoted
     /// (e.g. `0s`, `15m`, `24h`). Ignored in breach mode, where it is always zero.
     #[serde(default)]
-    pub grace: Option<String>,
+    pub grace: Option<DurationText>,
     /// How many credentials rotate at once across all providers. Default 8.
     #[serde(default)]
     pub concurrency: Option<i64>,
     /// Rotate only credentials older than this (e.g. `90d`); for hygiene runs.
     #[serde(default)]
-    pub max_age: Option<String>,
+    pub max_age: Option<DurationText>,
     /// How new passwords are generated.
     #[serde(default)]
     pub password: Option<RawPasswordPolicy>,
@@ -197,7 +197,7 @@ pub struct RawRate {
     pub requests: Option<f64>,
     /// The window for `requests`, e.g. `5m`.
     #[serde(default)]
-    pub period: Option<String>,
+    pub period: Option<DurationText>,
     /// Requests that may be sent back to back before the rate applies. Default 1.
     #[serde(default)]
     pub burst: Option<i64>,
@@ -218,7 +218,7 @@ impl RawRate {
             (Some(s), ..) => s,
             (_, Some(m), ..) => m / 60.0,
             (_, _, Some(h), _) => h / 3600.0,
-            (.., Some(r)) => r / crate::playbook::rate::parse_duration(self.period.as_deref()?).ok()?.as_secs_f64(),
+            (.., Some(r)) => r / self.period.as_ref()?.parse().ok()?.as_secs_f64(),
             _ => return None,
         };
         (per_second.is_finite() && per_second > 0.0).then_some(per_second)
@@ -256,10 +256,10 @@ pub struct RawCredential {
     pub verify: Option<bool>,
     /// Overrides `defaults.grace`.
     #[serde(default)]
-    pub grace: Option<String>,
+    pub grace: Option<DurationText>,
     /// Overrides `defaults.max_age`.
     #[serde(default)]
-    pub max_age: Option<String>,
+    pub max_age: Option<DurationText>,
     /// Overrides `defaults.password`.
     #[serde(default)]
     pub password: Option<RawPasswordPolicy>,
@@ -269,4 +269,23 @@ pub struct RawCredential {
     /// For `provider: manual`: what the operator must do.
     #[serde(default)]
     pub instructions: Option<String>,
+}
+
+/// A duration as written: a number and a unit (`30s`, `15m`, `24h`, `90d`), or a
+/// bare `0`. Other bare numbers are refused: `30` could mean seconds or minutes.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum DurationText {
+    Text(String),
+    Number(i64),
+}
+
+impl DurationText {
+    pub fn parse(&self) -> Result<std::time::Duration, String> {
+        match self {
+            DurationText::Text(t) => crate::playbook::rate::parse_duration(t),
+            DurationText::Number(0) => Ok(std::time::Duration::ZERO),
+            DurationText::Number(n) => Err(format!("`{n}` has no unit")),
+        }
+    }
 }

@@ -193,11 +193,22 @@ fn type_error(path: &str, here: &str, expected: &str, instance: &Value, root: &N
     d
 }
 
+/// A value the schema allows but the typed model does not (`concurrency: 4.0`):
+/// explained in the same words as the schema check.
+pub fn serde_error(pointer: &str, message: &str, instance: &Value, root: &Node) -> Diagnostic {
+    let here = describe_path(pointer);
+    match expected_type(pointer) {
+        Some(expected) => type_error(pointer, &here, &expected, instance, root),
+        None => Diagnostic::error(format!("{here}: {message}"), root.pos_of(pointer)).help("`rekey schema` prints what each key accepts"),
+    }
+}
+
 fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "empty",
         Value::Bool(_) => "true or false",
         Value::Number(n) if n.is_i64() || n.is_u64() => "a whole number",
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => "a number with a decimal point",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
         Value::Array(_) => "a list",

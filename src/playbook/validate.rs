@@ -2,8 +2,8 @@
 //! resolved `Playbook` only when there is none. Nothing downstream validates again.
 
 use super::diagnostic::{Diagnostic, did_you_mean};
-use super::model::{Mode, RawAdmin, RawCredential, RawPasswordPolicy, RawPlaybook, RawRate};
-use super::rate::{DURATION_HELP, Rate, parse_duration};
+use super::model::{DurationText, Mode, RawAdmin, RawCredential, RawPasswordPolicy, RawPlaybook, RawRate};
+use super::rate::{DURATION_HELP, Rate};
 use super::yaml::{Node, Pos, escape};
 use super::{AdminSource, Credential, Defaults, Incident, PasswordPolicy, Playbook, ProviderInstance, RateOrigin, Vault, VaultAuth};
 use crate::provider::catalog::{Catalog, Kind, Need, Setting};
@@ -106,9 +106,9 @@ impl Ctx<'_> {
     fn push(&mut self, d: Diagnostic) {
         self.out.push(d);
     }
-    fn duration(&mut self, text: &Option<String>, pointer: impl AsRef<str>) -> Option<Duration> {
+    fn duration(&mut self, text: &Option<DurationText>, pointer: impl AsRef<str>) -> Option<Duration> {
         let text = text.as_ref()?;
-        match parse_duration(text) {
+        match text.parse() {
             Ok(d) => Some(d),
             Err(message) => {
                 self.push(Diagnostic::error(message, self.at(pointer.as_ref())).label("bad duration").help(DURATION_HELP));
@@ -347,7 +347,7 @@ fn validate_rate(cx: &mut Ctx, rate: &RawRate, pointer: &str) -> Option<Rate> {
             cx.push(Diagnostic::error("`requests` needs a `period`", cx.key_at(&format!("{pointer}/requests"))).help("add `period: 5m` (the window the provider counts requests in)"));
             return None;
         };
-        let d = cx.duration(&Some(period.clone()), &format!("{pointer}/period"))?;
+        let d = cx.duration(&Some(period.clone()), format!("{pointer}/period"))?;
         if d.is_zero() {
             cx.push(Diagnostic::error("the rate period must be longer than zero", cx.at(&format!("{pointer}/period"))).help("e.g. `period: 5m`"));
             return None;
@@ -355,6 +355,14 @@ fn validate_rate(cx: &mut Ctx, rate: &RawRate, pointer: &str) -> Option<Rate> {
         per_second = raw_value / d.as_secs_f64();
     } else if rate.period.is_some() {
         cx.push(Diagnostic::error(format!("`period` only goes with `requests`, not with `{key}`"), cx.key_at(&format!("{pointer}/period"))).help("remove `period`"));
+        return None;
+    }
+    // Below one request in 11 days or above a billion a second is a unit mistake.
+    if !(1e-6..=1e9).contains(&per_second) {
+        cx.push(
+            Diagnostic::error(format!("a rate of {per_second:e} requests per second is out of range"), cx.at(pointer))
+                .help("rates go from one request in 11 days to 1,000,000,000 per second; check the unit"),
+        );
         return None;
     }
     let burst = match rate.burst {
@@ -625,13 +633,22 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
         });
     }
 
-    // Unknown dependencies, reported once each credential table is known.
+    // Unknown dependencies, reported once each credential table is known. Finding
+    // a suggestion compares against every id: done for the first few only, so a
+    // playbook with thousands of bad references still loads in time.
     let known: Vec<&str> = raw.credentials.iter().map(|c| c.id.as_str()).collect();
+    let mut suggestions_left = 20;
     for (i, c) in raw.credentials.iter().enumerate() {
         for (j, dep) in c.depends_on.iter().enumerate() {
             if !ids.contains_key(dep.as_str()) {
                 let mut d = Diagnostic::error(format!("credential `{}` depends on unknown credential `{dep}`", c.id), cx.at(&format!("/credentials/{i}/depends_on/{j}"))).label("no credential has this id");
-                d = match did_you_mean(dep, known.iter().copied()) {
+                let suggestion = if suggestions_left > 0 {
+                    suggestions_left -= 1;
+                    did_you_mean(dep, known.iter().copied())
+                } else {
+                    None
+                };
+                d = match suggestion {
                     Some(best) => d.help(format!("did you mean `{best}`?")),
                     None => d.help("depends_on lists ids of other credentials in this playbook"),
                 };
@@ -641,6 +658,9 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
     }
     out
 }
+
+/// Cycles reported in one run: enough to act on, bounded for pathological input.
+const MAX_CYCLES_REPORTED: usize = 20;
 
 /// Finds dependency cycles (iteratively: a 100,000-long chain must not overflow the
 /// stack) and reports each once, printing the cycle.
@@ -669,12 +689,23 @@ fn find_cycles(cx: &Ctx, credentials: &[RawCredential]) -> Option<Vec<Diagnostic
                         color[target] = Color::Grey;
                         stack.push((target, 0));
                     }
+                    Color::Grey if out.len() >= MAX_CYCLES_REPORTED => {}
                     Color::Grey => {
                         let from = stack.iter().position(|(n, _)| *n == target).unwrap_or(0);
-                        let mut names: Vec<&str> = stack[from..].iter().map(|(n, _)| credentials[*n].id.as_str()).collect();
+                        let cycle = &stack[from..];
+                        let mut names: Vec<&str> = if cycle.len() > 12 {
+                            // Long cycles: the ends, and how many in between.
+                            let mut v: Vec<&str> = cycle[..5].iter().map(|(n, _)| credentials[*n].id.as_str()).collect();
+                            v.push("…");
+                            v.extend(cycle[cycle.len() - 5..].iter().map(|(n, _)| credentials[*n].id.as_str()));
+                            v
+                        } else {
+                            cycle.iter().map(|(n, _)| credentials[*n].id.as_str()).collect()
+                        };
                         names.push(&credentials[target].id);
+                        let length = if cycle.len() > 12 { format!(" ({} credentials)", cycle.len()) } else { String::new() };
                         out.push(
-                            Diagnostic::error(format!("dependency cycle: {}", names.join(" → ")), cx.at(&format!("/credentials/{node}/depends_on/{dep_index}")))
+                            Diagnostic::error(format!("dependency cycle{length}: {}", names.join(" → ")), cx.at(&format!("/credentials/{node}/depends_on/{dep_index}")))
                                 .label("closes the cycle")
                                 .help("remove one `depends_on` entry of the cycle; rekey rotates dependencies first, so a cycle can never start"),
                         );

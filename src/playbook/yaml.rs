@@ -128,7 +128,9 @@ impl<'a> Node<'a> {
             Value::Null => J::Null,
             Value::Bool(b) => J::Bool(*b),
             Value::Int(i) => J::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+            // JSON has no NaN or infinity; as text they fail the type check visibly
+            // instead of turning into null (which optional fields would accept).
+            Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or_else(|| J::String(f.to_string())),
             Value::Str(s) => J::String(s.to_string()),
             Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
             Value::Map(entries) => J::Object(entries.iter().map(|(k, v)| (k.name.to_string(), v.to_json())).collect()),
@@ -197,7 +199,7 @@ fn scan_error(e: &ScanError) -> ParseError {
 /// A collection under construction.
 enum Frame<'a> {
     Seq { items: Vec<Node<'a>>, pos: Pos, anchor: usize },
-    Map { entries: Vec<(Key<'a>, Node<'a>)>, pending_key: Option<Key<'a>>, seen: Option<HashSet<Cow<'a, str>>>, pos: Pos, anchor: usize, merges: Vec<Node<'a>> },
+    Map { entries: Vec<(Key<'a>, Node<'a>)>, pending_key: Option<(Key<'a>, bool)>, seen: Option<HashSet<Cow<'a, str>>>, pos: Pos, anchor: usize, merges: Vec<Node<'a>> },
 }
 
 /// Parses one YAML document into a positioned tree.
@@ -311,6 +313,8 @@ fn parse_serial(text: &str) -> Result<Node<'_>, ParseError> {
     let mut nodes = 0usize;
     let mut replayed = 0usize;
     let mut documents = 0usize;
+    // Whether the last scalar was plain: only a plain `<<` key is a merge key.
+    let mut last_scalar_plain = false;
 
     while let Some(event) = parser.next_event() {
         let (event, span) = event.map_err(|e| scan_error(&e))?;
@@ -328,6 +332,7 @@ fn parse_serial(text: &str) -> Result<Node<'_>, ParseError> {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 nodes += 1;
+                last_scalar_plain = style == ScalarStyle::Plain;
                 let tag = tag.map(|t| format!("{}{}", t.handle(), t.suffix()));
                 let value = resolve_scalar(text, style, tag.as_deref()).map_err(|m| fail(m, Some(pos), "remove the tag; rekey reads plain YAML values"))?;
                 Some((Node { value, pos }, anchor))
@@ -409,13 +414,24 @@ fn parse_serial(text: &str) -> Result<Node<'_>, ParseError> {
                             dup
                         }
                     };
-                    if duplicate && name != "<<" {
+                    let merge = last_scalar_plain && name == "<<";
+                    if duplicate && !merge {
                         return Err(fail(format!("duplicate key `{name}`"), Some(node.pos), "remove or rename one of the two keys"));
                     }
-                    *pending_key = Some(Key { name, pos: node.pos });
+                    *pending_key = Some((Key { name, pos: node.pos }, merge));
                 }
-                Some(key) if key.name == "<<" => merges.push(node),
-                Some(key) => entries.push((key, node)),
+                Some((_, true)) => {
+                    let mergeable = match &node.value {
+                        Value::Map(_) => true,
+                        Value::Seq(items) => items.iter().all(|n| matches!(n.value, Value::Map(_))),
+                        _ => false,
+                    };
+                    if !mergeable {
+                        return Err(fail("a merge key `<<` takes a mapping or a list of mappings", Some(node.pos), "write `<<: *anchor` where `&anchor` names a mapping"));
+                    }
+                    merges.push(node)
+                }
+                Some((key, false)) => entries.push((key, node)),
             },
         }
     }

@@ -1,4 +1,114 @@
-//! Providers: the systems that issue credentials. For now, the catalog of provider
-//! types (`providers/*.yaml`, embedded); the Provider trait comes with the engine.
+//! Providers: the systems that issue credentials. `catalog` describes every type
+//! (from `providers/*.yaml`); `Provider` is the contract the engine drives; one
+//! folder per implementation; `registry` maps a playbook's instances to them.
+//! The engine never names a concrete provider.
 
 pub mod catalog;
+pub mod registry;
+pub mod sandbox;
+
+use crate::secret::Secret;
+use async_trait::async_trait;
+use catalog::Kind;
+use indexmap::IndexMap;
+use std::time::Duration;
+
+/// What went wrong at a provider, classified so the engine can decide: retry with
+/// backoff, slow the whole instance down, or give up. Messages never hold secrets.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// Worth retrying: timeouts, 5xx, connection resets, eventual consistency.
+    #[error("{0}")]
+    Transient(String),
+    /// The provider asked us to slow down (429, throttling), maybe saying for how long.
+    #[error("rate limited{}: {message}", retry_after.map(|d| format!(" (retry after {:.1}s)", d.as_secs_f64())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration>, message: String },
+    /// Retrying will not help: bad admin credential, missing account, full quota.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl ProviderError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::Transient(_) => "transient",
+            ProviderError::RateLimited { .. } => "rate_limited",
+            ProviderError::Fatal(_) => "fatal",
+        }
+    }
+}
+
+/// The credential a call is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The playbook's credential id.
+    pub credential: &'a str,
+    pub account: Option<&'a str>,
+    /// Per-credential settings, with the catalog's defaults applied.
+    pub settings: &'a IndexMap<String, serde_json::Value>,
+}
+
+/// A key as the provider lists it (dual kinds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: String,
+    pub active: bool,
+    /// Seconds since the Unix epoch, when the provider says.
+    pub created_at: Option<u64>,
+    /// The name or description rekey gave the key at creation, when the provider
+    /// keeps one: how resume recognises an orphan it created.
+    pub tag: Option<String>,
+}
+
+/// A newly issued key: its id (not secret) and its value (secret).
+#[derive(Debug)]
+pub struct Issued {
+    pub key_id: String,
+    pub secret: Secret,
+}
+
+/// The contract every provider implements, for one kind of credential. Dual kinds
+/// implement `create`/`deactivate`/`revoke`/`list`; single kinds `change`. Every
+/// method is one logical operation; the engine owns retries, backoff and limits.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn kind(&self) -> Kind;
+
+    /// Read-only checks for `rekey plan`: admin credential works, account exists,
+    /// quota has room.
+    async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError>;
+
+    /// The account's keys (dual kinds), to check the quota and find orphans.
+    async fn list(&self, target: Target<'_>) -> Result<Vec<KeyInfo>, ProviderError> {
+        let _ = target;
+        Err(ProviderError::Fatal("this provider cannot list keys".into()))
+    }
+
+    /// Issues a new key, named with `tag` where the provider keeps names (dual kinds).
+    async fn create(&self, target: Target<'_>, tag: &str) -> Result<Issued, ProviderError> {
+        let _ = (target, tag);
+        Err(ProviderError::Fatal("this provider cannot create keys".into()))
+    }
+
+    /// Sets a new value in place (single kinds).
+    async fn change(&self, target: Target<'_>, new: &Secret) -> Result<(), ProviderError> {
+        let _ = (target, new);
+        Err(ProviderError::Fatal("this provider cannot change values in place".into()))
+    }
+
+    /// Authenticates with `secret` (and `key_id` for dual kinds). `Ok(false)` means
+    /// the provider answered and refused it.
+    async fn verify(&self, target: Target<'_>, key_id: Option<&str>, secret: &Secret) -> Result<bool, ProviderError>;
+
+    /// Makes a key stop working without deleting it, where the provider can.
+    async fn deactivate(&self, target: Target<'_>, key_id: &str) -> Result<(), ProviderError> {
+        let _ = (target, key_id);
+        Ok(())
+    }
+
+    /// Deletes a key for good (dual kinds).
+    async fn revoke(&self, target: Target<'_>, key_id: &str) -> Result<(), ProviderError> {
+        let _ = (target, key_id);
+        Err(ProviderError::Fatal("this provider cannot revoke keys".into()))
+    }
+}

@@ -3,6 +3,7 @@
 //! services started by `scripts/services`.
 
 mod cli_plan;
+mod hostile;
 mod loader_props;
 mod services;
 mod support;

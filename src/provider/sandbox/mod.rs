@@ -1,0 +1,188 @@
+//! `sandbox`: a simulated API-key service, in process, with its state in a file so
+//! it survives a crash of rekey. It is a simulation for demos, engine tests and
+//! benchmarks; it never touches a real system. It keeps SHA-256 digests of the keys
+//! it issued (like a real service would keep hashes), never the keys themselves.
+//!
+//! Failure injection: `settings.failure_rate: { create: 0.1, ... }` (transient
+//! failures), `credential settings.fail: verify` (one operation always fails for
+//! that credential, to rehearse rollback), `settings.latency: 20ms`.
+
+use super::{Issued, KeyInfo, Provider, ProviderError, Target};
+use crate::provider::catalog::Kind;
+use crate::secret::Secret;
+use async_trait::async_trait;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    accounts: BTreeMap<String, Account>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Account {
+    keys: Vec<Key>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Key {
+    id: String,
+    secret_sha256: String,
+    active: bool,
+    created_at: u64,
+    tag: String,
+}
+
+pub struct Sandbox {
+    state_file: PathBuf,
+    quota: usize,
+    latency: Duration,
+    failure_rate: BTreeMap<String, f64>,
+    state: Mutex<()>,
+}
+
+fn digest(secret: &Secret) -> String {
+    hex::encode(Sha256::digest(secret.expose().as_bytes()))
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Sandbox {
+    pub fn from_settings(settings: &IndexMap<String, serde_json::Value>) -> Result<Sandbox, ProviderError> {
+        let text = |k: &str| settings.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let state_file = PathBuf::from(text("state_file").unwrap_or_else(|| "target/sandbox/state.json".into()));
+        let latency = match text("latency") {
+            Some(l) => crate::playbook::rate::parse_duration(&l).map_err(ProviderError::Fatal)?,
+            None => Duration::from_millis(5),
+        };
+        let failure_rate = match settings.get("failure_rate") {
+            Some(serde_json::Value::Object(m)) => m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect(),
+            _ => BTreeMap::new(),
+        };
+        let quota = settings.get("quota").and_then(|v| v.as_u64()).unwrap_or(2) as usize;
+        Ok(Sandbox { state_file, quota, latency, failure_rate, state: Mutex::new(()) })
+    }
+
+    fn load(&self) -> Result<State, ProviderError> {
+        match std::fs::read(&self.state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ProviderError::Fatal(format!("sandbox state {} is corrupt: {e}", self.state_file.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(ProviderError::Transient(format!("cannot read sandbox state {}: {e}", self.state_file.display()))),
+        }
+    }
+
+    /// Writes the state durably and atomically: a crash leaves the old or the new file.
+    fn save(&self, state: &State) -> Result<(), ProviderError> {
+        use std::io::Write;
+        let fail = |e: std::io::Error| ProviderError::Transient(format!("cannot write sandbox state {}: {e}", self.state_file.display()));
+        if let Some(dir) = self.state_file.parent() {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let tmp = self.state_file.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+        f.write_all(&serde_json::to_vec_pretty(state).unwrap_or_default()).map_err(fail)?;
+        f.sync_all().map_err(fail)?;
+        std::fs::rename(&tmp, &self.state_file).map_err(fail)
+    }
+
+    /// Simulated network: latency, injected failures.
+    async fn call(&self, op: &str, target: Target<'_>) -> Result<(), ProviderError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        if target.settings.get("fail").and_then(|v| v.as_str()) == Some(op) {
+            return Err(ProviderError::Fatal(format!("sandbox: injected failure of `{op}` for {}", target.credential)));
+        }
+        if let Some(p) = self.failure_rate.get(op) {
+            if rand::random::<f64>() < *p {
+                return Err(ProviderError::Transient(format!("sandbox: injected transient failure of `{op}`")));
+            }
+        }
+        Ok(())
+    }
+
+    fn with_account<T>(&self, target: Target<'_>, f: impl FnOnce(&mut Account) -> Result<(T, bool), ProviderError>) -> Result<T, ProviderError> {
+        let account = target.account.ok_or_else(|| ProviderError::Fatal("sandbox credentials need an account".into()))?;
+        let _guard = self.state.lock().map_err(|_| ProviderError::Fatal("sandbox state lock poisoned".into()))?;
+        let mut state = self.load()?;
+        let (value, changed) = f(state.accounts.entry(account.to_owned()).or_default())?;
+        if changed {
+            self.save(&state)?;
+        }
+        Ok(value)
+    }
+}
+
+#[async_trait]
+impl Provider for Sandbox {
+    fn kind(&self) -> Kind {
+        Kind::Dual
+    }
+
+    async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
+        self.call("preflight", target).await?;
+        let quota = self.quota;
+        self.with_account(target, |a| {
+            let inactive = a.keys.iter().filter(|k| !k.active).count();
+            if a.keys.len() >= quota && inactive == 0 {
+                return Err(ProviderError::Fatal(format!("quota full: {} active keys of {quota}; delete one by hand", a.keys.len())));
+            }
+            Ok(((), false))
+        })
+    }
+
+    async fn list(&self, target: Target<'_>) -> Result<Vec<KeyInfo>, ProviderError> {
+        self.call("list", target).await?;
+        self.with_account(target, |a| {
+            let keys = a.keys.iter().map(|k| KeyInfo { id: k.id.clone(), active: k.active, created_at: Some(k.created_at), tag: Some(k.tag.clone()) }).collect();
+            Ok((keys, false))
+        })
+    }
+
+    async fn create(&self, target: Target<'_>, tag: &str) -> Result<Issued, ProviderError> {
+        self.call("create", target).await?;
+        let quota = self.quota;
+        self.with_account(target, |a| {
+            if a.keys.len() >= quota {
+                return Err(ProviderError::Fatal(format!("LimitExceeded: the account already holds {quota} keys")));
+            }
+            let secret = Secret::generate(40, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789");
+            let id = format!("sbx-{}", hex::encode(rand::random::<[u8; 6]>()));
+            a.keys.push(Key { id: id.clone(), secret_sha256: digest(&secret), active: true, created_at: now(), tag: tag.to_owned() });
+            Ok((Issued { key_id: id, secret }, true))
+        })
+    }
+
+    async fn verify(&self, target: Target<'_>, key_id: Option<&str>, secret: &Secret) -> Result<bool, ProviderError> {
+        self.call("verify", target).await?;
+        let d = digest(secret);
+        self.with_account(target, |a| Ok((a.keys.iter().any(|k| k.active && Some(k.id.as_str()) == key_id && k.secret_sha256 == d), false)))
+    }
+
+    async fn deactivate(&self, target: Target<'_>, key_id: &str) -> Result<(), ProviderError> {
+        self.call("deactivate", target).await?;
+        self.with_account(target, |a| match a.keys.iter_mut().find(|k| k.id == key_id) {
+            Some(k) => {
+                k.active = false;
+                Ok(((), true))
+            }
+            None => Ok(((), false)),
+        })
+    }
+
+    async fn revoke(&self, target: Target<'_>, key_id: &str) -> Result<(), ProviderError> {
+        self.call("revoke", target).await?;
+        self.with_account(target, |a| {
+            let before = a.keys.len();
+            a.keys.retain(|k| k.id != key_id);
+            Ok(((), a.keys.len() != before))
+        })
+    }
+}
