@@ -123,6 +123,7 @@ impl ProviderType {
 /// The shipped provider catalog files, embedded at build time.
 const SHIPPED: &[(&str, &str)] = &[
     ("sandbox.yaml", include_str!("../../providers/sandbox.yaml")),
+    ("sandbox_password.yaml", include_str!("../../providers/sandbox_password.yaml")),
     ("manual.yaml", include_str!("../../providers/manual.yaml")),
     ("postgres.yaml", include_str!("../../providers/postgres.yaml")),
     ("mysql.yaml", include_str!("../../providers/mysql.yaml")),

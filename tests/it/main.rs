@@ -6,5 +6,6 @@ mod cli_plan;
 mod hostile;
 mod loader_props;
 mod services;
+mod store_vault;
 mod support;
 mod validation;

@@ -27,6 +27,9 @@ struct State {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Account {
     keys: Vec<Key>,
+    /// Single-kind sandboxes (`sandbox_password`): digest of the current password.
+    #[serde(default)]
+    password_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +42,7 @@ struct Key {
 }
 
 pub struct Sandbox {
+    kind: Kind,
     state_file: PathBuf,
     quota: usize,
     latency: Duration,
@@ -55,7 +59,8 @@ fn now() -> u64 {
 }
 
 impl Sandbox {
-    pub fn from_settings(settings: &IndexMap<String, serde_json::Value>) -> Result<Sandbox, ProviderError> {
+    /// A dual-kind sandbox (API keys) or a single-kind one (passwords changed in place).
+    pub fn from_settings(kind: Kind, settings: &IndexMap<String, serde_json::Value>) -> Result<Sandbox, ProviderError> {
         let text = |k: &str| settings.get(k).and_then(|v| v.as_str()).map(str::to_owned);
         let state_file = PathBuf::from(text("state_file").unwrap_or_else(|| "target/sandbox/state.json".into()));
         let latency = match text("latency") {
@@ -67,7 +72,7 @@ impl Sandbox {
             _ => BTreeMap::new(),
         };
         let quota = settings.get("quota").and_then(|v| v.as_u64()).unwrap_or(2) as usize;
-        Ok(Sandbox { state_file, quota, latency, failure_rate, state: Mutex::new(()) })
+        Ok(Sandbox { kind, state_file, quota, latency, failure_rate, state: Mutex::new(()) })
     }
 
     fn load(&self) -> Result<State, ProviderError> {
@@ -123,7 +128,7 @@ impl Sandbox {
 #[async_trait]
 impl Provider for Sandbox {
     fn kind(&self) -> Kind {
-        Kind::Dual
+        self.kind
     }
 
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
@@ -160,10 +165,26 @@ impl Provider for Sandbox {
         })
     }
 
+    async fn change(&self, target: Target<'_>, new: &Secret) -> Result<(), ProviderError> {
+        if self.kind != Kind::Single {
+            return Err(ProviderError::Fatal("this sandbox issues keys; it does not change values in place".into()));
+        }
+        self.call("change", target).await?;
+        let d = digest(new);
+        self.with_account(target, |a| {
+            a.password_sha256 = Some(d);
+            Ok(((), true))
+        })
+    }
+
     async fn verify(&self, target: Target<'_>, key_id: Option<&str>, secret: &Secret) -> Result<bool, ProviderError> {
         self.call("verify", target).await?;
         let d = digest(secret);
-        self.with_account(target, |a| Ok((a.keys.iter().any(|k| k.active && Some(k.id.as_str()) == key_id && k.secret_sha256 == d), false)))
+        let single = self.kind == Kind::Single;
+        self.with_account(target, |a| {
+            let ok = if single { a.password_sha256.as_deref() == Some(d.as_str()) } else { a.keys.iter().any(|k| k.active && Some(k.id.as_str()) == key_id && k.secret_sha256 == d) };
+            Ok((ok, false))
+        })
     }
 
     async fn deactivate(&self, target: Target<'_>, key_id: &str) -> Result<(), ProviderError> {
