@@ -30,6 +30,10 @@ pub enum Color {
 pub enum Command {
     /// Validate a playbook and show what a run would do: order, steps, requests, ETA.
     Plan(PlanArgs),
+    /// Rotate the selected credentials of a playbook.
+    Run(RunArgs),
+    /// Show a run's credentials and what a human must do for quarantined ones.
+    Status(StatusArgs),
     /// Print the JSON Schema of playbooks (for editors).
     Schema,
     /// List the provider types this rekey knows.
@@ -75,6 +79,32 @@ pub struct PlanArgs {
 #[derive(Debug, Args)]
 pub struct ProvidersArgs {
     /// Output format on stdout (markdown is not offered here).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The playbook file.
+    pub playbook: PathBuf,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// Journal file (durable run state).
+    #[arg(long, env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
+    pub journal: PathBuf,
+    /// Summary format on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Run id (default: the latest run).
+    pub run: Option<String>,
+    /// Journal file.
+    #[arg(long, env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
+    pub journal: PathBuf,
+    /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }

@@ -98,3 +98,196 @@ pub fn providers(args: &ProvidersArgs, io: &mut Io) -> Result<ExitStatus> {
     }
     Ok(ExitStatus::Success)
 }
+
+/// Loads and checks a playbook and its selection for `run`: `Err(status)` when the
+/// command must stop (diagnostics already printed).
+fn load_for_run(path: &std::path::Path, args: &crate::cli::SelectionArgs, io: &mut Io) -> Result<std::result::Result<(playbook::Loaded, Selection), ExitStatus>> {
+    let file = path.display().to_string();
+    let loaded = match playbook::load_file(path, &env) {
+        Ok(l) => l,
+        Err(report) => {
+            report_problems(io, &report, Format::Text)?;
+            return Ok(Err(ExitStatus::Invalid));
+        }
+    };
+    report_problems(io, &loaded.report, Format::Text)?;
+    let selection = Selection { compromised: args.compromised.clone(), tags: args.tags.clone(), only: args.only.clone() };
+    if let Err(errors) = plan::select::check(&loaded.playbook, &selection) {
+        for e in &errors {
+            writeln!(io.stderr, "error: {file}: {e}")?;
+        }
+        return Ok(Err(ExitStatus::Invalid));
+    }
+    Ok(Ok((loaded, selection)))
+}
+
+/// The key for the journal's HMAC fingerprints, kept beside the journal (0600) so
+/// a value can later be checked against the records.
+fn fingerprint_key(journal: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = journal.with_extension("key");
+    if let Ok(mut f) = std::fs::File::open(&path) {
+        let mut key = Vec::new();
+        f.read_to_end(&mut key)?;
+        if key.len() == 32 {
+            return Ok(key);
+        }
+    }
+    let key: [u8; 32] = rand::random();
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    Ok(key.to_vec())
+}
+
+pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
+    use crate::engine::{Engine, Tuning};
+    use crate::store::{VaultConfig, VaultLogin, VaultStore};
+    let (loaded, selection) = match load_for_run(&args.playbook, &args.selection, io)? {
+        Ok(v) => v,
+        Err(status) => return Ok(status),
+    };
+    let pb = std::sync::Arc::new(loaded.playbook);
+    let selected = plan::select::apply(&pb, &selection);
+    let waves = plan::order::waves(&pb, &selected.indices);
+
+    // Every provider a selected credential needs must be runnable before anything starts.
+    let mut providers = indexmap::IndexMap::new();
+    let mut refused = Vec::new();
+    for &i in &selected.indices {
+        let c = &pb.credentials[i];
+        if c.kind == crate::provider::catalog::Kind::Manual || providers.contains_key(&c.provider) {
+            continue;
+        }
+        match pb.providers.get(&c.provider).map(crate::provider::registry::build) {
+            Some(Ok(p)) => {
+                providers.insert(c.provider.clone(), p);
+            }
+            Some(Err(e)) => refused.push(e.to_string()),
+            None => refused.push(format!("unknown provider instance `{}`", c.provider)),
+        }
+    }
+    if !refused.is_empty() {
+        refused.dedup();
+        for r in &refused {
+            writeln!(io.stderr, "error: {}: {r}", args.playbook.display())?;
+        }
+        writeln!(io.stderr, "help: select only runnable credentials with --only/--tag; nothing was changed")?;
+        return Ok(ExitStatus::Invalid);
+    }
+
+    let login = match &pb.vault.auth {
+        playbook::VaultAuth::Token { env: var } => match std::env::var(var) {
+            Ok(t) if !t.trim().is_empty() => VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned())),
+            _ => {
+                writeln!(io.stderr, "error: the Vault token variable `{var}` is not set\nhelp: export {var}=... (a token allowed to read and write the playbook's paths)")?;
+                return Ok(ExitStatus::Invalid);
+            }
+        },
+        playbook::VaultAuth::AppRole { role_id, secret_id_env, mount } => match std::env::var(secret_id_env) {
+            Ok(s) if !s.trim().is_empty() => VaultLogin::AppRole { mount: mount.clone(), role_id: role_id.clone(), secret_id: crate::secret::Secret::new(s.trim().to_owned()) },
+            _ => {
+                writeln!(io.stderr, "error: the AppRole secret-id variable `{secret_id_env}` is not set")?;
+                return Ok(ExitStatus::Invalid);
+            }
+        },
+    };
+    let config = VaultConfig {
+        address: pb.vault.address.clone(),
+        mount: pb.vault.mount.clone(),
+        namespace: pb.vault.namespace.clone(),
+        ca_file: pb.vault.ca_file.clone().map(std::path::PathBuf::from),
+        auth: login,
+    };
+    if let Some(dir) = args.journal.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let journal = crate::journal::Journal::open(&args.journal)?;
+    let key = fingerprint_key(&args.journal)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let summary = runtime.block_on(async {
+        let store = VaultStore::connect(&config).await?;
+        let engine = Engine {
+            playbook: pb.clone(),
+            store: std::sync::Arc::new(store),
+            journal: std::sync::Arc::new(std::sync::Mutex::new(journal)),
+            providers,
+            tuning: Tuning::default(),
+            fingerprint_key: key,
+            holder: crate::journal::Journal::new_lease_holder(),
+        };
+        let new_run = crate::journal::NewRun {
+            playbook_name: pb.name.clone(),
+            playbook_path: args.playbook.display().to_string(),
+            playbook_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&args.playbook).unwrap_or_default())),
+            mode: match pb.incident.mode {
+                playbook::Mode::Breach => "breach".into(),
+                playbook::Mode::Routine => "routine".into(),
+            },
+            selection: serde_json::json!({ "compromised": selection.compromised, "tags": selection.tags, "only": selection.only }),
+            actor: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        };
+        anyhow::Ok(engine.run(&new_run, &waves).await?)
+    })?;
+    if args.format == Format::Json {
+        writeln!(io.stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
+    } else {
+        writeln!(io.stdout, "Run {}: {}", summary.run_id, summary.status())?;
+        for r in &summary.results {
+            let detail = match &r.outcome {
+                crate::engine::Outcome::Rotated { key_id, version } => format!("rotated (Vault version {version}{})", key_id.as_ref().map(|k| format!(", key {k}")).unwrap_or_default()),
+                crate::engine::Outcome::RolledBack { reason } => format!("rolled back: {reason}"),
+                crate::engine::Outcome::Quarantined { reason, action } => format!("QUARANTINED: {reason}\n      to do: {action}"),
+                crate::engine::Outcome::Skipped { reason } => format!("skipped: {reason}"),
+                crate::engine::Outcome::AwaitingOperator { .. } => "awaiting operator (manual step)".into(),
+            };
+            writeln!(io.stdout, "  {:<24} {detail}", r.id)?;
+        }
+        writeln!(
+            io.stdout,
+            "{} rotated, {} rolled back, {} quarantined, {} skipped, {} awaiting an operator",
+            summary.count("rotated"),
+            summary.count("rolled_back"),
+            summary.count("quarantined"),
+            summary.count("skipped"),
+            summary.count("awaiting_operator")
+        )?;
+    }
+    Ok(match summary.status() {
+        crate::journal::RunStatus::Succeeded => ExitStatus::Success,
+        crate::journal::RunStatus::Quarantined => ExitStatus::Quarantined,
+        _ => ExitStatus::Failure,
+    })
+}
+
+pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> {
+    if !args.journal.exists() {
+        writeln!(io.stderr, "error: no journal at {}\nhelp: runs are recorded where `rekey run --journal` pointed (default .rekey/journal.db)", args.journal.display())?;
+        return Ok(ExitStatus::Invalid);
+    }
+    let journal = crate::journal::Journal::open(&args.journal)?;
+    let run = match &args.run {
+        Some(id) => journal.run(id)?,
+        None => journal.runs()?.into_iter().next(),
+    };
+    let Some(run) = run else {
+        writeln!(io.stderr, "error: no such run in {}", args.journal.display())?;
+        return Ok(ExitStatus::Invalid);
+    };
+    let states = journal.states(&run.id)?;
+    if args.format == Format::Json {
+        writeln!(io.stdout, "{}", serde_json::to_string_pretty(&serde_json::json!({ "run": run, "credentials": states }))?)?;
+        return Ok(ExitStatus::Success);
+    }
+    writeln!(io.stdout, "Run {} ({}, {} mode): {}; started {}", run.id, run.playbook_name, run.mode, run.status, run.started_at)?;
+    for s in &states {
+        writeln!(io.stdout, "  {:<24} {}", s.credential, s.state)?;
+        if s.state == "quarantined" {
+            if let (Some(reason), Some(action)) = (s.detail.get("reason").and_then(|v| v.as_str()), s.detail.get("action").and_then(|v| v.as_str())) {
+                writeln!(io.stdout, "      why: {reason}\n      to do: {action}")?;
+            }
+        }
+    }
+    Ok(ExitStatus::Success)
+}

@@ -8,3 +8,6 @@ pub const VAULT_SECRET_ID: &str = "VAULT_SECRET_ID";
 pub const RUST_LOG: &str = "RUST_LOG";
 /// Set to a non-empty value to disable colours (https://no-color.org).
 pub const NO_COLOR: &str = "NO_COLOR";
+/// Journal file for `run` and `status` (default `.rekey/journal.db` in the current
+/// directory); `--journal` overrides it.
+pub const REKEY_JOURNAL: &str = "REKEY_JOURNAL";

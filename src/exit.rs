@@ -9,6 +9,8 @@ pub enum ExitStatus {
     Failure,
     /// Invalid input: playbook, provider definition or command-line flags.
     Invalid,
+    /// `run`: some credentials are quarantined; `rekey status` says what to do.
+    Quarantined,
     /// `plan --detailed-exitcode` only: the plan has work to do.
     PlanHasWork,
 }
@@ -19,6 +21,7 @@ impl ExitStatus {
             ExitStatus::Success => 0,
             ExitStatus::Failure => 1,
             ExitStatus::Invalid => 2,
+            ExitStatus::Quarantined => 3,
             ExitStatus::PlanHasWork => 10,
         }
     }

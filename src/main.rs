@@ -20,6 +20,8 @@ fn main() -> std::process::ExitCode {
     let mut io = commands::Io { stdout: &mut stdout, stderr: &mut stderr, color };
     let result = match &cli.command {
         Command::Plan(args) => commands::plan(args, &mut io),
+        Command::Run(args) => commands::run(args, &mut io),
+        Command::Status(args) => commands::status(args, &mut io),
         Command::Schema => commands::schema(&mut io),
         Command::Providers(args) => commands::providers(args, &mut io),
     };

@@ -3,6 +3,8 @@
 //! services started by `scripts/services`.
 
 mod cli_plan;
+mod engine;
+mod journal;
 mod hostile;
 mod loader_props;
 mod services;

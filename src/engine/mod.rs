@@ -1,0 +1,194 @@
+//! The rotation engine: drives each selected credential through the protocol of
+//! DESIGN.md (lock, stage in Vault before anything depends on the new value,
+//! verify, promote with check-and-set, retire the old), wave by wave, with an
+//! intent record in the journal before every external change and an outcome after.
+//!
+//! Invariant: this module never names a concrete provider; it sees `dyn Provider`.
+//! Invariant: no secret value reaches the journal, a log line or an error message:
+//! only key ids, Vault versions and HMAC fingerprints.
+
+mod rotate;
+
+use crate::journal::{Journal, JournalError, NewRun, RunStatus};
+use crate::playbook::{Mode, Playbook};
+use crate::provider::{Provider, ProviderError};
+use crate::store::SecretStore;
+use indexmap::IndexMap;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// How one credential's rotation ended.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// New value verified, promoted to the consumers' path; old one retired.
+    Rotated { key_id: Option<String>, version: u64 },
+    /// Something failed before anything visible changed; the old credential still works.
+    RolledBack { reason: String },
+    /// Not brought to a known-good state automatically: a human must act.
+    Quarantined { reason: String, action: String },
+    /// Not attempted (a dependency failed, or the type cannot run yet).
+    Skipped { reason: String },
+    /// A manual step waiting for an operator.
+    AwaitingOperator { instructions: String },
+}
+
+impl Outcome {
+    pub fn state(&self) -> &'static str {
+        match self {
+            Outcome::Rotated { .. } => "rotated",
+            Outcome::RolledBack { .. } => "rolled_back",
+            Outcome::Quarantined { .. } => "quarantined",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::AwaitingOperator { .. } => "awaiting_operator",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct CredentialResult {
+    pub id: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub results: Vec<CredentialResult>,
+}
+
+impl RunSummary {
+    pub fn count(&self, state: &str) -> usize {
+        self.results.iter().filter(|r| r.outcome.state() == state).count()
+    }
+    pub fn status(&self) -> RunStatus {
+        if self.count("quarantined") > 0 {
+            RunStatus::Quarantined
+        } else if self.count("rolled_back") + self.count("skipped") > 0 {
+            RunStatus::Failed
+        } else {
+            RunStatus::Succeeded
+        }
+    }
+}
+
+/// Retry and timing knobs (tests shrink them).
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Attempts for a transient provider or store error before giving up.
+    pub attempts: u32,
+    /// First backoff delay; doubles, with jitter, up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Verify attempts: new credentials can take a moment to work (eventual consistency).
+    pub verify_attempts: u32,
+    /// How long a lease on a credential lasts.
+    pub lease: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { attempts: 4, backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(5), verify_attempts: 5, lease: Duration::from_secs(600) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Everything a run needs, built by the command layer.
+pub struct Engine {
+    pub playbook: Arc<Playbook>,
+    pub store: Arc<dyn SecretStore>,
+    pub journal: Arc<Mutex<Journal>>,
+    /// Provider per instance name.
+    pub providers: IndexMap<String, Arc<dyn Provider>>,
+    pub tuning: Tuning,
+    /// Key for the HMAC fingerprints of values in the journal.
+    pub fingerprint_key: Vec<u8>,
+    pub holder: String,
+}
+
+impl Engine {
+    /// Rotates the credentials at `waves` (indices into the playbook's
+    /// credentials, as `plan::order::waves` returns them), recording run `new_run`.
+    pub async fn run(&self, new_run: &NewRun, waves: &[Vec<usize>]) -> Result<RunSummary, EngineError> {
+        let run_id = self.journal.lock().map_err(poisoned)?.create_run(new_run)?;
+        tracing::info!(run = %run_id, credentials = waves.iter().map(Vec::len).sum::<usize>(), "Run started.");
+        let global = Arc::new(Semaphore::new(self.playbook.defaults.concurrency.max(1) as usize));
+        let per_instance: IndexMap<String, Arc<Semaphore>> = self
+            .playbook
+            .providers
+            .iter()
+            .map(|(name, p)| (name.clone(), Arc::new(Semaphore::new(p.concurrency.max(1) as usize))))
+            .collect();
+        let mut results: Vec<CredentialResult> = Vec::new();
+        for wave in waves {
+            let mut tasks = Vec::new();
+            for &index in wave {
+                let credential = &self.playbook.credentials[index];
+                // A credential whose dependency did not rotate is not attempted:
+                // its order exists because it relies on the dependency's new value.
+                let failed_dep = credential.depends_on.iter().find(|d| results.iter().any(|r| &r.id == *d && !matches!(r.outcome, Outcome::Rotated { .. })));
+                if let Some(dep) = failed_dep {
+                    let outcome = Outcome::Skipped { reason: format!("dependency `{dep}` did not rotate") };
+                    self.record_final(&run_id, &credential.id, &outcome)?;
+                    results.push(CredentialResult { id: credential.id.clone(), outcome });
+                    continue;
+                }
+                let global = global.clone();
+                let instance = per_instance.get(&credential.provider).cloned();
+                let run_id = run_id.clone();
+                tasks.push(async move {
+                    let _g = global.acquire_owned().await;
+                    let _i = match instance {
+                        Some(s) => Some(s.acquire_owned().await),
+                        None => None,
+                    };
+                    let outcome = rotate::rotate(self, &run_id, index).await;
+                    (index, outcome)
+                });
+            }
+            for (index, outcome) in futures::future::join_all(tasks).await {
+                let id = self.playbook.credentials[index].id.clone();
+                let outcome = outcome?;
+                self.record_final(&run_id, &id, &outcome)?;
+                results.push(CredentialResult { id, outcome });
+            }
+        }
+        let summary = RunSummary { run_id: run_id.clone(), results };
+        self.journal.lock().map_err(poisoned)?.finish_run(&run_id, summary.status())?;
+        tracing::info!(run = %run_id, status = %summary.status(), "Run finished.");
+        Ok(summary)
+    }
+
+    fn record_final(&self, run_id: &str, id: &str, outcome: &Outcome) -> Result<(), EngineError> {
+        let detail = serde_json::to_value(outcome).unwrap_or_default();
+        self.journal.lock().map_err(poisoned)?.set_state(run_id, id, outcome.state(), &detail)?;
+        Ok(())
+    }
+
+    pub(crate) fn breach(&self) -> bool {
+        self.playbook.incident.mode == Mode::Breach
+    }
+}
+
+fn poisoned<T>(_: T) -> EngineError {
+    EngineError::Setup("the journal lock was poisoned by a panic".into())
+}
+
+/// Whether an error is worth another attempt.
+pub(crate) fn retryable(e: &ProviderError) -> Option<Option<Duration>> {
+    match e {
+        ProviderError::Transient(_) => Some(None),
+        ProviderError::RateLimited { retry_after, .. } => Some(*retry_after),
+        ProviderError::Fatal(_) => None,
+    }
+}

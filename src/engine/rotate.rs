@@ -1,0 +1,442 @@
+//! One credential through the rotation protocol. Each function returns the
+//! credential's `Outcome`; `Err` only for the journal failing (then nothing can
+//! be recorded safely and the run stops).
+
+use super::{Engine, EngineError, Outcome, retryable};
+use crate::journal::Outcome as Recorded;
+use crate::playbook::Credential;
+use crate::provider::catalog::Kind;
+use crate::provider::{Provider, ProviderError, Target};
+use crate::secret::Secret;
+use crate::store::{Entry, StoreError};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub(super) async fn rotate(engine: &Engine, run: &str, index: usize) -> Result<Outcome, EngineError> {
+    let credential = &engine.playbook.credentials[index];
+    let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
+        return Ok(match credential.kind {
+            Kind::Manual => Outcome::AwaitingOperator { instructions: credential.instructions.clone().unwrap_or_default() },
+            _ => Outcome::Skipped { reason: format!("provider instance `{}` cannot run in this build", credential.provider) },
+        });
+    };
+    let holder = engine.holder.clone();
+    if !engine.journal.lock().map_err(super::poisoned)?.lease(run, &credential.id, &holder, engine.tuning.lease)? {
+        return Ok(Outcome::Skipped { reason: "another rekey process holds this credential".into() });
+    }
+    let ctx = Ctx { engine, run, credential, provider };
+    let outcome = match credential.kind {
+        Kind::Dual => ctx.dual().await,
+        Kind::Single => ctx.single().await,
+        Kind::Manual => Ok(Outcome::AwaitingOperator { instructions: credential.instructions.clone().unwrap_or_default() }),
+    };
+    engine.journal.lock().map_err(super::poisoned)?.release(run, &credential.id, &holder)?;
+    outcome
+}
+
+struct Ctx<'a> {
+    engine: &'a Engine,
+    run: &'a str,
+    credential: &'a Credential,
+    provider: Arc<dyn Provider>,
+}
+
+/// A failed step: what kind, and a message without secrets.
+struct Failure {
+    kind: &'static str,
+    message: String,
+    /// A Vault check-and-set conflict: someone else wrote the path.
+    conflict: bool,
+}
+
+impl From<ProviderError> for Failure {
+    fn from(e: ProviderError) -> Self {
+        Failure { kind: e.kind(), message: e.to_string(), conflict: false }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        let kind = if e.is_transient() { "transient" } else { "fatal" };
+        Failure { kind, conflict: matches!(e, StoreError::CasConflict { .. }), message: e.to_string() }
+    }
+}
+
+impl<'a> Ctx<'a> {
+    fn target(&self) -> Target<'a> {
+        Target { credential: &self.credential.id, account: self.credential.account.as_deref(), settings: &self.credential.settings }
+    }
+
+    fn staging_path(&self) -> String {
+        format!("{}/{}/{}", self.engine.playbook.vault.staging_prefix, self.run, self.credential.id)
+    }
+
+    fn fingerprint(&self, secret: &Secret) -> String {
+        secret.fingerprint(&self.engine.fingerprint_key)
+    }
+
+    fn state(&self, state: &str, detail: Value) -> Result<(), EngineError> {
+        self.engine.journal.lock().map_err(super::poisoned)?.set_state(self.run, &self.credential.id, state, &detail)?;
+        Ok(())
+    }
+
+    /// Runs one external step with an intent record before and an outcome after,
+    /// retrying transient failures with jittered exponential backoff.
+    async fn step<T, F, Fut, E>(&self, step: &str, detail: Value, mut call: F) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Failure> + RetryHint,
+    {
+        let intent = self.engine.journal.lock().map_err(super::poisoned)?.intent(self.run, &self.credential.id, step, &detail)?;
+        let tuning = &self.engine.tuning;
+        let mut delay = tuning.backoff;
+        let mut attempt = 1;
+        let result = loop {
+            match call().await {
+                Ok(v) => break Ok(v),
+                Err(e) => {
+                    let hint = e.retry_hint();
+                    let failure: Failure = e.into();
+                    match hint {
+                        Some(after) if attempt < tuning.attempts => {
+                            let wait = after.unwrap_or_else(|| jitter(delay));
+                            tracing::warn!(credential = %self.credential.id, step, attempt, kind = failure.kind, wait_ms = wait.as_millis() as u64, "Step failed; retrying: {}", failure.message);
+                            tokio::time::sleep(wait).await;
+                            delay = (delay * 2).min(tuning.max_backoff);
+                            attempt += 1;
+                        }
+                        _ => break Err(failure),
+                    }
+                }
+            }
+        };
+        let recorded = match &result {
+            Ok(_) => Recorded::Ok,
+            Err(f) => Recorded::Failed { kind: f.kind.into(), message: f.message.clone() },
+        };
+        self.engine.journal.lock().map_err(super::poisoned)?.outcome(intent, recorded, &json!({ "attempts": attempt }))?;
+        Ok(result)
+    }
+
+    /// Authenticates with the new value, with backoff: some providers take a
+    /// moment before a new credential works.
+    async fn verify(&self, key_id: Option<&str>, secret: &Secret) -> Result<Result<bool, Failure>, EngineError> {
+        if !self.credential.verify {
+            return Ok(Ok(true));
+        }
+        let provider = self.provider.clone();
+        let target = self.target();
+        let attempts = self.engine.tuning.verify_attempts.max(1);
+        let mut delay = self.engine.tuning.backoff;
+        let mut last = Ok(false);
+        for attempt in 1..=attempts {
+            last = self.step("verify", json!({ "key_id": key_id, "attempt": attempt }), || provider.verify(target, key_id, secret)).await?;
+            match &last {
+                Ok(true) => break,
+                Ok(false) | Err(_) if attempt < attempts => {
+                    tokio::time::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(self.engine.tuning.max_backoff);
+                }
+                _ => {}
+            }
+        }
+        Ok(last)
+    }
+
+    async fn read_current(&self) -> Result<Result<Entry, Failure>, EngineError> {
+        let store = self.engine.store.clone();
+        let path = self.credential.vault_path.clone();
+        self.step("read_current", json!({ "path": path }), || {
+            let store = store.clone();
+            let path = path.clone();
+            async move { store.read(&path).await }
+        })
+        .await
+    }
+
+    async fn stage(&self, secret: &Secret, fields: &BTreeMap<String, String>) -> Result<Result<u64, Failure>, EngineError> {
+        let store = self.engine.store.clone();
+        let path = self.staging_path();
+        self.step("stage", json!({ "path": path, "fingerprint": self.fingerprint(secret), "fields": fields }), || {
+            let store = store.clone();
+            let path = path.clone();
+            async move {
+                // A leftover from an earlier attempt of this run is overwritten.
+                let current = store.read(&path).await?.version;
+                store.write_cas(&path, secret, fields, current).await
+            }
+        })
+        .await
+    }
+
+    async fn clear_staging(&self) -> Result<(), EngineError> {
+        let store = self.engine.store.clone();
+        let path = self.staging_path();
+        let result = self.step("clear_staging", json!({ "path": path }), || {
+            let store = store.clone();
+            let path = path.clone();
+            async move { store.delete_all(&path).await }
+        })
+        .await?;
+        if let Err(f) = result {
+            // The value is promoted; a leftover staging entry is tidied by resume.
+            tracing::warn!(credential = %self.credential.id, "Could not clear the staging entry: {}", f.message);
+        }
+        Ok(())
+    }
+
+    /// Writes the consumers' path with check-and-set on the version read before
+    /// the change, then its custom metadata.
+    async fn promote(&self, secret: &Secret, fields: &BTreeMap<String, String>, cas: u64) -> Result<Result<u64, Failure>, EngineError> {
+        let store = self.engine.store.clone();
+        let path = self.credential.vault_path.clone();
+        let result = self
+            .step("promote", json!({ "path": path, "cas": cas, "fingerprint": self.fingerprint(secret) }), || {
+                let store = store.clone();
+                let path = path.clone();
+                async move { store.write_cas(&path, secret, fields, cas).await }
+            })
+            .await?;
+        if let Ok(version) = &result {
+            let mut meta = BTreeMap::new();
+            meta.insert("rekey_run".to_owned(), self.run.to_owned());
+            meta.insert("rekey_rotated_at".to_owned(), humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+            meta.insert("rekey_provider".to_owned(), self.credential.provider.clone());
+            if let Some(k) = fields.get("key_id") {
+                meta.insert("rekey_key_id".to_owned(), k.clone());
+            }
+            let meta_result = self
+                .step("set_metadata", json!({ "path": path, "version": version }), || {
+                    let store = store.clone();
+                    let path = path.clone();
+                    let meta = meta.clone();
+                    async move { store.set_metadata(&path, &meta).await }
+                })
+                .await?;
+            if let Err(f) = meta_result {
+                tracing::warn!(credential = %self.credential.id, "Promoted, but custom metadata could not be written: {}", f.message);
+            }
+        }
+        Ok(result)
+    }
+
+    fn fields(&self, key_id: Option<&str>) -> BTreeMap<String, String> {
+        let mut fields = BTreeMap::new();
+        if let Some(k) = key_id {
+            fields.insert("key_id".to_owned(), k.to_owned());
+        }
+        if let Some(a) = &self.credential.account {
+            fields.insert("account".to_owned(), a.clone());
+        }
+        fields
+    }
+
+    /// Dual kinds: a new key is created, staged, verified and promoted while the
+    /// old one still works; then the old one is retired.
+    async fn dual(&self) -> Result<Outcome, EngineError> {
+        let id = &self.credential.id;
+        let current = match self.read_current().await? {
+            Ok(c) => c,
+            Err(f) => return Ok(Outcome::RolledBack { reason: format!("cannot read {}: {}", self.credential.vault_path, f.message) }),
+        };
+        let old_key = current.fields.get("key_id").cloned();
+        let provider = self.provider.clone();
+        let target = self.target();
+
+        // Quota: make room by deleting an inactive stray, never the current key.
+        let keys = match self.step("list", json!({}), || provider.list(target)).await? {
+            Ok(k) => k,
+            Err(f) => return Ok(Outcome::RolledBack { reason: format!("cannot list keys: {}", f.message) }),
+        };
+        if let Some(stray) = keys.iter().find(|k| !k.active && Some(&k.id) != old_key.as_ref()) {
+            if keys.len() >= 2 {
+                let stray_id = stray.id.clone();
+                if let Err(f) = self.step("revoke_stray", json!({ "key_id": stray_id }), || provider.revoke(target, &stray_id)).await? {
+                    return Ok(Outcome::RolledBack { reason: format!("quota full and the inactive key {stray_id} could not be deleted: {}", f.message) });
+                }
+            }
+        }
+
+        self.state("creating", json!({ "old_key_id": old_key, "vault_version": current.version }))?;
+        let tag = format!("rekey:{}:{id}", self.run);
+        let issued = match self.step("create", json!({ "tag": tag }), || provider.create(target, &tag)).await? {
+            Ok(i) => i,
+            Err(f) => return Ok(Outcome::RolledBack { reason: format!("create failed: {}", f.message) }),
+        };
+        let fields = self.fields(Some(&issued.key_id));
+        // Stored at once: until the staging write succeeds the new key exists only
+        // in memory, and a crash here leaves an orphan that resume finds by its tag.
+        if let Err(f) = self.stage(&issued.secret, &fields).await? {
+            return self.undo_new_key(&issued.key_id, format!("could not stage the new key in Vault: {}", f.message)).await;
+        }
+        self.state("staged", json!({ "new_key_id": issued.key_id, "old_key_id": old_key }))?;
+
+        match self.verify(Some(&issued.key_id), &issued.secret).await? {
+            Ok(true) => {}
+            Ok(false) => return self.undo_new_key(&issued.key_id, "the new key did not work when verified".into()).await,
+            Err(f) => return self.undo_new_key(&issued.key_id, format!("verify failed: {}", f.message)).await,
+        }
+        self.state("verified", json!({ "new_key_id": issued.key_id }))?;
+
+        let version = match self.promote(&issued.secret, &fields, current.version).await? {
+            Ok(v) => v,
+            Err(f) => {
+                let conflict = f.conflict;
+                let undone = self.undo_new_key(&issued.key_id, String::new()).await?;
+                let reason = if conflict {
+                    format!("{} was changed by someone else since it was read (version {}); rekey never overwrites that", self.credential.vault_path, current.version)
+                } else {
+                    format!("could not promote: {}", f.message)
+                };
+                return Ok(match undone {
+                    Outcome::RolledBack { .. } if conflict => Outcome::Quarantined {
+                        reason,
+                        action: format!("find out who wrote {} and why, then run rekey again for `{id}`; the old key still works", self.credential.vault_path),
+                    },
+                    Outcome::RolledBack { .. } => Outcome::RolledBack { reason },
+                    other => other,
+                });
+            }
+        };
+        self.state("promoted", json!({ "new_key_id": issued.key_id, "version": version }))?;
+
+        // Grace: consumers pick up the new value (zero in breach mode).
+        if !self.credential.grace.is_zero() {
+            tokio::time::sleep(self.credential.grace).await;
+        }
+        if let Some(old) = &old_key {
+            if let Err(f) = self.step("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await? {
+                tracing::warn!(credential = %id, "Could not deactivate the old key {old}: {}", f.message);
+            }
+            if let Err(f) = self.step("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
+                self.clear_staging().await?;
+                return Ok(Outcome::Quarantined {
+                    reason: format!("the new key is promoted, but the old key {old} could not be deleted: {}", f.message),
+                    action: format!("delete key {old} of `{id}` at `{}` by hand", self.credential.provider),
+                });
+            }
+        }
+        self.clear_staging().await?;
+        self.state("retired", json!({ "new_key_id": issued.key_id, "old_key_id": old_key }))?;
+        Ok(Outcome::Rotated { key_id: Some(issued.key_id), version })
+    }
+
+    /// Before promotion nothing visible changed: revoking the new key and clearing
+    /// staging puts the world back.
+    async fn undo_new_key(&self, key_id: &str, reason: String) -> Result<Outcome, EngineError> {
+        let provider = self.provider.clone();
+        let target = self.target();
+        let revoked = self.step("rollback_revoke_new", json!({ "key_id": key_id }), || provider.revoke(target, key_id)).await?;
+        self.clear_staging().await?;
+        Ok(match revoked {
+            Ok(()) => Outcome::RolledBack { reason },
+            Err(f) => Outcome::Quarantined {
+                reason: format!("{reason}; and the new key {key_id} could not be deleted: {}", f.message),
+                action: format!("delete key {key_id} of `{}` at `{}` by hand; the old key still works", self.credential.id, self.credential.provider),
+            },
+        })
+    }
+
+    /// Single kinds: the new value goes to Vault staging (the write-ahead log)
+    /// before the change call, so a crash after the change never loses it.
+    async fn single(&self) -> Result<Outcome, EngineError> {
+        let id = &self.credential.id;
+        let current = match self.read_current().await? {
+            Ok(c) => c,
+            Err(f) => return Ok(Outcome::RolledBack { reason: format!("cannot read {}: {}", self.credential.vault_path, f.message) }),
+        };
+        let policy = &self.credential.password;
+        let new = Secret::generate(policy.length as usize, &policy.alphabet);
+        let fields = self.fields(None);
+        if let Err(f) = self.stage(&new, &fields).await? {
+            return Ok(Outcome::RolledBack { reason: format!("could not stage the new value in Vault: {}", f.message) });
+        }
+        self.state("staged", json!({ "fingerprint": self.fingerprint(&new), "vault_version": current.version }))?;
+
+        let provider = self.provider.clone();
+        let target = self.target();
+        let changed = self.step("change", json!({ "fingerprint": self.fingerprint(&new) }), || provider.change(target, &new)).await?;
+        if let Err(f) = changed {
+            // Did the change happen anyway? Ask the provider rather than guess.
+            let took = matches!(self.step("probe_new", json!({}), || provider.verify(target, None, &new)).await?, Ok(true));
+            if !took {
+                self.clear_staging().await?;
+                return Ok(Outcome::RolledBack { reason: format!("change failed: {}", f.message) });
+            }
+        }
+        self.state("changed", json!({ "fingerprint": self.fingerprint(&new) }))?;
+
+        let verified = self.verify(None, &new).await?;
+        if !matches!(verified, Ok(true)) {
+            return self.single_verify_failed(&new, &current).await;
+        }
+        let version = match self.promote(&new, &fields, current.version).await? {
+            Ok(v) => v,
+            Err(f) => {
+                return Ok(Outcome::Quarantined {
+                    reason: format!("the password of `{id}` was changed and verified, but could not be promoted: {}", f.message),
+                    action: format!("the new value is in Vault at {}/{}; copy it to {} once you know why the write failed", self.engine.playbook.vault.mount, self.staging_path(), self.credential.vault_path),
+                });
+            }
+        };
+        self.clear_staging().await?;
+        Ok(Outcome::Rotated { key_id: None, version })
+    }
+
+    /// The changed value does not work. Routine mode puts the old value back;
+    /// breach mode never restores a compromised value.
+    async fn single_verify_failed(&self, new: &Secret, current: &Entry) -> Result<Outcome, EngineError> {
+        let id = &self.credential.id;
+        if self.engine.breach() {
+            return Ok(Outcome::Quarantined {
+                reason: format!("the new password of `{id}` did not verify, and breach mode never restores the old one"),
+                action: format!("check the account at `{}`; the value rekey set is in Vault at {}/{}", self.credential.provider, self.engine.playbook.vault.mount, self.staging_path()),
+            });
+        }
+        let Some(old) = current.value.clone() else {
+            return Ok(Outcome::Quarantined {
+                reason: format!("the new password of `{id}` did not verify and Vault held no previous value to restore"),
+                action: format!("set the account's password by hand; the value rekey set is in Vault at {}/{}", self.engine.playbook.vault.mount, self.staging_path()),
+            });
+        };
+        let _ = new;
+        let provider = self.provider.clone();
+        let target = self.target();
+        match self.step("rollback_change", json!({ "fingerprint": self.fingerprint(&old) }), || provider.change(target, &old)).await? {
+            Ok(()) => {
+                self.clear_staging().await?;
+                Ok(Outcome::RolledBack { reason: "the new password did not verify; the previous one was set again".into() })
+            }
+            Err(f) => Ok(Outcome::Quarantined {
+                reason: format!("the new password did not verify and the old one could not be restored: {}", f.message),
+                action: format!("set the password of `{id}` by hand to the current value in Vault at {}", self.credential.vault_path),
+            }),
+        }
+    }
+}
+
+/// Which errors are worth retrying, and after how long if the error says.
+pub(super) trait RetryHint {
+    fn retry_hint(&self) -> Option<Option<Duration>>;
+}
+
+impl RetryHint for ProviderError {
+    fn retry_hint(&self) -> Option<Option<Duration>> {
+        retryable(self)
+    }
+}
+
+impl RetryHint for StoreError {
+    fn retry_hint(&self) -> Option<Option<Duration>> {
+        self.is_transient().then_some(None)
+    }
+}
+
+/// Full jitter: a random delay up to `d`, so retries of many credentials spread out.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}

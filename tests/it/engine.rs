@@ -1,0 +1,233 @@
+//! `rekey run` end to end: the real OpenBao (from `scripts/services`) as the store,
+//! the built-in sandbox providers as the credential issuers.
+
+use crate::support::rekey;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn services() -> HashMap<String, String> {
+    let text = std::fs::read_to_string(crate::support::repo_root().join("target/services/env")).expect("start the services with scripts/services up (scripts/test does)");
+    text.lines().filter_map(|l| l.strip_prefix("export ")?.split_once('=')).map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned())).collect()
+}
+
+/// A fresh scenario: its own state files, journal and Vault prefix.
+struct Scenario {
+    dir: tempfile::TempDir,
+    prefix: String,
+    env: HashMap<String, String>,
+}
+
+impl Scenario {
+    fn new() -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("it-{}", hex::encode(rand::random::<[u8; 5]>()));
+        Scenario { dir, prefix, env: services() }
+    }
+
+    /// Writes the playbook and returns its path.
+    fn playbook(&self, mode: &str, credentials: &str) -> String {
+        let path = self.dir.path().join("playbook.yaml");
+        std::fs::write(&path, self.playbook_text(mode, credentials)).unwrap();
+        path.display().to_string()
+    }
+
+    fn playbook_text(&self, mode: &str, credentials: &str) -> String {
+        let d = self.dir.path().display();
+        let text = format!(
+            "version: 1\nname: engine-test\nincident: {{ mode: {mode} }}\nvault: {{ address: \"{addr}\" }}\nproviders:\n  keys: {{ type: sandbox, settings: {{ state_file: {d}/keys.json, latency: 1ms }} }}\n  pw: {{ type: sandbox_password, settings: {{ state_file: {d}/pw.json, latency: 1ms }} }}\ncredentials:\n{}",
+            credentials.replace("PREFIX", &self.prefix),
+            addr = self.env["VAULT_ADDR"],
+        );
+        text
+    }
+
+    fn run(&self, playbook: &str, extra: &[&str]) -> (i32, Value, String) {
+        let journal = self.dir.path().join("journal.db");
+        let mut args = vec!["run", playbook, "--journal", journal.to_str().unwrap(), "--format", "json"];
+        args.extend_from_slice(extra);
+        let out = rekey().env("VAULT_TOKEN", &self.env["VAULT_TOKEN"]).args(args).run();
+        let summary = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+        (out.code, summary, out.stderr)
+    }
+
+    fn vault(&self, path: &str) -> Value {
+        http(&self.env["VAULT_ADDR"], "GET", &format!("/v1/secret/data/{}/{path}", self.prefix), &self.env["VAULT_TOKEN"], None)
+    }
+
+    fn state(&self, file: &str) -> Value {
+        serde_json::from_slice(&std::fs::read(self.dir.path().join(file)).unwrap_or_else(|_| b"{}".to_vec())).unwrap()
+    }
+}
+
+/// Minimal HTTP/1.0 client for the OpenBao API (tests only).
+fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {
+    use std::io::{Read, Write};
+    let host = addr.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\nX-Vault-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(json).unwrap_or(Value::Null)
+}
+
+fn digest(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+fn outcome(summary: &Value, id: &str) -> String {
+    summary["results"].as_array().unwrap().iter().find(|r| r["id"] == id).map(|r| r["outcome"].as_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+fn file_contains(path: &Path, needle: &str) -> bool {
+    std::fs::read(path).map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())).unwrap_or(false)
+}
+
+#[test]
+fn run_rotates_dual_keys_and_retires_the_old_one() {
+    let s = Scenario::new();
+    let pb = s.playbook("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n");
+    let (code, summary, stderr) = s.run(&pb, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(outcome(&summary, "api"), "rotated");
+    let first = s.vault("api")["data"]["data"].clone();
+    let first_key = first["key_id"].as_str().unwrap().to_owned();
+
+    let (code, summary, stderr) = s.run(&pb, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(outcome(&summary, "api"), "rotated");
+    let entry = s.vault("api")["data"].clone();
+    assert_eq!(entry["metadata"]["version"], 2);
+    assert_eq!(entry["metadata"]["custom_metadata"]["rekey_provider"], "keys");
+    let second = &entry["data"];
+    assert_ne!(second["key_id"], first_key.as_str());
+    // The provider holds exactly the new key, and it is the value Vault holds.
+    let keys = s.state("keys.json")["accounts"]["a"]["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 1, "the old key is deleted: {keys:?}");
+    assert_eq!(keys[0]["id"], second["key_id"]);
+    assert_eq!(keys[0]["secret_sha256"], digest(second["value"].as_str().unwrap()));
+    // This run's staging entries are cleared.
+    let run_id = summary["run_id"].as_str().unwrap();
+    let staging = http(&s.env["VAULT_ADDR"], "LIST", &format!("/v1/secret/metadata/rekey/staging/{run_id}"), &s.env["VAULT_TOKEN"], None);
+    assert!(staging["data"]["keys"].as_array().is_none_or(|k| k.is_empty()), "staging entry left: {staging}");
+}
+
+#[test]
+fn run_rolls_back_when_verify_fails_and_skips_dependents() {
+    let s = Scenario::new();
+    let pb = s.playbook("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api, settings: { fail: verify } }\n  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, depends_on: [api] }\n");
+    let (code, summary, stderr) = s.run(&pb, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(outcome(&summary, "api"), "rolled_back");
+    assert_eq!(outcome(&summary, "db"), "skipped");
+    // Nothing visible changed: no key left at the provider, nothing in Vault.
+    assert_eq!(s.state("keys.json")["accounts"]["a"]["keys"].as_array().map(Vec::len).unwrap_or(0), 0);
+    assert!(s.vault("api")["data"].is_null());
+    assert!(s.vault("db")["data"].is_null());
+}
+
+#[test]
+fn run_changes_single_passwords_and_stores_them() {
+    let s = Scenario::new();
+    let pb = s.playbook("routine", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, password: { length: 24 } }\n");
+    let (code, summary, stderr) = s.run(&pb, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(outcome(&summary, "db"), "rotated");
+    let value = s.vault("db")["data"]["data"]["value"].as_str().unwrap().to_owned();
+    assert_eq!(value.len(), 24);
+    assert_eq!(s.state("pw.json")["accounts"]["d"]["password_sha256"], digest(&value));
+}
+
+#[test]
+fn routine_mode_restores_the_old_password_when_the_new_one_fails() {
+    let s = Scenario::new();
+    let good = s.playbook("routine", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n");
+    assert_eq!(s.run(&good, &[]).0, 0);
+    let old = s.vault("db")["data"]["data"]["value"].as_str().unwrap().to_owned();
+    let failing = s.playbook("routine", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, settings: { fail: verify } }\n");
+    let (code, summary, stderr) = s.run(&failing, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(outcome(&summary, "db"), "rolled_back");
+    assert_eq!(s.state("pw.json")["accounts"]["d"]["password_sha256"], digest(&old), "the old password works again");
+    assert_eq!(s.vault("db")["data"]["metadata"]["version"], 1, "Vault was not touched");
+}
+
+#[test]
+fn breach_mode_never_restores_a_compromised_password() {
+    let s = Scenario::new();
+    let good = s.playbook("breach", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n");
+    assert_eq!(s.run(&good, &[]).0, 0);
+    let old = s.vault("db")["data"]["data"]["value"].as_str().unwrap().to_owned();
+    let failing = s.playbook("breach", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, settings: { fail: verify } }\n");
+    let (code, summary, stderr) = s.run(&failing, &[]);
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(outcome(&summary, "db"), "quarantined");
+    assert_ne!(s.state("pw.json")["accounts"]["d"]["password_sha256"], digest(&old), "the compromised value is not restored");
+    let status = rekey().args(["status", "--journal", s.dir.path().join("journal.db").to_str().unwrap()]).run();
+    assert!(status.stdout.contains("quarantined") && status.stdout.contains("to do:"), "{}", status.stdout);
+}
+
+#[test]
+fn a_vault_path_changed_out_of_band_is_quarantined_not_overwritten() {
+    let s = Scenario::new();
+    let d = s.dir.path().display().to_string();
+    let pb = s.playbook_text("breach", "  - { id: api, provider: slow, account: a, vault_path: PREFIX/api }\n").replace(
+        "  pw: {",
+        &format!("  slow: {{ type: sandbox, settings: {{ state_file: {d}/slow.json, latency: 700ms }} }}\n  pw: {{"),
+    );
+    let path = s.dir.path().join("slow.yaml");
+    std::fs::write(&path, pb).unwrap();
+    let journal = s.dir.path().join("journal.db");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["run", path.to_str().unwrap(), "--journal", journal.to_str().unwrap(), "--format", "json"])
+        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run reads the path first, then spends over 2 s at the provider
+    // (list, create, verify at 700 ms each): write in between, as a colleague would.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    http(&s.env["VAULT_ADDR"], "POST", &format!("/v1/secret/data/{}/api", s.prefix), &s.env["VAULT_TOKEN"], Some(&serde_json::json!({ "data": { "value": "set-by-a-colleague" } })));
+    let out = child.wait_with_output().unwrap();
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(outcome(&summary, "api"), "quarantined");
+    assert_eq!(s.vault("api")["data"]["data"]["value"], "set-by-a-colleague");
+    assert_eq!(s.state("slow.json")["accounts"]["a"]["keys"].as_array().map(Vec::len).unwrap_or(0), 0, "the unpromoted key is deleted");
+}
+
+#[test]
+fn no_secret_value_reaches_the_journal_or_the_output() {
+    let s = Scenario::new();
+    let pb = s.playbook("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n");
+    let journal = s.dir.path().join("journal.db");
+    let out = rekey().env("VAULT_TOKEN", &s.env["VAULT_TOKEN"]).env("RUST_LOG", "trace").args(["run", &pb, "--journal", journal.to_str().unwrap()]).run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for id in ["api", "db"] {
+        let value = s.vault(id)["data"]["data"]["value"].as_str().unwrap().to_owned();
+        assert!(!out.stdout.contains(&value) && !out.stderr.contains(&value), "{id}'s value in the output");
+        for file in ["journal.db", "journal.db-wal", "journal.key"] {
+            assert!(!file_contains(&s.dir.path().join(file), &value), "{id}'s value in {file}");
+        }
+    }
+    assert!(!out.stderr.contains(&s.env["VAULT_TOKEN"]) || s.env["VAULT_TOKEN"] == "root", "the Vault token in the output");
+}
+
+#[test]
+fn run_refuses_provider_types_it_cannot_drive_before_changing_anything() {
+    let s = Scenario::new();
+    let pb = s.playbook_text("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n").replace("credentials:\n", "  pg: { type: postgres, settings: { host: db }, admin: { env: PG_ADMIN } }\ncredentials:\n  - { id: db, provider: pg, account: x, vault_path: PREFIX/db }\n");
+    std::fs::write(&pb_path(&s), &pb).unwrap();
+    let (code, _, stderr) = s.run(pb_path(&s).to_str().unwrap(), &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`postgres`") && stderr.contains("nothing was changed"), "{stderr}");
+    assert!(s.vault("api")["data"].is_null());
+}
+
+fn pb_path(s: &Scenario) -> std::path::PathBuf {
+    s.dir.path().join("mixed.yaml")
+}
