@@ -32,6 +32,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Rotate the selected credentials of a playbook.
     Run(RunArgs),
+    /// Finish an interrupted run: reconcile with the real state, then complete it.
+    Resume(ResumeArgs),
     /// Show a run's credentials and what a human must do for quarantined ones.
     Status(StatusArgs),
     /// Print the JSON Schema of playbooks (for editors).
@@ -105,6 +107,18 @@ pub struct StatusArgs {
     #[arg(long, env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
     pub journal: PathBuf,
     /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Run id (default: the latest unfinished run).
+    pub run: Option<String>,
+    /// Journal file.
+    #[arg(long, env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
+    pub journal: PathBuf,
+    /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }

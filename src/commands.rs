@@ -141,17 +141,20 @@ fn fingerprint_key(journal: &std::path::Path) -> Result<Vec<u8>> {
     Ok(key.to_vec())
 }
 
-pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
-    use crate::engine::{Engine, Tuning};
-    use crate::store::{VaultConfig, VaultLogin, VaultStore};
-    let (loaded, selection) = match load_for_run(&args.playbook, &args.selection, io)? {
-        Ok(v) => v,
-        Err(status) => return Ok(status),
-    };
-    let pb = std::sync::Arc::new(loaded.playbook);
-    let selected = plan::select::apply(&pb, &selection);
-    let waves = plan::order::waves(&pb, &selected.indices);
+/// What `run` and `resume` need before the engine starts: the playbook, the
+/// waves, a provider for every selected credential, and a Vault login.
+struct Prepared {
+    playbook: std::sync::Arc<playbook::Playbook>,
+    waves: Vec<Vec<usize>>,
+    providers: indexmap::IndexMap<String, std::sync::Arc<dyn crate::provider::Provider>>,
+    vault: crate::store::VaultConfig,
+}
 
+fn prepare(path: &std::path::Path, loaded: playbook::Loaded, selection: &Selection, io: &mut Io) -> Result<std::result::Result<Prepared, ExitStatus>> {
+    use crate::store::{VaultConfig, VaultLogin};
+    let pb = std::sync::Arc::new(loaded.playbook);
+    let selected = plan::select::apply(&pb, selection);
+    let waves = plan::order::waves(&pb, &selected.indices);
     // Every provider a selected credential needs must be runnable before anything starts.
     let mut providers = indexmap::IndexMap::new();
     let mut refused = Vec::new();
@@ -171,67 +174,71 @@ pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
     if !refused.is_empty() {
         refused.dedup();
         for r in &refused {
-            writeln!(io.stderr, "error: {}: {r}", args.playbook.display())?;
+            writeln!(io.stderr, "error: {}: {r}", path.display())?;
         }
         writeln!(io.stderr, "help: select only runnable credentials with --only/--tag; nothing was changed")?;
-        return Ok(ExitStatus::Invalid);
+        return Ok(Err(ExitStatus::Invalid));
     }
-
     let login = match &pb.vault.auth {
         playbook::VaultAuth::Token { env: var } => match std::env::var(var) {
             Ok(t) if !t.trim().is_empty() => VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned())),
             _ => {
                 writeln!(io.stderr, "error: the Vault token variable `{var}` is not set\nhelp: export {var}=... (a token allowed to read and write the playbook's paths)")?;
-                return Ok(ExitStatus::Invalid);
+                return Ok(Err(ExitStatus::Invalid));
             }
         },
         playbook::VaultAuth::AppRole { role_id, secret_id_env, mount } => match std::env::var(secret_id_env) {
             Ok(s) if !s.trim().is_empty() => VaultLogin::AppRole { mount: mount.clone(), role_id: role_id.clone(), secret_id: crate::secret::Secret::new(s.trim().to_owned()) },
             _ => {
                 writeln!(io.stderr, "error: the AppRole secret-id variable `{secret_id_env}` is not set")?;
-                return Ok(ExitStatus::Invalid);
+                return Ok(Err(ExitStatus::Invalid));
             }
         },
     };
-    let config = VaultConfig {
+    let vault = VaultConfig {
         address: pb.vault.address.clone(),
         mount: pb.vault.mount.clone(),
         namespace: pb.vault.namespace.clone(),
         ca_file: pb.vault.ca_file.clone().map(std::path::PathBuf::from),
         auth: login,
     };
-    if let Some(dir) = args.journal.parent().filter(|d| !d.as_os_str().is_empty()) {
+    Ok(Ok(Prepared { playbook: pb, waves, providers, vault }))
+}
+
+fn open_journal(path: &std::path::Path) -> Result<(crate::journal::Journal, Vec<u8>)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let journal = crate::journal::Journal::open(&args.journal)?;
-    let key = fingerprint_key(&args.journal)?;
+    let journal = crate::journal::Journal::open(path)?;
+    let key = fingerprint_key(path)?;
+    Ok((journal, key))
+}
+
+fn file_sha256(path: &std::path::Path) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(path).unwrap_or_default()))
+}
+
+/// Runs `work` with an engine built from `prepared`.
+fn with_engine<T>(prepared: Prepared, journal: crate::journal::Journal, key: Vec<u8>, work: impl AsyncFnOnce(&crate::engine::Engine, &[Vec<usize>]) -> Result<T>) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let summary = runtime.block_on(async {
-        let store = VaultStore::connect(&config).await?;
-        let engine = Engine {
-            playbook: pb.clone(),
+    runtime.block_on(async {
+        let store = crate::store::VaultStore::connect(&prepared.vault).await?;
+        let engine = crate::engine::Engine {
+            playbook: prepared.playbook.clone(),
             store: std::sync::Arc::new(store),
             journal: std::sync::Arc::new(std::sync::Mutex::new(journal)),
-            providers,
-            tuning: Tuning::default(),
+            providers: prepared.providers,
+            tuning: crate::engine::Tuning::default(),
             fingerprint_key: key,
             holder: crate::journal::Journal::new_lease_holder(),
         };
-        let new_run = crate::journal::NewRun {
-            playbook_name: pb.name.clone(),
-            playbook_path: args.playbook.display().to_string(),
-            playbook_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&args.playbook).unwrap_or_default())),
-            mode: match pb.incident.mode {
-                playbook::Mode::Breach => "breach".into(),
-                playbook::Mode::Routine => "routine".into(),
-            },
-            selection: serde_json::json!({ "compromised": selection.compromised, "tags": selection.tags, "only": selection.only }),
-            actor: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        };
-        anyhow::Ok(engine.run(&new_run, &waves).await?)
-    })?;
-    if args.format == Format::Json {
-        writeln!(io.stdout, "{}", serde_json::to_string_pretty(&summary)?)?;
+        work(&engine, &prepared.waves).await
+    })
+}
+
+fn print_summary(summary: &crate::engine::RunSummary, format: Format, io: &mut Io) -> Result<ExitStatus> {
+    if format == Format::Json {
+        writeln!(io.stdout, "{}", serde_json::to_string_pretty(summary)?)?;
     } else {
         writeln!(io.stdout, "Run {}: {}", summary.run_id, summary.status())?;
         for r in &summary.results {
@@ -259,6 +266,66 @@ pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
         crate::journal::RunStatus::Quarantined => ExitStatus::Quarantined,
         _ => ExitStatus::Failure,
     })
+}
+
+pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
+    let (loaded, selection) = match load_for_run(&args.playbook, &args.selection, io)? {
+        Ok(v) => v,
+        Err(status) => return Ok(status),
+    };
+    let prepared = match prepare(&args.playbook, loaded, &selection, io)? {
+        Ok(p) => p,
+        Err(status) => return Ok(status),
+    };
+    let (journal, key) = open_journal(&args.journal)?;
+    let new_run = crate::journal::NewRun {
+        playbook_name: prepared.playbook.name.clone(),
+        playbook_path: std::fs::canonicalize(&args.playbook).unwrap_or(args.playbook.clone()).display().to_string(),
+        playbook_sha256: file_sha256(&args.playbook),
+        mode: match prepared.playbook.incident.mode {
+            playbook::Mode::Breach => "breach".into(),
+            playbook::Mode::Routine => "routine".into(),
+        },
+        selection: serde_json::json!({ "compromised": selection.compromised, "tags": selection.tags, "only": selection.only }),
+        actor: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+    };
+    let summary = with_engine(prepared, journal, key, async |engine, waves| Ok(engine.run(&new_run, waves).await?))?;
+    print_summary(&summary, args.format, io)
+}
+
+pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> {
+    if !args.journal.exists() {
+        writeln!(io.stderr, "error: no journal at {}\nhelp: pass the --journal the run used", args.journal.display())?;
+        return Ok(ExitStatus::Invalid);
+    }
+    let (journal, key) = open_journal(&args.journal)?;
+    let run = match &args.run {
+        Some(id) => journal.run(id)?,
+        None => journal.latest_unfinished()?,
+    };
+    let Some(run) = run else {
+        writeln!(io.stderr, "error: no unfinished run in {} (give a run id to resume a finished one)", args.journal.display())?;
+        return Ok(ExitStatus::Invalid);
+    };
+    let path = std::path::PathBuf::from(&run.playbook_path);
+    if file_sha256(&path) != run.playbook_sha256 {
+        writeln!(io.stderr, "error: {} changed since run {} started\nhelp: restore the playbook as it was (its SHA-256 was {}) to resume; rekey will not finish a run against different instructions", path.display(), run.id, run.playbook_sha256)?;
+        return Ok(ExitStatus::Invalid);
+    }
+    let strings = |k: &str| run.selection.get(k).and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+    let selection_args = crate::cli::SelectionArgs { compromised: strings("compromised"), tags: strings("tags"), only: strings("only") };
+    let (loaded, selection) = match load_for_run(&path, &selection_args, io)? {
+        Ok(v) => v,
+        Err(status) => return Ok(status),
+    };
+    let prepared = match prepare(&path, loaded, &selection, io)? {
+        Ok(p) => p,
+        Err(status) => return Ok(status),
+    };
+    writeln!(io.stderr, "resuming run {} of {}", run.id, path.display())?;
+    let run_id = run.id.clone();
+    let summary = with_engine(prepared, journal, key, async |engine, waves| Ok(engine.resume(&run_id, waves).await?))?;
+    print_summary(&summary, args.format, io)
 }
 
 pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> {

@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Plan(args) => commands::plan(args, &mut io),
         Command::Run(args) => commands::run(args, &mut io),
+        Command::Resume(args) => commands::resume(args, &mut io),
         Command::Status(args) => commands::status(args, &mut io),
         Command::Schema => commands::schema(&mut io),
         Command::Providers(args) => commands::providers(args, &mut io),

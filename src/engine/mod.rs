@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// How one credential's rotation ended.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// New value verified, promoted to the consumers' path; old one retired.
@@ -166,6 +166,42 @@ impl Engine {
         let summary = RunSummary { run_id: run_id.clone(), results };
         self.journal.lock().map_err(poisoned)?.finish_run(&run_id, summary.status())?;
         tracing::info!(run = %run_id, status = %summary.status(), "Run finished.");
+        Ok(summary)
+    }
+
+    /// Finishes run `run_id` after a crash or an interruption: credentials that
+    /// ended keep their outcome; the others are reconciled with the real state of
+    /// the provider and Vault, then completed.
+    pub async fn resume(&self, run_id: &str, waves: &[Vec<usize>]) -> Result<RunSummary, EngineError> {
+        let rows = {
+            let journal = self.journal.lock().map_err(poisoned)?;
+            journal.reopen_run(run_id)?;
+            journal.states(run_id)?
+        };
+        tracing::info!(run = %run_id, "Resuming run.");
+        let mut results: Vec<CredentialResult> = Vec::new();
+        for wave in waves {
+            for &index in wave {
+                let credential = &self.playbook.credentials[index];
+                let last = rows.iter().find(|r| r.credential == credential.id);
+                if let Some(done) = last.and_then(|r| serde_json::from_value::<Outcome>(r.detail.clone()).ok()) {
+                    if !matches!(done, Outcome::AwaitingOperator { .. }) {
+                        results.push(CredentialResult { id: credential.id.clone(), outcome: done });
+                        continue;
+                    }
+                }
+                let failed_dep = credential.depends_on.iter().find(|d| results.iter().any(|r| &r.id == *d && !matches!(r.outcome, Outcome::Rotated { .. })));
+                let outcome = match failed_dep {
+                    Some(dep) => Outcome::Skipped { reason: format!("dependency `{dep}` did not rotate") },
+                    None => rotate::resume(self, run_id, index, last).await?,
+                };
+                self.record_final(run_id, &credential.id, &outcome)?;
+                results.push(CredentialResult { id: credential.id.clone(), outcome });
+            }
+        }
+        let summary = RunSummary { run_id: run_id.to_owned(), results };
+        self.journal.lock().map_err(poisoned)?.finish_run(run_id, summary.status())?;
+        tracing::info!(run = %run_id, status = %summary.status(), "Resumed run finished.");
         Ok(summary)
     }
 

@@ -37,6 +37,39 @@ pub(super) async fn rotate(engine: &Engine, run: &str, index: usize) -> Result<O
     outcome
 }
 
+/// After a crash: brings one credential of run `run` to a known state from what
+/// the journal says it was doing and what the world really holds (provider keys,
+/// Vault versions, the staging entry), then finishes or restarts its rotation.
+pub(super) async fn resume(engine: &Engine, run: &str, index: usize, last: Option<&crate::journal::CredentialRow>) -> Result<Outcome, EngineError> {
+    let credential = &engine.playbook.credentials[index];
+    let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
+        return rotate(engine, run, index).await;
+    };
+    {
+        // The process that held the lease is gone (this is a resume): take it over.
+        let journal = engine.journal.lock().map_err(super::poisoned)?;
+        if let Some((_, holder)) = journal.lease_holder(&credential.id)? {
+            let pid = holder.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| p != std::process::id() && std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                journal.break_lease(&credential.id, &holder)?;
+            }
+        }
+    }
+    let ctx = Ctx { engine, run, credential, provider };
+    let detail = last.map(|r| r.detail.clone()).unwrap_or(Value::Null);
+    let reconciled = match credential.kind {
+        Kind::Dual => ctx.reconcile_dual(&detail).await?,
+        Kind::Single => ctx.reconcile_single(&detail).await?,
+        Kind::Manual => None,
+    };
+    match reconciled {
+        Some(outcome) => Ok(outcome),
+        // Nothing was half done (or it was undone): rotate from the start.
+        None => rotate(engine, run, index).await,
+    }
+}
+
 struct Ctx<'a> {
     engine: &'a Engine,
     run: &'a str,
@@ -273,14 +306,14 @@ impl<'a> Ctx<'a> {
         if let Err(f) = self.stage(&issued.secret, &fields).await? {
             return self.undo_new_key(&issued.key_id, format!("could not stage the new key in Vault: {}", f.message)).await;
         }
-        self.state("staged", json!({ "new_key_id": issued.key_id, "old_key_id": old_key }))?;
+        self.state("staged", json!({ "new_key_id": issued.key_id, "old_key_id": old_key, "vault_version": current.version }))?;
 
         match self.verify(Some(&issued.key_id), &issued.secret).await? {
             Ok(true) => {}
             Ok(false) => return self.undo_new_key(&issued.key_id, "the new key did not work when verified".into()).await,
             Err(f) => return self.undo_new_key(&issued.key_id, format!("verify failed: {}", f.message)).await,
         }
-        self.state("verified", json!({ "new_key_id": issued.key_id }))?;
+        self.state("verified", json!({ "new_key_id": issued.key_id, "old_key_id": old_key, "vault_version": current.version }))?;
 
         let version = match self.promote(&issued.secret, &fields, current.version).await? {
             Ok(v) => v,
@@ -302,7 +335,7 @@ impl<'a> Ctx<'a> {
                 });
             }
         };
-        self.state("promoted", json!({ "new_key_id": issued.key_id, "version": version }))?;
+        self.state("promoted", json!({ "new_key_id": issued.key_id, "old_key_id": old_key, "version": version }))?;
 
         // Grace: consumers pick up the new value (zero in breach mode).
         if !self.credential.grace.is_zero() {
@@ -368,7 +401,7 @@ impl<'a> Ctx<'a> {
                 return Ok(Outcome::RolledBack { reason: format!("change failed: {}", f.message) });
             }
         }
-        self.state("changed", json!({ "fingerprint": self.fingerprint(&new) }))?;
+        self.state("changed", json!({ "fingerprint": self.fingerprint(&new), "vault_version": current.version }))?;
 
         let verified = self.verify(None, &new).await?;
         if !matches!(verified, Ok(true)) {
@@ -416,6 +449,159 @@ impl<'a> Ctx<'a> {
                 action: format!("set the password of `{id}` by hand to the current value in Vault at {}", self.credential.vault_path),
             }),
         }
+    }
+}
+
+impl Ctx<'_> {
+    fn tag(&self) -> String {
+        format!("rekey:{}:{}", self.run, self.credential.id)
+    }
+
+    async fn read_staging(&self) -> Result<Result<Entry, Failure>, EngineError> {
+        let store = self.engine.store.clone();
+        let path = self.staging_path();
+        self.step("read_staging", json!({ "path": path }), || {
+            let store = store.clone();
+            let path = path.clone();
+            async move { store.read(&path).await }
+        })
+        .await
+    }
+
+    /// Dual: the key this run created is either promoted (finish retiring the old
+    /// one), staged and working (promote it), or an orphan (revoke it). `None`
+    /// means the credential is back where it started and can simply rotate.
+    async fn reconcile_dual(&self, detail: &Value) -> Result<Option<Outcome>, EngineError> {
+        let id = &self.credential.id;
+        let provider = self.provider.clone();
+        let target = self.target();
+        let current = match self.read_current().await? {
+            Ok(c) => c,
+            Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot read {} to resume: {}", self.credential.vault_path, f.message), action: "run `rekey resume` again once Vault answers".into() })),
+        };
+        let keys = match self.step("list", json!({ "resume": true }), || provider.list(target)).await? {
+            Ok(k) => k,
+            Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot list keys to resume: {}", f.message), action: "run `rekey resume` again once the provider answers".into() })),
+        };
+        let tag = self.tag();
+        let ours: Vec<&crate::provider::KeyInfo> = keys.iter().filter(|k| k.tag.as_deref() == Some(tag.as_str())).collect();
+        let old_key = detail.get("old_key_id").and_then(Value::as_str).map(str::to_owned);
+        let recorded_version = detail.get("vault_version").and_then(Value::as_u64);
+
+        // Promoted already: only the old key's retirement may be missing.
+        if let Some(promoted) = current.fields.get("key_id").filter(|k| ours.iter().any(|o| &&o.id == k)) {
+            for stray in ours.iter().filter(|k| &k.id != promoted) {
+                let _ = self.step("revoke_orphan", json!({ "key_id": stray.id }), || provider.revoke(target, &stray.id)).await?;
+            }
+            if let Some(old) = old_key.as_ref().filter(|o| keys.iter().any(|k| &k.id == *o)) {
+                let _ = self.step("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await?;
+                if let Err(f) = self.step("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
+                    return Ok(Some(Outcome::Quarantined { reason: format!("the new key is promoted, but the old key {old} could not be deleted: {}", f.message), action: format!("delete key {old} of `{id}` by hand") }));
+                }
+            }
+            self.clear_staging().await?;
+            return Ok(Some(Outcome::Rotated { key_id: Some(promoted.clone()), version: current.version }));
+        }
+
+        // Staged and still at the provider: verify it and promote it.
+        let staged = match self.read_staging().await? {
+            Ok(e) => e,
+            Err(_) => Entry { version: 0, value: None, fields: Default::default(), custom_metadata: Default::default() },
+        };
+        if let (Some(value), Some(key_id)) = (staged.value.clone(), staged.fields.get("key_id").cloned()) {
+            if ours.iter().any(|k| k.id == key_id && k.active) && matches!(self.verify(Some(&key_id), &value).await?, Ok(true)) {
+                let cas = recorded_version.unwrap_or(current.version);
+                let fields = self.fields(Some(&key_id));
+                match self.promote(&value, &fields, cas).await? {
+                    Ok(version) => {
+                        for stray in ours.iter().filter(|k| k.id != key_id) {
+                            let _ = self.step("revoke_orphan", json!({ "key_id": stray.id }), || provider.revoke(target, &stray.id)).await?;
+                        }
+                        if let Some(old) = old_key.as_ref().filter(|o| keys.iter().any(|k| &k.id == *o)) {
+                            let _ = self.step("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await?;
+                            if let Err(f) = self.step("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
+                                return Ok(Some(Outcome::Quarantined { reason: format!("the new key is promoted, but the old key {old} could not be deleted: {}", f.message), action: format!("delete key {old} of `{id}` by hand") }));
+                            }
+                        }
+                        self.clear_staging().await?;
+                        return Ok(Some(Outcome::Rotated { key_id: Some(key_id), version }));
+                    }
+                    Err(f) if f.conflict => {
+                        let _ = self.step("revoke_orphan", json!({ "key_id": key_id }), || provider.revoke(target, &key_id)).await?;
+                        self.clear_staging().await?;
+                        return Ok(Some(Outcome::Quarantined {
+                            reason: format!("{} was changed by someone else while the run was interrupted; rekey never overwrites that", self.credential.vault_path),
+                            action: format!("find out who wrote {} and why, then run rekey again for `{id}`", self.credential.vault_path),
+                        }));
+                    }
+                    Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("could not promote the staged key: {}", f.message), action: "run `rekey resume` again".into() })),
+                }
+            }
+        }
+
+        // Anything else this run created is an orphan: a key created but never
+        // safely stored, or one that does not work. Revoke it and start over.
+        for orphan in &ours {
+            if let Err(f) = self.step("revoke_orphan", json!({ "key_id": orphan.id }), || provider.revoke(target, &orphan.id)).await? {
+                return Ok(Some(Outcome::Quarantined { reason: format!("the orphan key {} could not be deleted: {}", orphan.id, f.message), action: format!("delete key {} of `{id}` by hand", orphan.id) }));
+            }
+        }
+        self.clear_staging().await?;
+        Ok(None)
+    }
+
+    /// Single: the staging entry is the write-ahead log. If the staged value
+    /// works, the change happened: promote it. If the stored value still works,
+    /// it did not: start over. If neither works, a human must look.
+    async fn reconcile_single(&self, detail: &Value) -> Result<Option<Outcome>, EngineError> {
+        let id = &self.credential.id;
+        let staged = match self.read_staging().await? {
+            Ok(e) => e,
+            Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot read the staging entry to resume: {}", f.message), action: "run `rekey resume` again once Vault answers".into() })),
+        };
+        let Some(value) = staged.value.clone() else {
+            return Ok(None);
+        };
+        let provider = self.provider.clone();
+        let target = self.target();
+        if matches!(self.step("probe_staged", json!({}), || provider.verify(target, None, &value)).await?, Ok(true)) {
+            let current = match self.read_current().await? {
+                Ok(c) => c,
+                Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot read {}: {}", self.credential.vault_path, f.message), action: "run `rekey resume` again".into() })),
+            };
+            if current.value.as_ref() == Some(&value) {
+                self.clear_staging().await?;
+                return Ok(Some(Outcome::Rotated { key_id: None, version: current.version }));
+            }
+            let cas = detail.get("vault_version").and_then(Value::as_u64).unwrap_or(current.version);
+            return Ok(Some(match self.promote(&value, &self.fields(None), cas).await? {
+                Ok(version) => {
+                    self.clear_staging().await?;
+                    Outcome::Rotated { key_id: None, version }
+                }
+                Err(f) => Outcome::Quarantined {
+                    reason: format!("the password of `{id}` was changed before the interruption, but could not be promoted: {}", f.message),
+                    action: format!("the working value is in Vault at {}/{}; copy it to {}", self.engine.playbook.vault.mount, self.staging_path(), self.credential.vault_path),
+                },
+            }));
+        }
+        let current = match self.read_current().await? {
+            Ok(c) => c,
+            Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot read {}: {}", self.credential.vault_path, f.message), action: "run `rekey resume` again".into() })),
+        };
+        let old_works = match &current.value {
+            Some(old) => matches!(self.step("probe_current", json!({}), || provider.verify(target, None, old)).await?, Ok(true)),
+            None => false,
+        };
+        if old_works || current.value.is_none() {
+            // The change never happened (or there is no old value to keep): start over.
+            self.clear_staging().await?;
+            return Ok(None);
+        }
+        Ok(Some(Outcome::Quarantined {
+            reason: format!("neither the staged value nor the value in {} logs in to `{id}`", self.credential.vault_path),
+            action: format!("check the account at `{}` by hand; the staged value is in Vault at {}/{}", self.credential.provider, self.engine.playbook.vault.mount, self.staging_path()),
+        }))
     }
 }
 

@@ -128,7 +128,10 @@ pub enum Outcome {
     Ok,
     /// `kind` is the provider's classification (`transient`, `rate_limited`, `fatal`, ...);
     /// `message` is for humans and must not quote a secret.
-    Failed { kind: String, message: String },
+    Failed {
+        kind: String,
+        message: String,
+    },
 }
 
 /// A run as recorded.
@@ -196,8 +199,7 @@ impl Journal {
         // No SQLITE_OPEN_CREATE: the file exists, made private above, and if it vanished
         // in between we would rather fail than have SQLite create a 0644 one.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)
-            .map_err(|e| map_sql(path, "opening the database", e))?;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| map_sql(path, "opening the database", e))?;
         let journal = Journal { conn, path: path.to_path_buf() };
         journal.configure()?;
         journal.migrate()?;
@@ -323,12 +325,7 @@ impl Journal {
     /// fingerprints are fine).
     pub fn set_state(&self, run: &str, credential: &str, state: &str, detail: &Value) -> Result<(), JournalError> {
         self.conn
-            .prepare_cached(
-                "INSERT INTO credential_states (run_id, credential, state, detail, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (run_id, credential)
-                 DO UPDATE SET state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at",
-            )
+            .prepare_cached(UPSERT_STATE)
             .and_then(|mut stmt| {
                 stmt.execute(params![run, credential, state, detail.to_string(), rfc3339(SystemTime::now())])
             })
@@ -353,7 +350,12 @@ impl Journal {
             .map_err(|e| self.sql(doing, e))?;
         raw.into_iter()
             .map(|(credential, state, detail, updated_at)| {
-                Ok(CredentialRow { credential, state, detail: self.json(&detail, "a credential state's detail")?, updated_at })
+                Ok(CredentialRow {
+                    credential,
+                    state,
+                    detail: self.json(&detail, "a credential state's detail")?,
+                    updated_at,
+                })
             })
             .collect()
     }
@@ -385,36 +387,34 @@ impl Journal {
     /// key's id and fingerprint, yes; the key or a response body that quotes it, never).
     pub fn outcome(&self, intent: IntentId, outcome: Outcome, detail: &Value) -> Result<(), JournalError> {
         let doing = "recording an outcome";
-        // Read-then-write in one IMMEDIATE transaction: the write lock is taken up front,
-        // so the busy timeout applies and nobody can slip an outcome in between.
         let tx = self.immediate(doing)?;
-        let existing: Option<Option<i64>> = tx
-            .query_row(
-                "SELECT o.intent_id FROM intents i LEFT JOIN outcomes o ON o.intent_id = i.id WHERE i.id = ?1",
-                [intent.0],
-                |row| row.get(0),
-            )
-            .optional()
+        self.insert_outcome(&tx, intent, &outcome, detail)?;
+        tx.commit().map_err(|e| self.sql(doing, e))
+    }
+
+    /// [`Journal::outcome`] and [`Journal::set_state`] for the intent's credential, in one
+    /// transaction: the new state can never be recorded without the outcome that led to
+    /// it (or the other way round), and the pair costs one fsync instead of two.
+    ///
+    /// Invariant: `detail`, a failure's `message` and `state_detail` hold no secret value.
+    pub fn outcome_and_state(
+        &self,
+        intent: IntentId,
+        outcome: Outcome,
+        detail: &Value,
+        state: &str,
+        state_detail: &Value,
+    ) -> Result<(), JournalError> {
+        let doing = "recording an outcome and a credential state";
+        let tx = self.immediate(doing)?;
+        let (run, credential) = self.insert_outcome(&tx, intent, &outcome, detail)?;
+        tx.prepare_cached(UPSERT_STATE)
+            .and_then(|mut stmt| {
+                stmt.execute(params![run, credential, state, state_detail.to_string(), rfc3339(SystemTime::now())])
+            })
             .map_err(|e| self.sql(doing, e))?;
-        match existing {
-            None => return Err(JournalError::UnknownIntent { path: self.path.clone(), id: intent.0 }),
-            Some(Some(_)) => return Err(JournalError::OutcomeAlreadyRecorded { path: self.path.clone(), id: intent.0 }),
-            Some(None) => {}
-        }
-        let (result, kind, message) = match &outcome {
-            Outcome::Ok => ("ok", None, None),
-            Outcome::Failed { kind, message } => ("failed", Some(kind.as_str()), Some(message.as_str())),
-        };
-        tx.prepare_cached(
-            "INSERT INTO outcomes (intent_id, result, error_kind, error_message, detail, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![intent.0, result, kind, message, detail.to_string(), rfc3339(SystemTime::now())])
-        })
-        .map_err(|e| self.sql(doing, e))?;
         tx.commit().map_err(|e| self.sql(doing, e))?;
-        debug!(intent = %intent, result, kind, "Outcome recorded.");
+        debug!(run, credential, state, "Credential state recorded.");
         Ok(())
     }
 
@@ -481,7 +481,71 @@ impl Journal {
         Ok(())
     }
 
+    /// Who holds the lease on `credential`, if anyone: `(run, holder)`.
+    pub fn lease_holder(&self, credential: &str) -> Result<Option<(String, String)>, JournalError> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row("SELECT run_id, holder FROM leases WHERE credential = ?1", [credential], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()
+            .map_err(|e| self.sql("reading a lease", e))
+    }
+
+    /// Drops the lease of a holder known to be dead (its process is gone), so
+    /// `rekey resume` can take over a credential after a crash.
+    pub fn break_lease(&self, credential: &str, holder: &str) -> Result<(), JournalError> {
+        self.conn
+            .execute("DELETE FROM leases WHERE credential = ?1 AND holder = ?2", params![credential, holder])
+            .map_err(|e| self.sql("breaking a lease", e))?;
+        warn!(credential, holder, "Broke the lease of a process that is gone.");
+        Ok(())
+    }
+
     // ---- private helpers ----
+
+    /// Inserts the outcome of `intent` inside `tx` (an IMMEDIATE transaction: the write
+    /// lock is held from the start, so nobody can slip an outcome in between the check
+    /// and the insert). Returns the intent's run and credential.
+    fn insert_outcome(
+        &self,
+        tx: &Transaction<'_>,
+        intent: IntentId,
+        outcome: &Outcome,
+        detail: &Value,
+    ) -> Result<(String, String), JournalError> {
+        let doing = "recording an outcome";
+        let found: Option<(String, String, Option<i64>)> = tx
+            .prepare_cached(
+                "SELECT i.run_id, i.credential, o.intent_id
+                 FROM intents i LEFT JOIN outcomes o ON o.intent_id = i.id WHERE i.id = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row([intent.0], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).optional()
+            })
+            .map_err(|e| self.sql(doing, e))?;
+        let (run, credential) = match found {
+            None => return Err(JournalError::UnknownIntent { path: self.path.clone(), id: intent.0 }),
+            Some((_, _, Some(_))) => {
+                return Err(JournalError::OutcomeAlreadyRecorded { path: self.path.clone(), id: intent.0 });
+            }
+            Some((run, credential, None)) => (run, credential),
+        };
+        let (result, kind, message) = match outcome {
+            Outcome::Ok => ("ok", None, None),
+            Outcome::Failed { kind, message } => ("failed", Some(kind.as_str()), Some(message.as_str())),
+        };
+        tx.prepare_cached(
+            "INSERT INTO outcomes (intent_id, result, error_kind, error_message, detail, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![intent.0, result, kind, message, detail.to_string(), rfc3339(SystemTime::now())])
+        })
+        .map_err(|e| self.sql(doing, e))?;
+        debug!(run, credential, intent = %intent, result, kind, "Outcome recorded.");
+        Ok((run, credential))
+    }
 
     /// Connection settings. `journal_mode` is stored in the file; the others are per
     /// connection, so they are set on every open.
@@ -696,14 +760,22 @@ impl Journal {
     }
 }
 
+/// Sets a credential's state, keeping the row (and so its `seq`, its place in
+/// [`Journal::states`]) when it already exists.
+const UPSERT_STATE: &str = "INSERT INTO credential_states (run_id, credential, state, detail, updated_at)
+     VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (run_id, credential)
+     DO UPDATE SET state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at";
+
 /// Sorts SQLite failures into the ones an operator can act on.
 fn map_sql(path: &Path, doing: &'static str, e: rusqlite::Error) -> JournalError {
     let path = path.to_path_buf();
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => JournalError::Busy { path, source: e },
-        Some(ErrorCode::NotADatabase) => {
-            JournalError::Corrupt { path, detail: format!("it is not an SQLite database ({e}): the wrong file, or a damaged journal") }
-        }
+        Some(ErrorCode::NotADatabase) => JournalError::Corrupt {
+            path,
+            detail: format!("it is not an SQLite database ({e}): the wrong file, or a damaged journal"),
+        },
         Some(ErrorCode::DatabaseCorrupt) => JournalError::Corrupt { path, detail: format!("{doing}: {e}") },
         _ => JournalError::Sqlite { path, doing, source: e },
     }
@@ -743,7 +815,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(&dir.path().join("journal.db")).unwrap();
         let get = |name: &str| -> String {
-            journal.conn.pragma_query_value(None, name, |row| row.get::<_, rusqlite::types::Value>(0)).map(|v| format!("{v:?}")).unwrap()
+            journal
+                .conn
+                .pragma_query_value(None, name, |row| row.get::<_, rusqlite::types::Value>(0))
+                .map(|v| format!("{v:?}"))
+                .unwrap()
         };
         assert_eq!(get("journal_mode"), r#"Text("wal")"#);
         assert_eq!(get("synchronous"), "Integer(2)", "synchronous=FULL");

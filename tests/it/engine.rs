@@ -231,3 +231,51 @@ fn run_refuses_provider_types_it_cannot_drive_before_changing_anything() {
 fn pb_path(s: &Scenario) -> std::path::PathBuf {
     s.dir.path().join("mixed.yaml")
 }
+
+/// Whatever moment a run is killed at, `rekey resume` leaves every credential
+/// new-and-in-Vault-and-working with no orphan key at the provider.
+#[test]
+fn a_run_killed_at_any_moment_is_finished_by_resume() {
+    let mut resumed = 0;
+    for kill_after_ms in [150u64, 450, 900, 1500] {
+        let s = Scenario::new();
+        let creds = "  - { id: k1, provider: keys, account: a1, vault_path: PREFIX/k1 }\n  - { id: k2, provider: keys, account: a2, vault_path: PREFIX/k2 }\n  - { id: p1, provider: pw, account: d1, vault_path: PREFIX/p1, depends_on: [k1] }\n  - { id: p2, provider: pw, account: d2, vault_path: PREFIX/p2 }\n";
+        // A first, quick run gives every credential an old value.
+        let quick = s.playbook("breach", creds);
+        assert_eq!(s.run(&quick, &[]).0, 0);
+        let slow = s.playbook_text("breach", creds).replace("latency: 1ms", "latency: 120ms");
+        let path = s.dir.path().join("slow.yaml");
+        std::fs::write(&path, slow).unwrap();
+        let journal = s.dir.path().join("journal.db");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+            .args(["run", path.to_str().unwrap(), "--journal", journal.to_str().unwrap()])
+            .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(kill_after_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+
+        let out = rekey().env("VAULT_TOKEN", &s.env["VAULT_TOKEN"]).args(["resume", "--journal", journal.to_str().unwrap(), "--format", "json"]).run();
+        let finished_before_kill = out.code == 2 && out.stderr.contains("no unfinished run");
+        assert!(out.code == 0 || finished_before_kill, "kill at {kill_after_ms} ms: resume exited {}: {}", out.code, out.stderr);
+        resumed += usize::from(out.code == 0);
+
+        for (id, account) in [("k1", "a1"), ("k2", "a2")] {
+            let data = s.vault(id)["data"]["data"].clone();
+            let keys = s.state("keys.json")["accounts"][account]["keys"].as_array().unwrap().clone();
+            assert_eq!(keys.len(), 1, "kill at {kill_after_ms} ms: {id} has orphan or leftover keys: {keys:?}");
+            assert_eq!(keys[0]["id"], data["key_id"], "kill at {kill_after_ms} ms: {id}: Vault holds another key");
+            assert_eq!(keys[0]["secret_sha256"], digest(data["value"].as_str().unwrap()), "kill at {kill_after_ms} ms: {id}: Vault's value does not work");
+        }
+        for (id, account) in [("p1", "d1"), ("p2", "d2")] {
+            let value = s.vault(id)["data"]["data"]["value"].as_str().unwrap().to_owned();
+            assert_eq!(s.state("pw.json")["accounts"][account]["password_sha256"], digest(&value), "kill at {kill_after_ms} ms: {id}: Vault's password does not work");
+        }
+    }
+    // The kill points fall inside the run (about 2 s at 120 ms a call), so most
+    // iterations really test a resume, not a finished run.
+    assert!(resumed >= 2, "only {resumed} of 4 kills interrupted the run");
+}

@@ -226,10 +226,8 @@ fn sigkill_mid_stream_loses_nothing_that_was_committed() {
         assert!(recorded.iter().any(|row| row.id == *id && row.outcome.is_some()), "outcome of {id} is gone");
     }
     assert!(journal.open_intents(&run).unwrap().len() <= 1, "only the step in flight can lack an outcome");
-    let check: String = rusqlite::Connection::open(&path)
-        .unwrap()
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap();
+    let check: String =
+        rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(check, "ok");
 }
 
@@ -331,6 +329,27 @@ fn outcome_is_recorded_once_and_only_for_a_known_intent() {
     assert!(matches!(err, JournalError::UnknownRun { .. }), "{err:?}");
     let err = journal.open_intents("r-20000101-0000-0000").unwrap_err();
     assert!(matches!(err, JournalError::UnknownRun { .. }), "a mistyped run id must not read as 'nothing in flight'");
+}
+
+#[test]
+fn outcome_and_state_are_recorded_together_or_not_at_all() {
+    let (_dir, path) = temp_journal();
+    let journal = Journal::open(&path).unwrap();
+    let run = journal.create_run(&new_run("idp")).unwrap();
+    journal.set_state(&run, "billing-db", "pending", &json!({})).unwrap();
+    let intent = journal.intent(&run, "billing-db", "stage", &json!({})).unwrap();
+
+    journal
+        .outcome_and_state(intent, Outcome::Ok, &json!({ "version": 2 }), "staged", &json!({ "version": 2 }))
+        .unwrap();
+    let states = journal.states(&run).unwrap();
+    assert_eq!((states[0].state.as_str(), &states[0].detail), ("staged", &json!({ "version": 2 })));
+    assert!(journal.open_intents(&run).unwrap().is_empty());
+
+    // The second outcome is refused, and the state change that came with it is rolled back.
+    let err = journal.outcome_and_state(intent, Outcome::Ok, &json!({}), "verified", &json!({})).unwrap_err();
+    assert!(matches!(err, JournalError::OutcomeAlreadyRecorded { .. }), "{err:?}");
+    assert_eq!(journal.states(&run).unwrap()[0].state, "staged");
 }
 
 #[test]
@@ -471,7 +490,8 @@ fn journal_holds_fingerprints_never_the_secret_behind_them() {
     let run = journal.create_run(&new_run("idp")).unwrap();
     let lease = Journal::new_lease_holder();
     assert!(journal.lease(&run, "deploy-bot-aws", &lease, Duration::from_secs(30)).unwrap());
-    let intent = journal.intent(&run, "deploy-bot-aws", "stage", &json!({ "staging_path": "rekey/staging/x" })).unwrap();
+    let intent =
+        journal.intent(&run, "deploy-bot-aws", "stage", &json!({ "staging_path": "rekey/staging/x" })).unwrap();
     journal.outcome(intent, Outcome::Ok, &json!({ "key_id": "AKIA0001", "fingerprint": fingerprint })).unwrap();
     journal.set_state(&run, "deploy-bot-aws", "staged", &json!({ "fingerprint": fingerprint, "version": 4 })).unwrap();
     let failed = journal.intent(&run, "deploy-bot-aws", "verify", &json!({ "fingerprint": fingerprint })).unwrap();
