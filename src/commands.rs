@@ -222,6 +222,21 @@ fn file_sha256(path: &std::path::Path) -> String {
 fn with_engine<T>(prepared: Prepared, journal: crate::journal::Journal, key: Vec<u8>, work: impl AsyncFnOnce(&crate::engine::Engine, &[Vec<usize>]) -> Result<T>) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // First Ctrl-C: finish what is in flight (each credential reaches a safe
+        // state), start nothing new. Second: stop at once; the journal lets
+        // `rekey resume` reconcile whatever was half done.
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                eprintln!("rekey: interrupted; finishing the credentials in flight (Ctrl-C again to stop now, then `rekey resume`)");
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("rekey: stopped; run `rekey resume` to finish");
+                    std::process::exit(i32::from(crate::exit::ExitStatus::Interrupted.code()));
+                }
+            }
+        });
         let store = crate::store::VaultStore::connect(&prepared.vault).await?;
         let engine = crate::engine::Engine {
             playbook: prepared.playbook.clone(),
@@ -231,6 +246,7 @@ fn with_engine<T>(prepared: Prepared, journal: crate::journal::Journal, key: Vec
             tuning: crate::engine::Tuning::default(),
             fingerprint_key: key,
             holder: crate::journal::Journal::new_lease_holder(),
+            stop,
         };
         work(&engine, &prepared.waves).await
     })
@@ -261,9 +277,13 @@ fn print_summary(summary: &crate::engine::RunSummary, format: Format, io: &mut I
             summary.count("awaiting_operator")
         )?;
     }
+    if summary.interrupted {
+        writeln!(io.stderr, "run {} was interrupted; `rekey resume` finishes it", summary.run_id)?;
+    }
     Ok(match summary.status() {
         crate::journal::RunStatus::Succeeded => ExitStatus::Success,
         crate::journal::RunStatus::Quarantined => ExitStatus::Quarantined,
+        crate::journal::RunStatus::Interrupted => ExitStatus::Interrupted,
         _ => ExitStatus::Failure,
     })
 }

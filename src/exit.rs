@@ -11,6 +11,8 @@ pub enum ExitStatus {
     Invalid,
     /// `run`: some credentials are quarantined; `rekey status` says what to do.
     Quarantined,
+    /// `run`: stopped by Ctrl-C in a safe state; `rekey resume` finishes it.
+    Interrupted,
     /// `plan --detailed-exitcode` only: the plan has work to do.
     PlanHasWork,
 }
@@ -22,6 +24,7 @@ impl ExitStatus {
             ExitStatus::Failure => 1,
             ExitStatus::Invalid => 2,
             ExitStatus::Quarantined => 3,
+            ExitStatus::Interrupted => 4,
             ExitStatus::PlanHasWork => 10,
         }
     }

@@ -58,6 +58,8 @@ pub struct CredentialResult {
 pub struct RunSummary {
     pub run_id: String,
     pub results: Vec<CredentialResult>,
+    /// Stopped by Ctrl-C before every credential started: `rekey resume` finishes it.
+    pub interrupted: bool,
 }
 
 impl RunSummary {
@@ -65,7 +67,9 @@ impl RunSummary {
         self.results.iter().filter(|r| r.outcome.state() == state).count()
     }
     pub fn status(&self) -> RunStatus {
-        if self.count("quarantined") > 0 {
+        if self.interrupted {
+            RunStatus::Interrupted
+        } else if self.count("quarantined") > 0 {
             RunStatus::Quarantined
         } else if self.count("rolled_back") + self.count("skipped") > 0 {
             RunStatus::Failed
@@ -114,6 +118,9 @@ pub struct Engine {
     /// Key for the HMAC fingerprints of values in the journal.
     pub fingerprint_key: Vec<u8>,
     pub holder: String,
+    /// Set on the first Ctrl-C: no new credential starts; those in flight finish
+    /// their protocol (reaching a safe state), and the run ends as interrupted.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Engine {
@@ -152,18 +159,26 @@ impl Engine {
                         Some(s) => Some(s.acquire_owned().await),
                         None => None,
                     };
-                    let outcome = rotate::rotate(self, &run_id, index).await;
+                    if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return (index, Ok(None));
+                    }
+                    let outcome = rotate::rotate(self, &run_id, index).await.map(Some);
                     (index, outcome)
                 });
             }
             for (index, outcome) in futures::future::join_all(tasks).await {
                 let id = self.playbook.credentials[index].id.clone();
-                let outcome = outcome?;
+                // Not started because of Ctrl-C: left for `rekey resume`.
+                let Some(outcome) = outcome? else { continue };
                 self.record_final(&run_id, &id, &outcome)?;
                 results.push(CredentialResult { id, outcome });
             }
+            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
         }
-        let summary = RunSummary { run_id: run_id.clone(), results };
+        let interrupted = self.stop.load(std::sync::atomic::Ordering::SeqCst);
+        let summary = RunSummary { run_id: run_id.clone(), results, interrupted };
         self.journal.lock().map_err(poisoned)?.finish_run(&run_id, summary.status())?;
         tracing::info!(run = %run_id, status = %summary.status(), "Run finished.");
         Ok(summary)
@@ -199,7 +214,7 @@ impl Engine {
                 results.push(CredentialResult { id: credential.id.clone(), outcome });
             }
         }
-        let summary = RunSummary { run_id: run_id.to_owned(), results };
+        let summary = RunSummary { run_id: run_id.to_owned(), results, interrupted: false };
         self.journal.lock().map_err(poisoned)?.finish_run(run_id, summary.status())?;
         tracing::info!(run = %run_id, status = %summary.status(), "Resumed run finished.");
         Ok(summary)

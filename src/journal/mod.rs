@@ -481,25 +481,28 @@ impl Journal {
         Ok(())
     }
 
-    /// Who holds the lease on `credential`, if anyone: `(run, holder)`.
-    pub fn lease_holder(&self, credential: &str) -> Result<Option<(String, String)>, JournalError> {
-        use rusqlite::OptionalExtension;
+    /// The run and holder of the lease on `credential`, expired or not; `None` when
+    /// nobody holds it. For `rekey status` ("held by pid 4242") and for `resume`, which
+    /// breaks the lease of a holder whose process is gone instead of waiting out its TTL.
+    pub fn lease_holder(&self, credential: &str) -> Result<Option<(RunId, String)>, JournalError> {
         self.conn
-            .query_row("SELECT run_id, holder FROM leases WHERE credential = ?1", [credential], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .optional()
+            .prepare_cached("SELECT run_id, holder FROM leases WHERE credential = ?1")
+            .and_then(|mut stmt| stmt.query_row([credential], |row| Ok((row.get(0)?, row.get(1)?))).optional())
             .map_err(|e| self.sql("reading a lease", e))
     }
 
-    /// Drops the lease of a holder known to be dead (its process is gone), so
-    /// `rekey resume` can take over a credential after a crash.
-    pub fn break_lease(&self, credential: &str, holder: &str) -> Result<(), JournalError> {
-        self.conn
+    /// Removes `holder`'s lease on `credential` whatever its expiry, for a holder known
+    /// to be dead. Only that holder's lease is removed: if someone else took the
+    /// credential in the meantime, nothing happens and this returns `false`.
+    pub fn break_lease(&self, credential: &str, holder: &str) -> Result<bool, JournalError> {
+        let changed = self
+            .conn
             .execute("DELETE FROM leases WHERE credential = ?1 AND holder = ?2", params![credential, holder])
             .map_err(|e| self.sql("breaking a lease", e))?;
-        warn!(credential, holder, "Broke the lease of a process that is gone.");
-        Ok(())
+        if changed == 1 {
+            warn!(credential, holder, "Broke the lease of a holder that is gone.");
+        }
+        Ok(changed == 1)
     }
 
     // ---- private helpers ----

@@ -279,3 +279,47 @@ fn a_run_killed_at_any_moment_is_finished_by_resume() {
     // iterations really test a resume, not a finished run.
     assert!(resumed >= 2, "only {resumed} of 4 kills interrupted the run");
 }
+
+/// The first Ctrl-C lets the credentials in flight finish and starts no new one;
+/// the run exits 4 ("resume me") with every credential in a safe state.
+#[test]
+fn ctrl_c_stops_starting_new_work_and_resume_finishes() {
+    let s = Scenario::new();
+    let creds: String = (1..=6).map(|i| format!("  - {{ id: k{i}, provider: keys, account: a{i}, vault_path: PREFIX/k{i} }}\n")).collect();
+    let quick = s.playbook("breach", &creds);
+    assert_eq!(s.run(&quick, &[]).0, 0);
+    let before: Vec<Value> = (1..=6).map(|i| s.vault(&format!("k{i}"))["data"]["data"].clone()).collect();
+    let slow = s.playbook_text("breach", &creds).replace("latency: 1ms", "latency: 150ms").replace("providers:\n", "defaults: { concurrency: 1 }\nproviders:\n");
+    let path = s.dir.path().join("slow.yaml");
+    std::fs::write(&path, slow).unwrap();
+    let journal = s.dir.path().join("journal.db");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["run", path.to_str().unwrap(), "--journal", journal.to_str().unwrap(), "--format", "json"])
+        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let done = summary["results"].as_array().unwrap().len();
+    assert!((1..6).contains(&done), "{done} credentials finished before the interruption took effect");
+    // Every credential is either rotated and working, or untouched and working.
+    for i in 1..=6 {
+        let data = s.vault(&format!("k{i}"))["data"]["data"].clone();
+        let keys = s.state("keys.json")["accounts"][format!("a{i}")]["keys"].as_array().unwrap().clone();
+        assert_eq!(keys.len(), 1, "k{i}: {keys:?}");
+        assert_eq!(keys[0]["secret_sha256"], digest(data["value"].as_str().unwrap()), "k{i}: Vault's value does not work");
+        let rotated = summary["results"].as_array().unwrap().iter().any(|r| r["id"] == format!("k{i}"));
+        assert_eq!(data != before[i - 1], rotated, "k{i}: changed only if it finished");
+    }
+    let out = rekey().env("VAULT_TOKEN", &s.env["VAULT_TOKEN"]).args(["resume", "--journal", journal.to_str().unwrap(), "--format", "json"]).run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for i in 1..=6 {
+        assert_ne!(s.vault(&format!("k{i}"))["data"]["data"], before[i - 1], "k{i} rotated after resume");
+    }
+}

@@ -265,6 +265,22 @@ fn lease_is_exclusive_until_released_or_expired() {
 }
 
 #[test]
+fn lease_of_a_dead_holder_can_be_seen_and_broken() {
+    let (_dir, path) = temp_journal();
+    let journal = Journal::open(&path).unwrap();
+    let run = journal.create_run(&new_run("idp")).unwrap();
+    let (dead, alive) = (Journal::new_lease_holder(), Journal::new_lease_holder());
+    assert_eq!(journal.lease_holder("billing-db").unwrap(), None);
+    assert!(journal.lease(&run, "billing-db", &dead, Duration::from_secs(600)).unwrap());
+    assert_eq!(journal.lease_holder("billing-db").unwrap(), Some((run.clone(), dead.clone())));
+
+    assert!(!journal.break_lease("billing-db", &alive).unwrap(), "only the named holder's lease is broken");
+    assert!(journal.break_lease("billing-db", &dead).unwrap());
+    assert_eq!(journal.lease_holder("billing-db").unwrap(), None);
+    assert!(journal.lease(&run, "billing-db", &alive, Duration::from_secs(600)).unwrap());
+}
+
+#[test]
 fn lease_held_by_one_connection_excludes_another() {
     let (_dir, path) = temp_journal();
     let first = Journal::open(&path).unwrap();
