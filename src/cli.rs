@@ -34,6 +34,8 @@ pub enum Command {
     Run(RunArgs),
     /// Finish an interrupted run: reconcile with the real state, then complete it.
     Resume(ResumeArgs),
+    /// Undo a finished routine-mode run (breach-mode runs are never undone).
+    Rollback(RollbackArgs),
     /// Show a run's credentials and what a human must do for quarantined ones.
     Status(StatusArgs),
     /// Print the JSON Schema of playbooks (for editors).
@@ -115,6 +117,18 @@ pub struct StatusArgs {
 pub struct ResumeArgs {
     /// Run id (default: the latest unfinished run).
     pub run: Option<String>,
+    /// Journal file.
+    #[arg(long, env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
+    pub journal: PathBuf,
+    /// Summary format on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Run id to undo.
+    pub run: String,
     /// Journal file.
     #[arg(long, env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
     pub journal: PathBuf,

@@ -348,6 +348,50 @@ pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> 
     print_summary(&summary, args.format, io)
 }
 
+pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStatus> {
+    if !args.journal.exists() {
+        writeln!(io.stderr, "error: no journal at {}\nhelp: pass the --journal the run used", args.journal.display())?;
+        return Ok(ExitStatus::Invalid);
+    }
+    let (journal, key) = open_journal(&args.journal)?;
+    let Some(run) = journal.run(&args.run)? else {
+        writeln!(io.stderr, "error: no run `{}` in {}", args.run, args.journal.display())?;
+        return Ok(ExitStatus::Invalid);
+    };
+    if run.mode == "breach" {
+        writeln!(
+            io.stderr,
+            "error: run {} was a breach response; rolling it back would restore values the attacker may know\nhelp: rekey never restores a compromised value; rotate again (`rekey run`) to move forward",
+            run.id
+        )?;
+        return Ok(ExitStatus::Invalid);
+    }
+    if matches!(run.status, crate::journal::RunStatus::Running | crate::journal::RunStatus::Interrupted) {
+        writeln!(io.stderr, "error: run {} is {}; finish it with `rekey resume` before rolling it back", run.id, run.status)?;
+        return Ok(ExitStatus::Invalid);
+    }
+    let path = std::path::PathBuf::from(&run.playbook_path);
+    if file_sha256(&path) != run.playbook_sha256 {
+        writeln!(io.stderr, "error: {} changed since run {}; restore it to roll the run back", path.display(), run.id)?;
+        return Ok(ExitStatus::Invalid);
+    }
+    let strings = |k: &str| run.selection.get(k).and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+    let selection_args = crate::cli::SelectionArgs { compromised: strings("compromised"), tags: strings("tags"), only: strings("only") };
+    let (loaded, selection) = match load_for_run(&path, &selection_args, io)? {
+        Ok(v) => v,
+        Err(status) => return Ok(status),
+    };
+    let prepared = match prepare(&path, loaded, &selection, io)? {
+        Ok(p) => p,
+        Err(status) => return Ok(status),
+    };
+    let run_id = run.id.clone();
+    let summary = with_engine(prepared, journal, key, async |engine, waves| Ok(engine.roll_back(&run_id, waves).await?))?;
+    let status = print_summary(&summary, args.format, io)?;
+    // For a rollback, "rolled back" is success.
+    Ok(if summary.count("skipped") + summary.count("quarantined") == 0 { ExitStatus::Success } else { status })
+}
+
 pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> {
     if !args.journal.exists() {
         writeln!(io.stderr, "error: no journal at {}\nhelp: runs are recorded where `rekey run --journal` pointed (default .rekey/journal.db)", args.journal.display())?;

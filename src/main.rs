@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
         Command::Plan(args) => commands::plan(args, &mut io),
         Command::Run(args) => commands::run(args, &mut io),
         Command::Resume(args) => commands::resume(args, &mut io),
+        Command::Rollback(args) => commands::rollback(args, &mut io),
         Command::Status(args) => commands::status(args, &mut io),
         Command::Schema => commands::schema(&mut io),
         Command::Providers(args) => commands::providers(args, &mut io),

@@ -220,6 +220,45 @@ impl Engine {
         Ok(summary)
     }
 
+    /// Rolls back run `run_id` (routine mode only; the caller refuses breach mode):
+    /// rotated credentials get their previous value back, dependents first.
+    pub async fn roll_back(&self, run_id: &str, waves: &[Vec<usize>]) -> Result<RunSummary, EngineError> {
+        let rows = self.journal.lock().map_err(poisoned)?.states(run_id)?;
+        let rollback_run = {
+            let journal = self.journal.lock().map_err(poisoned)?;
+            let original = journal.run(run_id)?.ok_or_else(|| EngineError::Setup(format!("no run {run_id}")))?;
+            journal.create_run(&NewRun { selection: serde_json::json!({ "rollback_of": run_id }), ..NewRun {
+                playbook_name: original.playbook_name,
+                playbook_path: original.playbook_path,
+                playbook_sha256: original.playbook_sha256,
+                mode: original.mode,
+                selection: serde_json::Value::Null,
+                actor: original.actor,
+            } })?
+        };
+        let mut results = Vec::new();
+        for wave in waves.iter().rev() {
+            for &index in wave {
+                let credential = &self.playbook.credentials[index];
+                let Some(row) = rows.iter().find(|r| r.credential == credential.id) else { continue };
+                let Ok(Outcome::Rotated { version, .. }) = serde_json::from_value::<Outcome>(row.detail.clone()) else { continue };
+                // The old key id was recorded in the intermediate states of the run.
+                let detail = self.journal.lock().map_err(poisoned)?.intents(run_id, &credential.id)?
+                    .iter()
+                    .find(|i| i.step == "deactivate" || i.step == "revoke")
+                    .map(|i| serde_json::json!({ "old_key_id": i.detail.get("key_id") }))
+                    .unwrap_or_default();
+                let outcome = rotate::roll_back(self, &rollback_run, index, version, &detail).await?;
+                self.record_final(&rollback_run, &credential.id, &outcome)?;
+                results.push(CredentialResult { id: credential.id.clone(), outcome });
+            }
+        }
+        let summary = RunSummary { run_id: rollback_run.clone(), results, interrupted: false };
+        let status = if summary.count("quarantined") > 0 { RunStatus::Quarantined } else if summary.count("skipped") > 0 { RunStatus::Failed } else { RunStatus::Succeeded };
+        self.journal.lock().map_err(poisoned)?.finish_run(&rollback_run, status)?;
+        Ok(summary)
+    }
+
     fn record_final(&self, run_id: &str, id: &str, outcome: &Outcome) -> Result<(), EngineError> {
         let detail = serde_json::to_value(outcome).unwrap_or_default();
         self.journal.lock().map_err(poisoned)?.set_state(run_id, id, outcome.state(), &detail)?;

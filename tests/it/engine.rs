@@ -323,3 +323,33 @@ fn ctrl_c_stops_starting_new_work_and_resume_finishes() {
         assert_ne!(s.vault(&format!("k{i}"))["data"]["data"], before[i - 1], "k{i} rotated after resume");
     }
 }
+
+#[test]
+fn rollback_restores_routine_passwords_and_refuses_breach_runs() {
+    let s = Scenario::new();
+    let pb = s.playbook("routine", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n");
+    assert_eq!(s.run(&pb, &[]).0, 0);
+    let old = s.vault("db")["data"]["data"]["value"].as_str().unwrap().to_owned();
+    let (code, summary, stderr) = s.run(&pb, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let run_id = summary["run_id"].as_str().unwrap().to_owned();
+    let journal = s.dir.path().join("journal.db");
+    let out = rekey().env("VAULT_TOKEN", &s.env["VAULT_TOKEN"]).args(["rollback", &run_id, "--journal", journal.to_str().unwrap(), "--format", "json"]).run();
+    let result: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+    // The password comes back, at the provider and in Vault (as a new version).
+    assert_eq!(outcome(&result, "db"), "rolled_back", "{}", out.stderr);
+    assert_eq!(s.vault("db")["data"]["data"]["value"], old.as_str());
+    assert_eq!(s.vault("db")["data"]["metadata"]["version"], 3);
+    assert_eq!(s.state("pw.json")["accounts"]["d"]["password_sha256"], digest(&old));
+    // The dual key's old key was retired at once (no grace): roll forward only.
+    assert_eq!(outcome(&result, "api"), "skipped");
+    assert_eq!(out.code, 1);
+
+    let breach = Scenario::new();
+    let pb = breach.playbook("breach", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n");
+    let (_, summary, _) = breach.run(&pb, &[]);
+    let run_id = summary["run_id"].as_str().unwrap().to_owned();
+    let out = rekey().env("VAULT_TOKEN", &breach.env["VAULT_TOKEN"]).args(["rollback", &run_id, "--journal", breach.dir.path().join("journal.db").to_str().unwrap()]).run();
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("never restores a compromised value"), "{}", out.stderr);
+}
