@@ -218,6 +218,21 @@ fn file_sha256(path: &std::path::Path) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(path).unwrap_or_default()))
 }
 
+/// Bars on a terminal, plain lines otherwise.
+fn progress_for(pb: &playbook::Playbook, waves: &[Vec<usize>]) -> std::sync::Arc<dyn crate::engine::Progress> {
+    use std::io::IsTerminal;
+    let total: usize = waves.iter().map(Vec::len).sum();
+    if std::io::stderr().is_terminal() {
+        let mut counts: indexmap::IndexMap<String, u64> = indexmap::IndexMap::new();
+        for &i in waves.iter().flatten() {
+            *counts.entry(pb.credentials[i].provider.clone()).or_default() += 1;
+        }
+        std::sync::Arc::new(crate::progress::Bars::new(&counts))
+    } else {
+        std::sync::Arc::new(crate::progress::Lines::new(total))
+    }
+}
+
 /// Runs `work` with an engine built from `prepared`.
 fn with_engine<T>(prepared: Prepared, journal: crate::journal::Journal, key: Vec<u8>, work: impl AsyncFnOnce(&crate::engine::Engine, &[Vec<usize>]) -> Result<T>) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -247,6 +262,7 @@ fn with_engine<T>(prepared: Prepared, journal: crate::journal::Journal, key: Vec
             fingerprint_key: key,
             holder: crate::journal::Journal::new_lease_holder(),
             stop,
+            progress: progress_for(&prepared.playbook, &prepared.waves),
         };
         work(&engine, &prepared.waves).await
     })

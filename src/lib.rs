@@ -8,6 +8,7 @@ pub mod engine;
 pub mod env_vars;
 pub mod exit;
 pub mod plan;
+pub mod progress;
 pub mod playbook;
 pub mod provider;
 pub mod secret;

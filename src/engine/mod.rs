@@ -107,6 +107,22 @@ pub enum EngineError {
     Setup(String),
 }
 
+/// Where the engine reports progress (a terminal display, plain lines, nothing).
+pub trait Progress: Send + Sync {
+    /// A credential of `instance` starts its rotation.
+    fn started(&self, instance: &str, credential: &str);
+    /// It ended with `outcome`.
+    fn finished(&self, instance: &str, credential: &str, outcome: &Outcome);
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn started(&self, _: &str, _: &str) {}
+    fn finished(&self, _: &str, _: &str, _: &Outcome) {}
+}
+
 /// Everything a run needs, built by the command layer.
 pub struct Engine {
     pub playbook: Arc<Playbook>,
@@ -121,6 +137,7 @@ pub struct Engine {
     /// Set on the first Ctrl-C: no new credential starts; those in flight finish
     /// their protocol (reaching a safe state), and the run ends as interrupted.
     pub stop: Arc<std::sync::atomic::AtomicBool>,
+    pub progress: Arc<dyn Progress>,
 }
 
 impl Engine {
@@ -162,8 +179,13 @@ impl Engine {
                     if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
                         return (index, Ok(None));
                     }
-                    let outcome = rotate::rotate(self, &run_id, index).await.map(Some);
-                    (index, outcome)
+                    let credential = &self.playbook.credentials[index];
+                    self.progress.started(&credential.provider, &credential.id);
+                    let outcome = rotate::rotate(self, &run_id, index).await;
+                    if let Ok(o) = &outcome {
+                        self.progress.finished(&credential.provider, &credential.id, o);
+                    }
+                    (index, outcome.map(Some))
                 });
             }
             for (index, outcome) in futures::future::join_all(tasks).await {

@@ -1,0 +1,78 @@
+//! Progress of a run on stderr: per provider instance bars with rate and ETA on a
+//! terminal (indicatif), one plain line per finished credential otherwise.
+
+use crate::engine::{Outcome, Progress};
+use indexmap::IndexMap;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Bars, one per provider instance, with the number of its selected credentials.
+pub struct Bars {
+    bars: IndexMap<String, ProgressBar>,
+    _multi: MultiProgress,
+}
+
+impl Bars {
+    pub fn new(counts: &IndexMap<String, u64>) -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {elapsed:>4} ETA {eta:>4} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let bars = counts
+            .iter()
+            .map(|(instance, n)| {
+                let bar = multi.add(ProgressBar::new(*n));
+                bar.set_style(style.clone());
+                bar.set_prefix(instance.clone());
+                bar.enable_steady_tick(Duration::from_millis(250));
+                (instance.clone(), bar)
+            })
+            .collect();
+        Bars { bars, _multi: multi }
+    }
+}
+
+impl Progress for Bars {
+    fn started(&self, instance: &str, credential: &str) {
+        if let Some(bar) = self.bars.get(instance) {
+            bar.set_message(credential.to_owned());
+        }
+    }
+    fn finished(&self, instance: &str, credential: &str, outcome: &Outcome) {
+        if let Some(bar) = self.bars.get(instance) {
+            bar.inc(1);
+            if !matches!(outcome, Outcome::Rotated { .. }) {
+                bar.println(format!("{credential}: {}", outcome.state()));
+            }
+            if bar.position() >= bar.length().unwrap_or(0) {
+                bar.finish_with_message("done");
+            }
+        }
+    }
+}
+
+/// One line per finished credential, for logs and CI.
+pub struct Lines {
+    total: usize,
+    done: Mutex<usize>,
+}
+
+impl Lines {
+    pub fn new(total: usize) -> Lines {
+        Lines { total, done: Mutex::new(0) }
+    }
+}
+
+impl Progress for Lines {
+    fn started(&self, _: &str, _: &str) {}
+    fn finished(&self, instance: &str, credential: &str, outcome: &Outcome) {
+        let n = {
+            let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+            *done += 1;
+            *done
+        };
+        let _ = writeln!(std::io::stderr(), "rekey: [{n}/{}] {credential} ({instance}): {}", self.total, outcome.state());
+    }
+}
