@@ -78,6 +78,10 @@ pub struct PlanArgs {
     /// Exit 10 when the plan has work to do, 0 when it has none.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Also check, read-only, against Vault and the providers: Vault login and
+    /// mount, current versions, leftover staging entries, provider preflights.
+    #[arg(long)]
+    pub live: bool,
 }
 
 #[derive(Debug, Args)]

@@ -69,12 +69,89 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
         Format::Markdown => render::markdown(&plan, io.stdout),
     }
     .context("cannot write the plan to stdout")?;
-    let status = if args.detailed_exitcode && plan.totals.has_work { ExitStatus::PlanHasWork } else { ExitStatus::Success };
+    let mut status = if args.detailed_exitcode && plan.totals.has_work { ExitStatus::PlanHasWork } else { ExitStatus::Success };
+    if args.live {
+        let selected: Vec<usize> = plan.waves.iter().flat_map(|w| w.credentials.iter().map(|c| loaded.playbook.credentials.iter().position(|x| x.id == c.id).unwrap_or(0))).collect();
+        match live_checks(&loaded.playbook, &selected, io)? {
+            Ok(report) => {
+                let failed = report.iter().any(|(_, ok, _)| !ok);
+                if args.format == Format::Json {
+                    let rows: Vec<_> = report.iter().map(|(what, ok, detail)| serde_json::json!({ "check": what, "ok": ok, "detail": detail })).collect();
+                    writeln!(io.stdout, "{}", serde_json::to_string_pretty(&serde_json::json!({ "live_checks": rows }))?)?;
+                } else {
+                    writeln!(io.stdout, "\nLive checks")?;
+                    for (what, ok, detail) in &report {
+                        writeln!(io.stdout, "  {} {what}: {detail}", if *ok { "ok  " } else { "FAIL" })?;
+                    }
+                }
+                if failed {
+                    status = ExitStatus::Failure;
+                }
+            }
+            Err(s) => status = s,
+        }
+    }
     // The process ends right after this command: freeing a 100,000-credential
     // playbook piece by piece would only delay the exit (about a tenth of a second).
     drop(plan);
     std::mem::forget(loaded);
     Ok(status)
+}
+
+/// Read-only checks for `plan --live`: (what, ok, detail) rows. Changes nothing.
+fn live_checks(pb: &playbook::Playbook, selected: &[usize], io: &mut Io) -> Result<std::result::Result<Vec<(String, bool, String)>, ExitStatus>> {
+    use crate::store::SecretStore;
+    let config = match vault_config(pb, io)? {
+        Ok(c) => c,
+        Err(status) => return Ok(Err(status)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rows = runtime.block_on(async {
+        let mut rows = Vec::new();
+        let store = match crate::store::VaultStore::connect(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                rows.push(("vault".to_owned(), false, e.to_string()));
+                return rows;
+            }
+        };
+        match store.preflight().await {
+            Ok(()) => rows.push(("vault".to_owned(), true, format!("{} answers; mount `{}` is KV version 2", pb.vault.address, pb.vault.mount))),
+            Err(e) => {
+                rows.push(("vault".to_owned(), false, e.to_string()));
+                return rows;
+            }
+        }
+        match store.list(&pb.vault.staging_prefix).await {
+            Ok(runs) if runs.is_empty() => rows.push(("staging".to_owned(), true, "no leftover staging entries".to_owned())),
+            Ok(runs) => rows.push(("staging".to_owned(), false, format!("leftover staging entries of run(s) {}: finish them with `rekey resume RUN` first", runs.iter().map(|r| r.trim_end_matches('/')).collect::<Vec<_>>().join(", ")))),
+            Err(e) => rows.push(("staging".to_owned(), false, e.to_string())),
+        }
+        let mut providers: indexmap::IndexMap<String, Option<std::sync::Arc<dyn crate::provider::Provider>>> = indexmap::IndexMap::new();
+        for &i in selected {
+            let c = &pb.credentials[i];
+            match store.read(&c.vault_path).await {
+                Ok(entry) if entry.version == 0 => rows.push((format!("{} vault", c.id), true, format!("{} is new (no version yet)", c.vault_path))),
+                Ok(entry) => rows.push((format!("{} vault", c.id), true, format!("{} at version {}", c.vault_path, entry.version))),
+                Err(e) => rows.push((format!("{} vault", c.id), false, e.to_string())),
+            }
+            if c.kind == crate::provider::catalog::Kind::Manual {
+                continue;
+            }
+            let provider = providers.entry(c.provider.clone()).or_insert_with(|| pb.providers.get(&c.provider).and_then(|p| crate::provider::registry::build(p).ok())).clone();
+            let Some(provider) = provider else {
+                rows.push((format!("{} provider", c.id), false, format!("`{}` cannot run in this build; not checked", c.type_name)));
+                continue;
+            };
+            let target = crate::provider::Target { credential: &c.id, account: c.account.as_deref(), settings: &c.settings };
+            match provider.preflight(target).await {
+                Ok(()) => rows.push((format!("{} provider", c.id), true, format!("{} ready", c.provider))),
+                Err(e) => rows.push((format!("{} provider", c.id), false, e.to_string())),
+            }
+        }
+        rows
+    });
+    Ok(Ok(rows))
 }
 
 pub fn schema(io: &mut Io) -> Result<ExitStatus> {
@@ -151,7 +228,7 @@ struct Prepared {
 }
 
 fn prepare(path: &std::path::Path, loaded: playbook::Loaded, selection: &Selection, io: &mut Io) -> Result<std::result::Result<Prepared, ExitStatus>> {
-    use crate::store::{VaultConfig, VaultLogin};
+
     let pb = std::sync::Arc::new(loaded.playbook);
     let selected = plan::select::apply(&pb, selection);
     let waves = plan::order::waves(&pb, &selected.indices);
@@ -179,6 +256,16 @@ fn prepare(path: &std::path::Path, loaded: playbook::Loaded, selection: &Selecti
         writeln!(io.stderr, "help: select only runnable credentials with --only/--tag; nothing was changed")?;
         return Ok(Err(ExitStatus::Invalid));
     }
+    let vault = match vault_config(&pb, io)? {
+        Ok(v) => v,
+        Err(status) => return Ok(Err(status)),
+    };
+    Ok(Ok(Prepared { playbook: pb, waves, providers, vault }))
+}
+
+/// The Vault login from the playbook and the environment variables it names.
+fn vault_config(pb: &playbook::Playbook, io: &mut Io) -> Result<std::result::Result<crate::store::VaultConfig, ExitStatus>> {
+    use crate::store::{VaultConfig, VaultLogin};
     let login = match &pb.vault.auth {
         playbook::VaultAuth::Token { env: var } => match std::env::var(var) {
             Ok(t) if !t.trim().is_empty() => VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned())),
@@ -202,7 +289,7 @@ fn prepare(path: &std::path::Path, loaded: playbook::Loaded, selection: &Selecti
         ca_file: pb.vault.ca_file.clone().map(std::path::PathBuf::from),
         auth: login,
     };
-    Ok(Ok(Prepared { playbook: pb, waves, providers, vault }))
+    Ok(Ok(vault))
 }
 
 fn open_journal(path: &std::path::Path) -> Result<(crate::journal::Journal, Vec<u8>)> {

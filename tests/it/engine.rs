@@ -353,3 +353,22 @@ fn rollback_restores_routine_passwords_and_refuses_breach_runs() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("never restores a compromised value"), "{}", out.stderr);
 }
+
+#[test]
+fn plan_live_checks_vault_versions_staging_and_providers_without_changing_anything() {
+    let s = Scenario::new();
+    let text = s
+        .playbook_text("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n")
+        .replace(&format!("address: \"{}\" }}", s.env["VAULT_ADDR"]), &format!("address: \"{}\", staging_prefix: {}/staging }}", s.env["VAULT_ADDR"], s.prefix));
+    let path = s.dir.path().join("live.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let live = |token: &str| rekey().env("VAULT_TOKEN", token).args(["plan", path.to_str().unwrap(), "--live"]).run();
+    let out = live(&s.env["VAULT_TOKEN"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("ok   vault:") && out.stdout.contains("ok   api vault: ") && out.stdout.contains("is new") && out.stdout.contains("ok   api provider"), "{}", out.stdout);
+    assert!(s.vault("api")["data"].is_null(), "plan --live wrote to Vault");
+    let out = live("not-a-valid-token");
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stdout.contains("FAIL vault:"), "{}", out.stdout);
+    assert!(!out.stdout.contains("not-a-valid-token") && !out.stderr.contains("not-a-valid-token"), "the token leaked");
+}
