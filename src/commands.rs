@@ -350,6 +350,7 @@ fn with_engine<T>(prepared: Prepared, journal: crate::journal::Journal, key: Vec
             holder: crate::journal::Journal::new_lease_holder(),
             stop,
             progress: progress_for(&prepared.playbook, &prepared.waves),
+            pending: std::sync::Mutex::new(Vec::new()),
         };
         work(&engine, &prepared.waves).await
     })

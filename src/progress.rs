@@ -17,8 +17,11 @@ pub struct Bars {
 impl Bars {
     pub fn new(counts: &IndexMap<String, u64>) -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {elapsed:>4} ETA {eta:>4} {msg}")
+        let style = ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {rate:>9} ETA {eta:>4} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1}/s", state.per_sec());
+            })
             .progress_chars("=> ");
         let bars = counts
             .iter()

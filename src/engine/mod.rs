@@ -123,6 +123,16 @@ impl Progress for Silent {
     fn finished(&self, _: &str, _: &str, _: &Outcome) {}
 }
 
+/// A promoted credential whose old key is retired when its grace period ends.
+#[derive(Debug, Clone)]
+pub struct Retirement {
+    pub index: usize,
+    pub old_key: Option<String>,
+    pub new_key: String,
+    pub version: u64,
+    pub due: tokio::time::Instant,
+}
+
 /// Everything a run needs, built by the command layer.
 pub struct Engine {
     pub playbook: Arc<Playbook>,
@@ -138,13 +148,15 @@ pub struct Engine {
     /// their protocol (reaching a safe state), and the run ends as interrupted.
     pub stop: Arc<std::sync::atomic::AtomicBool>,
     pub progress: Arc<dyn Progress>,
+    /// Old keys waiting for their grace period to end.
+    pub pending: Mutex<Vec<Retirement>>,
 }
 
 impl Engine {
     /// Rotates the credentials at `waves` (indices into the playbook's
     /// credentials, as `plan::order::waves` returns them), recording run `new_run`.
     pub async fn run(&self, new_run: &NewRun, waves: &[Vec<usize>]) -> Result<RunSummary, EngineError> {
-        let run_id = self.journal.lock().map_err(poisoned)?.create_run(new_run)?;
+        let run_id = self.journal(|j| j.create_run(new_run))?;
         tracing::info!(run = %run_id, credentials = waves.iter().map(Vec::len).sum::<usize>(), "Run started.");
         let global = Arc::new(Semaphore::new(self.playbook.defaults.concurrency.max(1) as usize));
         let per_instance: IndexMap<String, Arc<Semaphore>> = self
@@ -192,16 +204,36 @@ impl Engine {
                 let id = self.playbook.credentials[index].id.clone();
                 // Not started because of Ctrl-C: left for `rekey resume`.
                 let Some(outcome) = outcome? else { continue };
-                self.record_final(&run_id, &id, &outcome)?;
+                // In its grace period the credential is not final yet: its old key
+                // still has to go (and `resume` would finish that after a crash).
+                let waiting = self.pending.lock().map_err(poisoned)?.iter().any(|r| r.index == index);
+                if !waiting {
+                    self.record_final(&run_id, &id, &outcome)?;
+                }
                 results.push(CredentialResult { id, outcome });
             }
             if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
             }
         }
+        // Grace periods end: retire old keys, earliest first.
+        let mut pending = std::mem::take(&mut *self.pending.lock().map_err(poisoned)?);
+        pending.sort_by_key(|r| r.due);
+        for r in &pending {
+            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                break; // `rekey resume` retires the rest.
+            }
+            tokio::time::sleep_until(r.due).await;
+            let id = self.playbook.credentials[r.index].id.clone();
+            let outcome = rotate::retire(self, &run_id, r).await?;
+            self.record_final(&run_id, &id, &outcome)?;
+            if let Some(slot) = results.iter_mut().find(|x| x.id == id) {
+                slot.outcome = outcome;
+            }
+        }
         let interrupted = self.stop.load(std::sync::atomic::Ordering::SeqCst);
         let summary = RunSummary { run_id: run_id.clone(), results, interrupted };
-        self.journal.lock().map_err(poisoned)?.finish_run(&run_id, summary.status())?;
+        self.journal(|j| j.finish_run(&run_id, summary.status()))?;
         tracing::info!(run = %run_id, status = %summary.status(), "Run finished.");
         Ok(summary)
     }
@@ -237,7 +269,7 @@ impl Engine {
             }
         }
         let summary = RunSummary { run_id: run_id.to_owned(), results, interrupted: false };
-        self.journal.lock().map_err(poisoned)?.finish_run(run_id, summary.status())?;
+        self.journal(|j| j.finish_run(run_id, summary.status()))?;
         tracing::info!(run = %run_id, status = %summary.status(), "Resumed run finished.");
         Ok(summary)
     }
@@ -245,7 +277,7 @@ impl Engine {
     /// Rolls back run `run_id` (routine mode only; the caller refuses breach mode):
     /// rotated credentials get their previous value back, dependents first.
     pub async fn roll_back(&self, run_id: &str, waves: &[Vec<usize>]) -> Result<RunSummary, EngineError> {
-        let rows = self.journal.lock().map_err(poisoned)?.states(run_id)?;
+        let rows = self.journal(|j| j.states(run_id))?;
         let rollback_run = {
             let journal = self.journal.lock().map_err(poisoned)?;
             let original = journal.run(run_id)?.ok_or_else(|| EngineError::Setup(format!("no run {run_id}")))?;
@@ -277,14 +309,28 @@ impl Engine {
         }
         let summary = RunSummary { run_id: rollback_run.clone(), results, interrupted: false };
         let status = if summary.count("quarantined") > 0 { RunStatus::Quarantined } else if summary.count("skipped") > 0 { RunStatus::Failed } else { RunStatus::Succeeded };
-        self.journal.lock().map_err(poisoned)?.finish_run(&rollback_run, status)?;
+        self.journal(|j| j.finish_run(&rollback_run, status))?;
         Ok(summary)
     }
 
     fn record_final(&self, run_id: &str, id: &str, outcome: &Outcome) -> Result<(), EngineError> {
         let detail = serde_json::to_value(outcome).unwrap_or_default();
-        self.journal.lock().map_err(poisoned)?.set_state(run_id, id, outcome.state(), &detail)?;
+        self.journal(|j| j.set_state(run_id, id, outcome.state(), &detail))?;
         Ok(())
+    }
+
+    /// Runs `f` on the journal. Journal writes fsync (intents must survive a power
+    /// cut); `block_in_place` lets the runtime move other tasks off this worker
+    /// meanwhile, instead of stalling them behind the disk.
+    pub(crate) fn journal<T>(&self, f: impl FnOnce(&Journal) -> Result<T, JournalError>) -> Result<T, EngineError> {
+        let call = || -> Result<T, EngineError> {
+            let journal = self.journal.lock().map_err(poisoned)?;
+            Ok(f(&journal)?)
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
+            _ => call(),
+        }
     }
 
     pub(crate) fn breach(&self) -> bool {

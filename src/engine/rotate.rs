@@ -24,7 +24,8 @@ pub(super) async fn rotate(engine: &Engine, run: &str, index: usize) -> Result<O
         });
     };
     let holder = engine.holder.clone();
-    if !engine.journal.lock().map_err(super::poisoned)?.lease(run, &credential.id, &holder, engine.tuning.lease)? {
+    // The lease outlives the grace period: the old key is retired at its end.
+    if !engine.journal(|j| j.lease(run, &credential.id, &holder, engine.tuning.lease + credential.grace))? {
         return Ok(Outcome::Skipped { reason: "another rekey process holds this credential".into() });
     }
     let ctx = Ctx { engine, run, credential, provider };
@@ -33,7 +34,7 @@ pub(super) async fn rotate(engine: &Engine, run: &str, index: usize) -> Result<O
         Kind::Single => ctx.single().await,
         Kind::Manual => Ok(Outcome::AwaitingOperator { instructions: credential.instructions.clone().unwrap_or_default() }),
     };
-    engine.journal.lock().map_err(super::poisoned)?.release(run, &credential.id, &holder)?;
+    engine.journal(|j| j.release(run, &credential.id, &holder))?;
     outcome
 }
 
@@ -112,7 +113,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn state(&self, state: &str, detail: Value) -> Result<(), EngineError> {
-        self.engine.journal.lock().map_err(super::poisoned)?.set_state(self.run, &self.credential.id, state, &detail)?;
+        self.engine.journal(|j| j.set_state(self.run, &self.credential.id, state, &detail))?;
         Ok(())
     }
 
@@ -124,7 +125,7 @@ impl<'a> Ctx<'a> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Failure> + RetryHint,
     {
-        let intent = self.engine.journal.lock().map_err(super::poisoned)?.intent(self.run, &self.credential.id, step, &detail)?;
+        let intent = self.engine.journal(|j| j.intent(self.run, &self.credential.id, step, &detail))?;
         let tuning = &self.engine.tuning;
         let mut delay = tuning.backoff;
         let mut attempt = 1;
@@ -151,7 +152,7 @@ impl<'a> Ctx<'a> {
             Ok(_) => Recorded::Ok,
             Err(f) => Recorded::Failed { kind: f.kind.into(), message: f.message.clone() },
         };
-        self.engine.journal.lock().map_err(super::poisoned)?.outcome(intent, recorded, &json!({ "attempts": attempt }))?;
+        self.engine.journal(|j| j.outcome(intent, recorded, &json!({ "attempts": attempt })))?;
         Ok(result)
     }
 
@@ -335,13 +336,32 @@ impl<'a> Ctx<'a> {
                 });
             }
         };
-        self.state("promoted", json!({ "new_key_id": issued.key_id, "old_key_id": old_key, "version": version }))?;
+        // When the old key may go: after a crash, resume waits out the rest of the
+        // grace period instead of cutting consumers off early.
+        let retire_after = SystemTime::now().checked_add(self.credential.grace).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0);
+        self.state("promoted", json!({ "new_key_id": issued.key_id, "old_key_id": old_key, "version": version, "retire_after": retire_after }))?;
 
-        // Grace: consumers pick up the new value (zero in breach mode).
+        // Grace: consumers pick up the new value (zero in breach mode). The wait
+        // happens after every wave, without holding a concurrency slot, so
+        // dependents go on as soon as this value is promoted.
         if !self.credential.grace.is_zero() {
-            tokio::time::sleep(self.credential.grace).await;
+            let due = tokio::time::Instant::now() + self.credential.grace;
+            self.engine.pending.lock().map_err(super::poisoned)?.push(super::Retirement { index: self.index(), old_key: old_key.clone(), new_key: issued.key_id.clone(), version, due });
+            return Ok(Outcome::Rotated { key_id: Some(issued.key_id), version });
         }
-        if let Some(old) = &old_key {
+        self.retire(old_key.as_deref(), &issued.key_id, version).await
+    }
+
+    fn index(&self) -> usize {
+        self.engine.playbook.credentials.iter().position(|c| c.id == self.credential.id).unwrap_or(0)
+    }
+
+    /// Deactivates then deletes the old key, clears staging.
+    async fn retire(&self, old_key: Option<&str>, new_key: &str, version: u64) -> Result<Outcome, EngineError> {
+        let id = &self.credential.id;
+        let provider = self.provider.clone();
+        let target = self.target();
+        if let Some(old) = old_key {
             if let Err(f) = self.step("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await? {
                 tracing::warn!(credential = %id, "Could not deactivate the old key {old}: {}", f.message);
             }
@@ -354,8 +374,8 @@ impl<'a> Ctx<'a> {
             }
         }
         self.clear_staging().await?;
-        self.state("retired", json!({ "new_key_id": issued.key_id, "old_key_id": old_key }))?;
-        Ok(Outcome::Rotated { key_id: Some(issued.key_id), version })
+        self.state("retired", json!({ "new_key_id": new_key, "old_key_id": old_key }))?;
+        Ok(Outcome::Rotated { key_id: Some(new_key.to_owned()), version })
     }
 
     /// Before promotion nothing visible changed: revoking the new key and clearing
@@ -488,8 +508,14 @@ impl Ctx<'_> {
         let old_key = detail.get("old_key_id").and_then(Value::as_str).map(str::to_owned);
         let recorded_version = detail.get("vault_version").and_then(Value::as_u64);
 
-        // Promoted already: only the old key's retirement may be missing.
+        // Promoted already: only the old key's retirement may be missing, once the
+        // grace period that was running when the process died is over.
         if let Some(promoted) = current.fields.get("key_id").filter(|k| ours.iter().any(|o| &&o.id == k)) {
+            let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            if let Some(left) = detail.get("retire_after").and_then(Value::as_u64).filter(|t| *t > now).map(|t| t - now) {
+                tracing::info!(credential = %id, seconds = left, "Waiting out the rest of the grace period before retiring the old key.");
+                tokio::time::sleep(Duration::from_secs(left)).await;
+            }
             for stray in ours.iter().filter(|k| &k.id != promoted) {
                 let _ = self.step("revoke_orphan", json!({ "key_id": stray.id }), || provider.revoke(target, &stray.id)).await?;
             }
@@ -603,6 +629,16 @@ impl Ctx<'_> {
             action: format!("check the account at `{}` by hand; the staged value is in Vault at {}/{}", self.credential.provider, self.engine.playbook.vault.mount, self.staging_path()),
         }))
     }
+}
+
+/// Retires the old key of a credential whose grace period is over.
+pub(super) async fn retire(engine: &Engine, run: &str, r: &super::Retirement) -> Result<Outcome, EngineError> {
+    let credential = &engine.playbook.credentials[r.index];
+    let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
+        return Ok(Outcome::Rotated { key_id: Some(r.new_key.clone()), version: r.version });
+    };
+    let ctx = Ctx { engine, run, credential, provider };
+    ctx.retire(r.old_key.as_deref(), &r.new_key, r.version).await
 }
 
 /// Undoes one rotated credential of a routine-mode run: the previous value goes

@@ -372,3 +372,34 @@ fn plan_live_checks_vault_versions_staging_and_providers_without_changing_anythi
     assert!(out.stdout.contains("FAIL vault:"), "{}", out.stdout);
     assert!(!out.stdout.contains("not-a-valid-token") && !out.stderr.contains("not-a-valid-token"), "the token leaked");
 }
+
+/// Routine mode: during the grace period both keys work and Vault already holds the
+/// new one (consumers switch over); the old key goes when the grace period ends.
+#[test]
+fn routine_grace_keeps_the_old_key_working_until_it_ends() {
+    let s = Scenario::new();
+    let creds = "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api, grace: 2s }\n  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, depends_on: [api] }\n";
+    let pb = s.playbook("routine", creds);
+    assert_eq!(s.run(&pb, &[]).0, 0);
+    let old_key = s.vault("api")["data"]["data"]["key_id"].as_str().unwrap().to_owned();
+    let journal = s.dir.path().join("journal.db");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["run", &pb, "--journal", journal.to_str().unwrap()])
+        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // In the grace period: Vault has the new key, the old one still exists, and the
+    // dependent credential did not wait for the grace period to end.
+    let keys = s.state("keys.json")["accounts"]["a"]["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2, "both keys during the grace period: {keys:?}");
+    assert_ne!(s.vault("api")["data"]["data"]["key_id"], old_key.as_str());
+    assert_eq!(s.vault("db")["data"]["metadata"]["version"], 2, "the dependent rotated during the grace period");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let keys = s.state("keys.json")["accounts"]["a"]["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 1, "the old key is gone after the grace period");
+    assert_ne!(keys[0]["id"], old_key.as_str());
+}
