@@ -74,6 +74,23 @@ fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>)
     serde_json::from_str(json).unwrap_or(Value::Null)
 }
 
+/// Waits (up to 30 s) until the latest run in `journal` satisfies `ready`: tests
+/// act on what the run has done, not on how long it has been running.
+fn wait_for_journal(journal: &Path, ready: impl Fn(&rekey::journal::Journal, &str) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Ok(j) = rekey::journal::Journal::open(journal) {
+            if let Some(run) = j.runs().ok().and_then(|r| r.into_iter().next()) {
+                if ready(&j, &run.id) {
+                    return;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the run never reached the expected point");
+}
+
 fn digest(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
 }
@@ -190,7 +207,7 @@ fn a_vault_path_changed_out_of_band_is_quarantined_not_overwritten() {
         .unwrap();
     // The run reads the path first, then spends over 2 s at the provider
     // (list, create, verify at 700 ms each): write in between, as a colleague would.
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    wait_for_journal(&journal, |j, run| j.intents(run, "api").is_ok_and(|i| i.iter().any(|x| x.step == "create")));
     http(&s.env["VAULT_ADDR"], "POST", &format!("/v1/secret/data/{}/api", s.prefix), &s.env["VAULT_TOKEN"], Some(&serde_json::json!({ "data": { "value": "set-by-a-colleague" } })));
     let out = child.wait_with_output().unwrap();
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -300,7 +317,7 @@ fn ctrl_c_stops_starting_new_work_and_resume_finishes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(900));
+    wait_for_journal(&journal, |j, run| j.run(run).is_ok_and(|r| r.is_some_and(|r| r.status == rekey::journal::RunStatus::Running)) && j.states(run).is_ok_and(|s| s.iter().any(|x| x.state == "retired")));
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
@@ -378,7 +395,7 @@ fn plan_live_checks_vault_versions_staging_and_providers_without_changing_anythi
 #[test]
 fn routine_grace_keeps_the_old_key_working_until_it_ends() {
     let s = Scenario::new();
-    let creds = "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api, grace: 2s }\n  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, depends_on: [api] }\n";
+    let creds = "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api, grace: 4s }\n  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, depends_on: [api] }\n";
     let pb = s.playbook("routine", creds);
     assert_eq!(s.run(&pb, &[]).0, 0);
     let old_key = s.vault("api")["data"]["data"]["key_id"].as_str().unwrap().to_owned();
@@ -390,7 +407,8 @@ fn routine_grace_keeps_the_old_key_working_until_it_ends() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // Once the dependent is done (it waits for api's promotion, not its grace):
+    wait_for_journal(&journal, |j, run| j.run(run).is_ok_and(|r| r.is_some_and(|r| r.status == rekey::journal::RunStatus::Running)) && j.states(run).is_ok_and(|s| s.iter().any(|x| x.credential == "db" && x.state == "rotated")));
     // In the grace period: Vault has the new key, the old one still exists, and the
     // dependent credential did not wait for the grace period to end.
     let keys = s.state("keys.json")["accounts"]["a"]["keys"].as_array().unwrap().clone();
