@@ -45,7 +45,9 @@ struct Measured {
 /// Runs a command to completion and reads its peak RSS from wait4's rusage.
 fn measure(mut cmd: Command) -> Measured {
     let start = Instant::now();
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Reaped below with wait4, which also gives the rusage.
+    #[allow(clippy::zombie_processes)]
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

@@ -98,8 +98,11 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
     Ok(status)
 }
 
-/// Read-only checks for `plan --live`: (what, ok, detail) rows. Changes nothing.
-fn live_checks(pb: &playbook::Playbook, selected: &[usize], io: &mut Io) -> Result<std::result::Result<Vec<(String, bool, String)>, ExitStatus>> {
+/// One live check: what was checked, whether it passed, and what was found.
+type CheckRow = (String, bool, String);
+
+/// Read-only checks for `plan --live`. Changes nothing.
+fn live_checks(pb: &playbook::Playbook, selected: &[usize], io: &mut Io) -> Result<std::result::Result<Vec<CheckRow>, ExitStatus>> {
     use crate::store::SecretStore;
     let config = match vault_config(pb, io)? {
         Ok(c) => c,
@@ -518,11 +521,10 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
     writeln!(io.stdout, "Run {} ({}, {} mode): {}; started {}", run.id, run.playbook_name, run.mode, run.status, run.started_at)?;
     for s in &states {
         writeln!(io.stdout, "  {:<24} {}", s.credential, s.state)?;
-        if s.state == "quarantined" {
-            if let (Some(reason), Some(action)) = (s.detail.get("reason").and_then(|v| v.as_str()), s.detail.get("action").and_then(|v| v.as_str())) {
+        if s.state == "quarantined"
+            && let (Some(reason), Some(action)) = (s.detail.get("reason").and_then(|v| v.as_str()), s.detail.get("action").and_then(|v| v.as_str())) {
                 writeln!(io.stdout, "      why: {reason}\n      to do: {action}")?;
             }
-        }
     }
     Ok(ExitStatus::Success)
 }

@@ -253,12 +253,11 @@ impl Engine {
             for &index in wave {
                 let credential = &self.playbook.credentials[index];
                 let last = rows.iter().find(|r| r.credential == credential.id);
-                if let Some(done) = last.and_then(|r| serde_json::from_value::<Outcome>(r.detail.clone()).ok()) {
-                    if !matches!(done, Outcome::AwaitingOperator { .. }) {
+                if let Some(done) = last.and_then(|r| serde_json::from_value::<Outcome>(r.detail.clone()).ok())
+                    && !matches!(done, Outcome::AwaitingOperator { .. }) {
                         results.push(CredentialResult { id: credential.id.clone(), outcome: done });
                         continue;
                     }
-                }
                 let failed_dep = credential.depends_on.iter().find(|d| results.iter().any(|r| &r.id == *d && !matches!(r.outcome, Outcome::Rotated { .. })));
                 let outcome = match failed_dep {
                     Some(dep) => Outcome::Skipped { reason: format!("dependency `{dep}` did not rotate") },

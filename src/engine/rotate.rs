@@ -286,14 +286,13 @@ impl<'a> Ctx<'a> {
             Ok(k) => k,
             Err(f) => return Ok(Outcome::RolledBack { reason: format!("cannot list keys: {}", f.message) }),
         };
-        if let Some(stray) = keys.iter().find(|k| !k.active && Some(&k.id) != old_key.as_ref()) {
-            if keys.len() >= 2 {
+        if let Some(stray) = keys.iter().find(|k| !k.active && Some(&k.id) != old_key.as_ref())
+            && keys.len() >= 2 {
                 let stray_id = stray.id.clone();
                 if let Err(f) = self.step("revoke_stray", json!({ "key_id": stray_id }), || provider.revoke(target, &stray_id)).await? {
                     return Ok(Outcome::RolledBack { reason: format!("quota full and the inactive key {stray_id} could not be deleted: {}", f.message) });
                 }
             }
-        }
 
         self.state("creating", json!({ "old_key_id": old_key, "vault_version": current.version }))?;
         let tag = format!("rekey:{}:{id}", self.run);
@@ -534,8 +533,8 @@ impl Ctx<'_> {
             Ok(e) => e,
             Err(_) => Entry { version: 0, value: None, fields: Default::default(), custom_metadata: Default::default() },
         };
-        if let (Some(value), Some(key_id)) = (staged.value.clone(), staged.fields.get("key_id").cloned()) {
-            if ours.iter().any(|k| k.id == key_id && k.active) && matches!(self.verify(Some(&key_id), &value).await?, Ok(true)) {
+        if let (Some(value), Some(key_id)) = (staged.value.clone(), staged.fields.get("key_id").cloned())
+            && ours.iter().any(|k| k.id == key_id && k.active) && matches!(self.verify(Some(&key_id), &value).await?, Ok(true)) {
                 let cas = recorded_version.unwrap_or(current.version);
                 let fields = self.fields(Some(&key_id));
                 match self.promote(&value, &fields, cas).await? {
@@ -563,7 +562,6 @@ impl Ctx<'_> {
                     Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("could not promote the staged key: {}", f.message), action: "run `rekey resume` again".into() })),
                 }
             }
-        }
 
         // Anything else this run created is an orphan: a key created but never
         // safely stored, or one that does not work. Revoke it and start over.

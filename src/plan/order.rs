@@ -18,12 +18,11 @@ pub fn waves(playbook: &Playbook, selected: &[usize]) -> Vec<Vec<usize>> {
     let mut edges: Vec<(u32, u32)> = Vec::new();
     for &i in selected {
         for dep in &credentials[i].depends_on {
-            if let Some(&d) = index.get(dep.as_str()) {
-                if d != i && chosen[d] {
+            if let Some(&d) = index.get(dep.as_str())
+                && d != i && chosen[d] {
                     indegree[i] += 1;
                     edges.push((d as u32, i as u32));
                 }
-            }
         }
     }
     let mut start = vec![0u32; credentials.len() + 1];

@@ -11,7 +11,7 @@ use std::time::Duration;
 fn eta(seconds: f64) -> String {
     // Estimates beyond a century say so instead of overflowing a Duration.
     const CENTURY: f64 = 100.0 * 365.0 * 86400.0;
-    if !(seconds < CENTURY) {
+    if seconds.is_nan() || seconds >= CENTURY {
         return "more than 100 years".to_owned();
     }
     format_duration(Duration::from_secs_f64(seconds.max(0.0)))

@@ -258,11 +258,7 @@ fn schema_at(pointer: &str) -> Option<&'static Value> {
             props
         } else if let Some(items) = schema.get("items") {
             items
-        } else if let Some(extra) = schema.get("additionalProperties").filter(|v| v.is_object()) {
-            extra
-        } else {
-            return None;
-        };
+        } else { schema.get("additionalProperties").filter(|v| v.is_object())? };
         schema = resolve(root, next)?;
     }
     Some(schema)

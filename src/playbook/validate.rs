@@ -546,8 +546,8 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
             None
         };
 
-        if let Some((type_name, kind)) = instance {
-            if let Some(t) = catalog.get(type_name) {
+        if let Some((type_name, kind)) = instance
+            && let Some(t) = catalog.get(type_name) {
                 if t.account == Need::Required && c.account.as_deref().is_none_or(|a| a.trim().is_empty()) {
                     cx.push(Diagnostic::error(format!("credential `{}` needs an `account` (the {} account to rotate)", c.id, t.name), cx.at(&format!("{base}/id")))
                         .help("add `account: <user, role or key name at the provider>`"));
@@ -556,7 +556,6 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
                     cx.push(Diagnostic::warning(format!("`instructions` only apply to manual credentials; `{}` is rotated by `{}`", c.id, type_name), cx.key_at(&format!("{base}/instructions"))).help("remove `instructions`, or use `provider: manual`"));
                 }
             }
-        }
         let settings = match instance.and_then(|(type_name, _)| catalog.get(type_name)) {
             Some(t) if !c.settings.is_empty() || t.credential_settings.values().any(|s| s.required || s.default.is_some()) => {
                 validate_settings(cx, &c.settings, &t.credential_settings, &format!("{base}/settings"), &t.name)

@@ -529,25 +529,22 @@ fn resolve_plain(cow: Cow<'_, str>) -> Value<'_> {
             Err(_) => Value::Str(cow),
         };
     }
-    if let Some(hex) = text.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
+    if let Some(hex) = text.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16) {
             return Value::Int(i);
         }
-    }
-    if let Some(oct) = text.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
+    if let Some(oct) = text.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8) {
             return Value::Int(i);
         }
-    }
     // Floats: digits with a dot and/or an exponent (Rust's parser also takes "inf"
     // and "nan", which YAML spells differently and which we keep as strings).
     let is_float = digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
         && digits.bytes().any(|b| b.is_ascii_digit());
-    if is_float {
-        if let Ok(f) = text.parse::<f64>() {
+    if is_float
+        && let Ok(f) = text.parse::<f64>() {
             return Value::Float(f);
         }
-    }
     Value::Str(cow)
 }
 

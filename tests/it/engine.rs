@@ -79,13 +79,11 @@ fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>)
 fn wait_for_journal(journal: &Path, ready: impl Fn(&rekey::journal::Journal, &str) -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
-        if let Ok(j) = rekey::journal::Journal::open(journal) {
-            if let Some(run) = j.runs().ok().and_then(|r| r.into_iter().next()) {
-                if ready(&j, &run.id) {
+        if let Ok(j) = rekey::journal::Journal::open(journal)
+            && let Some(run) = j.runs().ok().and_then(|r| r.into_iter().next())
+                && ready(&j, &run.id) {
                     return;
                 }
-            }
-        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     panic!("the run never reached the expected point");
@@ -238,7 +236,7 @@ fn no_secret_value_reaches_the_journal_or_the_output() {
 fn run_refuses_provider_types_it_cannot_drive_before_changing_anything() {
     let s = Scenario::new();
     let pb = s.playbook_text("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n").replace("credentials:\n", "  pg: { type: postgres, settings: { host: db }, admin: { env: PG_ADMIN } }\ncredentials:\n  - { id: db, provider: pg, account: x, vault_path: PREFIX/db }\n");
-    std::fs::write(&pb_path(&s), &pb).unwrap();
+    std::fs::write(pb_path(&s), &pb).unwrap();
     let (code, _, stderr) = s.run(pb_path(&s).to_str().unwrap(), &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("`postgres`") && stderr.contains("nothing was changed"), "{stderr}");

@@ -105,11 +105,10 @@ impl Sandbox {
         if target.settings.get("fail").and_then(|v| v.as_str()) == Some(op) {
             return Err(ProviderError::Fatal(format!("sandbox: injected failure of `{op}` for {}", target.credential)));
         }
-        if let Some(p) = self.failure_rate.get(op) {
-            if rand::random::<f64>() < *p {
+        if let Some(p) = self.failure_rate.get(op)
+            && rand::random::<f64>() < *p {
                 return Err(ProviderError::Transient(format!("sandbox: injected transient failure of `{op}`")));
             }
-        }
         Ok(())
     }
 
