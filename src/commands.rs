@@ -354,6 +354,7 @@ fn with_engine<T>(prepared: Prepared, journal: crate::journal::Journal, key: Vec
             stop,
             progress: progress_for(&prepared.playbook, &prepared.waves),
             pending: std::sync::Mutex::new(Vec::new()),
+            limits: prepared.playbook.providers.iter().map(|(name, p)| (name.clone(), std::sync::Arc::new(crate::engine::limits::InstanceLimit::new(p.rate)))).collect(),
         };
         work(&engine, &prepared.waves).await
     })

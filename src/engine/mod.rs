@@ -7,6 +7,7 @@
 //! Invariant: no secret value reaches the journal, a log line or an error message:
 //! only key ids, Vault versions and HMAC fingerprints.
 
+pub mod limits;
 mod rotate;
 
 use crate::journal::{Journal, JournalError, NewRun, RunStatus};
@@ -150,6 +151,8 @@ pub struct Engine {
     pub progress: Arc<dyn Progress>,
     /// Old keys waiting for their grace period to end.
     pub pending: Mutex<Vec<Retirement>>,
+    /// Rate limit per provider instance (see `limits`).
+    pub limits: IndexMap<String, Arc<limits::InstanceLimit>>,
 }
 
 impl Engine {
@@ -196,6 +199,18 @@ impl Engine {
                     let outcome = rotate::rotate(self, &run_id, index).await;
                     if let Ok(o) = &outcome {
                         self.progress.finished(&credential.provider, &credential.id, o);
+                        // Recorded as soon as it ends, so a crash later in the wave
+                        // does not make resume look at it again. In its grace period a
+                        // credential is not final yet: its old key still has to go.
+                        let waiting = match self.pending.lock() {
+                            Ok(p) => p.iter().any(|r| r.index == index),
+                            Err(_) => false,
+                        };
+                        if !waiting {
+                            if let Err(e) = self.record_final(&run_id, &credential.id, o) {
+                                return (index, Err(e));
+                            }
+                        }
                     }
                     (index, outcome.map(Some))
                 });
@@ -204,12 +219,6 @@ impl Engine {
                 let id = self.playbook.credentials[index].id.clone();
                 // Not started because of Ctrl-C: left for `rekey resume`.
                 let Some(outcome) = outcome? else { continue };
-                // In its grace period the credential is not final yet: its old key
-                // still has to go (and `resume` would finish that after a crash).
-                let waiting = self.pending.lock().map_err(poisoned)?.iter().any(|r| r.index == index);
-                if !waiting {
-                    self.record_final(&run_id, &id, &outcome)?;
-                }
                 results.push(CredentialResult { id, outcome });
             }
             if self.stop.load(std::sync::atomic::Ordering::SeqCst) {

@@ -156,6 +156,31 @@ impl<'a> Ctx<'a> {
         Ok(result)
     }
 
+    /// A provider call: every attempt waits for the instance's rate limit, and a
+    /// rate-limited answer pauses the whole instance.
+    async fn pstep<T, F, Fut>(&self, step: &str, detail: Value, mut call: F) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        let limit = self.engine.limits.get(&self.credential.provider).cloned();
+        self.step(step, detail, move || {
+            let request = call();
+            let limit = limit.clone();
+            async move {
+                if let Some(l) = &limit {
+                    l.acquire().await;
+                }
+                let result = request.await;
+                if let (Err(ProviderError::RateLimited { retry_after, .. }), Some(l)) = (&result, &limit) {
+                    l.throttle(*retry_after);
+                }
+                result
+            }
+        })
+        .await
+    }
+
     /// Authenticates with the new value, with backoff: some providers take a
     /// moment before a new credential works.
     async fn verify(&self, key_id: Option<&str>, secret: &Secret) -> Result<Result<bool, Failure>, EngineError> {
@@ -168,7 +193,7 @@ impl<'a> Ctx<'a> {
         let mut delay = self.engine.tuning.backoff;
         let mut last = Ok(false);
         for attempt in 1..=attempts {
-            last = self.step("verify", json!({ "key_id": key_id, "attempt": attempt }), || provider.verify(target, key_id, secret)).await?;
+            last = self.pstep("verify", json!({ "key_id": key_id, "attempt": attempt }), || provider.verify(target, key_id, secret)).await?;
             match &last {
                 Ok(true) => break,
                 Ok(false) | Err(_) if attempt < attempts => {
@@ -282,21 +307,21 @@ impl<'a> Ctx<'a> {
         let target = self.target();
 
         // Quota: make room by deleting an inactive stray, never the current key.
-        let keys = match self.step("list", json!({}), || provider.list(target)).await? {
+        let keys = match self.pstep("list", json!({}), || provider.list(target)).await? {
             Ok(k) => k,
             Err(f) => return Ok(Outcome::RolledBack { reason: format!("cannot list keys: {}", f.message) }),
         };
         if let Some(stray) = keys.iter().find(|k| !k.active && Some(&k.id) != old_key.as_ref())
             && keys.len() >= 2 {
                 let stray_id = stray.id.clone();
-                if let Err(f) = self.step("revoke_stray", json!({ "key_id": stray_id }), || provider.revoke(target, &stray_id)).await? {
+                if let Err(f) = self.pstep("revoke_stray", json!({ "key_id": stray_id }), || provider.revoke(target, &stray_id)).await? {
                     return Ok(Outcome::RolledBack { reason: format!("quota full and the inactive key {stray_id} could not be deleted: {}", f.message) });
                 }
             }
 
         self.state("creating", json!({ "old_key_id": old_key, "vault_version": current.version }))?;
         let tag = format!("rekey:{}:{id}", self.run);
-        let issued = match self.step("create", json!({ "tag": tag }), || provider.create(target, &tag)).await? {
+        let issued = match self.pstep("create", json!({ "tag": tag }), || provider.create(target, &tag)).await? {
             Ok(i) => i,
             Err(f) => return Ok(Outcome::RolledBack { reason: format!("create failed: {}", f.message) }),
         };
@@ -361,10 +386,10 @@ impl<'a> Ctx<'a> {
         let provider = self.provider.clone();
         let target = self.target();
         if let Some(old) = old_key {
-            if let Err(f) = self.step("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await? {
+            if let Err(f) = self.pstep("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await? {
                 tracing::warn!(credential = %id, "Could not deactivate the old key {old}: {}", f.message);
             }
-            if let Err(f) = self.step("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
+            if let Err(f) = self.pstep("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
                 self.clear_staging().await?;
                 return Ok(Outcome::Quarantined {
                     reason: format!("the new key is promoted, but the old key {old} could not be deleted: {}", f.message),
@@ -382,7 +407,7 @@ impl<'a> Ctx<'a> {
     async fn undo_new_key(&self, key_id: &str, reason: String) -> Result<Outcome, EngineError> {
         let provider = self.provider.clone();
         let target = self.target();
-        let revoked = self.step("rollback_revoke_new", json!({ "key_id": key_id }), || provider.revoke(target, key_id)).await?;
+        let revoked = self.pstep("rollback_revoke_new", json!({ "key_id": key_id }), || provider.revoke(target, key_id)).await?;
         self.clear_staging().await?;
         Ok(match revoked {
             Ok(()) => Outcome::RolledBack { reason },
@@ -411,10 +436,10 @@ impl<'a> Ctx<'a> {
 
         let provider = self.provider.clone();
         let target = self.target();
-        let changed = self.step("change", json!({ "fingerprint": self.fingerprint(&new) }), || provider.change(target, &new)).await?;
+        let changed = self.pstep("change", json!({ "fingerprint": self.fingerprint(&new) }), || provider.change(target, &new)).await?;
         if let Err(f) = changed {
             // Did the change happen anyway? Ask the provider rather than guess.
-            let took = matches!(self.step("probe_new", json!({}), || provider.verify(target, None, &new)).await?, Ok(true));
+            let took = matches!(self.pstep("probe_new", json!({}), || provider.verify(target, None, &new)).await?, Ok(true));
             if !took {
                 self.clear_staging().await?;
                 return Ok(Outcome::RolledBack { reason: format!("change failed: {}", f.message) });
@@ -458,7 +483,7 @@ impl<'a> Ctx<'a> {
         let _ = new;
         let provider = self.provider.clone();
         let target = self.target();
-        match self.step("rollback_change", json!({ "fingerprint": self.fingerprint(&old) }), || provider.change(target, &old)).await? {
+        match self.pstep("rollback_change", json!({ "fingerprint": self.fingerprint(&old) }), || provider.change(target, &old)).await? {
             Ok(()) => {
                 self.clear_staging().await?;
                 Ok(Outcome::RolledBack { reason: "the new password did not verify; the previous one was set again".into() })
@@ -498,7 +523,7 @@ impl Ctx<'_> {
             Ok(c) => c,
             Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot read {} to resume: {}", self.credential.vault_path, f.message), action: "run `rekey resume` again once Vault answers".into() })),
         };
-        let keys = match self.step("list", json!({ "resume": true }), || provider.list(target)).await? {
+        let keys = match self.pstep("list", json!({ "resume": true }), || provider.list(target)).await? {
             Ok(k) => k,
             Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot list keys to resume: {}", f.message), action: "run `rekey resume` again once the provider answers".into() })),
         };
@@ -516,11 +541,11 @@ impl Ctx<'_> {
                 tokio::time::sleep(Duration::from_secs(left)).await;
             }
             for stray in ours.iter().filter(|k| &k.id != promoted) {
-                let _ = self.step("revoke_orphan", json!({ "key_id": stray.id }), || provider.revoke(target, &stray.id)).await?;
+                let _ = self.pstep("revoke_orphan", json!({ "key_id": stray.id }), || provider.revoke(target, &stray.id)).await?;
             }
             if let Some(old) = old_key.as_ref().filter(|o| keys.iter().any(|k| &k.id == *o)) {
-                let _ = self.step("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await?;
-                if let Err(f) = self.step("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
+                let _ = self.pstep("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await?;
+                if let Err(f) = self.pstep("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
                     return Ok(Some(Outcome::Quarantined { reason: format!("the new key is promoted, but the old key {old} could not be deleted: {}", f.message), action: format!("delete key {old} of `{id}` by hand") }));
                 }
             }
@@ -540,11 +565,11 @@ impl Ctx<'_> {
                 match self.promote(&value, &fields, cas).await? {
                     Ok(version) => {
                         for stray in ours.iter().filter(|k| k.id != key_id) {
-                            let _ = self.step("revoke_orphan", json!({ "key_id": stray.id }), || provider.revoke(target, &stray.id)).await?;
+                            let _ = self.pstep("revoke_orphan", json!({ "key_id": stray.id }), || provider.revoke(target, &stray.id)).await?;
                         }
                         if let Some(old) = old_key.as_ref().filter(|o| keys.iter().any(|k| &k.id == *o)) {
-                            let _ = self.step("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await?;
-                            if let Err(f) = self.step("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
+                            let _ = self.pstep("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await?;
+                            if let Err(f) = self.pstep("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
                                 return Ok(Some(Outcome::Quarantined { reason: format!("the new key is promoted, but the old key {old} could not be deleted: {}", f.message), action: format!("delete key {old} of `{id}` by hand") }));
                             }
                         }
@@ -552,7 +577,7 @@ impl Ctx<'_> {
                         return Ok(Some(Outcome::Rotated { key_id: Some(key_id), version }));
                     }
                     Err(f) if f.conflict => {
-                        let _ = self.step("revoke_orphan", json!({ "key_id": key_id }), || provider.revoke(target, &key_id)).await?;
+                        let _ = self.pstep("revoke_orphan", json!({ "key_id": key_id }), || provider.revoke(target, &key_id)).await?;
                         self.clear_staging().await?;
                         return Ok(Some(Outcome::Quarantined {
                             reason: format!("{} was changed by someone else while the run was interrupted; rekey never overwrites that", self.credential.vault_path),
@@ -566,7 +591,7 @@ impl Ctx<'_> {
         // Anything else this run created is an orphan: a key created but never
         // safely stored, or one that does not work. Revoke it and start over.
         for orphan in &ours {
-            if let Err(f) = self.step("revoke_orphan", json!({ "key_id": orphan.id }), || provider.revoke(target, &orphan.id)).await? {
+            if let Err(f) = self.pstep("revoke_orphan", json!({ "key_id": orphan.id }), || provider.revoke(target, &orphan.id)).await? {
                 return Ok(Some(Outcome::Quarantined { reason: format!("the orphan key {} could not be deleted: {}", orphan.id, f.message), action: format!("delete key {} of `{id}` by hand", orphan.id) }));
             }
         }
@@ -588,7 +613,7 @@ impl Ctx<'_> {
         };
         let provider = self.provider.clone();
         let target = self.target();
-        if matches!(self.step("probe_staged", json!({}), || provider.verify(target, None, &value)).await?, Ok(true)) {
+        if matches!(self.pstep("probe_staged", json!({}), || provider.verify(target, None, &value)).await?, Ok(true)) {
             let current = match self.read_current().await? {
                 Ok(c) => c,
                 Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot read {}: {}", self.credential.vault_path, f.message), action: "run `rekey resume` again".into() })),
@@ -614,7 +639,7 @@ impl Ctx<'_> {
             Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot read {}: {}", self.credential.vault_path, f.message), action: "run `rekey resume` again".into() })),
         };
         let old_works = match &current.value {
-            Some(old) => matches!(self.step("probe_current", json!({}), || provider.verify(target, None, old)).await?, Ok(true)),
+            Some(old) => matches!(self.pstep("probe_current", json!({}), || provider.verify(target, None, old)).await?, Ok(true)),
             None => false,
         };
         if old_works || current.value.is_none() {
@@ -671,7 +696,7 @@ pub(super) async fn roll_back(engine: &Engine, run: &str, index: usize, rotated_
     };
     match credential.kind {
         Kind::Single => {
-            if let Err(f) = ctx.step("restore_change", json!({ "fingerprint": ctx.fingerprint(&previous) }), || provider.change(target, &previous)).await? {
+            if let Err(f) = ctx.pstep("restore_change", json!({ "fingerprint": ctx.fingerprint(&previous) }), || provider.change(target, &previous)).await? {
                 return Ok(Outcome::Skipped { reason: format!("could not set the previous password again: {}", f.message) });
             }
             let fields = ctx.fields(None);
@@ -686,7 +711,7 @@ pub(super) async fn roll_back(engine: &Engine, run: &str, index: usize, rotated_
         Kind::Dual => {
             let old = detail.get("old_key_id").and_then(Value::as_str).map(str::to_owned);
             let new = current.fields.get("key_id").cloned();
-            let keys = match ctx.step("list", json!({ "rollback": true }), || provider.list(target)).await? {
+            let keys = match ctx.pstep("list", json!({ "rollback": true }), || provider.list(target)).await? {
                 Ok(k) => k,
                 Err(f) => return Ok(Outcome::Skipped { reason: format!("cannot list keys: {}", f.message) }),
             };
@@ -698,7 +723,7 @@ pub(super) async fn roll_back(engine: &Engine, run: &str, index: usize, rotated_
             match ctx.promote(&previous, &fields, current.version).await? {
                 Ok(v) => {
                     if let Some(new) = new {
-                        let _ = ctx.step("revoke_new", json!({ "key_id": new }), || provider.revoke(target, &new)).await?;
+                        let _ = ctx.pstep("revoke_new", json!({ "key_id": new }), || provider.revoke(target, &new)).await?;
                     }
                     Ok(Outcome::RolledBack { reason: format!("old key {old} restored (Vault version {v})") })
                 }

@@ -315,7 +315,7 @@ fn ctrl_c_stops_starting_new_work_and_resume_finishes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_journal(&journal, |j, run| j.run(run).is_ok_and(|r| r.is_some_and(|r| r.status == rekey::journal::RunStatus::Running)) && j.states(run).is_ok_and(|s| s.iter().any(|x| x.state == "retired")));
+    wait_for_journal(&journal, |j, run| j.run(run).is_ok_and(|r| r.is_some_and(|r| r.status == rekey::journal::RunStatus::Running)) && j.states(run).is_ok_and(|s| s.iter().any(|x| x.state == "retired" || x.state == "rotated")));
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
@@ -418,4 +418,25 @@ fn routine_grace_keeps_the_old_key_working_until_it_ends() {
     let keys = s.state("keys.json")["accounts"]["a"]["keys"].as_array().unwrap().clone();
     assert_eq!(keys.len(), 1, "the old key is gone after the grace period");
     assert_ne!(keys[0]["id"], old_key.as_str());
+}
+
+/// A provider that allows fewer requests than the playbook says answers 429s;
+/// the instance pauses as told and every credential still rotates.
+#[test]
+fn rate_limited_answers_pause_the_instance_and_nothing_fails() {
+    let s = Scenario::new();
+    let creds: String = (1..=8).map(|i| format!("  - {{ id: k{i}, provider: keys, account: a{i}, vault_path: PREFIX/k{i} }}\n")).collect();
+    let text = s.playbook_text("breach", &creds).replacen("latency: 1ms }", "latency: 1ms, server_rate: 10 }, rate: { per_second: 100, burst: 20 }, concurrency: 8", 1).replace("providers:\n", "defaults: { concurrency: 8 }\nproviders:\n");
+    let path = s.dir.path().join("limited.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let started = std::time::Instant::now();
+    let (code, summary, stderr) = s.run(path.to_str().unwrap(), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    for i in 1..=8 {
+        assert_eq!(outcome(&summary, &format!("k{i}")), "rotated");
+    }
+    assert!(stderr.contains("rate limit hit"), "the provider never throttled: {stderr}");
+    // 8 first rotations x 3 provider calls (list, create, verify) at a server limit
+    // of 10/s with 10 to start with: at least 1.4 s however fast we ask.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1300), "the server limit was not honoured");
 }

@@ -48,6 +48,12 @@ pub struct Sandbox {
     latency: Duration,
     failure_rate: BTreeMap<String, f64>,
     state: Mutex<()>,
+    /// Server-side limit (requests per second), as a real API enforces: beyond
+    /// it the sandbox answers "429" with a Retry-After.
+    server_rate: Option<f64>,
+    bucket: Mutex<(f64, std::time::Instant)>,
+    /// Rate-limited answers given, for tests and benchmarks.
+    pub rejected: std::sync::atomic::AtomicU64,
 }
 
 fn digest(secret: &Secret) -> String {
@@ -72,7 +78,19 @@ impl Sandbox {
             _ => BTreeMap::new(),
         };
         let quota = settings.get("quota").and_then(|v| v.as_u64()).unwrap_or(2) as usize;
-        Ok(Sandbox { kind, state_file, quota, latency, failure_rate, state: Mutex::new(()) })
+        let server_rate = settings.get("server_rate").and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok())).filter(|r| *r > 0.0);
+        let capacity = server_rate.map(|r| r.max(1.0)).unwrap_or(0.0);
+        Ok(Sandbox {
+            kind,
+            state_file,
+            quota,
+            latency,
+            failure_rate,
+            state: Mutex::new(()),
+            server_rate,
+            bucket: Mutex::new((capacity, std::time::Instant::now())),
+            rejected: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     fn load(&self) -> Result<State, ProviderError> {
@@ -97,8 +115,26 @@ impl Sandbox {
         std::fs::rename(&tmp, &self.state_file).map_err(fail)
     }
 
-    /// Simulated network: latency, injected failures.
+    /// The server's token bucket: one token per request, refilled at `server_rate`.
+    fn admit(&self) -> Result<(), ProviderError> {
+        let Some(rate) = self.server_rate else { return Ok(()) };
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let capacity = rate.max(1.0);
+        bucket.0 = (bucket.0 + now.duration_since(bucket.1).as_secs_f64() * rate).min(capacity);
+        bucket.1 = now;
+        if bucket.0 >= 1.0 {
+            bucket.0 -= 1.0;
+            return Ok(());
+        }
+        self.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let wait = Duration::from_secs_f64((1.0 - bucket.0) / rate);
+        Err(ProviderError::RateLimited { retry_after: Some(wait), message: "sandbox: 429 Too Many Requests".into() })
+    }
+
+    /// Simulated network: server rate limit, latency, injected failures.
     async fn call(&self, op: &str, target: Target<'_>) -> Result<(), ProviderError> {
+        self.admit()?;
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
