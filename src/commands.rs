@@ -421,6 +421,24 @@ pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
     print_summary(&summary, args.format, io)
 }
 
+/// The playbook and selection a recorded run used, ready to run again (resume,
+/// rollback). The playbook must be unchanged: rekey will not finish or undo a run
+/// against different instructions.
+fn reload_run(run: &crate::journal::RunRow, io: &mut Io) -> Result<std::result::Result<Prepared, ExitStatus>> {
+    let path = std::path::PathBuf::from(&run.playbook_path);
+    if file_sha256(&path) != run.playbook_sha256 {
+        writeln!(io.stderr, "error: {} changed since run {} started\nhelp: restore the playbook as it was (its SHA-256 was {}); rekey acts on a run only with the instructions it started with", path.display(), run.id, run.playbook_sha256)?;
+        return Ok(Err(ExitStatus::Invalid));
+    }
+    let strings = |k: &str| run.selection.get(k).and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+    let selection_args = crate::cli::SelectionArgs { compromised: strings("compromised"), tags: strings("tags"), only: strings("only") };
+    let (loaded, selection) = match load_for_run(&path, &selection_args, io)? {
+        Ok(v) => v,
+        Err(status) => return Ok(Err(status)),
+    };
+    prepare(&path, loaded, &selection, io)
+}
+
 pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> {
     if !args.journal.exists() {
         writeln!(io.stderr, "error: no journal at {}\nhelp: pass the --journal the run used", args.journal.display())?;
@@ -435,22 +453,11 @@ pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> 
         writeln!(io.stderr, "error: no unfinished run in {} (give a run id to resume a finished one)", args.journal.display())?;
         return Ok(ExitStatus::Invalid);
     };
-    let path = std::path::PathBuf::from(&run.playbook_path);
-    if file_sha256(&path) != run.playbook_sha256 {
-        writeln!(io.stderr, "error: {} changed since run {} started\nhelp: restore the playbook as it was (its SHA-256 was {}) to resume; rekey will not finish a run against different instructions", path.display(), run.id, run.playbook_sha256)?;
-        return Ok(ExitStatus::Invalid);
-    }
-    let strings = |k: &str| run.selection.get(k).and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default();
-    let selection_args = crate::cli::SelectionArgs { compromised: strings("compromised"), tags: strings("tags"), only: strings("only") };
-    let (loaded, selection) = match load_for_run(&path, &selection_args, io)? {
-        Ok(v) => v,
-        Err(status) => return Ok(status),
-    };
-    let prepared = match prepare(&path, loaded, &selection, io)? {
+    let prepared = match reload_run(&run, io)? {
         Ok(p) => p,
         Err(status) => return Ok(status),
     };
-    writeln!(io.stderr, "resuming run {} of {}", run.id, path.display())?;
+    writeln!(io.stderr, "resuming run {} of {}", run.id, run.playbook_path)?;
     let run_id = run.id.clone();
     let summary = with_engine(prepared, journal, key, async |engine, waves| Ok(engine.resume(&run_id, waves).await?))?;
     print_summary(&summary, args.format, io)
@@ -478,18 +485,7 @@ pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStat
         writeln!(io.stderr, "error: run {} is {}; finish it with `rekey resume` before rolling it back", run.id, run.status)?;
         return Ok(ExitStatus::Invalid);
     }
-    let path = std::path::PathBuf::from(&run.playbook_path);
-    if file_sha256(&path) != run.playbook_sha256 {
-        writeln!(io.stderr, "error: {} changed since run {}; restore it to roll the run back", path.display(), run.id)?;
-        return Ok(ExitStatus::Invalid);
-    }
-    let strings = |k: &str| run.selection.get(k).and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default();
-    let selection_args = crate::cli::SelectionArgs { compromised: strings("compromised"), tags: strings("tags"), only: strings("only") };
-    let (loaded, selection) = match load_for_run(&path, &selection_args, io)? {
-        Ok(v) => v,
-        Err(status) => return Ok(status),
-    };
-    let prepared = match prepare(&path, loaded, &selection, io)? {
+    let prepared = match reload_run(&run, io)? {
         Ok(p) => p,
         Err(status) => return Ok(status),
     };

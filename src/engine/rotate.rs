@@ -540,17 +540,8 @@ impl Ctx<'_> {
                 tracing::info!(credential = %id, seconds = left, "Waiting out the rest of the grace period before retiring the old key.");
                 tokio::time::sleep(Duration::from_secs(left)).await;
             }
-            for stray in ours.iter().filter(|k| &k.id != promoted) {
-                let _ = self.pstep("revoke_orphan", json!({ "key_id": stray.id }), || provider.revoke(target, &stray.id)).await?;
-            }
-            if let Some(old) = old_key.as_ref().filter(|o| keys.iter().any(|k| &k.id == *o)) {
-                let _ = self.pstep("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await?;
-                if let Err(f) = self.pstep("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
-                    return Ok(Some(Outcome::Quarantined { reason: format!("the new key is promoted, but the old key {old} could not be deleted: {}", f.message), action: format!("delete key {old} of `{id}` by hand") }));
-                }
-            }
-            self.clear_staging().await?;
-            return Ok(Some(Outcome::Rotated { key_id: Some(promoted.clone()), version: current.version }));
+            let promoted = promoted.clone();
+            return self.finish_promoted(&ours, &keys, old_key.as_deref(), &promoted, current.version).await.map(Some);
         }
 
         // Staged and still at the provider: verify it and promote it.
@@ -563,19 +554,7 @@ impl Ctx<'_> {
                 let cas = recorded_version.unwrap_or(current.version);
                 let fields = self.fields(Some(&key_id));
                 match self.promote(&value, &fields, cas).await? {
-                    Ok(version) => {
-                        for stray in ours.iter().filter(|k| k.id != key_id) {
-                            let _ = self.pstep("revoke_orphan", json!({ "key_id": stray.id }), || provider.revoke(target, &stray.id)).await?;
-                        }
-                        if let Some(old) = old_key.as_ref().filter(|o| keys.iter().any(|k| &k.id == *o)) {
-                            let _ = self.pstep("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await?;
-                            if let Err(f) = self.pstep("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
-                                return Ok(Some(Outcome::Quarantined { reason: format!("the new key is promoted, but the old key {old} could not be deleted: {}", f.message), action: format!("delete key {old} of `{id}` by hand") }));
-                            }
-                        }
-                        self.clear_staging().await?;
-                        return Ok(Some(Outcome::Rotated { key_id: Some(key_id), version }));
-                    }
+                    Ok(version) => return self.finish_promoted(&ours, &keys, old_key.as_deref(), &key_id, version).await.map(Some),
                     Err(f) if f.conflict => {
                         let _ = self.pstep("revoke_orphan", json!({ "key_id": key_id }), || provider.revoke(target, &key_id)).await?;
                         self.clear_staging().await?;
@@ -597,6 +576,18 @@ impl Ctx<'_> {
         }
         self.clear_staging().await?;
         Ok(None)
+    }
+
+    /// After a resumed promotion: other keys this run created are orphans; the old
+    /// key (if the provider still has it) is retired as in a normal run.
+    async fn finish_promoted(&self, ours: &[&crate::provider::KeyInfo], keys: &[crate::provider::KeyInfo], old_key: Option<&str>, promoted: &str, version: u64) -> Result<Outcome, EngineError> {
+        let provider = self.provider.clone();
+        let target = self.target();
+        for stray in ours.iter().filter(|k| k.id != promoted) {
+            let _ = self.pstep("revoke_orphan", json!({ "key_id": stray.id }), || provider.revoke(target, &stray.id)).await?;
+        }
+        let old_key = old_key.filter(|o| keys.iter().any(|k| k.id == *o));
+        self.retire(old_key, promoted, version).await
     }
 
     /// Single: the staging entry is the write-ahead log. If the staged value
