@@ -115,7 +115,9 @@ fn table<const N: usize>(out: &mut dyn Write, header: [&str; N], rows: &[[String
 
 pub fn json(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
     let mut out = io::BufWriter::with_capacity(1 << 16, out);
-    serde_json::to_writer_pretty(&mut out, plan)?;
+    // Compact: the JSON is for machines (a 100,000-credential plan is a third
+    // smaller and faster to write); `jq .` pretty-prints it for people.
+    serde_json::to_writer(&mut out, plan)?;
     writeln!(out)?;
     out.flush()
 }
