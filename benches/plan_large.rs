@@ -14,7 +14,11 @@ use std::time::Instant;
 fn generate(path: &Path, credentials: usize) {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     writeln!(out, "version: 1\nname: bench-{credentials}\nincident: {{ id: BENCH, compromised: [idp], mode: breach }}").unwrap();
-    writeln!(out, "vault: {{ address: 'http://127.0.0.1:8200' }}\ndefaults: {{ concurrency: 64 }}\nproviders:").unwrap();
+    writeln!(
+        out,
+        "vault: {{ address: 'http://127.0.0.1:8200' }}\ndefaults: {{ concurrency: 64 }}\nproviders:"
+    )
+    .unwrap();
     for p in 0..20 {
         match p % 4 {
             0 => writeln!(out, "  pg-{p}: {{ type: postgres, settings: {{ host: db{p}.internal }}, admin: {{ vault_path: infra/pg-{p} }}, rate: {{ per_second: 200, burst: 20 }} }}"),
@@ -27,7 +31,12 @@ fn generate(path: &Path, credentials: usize) {
     writeln!(out, "credentials:").unwrap();
     for i in 0..credentials {
         let p = i % 20;
-        let provider = match p % 4 { 0 => format!("pg-{p}"), 1 => format!("aws-{p}"), 2 => format!("redis-{p}"), _ => format!("sandbox-{p}") };
+        let provider = match p % 4 {
+            0 => format!("pg-{p}"),
+            1 => format!("aws-{p}"),
+            2 => format!("redis-{p}"),
+            _ => format!("sandbox-{p}"),
+        };
         writeln!(out, "  - id: cred-{i}\n    provider: {provider}\n    account: account_{i}\n    vault_path: apps/team-{}/cred-{i}\n    tags: [tier{}, team-{}]\n    tied_to: [idp]", i % 97, i % 3, i % 97).unwrap();
         // Chains of dependencies, so the plan has several waves.
         if i % 10 != 0 {
@@ -47,7 +56,11 @@ fn measure(mut cmd: Command) -> Measured {
     let start = Instant::now();
     // Reaped below with wait4, which also gives the rusage.
     #[allow(clippy::zombie_processes)]
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -55,9 +68,16 @@ fn measure(mut cmd: Command) -> Measured {
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let seconds = start.elapsed().as_secs_f64();
     assert_eq!(r, pid, "wait4 failed");
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "command failed: {cmd:?}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "command failed: {cmd:?}"
+    );
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Measured { seconds, cpu_seconds: tv(usage.ru_utime) + tv(usage.ru_stime), max_rss_mb: usage.ru_maxrss as f64 / 1024.0 }
+    Measured {
+        seconds,
+        cpu_seconds: tv(usage.ru_utime) + tv(usage.ru_stime),
+        max_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -83,7 +103,10 @@ fn main() {
         return;
     }
     // `cargo bench` passes `--bench`; a bare number sets the size.
-    let credentials: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(100_000);
+    let credentials: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(100_000);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let file = dir.join(format!("plan-{credentials}.yaml"));
     generate(&file, credentials);
@@ -92,7 +115,11 @@ fn main() {
     let baseline = std::env::current_exe().unwrap();
 
     let runs = 5;
-    let mut rows: Vec<(&str, Vec<Measured>)> = vec![("rekey plan (text)", vec![]), ("rekey plan --format json", vec![]), ("bare YAML parse (baseline)", vec![])];
+    let mut rows: Vec<(&str, Vec<Measured>)> = vec![
+        ("rekey plan (text)", vec![]),
+        ("rekey plan --format json", vec![]),
+        ("bare YAML parse (baseline)", vec![]),
+    ];
     for _ in 0..runs {
         // Interleave the three so machine noise hits them alike.
         for (name, results) in rows.iter_mut() {
@@ -116,7 +143,9 @@ fn main() {
             results.push(measure(cmd));
         }
     }
-    println!("plan of {credentials} credentials ({size_mb:.1} MB of YAML), median of {runs} runs (goal: < 2 s, < 300 MB):");
+    println!(
+        "plan of {credentials} credentials ({size_mb:.1} MB of YAML), median of {runs} runs (goal: < 2 s, < 300 MB):"
+    );
     let mut medians = Vec::new();
     for (name, results) in &rows {
         let wall = median(results.iter().map(|m| m.seconds).collect());
@@ -127,8 +156,14 @@ fn main() {
     }
     let (base_wall, base_rss) = medians[2];
     for (i, (name, _)) in rows.iter().enumerate().take(2) {
-        println!("  ratio {name} / bare parse: {:.2}x time, {:.2}x memory", medians[i].0 / base_wall, medians[i].1 / base_rss);
+        println!(
+            "  ratio {name} / bare parse: {:.2}x time, {:.2}x memory",
+            medians[i].0 / base_wall,
+            medians[i].1 / base_rss
+        );
     }
-    let ok = medians[..2].iter().all(|(wall, rss)| *wall < 2.0 && *rss < 300.0);
+    let ok = medians[..2]
+        .iter()
+        .all(|(wall, rss)| *wall < 2.0 && *rss < 300.0);
     println!("  goal {}", if ok { "met" } else { "NOT met" });
 }

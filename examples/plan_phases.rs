@@ -16,10 +16,20 @@ fn main() {
     let p = rekey::playbook::interpolate::interpolate(&mut root, &env);
     println!("interpolate {:?} {}", t.elapsed(), p.len());
     let t = std::time::Instant::now();
-    let raw = <rekey::playbook::model::RawPlaybook as serde::Deserialize>::deserialize(rekey::playbook::de::NodeDe(&root)).unwrap();
+    let raw = <rekey::playbook::model::RawPlaybook as serde::Deserialize>::deserialize(
+        rekey::playbook::de::NodeDe(&root),
+    )
+    .unwrap();
     println!("deserialize {:?}", t.elapsed());
     let t = std::time::Instant::now();
-    let pb = rekey::playbook::validate::validate(&raw, None, &[], rekey::provider::catalog::Catalog::builtin().unwrap()).unwrap().build(raw);
+    let pb = rekey::playbook::validate::validate(
+        &raw,
+        None,
+        &[],
+        rekey::provider::catalog::Catalog::builtin().unwrap(),
+    )
+    .unwrap()
+    .build(raw);
     println!("validate {:?}", t.elapsed());
     let t = std::time::Instant::now();
     let plan = rekey::plan::build("x", &pb, &Default::default());

@@ -55,13 +55,21 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
         for e in &errors {
             writeln!(io.stderr, "error: {file}: {e}")?;
         }
-        writeln!(io.stderr, "help: selection values must name something in the playbook; a typo must not silently select nothing")?;
+        writeln!(
+            io.stderr,
+            "help: selection values must name something in the playbook; a typo must not silently select nothing"
+        )?;
         return Ok(ExitStatus::Invalid);
     }
     let plan = plan::build(&file, &loaded.playbook, &selection);
-    let filtered = !(selection.compromised.is_empty() && selection.tags.is_empty() && selection.only.is_empty());
+    let filtered = !(selection.compromised.is_empty()
+        && selection.tags.is_empty()
+        && selection.only.is_empty());
     if filtered && plan.totals.credentials == 0 {
-        writeln!(io.stderr, "warning: {file}: each selection value matches something, but together they select no credential (values of different flags narrow each other)")?;
+        writeln!(
+            io.stderr,
+            "warning: {file}: each selection value matches something, but together they select no credential (values of different flags narrow each other)"
+        )?;
     }
     match args.format {
         Format::Text => render::text(&plan, io.stdout),
@@ -69,19 +77,44 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
         Format::Markdown => render::markdown(&plan, io.stdout),
     }
     .context("cannot write the plan to stdout")?;
-    let mut status = if args.detailed_exitcode && plan.totals.has_work { ExitStatus::PlanHasWork } else { ExitStatus::Success };
+    let mut status = if args.detailed_exitcode && plan.totals.has_work {
+        ExitStatus::PlanHasWork
+    } else {
+        ExitStatus::Success
+    };
     if args.live {
-        let selected: Vec<usize> = plan.waves.iter().flat_map(|w| w.credentials.iter().map(|c| loaded.playbook.credentials.iter().position(|x| x.id == c.id).unwrap_or(0))).collect();
+        let selected: Vec<usize> = plan
+            .waves
+            .iter()
+            .flat_map(|w| {
+                w.credentials.iter().map(|c| {
+                    loaded
+                        .playbook
+                        .credentials
+                        .iter()
+                        .position(|x| x.id == c.id)
+                        .unwrap_or(0)
+                })
+            })
+            .collect();
         match live_checks(&loaded.playbook, &selected, io)? {
             Ok(report) => {
                 let failed = report.iter().any(|(_, ok, _)| !ok);
                 if args.format == Format::Json {
                     let rows: Vec<_> = report.iter().map(|(what, ok, detail)| serde_json::json!({ "check": what, "ok": ok, "detail": detail })).collect();
-                    writeln!(io.stdout, "{}", serde_json::to_string_pretty(&serde_json::json!({ "live_checks": rows }))?)?;
+                    writeln!(
+                        io.stdout,
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({ "live_checks": rows }))?
+                    )?;
                 } else {
                     writeln!(io.stdout, "\nLive checks")?;
                     for (what, ok, detail) in &report {
-                        writeln!(io.stdout, "  {} {what}: {detail}", if *ok { "ok  " } else { "FAIL" })?;
+                        writeln!(
+                            io.stdout,
+                            "  {} {what}: {detail}",
+                            if *ok { "ok  " } else { "FAIL" }
+                        )?;
                     }
                 }
                 if failed {
@@ -102,13 +135,19 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
 type CheckRow = (String, bool, String);
 
 /// Read-only checks for `plan --live`. Changes nothing.
-fn live_checks(pb: &playbook::Playbook, selected: &[usize], io: &mut Io) -> Result<std::result::Result<Vec<CheckRow>, ExitStatus>> {
+fn live_checks(
+    pb: &playbook::Playbook,
+    selected: &[usize],
+    io: &mut Io,
+) -> Result<std::result::Result<Vec<CheckRow>, ExitStatus>> {
     use crate::store::SecretStore;
     let config = match vault_config(pb, io)? {
         Ok(c) => c,
         Err(status) => return Ok(Err(status)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let rows = runtime.block_on(async {
         let mut rows = Vec::new();
         let store = match crate::store::VaultStore::connect(&config).await {
@@ -171,17 +210,37 @@ pub fn providers(args: &ProvidersArgs, io: &mut Io) -> Result<ExitStatus> {
         return Ok(ExitStatus::Success);
     }
     let width = catalog.types.keys().map(String::len).max().unwrap_or(0);
-    let rate_width = catalog.types.values().map(|t| t.rate().describe().len()).max().unwrap_or(0);
+    let rate_width = catalog
+        .types
+        .values()
+        .map(|t| t.rate().describe().len())
+        .max()
+        .unwrap_or(0);
     for t in catalog.types.values() {
-        let status = if t.available { "" } else { " [not yet runnable]" };
-        writeln!(io.stdout, "{:<width$}  {:<6}  {:<rate_width$}  {}{status}", t.name, t.kind.as_str(), t.rate().describe(), t.summary)?;
+        let status = if t.available {
+            ""
+        } else {
+            " [not yet runnable]"
+        };
+        writeln!(
+            io.stdout,
+            "{:<width$}  {:<6}  {:<rate_width$}  {}{status}",
+            t.name,
+            t.kind.as_str(),
+            t.rate().describe(),
+            t.summary
+        )?;
     }
     Ok(ExitStatus::Success)
 }
 
 /// Loads and checks a playbook and its selection for `run`: `Err(status)` when the
 /// command must stop (diagnostics already printed).
-fn load_for_run(path: &std::path::Path, args: &crate::cli::SelectionArgs, io: &mut Io) -> Result<std::result::Result<(playbook::Loaded, Selection), ExitStatus>> {
+fn load_for_run(
+    path: &std::path::Path,
+    args: &crate::cli::SelectionArgs,
+    io: &mut Io,
+) -> Result<std::result::Result<(playbook::Loaded, Selection), ExitStatus>> {
     let file = path.display().to_string();
     let loaded = match playbook::load_file(path, &env) {
         Ok(l) => l,
@@ -191,7 +250,11 @@ fn load_for_run(path: &std::path::Path, args: &crate::cli::SelectionArgs, io: &m
         }
     };
     report_problems(io, &loaded.report, Format::Text)?;
-    let selection = Selection { compromised: args.compromised.clone(), tags: args.tags.clone(), only: args.only.clone() };
+    let selection = Selection {
+        compromised: args.compromised.clone(),
+        tags: args.tags.clone(),
+        only: args.only.clone(),
+    };
     if let Err(errors) = plan::select::check(&loaded.playbook, &selection) {
         for e in &errors {
             writeln!(io.stderr, "error: {file}: {e}")?;
@@ -215,7 +278,12 @@ fn fingerprint_key(journal: &std::path::Path) -> Result<Vec<u8>> {
         }
     }
     let key: [u8; 32] = rand::random();
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(&key)?;
     f.sync_all()?;
     Ok(key.to_vec())
@@ -230,8 +298,12 @@ struct Prepared {
     vault: crate::store::VaultConfig,
 }
 
-fn prepare(path: &std::path::Path, loaded: playbook::Loaded, selection: &Selection, io: &mut Io) -> Result<std::result::Result<Prepared, ExitStatus>> {
-
+fn prepare(
+    path: &std::path::Path,
+    loaded: playbook::Loaded,
+    selection: &Selection,
+    io: &mut Io,
+) -> Result<std::result::Result<Prepared, ExitStatus>> {
     let pb = std::sync::Arc::new(loaded.playbook);
     let selected = plan::select::apply(&pb, selection);
     let waves = plan::order::waves(&pb, &selected.indices);
@@ -243,7 +315,11 @@ fn prepare(path: &std::path::Path, loaded: playbook::Loaded, selection: &Selecti
         if c.kind == crate::provider::catalog::Kind::Manual || providers.contains_key(&c.provider) {
             continue;
         }
-        match pb.providers.get(&c.provider).map(crate::provider::registry::build) {
+        match pb
+            .providers
+            .get(&c.provider)
+            .map(crate::provider::registry::build)
+        {
             Some(Ok(p)) => {
                 providers.insert(c.provider.clone(), p);
             }
@@ -256,31 +332,58 @@ fn prepare(path: &std::path::Path, loaded: playbook::Loaded, selection: &Selecti
         for r in &refused {
             writeln!(io.stderr, "error: {}: {r}", path.display())?;
         }
-        writeln!(io.stderr, "help: select only runnable credentials with --only/--tag; nothing was changed")?;
+        writeln!(
+            io.stderr,
+            "help: select only runnable credentials with --only/--tag; nothing was changed"
+        )?;
         return Ok(Err(ExitStatus::Invalid));
     }
     let vault = match vault_config(&pb, io)? {
         Ok(v) => v,
         Err(status) => return Ok(Err(status)),
     };
-    Ok(Ok(Prepared { playbook: pb, waves, providers, vault }))
+    Ok(Ok(Prepared {
+        playbook: pb,
+        waves,
+        providers,
+        vault,
+    }))
 }
 
 /// The Vault login from the playbook and the environment variables it names.
-fn vault_config(pb: &playbook::Playbook, io: &mut Io) -> Result<std::result::Result<crate::store::VaultConfig, ExitStatus>> {
+fn vault_config(
+    pb: &playbook::Playbook,
+    io: &mut Io,
+) -> Result<std::result::Result<crate::store::VaultConfig, ExitStatus>> {
     use crate::store::{VaultConfig, VaultLogin};
     let login = match &pb.vault.auth {
         playbook::VaultAuth::Token { env: var } => match std::env::var(var) {
-            Ok(t) if !t.trim().is_empty() => VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned())),
+            Ok(t) if !t.trim().is_empty() => {
+                VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned()))
+            }
             _ => {
-                writeln!(io.stderr, "error: the Vault token variable `{var}` is not set\nhelp: export {var}=... (a token allowed to read and write the playbook's paths)")?;
+                writeln!(
+                    io.stderr,
+                    "error: the Vault token variable `{var}` is not set\nhelp: export {var}=... (a token allowed to read and write the playbook's paths)"
+                )?;
                 return Ok(Err(ExitStatus::Invalid));
             }
         },
-        playbook::VaultAuth::AppRole { role_id, secret_id_env, mount } => match std::env::var(secret_id_env) {
-            Ok(s) if !s.trim().is_empty() => VaultLogin::AppRole { mount: mount.clone(), role_id: role_id.clone(), secret_id: crate::secret::Secret::new(s.trim().to_owned()) },
+        playbook::VaultAuth::AppRole {
+            role_id,
+            secret_id_env,
+            mount,
+        } => match std::env::var(secret_id_env) {
+            Ok(s) if !s.trim().is_empty() => VaultLogin::AppRole {
+                mount: mount.clone(),
+                role_id: role_id.clone(),
+                secret_id: crate::secret::Secret::new(s.trim().to_owned()),
+            },
             _ => {
-                writeln!(io.stderr, "error: the AppRole secret-id variable `{secret_id_env}` is not set")?;
+                writeln!(
+                    io.stderr,
+                    "error: the AppRole secret-id variable `{secret_id_env}` is not set"
+                )?;
                 return Ok(Err(ExitStatus::Invalid));
             }
         },
@@ -305,17 +408,24 @@ fn open_journal(path: &std::path::Path) -> Result<(crate::journal::Journal, Vec<
 }
 
 fn file_sha256(path: &std::path::Path) -> String {
-    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(path).unwrap_or_default()))
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(path).unwrap_or_default(),
+    ))
 }
 
 /// Bars on a terminal, plain lines otherwise.
-fn progress_for(pb: &playbook::Playbook, waves: &[Vec<usize>]) -> std::sync::Arc<dyn crate::engine::Progress> {
+fn progress_for(
+    pb: &playbook::Playbook,
+    waves: &[Vec<usize>],
+) -> std::sync::Arc<dyn crate::engine::Progress> {
     use std::io::IsTerminal;
     let total: usize = waves.iter().map(Vec::len).sum();
     if std::io::stderr().is_terminal() {
         let mut counts: indexmap::IndexMap<String, u64> = indexmap::IndexMap::new();
         for &i in waves.iter().flatten() {
-            *counts.entry(pb.credentials[i].provider.clone()).or_default() += 1;
+            *counts
+                .entry(pb.credentials[i].provider.clone())
+                .or_default() += 1;
         }
         std::sync::Arc::new(crate::progress::Bars::new(&counts))
     } else {
@@ -324,8 +434,15 @@ fn progress_for(pb: &playbook::Playbook, waves: &[Vec<usize>]) -> std::sync::Arc
 }
 
 /// Runs `work` with an engine built from `prepared`.
-fn with_engine<T>(prepared: Prepared, journal: crate::journal::Journal, key: Vec<u8>, work: impl AsyncFnOnce(&crate::engine::Engine, &[Vec<usize>]) -> Result<T>) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+fn with_engine<T>(
+    prepared: Prepared,
+    journal: crate::journal::Journal,
+    key: Vec<u8>,
+    work: impl AsyncFnOnce(&crate::engine::Engine, &[Vec<usize>]) -> Result<T>,
+) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         // First Ctrl-C: finish what is in flight (each credential reaches a safe
@@ -360,18 +477,32 @@ fn with_engine<T>(prepared: Prepared, journal: crate::journal::Journal, key: Vec
     })
 }
 
-fn print_summary(summary: &crate::engine::RunSummary, format: Format, io: &mut Io) -> Result<ExitStatus> {
+fn print_summary(
+    summary: &crate::engine::RunSummary,
+    format: Format,
+    io: &mut Io,
+) -> Result<ExitStatus> {
     if format == Format::Json {
         writeln!(io.stdout, "{}", serde_json::to_string_pretty(summary)?)?;
     } else {
         writeln!(io.stdout, "Run {}: {}", summary.run_id, summary.status())?;
         for r in &summary.results {
             let detail = match &r.outcome {
-                crate::engine::Outcome::Rotated { key_id, version } => format!("rotated (Vault version {version}{})", key_id.as_ref().map(|k| format!(", key {k}")).unwrap_or_default()),
+                crate::engine::Outcome::Rotated { key_id, version } => format!(
+                    "rotated (Vault version {version}{})",
+                    key_id
+                        .as_ref()
+                        .map(|k| format!(", key {k}"))
+                        .unwrap_or_default()
+                ),
                 crate::engine::Outcome::RolledBack { reason } => format!("rolled back: {reason}"),
-                crate::engine::Outcome::Quarantined { reason, action } => format!("QUARANTINED: {reason}\n      to do: {action}"),
+                crate::engine::Outcome::Quarantined { reason, action } => {
+                    format!("QUARANTINED: {reason}\n      to do: {action}")
+                }
                 crate::engine::Outcome::Skipped { reason } => format!("skipped: {reason}"),
-                crate::engine::Outcome::AwaitingOperator { .. } => "awaiting operator (manual step)".into(),
+                crate::engine::Outcome::AwaitingOperator { .. } => {
+                    "awaiting operator (manual step)".into()
+                }
             };
             writeln!(io.stdout, "  {:<24} {detail}", r.id)?;
         }
@@ -386,7 +517,11 @@ fn print_summary(summary: &crate::engine::RunSummary, format: Format, io: &mut I
         )?;
     }
     if summary.interrupted {
-        writeln!(io.stderr, "run {} was interrupted; `rekey resume` finishes it", summary.run_id)?;
+        writeln!(
+            io.stderr,
+            "run {} was interrupted; `rekey resume` finishes it",
+            summary.run_id
+        )?;
     }
     Ok(match summary.status() {
         crate::journal::RunStatus::Succeeded => ExitStatus::Success,
@@ -408,7 +543,10 @@ pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
     let (journal, key) = open_journal(&args.journal)?;
     let new_run = crate::journal::NewRun {
         playbook_name: prepared.playbook.name.clone(),
-        playbook_path: std::fs::canonicalize(&args.playbook).unwrap_or(args.playbook.clone()).display().to_string(),
+        playbook_path: std::fs::canonicalize(&args.playbook)
+            .unwrap_or(args.playbook.clone())
+            .display()
+            .to_string(),
         playbook_sha256: file_sha256(&args.playbook),
         mode: match prepared.playbook.incident.mode {
             playbook::Mode::Breach => "breach".into(),
@@ -417,21 +555,46 @@ pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
         selection: serde_json::json!({ "compromised": selection.compromised, "tags": selection.tags, "only": selection.only }),
         actor: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
     };
-    let summary = with_engine(prepared, journal, key, async |engine, waves| Ok(engine.run(&new_run, waves).await?))?;
+    let summary = with_engine(prepared, journal, key, async |engine, waves| {
+        Ok(engine.run(&new_run, waves).await?)
+    })?;
     print_summary(&summary, args.format, io)
 }
 
 /// The playbook and selection a recorded run used, ready to run again (resume,
 /// rollback). The playbook must be unchanged: rekey will not finish or undo a run
 /// against different instructions.
-fn reload_run(run: &crate::journal::RunRow, io: &mut Io) -> Result<std::result::Result<Prepared, ExitStatus>> {
+fn reload_run(
+    run: &crate::journal::RunRow,
+    io: &mut Io,
+) -> Result<std::result::Result<Prepared, ExitStatus>> {
     let path = std::path::PathBuf::from(&run.playbook_path);
     if file_sha256(&path) != run.playbook_sha256 {
-        writeln!(io.stderr, "error: {} changed since run {} started\nhelp: restore the playbook as it was (its SHA-256 was {}); rekey acts on a run only with the instructions it started with", path.display(), run.id, run.playbook_sha256)?;
+        writeln!(
+            io.stderr,
+            "error: {} changed since run {} started\nhelp: restore the playbook as it was (its SHA-256 was {}); rekey acts on a run only with the instructions it started with",
+            path.display(),
+            run.id,
+            run.playbook_sha256
+        )?;
         return Ok(Err(ExitStatus::Invalid));
     }
-    let strings = |k: &str| run.selection.get(k).and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default();
-    let selection_args = crate::cli::SelectionArgs { compromised: strings("compromised"), tags: strings("tags"), only: strings("only") };
+    let strings = |k: &str| {
+        run.selection
+            .get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let selection_args = crate::cli::SelectionArgs {
+        compromised: strings("compromised"),
+        tags: strings("tags"),
+        only: strings("only"),
+    };
     let (loaded, selection) = match load_for_run(&path, &selection_args, io)? {
         Ok(v) => v,
         Err(status) => return Ok(Err(status)),
@@ -441,7 +604,11 @@ fn reload_run(run: &crate::journal::RunRow, io: &mut Io) -> Result<std::result::
 
 pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> {
     if !args.journal.exists() {
-        writeln!(io.stderr, "error: no journal at {}\nhelp: pass the --journal the run used", args.journal.display())?;
+        writeln!(
+            io.stderr,
+            "error: no journal at {}\nhelp: pass the --journal the run used",
+            args.journal.display()
+        )?;
         return Ok(ExitStatus::Invalid);
     }
     let (journal, key) = open_journal(&args.journal)?;
@@ -450,27 +617,46 @@ pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> 
         None => journal.latest_unfinished()?,
     };
     let Some(run) = run else {
-        writeln!(io.stderr, "error: no unfinished run in {} (give a run id to resume a finished one)", args.journal.display())?;
+        writeln!(
+            io.stderr,
+            "error: no unfinished run in {} (give a run id to resume a finished one)",
+            args.journal.display()
+        )?;
         return Ok(ExitStatus::Invalid);
     };
     let prepared = match reload_run(&run, io)? {
         Ok(p) => p,
         Err(status) => return Ok(status),
     };
-    writeln!(io.stderr, "resuming run {} of {}", run.id, run.playbook_path)?;
+    writeln!(
+        io.stderr,
+        "resuming run {} of {}",
+        run.id, run.playbook_path
+    )?;
     let run_id = run.id.clone();
-    let summary = with_engine(prepared, journal, key, async |engine, waves| Ok(engine.resume(&run_id, waves).await?))?;
+    let summary = with_engine(prepared, journal, key, async |engine, waves| {
+        Ok(engine.resume(&run_id, waves).await?)
+    })?;
     print_summary(&summary, args.format, io)
 }
 
 pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStatus> {
     if !args.journal.exists() {
-        writeln!(io.stderr, "error: no journal at {}\nhelp: pass the --journal the run used", args.journal.display())?;
+        writeln!(
+            io.stderr,
+            "error: no journal at {}\nhelp: pass the --journal the run used",
+            args.journal.display()
+        )?;
         return Ok(ExitStatus::Invalid);
     }
     let (journal, key) = open_journal(&args.journal)?;
     let Some(run) = journal.run(&args.run)? else {
-        writeln!(io.stderr, "error: no run `{}` in {}", args.run, args.journal.display())?;
+        writeln!(
+            io.stderr,
+            "error: no run `{}` in {}",
+            args.run,
+            args.journal.display()
+        )?;
         return Ok(ExitStatus::Invalid);
     };
     if run.mode == "breach" {
@@ -481,8 +667,15 @@ pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStat
         )?;
         return Ok(ExitStatus::Invalid);
     }
-    if matches!(run.status, crate::journal::RunStatus::Running | crate::journal::RunStatus::Interrupted) {
-        writeln!(io.stderr, "error: run {} is {}; finish it with `rekey resume` before rolling it back", run.id, run.status)?;
+    if matches!(
+        run.status,
+        crate::journal::RunStatus::Running | crate::journal::RunStatus::Interrupted
+    ) {
+        writeln!(
+            io.stderr,
+            "error: run {} is {}; finish it with `rekey resume` before rolling it back",
+            run.id, run.status
+        )?;
         return Ok(ExitStatus::Invalid);
     }
     let prepared = match reload_run(&run, io)? {
@@ -490,15 +683,27 @@ pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStat
         Err(status) => return Ok(status),
     };
     let run_id = run.id.clone();
-    let summary = with_engine(prepared, journal, key, async |engine, waves| Ok(engine.roll_back(&run_id, waves).await?))?;
+    let summary = with_engine(prepared, journal, key, async |engine, waves| {
+        Ok(engine.roll_back(&run_id, waves).await?)
+    })?;
     let status = print_summary(&summary, args.format, io)?;
     // For a rollback, "rolled back" is success.
-    Ok(if summary.count("skipped") + summary.count("quarantined") == 0 { ExitStatus::Success } else { status })
+    Ok(
+        if summary.count("skipped") + summary.count("quarantined") == 0 {
+            ExitStatus::Success
+        } else {
+            status
+        },
+    )
 }
 
 pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> {
     if !args.journal.exists() {
-        writeln!(io.stderr, "error: no journal at {}\nhelp: runs are recorded where `rekey run --journal` pointed (default .rekey/journal.db)", args.journal.display())?;
+        writeln!(
+            io.stderr,
+            "error: no journal at {}\nhelp: runs are recorded where `rekey run --journal` pointed (default .rekey/journal.db)",
+            args.journal.display()
+        )?;
         return Ok(ExitStatus::Invalid);
     }
     let journal = crate::journal::Journal::open(&args.journal)?;
@@ -507,21 +712,39 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
         None => journal.runs()?.into_iter().next(),
     };
     let Some(run) = run else {
-        writeln!(io.stderr, "error: no such run in {}", args.journal.display())?;
+        writeln!(
+            io.stderr,
+            "error: no such run in {}",
+            args.journal.display()
+        )?;
         return Ok(ExitStatus::Invalid);
     };
     let states = journal.states(&run.id)?;
     if args.format == Format::Json {
-        writeln!(io.stdout, "{}", serde_json::to_string_pretty(&serde_json::json!({ "run": run, "credentials": states }))?)?;
+        writeln!(
+            io.stdout,
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "run": run, "credentials": states })
+            )?
+        )?;
         return Ok(ExitStatus::Success);
     }
-    writeln!(io.stdout, "Run {} ({}, {} mode): {}; started {}", run.id, run.playbook_name, run.mode, run.status, run.started_at)?;
+    writeln!(
+        io.stdout,
+        "Run {} ({}, {} mode): {}; started {}",
+        run.id, run.playbook_name, run.mode, run.status, run.started_at
+    )?;
     for s in &states {
         writeln!(io.stdout, "  {:<24} {}", s.credential, s.state)?;
         if s.state == "quarantined"
-            && let (Some(reason), Some(action)) = (s.detail.get("reason").and_then(|v| v.as_str()), s.detail.get("action").and_then(|v| v.as_str())) {
-                writeln!(io.stdout, "      why: {reason}\n      to do: {action}")?;
-            }
+            && let (Some(reason), Some(action)) = (
+                s.detail.get("reason").and_then(|v| v.as_str()),
+                s.detail.get("action").and_then(|v| v.as_str()),
+            )
+        {
+            writeln!(io.stdout, "      why: {reason}\n      to do: {action}")?;
+        }
     }
     Ok(ExitStatus::Success)
 }

@@ -7,12 +7,12 @@ pub mod commands;
 pub mod engine;
 pub mod env_vars;
 pub mod exit;
+pub mod journal;
 pub mod plan;
-pub mod progress;
 pub mod playbook;
+pub mod progress;
 pub mod provider;
 pub mod secret;
 pub mod store;
-pub mod journal;
 
 pub use exit::ExitStatus;

@@ -12,12 +12,19 @@ fn main() -> std::process::ExitCode {
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,
-        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os(env_vars::NO_COLOR).is_none_or(|v| v.is_empty()),
+        Color::Auto => {
+            std::io::stderr().is_terminal()
+                && std::env::var_os(env_vars::NO_COLOR).is_none_or(|v| v.is_empty())
+        }
     };
     init_logging(&cli, color);
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
-    let mut io = commands::Io { stdout: &mut stdout, stderr: &mut stderr, color };
+    let mut io = commands::Io {
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        color,
+    };
     let result = match &cli.command {
         Command::Plan(args) => commands::plan(args, &mut io),
         Command::Run(args) => commands::run(args, &mut io),
@@ -31,7 +38,10 @@ fn main() -> std::process::ExitCode {
         Ok(status) => status,
         Err(err) => {
             // A closed pipe (`rekey plan ... | head`) is not a failure worth a message.
-            if err.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
                 return std::process::ExitCode::SUCCESS;
             }
             eprintln!("error: {err:#}");
@@ -51,6 +61,12 @@ fn init_logging(cli: &Cli, color: bool) {
             _ => "trace",
         }
     };
-    let filter = EnvFilter::try_from_env(env_vars::RUST_LOG).unwrap_or_else(|_| EnvFilter::new(format!("rekey={level}")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(color).with_target(false).init();
+    let filter = EnvFilter::try_from_env(env_vars::RUST_LOG)
+        .unwrap_or_else(|_| EnvFilter::new(format!("rekey={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .with_target(false)
+        .init();
 }

@@ -17,12 +17,17 @@ pub struct Bars {
 impl Bars {
     pub fn new(counts: &IndexMap<String, u64>) -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {rate:>9} ETA {eta:>4} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let style = ProgressStyle::with_template(
+            "{prefix:>16} [{bar:30}] {pos}/{len} {rate:>9} ETA {eta:>4} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
                 let _ = write!(w, "{:.1}/s", state.per_sec());
-            })
-            .progress_chars("=> ");
+            },
+        )
+        .progress_chars("=> ");
         let bars = counts
             .iter()
             .map(|(instance, n)| {
@@ -33,7 +38,10 @@ impl Bars {
                 (instance.clone(), bar)
             })
             .collect();
-        Bars { bars, _multi: multi }
+        Bars {
+            bars,
+            _multi: multi,
+        }
     }
 }
 
@@ -64,7 +72,10 @@ pub struct Lines {
 
 impl Lines {
     pub fn new(total: usize) -> Lines {
-        Lines { total, done: Mutex::new(0) }
+        Lines {
+            total,
+            done: Mutex::new(0),
+        }
     }
 }
 
@@ -76,6 +87,11 @@ impl Progress for Lines {
             *done += 1;
             *done
         };
-        let _ = writeln!(std::io::stderr(), "rekey: [{n}/{}] {credential} ({instance}): {}", self.total, outcome.state());
+        let _ = writeln!(
+            std::io::stderr(),
+            "rekey: [{n}/{}] {credential} ({instance}): {}",
+            self.total,
+            outcome.state()
+        );
     }
 }

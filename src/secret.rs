@@ -27,7 +27,8 @@ impl Secret {
     /// HMAC-SHA256 of the value under `key`, hex: lets records refer to a value
     /// (and lets someone who holds a value check it against them) without holding it.
     pub fn fingerprint(&self, key: &[u8]) -> String {
-        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
+            .expect("HMAC takes keys of any length");
         mac.update(self.0.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
@@ -60,7 +61,10 @@ mod tests {
         let s = Secret::new("canary-7Hq2");
         assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
         assert_ne!(s.fingerprint(b"k1"), s.fingerprint(b"k2"));
-        assert_eq!(s.fingerprint(b"k1"), Secret::new("canary-7Hq2").fingerprint(b"k1"));
+        assert_eq!(
+            s.fingerprint(b"k1"),
+            Secret::new("canary-7Hq2").fingerprint(b"k1")
+        );
         assert_eq!(s.fingerprint(b"k1").len(), 64);
     }
 
@@ -69,6 +73,9 @@ mod tests {
         let p = Secret::generate(40, "ab");
         assert_eq!(p.expose().len(), 40);
         assert!(p.expose().chars().all(|c| c == 'a' || c == 'b'));
-        assert_ne!(Secret::generate(32, "abcdefghij0123456789").expose(), Secret::generate(32, "abcdefghij0123456789").expose());
+        assert_ne!(
+            Secret::generate(32, "abcdefghij0123456789").expose(),
+            Secret::generate(32, "abcdefghij0123456789").expose()
+        );
     }
 }

@@ -26,8 +26,14 @@ impl InstanceLimit {
     pub fn new(rate: Rate) -> InstanceLimit {
         let period = Duration::from_secs_f64((1.0 / rate.per_second).clamp(1e-9, 86_400.0 * 365.0));
         let burst = NonZeroU32::new(rate.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)).allow_burst(burst);
-        InstanceLimit { limiter: RateLimiter::direct(quota), paused_until: Mutex::new(None), throttled: AtomicU64::new(0) }
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        InstanceLimit {
+            limiter: RateLimiter::direct(quota),
+            paused_until: Mutex::new(None),
+            throttled: AtomicU64::new(0),
+        }
     }
 
     /// Waits until a request may leave: after any pause, then for a permit.
@@ -50,7 +56,10 @@ impl InstanceLimit {
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);
         }
-        tracing::warn!(wait_ms = retry_after.unwrap_or(DEFAULT_PAUSE).as_millis() as u64, "Provider rate limit hit; pausing the instance.");
+        tracing::warn!(
+            wait_ms = retry_after.unwrap_or(DEFAULT_PAUSE).as_millis() as u64,
+            "Provider rate limit hit; pausing the instance."
+        );
     }
 }
 
@@ -60,7 +69,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_throttle_pauses_every_request_of_the_instance() {
-        let limit = InstanceLimit::new(Rate { per_second: 1000.0, burst: 10 });
+        let limit = InstanceLimit::new(Rate {
+            per_second: 1000.0,
+            burst: 10,
+        });
         let start = Instant::now();
         limit.acquire().await;
         limit.throttle(Some(Duration::from_secs(30)));

@@ -25,7 +25,10 @@ use tokio::sync::Semaphore;
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// New value verified, promoted to the consumers' path; old one retired.
-    Rotated { key_id: Option<String>, version: u64 },
+    Rotated {
+        key_id: Option<String>,
+        version: u64,
+    },
     /// Something failed before anything visible changed; the old credential still works.
     RolledBack { reason: String },
     /// Not brought to a known-good state automatically: a human must act.
@@ -65,7 +68,10 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn count(&self, state: &str) -> usize {
-        self.results.iter().filter(|r| r.outcome.state() == state).count()
+        self.results
+            .iter()
+            .filter(|r| r.outcome.state() == state)
+            .count()
     }
     pub fn status(&self) -> RunStatus {
         if self.interrupted {
@@ -96,7 +102,13 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { attempts: 4, backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(5), verify_attempts: 5, lease: Duration::from_secs(600) }
+        Tuning {
+            attempts: 4,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            verify_attempts: 5,
+            lease: Duration::from_secs(600),
+        }
     }
 }
 
@@ -158,15 +170,26 @@ pub struct Engine {
 impl Engine {
     /// Rotates the credentials at `waves` (indices into the playbook's
     /// credentials, as `plan::order::waves` returns them), recording run `new_run`.
-    pub async fn run(&self, new_run: &NewRun, waves: &[Vec<usize>]) -> Result<RunSummary, EngineError> {
+    pub async fn run(
+        &self,
+        new_run: &NewRun,
+        waves: &[Vec<usize>],
+    ) -> Result<RunSummary, EngineError> {
         let run_id = self.journal(|j| j.create_run(new_run))?;
         tracing::info!(run = %run_id, credentials = waves.iter().map(Vec::len).sum::<usize>(), "Run started.");
-        let global = Arc::new(Semaphore::new(self.playbook.defaults.concurrency.max(1) as usize));
+        let global = Arc::new(Semaphore::new(
+            self.playbook.defaults.concurrency.max(1) as usize
+        ));
         let per_instance: IndexMap<String, Arc<Semaphore>> = self
             .playbook
             .providers
             .iter()
-            .map(|(name, p)| (name.clone(), Arc::new(Semaphore::new(p.concurrency.max(1) as usize))))
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    Arc::new(Semaphore::new(p.concurrency.max(1) as usize)),
+                )
+            })
             .collect();
         let mut results: Vec<CredentialResult> = Vec::new();
         for wave in waves {
@@ -175,11 +198,20 @@ impl Engine {
                 let credential = &self.playbook.credentials[index];
                 // A credential whose dependency did not rotate is not attempted:
                 // its order exists because it relies on the dependency's new value.
-                let failed_dep = credential.depends_on.iter().find(|d| results.iter().any(|r| &r.id == *d && !matches!(r.outcome, Outcome::Rotated { .. })));
+                let failed_dep = credential.depends_on.iter().find(|d| {
+                    results
+                        .iter()
+                        .any(|r| &r.id == *d && !matches!(r.outcome, Outcome::Rotated { .. }))
+                });
                 if let Some(dep) = failed_dep {
-                    let outcome = Outcome::Skipped { reason: format!("dependency `{dep}` did not rotate") };
+                    let outcome = Outcome::Skipped {
+                        reason: format!("dependency `{dep}` did not rotate"),
+                    };
                     self.record_final(&run_id, &credential.id, &outcome)?;
-                    results.push(CredentialResult { id: credential.id.clone(), outcome });
+                    results.push(CredentialResult {
+                        id: credential.id.clone(),
+                        outcome,
+                    });
                     continue;
                 }
                 let global = global.clone();
@@ -198,7 +230,8 @@ impl Engine {
                     self.progress.started(&credential.provider, &credential.id);
                     let outcome = rotate::rotate(self, &run_id, index).await;
                     if let Ok(o) = &outcome {
-                        self.progress.finished(&credential.provider, &credential.id, o);
+                        self.progress
+                            .finished(&credential.provider, &credential.id, o);
                         // Recorded as soon as it ends, so a crash later in the wave
                         // does not make resume look at it again. In its grace period a
                         // credential is not final yet: its old key still has to go.
@@ -241,7 +274,11 @@ impl Engine {
             }
         }
         let interrupted = self.stop.load(std::sync::atomic::Ordering::SeqCst);
-        let summary = RunSummary { run_id: run_id.clone(), results, interrupted };
+        let summary = RunSummary {
+            run_id: run_id.clone(),
+            results,
+            interrupted,
+        };
         self.journal(|j| j.finish_run(&run_id, summary.status()))?;
         tracing::info!(run = %run_id, status = %summary.status(), "Run finished.");
         Ok(summary)
@@ -250,7 +287,11 @@ impl Engine {
     /// Finishes run `run_id` after a crash or an interruption: credentials that
     /// ended keep their outcome; the others are reconciled with the real state of
     /// the provider and Vault, then completed.
-    pub async fn resume(&self, run_id: &str, waves: &[Vec<usize>]) -> Result<RunSummary, EngineError> {
+    pub async fn resume(
+        &self,
+        run_id: &str,
+        waves: &[Vec<usize>],
+    ) -> Result<RunSummary, EngineError> {
         let rows = {
             let journal = self.journal.lock().map_err(poisoned)?;
             journal.reopen_run(run_id)?;
@@ -262,21 +303,39 @@ impl Engine {
             for &index in wave {
                 let credential = &self.playbook.credentials[index];
                 let last = rows.iter().find(|r| r.credential == credential.id);
-                if let Some(done) = last.and_then(|r| serde_json::from_value::<Outcome>(r.detail.clone()).ok())
-                    && !matches!(done, Outcome::AwaitingOperator { .. }) {
-                        results.push(CredentialResult { id: credential.id.clone(), outcome: done });
-                        continue;
-                    }
-                let failed_dep = credential.depends_on.iter().find(|d| results.iter().any(|r| &r.id == *d && !matches!(r.outcome, Outcome::Rotated { .. })));
+                if let Some(done) =
+                    last.and_then(|r| serde_json::from_value::<Outcome>(r.detail.clone()).ok())
+                    && !matches!(done, Outcome::AwaitingOperator { .. })
+                {
+                    results.push(CredentialResult {
+                        id: credential.id.clone(),
+                        outcome: done,
+                    });
+                    continue;
+                }
+                let failed_dep = credential.depends_on.iter().find(|d| {
+                    results
+                        .iter()
+                        .any(|r| &r.id == *d && !matches!(r.outcome, Outcome::Rotated { .. }))
+                });
                 let outcome = match failed_dep {
-                    Some(dep) => Outcome::Skipped { reason: format!("dependency `{dep}` did not rotate") },
+                    Some(dep) => Outcome::Skipped {
+                        reason: format!("dependency `{dep}` did not rotate"),
+                    },
                     None => rotate::resume(self, run_id, index, last).await?,
                 };
                 self.record_final(run_id, &credential.id, &outcome)?;
-                results.push(CredentialResult { id: credential.id.clone(), outcome });
+                results.push(CredentialResult {
+                    id: credential.id.clone(),
+                    outcome,
+                });
             }
         }
-        let summary = RunSummary { run_id: run_id.to_owned(), results, interrupted: false };
+        let summary = RunSummary {
+            run_id: run_id.to_owned(),
+            results,
+            interrupted: false,
+        };
         self.journal(|j| j.finish_run(run_id, summary.status()))?;
         tracing::info!(run = %run_id, status = %summary.status(), "Resumed run finished.");
         Ok(summary)
@@ -284,39 +343,72 @@ impl Engine {
 
     /// Rolls back run `run_id` (routine mode only; the caller refuses breach mode):
     /// rotated credentials get their previous value back, dependents first.
-    pub async fn roll_back(&self, run_id: &str, waves: &[Vec<usize>]) -> Result<RunSummary, EngineError> {
+    pub async fn roll_back(
+        &self,
+        run_id: &str,
+        waves: &[Vec<usize>],
+    ) -> Result<RunSummary, EngineError> {
         let rows = self.journal(|j| j.states(run_id))?;
         let rollback_run = {
             let journal = self.journal.lock().map_err(poisoned)?;
-            let original = journal.run(run_id)?.ok_or_else(|| EngineError::Setup(format!("no run {run_id}")))?;
-            journal.create_run(&NewRun { selection: serde_json::json!({ "rollback_of": run_id }), ..NewRun {
-                playbook_name: original.playbook_name,
-                playbook_path: original.playbook_path,
-                playbook_sha256: original.playbook_sha256,
-                mode: original.mode,
-                selection: serde_json::Value::Null,
-                actor: original.actor,
-            } })?
+            let original = journal
+                .run(run_id)?
+                .ok_or_else(|| EngineError::Setup(format!("no run {run_id}")))?;
+            journal.create_run(&NewRun {
+                selection: serde_json::json!({ "rollback_of": run_id }),
+                ..NewRun {
+                    playbook_name: original.playbook_name,
+                    playbook_path: original.playbook_path,
+                    playbook_sha256: original.playbook_sha256,
+                    mode: original.mode,
+                    selection: serde_json::Value::Null,
+                    actor: original.actor,
+                }
+            })?
         };
         let mut results = Vec::new();
         for wave in waves.iter().rev() {
             for &index in wave {
                 let credential = &self.playbook.credentials[index];
-                let Some(row) = rows.iter().find(|r| r.credential == credential.id) else { continue };
-                let Ok(Outcome::Rotated { version, .. }) = serde_json::from_value::<Outcome>(row.detail.clone()) else { continue };
+                let Some(row) = rows.iter().find(|r| r.credential == credential.id) else {
+                    continue;
+                };
+                let Ok(Outcome::Rotated { version, .. }) =
+                    serde_json::from_value::<Outcome>(row.detail.clone())
+                else {
+                    continue;
+                };
                 // The old key id was recorded in the intermediate states of the run.
-                let detail = self.journal.lock().map_err(poisoned)?.intents(run_id, &credential.id)?
+                let detail = self
+                    .journal
+                    .lock()
+                    .map_err(poisoned)?
+                    .intents(run_id, &credential.id)?
                     .iter()
                     .find(|i| i.step == "deactivate" || i.step == "revoke")
                     .map(|i| serde_json::json!({ "old_key_id": i.detail.get("key_id") }))
                     .unwrap_or_default();
-                let outcome = rotate::roll_back(self, &rollback_run, index, version, &detail).await?;
+                let outcome =
+                    rotate::roll_back(self, &rollback_run, index, version, &detail).await?;
                 self.record_final(&rollback_run, &credential.id, &outcome)?;
-                results.push(CredentialResult { id: credential.id.clone(), outcome });
+                results.push(CredentialResult {
+                    id: credential.id.clone(),
+                    outcome,
+                });
             }
         }
-        let summary = RunSummary { run_id: rollback_run.clone(), results, interrupted: false };
-        let status = if summary.count("quarantined") > 0 { RunStatus::Quarantined } else if summary.count("skipped") > 0 { RunStatus::Failed } else { RunStatus::Succeeded };
+        let summary = RunSummary {
+            run_id: rollback_run.clone(),
+            results,
+            interrupted: false,
+        };
+        let status = if summary.count("quarantined") > 0 {
+            RunStatus::Quarantined
+        } else if summary.count("skipped") > 0 {
+            RunStatus::Failed
+        } else {
+            RunStatus::Succeeded
+        };
         self.journal(|j| j.finish_run(&rollback_run, status))?;
         Ok(summary)
     }
@@ -330,7 +422,10 @@ impl Engine {
     /// Runs `f` on the journal. Journal writes fsync (intents must survive a power
     /// cut); `block_in_place` lets the runtime move other tasks off this worker
     /// meanwhile, instead of stalling them behind the disk.
-    pub(crate) fn journal<T>(&self, f: impl FnOnce(&Journal) -> Result<T, JournalError>) -> Result<T, EngineError> {
+    pub(crate) fn journal<T>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<T, JournalError>,
+    ) -> Result<T, EngineError> {
         let call = || -> Result<T, EngineError> {
             let journal = self.journal.lock().map_err(poisoned)?;
             Ok(f(&journal)?)

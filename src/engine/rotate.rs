@@ -15,24 +15,51 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub(super) async fn rotate(engine: &Engine, run: &str, index: usize) -> Result<Outcome, EngineError> {
+pub(super) async fn rotate(
+    engine: &Engine,
+    run: &str,
+    index: usize,
+) -> Result<Outcome, EngineError> {
     let credential = &engine.playbook.credentials[index];
     let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
         return Ok(match credential.kind {
-            Kind::Manual => Outcome::AwaitingOperator { instructions: credential.instructions.clone().unwrap_or_default() },
-            _ => Outcome::Skipped { reason: format!("provider instance `{}` cannot run in this build", credential.provider) },
+            Kind::Manual => Outcome::AwaitingOperator {
+                instructions: credential.instructions.clone().unwrap_or_default(),
+            },
+            _ => Outcome::Skipped {
+                reason: format!(
+                    "provider instance `{}` cannot run in this build",
+                    credential.provider
+                ),
+            },
         });
     };
     let holder = engine.holder.clone();
     // The lease outlives the grace period: the old key is retired at its end.
-    if !engine.journal(|j| j.lease(run, &credential.id, &holder, engine.tuning.lease + credential.grace))? {
-        return Ok(Outcome::Skipped { reason: "another rekey process holds this credential".into() });
+    if !engine.journal(|j| {
+        j.lease(
+            run,
+            &credential.id,
+            &holder,
+            engine.tuning.lease + credential.grace,
+        )
+    })? {
+        return Ok(Outcome::Skipped {
+            reason: "another rekey process holds this credential".into(),
+        });
     }
-    let ctx = Ctx { engine, run, credential, provider };
+    let ctx = Ctx {
+        engine,
+        run,
+        credential,
+        provider,
+    };
     let outcome = match credential.kind {
         Kind::Dual => ctx.dual().await,
         Kind::Single => ctx.single().await,
-        Kind::Manual => Ok(Outcome::AwaitingOperator { instructions: credential.instructions.clone().unwrap_or_default() }),
+        Kind::Manual => Ok(Outcome::AwaitingOperator {
+            instructions: credential.instructions.clone().unwrap_or_default(),
+        }),
     };
     engine.journal(|j| j.release(run, &credential.id, &holder))?;
     outcome
@@ -41,7 +68,12 @@ pub(super) async fn rotate(engine: &Engine, run: &str, index: usize) -> Result<O
 /// After a crash: brings one credential of run `run` to a known state from what
 /// the journal says it was doing and what the world really holds (provider keys,
 /// Vault versions, the staging entry), then finishes or restarts its rotation.
-pub(super) async fn resume(engine: &Engine, run: &str, index: usize, last: Option<&crate::journal::CredentialRow>) -> Result<Outcome, EngineError> {
+pub(super) async fn resume(
+    engine: &Engine,
+    run: &str,
+    index: usize,
+    last: Option<&crate::journal::CredentialRow>,
+) -> Result<Outcome, EngineError> {
     let credential = &engine.playbook.credentials[index];
     let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
         return rotate(engine, run, index).await;
@@ -51,13 +83,20 @@ pub(super) async fn resume(engine: &Engine, run: &str, index: usize, last: Optio
         let journal = engine.journal.lock().map_err(super::poisoned)?;
         if let Some((_, holder)) = journal.lease_holder(&credential.id)? {
             let pid = holder.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| p != std::process::id() && std::path::Path::new(&format!("/proc/{p}")).exists());
+            let alive = pid.is_some_and(|p| {
+                p != std::process::id() && std::path::Path::new(&format!("/proc/{p}")).exists()
+            });
             if !alive {
                 journal.break_lease(&credential.id, &holder)?;
             }
         }
     }
-    let ctx = Ctx { engine, run, credential, provider };
+    let ctx = Ctx {
+        engine,
+        run,
+        credential,
+        provider,
+    };
     let detail = last.map(|r| r.detail.clone()).unwrap_or(Value::Null);
     let reconciled = match credential.kind {
         Kind::Dual => ctx.reconcile_dual(&detail).await?,
@@ -88,24 +127,43 @@ struct Failure {
 
 impl From<ProviderError> for Failure {
     fn from(e: ProviderError) -> Self {
-        Failure { kind: e.kind(), message: e.to_string(), conflict: false }
+        Failure {
+            kind: e.kind(),
+            message: e.to_string(),
+            conflict: false,
+        }
     }
 }
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        let kind = if e.is_transient() { "transient" } else { "fatal" };
-        Failure { kind, conflict: matches!(e, StoreError::CasConflict { .. }), message: e.to_string() }
+        let kind = if e.is_transient() {
+            "transient"
+        } else {
+            "fatal"
+        };
+        Failure {
+            kind,
+            conflict: matches!(e, StoreError::CasConflict { .. }),
+            message: e.to_string(),
+        }
     }
 }
 
 impl<'a> Ctx<'a> {
     fn target(&self) -> Target<'a> {
-        Target { credential: &self.credential.id, account: self.credential.account.as_deref(), settings: &self.credential.settings }
+        Target {
+            credential: &self.credential.id,
+            account: self.credential.account.as_deref(),
+            settings: &self.credential.settings,
+        }
     }
 
     fn staging_path(&self) -> String {
-        format!("{}/{}/{}", self.engine.playbook.vault.staging_prefix, self.run, self.credential.id)
+        format!(
+            "{}/{}/{}",
+            self.engine.playbook.vault.staging_prefix, self.run, self.credential.id
+        )
     }
 
     fn fingerprint(&self, secret: &Secret) -> String {
@@ -113,19 +171,27 @@ impl<'a> Ctx<'a> {
     }
 
     fn state(&self, state: &str, detail: Value) -> Result<(), EngineError> {
-        self.engine.journal(|j| j.set_state(self.run, &self.credential.id, state, &detail))?;
+        self.engine
+            .journal(|j| j.set_state(self.run, &self.credential.id, state, &detail))?;
         Ok(())
     }
 
     /// Runs one external step with an intent record before and an outcome after,
     /// retrying transient failures with jittered exponential backoff.
-    async fn step<T, F, Fut, E>(&self, step: &str, detail: Value, mut call: F) -> Result<Result<T, Failure>, EngineError>
+    async fn step<T, F, Fut, E>(
+        &self,
+        step: &str,
+        detail: Value,
+        mut call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: Into<Failure> + RetryHint,
     {
-        let intent = self.engine.journal(|j| j.intent(self.run, &self.credential.id, step, &detail))?;
+        let intent = self
+            .engine
+            .journal(|j| j.intent(self.run, &self.credential.id, step, &detail))?;
         let tuning = &self.engine.tuning;
         let mut delay = tuning.backoff;
         let mut attempt = 1;
@@ -150,15 +216,24 @@ impl<'a> Ctx<'a> {
         };
         let recorded = match &result {
             Ok(_) => Recorded::Ok,
-            Err(f) => Recorded::Failed { kind: f.kind.into(), message: f.message.clone() },
+            Err(f) => Recorded::Failed {
+                kind: f.kind.into(),
+                message: f.message.clone(),
+            },
         };
-        self.engine.journal(|j| j.outcome(intent, recorded, &json!({ "attempts": attempt })))?;
+        self.engine
+            .journal(|j| j.outcome(intent, recorded, &json!({ "attempts": attempt })))?;
         Ok(result)
     }
 
     /// A provider call: every attempt waits for the instance's rate limit, and a
     /// rate-limited answer pauses the whole instance.
-    async fn pstep<T, F, Fut>(&self, step: &str, detail: Value, mut call: F) -> Result<Result<T, Failure>, EngineError>
+    async fn pstep<T, F, Fut>(
+        &self,
+        step: &str,
+        detail: Value,
+        mut call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
@@ -172,7 +247,9 @@ impl<'a> Ctx<'a> {
                     l.acquire().await;
                 }
                 let result = request.await;
-                if let (Err(ProviderError::RateLimited { retry_after, .. }), Some(l)) = (&result, &limit) {
+                if let (Err(ProviderError::RateLimited { retry_after, .. }), Some(l)) =
+                    (&result, &limit)
+                {
                     l.throttle(*retry_after);
                 }
                 result
@@ -183,7 +260,11 @@ impl<'a> Ctx<'a> {
 
     /// Authenticates with the new value, with backoff: some providers take a
     /// moment before a new credential works.
-    async fn verify(&self, key_id: Option<&str>, secret: &Secret) -> Result<Result<bool, Failure>, EngineError> {
+    async fn verify(
+        &self,
+        key_id: Option<&str>,
+        secret: &Secret,
+    ) -> Result<Result<bool, Failure>, EngineError> {
         if !self.credential.verify {
             return Ok(Ok(true));
         }
@@ -193,7 +274,13 @@ impl<'a> Ctx<'a> {
         let mut delay = self.engine.tuning.backoff;
         let mut last = Ok(false);
         for attempt in 1..=attempts {
-            last = self.pstep("verify", json!({ "key_id": key_id, "attempt": attempt }), || provider.verify(target, key_id, secret)).await?;
+            last = self
+                .pstep(
+                    "verify",
+                    json!({ "key_id": key_id, "attempt": attempt }),
+                    || provider.verify(target, key_id, secret),
+                )
+                .await?;
             match &last {
                 Ok(true) => break,
                 Ok(false) | Err(_) if attempt < attempts => {
@@ -217,30 +304,39 @@ impl<'a> Ctx<'a> {
         .await
     }
 
-    async fn stage(&self, secret: &Secret, fields: &BTreeMap<String, String>) -> Result<Result<u64, Failure>, EngineError> {
+    async fn stage(
+        &self,
+        secret: &Secret,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<Result<u64, Failure>, EngineError> {
         let store = self.engine.store.clone();
         let path = self.staging_path();
-        self.step("stage", json!({ "path": path, "fingerprint": self.fingerprint(secret), "fields": fields }), || {
-            let store = store.clone();
-            let path = path.clone();
-            async move {
-                // A leftover from an earlier attempt of this run is overwritten.
-                let current = store.read(&path).await?.version;
-                store.write_cas(&path, secret, fields, current).await
-            }
-        })
+        self.step(
+            "stage",
+            json!({ "path": path, "fingerprint": self.fingerprint(secret), "fields": fields }),
+            || {
+                let store = store.clone();
+                let path = path.clone();
+                async move {
+                    // A leftover from an earlier attempt of this run is overwritten.
+                    let current = store.read(&path).await?.version;
+                    store.write_cas(&path, secret, fields, current).await
+                }
+            },
+        )
         .await
     }
 
     async fn clear_staging(&self) -> Result<(), EngineError> {
         let store = self.engine.store.clone();
         let path = self.staging_path();
-        let result = self.step("clear_staging", json!({ "path": path }), || {
-            let store = store.clone();
-            let path = path.clone();
-            async move { store.delete_all(&path).await }
-        })
-        .await?;
+        let result = self
+            .step("clear_staging", json!({ "path": path }), || {
+                let store = store.clone();
+                let path = path.clone();
+                async move { store.delete_all(&path).await }
+            })
+            .await?;
         if let Err(f) = result {
             // The value is promoted; a leftover staging entry is tidied by resume.
             tracing::warn!(credential = %self.credential.id, "Could not clear the staging entry: {}", f.message);
@@ -250,31 +346,50 @@ impl<'a> Ctx<'a> {
 
     /// Writes the consumers' path with check-and-set on the version read before
     /// the change, then its custom metadata.
-    async fn promote(&self, secret: &Secret, fields: &BTreeMap<String, String>, cas: u64) -> Result<Result<u64, Failure>, EngineError> {
+    async fn promote(
+        &self,
+        secret: &Secret,
+        fields: &BTreeMap<String, String>,
+        cas: u64,
+    ) -> Result<Result<u64, Failure>, EngineError> {
         let store = self.engine.store.clone();
         let path = self.credential.vault_path.clone();
         let result = self
-            .step("promote", json!({ "path": path, "cas": cas, "fingerprint": self.fingerprint(secret) }), || {
-                let store = store.clone();
-                let path = path.clone();
-                async move { store.write_cas(&path, secret, fields, cas).await }
-            })
+            .step(
+                "promote",
+                json!({ "path": path, "cas": cas, "fingerprint": self.fingerprint(secret) }),
+                || {
+                    let store = store.clone();
+                    let path = path.clone();
+                    async move { store.write_cas(&path, secret, fields, cas).await }
+                },
+            )
             .await?;
         if let Ok(version) = &result {
             let mut meta = BTreeMap::new();
             meta.insert("rekey_run".to_owned(), self.run.to_owned());
-            meta.insert("rekey_rotated_at".to_owned(), humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
-            meta.insert("rekey_provider".to_owned(), self.credential.provider.clone());
+            meta.insert(
+                "rekey_rotated_at".to_owned(),
+                humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            );
+            meta.insert(
+                "rekey_provider".to_owned(),
+                self.credential.provider.clone(),
+            );
             if let Some(k) = fields.get("key_id") {
                 meta.insert("rekey_key_id".to_owned(), k.clone());
             }
             let meta_result = self
-                .step("set_metadata", json!({ "path": path, "version": version }), || {
-                    let store = store.clone();
-                    let path = path.clone();
-                    let meta = meta.clone();
-                    async move { store.set_metadata(&path, &meta).await }
-                })
+                .step(
+                    "set_metadata",
+                    json!({ "path": path, "version": version }),
+                    || {
+                        let store = store.clone();
+                        let path = path.clone();
+                        let meta = meta.clone();
+                        async move { store.set_metadata(&path, &meta).await }
+                    },
+                )
                 .await?;
             if let Err(f) = meta_result {
                 tracing::warn!(credential = %self.credential.id, "Promoted, but custom metadata could not be written: {}", f.message);
@@ -300,60 +415,121 @@ impl<'a> Ctx<'a> {
         let id = &self.credential.id;
         let current = match self.read_current().await? {
             Ok(c) => c,
-            Err(f) => return Ok(Outcome::RolledBack { reason: format!("cannot read {}: {}", self.credential.vault_path, f.message) }),
+            Err(f) => {
+                return Ok(Outcome::RolledBack {
+                    reason: format!("cannot read {}: {}", self.credential.vault_path, f.message),
+                });
+            }
         };
         let old_key = current.fields.get("key_id").cloned();
         let provider = self.provider.clone();
         let target = self.target();
 
         // Quota: make room by deleting an inactive stray, never the current key.
-        let keys = match self.pstep("list", json!({}), || provider.list(target)).await? {
+        let keys = match self
+            .pstep("list", json!({}), || provider.list(target))
+            .await?
+        {
             Ok(k) => k,
-            Err(f) => return Ok(Outcome::RolledBack { reason: format!("cannot list keys: {}", f.message) }),
-        };
-        if let Some(stray) = keys.iter().find(|k| !k.active && Some(&k.id) != old_key.as_ref())
-            && keys.len() >= 2 {
-                let stray_id = stray.id.clone();
-                if let Err(f) = self.pstep("revoke_stray", json!({ "key_id": stray_id }), || provider.revoke(target, &stray_id)).await? {
-                    return Ok(Outcome::RolledBack { reason: format!("quota full and the inactive key {stray_id} could not be deleted: {}", f.message) });
-                }
+            Err(f) => {
+                return Ok(Outcome::RolledBack {
+                    reason: format!("cannot list keys: {}", f.message),
+                });
             }
+        };
+        if let Some(stray) = keys
+            .iter()
+            .find(|k| !k.active && Some(&k.id) != old_key.as_ref())
+            && keys.len() >= 2
+        {
+            let stray_id = stray.id.clone();
+            if let Err(f) = self
+                .pstep("revoke_stray", json!({ "key_id": stray_id }), || {
+                    provider.revoke(target, &stray_id)
+                })
+                .await?
+            {
+                return Ok(Outcome::RolledBack {
+                    reason: format!(
+                        "quota full and the inactive key {stray_id} could not be deleted: {}",
+                        f.message
+                    ),
+                });
+            }
+        }
 
-        self.state("creating", json!({ "old_key_id": old_key, "vault_version": current.version }))?;
+        self.state(
+            "creating",
+            json!({ "old_key_id": old_key, "vault_version": current.version }),
+        )?;
         let tag = format!("rekey:{}:{id}", self.run);
-        let issued = match self.pstep("create", json!({ "tag": tag }), || provider.create(target, &tag)).await? {
+        let issued = match self
+            .pstep("create", json!({ "tag": tag }), || {
+                provider.create(target, &tag)
+            })
+            .await?
+        {
             Ok(i) => i,
-            Err(f) => return Ok(Outcome::RolledBack { reason: format!("create failed: {}", f.message) }),
+            Err(f) => {
+                return Ok(Outcome::RolledBack {
+                    reason: format!("create failed: {}", f.message),
+                });
+            }
         };
         let fields = self.fields(Some(&issued.key_id));
         // Stored at once: until the staging write succeeds the new key exists only
         // in memory, and a crash here leaves an orphan that resume finds by its tag.
         if let Err(f) = self.stage(&issued.secret, &fields).await? {
-            return self.undo_new_key(&issued.key_id, format!("could not stage the new key in Vault: {}", f.message)).await;
+            return self
+                .undo_new_key(
+                    &issued.key_id,
+                    format!("could not stage the new key in Vault: {}", f.message),
+                )
+                .await;
         }
         self.state("staged", json!({ "new_key_id": issued.key_id, "old_key_id": old_key, "vault_version": current.version }))?;
 
         match self.verify(Some(&issued.key_id), &issued.secret).await? {
             Ok(true) => {}
-            Ok(false) => return self.undo_new_key(&issued.key_id, "the new key did not work when verified".into()).await,
-            Err(f) => return self.undo_new_key(&issued.key_id, format!("verify failed: {}", f.message)).await,
+            Ok(false) => {
+                return self
+                    .undo_new_key(
+                        &issued.key_id,
+                        "the new key did not work when verified".into(),
+                    )
+                    .await;
+            }
+            Err(f) => {
+                return self
+                    .undo_new_key(&issued.key_id, format!("verify failed: {}", f.message))
+                    .await;
+            }
         }
         self.state("verified", json!({ "new_key_id": issued.key_id, "old_key_id": old_key, "vault_version": current.version }))?;
 
-        let version = match self.promote(&issued.secret, &fields, current.version).await? {
+        let version = match self
+            .promote(&issued.secret, &fields, current.version)
+            .await?
+        {
             Ok(v) => v,
             Err(f) => {
                 let conflict = f.conflict;
                 let undone = self.undo_new_key(&issued.key_id, String::new()).await?;
                 let reason = if conflict {
-                    format!("{} was changed by someone else since it was read (version {}); rekey never overwrites that", self.credential.vault_path, current.version)
+                    format!(
+                        "{} was changed by someone else since it was read (version {}); rekey never overwrites that",
+                        self.credential.vault_path, current.version
+                    )
                 } else {
                     format!("could not promote: {}", f.message)
                 };
                 return Ok(match undone {
                     Outcome::RolledBack { .. } if conflict => Outcome::Quarantined {
                         reason,
-                        action: format!("find out who wrote {} and why, then run rekey again for `{id}`; the old key still works", self.credential.vault_path),
+                        action: format!(
+                            "find out who wrote {} and why, then run rekey again for `{id}`; the old key still works",
+                            self.credential.vault_path
+                        ),
                     },
                     Outcome::RolledBack { .. } => Outcome::RolledBack { reason },
                     other => other,
@@ -362,7 +538,11 @@ impl<'a> Ctx<'a> {
         };
         // When the old key may go: after a crash, resume waits out the rest of the
         // grace period instead of cutting consumers off early.
-        let retire_after = SystemTime::now().checked_add(self.credential.grace).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0);
+        let retire_after = SystemTime::now()
+            .checked_add(self.credential.grace)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         self.state("promoted", json!({ "new_key_id": issued.key_id, "old_key_id": old_key, "version": version, "retire_after": retire_after }))?;
 
         // Grace: consumers pick up the new value (zero in breach mode). The wait
@@ -370,36 +550,82 @@ impl<'a> Ctx<'a> {
         // dependents go on as soon as this value is promoted.
         if !self.credential.grace.is_zero() {
             let due = tokio::time::Instant::now() + self.credential.grace;
-            self.engine.pending.lock().map_err(super::poisoned)?.push(super::Retirement { index: self.index(), old_key: old_key.clone(), new_key: issued.key_id.clone(), version, due });
-            return Ok(Outcome::Rotated { key_id: Some(issued.key_id), version });
+            self.engine
+                .pending
+                .lock()
+                .map_err(super::poisoned)?
+                .push(super::Retirement {
+                    index: self.index(),
+                    old_key: old_key.clone(),
+                    new_key: issued.key_id.clone(),
+                    version,
+                    due,
+                });
+            return Ok(Outcome::Rotated {
+                key_id: Some(issued.key_id),
+                version,
+            });
         }
-        self.retire(old_key.as_deref(), &issued.key_id, version).await
+        self.retire(old_key.as_deref(), &issued.key_id, version)
+            .await
     }
 
     fn index(&self) -> usize {
-        self.engine.playbook.credentials.iter().position(|c| c.id == self.credential.id).unwrap_or(0)
+        self.engine
+            .playbook
+            .credentials
+            .iter()
+            .position(|c| c.id == self.credential.id)
+            .unwrap_or(0)
     }
 
     /// Deactivates then deletes the old key, clears staging.
-    async fn retire(&self, old_key: Option<&str>, new_key: &str, version: u64) -> Result<Outcome, EngineError> {
+    async fn retire(
+        &self,
+        old_key: Option<&str>,
+        new_key: &str,
+        version: u64,
+    ) -> Result<Outcome, EngineError> {
         let id = &self.credential.id;
         let provider = self.provider.clone();
         let target = self.target();
         if let Some(old) = old_key {
-            if let Err(f) = self.pstep("deactivate", json!({ "key_id": old }), || provider.deactivate(target, old)).await? {
+            if let Err(f) = self
+                .pstep("deactivate", json!({ "key_id": old }), || {
+                    provider.deactivate(target, old)
+                })
+                .await?
+            {
                 tracing::warn!(credential = %id, "Could not deactivate the old key {old}: {}", f.message);
             }
-            if let Err(f) = self.pstep("revoke", json!({ "key_id": old }), || provider.revoke(target, old)).await? {
+            if let Err(f) = self
+                .pstep("revoke", json!({ "key_id": old }), || {
+                    provider.revoke(target, old)
+                })
+                .await?
+            {
                 self.clear_staging().await?;
                 return Ok(Outcome::Quarantined {
-                    reason: format!("the new key is promoted, but the old key {old} could not be deleted: {}", f.message),
-                    action: format!("delete key {old} of `{id}` at `{}` by hand", self.credential.provider),
+                    reason: format!(
+                        "the new key is promoted, but the old key {old} could not be deleted: {}",
+                        f.message
+                    ),
+                    action: format!(
+                        "delete key {old} of `{id}` at `{}` by hand",
+                        self.credential.provider
+                    ),
                 });
             }
         }
         self.clear_staging().await?;
-        self.state("retired", json!({ "new_key_id": new_key, "old_key_id": old_key }))?;
-        Ok(Outcome::Rotated { key_id: Some(new_key.to_owned()), version })
+        self.state(
+            "retired",
+            json!({ "new_key_id": new_key, "old_key_id": old_key }),
+        )?;
+        Ok(Outcome::Rotated {
+            key_id: Some(new_key.to_owned()),
+            version,
+        })
     }
 
     /// Before promotion nothing visible changed: revoking the new key and clearing
@@ -407,13 +633,23 @@ impl<'a> Ctx<'a> {
     async fn undo_new_key(&self, key_id: &str, reason: String) -> Result<Outcome, EngineError> {
         let provider = self.provider.clone();
         let target = self.target();
-        let revoked = self.pstep("rollback_revoke_new", json!({ "key_id": key_id }), || provider.revoke(target, key_id)).await?;
+        let revoked = self
+            .pstep("rollback_revoke_new", json!({ "key_id": key_id }), || {
+                provider.revoke(target, key_id)
+            })
+            .await?;
         self.clear_staging().await?;
         Ok(match revoked {
             Ok(()) => Outcome::RolledBack { reason },
             Err(f) => Outcome::Quarantined {
-                reason: format!("{reason}; and the new key {key_id} could not be deleted: {}", f.message),
-                action: format!("delete key {key_id} of `{}` at `{}` by hand; the old key still works", self.credential.id, self.credential.provider),
+                reason: format!(
+                    "{reason}; and the new key {key_id} could not be deleted: {}",
+                    f.message
+                ),
+                action: format!(
+                    "delete key {key_id} of `{}` at `{}` by hand; the old key still works",
+                    self.credential.id, self.credential.provider
+                ),
             },
         })
     }
@@ -424,28 +660,53 @@ impl<'a> Ctx<'a> {
         let id = &self.credential.id;
         let current = match self.read_current().await? {
             Ok(c) => c,
-            Err(f) => return Ok(Outcome::RolledBack { reason: format!("cannot read {}: {}", self.credential.vault_path, f.message) }),
+            Err(f) => {
+                return Ok(Outcome::RolledBack {
+                    reason: format!("cannot read {}: {}", self.credential.vault_path, f.message),
+                });
+            }
         };
         let policy = &self.credential.password;
         let new = Secret::generate(policy.length as usize, &policy.alphabet);
         let fields = self.fields(None);
         if let Err(f) = self.stage(&new, &fields).await? {
-            return Ok(Outcome::RolledBack { reason: format!("could not stage the new value in Vault: {}", f.message) });
+            return Ok(Outcome::RolledBack {
+                reason: format!("could not stage the new value in Vault: {}", f.message),
+            });
         }
-        self.state("staged", json!({ "fingerprint": self.fingerprint(&new), "vault_version": current.version }))?;
+        self.state(
+            "staged",
+            json!({ "fingerprint": self.fingerprint(&new), "vault_version": current.version }),
+        )?;
 
         let provider = self.provider.clone();
         let target = self.target();
-        let changed = self.pstep("change", json!({ "fingerprint": self.fingerprint(&new) }), || provider.change(target, &new)).await?;
+        let changed = self
+            .pstep(
+                "change",
+                json!({ "fingerprint": self.fingerprint(&new) }),
+                || provider.change(target, &new),
+            )
+            .await?;
         if let Err(f) = changed {
             // Did the change happen anyway? Ask the provider rather than guess.
-            let took = matches!(self.pstep("probe_new", json!({}), || provider.verify(target, None, &new)).await?, Ok(true));
+            let took = matches!(
+                self.pstep("probe_new", json!({}), || provider
+                    .verify(target, None, &new))
+                    .await?,
+                Ok(true)
+            );
             if !took {
                 self.clear_staging().await?;
-                return Ok(Outcome::RolledBack { reason: format!("change failed: {}", f.message) });
+                return Ok(Outcome::RolledBack {
+                    reason: format!("change failed: {}", f.message),
+                });
             }
         }
-        self.state("changed", json!({ "fingerprint": self.fingerprint(&new), "vault_version": current.version }))?;
+        self.state(
+            "changed",
+            json!({ "fingerprint": self.fingerprint(&new), "vault_version": current.version }),
+        )?;
 
         let verified = self.verify(None, &new).await?;
         if !matches!(verified, Ok(true)) {
@@ -455,42 +716,86 @@ impl<'a> Ctx<'a> {
             Ok(v) => v,
             Err(f) => {
                 return Ok(Outcome::Quarantined {
-                    reason: format!("the password of `{id}` was changed and verified, but could not be promoted: {}", f.message),
-                    action: format!("the new value is in Vault at {}/{}; copy it to {} once you know why the write failed", self.engine.playbook.vault.mount, self.staging_path(), self.credential.vault_path),
+                    reason: format!(
+                        "the password of `{id}` was changed and verified, but could not be promoted: {}",
+                        f.message
+                    ),
+                    action: format!(
+                        "the new value is in Vault at {}/{}; copy it to {} once you know why the write failed",
+                        self.engine.playbook.vault.mount,
+                        self.staging_path(),
+                        self.credential.vault_path
+                    ),
                 });
             }
         };
         self.clear_staging().await?;
-        Ok(Outcome::Rotated { key_id: None, version })
+        Ok(Outcome::Rotated {
+            key_id: None,
+            version,
+        })
     }
 
     /// The changed value does not work. Routine mode puts the old value back;
     /// breach mode never restores a compromised value.
-    async fn single_verify_failed(&self, new: &Secret, current: &Entry) -> Result<Outcome, EngineError> {
+    async fn single_verify_failed(
+        &self,
+        new: &Secret,
+        current: &Entry,
+    ) -> Result<Outcome, EngineError> {
         let id = &self.credential.id;
         if self.engine.breach() {
             return Ok(Outcome::Quarantined {
-                reason: format!("the new password of `{id}` did not verify, and breach mode never restores the old one"),
-                action: format!("check the account at `{}`; the value rekey set is in Vault at {}/{}", self.credential.provider, self.engine.playbook.vault.mount, self.staging_path()),
+                reason: format!(
+                    "the new password of `{id}` did not verify, and breach mode never restores the old one"
+                ),
+                action: format!(
+                    "check the account at `{}`; the value rekey set is in Vault at {}/{}",
+                    self.credential.provider,
+                    self.engine.playbook.vault.mount,
+                    self.staging_path()
+                ),
             });
         }
         let Some(old) = current.value.clone() else {
             return Ok(Outcome::Quarantined {
-                reason: format!("the new password of `{id}` did not verify and Vault held no previous value to restore"),
-                action: format!("set the account's password by hand; the value rekey set is in Vault at {}/{}", self.engine.playbook.vault.mount, self.staging_path()),
+                reason: format!(
+                    "the new password of `{id}` did not verify and Vault held no previous value to restore"
+                ),
+                action: format!(
+                    "set the account's password by hand; the value rekey set is in Vault at {}/{}",
+                    self.engine.playbook.vault.mount,
+                    self.staging_path()
+                ),
             });
         };
         let _ = new;
         let provider = self.provider.clone();
         let target = self.target();
-        match self.pstep("rollback_change", json!({ "fingerprint": self.fingerprint(&old) }), || provider.change(target, &old)).await? {
+        match self
+            .pstep(
+                "rollback_change",
+                json!({ "fingerprint": self.fingerprint(&old) }),
+                || provider.change(target, &old),
+            )
+            .await?
+        {
             Ok(()) => {
                 self.clear_staging().await?;
-                Ok(Outcome::RolledBack { reason: "the new password did not verify; the previous one was set again".into() })
+                Ok(Outcome::RolledBack {
+                    reason: "the new password did not verify; the previous one was set again"
+                        .into(),
+                })
             }
             Err(f) => Ok(Outcome::Quarantined {
-                reason: format!("the new password did not verify and the old one could not be restored: {}", f.message),
-                action: format!("set the password of `{id}` by hand to the current value in Vault at {}", self.credential.vault_path),
+                reason: format!(
+                    "the new password did not verify and the old one could not be restored: {}",
+                    f.message
+                ),
+                action: format!(
+                    "set the password of `{id}` by hand to the current value in Vault at {}",
+                    self.credential.vault_path
+                ),
             }),
         }
     }
@@ -521,57 +826,133 @@ impl Ctx<'_> {
         let target = self.target();
         let current = match self.read_current().await? {
             Ok(c) => c,
-            Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot read {} to resume: {}", self.credential.vault_path, f.message), action: "run `rekey resume` again once Vault answers".into() })),
+            Err(f) => {
+                return Ok(Some(Outcome::Quarantined {
+                    reason: format!(
+                        "cannot read {} to resume: {}",
+                        self.credential.vault_path, f.message
+                    ),
+                    action: "run `rekey resume` again once Vault answers".into(),
+                }));
+            }
         };
-        let keys = match self.pstep("list", json!({ "resume": true }), || provider.list(target)).await? {
+        let keys = match self
+            .pstep("list", json!({ "resume": true }), || provider.list(target))
+            .await?
+        {
             Ok(k) => k,
-            Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot list keys to resume: {}", f.message), action: "run `rekey resume` again once the provider answers".into() })),
+            Err(f) => {
+                return Ok(Some(Outcome::Quarantined {
+                    reason: format!("cannot list keys to resume: {}", f.message),
+                    action: "run `rekey resume` again once the provider answers".into(),
+                }));
+            }
         };
         let tag = self.tag();
-        let ours: Vec<&crate::provider::KeyInfo> = keys.iter().filter(|k| k.tag.as_deref() == Some(tag.as_str())).collect();
-        let old_key = detail.get("old_key_id").and_then(Value::as_str).map(str::to_owned);
+        let ours: Vec<&crate::provider::KeyInfo> = keys
+            .iter()
+            .filter(|k| k.tag.as_deref() == Some(tag.as_str()))
+            .collect();
+        let old_key = detail
+            .get("old_key_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let recorded_version = detail.get("vault_version").and_then(Value::as_u64);
 
         // Promoted already: only the old key's retirement may be missing, once the
         // grace period that was running when the process died is over.
-        if let Some(promoted) = current.fields.get("key_id").filter(|k| ours.iter().any(|o| &&o.id == k)) {
-            let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            if let Some(left) = detail.get("retire_after").and_then(Value::as_u64).filter(|t| *t > now).map(|t| t - now) {
+        if let Some(promoted) = current
+            .fields
+            .get("key_id")
+            .filter(|k| ours.iter().any(|o| &&o.id == k))
+        {
+            let now = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if let Some(left) = detail
+                .get("retire_after")
+                .and_then(Value::as_u64)
+                .filter(|t| *t > now)
+                .map(|t| t - now)
+            {
                 tracing::info!(credential = %id, seconds = left, "Waiting out the rest of the grace period before retiring the old key.");
                 tokio::time::sleep(Duration::from_secs(left)).await;
             }
             let promoted = promoted.clone();
-            return self.finish_promoted(&ours, &keys, old_key.as_deref(), &promoted, current.version).await.map(Some);
+            return self
+                .finish_promoted(&ours, &keys, old_key.as_deref(), &promoted, current.version)
+                .await
+                .map(Some);
         }
 
         // Staged and still at the provider: verify it and promote it.
         let staged = match self.read_staging().await? {
             Ok(e) => e,
-            Err(_) => Entry { version: 0, value: None, fields: Default::default(), custom_metadata: Default::default() },
+            Err(_) => Entry {
+                version: 0,
+                value: None,
+                fields: Default::default(),
+                custom_metadata: Default::default(),
+            },
         };
-        if let (Some(value), Some(key_id)) = (staged.value.clone(), staged.fields.get("key_id").cloned())
-            && ours.iter().any(|k| k.id == key_id && k.active) && matches!(self.verify(Some(&key_id), &value).await?, Ok(true)) {
-                let cas = recorded_version.unwrap_or(current.version);
-                let fields = self.fields(Some(&key_id));
-                match self.promote(&value, &fields, cas).await? {
-                    Ok(version) => return self.finish_promoted(&ours, &keys, old_key.as_deref(), &key_id, version).await.map(Some),
-                    Err(f) if f.conflict => {
-                        let _ = self.pstep("revoke_orphan", json!({ "key_id": key_id }), || provider.revoke(target, &key_id)).await?;
-                        self.clear_staging().await?;
-                        return Ok(Some(Outcome::Quarantined {
-                            reason: format!("{} was changed by someone else while the run was interrupted; rekey never overwrites that", self.credential.vault_path),
-                            action: format!("find out who wrote {} and why, then run rekey again for `{id}`", self.credential.vault_path),
-                        }));
-                    }
-                    Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("could not promote the staged key: {}", f.message), action: "run `rekey resume` again".into() })),
+        if let (Some(value), Some(key_id)) =
+            (staged.value.clone(), staged.fields.get("key_id").cloned())
+            && ours.iter().any(|k| k.id == key_id && k.active)
+            && matches!(self.verify(Some(&key_id), &value).await?, Ok(true))
+        {
+            let cas = recorded_version.unwrap_or(current.version);
+            let fields = self.fields(Some(&key_id));
+            match self.promote(&value, &fields, cas).await? {
+                Ok(version) => {
+                    return self
+                        .finish_promoted(&ours, &keys, old_key.as_deref(), &key_id, version)
+                        .await
+                        .map(Some);
+                }
+                Err(f) if f.conflict => {
+                    let _ = self
+                        .pstep("revoke_orphan", json!({ "key_id": key_id }), || {
+                            provider.revoke(target, &key_id)
+                        })
+                        .await?;
+                    self.clear_staging().await?;
+                    return Ok(Some(Outcome::Quarantined {
+                        reason: format!(
+                            "{} was changed by someone else while the run was interrupted; rekey never overwrites that",
+                            self.credential.vault_path
+                        ),
+                        action: format!(
+                            "find out who wrote {} and why, then run rekey again for `{id}`",
+                            self.credential.vault_path
+                        ),
+                    }));
+                }
+                Err(f) => {
+                    return Ok(Some(Outcome::Quarantined {
+                        reason: format!("could not promote the staged key: {}", f.message),
+                        action: "run `rekey resume` again".into(),
+                    }));
                 }
             }
+        }
 
         // Anything else this run created is an orphan: a key created but never
         // safely stored, or one that does not work. Revoke it and start over.
         for orphan in &ours {
-            if let Err(f) = self.pstep("revoke_orphan", json!({ "key_id": orphan.id }), || provider.revoke(target, &orphan.id)).await? {
-                return Ok(Some(Outcome::Quarantined { reason: format!("the orphan key {} could not be deleted: {}", orphan.id, f.message), action: format!("delete key {} of `{id}` by hand", orphan.id) }));
+            if let Err(f) = self
+                .pstep("revoke_orphan", json!({ "key_id": orphan.id }), || {
+                    provider.revoke(target, &orphan.id)
+                })
+                .await?
+            {
+                return Ok(Some(Outcome::Quarantined {
+                    reason: format!(
+                        "the orphan key {} could not be deleted: {}",
+                        orphan.id, f.message
+                    ),
+                    action: format!("delete key {} of `{id}` by hand", orphan.id),
+                }));
             }
         }
         self.clear_staging().await?;
@@ -580,11 +961,22 @@ impl Ctx<'_> {
 
     /// After a resumed promotion: other keys this run created are orphans; the old
     /// key (if the provider still has it) is retired as in a normal run.
-    async fn finish_promoted(&self, ours: &[&crate::provider::KeyInfo], keys: &[crate::provider::KeyInfo], old_key: Option<&str>, promoted: &str, version: u64) -> Result<Outcome, EngineError> {
+    async fn finish_promoted(
+        &self,
+        ours: &[&crate::provider::KeyInfo],
+        keys: &[crate::provider::KeyInfo],
+        old_key: Option<&str>,
+        promoted: &str,
+        version: u64,
+    ) -> Result<Outcome, EngineError> {
         let provider = self.provider.clone();
         let target = self.target();
         for stray in ours.iter().filter(|k| k.id != promoted) {
-            let _ = self.pstep("revoke_orphan", json!({ "key_id": stray.id }), || provider.revoke(target, &stray.id)).await?;
+            let _ = self
+                .pstep("revoke_orphan", json!({ "key_id": stray.id }), || {
+                    provider.revoke(target, &stray.id)
+                })
+                .await?;
         }
         let old_key = old_key.filter(|o| keys.iter().any(|k| k.id == *o));
         self.retire(old_key, promoted, version).await
@@ -597,40 +989,87 @@ impl Ctx<'_> {
         let id = &self.credential.id;
         let staged = match self.read_staging().await? {
             Ok(e) => e,
-            Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot read the staging entry to resume: {}", f.message), action: "run `rekey resume` again once Vault answers".into() })),
+            Err(f) => {
+                return Ok(Some(Outcome::Quarantined {
+                    reason: format!("cannot read the staging entry to resume: {}", f.message),
+                    action: "run `rekey resume` again once Vault answers".into(),
+                }));
+            }
         };
         let Some(value) = staged.value.clone() else {
             return Ok(None);
         };
         let provider = self.provider.clone();
         let target = self.target();
-        if matches!(self.pstep("probe_staged", json!({}), || provider.verify(target, None, &value)).await?, Ok(true)) {
+        if matches!(
+            self.pstep("probe_staged", json!({}), || provider
+                .verify(target, None, &value))
+                .await?,
+            Ok(true)
+        ) {
             let current = match self.read_current().await? {
                 Ok(c) => c,
-                Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot read {}: {}", self.credential.vault_path, f.message), action: "run `rekey resume` again".into() })),
+                Err(f) => {
+                    return Ok(Some(Outcome::Quarantined {
+                        reason: format!(
+                            "cannot read {}: {}",
+                            self.credential.vault_path, f.message
+                        ),
+                        action: "run `rekey resume` again".into(),
+                    }));
+                }
             };
             if current.value.as_ref() == Some(&value) {
                 self.clear_staging().await?;
-                return Ok(Some(Outcome::Rotated { key_id: None, version: current.version }));
+                return Ok(Some(Outcome::Rotated {
+                    key_id: None,
+                    version: current.version,
+                }));
             }
-            let cas = detail.get("vault_version").and_then(Value::as_u64).unwrap_or(current.version);
-            return Ok(Some(match self.promote(&value, &self.fields(None), cas).await? {
-                Ok(version) => {
-                    self.clear_staging().await?;
-                    Outcome::Rotated { key_id: None, version }
-                }
-                Err(f) => Outcome::Quarantined {
-                    reason: format!("the password of `{id}` was changed before the interruption, but could not be promoted: {}", f.message),
-                    action: format!("the working value is in Vault at {}/{}; copy it to {}", self.engine.playbook.vault.mount, self.staging_path(), self.credential.vault_path),
+            let cas = detail
+                .get("vault_version")
+                .and_then(Value::as_u64)
+                .unwrap_or(current.version);
+            return Ok(Some(
+                match self.promote(&value, &self.fields(None), cas).await? {
+                    Ok(version) => {
+                        self.clear_staging().await?;
+                        Outcome::Rotated {
+                            key_id: None,
+                            version,
+                        }
+                    }
+                    Err(f) => Outcome::Quarantined {
+                        reason: format!(
+                            "the password of `{id}` was changed before the interruption, but could not be promoted: {}",
+                            f.message
+                        ),
+                        action: format!(
+                            "the working value is in Vault at {}/{}; copy it to {}",
+                            self.engine.playbook.vault.mount,
+                            self.staging_path(),
+                            self.credential.vault_path
+                        ),
+                    },
                 },
-            }));
+            ));
         }
         let current = match self.read_current().await? {
             Ok(c) => c,
-            Err(f) => return Ok(Some(Outcome::Quarantined { reason: format!("cannot read {}: {}", self.credential.vault_path, f.message), action: "run `rekey resume` again".into() })),
+            Err(f) => {
+                return Ok(Some(Outcome::Quarantined {
+                    reason: format!("cannot read {}: {}", self.credential.vault_path, f.message),
+                    action: "run `rekey resume` again".into(),
+                }));
+            }
         };
         let old_works = match &current.value {
-            Some(old) => matches!(self.pstep("probe_current", json!({}), || provider.verify(target, None, old)).await?, Ok(true)),
+            Some(old) => matches!(
+                self.pstep("probe_current", json!({}), || provider
+                    .verify(target, None, old))
+                    .await?,
+                Ok(true)
+            ),
             None => false,
         };
         if old_works || current.value.is_none() {
@@ -639,89 +1078,198 @@ impl Ctx<'_> {
             return Ok(None);
         }
         Ok(Some(Outcome::Quarantined {
-            reason: format!("neither the staged value nor the value in {} logs in to `{id}`", self.credential.vault_path),
-            action: format!("check the account at `{}` by hand; the staged value is in Vault at {}/{}", self.credential.provider, self.engine.playbook.vault.mount, self.staging_path()),
+            reason: format!(
+                "neither the staged value nor the value in {} logs in to `{id}`",
+                self.credential.vault_path
+            ),
+            action: format!(
+                "check the account at `{}` by hand; the staged value is in Vault at {}/{}",
+                self.credential.provider,
+                self.engine.playbook.vault.mount,
+                self.staging_path()
+            ),
         }))
     }
 }
 
 /// Retires the old key of a credential whose grace period is over.
-pub(super) async fn retire(engine: &Engine, run: &str, r: &super::Retirement) -> Result<Outcome, EngineError> {
+pub(super) async fn retire(
+    engine: &Engine,
+    run: &str,
+    r: &super::Retirement,
+) -> Result<Outcome, EngineError> {
     let credential = &engine.playbook.credentials[r.index];
     let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
-        return Ok(Outcome::Rotated { key_id: Some(r.new_key.clone()), version: r.version });
+        return Ok(Outcome::Rotated {
+            key_id: Some(r.new_key.clone()),
+            version: r.version,
+        });
     };
-    let ctx = Ctx { engine, run, credential, provider };
-    ctx.retire(r.old_key.as_deref(), &r.new_key, r.version).await
+    let ctx = Ctx {
+        engine,
+        run,
+        credential,
+        provider,
+    };
+    ctx.retire(r.old_key.as_deref(), &r.new_key, r.version)
+        .await
 }
 
 /// Undoes one rotated credential of a routine-mode run: the previous value goes
 /// back to the consumers' path (check-and-set on the version rekey wrote), and for
 /// single kinds to the provider; a dual key is only restored while the old key
 /// still exists (during its grace period); after that, roll forward only.
-pub(super) async fn roll_back(engine: &Engine, run: &str, index: usize, rotated_version: u64, detail: &Value) -> Result<Outcome, EngineError> {
+pub(super) async fn roll_back(
+    engine: &Engine,
+    run: &str,
+    index: usize,
+    rotated_version: u64,
+    detail: &Value,
+) -> Result<Outcome, EngineError> {
     let credential = &engine.playbook.credentials[index];
     let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
-        return Ok(Outcome::Skipped { reason: format!("provider instance `{}` cannot run in this build", credential.provider) });
+        return Ok(Outcome::Skipped {
+            reason: format!(
+                "provider instance `{}` cannot run in this build",
+                credential.provider
+            ),
+        });
     };
-    let ctx = Ctx { engine, run, credential, provider: provider.clone() };
+    let ctx = Ctx {
+        engine,
+        run,
+        credential,
+        provider: provider.clone(),
+    };
     let target = ctx.target();
     let id = &credential.id;
     let current = match ctx.read_current().await? {
         Ok(c) => c,
-        Err(f) => return Ok(Outcome::Skipped { reason: format!("cannot read {}: {}", credential.vault_path, f.message) }),
+        Err(f) => {
+            return Ok(Outcome::Skipped {
+                reason: format!("cannot read {}: {}", credential.vault_path, f.message),
+            });
+        }
     };
     if current.version != rotated_version {
-        return Ok(Outcome::Skipped { reason: format!("{} changed since the run (version {} now, {} then); not rolled back", credential.vault_path, current.version, rotated_version) });
+        return Ok(Outcome::Skipped {
+            reason: format!(
+                "{} changed since the run (version {} now, {} then); not rolled back",
+                credential.vault_path, current.version, rotated_version
+            ),
+        });
     }
     let store = engine.store.clone();
     let path = credential.vault_path.clone();
-    let previous = match ctx.step("read_previous", json!({ "path": path, "version": rotated_version.saturating_sub(1) }), || {
-        let store = store.clone();
-        let path = path.clone();
-        async move { store.read_version(&path, rotated_version.saturating_sub(1)).await }
-    }).await? {
+    let previous = match ctx
+        .step(
+            "read_previous",
+            json!({ "path": path, "version": rotated_version.saturating_sub(1) }),
+            || {
+                let store = store.clone();
+                let path = path.clone();
+                async move {
+                    store
+                        .read_version(&path, rotated_version.saturating_sub(1))
+                        .await
+                }
+            },
+        )
+        .await?
+    {
         Ok(Some(v)) => v,
-        Ok(None) => return Ok(Outcome::Skipped { reason: "there is no previous value to restore".into() }),
-        Err(f) => return Ok(Outcome::Skipped { reason: format!("cannot read the previous value: {}", f.message) }),
+        Ok(None) => {
+            return Ok(Outcome::Skipped {
+                reason: "there is no previous value to restore".into(),
+            });
+        }
+        Err(f) => {
+            return Ok(Outcome::Skipped {
+                reason: format!("cannot read the previous value: {}", f.message),
+            });
+        }
     };
     match credential.kind {
         Kind::Single => {
-            if let Err(f) = ctx.pstep("restore_change", json!({ "fingerprint": ctx.fingerprint(&previous) }), || provider.change(target, &previous)).await? {
-                return Ok(Outcome::Skipped { reason: format!("could not set the previous password again: {}", f.message) });
+            if let Err(f) = ctx
+                .pstep(
+                    "restore_change",
+                    json!({ "fingerprint": ctx.fingerprint(&previous) }),
+                    || provider.change(target, &previous),
+                )
+                .await?
+            {
+                return Ok(Outcome::Skipped {
+                    reason: format!("could not set the previous password again: {}", f.message),
+                });
             }
             let fields = ctx.fields(None);
             match ctx.promote(&previous, &fields, current.version).await? {
-                Ok(v) => Ok(Outcome::RolledBack { reason: format!("previous value restored (Vault version {v})") }),
+                Ok(v) => Ok(Outcome::RolledBack {
+                    reason: format!("previous value restored (Vault version {v})"),
+                }),
                 Err(f) => Ok(Outcome::Quarantined {
-                    reason: format!("the previous password is set again at the provider, but Vault could not be updated: {}", f.message),
-                    action: format!("write Vault version {} of {} back by hand", rotated_version.saturating_sub(1), credential.vault_path),
+                    reason: format!(
+                        "the previous password is set again at the provider, but Vault could not be updated: {}",
+                        f.message
+                    ),
+                    action: format!(
+                        "write Vault version {} of {} back by hand",
+                        rotated_version.saturating_sub(1),
+                        credential.vault_path
+                    ),
                 }),
             }
         }
         Kind::Dual => {
-            let old = detail.get("old_key_id").and_then(Value::as_str).map(str::to_owned);
+            let old = detail
+                .get("old_key_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             let new = current.fields.get("key_id").cloned();
-            let keys = match ctx.pstep("list", json!({ "rollback": true }), || provider.list(target)).await? {
+            let keys = match ctx
+                .pstep("list", json!({ "rollback": true }), || {
+                    provider.list(target)
+                })
+                .await?
+            {
                 Ok(k) => k,
-                Err(f) => return Ok(Outcome::Skipped { reason: format!("cannot list keys: {}", f.message) }),
+                Err(f) => {
+                    return Ok(Outcome::Skipped {
+                        reason: format!("cannot list keys: {}", f.message),
+                    });
+                }
             };
             let Some(old) = old.filter(|o| keys.iter().any(|k| &k.id == o && k.active)) else {
-                return Ok(Outcome::Skipped { reason: format!("the old key of `{id}` is already retired; roll forward only (run rekey again)") });
+                return Ok(Outcome::Skipped {
+                    reason: format!(
+                        "the old key of `{id}` is already retired; roll forward only (run rekey again)"
+                    ),
+                });
             };
             let mut fields = ctx.fields(Some(&old));
             fields.retain(|k, _| k != "value");
             match ctx.promote(&previous, &fields, current.version).await? {
                 Ok(v) => {
                     if let Some(new) = new {
-                        let _ = ctx.pstep("revoke_new", json!({ "key_id": new }), || provider.revoke(target, &new)).await?;
+                        let _ = ctx
+                            .pstep("revoke_new", json!({ "key_id": new }), || {
+                                provider.revoke(target, &new)
+                            })
+                            .await?;
                     }
-                    Ok(Outcome::RolledBack { reason: format!("old key {old} restored (Vault version {v})") })
+                    Ok(Outcome::RolledBack {
+                        reason: format!("old key {old} restored (Vault version {v})"),
+                    })
                 }
-                Err(f) => Ok(Outcome::Skipped { reason: format!("could not write the old key back: {}", f.message) }),
+                Err(f) => Ok(Outcome::Skipped {
+                    reason: format!("could not write the old key back: {}", f.message),
+                }),
             }
         }
-        Kind::Manual => Ok(Outcome::Skipped { reason: "manual steps are rolled back by hand".into() }),
+        Kind::Manual => Ok(Outcome::Skipped {
+            reason: "manual steps are rolled back by hand".into(),
+        }),
     }
 }
 

@@ -23,7 +23,9 @@ pub enum JournalError {
     )]
     Permissions { path: PathBuf, mode: u32 },
 
-    #[error("{path} is not a regular file; point rekey at a journal file (or a path where it may create one)")]
+    #[error(
+        "{path} is not a regular file; point rekey at a journal file (or a path where it may create one)"
+    )]
     NotAFile { path: PathBuf },
 
     #[error(
@@ -36,7 +38,11 @@ pub enum JournalError {
         "the journal at {path} has schema version {found}, newer than this rekey understands ({supported}); \
          use the rekey version that wrote it (or a newer one): an older one could misread what was in flight"
     )]
-    NewerSchema { path: PathBuf, found: i64, supported: i64 },
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
 
     #[error(
         "the journal at {path} is locked by another rekey process (still busy after waiting); wait for it to \
@@ -57,7 +63,9 @@ pub enum JournalError {
     #[error("run {id} is not in the journal at {path}; `rekey status` lists the runs it holds")]
     UnknownRun { path: PathBuf, id: String },
 
-    #[error("intent {id} is not in the journal at {path} (an engine bug: an outcome must follow its own intent)")]
+    #[error(
+        "intent {id} is not in the journal at {path} (an engine bug: an outcome must follow its own intent)"
+    )]
     UnknownIntent { path: PathBuf, id: i64 },
 
     #[error(

@@ -16,23 +16,38 @@ use std::path::{Path, PathBuf};
 /// Makes sure `path` is a private regular file, creating it (and missing parent
 /// directories, mode 0700) if needed, and that SQLite's side files are private too.
 pub(super) fn ensure_private_file(path: &Path) -> Result<(), JournalError> {
-    let io = |action, source| JournalError::Io { path: path.to_path_buf(), action, source };
+    let io = |action, source| JournalError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    };
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(parent) = parent
         && !parent.exists()
     {
-        DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(|e| io("create the directory of", e))?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| io("create the directory of", e))?;
     }
 
     // `create_new` is O_CREAT|O_EXCL: the file is born with mode 0600 (less under a
     // stricter umask), so there is no window where it exists with wider permissions.
-    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(file) => {
             file.sync_all().map_err(|e| io("create", e))?;
             // The new directory entry must be durable too, or a power cut could lose the
             // whole journal even though its pages were synced.
             if let Some(parent) = parent {
-                fs::File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| io("create", e))?;
+                fs::File::open(parent)
+                    .and_then(|dir| dir.sync_all())
+                    .map_err(|e| io("create", e))?;
             }
         }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
@@ -60,11 +75,16 @@ fn check_private(file: &Path, journal: &Path) -> Result<(), JournalError> {
         source,
     })?;
     if !meta.is_file() {
-        return Err(JournalError::NotAFile { path: file.to_path_buf() });
+        return Err(JournalError::NotAFile {
+            path: file.to_path_buf(),
+        });
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(JournalError::Permissions { path: file.to_path_buf(), mode });
+        return Err(JournalError::Permissions {
+            path: file.to_path_buf(),
+            mode,
+        });
     }
     Ok(())
 }

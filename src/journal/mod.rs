@@ -32,7 +32,9 @@ mod schema;
 
 pub use error::JournalError;
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
@@ -199,8 +201,12 @@ impl Journal {
         // No SQLITE_OPEN_CREATE: the file exists, made private above, and if it vanished
         // in between we would rather fail than have SQLite create a 0644 one.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| map_sql(path, "opening the database", e))?;
-        let journal = Journal { conn, path: path.to_path_buf() };
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| map_sql(path, "opening the database", e))?;
+        let journal = Journal {
+            conn,
+            path: path.to_path_buf(),
+        };
         journal.configure()?;
         journal.migrate()?;
         Ok(journal)
@@ -214,7 +220,9 @@ impl Journal {
     /// Changes how long a write waits for another process before failing with
     /// [`JournalError::Busy`] (default [`DEFAULT_BUSY_TIMEOUT`]).
     pub fn set_busy_timeout(&self, timeout: Duration) -> Result<(), JournalError> {
-        self.conn.busy_timeout(timeout).map_err(|e| self.sql("setting the busy timeout", e))
+        self.conn
+            .busy_timeout(timeout)
+            .map_err(|e| self.sql("setting the busy timeout", e))
     }
 
     /// A lease holder id for this process: `<pid>-<8 random hex>`. The pid tells an
@@ -260,7 +268,12 @@ impl Journal {
                     info!(run = %id, playbook = %run.playbook_name, mode = %run.mode, "Run recorded.");
                     return Ok(id);
                 }
-                Err(e) if attempts < 8 && is_constraint(&e, rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) => continue,
+                Err(e)
+                    if attempts < 8
+                        && is_constraint(&e, rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(self.sql("recording a new run", e)),
             }
         }
@@ -280,14 +293,22 @@ impl Journal {
     /// what `rekey resume` continues by default. A run that ended `failed` or
     /// `quarantined` is resumed only when named.
     pub fn latest_unfinished(&self) -> Result<Option<RunRow>, JournalError> {
-        Ok(self.query_runs("WHERE status IN ('running', 'interrupted') ORDER BY seq DESC LIMIT 1", [])?.pop())
+        Ok(self
+            .query_runs(
+                "WHERE status IN ('running', 'interrupted') ORDER BY seq DESC LIMIT 1",
+                [],
+            )?
+            .pop())
     }
 
     /// Records that the process stopped working on run `id` with `status` (any but
     /// `Running`: see [`Journal::reopen_run`]), and when.
     pub fn finish_run(&self, id: &str, status: RunStatus) -> Result<(), JournalError> {
         if status == RunStatus::Running {
-            return Err(JournalError::RunningIsNotFinal { path: self.path.clone(), id: id.to_owned() });
+            return Err(JournalError::RunningIsNotFinal {
+                path: self.path.clone(),
+                id: id.to_owned(),
+            });
         }
         let changed = self
             .conn
@@ -308,7 +329,10 @@ impl Journal {
     pub fn reopen_run(&self, id: &str) -> Result<(), JournalError> {
         let changed = self
             .conn
-            .execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE id = ?1", [id])
+            .execute(
+                "UPDATE runs SET status = 'running', finished_at = NULL WHERE id = ?1",
+                [id],
+            )
             .map_err(|e| self.sql("reopening a run", e))?;
         if changed == 0 {
             return Err(self.unknown_run(id));
@@ -323,11 +347,23 @@ impl Journal {
     ///
     /// Invariant: `detail` holds no secret value (key ids, Vault versions and
     /// fingerprints are fine).
-    pub fn set_state(&self, run: &str, credential: &str, state: &str, detail: &Value) -> Result<(), JournalError> {
+    pub fn set_state(
+        &self,
+        run: &str,
+        credential: &str,
+        state: &str,
+        detail: &Value,
+    ) -> Result<(), JournalError> {
         self.conn
             .prepare_cached(UPSERT_STATE)
             .and_then(|mut stmt| {
-                stmt.execute(params![run, credential, state, detail.to_string(), rfc3339(SystemTime::now())])
+                stmt.execute(params![
+                    run,
+                    credential,
+                    state,
+                    detail.to_string(),
+                    rfc3339(SystemTime::now())
+                ])
             })
             .map_err(|e| self.write_error(run, "recording a credential state", e))?;
         debug!(run, credential, state, "Credential state recorded.");
@@ -345,7 +381,14 @@ impl Journal {
             )
             .map_err(|e| self.sql(doing, e))?;
         let raw = stmt
-            .query_map([run], |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?, row.get(3)?)))
+            .query_map([run], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get(3)?,
+                ))
+            })
             .and_then(Iterator::collect::<Result<Vec<(String, String, String, String)>, _>>)
             .map_err(|e| self.sql(doing, e))?;
         raw.into_iter()
@@ -366,7 +409,13 @@ impl Journal {
     ///
     /// Invariant: `detail` holds no secret value (what the step will do, by id,
     /// version and fingerprint).
-    pub fn intent(&self, run: &str, credential: &str, step: &str, detail: &Value) -> Result<IntentId, JournalError> {
+    pub fn intent(
+        &self,
+        run: &str,
+        credential: &str,
+        step: &str,
+        detail: &Value,
+    ) -> Result<IntentId, JournalError> {
         self.conn
             .prepare_cached(
                 "INSERT INTO intents (run_id, credential, step, detail, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -385,7 +434,12 @@ impl Journal {
     ///
     /// Invariant: neither `detail` nor a failure's `message` holds a secret value (a new
     /// key's id and fingerprint, yes; the key or a response body that quotes it, never).
-    pub fn outcome(&self, intent: IntentId, outcome: Outcome, detail: &Value) -> Result<(), JournalError> {
+    pub fn outcome(
+        &self,
+        intent: IntentId,
+        outcome: Outcome,
+        detail: &Value,
+    ) -> Result<(), JournalError> {
         let doing = "recording an outcome";
         let tx = self.immediate(doing)?;
         self.insert_outcome(&tx, intent, &outcome, detail)?;
@@ -410,7 +464,13 @@ impl Journal {
         let (run, credential) = self.insert_outcome(&tx, intent, &outcome, detail)?;
         tx.prepare_cached(UPSERT_STATE)
             .and_then(|mut stmt| {
-                stmt.execute(params![run, credential, state, state_detail.to_string(), rfc3339(SystemTime::now())])
+                stmt.execute(params![
+                    run,
+                    credential,
+                    state,
+                    state_detail.to_string(),
+                    rfc3339(SystemTime::now())
+                ])
             })
             .map_err(|e| self.sql(doing, e))?;
         tx.commit().map_err(|e| self.sql(doing, e))?;
@@ -428,7 +488,10 @@ impl Journal {
     /// Every intent for `credential` in `run`, oldest first, each with its outcome.
     pub fn intents(&self, run: &str, credential: &str) -> Result<Vec<IntentRow>, JournalError> {
         self.require_run(run)?;
-        self.query_intents("WHERE i.run_id = ?1 AND i.credential = ?2", &[&run, &credential])
+        self.query_intents(
+            "WHERE i.run_id = ?1 AND i.credential = ?2",
+            &[&run, &credential],
+        )
     }
 
     /// Takes or renews the lease on `credential` for `holder` (see
@@ -439,7 +502,13 @@ impl Journal {
     /// two runs started side by side must not rotate the same credential. Expiry is wall
     /// clock time shared by every process on the host; renew well within `ttl`, and treat
     /// a failed renewal as having lost the credential.
-    pub fn lease(&self, run: &str, credential: &str, holder: &str, ttl: Duration) -> Result<bool, JournalError> {
+    pub fn lease(
+        &self,
+        run: &str,
+        credential: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, JournalError> {
         let now = unix_millis(SystemTime::now());
         let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         // One statement, so the check and the take are atomic: insert, or overwrite a row
@@ -476,7 +545,10 @@ impl Journal {
             )
             .map_err(|e| self.sql("releasing a lease", e))?;
         if changed == 0 {
-            warn!(run, credential, holder, "Released a lease this holder no longer had (it expired).");
+            warn!(
+                run,
+                credential, holder, "Released a lease this holder no longer had (it expired)."
+            );
         }
         Ok(())
     }
@@ -487,7 +559,10 @@ impl Journal {
     pub fn lease_holder(&self, credential: &str) -> Result<Option<(RunId, String)>, JournalError> {
         self.conn
             .prepare_cached("SELECT run_id, holder FROM leases WHERE credential = ?1")
-            .and_then(|mut stmt| stmt.query_row([credential], |row| Ok((row.get(0)?, row.get(1)?))).optional())
+            .and_then(|mut stmt| {
+                stmt.query_row([credential], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
             .map_err(|e| self.sql("reading a lease", e))
     }
 
@@ -497,10 +572,16 @@ impl Journal {
     pub fn break_lease(&self, credential: &str, holder: &str) -> Result<bool, JournalError> {
         let changed = self
             .conn
-            .execute("DELETE FROM leases WHERE credential = ?1 AND holder = ?2", params![credential, holder])
+            .execute(
+                "DELETE FROM leases WHERE credential = ?1 AND holder = ?2",
+                params![credential, holder],
+            )
             .map_err(|e| self.sql("breaking a lease", e))?;
         if changed == 1 {
-            warn!(credential, holder, "Broke the lease of a holder that is gone.");
+            warn!(
+                credential,
+                holder, "Broke the lease of a holder that is gone."
+            );
         }
         Ok(changed == 1)
     }
@@ -524,19 +605,32 @@ impl Journal {
                  FROM intents i LEFT JOIN outcomes o ON o.intent_id = i.id WHERE i.id = ?1",
             )
             .and_then(|mut stmt| {
-                stmt.query_row([intent.0], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).optional()
+                stmt.query_row([intent.0], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
             })
             .map_err(|e| self.sql(doing, e))?;
         let (run, credential) = match found {
-            None => return Err(JournalError::UnknownIntent { path: self.path.clone(), id: intent.0 }),
+            None => {
+                return Err(JournalError::UnknownIntent {
+                    path: self.path.clone(),
+                    id: intent.0,
+                });
+            }
             Some((_, _, Some(_))) => {
-                return Err(JournalError::OutcomeAlreadyRecorded { path: self.path.clone(), id: intent.0 });
+                return Err(JournalError::OutcomeAlreadyRecorded {
+                    path: self.path.clone(),
+                    id: intent.0,
+                });
             }
             Some((run, credential, None)) => (run, credential),
         };
         let (result, kind, message) = match outcome {
             Outcome::Ok => ("ok", None, None),
-            Outcome::Failed { kind, message } => ("failed", Some(kind.as_str()), Some(message.as_str())),
+            Outcome::Failed { kind, message } => {
+                ("failed", Some(kind.as_str()), Some(message.as_str()))
+            }
         };
         tx.prepare_cached(
             "INSERT INTO outcomes (intent_id, result, error_kind, error_message, detail, finished_at)
@@ -560,7 +654,9 @@ impl Journal {
             .pragma_query_value(None, "application_id", |row| row.get(0))
             .map_err(|e| self.sql("reading the file header", e))?;
         if app_id != 0 && app_id != schema::APPLICATION_ID {
-            return Err(self.foreign(format!("an SQLite database with application id {app_id:#x}")));
+            return Err(self.foreign(format!(
+                "an SQLite database with application id {app_id:#x}"
+            )));
         }
         let mode: String = self
             .conn
@@ -577,8 +673,12 @@ impl Journal {
         }
         // FULL, not NORMAL: in WAL mode NORMAL skips the fsync at commit, and a power cut
         // could then lose an intent whose step already ran.
-        self.conn.pragma_update(None, "synchronous", "FULL").map_err(|e| self.sql("configuring sync", e))?;
-        self.conn.pragma_update(None, "foreign_keys", "ON").map_err(|e| self.sql("configuring foreign keys", e))?;
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| self.sql("configuring sync", e))?;
+        self.conn
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| self.sql("configuring foreign keys", e))?;
         Ok(())
     }
 
@@ -599,20 +699,26 @@ impl Journal {
             return Err(self.newer_schema(version));
         }
         if version == 0 {
-            let app_id: i64 =
-                tx.pragma_query_value(None, "application_id", |row| row.get(0)).map_err(|e| self.sql(doing, e))?;
+            let app_id: i64 = tx
+                .pragma_query_value(None, "application_id", |row| row.get(0))
+                .map_err(|e| self.sql(doing, e))?;
             let tables: i64 = tx
                 .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
                 .map_err(|e| self.sql(doing, e))?;
             if app_id != schema::APPLICATION_ID && tables > 0 {
-                return Err(self.foreign(format!("an SQLite database with {tables} schema objects of its own")));
+                return Err(self.foreign(format!(
+                    "an SQLite database with {tables} schema objects of its own"
+                )));
             }
         }
         for migration in &schema::MIGRATIONS[version as usize..] {
-            tx.execute_batch(migration).map_err(|e| self.sql(doing, e))?;
+            tx.execute_batch(migration)
+                .map_err(|e| self.sql(doing, e))?;
         }
-        tx.pragma_update(None, "application_id", schema::APPLICATION_ID).map_err(|e| self.sql(doing, e))?;
-        tx.pragma_update(None, "user_version", schema::CURRENT_VERSION).map_err(|e| self.sql(doing, e))?;
+        tx.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .map_err(|e| self.sql(doing, e))?;
+        tx.pragma_update(None, "user_version", schema::CURRENT_VERSION)
+            .map_err(|e| self.sql(doing, e))?;
         tx.commit().map_err(|e| self.sql(doing, e))?;
         info!(path = %self.path.display(), from = version, to = schema::CURRENT_VERSION, "Journal schema migrated.");
         Ok(())
@@ -627,17 +733,25 @@ impl Journal {
     /// `BEGIN IMMEDIATE`: takes the write lock now (waiting up to the busy timeout), so a
     /// transaction that reads then writes never fails half way on a lock upgrade.
     fn immediate(&self, doing: &'static str) -> Result<Transaction<'_>, JournalError> {
-        Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(|e| self.sql(doing, e))
+        Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| self.sql(doing, e))
     }
 
-    fn query_runs<P: rusqlite::Params>(&self, tail: &str, params: P) -> Result<Vec<RunRow>, JournalError> {
+    fn query_runs<P: rusqlite::Params>(
+        &self,
+        tail: &str,
+        params: P,
+    ) -> Result<Vec<RunRow>, JournalError> {
         let doing = "reading runs";
         let sql = format!(
             "SELECT id, playbook_name, playbook_path, playbook_sha256, mode, selection, actor, status, started_at,
                     finished_at
              FROM runs {tail}"
         );
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.sql(doing, e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(|e| self.sql(doing, e))?;
         let raw = stmt
             .query_map(params, |row| {
                 Ok((
@@ -668,7 +782,11 @@ impl Journal {
             .collect()
     }
 
-    fn query_intents(&self, filter: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<IntentRow>, JournalError> {
+    fn query_intents(
+        &self,
+        filter: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<IntentRow>, JournalError> {
         let doing = "reading intents";
         let sql = format!(
             "SELECT i.id, i.credential, i.step, i.detail, i.started_at,
@@ -678,14 +796,24 @@ impl Journal {
              ORDER BY i.id"
         );
         type RawOutcome = (String, Option<String>, Option<String>, String, String);
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.sql(doing, e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(|e| self.sql(doing, e))?;
         let raw = stmt
             .query_map(params, |row| {
-                let intent: (i64, String, String, String, String) =
-                    (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
+                let intent: (i64, String, String, String, String) = (
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                );
                 let outcome: Option<RawOutcome> = match row.get::<_, Option<String>>(5)? {
                     None => None,
-                    Some(result) => Some((result, row.get(6)?, row.get(7)?, row.get(8)?, row.get(9)?)),
+                    Some(result) => {
+                        Some((result, row.get(6)?, row.get(7)?, row.get(8)?, row.get(9)?))
+                    }
                 };
                 Ok((intent, outcome))
             })
@@ -698,8 +826,14 @@ impl Journal {
                     Some((result, kind, message, detail, finished_at)) => Some(RecordedOutcome {
                         outcome: match (result.as_str(), kind, message) {
                             ("ok", None, None) => Outcome::Ok,
-                            ("failed", Some(kind), Some(message)) => Outcome::Failed { kind, message },
-                            _ => return Err(self.corrupt(format!("intent {id} has a malformed outcome"))),
+                            ("failed", Some(kind), Some(message)) => {
+                                Outcome::Failed { kind, message }
+                            }
+                            _ => {
+                                return Err(
+                                    self.corrupt(format!("intent {id} has a malformed outcome"))
+                                );
+                            }
                         },
                         detail: self.json(&detail, "an outcome's detail")?,
                         finished_at,
@@ -725,12 +859,17 @@ impl Journal {
             .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")
             .and_then(|mut stmt| stmt.exists([id]))
             .map_err(|e| self.sql("looking up a run", e))?;
-        if exists { Ok(()) } else { Err(self.unknown_run(id)) }
+        if exists {
+            Ok(())
+        } else {
+            Err(self.unknown_run(id))
+        }
     }
 
     fn json(&self, text: &str, what: &str) -> Result<Value, JournalError> {
         // serde_json's message gives a line and column, never the text itself.
-        serde_json::from_str(text).map_err(|e| self.corrupt(format!("{what} is not valid JSON ({e})")))
+        serde_json::from_str(text)
+            .map_err(|e| self.corrupt(format!("{what} is not valid JSON ({e})")))
     }
 
     /// A write that names a run fails on the foreign key when the run is unknown.
@@ -747,19 +886,32 @@ impl Journal {
     }
 
     fn corrupt(&self, detail: String) -> JournalError {
-        JournalError::Corrupt { path: self.path.clone(), detail }
+        JournalError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        }
     }
 
     fn foreign(&self, reason: String) -> JournalError {
-        JournalError::Foreign { path: self.path.clone(), reason }
+        JournalError::Foreign {
+            path: self.path.clone(),
+            reason,
+        }
     }
 
     fn unknown_run(&self, id: &str) -> JournalError {
-        JournalError::UnknownRun { path: self.path.clone(), id: id.to_owned() }
+        JournalError::UnknownRun {
+            path: self.path.clone(),
+            id: id.to_owned(),
+        }
     }
 
     fn newer_schema(&self, found: i64) -> JournalError {
-        JournalError::NewerSchema { path: self.path.clone(), found, supported: schema::CURRENT_VERSION }
+        JournalError::NewerSchema {
+            path: self.path.clone(),
+            found,
+            supported: schema::CURRENT_VERSION,
+        }
     }
 }
 
@@ -774,18 +926,30 @@ const UPSERT_STATE: &str = "INSERT INTO credential_states (run_id, credential, s
 fn map_sql(path: &Path, doing: &'static str, e: rusqlite::Error) -> JournalError {
     let path = path.to_path_buf();
     match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => JournalError::Busy { path, source: e },
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            JournalError::Busy { path, source: e }
+        }
         Some(ErrorCode::NotADatabase) => JournalError::Corrupt {
             path,
-            detail: format!("it is not an SQLite database ({e}): the wrong file, or a damaged journal"),
+            detail: format!(
+                "it is not an SQLite database ({e}): the wrong file, or a damaged journal"
+            ),
         },
-        Some(ErrorCode::DatabaseCorrupt) => JournalError::Corrupt { path, detail: format!("{doing}: {e}") },
-        _ => JournalError::Sqlite { path, doing, source: e },
+        Some(ErrorCode::DatabaseCorrupt) => JournalError::Corrupt {
+            path,
+            detail: format!("{doing}: {e}"),
+        },
+        _ => JournalError::Sqlite {
+            path,
+            doing,
+            source: e,
+        },
     }
 }
 
 fn is_constraint(e: &rusqlite::Error, extended_code: std::ffi::c_int) -> bool {
-    e.sqlite_error().is_some_and(|err| err.extended_code == extended_code)
+    e.sqlite_error()
+        .is_some_and(|err| err.extended_code == extended_code)
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -793,13 +957,19 @@ fn rfc3339(time: SystemTime) -> String {
 }
 
 fn unix_millis(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `2026-11-28T07:42:13.123Z` → `r-20261128-0742-3f9a`.
 fn new_run_id(started_at: &str) -> RunId {
     let digits: String = started_at.chars().filter(char::is_ascii_digit).collect();
-    format!("r-{}-{}-{:04x}", &digits[..8], &digits[8..12], rand::random::<u16>())
+    format!(
+        "r-{}-{}-{:04x}",
+        &digits[..8],
+        &digits[8..12],
+        rand::random::<u16>()
+    )
 }
 
 #[cfg(test)]
@@ -827,6 +997,9 @@ mod tests {
         assert_eq!(get("journal_mode"), r#"Text("wal")"#);
         assert_eq!(get("synchronous"), "Integer(2)", "synchronous=FULL");
         assert_eq!(get("foreign_keys"), "Integer(1)");
-        assert_eq!(get("user_version"), format!("Integer({})", schema::CURRENT_VERSION));
+        assert_eq!(
+            get("user_version"),
+            format!("Integer({})", schema::CURRENT_VERSION)
+        );
     }
 }

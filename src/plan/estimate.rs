@@ -62,12 +62,20 @@ pub fn credential_plan<'a>(playbook: &'a Playbook, c: &'a Credential) -> Credent
         vault_path: &c.vault_path,
         tags: &c.tags,
         depends_on: &c.depends_on,
-        steps: steps(c, requests.is_some_and(|r| r.deactivate > 0), requests.is_some_and(|r| r.list > 0)),
+        steps: steps(
+            c,
+            requests.is_some_and(|r| r.deactivate > 0),
+            requests.is_some_and(|r| r.list > 0),
+        ),
         provider_requests: requests.map(|r| r.total(c.verify)).unwrap_or(0),
         vault_requests: VAULT_REQUESTS_PER_CREDENTIAL,
         verify: c.verify,
         grace_seconds: c.grace.as_secs_f64(),
-        instructions: if c.kind == Kind::Manual { c.instructions.as_deref() } else { None },
+        instructions: if c.kind == Kind::Manual {
+            c.instructions.as_deref()
+        } else {
+            None
+        },
         line: c.line,
     }
 }
@@ -81,7 +89,8 @@ pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
     let mut max_grace: f64 = 0.0;
     let mut manual = 0;
     for wave in &mut plan.waves {
-        let mut groups: IndexMap<&'a str, Vec<&CredentialPlan<'a>>, FxBuildHasher> = IndexMap::default();
+        let mut groups: IndexMap<&'a str, Vec<&CredentialPlan<'a>>, FxBuildHasher> =
+            IndexMap::default();
         for c in &wave.credentials {
             groups.entry(c.provider).or_default().push(c);
             if c.kind == Kind::Manual {
@@ -94,7 +103,9 @@ pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
         let mut automated = 0usize;
         let mut work_seconds = 0.0;
         for (name, creds) in &groups {
-            let Some(inst) = playbook.providers.get(*name) else { continue };
+            let Some(inst) = playbook.providers.get(*name) else {
+                continue;
+            };
             let n = creds.len();
             let requests: u64 = creds.iter().map(|c| c.provider_requests as u64).sum();
             let entry = per_instance.entry(*name).or_insert((0, 0, 0.0));
@@ -104,10 +115,14 @@ pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
                 continue;
             }
             automated += n;
-            let per_credential = |c: &&CredentialPlan<'a>| c.provider_requests as f64 * inst.latency.as_secs_f64() + c.vault_requests as f64 * VAULT_LATENCY.as_secs_f64();
+            let per_credential = |c: &&CredentialPlan<'a>| {
+                c.provider_requests as f64 * inst.latency.as_secs_f64()
+                    + c.vault_requests as f64 * VAULT_LATENCY.as_secs_f64()
+            };
             let busy: f64 = creds.iter().map(per_credential).sum();
             work_seconds += busy;
-            let rate_bound = (requests as f64 - inst.rate.burst as f64).max(0.0) / inst.rate.per_second;
+            let rate_bound =
+                (requests as f64 - inst.rate.burst as f64).max(0.0) / inst.rate.per_second;
             let slots = (inst.concurrency as f64).min(global).max(1.0);
             let concurrency_bound = (n as f64 / slots).ceil() * (busy / n as f64);
             let seconds = rate_bound.max(concurrency_bound);
@@ -116,14 +131,17 @@ pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
         }
         // The global cap bounds the wave too, whatever the instances allow.
         if automated > 0 {
-            wave_eta = wave_eta.max((automated as f64 / global).ceil() * (work_seconds / automated as f64));
+            wave_eta = wave_eta
+                .max((automated as f64 / global).ceil() * (work_seconds / automated as f64));
         }
         wave.eta_seconds = round(wave_eta);
         total_eta += wave_eta;
     }
     let mut provider_requests = 0;
     for (name, (credentials, requests, seconds)) in per_instance {
-        let Some(inst) = playbook.providers.get(name) else { continue };
+        let Some(inst) = playbook.providers.get(name) else {
+            continue;
+        };
         provider_requests += requests;
         plan.providers.push(ProviderPlan {
             instance: &inst.name,
@@ -139,7 +157,12 @@ pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
         });
     }
     let credentials: usize = plan.waves.iter().map(|w| w.credentials.len()).sum();
-    let vault_requests: u64 = plan.waves.iter().flat_map(|w| &w.credentials).map(|c| c.vault_requests as u64).sum();
+    let vault_requests: u64 = plan
+        .waves
+        .iter()
+        .flat_map(|w| &w.credentials)
+        .map(|c| c.vault_requests as u64)
+        .sum();
     plan.vault.requests = vault_requests;
     plan.totals = super::Totals {
         credentials,
@@ -154,5 +177,9 @@ pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
 
 /// Milliseconds precision, and always finite (JSON has no infinity).
 fn round(v: f64) -> f64 {
-    if v.is_finite() { (v * 1000.0).round() / 1000.0 } else { f64::MAX }
+    if v.is_finite() {
+        (v * 1000.0).round() / 1000.0
+    } else {
+        f64::MAX
+    }
 }

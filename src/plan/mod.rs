@@ -120,7 +120,10 @@ pub fn build<'a>(file: &'a str, playbook: &'a Playbook, selection: &select::Sele
         .map(|(i, ids)| Wave {
             index: i + 1,
             eta_seconds: 0.0,
-            credentials: ids.iter().map(|&ix| estimate::credential_plan(playbook, &playbook.credentials[ix])).collect(),
+            credentials: ids
+                .iter()
+                .map(|&ix| estimate::credential_plan(playbook, &playbook.credentials[ix]))
+                .collect(),
         })
         .collect();
     let mut plan = Plan {
@@ -141,8 +144,20 @@ pub fn build<'a>(file: &'a str, playbook: &'a Playbook, selection: &select::Sele
             staging_prefix: &playbook.vault.staging_prefix,
             requests: 0,
         },
-        totals: Totals { credentials: 0, waves: 0, provider_requests: 0, vault_requests: 0, manual: 0, eta_seconds: 0.0, has_work: false },
-        warnings: playbook.warnings.iter().map(|w| w.message.as_str()).collect(),
+        totals: Totals {
+            credentials: 0,
+            waves: 0,
+            provider_requests: 0,
+            vault_requests: 0,
+            manual: 0,
+            eta_seconds: 0.0,
+            has_work: false,
+        },
+        warnings: playbook
+            .warnings
+            .iter()
+            .map(|w| w.message.as_str())
+            .collect(),
     };
     estimate::fill(playbook, &mut plan);
     plan

@@ -12,17 +12,22 @@ pub fn waves(playbook: &Playbook, selected: &[usize]) -> Vec<Vec<usize>> {
     for &i in selected {
         chosen[i] = true;
     }
-    let index: FxHashMap<&str, usize> = selected.iter().map(|&i| (credentials[i].id.as_str(), i)).collect();
+    let index: FxHashMap<&str, usize> = selected
+        .iter()
+        .map(|&i| (credentials[i].id.as_str(), i))
+        .collect();
     // Edges dependency -> dependent, grouped by dependency (counting sort).
     let mut indegree = vec![0u32; credentials.len()];
     let mut edges: Vec<(u32, u32)> = Vec::new();
     for &i in selected {
         for dep in &credentials[i].depends_on {
             if let Some(&d) = index.get(dep.as_str())
-                && d != i && chosen[d] {
-                    indegree[i] += 1;
-                    edges.push((d as u32, i as u32));
-                }
+                && d != i
+                && chosen[d]
+            {
+                indegree[i] += 1;
+                edges.push((d as u32, i as u32));
+            }
         }
     }
     let mut start = vec![0u32; credentials.len() + 1];
@@ -39,7 +44,11 @@ pub fn waves(playbook: &Playbook, selected: &[usize]) -> Vec<Vec<usize>> {
         fill[d as usize] += 1;
     }
 
-    let mut current: Vec<usize> = selected.iter().copied().filter(|&i| indegree[i] == 0).collect();
+    let mut current: Vec<usize> = selected
+        .iter()
+        .copied()
+        .filter(|&i| indegree[i] == 0)
+        .collect();
     let mut out = Vec::new();
     let mut placed = 0;
     while !current.is_empty() {
@@ -59,7 +68,11 @@ pub fn waves(playbook: &Playbook, selected: &[usize]) -> Vec<Vec<usize>> {
     }
     if placed < selected.len() {
         // Unreachable after validation (no cycles); never lose a credential anyway.
-        let mut rest: Vec<usize> = selected.iter().copied().filter(|&i| indegree[i] > 0).collect();
+        let mut rest: Vec<usize> = selected
+            .iter()
+            .copied()
+            .filter(|&i| indegree[i] > 0)
+            .collect();
         rest.sort_unstable();
         out.push(rest);
     }

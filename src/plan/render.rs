@@ -40,19 +40,41 @@ fn mode_line(plan: &Plan) -> String {
 fn selection_line(plan: &Plan) -> String {
     let s = &plan.selection;
     let mut filters = Vec::new();
-    for (flag, values) in [("--compromised", &s.compromised), ("--tag", &s.tags), ("--only", &s.only)] {
+    for (flag, values) in [
+        ("--compromised", &s.compromised),
+        ("--tag", &s.tags),
+        ("--only", &s.only),
+    ] {
         if !values.is_empty() {
             filters.push(format!("{flag} {}", values.join(",")));
         }
     }
-    let by = if filters.is_empty() { String::new() } else { format!(" by {}", filters.join(" ")) };
-    format!("{} of {} selected{by}", s.selected, plural(s.total, "credential"))
+    let by = if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" by {}", filters.join(" "))
+    };
+    format!(
+        "{} of {} selected{by}",
+        s.selected,
+        plural(s.total, "credential")
+    )
 }
 
 fn summary_line(plan: &Plan) -> String {
     let t = &plan.totals;
-    let manual = if t.manual > 0 { format!(" + {}", plural(t.manual, "manual step")) } else { String::new() };
-    format!("{}, {} provider requests, {} Vault requests, ETA {}{manual}", plural(t.waves, "wave"), t.provider_requests, t.vault_requests, eta(t.eta_seconds))
+    let manual = if t.manual > 0 {
+        format!(" + {}", plural(t.manual, "manual step"))
+    } else {
+        String::new()
+    };
+    format!(
+        "{}, {} provider requests, {} Vault requests, ETA {}{manual}",
+        plural(t.waves, "wave"),
+        t.provider_requests,
+        t.vault_requests,
+        eta(t.eta_seconds)
+    )
 }
 
 pub fn text(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
@@ -60,17 +82,49 @@ pub fn text(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
     writeln!(out, "Plan: {}", mode_line(plan))?;
     writeln!(out, "{}; {}.", selection_line(plan), summary_line(plan))?;
     if !plan.selection.unselected_dependencies.is_empty() {
-        writeln!(out, "Not selected but depended on (not rotated by this run): {}", plan.selection.unselected_dependencies.join(", "))?;
+        writeln!(
+            out,
+            "Not selected but depended on (not rotated by this run): {}",
+            plan.selection.unselected_dependencies.join(", ")
+        )?;
     }
-    writeln!(out, "Vault: {} (mount {}, staging {})", plan.vault.address, plan.vault.mount, plan.vault.staging_prefix)?;
+    writeln!(
+        out,
+        "Vault: {} (mount {}, staging {})",
+        plan.vault.address, plan.vault.mount, plan.vault.staging_prefix
+    )?;
     for wave in &plan.waves {
-        writeln!(out, "\nWave {} ({}, ETA {})", wave.index, plural(wave.credentials.len(), "credential"), eta(wave.eta_seconds))?;
+        writeln!(
+            out,
+            "\nWave {} ({}, ETA {})",
+            wave.index,
+            plural(wave.credentials.len(), "credential"),
+            eta(wave.eta_seconds)
+        )?;
         for c in &wave.credentials {
-            let account = c.account.map(|a| format!(" account {a}")).unwrap_or_default();
-            writeln!(out, "  {} via {} ({}, {}){account} -> {}", c.id, c.provider, c.type_name, c.kind.as_str(), c.vault_path)?;
+            let account = c
+                .account
+                .map(|a| format!(" account {a}"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  {} via {} ({}, {}){account} -> {}",
+                c.id,
+                c.provider,
+                c.type_name,
+                c.kind.as_str(),
+                c.vault_path
+            )?;
             writeln!(out, "      {}", c.steps.join(" > "))?;
             if let Some(instructions) = c.instructions {
-                writeln!(out, "      operator: {}", instructions.split_whitespace().collect::<Vec<_>>().join(" "))?;
+                writeln!(
+                    out,
+                    "      operator: {}",
+                    instructions
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )?;
             }
         }
     }
@@ -80,11 +134,33 @@ pub fn text(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
             .providers
             .iter()
             .map(|p| {
-                let origin = if p.rate_origin == RateOrigin::ProviderDefault { " (default)" } else { "" };
-                [p.instance.to_owned(), p.type_name.to_owned(), p.credentials.to_string(), p.requests.to_string(), format!("{}{origin}", p.rate_description), eta(p.eta_seconds)]
+                let origin = if p.rate_origin == RateOrigin::ProviderDefault {
+                    " (default)"
+                } else {
+                    ""
+                };
+                [
+                    p.instance.to_owned(),
+                    p.type_name.to_owned(),
+                    p.credentials.to_string(),
+                    p.requests.to_string(),
+                    format!("{}{origin}", p.rate_description),
+                    eta(p.eta_seconds),
+                ]
             })
             .collect();
-        table(&mut out, ["instance", "type", "credentials", "requests", "rate limit", "ETA"], &rows)?;
+        table(
+            &mut out,
+            [
+                "instance",
+                "type",
+                "credentials",
+                "requests",
+                "rate limit",
+                "ETA",
+            ],
+            &rows,
+        )?;
     }
     for w in &plan.warnings {
         writeln!(out, "\nwarning: {w}")?;
@@ -92,7 +168,11 @@ pub fn text(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
     out.flush()
 }
 
-fn table<const N: usize>(out: &mut dyn Write, header: [&str; N], rows: &[[String; N]]) -> io::Result<()> {
+fn table<const N: usize>(
+    out: &mut dyn Write,
+    header: [&str; N],
+    rows: &[[String; N]],
+) -> io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -129,30 +209,83 @@ fn md_escape(s: &str) -> String {
 pub fn markdown(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
     let mut out = io::BufWriter::with_capacity(1 << 16, out);
     writeln!(out, "### rekey plan: {}\n", md_escape(&mode_line(plan)))?;
-    writeln!(out, "**{}**; {}.\n", selection_line(plan), summary_line(plan))?;
+    writeln!(
+        out,
+        "**{}**; {}.\n",
+        selection_line(plan),
+        summary_line(plan)
+    )?;
     if !plan.selection.unselected_dependencies.is_empty() {
-        let deps: Vec<String> = plan.selection.unselected_dependencies.iter().map(|d| format!("`{d}`")).collect();
-        writeln!(out, "> Not selected but depended on (not rotated by this run): {}\n", deps.join(", "))?;
+        let deps: Vec<String> = plan
+            .selection
+            .unselected_dependencies
+            .iter()
+            .map(|d| format!("`{d}`"))
+            .collect();
+        writeln!(
+            out,
+            "> Not selected but depended on (not rotated by this run): {}\n",
+            deps.join(", ")
+        )?;
     }
-    writeln!(out, "| wave | credential | provider | kind | Vault path | steps |")?;
+    writeln!(
+        out,
+        "| wave | credential | provider | kind | Vault path | steps |"
+    )?;
     writeln!(out, "|---:|---|---|---|---|---|")?;
     for wave in &plan.waves {
         for c in &wave.credentials {
-            writeln!(out, "| {} | `{}` | {} ({}) | {} | `{}` | {} |", wave.index, md_escape(c.id), md_escape(c.provider), md_escape(c.type_name), c.kind.as_str(), md_escape(c.vault_path), c.steps.join(" → "))?;
+            writeln!(
+                out,
+                "| {} | `{}` | {} ({}) | {} | `{}` | {} |",
+                wave.index,
+                md_escape(c.id),
+                md_escape(c.provider),
+                md_escape(c.type_name),
+                c.kind.as_str(),
+                md_escape(c.vault_path),
+                c.steps.join(" → ")
+            )?;
         }
     }
     if !plan.providers.is_empty() {
-        writeln!(out, "\n| provider instance | type | credentials | requests | rate limit | ETA |")?;
+        writeln!(
+            out,
+            "\n| provider instance | type | credentials | requests | rate limit | ETA |"
+        )?;
         writeln!(out, "|---|---|---:|---:|---|---:|")?;
         for p in &plan.providers {
-            writeln!(out, "| {} | {} | {} | {} | {} | {} |", md_escape(p.instance), p.type_name, p.credentials, p.requests, p.rate_description, eta(p.eta_seconds))?;
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                md_escape(p.instance),
+                p.type_name,
+                p.credentials,
+                p.requests,
+                p.rate_description,
+                eta(p.eta_seconds)
+            )?;
         }
     }
-    let manual: Vec<_> = plan.waves.iter().flat_map(|w| &w.credentials).filter(|c| c.instructions.is_some()).collect();
+    let manual: Vec<_> = plan
+        .waves
+        .iter()
+        .flat_map(|w| &w.credentials)
+        .filter(|c| c.instructions.is_some())
+        .collect();
     if !manual.is_empty() {
-        writeln!(out, "\n<details><summary>{}</summary>\n", plural(manual.len(), "manual step"))?;
+        writeln!(
+            out,
+            "\n<details><summary>{}</summary>\n",
+            plural(manual.len(), "manual step")
+        )?;
         for c in manual {
-            let text = c.instructions.unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+            let text = c
+                .instructions
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             writeln!(out, "- `{}`: {}", md_escape(c.id), md_escape(&text))?;
         }
         writeln!(out, "\n</details>")?;

@@ -43,18 +43,38 @@ pub struct SelectionError {
 /// Checks that every selection value names something in the playbook.
 pub fn check(playbook: &Playbook, selection: &Selection) -> Result<(), Vec<SelectionError>> {
     let mut errors = Vec::new();
-    let mut tied: Vec<&str> = playbook.credentials.iter().flat_map(|c| c.tied_to.iter().map(String::as_str)).collect();
+    let mut tied: Vec<&str> = playbook
+        .credentials
+        .iter()
+        .flat_map(|c| c.tied_to.iter().map(String::as_str))
+        .collect();
     tied.extend(playbook.incident.compromised.iter().map(String::as_str));
-    let tags: Vec<&str> = playbook.credentials.iter().flat_map(|c| c.tags.iter().map(String::as_str)).collect();
+    let tags: Vec<&str> = playbook
+        .credentials
+        .iter()
+        .flat_map(|c| c.tags.iter().map(String::as_str))
+        .collect();
     let ids: Vec<&str> = playbook.credentials.iter().map(|c| c.id.as_str()).collect();
-    for (flag, values, known) in [("--compromised", &selection.compromised, &tied), ("--tag", &selection.tags, &tags), ("--only", &selection.only, &ids)] {
+    for (flag, values, known) in [
+        ("--compromised", &selection.compromised, &tied),
+        ("--tag", &selection.tags, &tags),
+        ("--only", &selection.only, &ids),
+    ] {
         for v in values {
             if !known.contains(&v.as_str()) {
-                errors.push(SelectionError { flag, value: v.clone(), hint: did_you_mean(v, known.iter().copied()) });
+                errors.push(SelectionError {
+                    flag,
+                    value: v.clone(),
+                    hint: did_you_mean(v, known.iter().copied()),
+                });
             }
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 pub fn apply(playbook: &Playbook, selection: &Selection) -> Selected {
@@ -62,12 +82,20 @@ pub fn apply(playbook: &Playbook, selection: &Selection) -> Selected {
         .credentials
         .iter()
         .enumerate()
-        .filter(|(_, c)| selection.compromised.is_empty() || c.tied_to.iter().any(|t| selection.compromised.contains(t)))
-        .filter(|(_, c)| selection.tags.is_empty() || c.tags.iter().any(|t| selection.tags.contains(t)))
+        .filter(|(_, c)| {
+            selection.compromised.is_empty()
+                || c.tied_to.iter().any(|t| selection.compromised.contains(t))
+        })
+        .filter(|(_, c)| {
+            selection.tags.is_empty() || c.tags.iter().any(|t| selection.tags.contains(t))
+        })
         .filter(|(_, c)| selection.only.is_empty() || selection.only.contains(&c.id))
         .map(|(i, _)| i)
         .collect();
-    let chosen: rustc_hash::FxHashSet<&str> = indices.iter().map(|&i| playbook.credentials[i].id.as_str()).collect();
+    let chosen: rustc_hash::FxHashSet<&str> = indices
+        .iter()
+        .map(|&i| playbook.credentials[i].id.as_str())
+        .collect();
     let mut unselected_dependencies: Vec<String> = indices
         .iter()
         .flat_map(|&i| playbook.credentials[i].depends_on.iter())

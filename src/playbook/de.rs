@@ -27,7 +27,9 @@ impl<'n, 'a> de::Deserializer<'n> for NodeDe<'n, 'a> {
             Value::Float(f) => visitor.visit_f64(*f),
             Value::Str(s) => visitor.visit_str(s),
             Value::Seq(items) => visitor.visit_seq(SeqDeserializer::new(items.iter().map(NodeDe))),
-            Value::Map(entries) => visitor.visit_map(MapDeserializer::new(entries.iter().map(|(k, v)| (k.name.as_ref(), NodeDe(v))))),
+            Value::Map(entries) => visitor.visit_map(MapDeserializer::new(
+                entries.iter().map(|(k, v)| (k.name.as_ref(), NodeDe(v))),
+            )),
         }
     }
 
@@ -38,7 +40,12 @@ impl<'n, 'a> de::Deserializer<'n> for NodeDe<'n, 'a> {
         }
     }
 
-    fn deserialize_enum<V: Visitor<'n>>(self, _name: &'static str, _variants: &'static [&'static str], visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_enum<V: Visitor<'n>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
         match &self.0.value {
             Value::Str(s) => visitor.visit_enum(s.as_ref().into_deserializer()),
             _ => Err(de::Error::custom("expected a string")),
@@ -70,7 +77,15 @@ mod tests {
     fn deserializes_structs_options_enums_and_refuses_unknown_keys() {
         let root = crate::playbook::yaml::parse("a: 3\nb: [x, y]\nc: 2\nm: breach\n").unwrap();
         let t = T::deserialize(NodeDe(&root)).unwrap();
-        assert_eq!(t, T { a: Some(3), b: vec!["x".into(), "y".into()], c: 2.0, m: super::super::model::Mode::Breach });
+        assert_eq!(
+            t,
+            T {
+                a: Some(3),
+                b: vec!["x".into(), "y".into()],
+                c: 2.0,
+                m: super::super::model::Mode::Breach
+            }
+        );
         let root = crate::playbook::yaml::parse("a: ~\nb: []\nc: 1\nm: routine\nz: 1\n").unwrap();
         assert!(T::deserialize(NodeDe(&root)).is_err());
     }

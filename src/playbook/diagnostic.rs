@@ -39,7 +39,10 @@ impl Diagnostic {
         }
     }
     pub fn warning(message: impl Into<String>, pos: Option<Pos>) -> Self {
-        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(message, pos) }
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(message, pos)
+        }
     }
     pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
@@ -106,8 +109,15 @@ impl Report {
     /// `MAX_RENDERED` the rest are counted, not drawn: `--format json` lists them all.
     pub fn render(&self, color: bool) -> String {
         const MAX_RENDERED: usize = 100;
-        let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-        let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(2).with_width(100).with_wrap_lines(false)
+        let theme = if color {
+            GraphicalTheme::unicode()
+        } else {
+            GraphicalTheme::unicode_nocolor()
+        };
+        let handler = GraphicalReportHandler::new_themed(theme)
+            .with_context_lines(2)
+            .with_width(100)
+            .with_wrap_lines(false)
             // The message already says file:line:column, counted in characters;
             // miette would count bytes, which disagrees after non-ASCII text.
             .without_primary_span_start();
@@ -124,13 +134,25 @@ impl Report {
             // helps nobody: such diagnostics keep their position, without a snippet.
             let long_line = |p: &Pos| lines.line_len(&clean_source, p.line) > 400;
             let plain;
-            let diagnostic = if diagnostic.pos.as_ref().is_some_and(long_line) || diagnostic.related.iter().any(|(p, _)| long_line(p)) {
-                plain = Diagnostic { related: Vec::new(), ..diagnostic.clone() };
+            let diagnostic = if diagnostic.pos.as_ref().is_some_and(long_line)
+                || diagnostic.related.iter().any(|(p, _)| long_line(p))
+            {
+                plain = Diagnostic {
+                    related: Vec::new(),
+                    ..diagnostic.clone()
+                };
                 &plain
             } else {
                 diagnostic
             };
-            let shown = Shown { diagnostic, file: &file, source: named.clone(), text: &clean_source, lines: &lines, snippet: !diagnostic.pos.as_ref().is_some_and(long_line) };
+            let shown = Shown {
+                diagnostic,
+                file: &file,
+                source: named.clone(),
+                text: &clean_source,
+                lines: &lines,
+                snippet: !diagnostic.pos.as_ref().is_some_and(long_line),
+            };
             if handler.render_report(&mut out, &shown).is_err() {
                 out.push_str(&format!("{}: {}\n", self.file, diagnostic.message));
             }
@@ -151,7 +173,14 @@ impl Report {
                 self.file,
                 errors,
                 if errors == 1 { "" } else { "s" },
-                if warnings > 0 { format!(", {warnings} warning{}", if warnings == 1 { "" } else { "s" }) } else { String::new() }
+                if warnings > 0 {
+                    format!(
+                        ", {warnings} warning{}",
+                        if warnings == 1 { "" } else { "s" }
+                    )
+                } else {
+                    String::new()
+                }
             ));
         }
         out
@@ -166,10 +195,21 @@ struct LineIndex {
 
 /// Replaces ASCII control characters other than line breaks and tabs with `?`.
 fn sanitize(text: &str) -> String {
-    if !text.bytes().any(|b| (b < 0x20 && b != b'\n' && b != b'\r' && b != b'\t') || b == 0x7f) {
+    if !text
+        .bytes()
+        .any(|b| (b < 0x20 && b != b'\n' && b != b'\r' && b != b'\t') || b == 0x7f)
+    {
         return text.to_owned();
     }
-    text.chars().map(|c| if c.is_ascii_control() && c != '\n' && c != '\r' && c != '\t' { '?' } else { c }).collect()
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_control() && c != '\n' && c != '\r' && c != '\t' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 impl Diagnostic {
@@ -180,7 +220,11 @@ impl Diagnostic {
             pos: self.pos,
             label: self.label.as_deref().map(sanitize),
             help: self.help.as_deref().map(sanitize),
-            related: self.related.iter().map(|(p, l)| (*p, sanitize(l))).collect(),
+            related: self
+                .related
+                .iter()
+                .map(|(p, l)| (*p, sanitize(l)))
+                .collect(),
         }
     }
 }
@@ -211,12 +255,23 @@ impl LineIndex {
     /// Byte range of `pos` in `text`.
     fn range(&self, text: &str, pos: Pos) -> (usize, usize) {
         let line = (pos.line as usize).max(1) - 1;
-        let Some(&line_start) = self.starts.get(line) else { return (text.len(), 0) };
+        let Some(&line_start) = self.starts.get(line) else {
+            return (text.len(), 0);
+        };
         let rest = &text[line_start..];
-        let mut chars = rest.char_indices().map(|(i, _)| line_start + i).chain(std::iter::once(text.len()));
-        let start = chars.nth((pos.column as usize).max(1) - 1).unwrap_or(text.len());
+        let mut chars = rest
+            .char_indices()
+            .map(|(i, _)| line_start + i)
+            .chain(std::iter::once(text.len()));
+        let start = chars
+            .nth((pos.column as usize).max(1) - 1)
+            .unwrap_or(text.len());
         let tail = &text[start..];
-        let len = tail.char_indices().nth(pos.len as usize).map(|(i, _)| i).unwrap_or(tail.len());
+        let len = tail
+            .char_indices()
+            .nth(pos.len as usize)
+            .map(|(i, _)| i)
+            .unwrap_or(tail.len());
         (start, len)
     }
 }
@@ -241,7 +296,11 @@ impl fmt::Debug for Shown<'_> {
 impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.diagnostic.pos {
-            Some(p) => write!(f, "{}:{}:{}: {}", self.file, p.line, p.column, self.diagnostic.message),
+            Some(p) => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, p.line, p.column, self.diagnostic.message
+            ),
             None => write!(f, "{}: {}", self.file, self.diagnostic.message),
         }
     }
@@ -264,23 +323,38 @@ impl miette::Diagnostic for Shown<'_> {
         })
     }
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        self.diagnostic.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.diagnostic
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.diagnostic.pos.filter(|_| self.snippet).map(|_| &*self.source as &dyn miette::SourceCode)
+        self.diagnostic
+            .pos
+            .filter(|_| self.snippet)
+            .map(|_| &*self.source as &dyn miette::SourceCode)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         let pos = self.diagnostic.pos.filter(|_| self.snippet)?;
-        let mut labels = vec![LabeledSpan::new_primary_with_span(self.diagnostic.label.clone(), self.span(pos))];
+        let mut labels = vec![LabeledSpan::new_primary_with_span(
+            self.diagnostic.label.clone(),
+            self.span(pos),
+        )];
         for (p, text) in &self.diagnostic.related {
-            labels.push(LabeledSpan::new_with_span(Some(text.clone()), self.span(*p)));
+            labels.push(LabeledSpan::new_with_span(
+                Some(text.clone()),
+                self.span(*p),
+            ));
         }
         Some(Box::new(labels.into_iter()))
     }
 }
 
 /// "did you mean `x`?" for a misspelled name, when one candidate is close enough.
-pub fn did_you_mean<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    given: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let mut best: Option<(f64, &str)> = None;
     for candidate in candidates {
         let score = strsim::jaro_winkler(&given.to_lowercase(), &candidate.to_lowercase());

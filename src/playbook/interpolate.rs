@@ -11,14 +11,45 @@ use super::yaml::Node;
 /// Words that mark a variable as holding a secret, matched against the
 /// `_`-separated words of its name (`MYSQL_PWD`, `STRIPE_KEY`, `GITHUB_PAT`).
 const SECRET_WORDS: &[&str] = &[
-    "TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PWD", "PASS", "PASSPHRASE", "PRIVATE", "CREDENTIAL",
-    "CREDENTIALS", "CREDS", "KEY", "APIKEY", "PAT", "AUTH", "COOKIE", "SESSION", "SIGNATURE", "CERT", "DSN",
+    "TOKEN",
+    "TOKENS",
+    "SECRET",
+    "SECRETS",
+    "PASSWORD",
+    "PASSWD",
+    "PWD",
+    "PASS",
+    "PASSPHRASE",
+    "PRIVATE",
+    "CREDENTIAL",
+    "CREDENTIALS",
+    "CREDS",
+    "KEY",
+    "APIKEY",
+    "PAT",
+    "AUTH",
+    "COOKIE",
+    "SESSION",
+    "SIGNATURE",
+    "CERT",
+    "DSN",
 ];
 /// Substrings that mark a secret even inside a longer word (`APITOKEN`, `DBPASSWORD`).
-const SECRET_MARKERS: &[&str] = &["TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "PRIVATE", "CREDENTIAL", "APIKEY"];
+const SECRET_MARKERS: &[&str] = &[
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "PASSPHRASE",
+    "PRIVATE",
+    "CREDENTIAL",
+    "APIKEY",
+];
 /// Last words that name something *about* a secret rather than the secret itself
 /// (`GITLAB_TOKEN_ID`, `KMS_KEY_NAME`). `SECRET_ID` stays a secret: it is AppRole's.
-const NOT_SECRET_SUFFIXES: &[&str] = &["ID", "NAME", "URL", "ADDR", "HOST", "PORT", "PATH", "FILE", "USER", "ENV", "TYPE"];
+const NOT_SECRET_SUFFIXES: &[&str] = &[
+    "ID", "NAME", "URL", "ADDR", "HOST", "PORT", "PATH", "FILE", "USER", "ENV", "TYPE",
+];
 
 pub fn looks_secret(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
@@ -26,10 +57,14 @@ pub fn looks_secret(name: &str) -> bool {
         return true;
     }
     let words: Vec<&str> = upper.split('_').filter(|w| !w.is_empty()).collect();
-    if words.last().is_some_and(|w| NOT_SECRET_SUFFIXES.contains(w)) {
+    if words
+        .last()
+        .is_some_and(|w| NOT_SECRET_SUFFIXES.contains(w))
+    {
         return false;
     }
-    words.iter().any(|w| SECRET_WORDS.contains(w)) || SECRET_MARKERS.iter().any(|m| upper.contains(m))
+    words.iter().any(|w| SECRET_WORDS.contains(w))
+        || SECRET_MARKERS.iter().any(|m| upper.contains(m))
 }
 
 /// Replaces `${...}` in every string of the tree; returns one diagnostic per problem.
@@ -100,7 +135,11 @@ fn closing_brace(body: &str) -> Option<usize> {
     None
 }
 
-fn expand_depth(text: &str, env: &dyn Fn(&str) -> Option<String>, depth: usize) -> Result<String, Problem> {
+fn expand_depth(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    depth: usize,
+) -> Result<String, Problem> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -128,7 +167,9 @@ fn expand_depth(text: &str, env: &dyn Fn(&str) -> Option<String>, depth: usize) 
             match (env(name).filter(|v| !v.is_empty()), fallback) {
                 (Some(value), _) => out.push_str(&value),
                 // A fallback may itself use variables: `${A:-${B}}`.
-                (None, Some(fallback)) if depth < 8 => out.push_str(&expand_depth(fallback, env, depth + 1)?),
+                (None, Some(fallback)) if depth < 8 => {
+                    out.push_str(&expand_depth(fallback, env, depth + 1)?)
+                }
                 (None, Some(_)) => return Err(Problem::Unterminated),
                 (None, None) => return Err(Problem::Unset(name.to_owned())),
             }
@@ -156,12 +197,27 @@ mod tests {
 
     #[test]
     fn expands_variables_fallbacks_and_escapes() {
-        assert_eq!(expand("pg://${HOST}:5432", &env).unwrap(), "pg://db.internal:5432");
+        assert_eq!(
+            expand("pg://${HOST}:5432", &env).unwrap(),
+            "pg://db.internal:5432"
+        );
         assert_eq!(expand("${MISSING:-x}${EMPTY:-y}", &env).unwrap(), "xy");
-        assert_eq!(expand("cost $5 and $${HOST}", &env).unwrap(), "cost $5 and ${HOST}");
-        assert_eq!(expand("${MISSING:-${HOST}}/x", &env).unwrap(), "db.internal/x");
-        assert_eq!(expand("${MISSING:-${ALSO_MISSING:-deep}}", &env).unwrap(), "deep");
-        assert_eq!(expand("${MISSING:-${NOPE}}", &env), Err(Problem::Unset("NOPE".into())));
+        assert_eq!(
+            expand("cost $5 and $${HOST}", &env).unwrap(),
+            "cost $5 and ${HOST}"
+        );
+        assert_eq!(
+            expand("${MISSING:-${HOST}}/x", &env).unwrap(),
+            "db.internal/x"
+        );
+        assert_eq!(
+            expand("${MISSING:-${ALSO_MISSING:-deep}}", &env).unwrap(),
+            "deep"
+        );
+        assert_eq!(
+            expand("${MISSING:-${NOPE}}", &env),
+            Err(Problem::Unset("NOPE".into()))
+        );
     }
 
     #[test]
@@ -169,15 +225,44 @@ mod tests {
         assert_eq!(expand("${NOPE}", &env), Err(Problem::Unset("NOPE".into())));
         assert_eq!(expand("${HOST", &env), Err(Problem::Unterminated));
         assert_eq!(expand("${1X}", &env), Err(Problem::BadName("1X".into())));
-        assert_eq!(expand("${VAULT_TOKEN}", &env), Err(Problem::Secret("VAULT_TOKEN".into())));
-        assert_eq!(expand("${DB_PASSWORD:-x}", &env), Err(Problem::Secret("DB_PASSWORD".into())));
-        assert_eq!(expand("${VAULT_SECRET_ID:-x}", &env), Err(Problem::Secret("VAULT_SECRET_ID".into())));
+        assert_eq!(
+            expand("${VAULT_TOKEN}", &env),
+            Err(Problem::Secret("VAULT_TOKEN".into()))
+        );
+        assert_eq!(
+            expand("${DB_PASSWORD:-x}", &env),
+            Err(Problem::Secret("DB_PASSWORD".into()))
+        );
+        assert_eq!(
+            expand("${VAULT_SECRET_ID:-x}", &env),
+            Err(Problem::Secret("VAULT_SECRET_ID".into()))
+        );
         assert_eq!(expand("${GITLAB_TOKEN_ID:-7}", &env).unwrap(), "7");
-        for name in ["MYSQL_PWD", "DB_PASS", "STRIPE_KEY", "GITHUB_PAT", "APITOKEN", "SESSION_COOKIE", "NPM_AUTH"] {
-            assert_eq!(expand(&format!("${{{name}:-x}}"), &env), Err(Problem::Secret(name.into())), "{name}");
+        for name in [
+            "MYSQL_PWD",
+            "DB_PASS",
+            "STRIPE_KEY",
+            "GITHUB_PAT",
+            "APITOKEN",
+            "SESSION_COOKIE",
+            "NPM_AUTH",
+        ] {
+            assert_eq!(
+                expand(&format!("${{{name}:-x}}"), &env),
+                Err(Problem::Secret(name.into())),
+                "{name}"
+            );
         }
-        for name in ["PATH_PREFIX", "KEYCLOAK_URL", "SSH_KEY_PATH", "PASSENGER_COUNT"] {
-            assert!(expand(&format!("${{{name}:-x}}"), &env).is_ok(), "{name} is not a secret");
+        for name in [
+            "PATH_PREFIX",
+            "KEYCLOAK_URL",
+            "SSH_KEY_PATH",
+            "PASSENGER_COUNT",
+        ] {
+            assert!(
+                expand(&format!("${{{name}:-x}}"), &env).is_ok(),
+                "{name} is not a secret"
+            );
         }
     }
 }

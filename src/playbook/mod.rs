@@ -59,7 +59,11 @@ pub enum VaultAuth {
     /// Token read from this environment variable.
     Token { env: String },
     /// AppRole login; the secret-id is read from `secret_id_env`.
-    AppRole { role_id: String, secret_id_env: String, mount: String },
+    AppRole {
+        role_id: String,
+        secret_id_env: String,
+        mount: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -140,7 +144,10 @@ pub struct Loaded {
 }
 
 /// Reads, parses and validates a playbook file.
-pub fn load_file(path: &Path, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Loaded, Report> {
+pub fn load_file(
+    path: &Path,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Loaded, Report> {
     let file = path.display().to_string();
     let cannot_read = |message: String, help: &str| Report {
         file: file.clone(),
@@ -155,16 +162,26 @@ pub fn load_file(path: &Path, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> 
             return Ok(None);
         }
         let mut bytes = Vec::new();
-        f.take(yaml::MAX_INPUT_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+        f.take(yaml::MAX_INPUT_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)?;
         Ok(Some(bytes))
     };
     let bytes = match read() {
         Ok(Some(b)) => b,
-        Ok(None) => return Err(cannot_read("the playbook is not a regular file".into(), "give the path of a YAML file")),
+        Ok(None) => {
+            return Err(cannot_read(
+                "the playbook is not a regular file".into(),
+                "give the path of a YAML file",
+            ));
+        }
         Err(e) => {
             let help = match e.kind() {
-                std::io::ErrorKind::NotFound => "check the path; `ls playbooks/` lists the shipped examples",
-                std::io::ErrorKind::PermissionDenied => "run rekey as a user that can read the file",
+                std::io::ErrorKind::NotFound => {
+                    "check the path; `ls playbooks/` lists the shipped examples"
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "run rekey as a user that can read the file"
+                }
                 _ => "check that the path names a readable file",
             };
             return Err(cannot_read(format!("cannot read the playbook: {e}"), help));
@@ -175,17 +192,33 @@ pub fn load_file(path: &Path, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> 
 
 /// Parses and validates playbook bytes (`file` names them in messages).
 /// Never panics, whatever the bytes.
-pub fn load_bytes(file: &str, bytes: &[u8], env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Loaded, Report> {
+pub fn load_bytes(
+    file: &str,
+    bytes: &[u8],
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Loaded, Report> {
     match std::str::from_utf8(bytes) {
         Ok(text) => load_str(file, text, env),
         Err(e) => {
             let lossy = String::from_utf8_lossy(bytes).into_owned();
             let offset = e.valid_up_to();
-            let line_start = bytes[..offset].iter().rposition(|b| *b == b'\n').map(|p| p + 1).unwrap_or(0);
+            let line_start = bytes[..offset]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map(|p| p + 1)
+                .unwrap_or(0);
             let line = bytes[..offset].iter().filter(|b| **b == b'\n').count() + 1;
             // Columns count characters, like every other position rekey reports.
-            let column = String::from_utf8_lossy(&bytes[line_start..offset]).chars().count() + 1;
-            let pos = yaml::Pos { offset: 0, len: 1, line: line as u32, column: column as u32 };
+            let column = String::from_utf8_lossy(&bytes[line_start..offset])
+                .chars()
+                .count()
+                + 1;
+            let pos = yaml::Pos {
+                offset: 0,
+                len: 1,
+                line: line as u32,
+                column: column as u32,
+            };
             Err(Report {
                 file: file.to_owned(),
                 source: Arc::new(lossy),
@@ -201,7 +234,11 @@ pub fn load_bytes(file: &str, bytes: &[u8], env: &(dyn Fn(&str) -> Option<String
 /// threads have 2 MiB). Only touched pages are ever committed.
 const LOADER_STACK: usize = 64 * 1024 * 1024;
 
-pub fn load_str(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Loaded, Report> {
+pub fn load_str(
+    file: &str,
+    text: &str,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Loaded, Report> {
     let spawned = std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("playbook-loader".into())
@@ -216,7 +253,11 @@ pub fn load_str(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> + 
     }
 }
 
-fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Loaded, Report> {
+fn load_str_here(
+    file: &str,
+    text: &str,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Loaded, Report> {
     // A byte-order mark is an encoding artefact, not content: positions and
     // snippets are about what follows it.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -224,14 +265,22 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
     // Diagnostics in reading order: what the admin fixes top to bottom.
     let fail = |mut diagnostics: Vec<Diagnostic>| {
         diagnostics.sort_by_key(|d| d.pos.map(|p| (p.line, p.column)));
-        Report { file: file.to_owned(), source: source.clone(), diagnostics }
+        Report {
+            file: file.to_owned(),
+            source: source.clone(),
+            diagnostics,
+        }
     };
-    let catalog = Catalog::builtin().map_err(|e| fail(vec![Diagnostic::error(e.to_string(), None)]))?;
+    let catalog =
+        Catalog::builtin().map_err(|e| fail(vec![Diagnostic::error(e.to_string(), None)]))?;
 
     let mut root = match yaml::parse(text) {
         Ok(root) => root,
         Err(e) => {
-            return Err(fail(vec![Diagnostic::error(format!("invalid YAML: {}", first_line(&e.message)), e.pos).help(e.help)]));
+            return Err(fail(vec![
+                Diagnostic::error(format!("invalid YAML: {}", first_line(&e.message)), e.pos)
+                    .help(e.help),
+            ]));
         }
     };
     if !matches!(root.value, yaml::Value::Map(_)) {
@@ -240,7 +289,11 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
     }
 
     // Most playbooks interpolate a handful of values; skip the walk when none do.
-    let mut problems = if text.contains('$') { interpolate::interpolate(&mut root, env) } else { Vec::new() };
+    let mut problems = if text.contains('$') {
+        interpolate::interpolate(&mut root, env)
+    } else {
+        Vec::new()
+    };
     if problems.iter().any(Diagnostic::is_error) {
         return Err(fail(problems));
     }
@@ -260,7 +313,9 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
                     for r in &checked.repairs {
                         root.repair_key(&r.object, &r.key, r.rename_to.as_deref());
                     }
-                    if let Ok(raw) = <model::RawPlaybook as serde::Deserialize>::deserialize(de::NodeDe(&root)) {
+                    if let Ok(raw) =
+                        <model::RawPlaybook as serde::Deserialize>::deserialize(de::NodeDe(&root))
+                    {
                         let lines = credential_lines(&root);
                         if let Err(more) = validate::validate(&raw, Some(&root), &lines, catalog) {
                             problems.extend(more.into_iter().filter(|d| d.is_error()));
@@ -272,7 +327,11 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
             match serde_path_to_error::deserialize::<_, model::RawPlaybook>(&json) {
                 Ok(raw) => raw,
                 Err(e) => {
-                    let pointer: String = e.path().iter().map(|seg| format!("/{}", yaml::escape(&seg.to_string()))).collect();
+                    let pointer: String = e
+                        .path()
+                        .iter()
+                        .map(|seg| format!("/{}", yaml::escape(&seg.to_string())))
+                        .collect();
                     let pointer = pointer.replace("/[", "/").replace(']', "");
                     let d = schema::serde_error(&pointer, &e.inner().to_string(), &json, &root);
                     return Err(fail(vec![d]));
@@ -292,7 +351,8 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
         first
     } else {
         drop(first);
-        let mut root = yaml::parse(text).map_err(|e| fail(vec![Diagnostic::error(e.message, e.pos)]))?;
+        let mut root =
+            yaml::parse(text).map_err(|e| fail(vec![Diagnostic::error(e.message, e.pos)]))?;
         if text.contains('$') {
             interpolate::interpolate(&mut root, env);
         }
@@ -302,7 +362,10 @@ fn load_str_here(file: &str, text: &str, env: &(dyn Fn(&str) -> Option<String> +
         Ok(mut playbook) => {
             problems.append(&mut playbook.warnings.clone());
             playbook.warnings = problems.clone();
-            Ok(Loaded { playbook, report: fail(problems) })
+            Ok(Loaded {
+                playbook,
+                report: fail(problems),
+            })
         }
         Err(mut diagnostics) => {
             problems.append(&mut diagnostics);

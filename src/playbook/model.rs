@@ -210,11 +210,24 @@ impl RawRate {
     /// Requests per second, when exactly one way of giving the rate is used and it
     /// parses; `validate` explains what is wrong otherwise.
     pub fn per_second(&self) -> Option<f64> {
-        let given = [self.per_second, self.per_minute, self.per_hour, self.requests].iter().flatten().count();
+        let given = [
+            self.per_second,
+            self.per_minute,
+            self.per_hour,
+            self.requests,
+        ]
+        .iter()
+        .flatten()
+        .count();
         if given != 1 {
             return None;
         }
-        let per_second = match (self.per_second, self.per_minute, self.per_hour, self.requests) {
+        let per_second = match (
+            self.per_second,
+            self.per_minute,
+            self.per_hour,
+            self.requests,
+        ) {
             (Some(s), ..) => s,
             (_, Some(m), ..) => m / 60.0,
             (_, _, Some(h), _) => h / 3600.0,

@@ -20,9 +20,15 @@ impl Rate {
             let v = self.per_second * f;
             v >= 1.0 && (v - v.round()).abs() < 1e-6
         });
-        let (factor, unit) = whole.or_else(|| units.iter().find(|(f, _)| self.per_second * f >= 1.0)).unwrap_or(&(3600.0, "h"));
+        let (factor, unit) = whole
+            .or_else(|| units.iter().find(|(f, _)| self.per_second * f >= 1.0))
+            .unwrap_or(&(3600.0, "h"));
         let base = format!("{}/{unit}", trim(self.per_second * factor));
-        if self.burst > 1 { format!("{base} (burst {})", self.burst) } else { base }
+        if self.burst > 1 {
+            format!("{base} (burst {})", self.burst)
+        } else {
+            base
+        }
     }
 }
 
@@ -38,16 +44,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     humantime::parse_duration(t).map_err(|e| match e {
-        humantime::DurationError::NumberExpected(_) | humantime::DurationError::InvalidCharacter(_) => {
+        humantime::DurationError::NumberExpected(_)
+        | humantime::DurationError::InvalidCharacter(_) => {
             format!("`{text}` is not a duration")
         }
-        humantime::DurationError::UnknownUnit { unit, .. } => format!("`{text}` has an unknown unit `{unit}`"),
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("`{text}` has an unknown unit `{unit}`")
+        }
         humantime::DurationError::NumberOverflow => format!("`{text}` is too long a duration"),
         humantime::DurationError::Empty => "the duration is empty".to_owned(),
     })
 }
 
-pub const DURATION_HELP: &str = "write a number and a unit: `0s`, `30s`, `15m`, `1h30m`, `24h`, `90d`";
+pub const DURATION_HELP: &str =
+    "write a number and a unit: `0s`, `30s`, `15m`, `1h30m`, `24h`, `90d`";
 
 pub fn format_duration(d: Duration) -> String {
     if d.is_zero() {
@@ -76,9 +86,16 @@ mod tests {
     #[test]
     fn durations_parse_and_format() {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("90d").unwrap(), Duration::from_secs(90 * 86400));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86400)
+        );
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_duration("soon").is_err());
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(format_duration(Duration::from_millis(2500)), "2.5s");
@@ -86,11 +103,53 @@ mod tests {
 
     #[test]
     fn rates_describe_themselves() {
-        assert_eq!(Rate { per_second: 20.0, burst: 5 }.describe(), "20/s (burst 5)");
-        assert_eq!(Rate { per_second: 4.0, burst: 1 }.describe(), "4/s");
-        assert_eq!(Rate { per_second: 5000.0 / 3600.0, burst: 1 }.describe(), "5000/h");
-        assert_eq!(Rate { per_second: 2000.0 / 60.0, burst: 1 }.describe(), "2000/min");
-        assert_eq!(Rate { per_second: 0.3, burst: 1 }.describe(), "18/min");
-        assert_eq!(Rate { per_second: 10.0 / 3600.0, burst: 1 }.describe(), "10/h");
+        assert_eq!(
+            Rate {
+                per_second: 20.0,
+                burst: 5
+            }
+            .describe(),
+            "20/s (burst 5)"
+        );
+        assert_eq!(
+            Rate {
+                per_second: 4.0,
+                burst: 1
+            }
+            .describe(),
+            "4/s"
+        );
+        assert_eq!(
+            Rate {
+                per_second: 5000.0 / 3600.0,
+                burst: 1
+            }
+            .describe(),
+            "5000/h"
+        );
+        assert_eq!(
+            Rate {
+                per_second: 2000.0 / 60.0,
+                burst: 1
+            }
+            .describe(),
+            "2000/min"
+        );
+        assert_eq!(
+            Rate {
+                per_second: 0.3,
+                burst: 1
+            }
+            .describe(),
+            "18/min"
+        );
+        assert_eq!(
+            Rate {
+                per_second: 10.0 / 3600.0,
+                burst: 1
+            }
+            .describe(),
+            "10/h"
+        );
     }
 }

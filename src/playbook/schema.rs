@@ -15,7 +15,8 @@ pub const SCHEMA_ID: &str = "https://rekey.dev/schema/playbook-v1.json";
 pub fn playbook_schema() -> &'static Value {
     static SCHEMA: OnceLock<Value> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let mut schema = serde_json::to_value(schemars::schema_for!(RawPlaybook)).unwrap_or(Value::Null);
+        let mut schema =
+            serde_json::to_value(schemars::schema_for!(RawPlaybook)).unwrap_or(Value::Null);
         if let Value::Object(map) = &mut schema {
             map.insert("$id".into(), Value::String(SCHEMA_ID.into()));
         }
@@ -25,7 +26,9 @@ pub fn playbook_schema() -> &'static Value {
 
 fn validator() -> Option<&'static jsonschema::Validator> {
     static VALIDATOR: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
-    VALIDATOR.get_or_init(|| jsonschema::validator_for(playbook_schema()).ok()).as_ref()
+    VALIDATOR
+        .get_or_init(|| jsonschema::validator_for(playbook_schema()).ok())
+        .as_ref()
 }
 
 /// A way to read past an unknown key, so validation can go on and report the
@@ -55,8 +58,15 @@ pub fn check(instance: &Value, root: &Node) -> Vec<Diagnostic> {
 
 pub fn check_with_repairs(instance: &Value, root: &Node) -> Checked {
     let Some(validator) = validator() else {
-        let diagnostics = vec![Diagnostic::error("internal error: the playbook schema does not compile", None)];
-        return Checked { diagnostics, repairs: Vec::new(), only_unknown_keys: false };
+        let diagnostics = vec![Diagnostic::error(
+            "internal error: the playbook schema does not compile",
+            None,
+        )];
+        return Checked {
+            diagnostics,
+            repairs: Vec::new(),
+            only_unknown_keys: false,
+        };
     };
     let mut found = Vec::new();
     check_against(validator, instance, "", instance, root, &mut found, 0);
@@ -65,7 +75,11 @@ pub fn check_with_repairs(instance: &Value, root: &Node) -> Checked {
     let typos: Vec<(String, String)> = found
         .iter()
         .filter_map(|f| match f {
-            Found::Unknown { path, suggestion: Some(s), .. } => Some((path.clone(), s.clone())),
+            Found::Unknown {
+                path,
+                suggestion: Some(s),
+                ..
+            } => Some((path.clone(), s.clone())),
             _ => None,
         })
         .collect();
@@ -74,16 +88,30 @@ pub fn check_with_repairs(instance: &Value, root: &Node) -> Checked {
     let mut out: Vec<Diagnostic> = Vec::new();
     for f in found {
         match f {
-            Found::Missing { path, name, diagnostic } => {
+            Found::Missing {
+                path,
+                name,
+                diagnostic,
+            } => {
                 if !typos.contains(&(path, name)) {
                     only_unknown_keys = false;
                     out.push(diagnostic);
                 }
             }
-            Found::Unknown { path, key, suggestion, diagnostic } => {
+            Found::Unknown {
+                path,
+                key,
+                suggestion,
+                diagnostic,
+            } => {
                 // Read the typo as its suggestion only when that key is not there.
-                let free = suggestion.filter(|s| instance.pointer(&path).and_then(|o| o.get(s)).is_none());
-                repairs.push(Repair { object: path, key, rename_to: free });
+                let free =
+                    suggestion.filter(|s| instance.pointer(&path).and_then(|o| o.get(s)).is_none());
+                repairs.push(Repair {
+                    object: path,
+                    key,
+                    rename_to: free,
+                });
                 out.push(diagnostic);
             }
             Found::Other(diagnostic) => {
@@ -93,12 +121,25 @@ pub fn check_with_repairs(instance: &Value, root: &Node) -> Checked {
         }
     }
     out.sort_by_key(|d| d.pos.map(|p| (p.line, p.column)));
-    Checked { diagnostics: out, repairs, only_unknown_keys }
+    Checked {
+        diagnostics: out,
+        repairs,
+        only_unknown_keys,
+    }
 }
 
 enum Found {
-    Unknown { path: String, key: String, suggestion: Option<String>, diagnostic: Diagnostic },
-    Missing { path: String, name: String, diagnostic: Diagnostic },
+    Unknown {
+        path: String,
+        key: String,
+        suggestion: Option<String>,
+        diagnostic: Diagnostic,
+    },
+    Missing {
+        path: String,
+        name: String,
+        diagnostic: Diagnostic,
+    },
     Other(Diagnostic),
 }
 
@@ -106,7 +147,15 @@ enum Found {
 /// Optional blocks are `anyOf: [block, null]` in the schema; when such a block is
 /// present but wrong inside, the validator only says "not valid under any of the
 /// schemas", so we validate against the block's own schema to say what is wrong.
-fn check_against(validator: &jsonschema::Validator, sub: &Value, base: &str, instance: &Value, root: &Node, out: &mut Vec<Found>, depth: usize) {
+fn check_against(
+    validator: &jsonschema::Validator,
+    sub: &Value,
+    base: &str,
+    instance: &Value,
+    root: &Node,
+    out: &mut Vec<Found>,
+    depth: usize,
+) {
     for error in validator.iter_errors(sub) {
         let path = format!("{base}{}", error.instance_path().as_str());
         let here = describe_path(&path);
@@ -115,37 +164,59 @@ fn check_against(validator: &jsonschema::Validator, sub: &Value, base: &str, ins
                 let allowed = allowed_keys(&path);
                 for key in unexpected {
                     let key_path = format!("{path}/{}", escape(key));
-                    let mut d = Diagnostic::error(format!("unknown key `{key}` in {here}"), root.key_pos_of(&key_path))
-                        .label("not a known key");
+                    let mut d = Diagnostic::error(
+                        format!("unknown key `{key}` in {here}"),
+                        root.key_pos_of(&key_path),
+                    )
+                    .label("not a known key");
                     let suggestion = did_you_mean(key, allowed.iter().map(String::as_str));
                     d = match &suggestion {
                         Some(best) => d.help(format!("did you mean `{best}`?")),
                         None if allowed.is_empty() => d.help("remove it"),
-                        None => d.help(format!("remove it; keys allowed here: {}", allowed.join(", "))),
+                        None => d.help(format!(
+                            "remove it; keys allowed here: {}",
+                            allowed.join(", ")
+                        )),
                     };
-                    out.push(Found::Unknown { path: path.clone(), key: key.clone(), suggestion, diagnostic: d });
+                    out.push(Found::Unknown {
+                        path: path.clone(),
+                        key: key.clone(),
+                        suggestion,
+                        diagnostic: d,
+                    });
                 }
             }
             ValidationErrorKind::Required { property } => {
                 let name = property.as_str().unwrap_or("?").to_owned();
                 let described = describe_field(&format!("{path}/{}", escape(&name)));
                 let pos = root.key_pos_of(&path).or_else(|| root.pos_of(&path));
-                let mut d = Diagnostic::error(format!("{here} is missing the key `{name}`"), pos).label(format!("`{name}` missing"));
+                let mut d = Diagnostic::error(format!("{here} is missing the key `{name}`"), pos)
+                    .label(format!("`{name}` missing"));
                 d = d.help(match described {
                     Some(text) => format!("add `{name}:` ({text})"),
                     None => format!("add `{name}:`"),
                 });
-                out.push(Found::Missing { path, name, diagnostic: d });
+                out.push(Found::Missing {
+                    path,
+                    name,
+                    diagnostic: d,
+                });
             }
             ValidationErrorKind::Type { kind } => {
                 let expected = match kind {
                     TypeKind::Single(t) => yaml_type(&t.to_string()).to_owned(),
                     TypeKind::Multiple(set) => {
-                        let names: Vec<&str> = set.iter().map(|t| yaml_type(&t.to_string())).filter(|t| *t != "empty").collect();
+                        let names: Vec<&str> = set
+                            .iter()
+                            .map(|t| yaml_type(&t.to_string()))
+                            .filter(|t| *t != "empty")
+                            .collect();
                         names.join(" or ")
                     }
                 };
-                out.push(Found::Other(type_error(&path, &here, &expected, instance, root)));
+                out.push(Found::Other(type_error(
+                    &path, &here, &expected, instance, root,
+                )));
             }
             ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
                 let value = instance.pointer(&path).unwrap_or(&Value::Null);
@@ -155,19 +226,34 @@ fn check_against(validator: &jsonschema::Validator, sub: &Value, base: &str, ins
                         check_against(&v, value, &path, instance, root, out, depth + 1);
                     }
                     _ => {
-                        let expected = expected_type(&path).unwrap_or_else(|| "a different value".into());
-                        out.push(Found::Other(type_error(&path, &here, &expected, instance, root)));
+                        let expected =
+                            expected_type(&path).unwrap_or_else(|| "a different value".into());
+                        out.push(Found::Other(type_error(
+                            &path, &here, &expected, instance, root,
+                        )));
                     }
                 }
             }
             ValidationErrorKind::Enum { options } => {
-                let choices: Vec<String> = options.as_array().map(|a| a.iter().map(|v| v.to_string()).collect()).unwrap_or_default();
+                let choices: Vec<String> = options
+                    .as_array()
+                    .map(|a| a.iter().map(|v| v.to_string()).collect())
+                    .unwrap_or_default();
                 out.push(Found::Other(
-                    Diagnostic::error(format!("{here} must be one of {}", choices.join(", ")), root.pos_of(&path))
-                        .help(format!("write one of: {}", choices.join(", ").replace('"', ""))),
+                    Diagnostic::error(
+                        format!("{here} must be one of {}", choices.join(", ")),
+                        root.pos_of(&path),
+                    )
+                    .help(format!(
+                        "write one of: {}",
+                        choices.join(", ").replace('"', "")
+                    )),
                 ));
             }
-            _ => out.push(Found::Other(Diagnostic::error(format!("{here}: {error}"), root.pos_of(&path)))),
+            _ => out.push(Found::Other(Diagnostic::error(
+                format!("{here}: {error}"),
+                root.pos_of(&path),
+            ))),
         }
     }
 }
@@ -181,12 +267,18 @@ fn branch_validator(pointer: &str) -> Option<(jsonschema::Validator, bool)> {
         map.insert("$defs".into(), defs.clone());
     }
     let is_object = branch.get("type").and_then(Value::as_str) == Some("object");
-    jsonschema::validator_for(&schema).ok().map(|v| (v, is_object))
+    jsonschema::validator_for(&schema)
+        .ok()
+        .map(|v| (v, is_object))
 }
 
 fn type_error(path: &str, here: &str, expected: &str, instance: &Value, root: &Node) -> Diagnostic {
     let found = instance.pointer(path).map(json_type).unwrap_or("nothing");
-    let mut d = Diagnostic::error(format!("{here} must be {expected}, not {found}"), root.pos_of(path)).label(format!("expected {expected}"));
+    let mut d = Diagnostic::error(
+        format!("{here} must be {expected}, not {found}"),
+        root.pos_of(path),
+    )
+    .label(format!("expected {expected}"));
     if let Some(text) = describe_field(path) {
         d = d.help(text);
     }
@@ -199,7 +291,8 @@ pub fn serde_error(pointer: &str, message: &str, instance: &Value, root: &Node) 
     let here = describe_path(pointer);
     match expected_type(pointer) {
         Some(expected) => type_error(pointer, &here, &expected, instance, root),
-        None => Diagnostic::error(format!("{here}: {message}"), root.pos_of(pointer)).help("`rekey schema` prints what each key accepts"),
+        None => Diagnostic::error(format!("{here}: {message}"), root.pos_of(pointer))
+            .help("`rekey schema` prints what each key accepts"),
     }
 }
 
@@ -208,7 +301,9 @@ fn json_type(v: &Value) -> &'static str {
         Value::Null => "empty",
         Value::Bool(_) => "true or false",
         Value::Number(n) if n.is_i64() || n.is_u64() => "a whole number",
-        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => "a number with a decimal point",
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+            "a number with a decimal point"
+        }
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
@@ -258,7 +353,11 @@ fn schema_at(pointer: &str) -> Option<&'static Value> {
             props
         } else if let Some(items) = schema.get("items") {
             items
-        } else { schema.get("additionalProperties").filter(|v| v.is_object())? };
+        } else {
+            schema
+                .get("additionalProperties")
+                .filter(|v| v.is_object())?
+        };
         schema = resolve(root, next)?;
     }
     Some(schema)
@@ -269,7 +368,9 @@ fn resolve<'a>(root: &'a Value, mut schema: &'a Value) -> Option<&'a Value> {
         if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
             schema = root.pointer(r.strip_prefix('#')?)?;
         } else if let Some(branches) = schema.get("anyOf").and_then(Value::as_array) {
-            schema = branches.iter().find(|b| b.get("type").and_then(Value::as_str) != Some("null"))?;
+            schema = branches
+                .iter()
+                .find(|b| b.get("type").and_then(Value::as_str) != Some("null"))?;
         } else {
             return Some(schema);
         }
@@ -303,7 +404,12 @@ fn expected_type(pointer: &str) -> Option<String> {
     match schema.get("type")? {
         Value::String(t) => Some(yaml_type(t).to_owned()),
         Value::Array(ts) => Some(
-            ts.iter().filter_map(Value::as_str).map(yaml_type).filter(|t| *t != "empty").collect::<Vec<_>>().join(" or "),
+            ts.iter()
+                .filter_map(Value::as_str)
+                .map(yaml_type)
+                .filter(|t| *t != "empty")
+                .collect::<Vec<_>>()
+                .join(" or "),
         ),
         _ => None,
     }
@@ -320,6 +426,9 @@ mod tests {
         assert!(allowed_keys("/providers/pg").contains(&"rate".to_string()));
         assert!(allowed_keys("/providers/pg/rate").contains(&"per_minute".to_string()));
         assert!(allowed_keys("/vault/auth").contains(&"role_id".to_string()));
-        assert_eq!(describe_path("/credentials/3/provider"), "`credentials[3].provider`");
+        assert_eq!(
+            describe_path("/credentials/3/provider"),
+            "`credentials[3].provider`"
+        );
     }
 }

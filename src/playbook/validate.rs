@@ -2,10 +2,15 @@
 //! resolved `Playbook` only when there is none. Nothing downstream validates again.
 
 use super::diagnostic::{Diagnostic, did_you_mean};
-use super::model::{DurationText, Mode, RawAdmin, RawCredential, RawPasswordPolicy, RawPlaybook, RawRate};
+use super::model::{
+    DurationText, Mode, RawAdmin, RawCredential, RawPasswordPolicy, RawPlaybook, RawRate,
+};
 use super::rate::{DURATION_HELP, Rate};
 use super::yaml::{Node, Pos, escape};
-use super::{AdminSource, Credential, Defaults, Incident, PasswordPolicy, Playbook, ProviderInstance, RateOrigin, Vault, VaultAuth};
+use super::{
+    AdminSource, Credential, Defaults, Incident, PasswordPolicy, Playbook, ProviderInstance,
+    RateOrigin, Vault, VaultAuth,
+};
 use crate::provider::catalog::{Catalog, Kind, Need, Setting};
 use indexmap::IndexMap;
 use rustc_hash::FxHashMap as HashMap;
@@ -106,12 +111,20 @@ impl Ctx<'_> {
     fn push(&mut self, d: Diagnostic) {
         self.out.push(d);
     }
-    fn duration(&mut self, text: &Option<DurationText>, pointer: impl AsRef<str>) -> Option<Duration> {
+    fn duration(
+        &mut self,
+        text: &Option<DurationText>,
+        pointer: impl AsRef<str>,
+    ) -> Option<Duration> {
         let text = text.as_ref()?;
         match text.parse() {
             Ok(d) => Some(d),
             Err(message) => {
-                self.push(Diagnostic::error(message, self.at(pointer.as_ref())).label("bad duration").help(DURATION_HELP));
+                self.push(
+                    Diagnostic::error(message, self.at(pointer.as_ref()))
+                        .label("bad duration")
+                        .help(DURATION_HELP),
+                );
                 None
             }
         }
@@ -120,8 +133,11 @@ impl Ctx<'_> {
         let v = value?;
         if v < 1 || v > max {
             self.push(
-                Diagnostic::error(format!("{what} must be between 1 and {max}, not {v}"), self.at(pointer))
-                    .help(format!("set {what} to a whole number from 1 to {max}")),
+                Diagnostic::error(
+                    format!("{what} must be between 1 and {max}, not {v}"),
+                    self.at(pointer),
+                )
+                .help(format!("set {what} to a whole number from 1 to {max}")),
             );
             return None;
         }
@@ -132,7 +148,9 @@ impl Ctx<'_> {
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && id.starts_with(|c: char| c.is_ascii_alphanumeric())
 }
 
@@ -151,8 +169,12 @@ pub fn normalize_vault_path(path: &str) -> Result<Cow<'_, str>, String> {
         if part == "." || part == ".." {
             return Err(format!("the Vault path `{path}` contains `{part}`"));
         }
-        if part.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '+' | '#' | '?' | '%')) {
-            return Err(format!("the Vault path `{path}` contains a character Vault paths cannot hold"));
+        if part.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '*' | '+' | '#' | '?' | '%')
+        }) {
+            return Err(format!(
+                "the Vault path `{path}` contains a character Vault paths cannot hold"
+            ));
         }
     }
     if parts == 0 {
@@ -161,29 +183,57 @@ pub fn normalize_vault_path(path: &str) -> Result<Cow<'_, str>, String> {
     if !path.starts_with('/') && !path.ends_with('/') && !path.contains("//") {
         return Ok(Cow::Borrowed(path));
     }
-    Ok(Cow::Owned(path.split('/').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("/")))
+    Ok(Cow::Owned(
+        path.split('/')
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("/"),
+    ))
 }
 
-pub fn validate(raw: &RawPlaybook, root: Option<&Node<'_>>, lines: &[u32], catalog: &Catalog) -> Result<Validated, Vec<Diagnostic>> {
-    let mut cx = Ctx { root, out: Vec::new() };
+pub fn validate(
+    raw: &RawPlaybook,
+    root: Option<&Node<'_>>,
+    lines: &[u32],
+    catalog: &Catalog,
+) -> Result<Validated, Vec<Diagnostic>> {
+    let mut cx = Ctx {
+        root,
+        out: Vec::new(),
+    };
 
     if raw.version != SUPPORTED_VERSION {
         cx.push(
-            Diagnostic::error(format!("unsupported playbook version {}", raw.version), cx.at("/version"))
-                .label("this rekey reads version 1")
-                .help("write `version: 1`, or use the rekey release that introduced this version"),
+            Diagnostic::error(
+                format!("unsupported playbook version {}", raw.version),
+                cx.at("/version"),
+            )
+            .label("this rekey reads version 1")
+            .help("write `version: 1`, or use the rekey release that introduced this version"),
         );
         return Err(cx.out);
     }
     if raw.name.trim().is_empty() {
-        cx.push(Diagnostic::error("the playbook name is empty", cx.at("/name")).help("name it after the incident, e.g. `idp-breach-2026-11`"));
+        cx.push(
+            Diagnostic::error("the playbook name is empty", cx.at("/name"))
+                .help("name it after the incident, e.g. `idp-breach-2026-11`"),
+        );
     }
 
     let incident = validate_incident(&mut cx, raw);
     let vault = validate_vault(&mut cx, raw);
     let defaults = validate_defaults(&mut cx, raw);
     let mut providers = validate_providers(&mut cx, raw, catalog);
-    let resolved = validate_credentials(&mut cx, raw, catalog, &mut providers, &vault, &defaults, incident.mode, lines);
+    let resolved = validate_credentials(
+        &mut cx,
+        raw,
+        catalog,
+        &mut providers,
+        &vault,
+        &defaults,
+        incident.mode,
+        lines,
+    );
 
     if let Some(cycle_diags) = find_cycles(&cx, &raw.credentials) {
         cx.out.extend(cycle_diags);
@@ -200,25 +250,52 @@ pub fn validate(raw: &RawPlaybook, root: Option<&Node<'_>>, lines: &[u32], catal
     if cx.out.iter().any(Diagnostic::is_error) {
         return Err(cx.out);
     }
-    Ok(Validated { incident, vault, defaults, providers, resolved, warnings: cx.out })
+    Ok(Validated {
+        incident,
+        vault,
+        defaults,
+        providers,
+        resolved,
+        warnings: cx.out,
+    })
 }
 
 fn validate_incident(cx: &mut Ctx, raw: &RawPlaybook) -> Incident {
     let Some(inc) = &raw.incident else {
-        return Incident { id: None, compromised: Vec::new(), mode: Mode::Routine };
+        return Incident {
+            id: None,
+            compromised: Vec::new(),
+            mode: Mode::Routine,
+        };
     };
     let mut seen: HashMap<&str, usize> = HashMap::default();
     for (i, name) in inc.compromised.iter().enumerate() {
         if let Some(first) = seen.insert(name, i) {
-            cx.push(Diagnostic::warning(format!("`{name}` is listed twice in incident.compromised"), cx.at(&format!("/incident/compromised/{i}")))
-                .related(cx.at(&format!("/incident/compromised/{first}")), "first listed here")
-                .help("remove the repeat"));
+            cx.push(
+                Diagnostic::warning(
+                    format!("`{name}` is listed twice in incident.compromised"),
+                    cx.at(&format!("/incident/compromised/{i}")),
+                )
+                .related(
+                    cx.at(&format!("/incident/compromised/{first}")),
+                    "first listed here",
+                )
+                .help("remove the repeat"),
+            );
         }
     }
     // A playbook that names compromised systems is a breach response unless it says
     // otherwise: the safe default never keeps a possibly-stolen value alive.
-    let mode = inc.mode.unwrap_or(if inc.compromised.is_empty() { Mode::Routine } else { Mode::Breach });
-    Incident { id: inc.id.clone(), compromised: inc.compromised.clone(), mode }
+    let mode = inc.mode.unwrap_or(if inc.compromised.is_empty() {
+        Mode::Routine
+    } else {
+        Mode::Breach
+    });
+    Incident {
+        id: inc.id.clone(),
+        compromised: inc.compromised.clone(),
+        mode,
+    }
 }
 
 fn validate_vault(cx: &mut Ctx, raw: &RawPlaybook) -> Vault {
@@ -230,69 +307,133 @@ fn validate_vault(cx: &mut Ctx, raw: &RawPlaybook) -> Vault {
                 .help("write the URL with its scheme, e.g. `https://vault.example.com:8200` or `${VAULT_ADDR}`"),
         );
     }
-    let mount = v.mount.clone().unwrap_or_else(|| "secret".into()).trim_matches('/').to_owned();
+    let mount = v
+        .mount
+        .clone()
+        .unwrap_or_else(|| "secret".into())
+        .trim_matches('/')
+        .to_owned();
     if mount.is_empty() || mount.contains(char::is_whitespace) {
-        cx.push(Diagnostic::error(format!("`{mount}` is not a mount path"), cx.at("/vault/mount")).help("the KV v2 mount, e.g. `secret`"));
+        cx.push(
+            Diagnostic::error(
+                format!("`{mount}` is not a mount path"),
+                cx.at("/vault/mount"),
+            )
+            .help("the KV v2 mount, e.g. `secret`"),
+        );
     }
-    let staging_prefix = match normalize_vault_path(v.staging_prefix.as_deref().unwrap_or("rekey/staging")) {
-        Ok(p) => p.into_owned(),
-        Err(message) => {
-            cx.push(Diagnostic::error(message, cx.at("/vault/staging_prefix")).help("a KV path such as `rekey/staging`"));
-            String::new()
-        }
-    };
+    let staging_prefix =
+        match normalize_vault_path(v.staging_prefix.as_deref().unwrap_or("rekey/staging")) {
+            Ok(p) => p.into_owned(),
+            Err(message) => {
+                cx.push(
+                    Diagnostic::error(message, cx.at("/vault/staging_prefix"))
+                        .help("a KV path such as `rekey/staging`"),
+                );
+                String::new()
+            }
+        };
     let auth = match &v.auth {
-        None => VaultAuth::Token { env: crate::env_vars::VAULT_TOKEN.into() },
+        None => VaultAuth::Token {
+            env: crate::env_vars::VAULT_TOKEN.into(),
+        },
         Some(a) => {
             let check_env = |cx: &mut Ctx, name: &str, field: &str| {
                 if !valid_env_name(name) {
-                    cx.push(Diagnostic::error(format!("`{name}` is not an environment variable name"), cx.at(&format!("/vault/auth/{field}")))
-                        .help("write the variable's name, not its value, e.g. `VAULT_TOKEN`"));
+                    cx.push(
+                        Diagnostic::error(
+                            format!("`{name}` is not an environment variable name"),
+                            cx.at(&format!("/vault/auth/{field}")),
+                        )
+                        .help("write the variable's name, not its value, e.g. `VAULT_TOKEN`"),
+                    );
                 }
             };
             match a.method.as_str() {
                 "token" => {
-                    let env = a.token_env.clone().unwrap_or_else(|| crate::env_vars::VAULT_TOKEN.into());
+                    let env = a
+                        .token_env
+                        .clone()
+                        .unwrap_or_else(|| crate::env_vars::VAULT_TOKEN.into());
                     check_env(cx, &env, "token_env");
                     for field in ["role_id", "secret_id_env"] {
-                        let set = if field == "role_id" { a.role_id.is_some() } else { a.secret_id_env.is_some() };
+                        let set = if field == "role_id" {
+                            a.role_id.is_some()
+                        } else {
+                            a.secret_id_env.is_some()
+                        };
                         if set {
-                            cx.push(Diagnostic::error(format!("`{field}` only applies to `method: approle`"), cx.key_at(&format!("/vault/auth/{field}"))).help("remove it, or set `method: approle`"));
+                            cx.push(
+                                Diagnostic::error(
+                                    format!("`{field}` only applies to `method: approle`"),
+                                    cx.key_at(&format!("/vault/auth/{field}")),
+                                )
+                                .help("remove it, or set `method: approle`"),
+                            );
                         }
                     }
                     VaultAuth::Token { env }
                 }
                 "approle" => {
-                    let secret_id_env = a.secret_id_env.clone().unwrap_or_else(|| crate::env_vars::VAULT_SECRET_ID.into());
+                    let secret_id_env = a
+                        .secret_id_env
+                        .clone()
+                        .unwrap_or_else(|| crate::env_vars::VAULT_SECRET_ID.into());
                     check_env(cx, &secret_id_env, "secret_id_env");
                     let role_id = a.role_id.clone().unwrap_or_default();
                     if role_id.trim().is_empty() {
                         cx.push(Diagnostic::error("AppRole login needs a `role_id`", cx.key_at("/vault/auth/method")).help("add `role_id: <the role's role-id>` (not a secret; the secret-id comes from `secret_id_env`)"));
                     }
-                    VaultAuth::AppRole { role_id, secret_id_env, mount: a.mount.clone().unwrap_or_else(|| "approle".into()) }
+                    VaultAuth::AppRole {
+                        role_id,
+                        secret_id_env,
+                        mount: a.mount.clone().unwrap_or_else(|| "approle".into()),
+                    }
                 }
                 other => {
-                    let mut d = Diagnostic::error(format!("unknown Vault auth method `{other}`"), cx.at("/vault/auth/method"));
+                    let mut d = Diagnostic::error(
+                        format!("unknown Vault auth method `{other}`"),
+                        cx.at("/vault/auth/method"),
+                    );
                     d = match did_you_mean(other, ["token", "approle"]) {
                         Some(m) => d.help(format!("did you mean `{m}`?")),
                         None => d.help("use `token` or `approle`"),
                     };
                     cx.push(d);
-                    VaultAuth::Token { env: crate::env_vars::VAULT_TOKEN.into() }
+                    VaultAuth::Token {
+                        env: crate::env_vars::VAULT_TOKEN.into(),
+                    }
                 }
             }
         }
     };
-    Vault { address, mount, staging_prefix, namespace: v.namespace.clone(), ca_file: v.ca_file.clone(), auth }
+    Vault {
+        address,
+        mount,
+        staging_prefix,
+        namespace: v.namespace.clone(),
+        ca_file: v.ca_file.clone(),
+        auth,
+    }
 }
 
-fn validate_password(cx: &mut Ctx, p: &Option<RawPasswordPolicy>, base: &PasswordPolicy, pointer: &str) -> PasswordPolicy {
+fn validate_password(
+    cx: &mut Ctx,
+    p: &Option<RawPasswordPolicy>,
+    base: &PasswordPolicy,
+    pointer: &str,
+) -> PasswordPolicy {
     let Some(p) = p else { return base.clone() };
     let mut policy = base.clone();
     if let Some(len) = p.length {
         if !(16..=1024).contains(&len) {
-            cx.push(Diagnostic::error(format!("password length {len} is out of range"), cx.at(&format!("{pointer}/length")))
-                .help("use a length from 16 to 1024; 32 is the default"));
+            cx.push(
+                Diagnostic::error(
+                    format!("password length {len} is out of range"),
+                    cx.at(&format!("{pointer}/length")),
+                )
+                .help("use a length from 16 to 1024; 32 is the default"),
+            );
         } else {
             policy.length = len as u32;
         }
@@ -302,8 +443,13 @@ fn validate_password(cx: &mut Ctx, p: &Option<RawPasswordPolicy>, base: &Passwor
         distinct.sort_unstable();
         distinct.dedup();
         if distinct.len() < 10 || distinct.iter().any(|c| c.is_control() || c.is_whitespace()) {
-            cx.push(Diagnostic::error("the password alphabet must hold at least 10 distinct printable characters", cx.at(&format!("{pointer}/alphabet")))
-                .help("e.g. `ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789`"));
+            cx.push(
+                Diagnostic::error(
+                    "the password alphabet must hold at least 10 distinct printable characters",
+                    cx.at(&format!("{pointer}/alphabet")),
+                )
+                .help("e.g. `ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789`"),
+            );
         } else {
             policy.alphabet = distinct.into_iter().collect();
         }
@@ -313,55 +459,116 @@ fn validate_password(cx: &mut Ctx, p: &Option<RawPasswordPolicy>, base: &Passwor
 
 fn validate_defaults(cx: &mut Ctx, raw: &RawPlaybook) -> Defaults {
     let d = raw.defaults.clone().unwrap_or_default();
-    let base = PasswordPolicy { length: 32, alphabet: DEFAULT_ALPHABET.into() };
+    let base = PasswordPolicy {
+        length: 32,
+        alphabet: DEFAULT_ALPHABET.into(),
+    };
     Defaults {
         verify: d.verify.unwrap_or(true),
-        grace: cx.duration(&d.grace, "/defaults/grace").unwrap_or(Duration::ZERO),
-        concurrency: cx.count(d.concurrency, "/defaults/concurrency", "concurrency", 1024).unwrap_or(8),
+        grace: cx
+            .duration(&d.grace, "/defaults/grace")
+            .unwrap_or(Duration::ZERO),
+        concurrency: cx
+            .count(d.concurrency, "/defaults/concurrency", "concurrency", 1024)
+            .unwrap_or(8),
         max_age: cx.duration(&d.max_age, "/defaults/max_age"),
-        password: Arc::new(validate_password(cx, &d.password, &base, "/defaults/password")),
+        password: Arc::new(validate_password(
+            cx,
+            &d.password,
+            &base,
+            "/defaults/password",
+        )),
     }
 }
 
 fn validate_rate(cx: &mut Ctx, rate: &RawRate, pointer: &str) -> Option<Rate> {
-    let given: Vec<(&str, f64)> = [("per_second", rate.per_second, 1.0), ("per_minute", rate.per_minute, 60.0), ("per_hour", rate.per_hour, 3600.0), ("requests", rate.requests, 0.0)]
-        .into_iter()
-        .filter_map(|(k, v, div)| v.map(|v| (k, if div > 0.0 { v / div } else { v })))
-        .collect();
+    let given: Vec<(&str, f64)> = [
+        ("per_second", rate.per_second, 1.0),
+        ("per_minute", rate.per_minute, 60.0),
+        ("per_hour", rate.per_hour, 3600.0),
+        ("requests", rate.requests, 0.0),
+    ]
+    .into_iter()
+    .filter_map(|(k, v, div)| v.map(|v| (k, if div > 0.0 { v / div } else { v })))
+    .collect();
     let help = "write exactly one of `per_second: 20`, `per_minute: 600`, `per_hour: 5000`, or `requests: 1200` with `period: 5m`";
     if given.len() != 1 {
-        let message = if given.is_empty() { "the rate limit sets no rate".to_owned() } else {
-            format!("the rate limit sets {} rates ({})", given.len(), given.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "))
+        let message = if given.is_empty() {
+            "the rate limit sets no rate".to_owned()
+        } else {
+            format!(
+                "the rate limit sets {} rates ({})",
+                given.len(),
+                given.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+            )
         };
         cx.push(Diagnostic::error(message, cx.at(pointer)).help(help));
         return None;
     }
     let (key, mut per_second) = given[0];
-    let raw_value = [rate.per_second, rate.per_minute, rate.per_hour, rate.requests].into_iter().flatten().next().unwrap_or(0.0);
+    let raw_value = [
+        rate.per_second,
+        rate.per_minute,
+        rate.per_hour,
+        rate.requests,
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .unwrap_or(0.0);
     if !(raw_value.is_finite() && raw_value > 0.0) {
-        cx.push(Diagnostic::error(format!("`{key}` must be a positive number, not {raw_value}"), cx.at(&format!("{pointer}/{key}"))).help(help));
+        cx.push(
+            Diagnostic::error(
+                format!("`{key}` must be a positive number, not {raw_value}"),
+                cx.at(&format!("{pointer}/{key}")),
+            )
+            .help(help),
+        );
         return None;
     }
     if key == "requests" {
         let Some(period) = &rate.period else {
-            cx.push(Diagnostic::error("`requests` needs a `period`", cx.key_at(&format!("{pointer}/requests"))).help("add `period: 5m` (the window the provider counts requests in)"));
+            cx.push(
+                Diagnostic::error(
+                    "`requests` needs a `period`",
+                    cx.key_at(&format!("{pointer}/requests")),
+                )
+                .help("add `period: 5m` (the window the provider counts requests in)"),
+            );
             return None;
         };
         let d = cx.duration(&Some(period.clone()), format!("{pointer}/period"))?;
         if d.is_zero() {
-            cx.push(Diagnostic::error("the rate period must be longer than zero", cx.at(&format!("{pointer}/period"))).help("e.g. `period: 5m`"));
+            cx.push(
+                Diagnostic::error(
+                    "the rate period must be longer than zero",
+                    cx.at(&format!("{pointer}/period")),
+                )
+                .help("e.g. `period: 5m`"),
+            );
             return None;
         }
         per_second = raw_value / d.as_secs_f64();
     } else if rate.period.is_some() {
-        cx.push(Diagnostic::error(format!("`period` only goes with `requests`, not with `{key}`"), cx.key_at(&format!("{pointer}/period"))).help("remove `period`"));
+        cx.push(
+            Diagnostic::error(
+                format!("`period` only goes with `requests`, not with `{key}`"),
+                cx.key_at(&format!("{pointer}/period")),
+            )
+            .help("remove `period`"),
+        );
         return None;
     }
     // Below one request in 11 days or above a billion a second is a unit mistake.
     if !(1e-6..=1e9).contains(&per_second) {
         cx.push(
-            Diagnostic::error(format!("a rate of {per_second:e} requests per second is out of range"), cx.at(pointer))
-                .help("rates go from one request in 11 days to 1,000,000,000 per second; check the unit"),
+            Diagnostic::error(
+                format!("a rate of {per_second:e} requests per second is out of range"),
+                cx.at(pointer),
+            )
+            .help(
+                "rates go from one request in 11 days to 1,000,000,000 per second; check the unit",
+            ),
         );
         return None;
     }
@@ -369,32 +576,62 @@ fn validate_rate(cx: &mut Ctx, rate: &RawRate, pointer: &str) -> Option<Rate> {
         None => 1,
         Some(b) if (1..=100_000).contains(&b) => b as u32,
         Some(b) => {
-            cx.push(Diagnostic::error(format!("burst must be from 1 to 100000, not {b}"), cx.at(&format!("{pointer}/burst"))).help("burst is how many requests may go back to back; 1 means evenly spaced"));
+            cx.push(
+                Diagnostic::error(
+                    format!("burst must be from 1 to 100000, not {b}"),
+                    cx.at(&format!("{pointer}/burst")),
+                )
+                .help("burst is how many requests may go back to back; 1 means evenly spaced"),
+            );
             return None;
         }
     };
     Some(Rate { per_second, burst })
 }
 
-fn validate_settings(cx: &mut Ctx, given: &IndexMap<String, serde_json::Value>, known: &IndexMap<String, Setting>, pointer: &str, type_name: &str) -> IndexMap<String, serde_json::Value> {
+fn validate_settings(
+    cx: &mut Ctx,
+    given: &IndexMap<String, serde_json::Value>,
+    known: &IndexMap<String, Setting>,
+    pointer: &str,
+    type_name: &str,
+) -> IndexMap<String, serde_json::Value> {
     let mut out = IndexMap::new();
     for (key, value) in given {
         if known.contains_key(key) {
             out.insert(key.clone(), value.clone());
             continue;
         }
-        let mut d = Diagnostic::error(format!("`{type_name}` has no setting `{key}`"), cx.key_at(&format!("{pointer}/{}", escape(key)))).label("unknown setting");
+        let mut d = Diagnostic::error(
+            format!("`{type_name}` has no setting `{key}`"),
+            cx.key_at(&format!("{pointer}/{}", escape(key))),
+        )
+        .label("unknown setting");
         d = match did_you_mean(key, known.keys().map(String::as_str)) {
             Some(best) => d.help(format!("did you mean `{best}`?")),
-            None if known.is_empty() => d.help(format!("`{type_name}` takes no settings here; remove it")),
-            None => d.help(format!("settings of `{type_name}` here: {}", known.keys().cloned().collect::<Vec<_>>().join(", "))),
+            None if known.is_empty() => {
+                d.help(format!("`{type_name}` takes no settings here; remove it"))
+            }
+            None => d.help(format!(
+                "settings of `{type_name}` here: {}",
+                known.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
         };
         cx.push(d);
     }
     for (key, setting) in known {
         if setting.required && !given.contains_key(key) {
-            let at = cx.key_at(pointer).or_else(|| cx.key_at(pointer.rsplit_once('/').map(|p| p.0).unwrap_or("")));
-            cx.push(Diagnostic::error(format!("`{type_name}` needs the setting `{key}`"), at).help(format!("add `{key}: ...` under `settings:` ({})", setting.description.trim_end_matches('.'))));
+            let at = cx
+                .key_at(pointer)
+                .or_else(|| cx.key_at(pointer.rsplit_once('/').map(|p| p.0).unwrap_or("")));
+            cx.push(
+                Diagnostic::error(format!("`{type_name}` needs the setting `{key}`"), at).help(
+                    format!(
+                        "add `{key}: ...` under `settings:` ({})",
+                        setting.description.trim_end_matches('.')
+                    ),
+                ),
+            );
         } else if let Some(default) = &setting.default {
             out.entry(key.clone()).or_insert_with(|| default.clone());
         }
@@ -402,7 +639,13 @@ fn validate_settings(cx: &mut Ctx, given: &IndexMap<String, serde_json::Value>, 
     out
 }
 
-fn validate_admin(cx: &mut Ctx, admin: &Option<RawAdmin>, need: Need, pointer: &str, type_name: &str) -> Option<AdminSource> {
+fn validate_admin(
+    cx: &mut Ctx,
+    admin: &Option<RawAdmin>,
+    need: Need,
+    pointer: &str,
+    type_name: &str,
+) -> Option<AdminSource> {
     match (admin, need) {
         (None, Need::Required) => {
             cx.push(Diagnostic::error(format!("`{type_name}` needs an admin credential to rotate with"), cx.key_at(pointer.rsplit_once('/').map(|p| p.0).unwrap_or(pointer)))
@@ -411,14 +654,23 @@ fn validate_admin(cx: &mut Ctx, admin: &Option<RawAdmin>, need: Need, pointer: &
         }
         (None, _) => None,
         (Some(_), Need::None) => {
-            cx.push(Diagnostic::warning(format!("`{type_name}` does not use an admin credential; `admin` is ignored"), cx.key_at(pointer)).help("remove `admin`"));
+            cx.push(
+                Diagnostic::warning(
+                    format!("`{type_name}` does not use an admin credential; `admin` is ignored"),
+                    cx.key_at(pointer),
+                )
+                .help("remove `admin`"),
+            );
             None
         }
         (Some(a), _) => match (&a.vault_path, &a.env) {
             (Some(path), None) => match normalize_vault_path(path) {
                 Ok(p) => Some(AdminSource::Vault(p.into_owned())),
                 Err(message) => {
-                    cx.push(Diagnostic::error(message, cx.at(&format!("{pointer}/vault_path"))).help("a KV path inside the mount, e.g. `infra/pg-admin`"));
+                    cx.push(
+                        Diagnostic::error(message, cx.at(&format!("{pointer}/vault_path")))
+                            .help("a KV path inside the mount, e.g. `infra/pg-admin`"),
+                    );
                     None
                 }
             },
@@ -429,75 +681,156 @@ fn validate_admin(cx: &mut Ctx, admin: &Option<RawAdmin>, need: Need, pointer: &
                 None
             }
             _ => {
-                cx.push(Diagnostic::error("`admin` must set exactly one of `vault_path` and `env`", cx.at(pointer)).help("e.g. `admin: { vault_path: infra/pg-admin }`"));
+                cx.push(
+                    Diagnostic::error(
+                        "`admin` must set exactly one of `vault_path` and `env`",
+                        cx.at(pointer),
+                    )
+                    .help("e.g. `admin: { vault_path: infra/pg-admin }`"),
+                );
                 None
             }
         },
     }
 }
 
-fn validate_providers(cx: &mut Ctx, raw: &RawPlaybook, catalog: &Catalog) -> IndexMap<String, ProviderInstance> {
+fn validate_providers(
+    cx: &mut Ctx,
+    raw: &RawPlaybook,
+    catalog: &Catalog,
+) -> IndexMap<String, ProviderInstance> {
     let mut out = IndexMap::new();
     for (name, p) in &raw.providers {
         let base = format!("/providers/{}", escape(name));
         if !valid_id(name) {
-            cx.push(Diagnostic::error(format!("`{name}` is not a valid provider instance name"), cx.key_at(&base)).help("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"));
+            cx.push(
+                Diagnostic::error(
+                    format!("`{name}` is not a valid provider instance name"),
+                    cx.key_at(&base),
+                )
+                .help("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
+            );
         }
         if name == MANUAL {
-            cx.push(Diagnostic::error("`manual` is reserved for hand-performed steps", cx.key_at(&base)).help("rename this instance; credentials use `provider: manual` without declaring it"));
+            cx.push(
+                Diagnostic::error(
+                    "`manual` is reserved for hand-performed steps",
+                    cx.key_at(&base),
+                )
+                .help(
+                    "rename this instance; credentials use `provider: manual` without declaring it",
+                ),
+            );
             continue;
         }
         let Some(t) = catalog.get(&p.kind) else {
-            let mut d = Diagnostic::error(format!("unknown provider type `{}`", p.kind), cx.at(&format!("{base}/type"))).label("not a provider type");
+            let mut d = Diagnostic::error(
+                format!("unknown provider type `{}`", p.kind),
+                cx.at(&format!("{base}/type")),
+            )
+            .label("not a provider type");
             d = match did_you_mean(&p.kind, catalog.types.keys().map(String::as_str)) {
-                Some(best) => d.help(format!("did you mean `{best}`? (`rekey providers` lists every type)")),
-                None => d.help(format!("known types: {}", catalog.types.keys().cloned().collect::<Vec<_>>().join(", "))),
+                Some(best) => d.help(format!(
+                    "did you mean `{best}`? (`rekey providers` lists every type)"
+                )),
+                None => d.help(format!(
+                    "known types: {}",
+                    catalog.types.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
             };
             cx.push(d);
             continue;
         };
         if t.kind == Kind::Manual {
-            cx.push(Diagnostic::error("manual steps need no provider instance", cx.at(&format!("{base}/type"))).help("remove this instance and write `provider: manual` on the credential"));
+            cx.push(
+                Diagnostic::error(
+                    "manual steps need no provider instance",
+                    cx.at(&format!("{base}/type")),
+                )
+                .help("remove this instance and write `provider: manual` on the credential"),
+            );
             continue;
         }
-        let settings = validate_settings(cx, &p.settings, &t.settings, &format!("{base}/settings"), &t.name);
+        let settings = validate_settings(
+            cx,
+            &p.settings,
+            &t.settings,
+            &format!("{base}/settings"),
+            &t.name,
+        );
         let admin = validate_admin(cx, &p.admin, t.admin, &format!("{base}/admin"), &t.name);
         let (rate, rate_origin) = match &p.rate {
-            Some(r) => (validate_rate(cx, r, &format!("{base}/rate")).unwrap_or(t.rate()), RateOrigin::Playbook),
+            Some(r) => (
+                validate_rate(cx, r, &format!("{base}/rate")).unwrap_or(t.rate()),
+                RateOrigin::Playbook,
+            ),
             None => (t.rate(), RateOrigin::ProviderDefault),
         };
-        let concurrency = cx.count(p.concurrency, &format!("{base}/concurrency"), "concurrency", 1024).unwrap_or(t.default_concurrency);
-        out.insert(name.clone(), ProviderInstance {
-            name: name.clone(),
-            type_name: t.name.clone(),
-            kind: t.kind,
-            settings,
-            admin,
-            rate,
-            rate_origin,
-            concurrency,
-            latency: t.latency(),
-            requests: t.requests.clone(),
-        });
+        let concurrency = cx
+            .count(
+                p.concurrency,
+                &format!("{base}/concurrency"),
+                "concurrency",
+                1024,
+            )
+            .unwrap_or(t.default_concurrency);
+        out.insert(
+            name.clone(),
+            ProviderInstance {
+                name: name.clone(),
+                type_name: t.name.clone(),
+                kind: t.kind,
+                settings,
+                admin,
+                rate,
+                rate_origin,
+                concurrency,
+                latency: t.latency(),
+                requests: t.requests.clone(),
+            },
+        );
     }
     out
 }
 
 #[allow(clippy::too_many_arguments)]
-fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalog, providers: &mut IndexMap<String, ProviderInstance>, vault: &Vault, defaults: &Defaults, mode: Mode, lines: &[u32]) -> Vec<Resolved> {
+fn validate_credentials<'c>(
+    cx: &mut Ctx,
+    raw: &RawPlaybook,
+    catalog: &'c Catalog,
+    providers: &mut IndexMap<String, ProviderInstance>,
+    vault: &Vault,
+    defaults: &Defaults,
+    mode: Mode,
+    lines: &[u32],
+) -> Vec<Resolved> {
     let mut out = Vec::with_capacity(raw.credentials.len());
-    let mut ids: HashMap<&str, usize> = HashMap::with_capacity_and_hasher(raw.credentials.len(), Default::default());
-    let mut paths: HashMap<Cow<'_, str>, usize> = HashMap::with_capacity_and_hasher(raw.credentials.len(), Default::default());
+    let mut ids: HashMap<&str, usize> =
+        HashMap::with_capacity_and_hasher(raw.credentials.len(), Default::default());
+    let mut paths: HashMap<Cow<'_, str>, usize> =
+        HashMap::with_capacity_and_hasher(raw.credentials.len(), Default::default());
     let mount_prefix = format!("{}/", vault.mount);
     let mount_data_prefix = format!("{}/data/", vault.mount);
     let staging_dir = format!("{}/", vault.staging_prefix);
     if raw.credentials.is_empty() {
-        cx.push(Diagnostic::warning("the playbook lists no credentials", cx.key_at("/credentials")).help("add entries under `credentials:`"));
+        cx.push(
+            Diagnostic::warning(
+                "the playbook lists no credentials",
+                cx.key_at("/credentials"),
+            )
+            .help("add entries under `credentials:`"),
+        );
     }
     for (i, c) in raw.credentials.iter().enumerate() {
         let base = format!("/credentials/{i}");
         if !valid_id(&c.id) {
-            cx.push(Diagnostic::error(format!("`{}` is not a valid credential id", c.id), cx.at(&format!("{base}/id"))).help("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"));
+            cx.push(
+                Diagnostic::error(
+                    format!("`{}` is not a valid credential id", c.id),
+                    cx.at(&format!("{base}/id")),
+                )
+                .help("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
+            );
         }
         if let Some(first) = ids.insert(&c.id, i) {
             cx.push(Diagnostic::error(format!("duplicate credential id `{}`", c.id), cx.at(&format!("{base}/id")))
@@ -511,31 +844,46 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
         // credential would cost a 100,000-credential playbook dearly.
         let instance: Option<(&'c str, Kind)> = if c.provider == MANUAL {
             let t = catalog.get(MANUAL);
-            if c.instructions.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            if c.instructions
+                .as_deref()
+                .is_none_or(|s| s.trim().is_empty())
+            {
                 cx.push(Diagnostic::error(format!("manual credential `{}` has no instructions", c.id), cx.at(&format!("{base}/provider")))
                     .help("add `instructions:` telling the operator exactly what to do, e.g. where to regenerate the key"));
             }
             t.map(|t| {
-                providers.entry(MANUAL.into()).or_insert_with(|| ProviderInstance {
-                    name: MANUAL.into(),
-                    type_name: MANUAL.into(),
-                    kind: Kind::Manual,
-                    settings: IndexMap::new(),
-                    admin: None,
-                    rate: t.rate(),
-                    rate_origin: RateOrigin::ProviderDefault,
-                    concurrency: t.default_concurrency,
-                    latency: t.latency(),
-                    requests: t.requests.clone(),
-                });
+                providers
+                    .entry(MANUAL.into())
+                    .or_insert_with(|| ProviderInstance {
+                        name: MANUAL.into(),
+                        type_name: MANUAL.into(),
+                        kind: Kind::Manual,
+                        settings: IndexMap::new(),
+                        admin: None,
+                        rate: t.rate(),
+                        rate_origin: RateOrigin::ProviderDefault,
+                        concurrency: t.default_concurrency,
+                        latency: t.latency(),
+                        requests: t.requests.clone(),
+                    });
                 (MANUAL, Kind::Manual)
             })
         } else if let Some(p) = providers.get(&c.provider) {
-            catalog.types.get_key_value(&p.type_name).map(|(name, t)| (name.as_str(), t.kind))
+            catalog
+                .types
+                .get_key_value(&p.type_name)
+                .map(|(name, t)| (name.as_str(), t.kind))
         } else {
             let declared = raw.providers.contains_key(&c.provider);
             if !declared {
-                let mut d = Diagnostic::error(format!("credential `{}` uses unknown provider instance `{}`", c.id, c.provider), cx.at(&format!("{base}/provider"))).label("not declared under `providers:`");
+                let mut d = Diagnostic::error(
+                    format!(
+                        "credential `{}` uses unknown provider instance `{}`",
+                        c.id, c.provider
+                    ),
+                    cx.at(&format!("{base}/provider")),
+                )
+                .label("not declared under `providers:`");
                 let names = raw.providers.keys().map(String::as_str).chain([MANUAL]);
                 d = match did_you_mean(&c.provider, names) {
                     Some(best) => d.help(format!("did you mean `{best}`?")),
@@ -547,18 +895,40 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
         };
 
         if let Some((type_name, kind)) = instance
-            && let Some(t) = catalog.get(type_name) {
-                if t.account == Need::Required && c.account.as_deref().is_none_or(|a| a.trim().is_empty()) {
-                    cx.push(Diagnostic::error(format!("credential `{}` needs an `account` (the {} account to rotate)", c.id, t.name), cx.at(&format!("{base}/id")))
-                        .help("add `account: <user, role or key name at the provider>`"));
-                }
-                if kind != Kind::Manual && c.instructions.is_some() {
-                    cx.push(Diagnostic::warning(format!("`instructions` only apply to manual credentials; `{}` is rotated by `{}`", c.id, type_name), cx.key_at(&format!("{base}/instructions"))).help("remove `instructions`, or use `provider: manual`"));
-                }
+            && let Some(t) = catalog.get(type_name)
+        {
+            if t.account == Need::Required
+                && c.account.as_deref().is_none_or(|a| a.trim().is_empty())
+            {
+                cx.push(
+                    Diagnostic::error(
+                        format!(
+                            "credential `{}` needs an `account` (the {} account to rotate)",
+                            c.id, t.name
+                        ),
+                        cx.at(&format!("{base}/id")),
+                    )
+                    .help("add `account: <user, role or key name at the provider>`"),
+                );
             }
+            if kind != Kind::Manual && c.instructions.is_some() {
+                cx.push(Diagnostic::warning(format!("`instructions` only apply to manual credentials; `{}` is rotated by `{}`", c.id, type_name), cx.key_at(&format!("{base}/instructions"))).help("remove `instructions`, or use `provider: manual`"));
+            }
+        }
         let settings = match instance.and_then(|(type_name, _)| catalog.get(type_name)) {
-            Some(t) if !c.settings.is_empty() || t.credential_settings.values().any(|s| s.required || s.default.is_some()) => {
-                validate_settings(cx, &c.settings, &t.credential_settings, &format!("{base}/settings"), &t.name)
+            Some(t)
+                if !c.settings.is_empty()
+                    || t.credential_settings
+                        .values()
+                        .any(|s| s.required || s.default.is_some()) =>
+            {
+                validate_settings(
+                    cx,
+                    &c.settings,
+                    &t.credential_settings,
+                    &format!("{base}/settings"),
+                    &t.name,
+                )
             }
             Some(_) => IndexMap::new(),
             None => IndexMap::new(),
@@ -568,11 +938,17 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
         let vault_path = match normalize_vault_path(&c.vault_path) {
             Ok(p) => {
                 if p.starts_with(&mount_prefix) {
-                    let drop = if p.starts_with(&mount_data_prefix) { &mount_data_prefix } else { &mount_prefix };
+                    let drop = if p.starts_with(&mount_data_prefix) {
+                        &mount_data_prefix
+                    } else {
+                        &mount_prefix
+                    };
                     cx.push(Diagnostic::warning(format!("`{}` starts with the mount `{}`; vault_path is relative to the mount", c.vault_path, vault.mount), cx.at(&format!("{base}/vault_path")))
                         .help(format!("drop the leading `{drop}`")));
                 }
-                if !vault.staging_prefix.is_empty() && (p == vault.staging_prefix || p.starts_with(&staging_dir)) {
+                if !vault.staging_prefix.is_empty()
+                    && (p == vault.staging_prefix || p.starts_with(&staging_dir))
+                {
                     cx.push(Diagnostic::error(format!("`{p}` lies under the staging prefix `{}`", vault.staging_prefix), cx.at(&format!("{base}/vault_path")))
                         .help("consumers' paths must stay outside `vault.staging_prefix`; move one of them"));
                 }
@@ -589,33 +965,76 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
                 }
             }
             Err(message) => {
-                cx.push(Diagnostic::error(message, cx.at(&format!("{base}/vault_path"))).help("a KV path inside the mount, e.g. `apps/billing/db`"));
+                cx.push(
+                    Diagnostic::error(message, cx.at(&format!("{base}/vault_path")))
+                        .help("a KV path inside the mount, e.g. `apps/billing/db`"),
+                );
                 None
             }
         };
 
-        let grace = if c.grace.is_some() { cx.duration(&c.grace, format!("{base}/grace")).unwrap_or(defaults.grace) } else { defaults.grace };
+        let grace = if c.grace.is_some() {
+            cx.duration(&c.grace, format!("{base}/grace"))
+                .unwrap_or(defaults.grace)
+        } else {
+            defaults.grace
+        };
         if mode == Mode::Breach && !grace.is_zero() {
-            let pointer = if c.grace.is_some() { format!("{base}/grace") } else { "/defaults/grace".into() };
+            let pointer = if c.grace.is_some() {
+                format!("{base}/grace")
+            } else {
+                "/defaults/grace".into()
+            };
             if c.grace.is_some() || i == 0 {
                 cx.push(Diagnostic::warning("breach mode retires old credentials at once; this grace period is ignored", cx.at(&pointer))
                     .help("remove it, or set `incident.mode: routine` if the old values are not compromised"));
             }
         }
-        let max_age = if c.max_age.is_some() { cx.duration(&c.max_age, format!("{base}/max_age")) } else { defaults.max_age };
-        let password = if c.password.is_some() { Arc::new(validate_password(cx, &c.password, &defaults.password, &format!("{base}/password"))) } else { defaults.password.clone() };
+        let max_age = if c.max_age.is_some() {
+            cx.duration(&c.max_age, format!("{base}/max_age"))
+        } else {
+            defaults.max_age
+        };
+        let password = if c.password.is_some() {
+            Arc::new(validate_password(
+                cx,
+                &c.password,
+                &defaults.password,
+                &format!("{base}/password"),
+            ))
+        } else {
+            defaults.password.clone()
+        };
 
         for (j, dep) in c.depends_on.iter().enumerate() {
             if c.depends_on[..j].contains(dep) {
-                cx.push(Diagnostic::warning(format!("`{dep}` is listed twice in depends_on"), cx.at(&format!("{base}/depends_on/{j}"))).help("remove the repeat"));
+                cx.push(
+                    Diagnostic::warning(
+                        format!("`{dep}` is listed twice in depends_on"),
+                        cx.at(&format!("{base}/depends_on/{j}")),
+                    )
+                    .help("remove the repeat"),
+                );
             }
             if dep == &c.id {
-                cx.push(Diagnostic::error(format!("credential `{}` depends on itself", c.id), cx.at(&format!("{base}/depends_on/{j}"))).help("remove it from its own depends_on"));
+                cx.push(
+                    Diagnostic::error(
+                        format!("credential `{}` depends on itself", c.id),
+                        cx.at(&format!("{base}/depends_on/{j}")),
+                    )
+                    .help("remove it from its own depends_on"),
+                );
             }
         }
         for (j, tag) in c.tags.iter().enumerate() {
             if tag.trim().is_empty() || tag.contains(char::is_whitespace) {
-                cx.push(Diagnostic::error(format!("`{tag}` is not a valid tag"), cx.at(&format!("{base}/tags/{j}"))).help("tags are single words such as `tier0`"));
+                cx.push(
+                    Diagnostic::error(
+                        format!("`{tag}` is not a valid tag"),
+                        cx.at(&format!("{base}/tags/{j}")),
+                    )
+                    .help("tags are single words such as `tier0`"),
+                );
             }
         }
 
@@ -624,7 +1043,11 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
             kind: instance.map(|(_, k)| k).unwrap_or(Kind::Manual),
             vault_path,
             verify: c.verify.unwrap_or(defaults.verify),
-            grace: if mode == Mode::Breach { Duration::ZERO } else { grace },
+            grace: if mode == Mode::Breach {
+                Duration::ZERO
+            } else {
+                grace
+            },
             max_age,
             password,
             settings,
@@ -640,7 +1063,14 @@ fn validate_credentials<'c>(cx: &mut Ctx, raw: &RawPlaybook, catalog: &'c Catalo
     for (i, c) in raw.credentials.iter().enumerate() {
         for (j, dep) in c.depends_on.iter().enumerate() {
             if !ids.contains_key(dep.as_str()) {
-                let mut d = Diagnostic::error(format!("credential `{}` depends on unknown credential `{dep}`", c.id), cx.at(&format!("/credentials/{i}/depends_on/{j}"))).label("no credential has this id");
+                let mut d = Diagnostic::error(
+                    format!(
+                        "credential `{}` depends on unknown credential `{dep}`",
+                        c.id
+                    ),
+                    cx.at(&format!("/credentials/{i}/depends_on/{j}")),
+                )
+                .label("no credential has this id");
                 let suggestion = if suggestions_left > 0 {
                     suggestions_left -= 1;
                     did_you_mean(dep, known.iter().copied())
@@ -664,13 +1094,28 @@ const MAX_CYCLES_REPORTED: usize = 20;
 /// Finds dependency cycles (iteratively: a 100,000-long chain must not overflow the
 /// stack) and reports each once, printing the cycle.
 fn find_cycles(cx: &Ctx, credentials: &[RawCredential]) -> Option<Vec<Diagnostic>> {
-    let index: HashMap<&str, usize> = credentials.iter().enumerate().map(|(i, c)| (c.id.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = credentials
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id.as_str(), i))
+        .collect();
     let edges: Vec<Vec<(usize, usize)>> = credentials
         .iter()
-        .map(|c| c.depends_on.iter().enumerate().filter_map(|(j, d)| index.get(d.as_str()).map(|&t| (t, j))).filter(|(t, _)| credentials[*t].id != c.id).collect())
+        .map(|c| {
+            c.depends_on
+                .iter()
+                .enumerate()
+                .filter_map(|(j, d)| index.get(d.as_str()).map(|&t| (t, j)))
+                .filter(|(t, _)| credentials[*t].id != c.id)
+                .collect()
+        })
         .collect();
     #[derive(Clone, Copy, PartialEq)]
-    enum Color { White, Grey, Black }
+    enum Color {
+        White,
+        Grey,
+        Black,
+    }
     let mut color = vec![Color::White; credentials.len()];
     let mut out = Vec::new();
     for start in 0..credentials.len() {
@@ -694,15 +1139,29 @@ fn find_cycles(cx: &Ctx, credentials: &[RawCredential]) -> Option<Vec<Diagnostic
                         let cycle = &stack[from..];
                         let mut names: Vec<&str> = if cycle.len() > 12 {
                             // Long cycles: the ends, and how many in between.
-                            let mut v: Vec<&str> = cycle[..5].iter().map(|(n, _)| credentials[*n].id.as_str()).collect();
+                            let mut v: Vec<&str> = cycle[..5]
+                                .iter()
+                                .map(|(n, _)| credentials[*n].id.as_str())
+                                .collect();
                             v.push("…");
-                            v.extend(cycle[cycle.len() - 5..].iter().map(|(n, _)| credentials[*n].id.as_str()));
+                            v.extend(
+                                cycle[cycle.len() - 5..]
+                                    .iter()
+                                    .map(|(n, _)| credentials[*n].id.as_str()),
+                            );
                             v
                         } else {
-                            cycle.iter().map(|(n, _)| credentials[*n].id.as_str()).collect()
+                            cycle
+                                .iter()
+                                .map(|(n, _)| credentials[*n].id.as_str())
+                                .collect()
                         };
                         names.push(&credentials[target].id);
-                        let length = if cycle.len() > 12 { format!(" ({} credentials)", cycle.len()) } else { String::new() };
+                        let length = if cycle.len() > 12 {
+                            format!(" ({} credentials)", cycle.len())
+                        } else {
+                            String::new()
+                        };
                         out.push(
                             Diagnostic::error(format!("dependency cycle{length}: {}", names.join(" → ")), cx.at(&format!("/credentials/{node}/depends_on/{dep_index}")))
                                 .label("closes the cycle")

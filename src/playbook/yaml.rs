@@ -83,7 +83,10 @@ impl<'a> Node<'a> {
             None => return None,
         };
         match &self.pointer(parent)?.value {
-            Value::Map(entries) => entries.iter().find(|(k, _)| k.name == last).map(|(k, _)| k.pos),
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == last)
+                .map(|(k, _)| k.pos),
             _ => None,
         }
     }
@@ -94,7 +97,10 @@ impl<'a> Node<'a> {
         let mut node = self;
         for segment in pointer_segments(object) {
             let next = match &mut node.value {
-                Value::Map(entries) => entries.iter_mut().find(|(k, _)| k.name == segment).map(|(_, v)| v),
+                Value::Map(entries) => entries
+                    .iter_mut()
+                    .find(|(k, _)| k.name == segment)
+                    .map(|(_, v)| v),
                 Value::Seq(items) => segment.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
                 _ => None,
             };
@@ -115,7 +121,10 @@ impl<'a> Node<'a> {
 
     fn child(&self, segment: &str) -> Option<&Node<'a>> {
         match &self.value {
-            Value::Map(entries) => entries.iter().find(|(k, _)| k.name == segment).map(|(_, v)| v),
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == segment)
+                .map(|(_, v)| v),
             Value::Seq(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
             _ => None,
         }
@@ -130,10 +139,17 @@ impl<'a> Node<'a> {
             Value::Int(i) => J::from(*i),
             // JSON has no NaN or infinity; as text they fail the type check visibly
             // instead of turning into null (which optional fields would accept).
-            Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or_else(|| J::String(f.to_string())),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(J::Number)
+                .unwrap_or_else(|| J::String(f.to_string())),
             Value::Str(s) => J::String(s.to_string()),
             Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
-            Value::Map(entries) => J::Object(entries.iter().map(|(k, v)| (k.name.to_string(), v.to_json())).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.name.to_string(), v.to_json()))
+                    .collect(),
+            ),
         }
     }
 
@@ -158,11 +174,19 @@ pub fn pointer_segments(pointer: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 pub fn escape(segment: &str) -> String {
-    if segment.contains(['~', '/']) { segment.replace('~', "~0").replace('/', "~1") } else { segment.to_owned() }
+    if segment.contains(['~', '/']) {
+        segment.replace('~', "~0").replace('/', "~1")
+    } else {
+        segment.to_owned()
+    }
 }
 
 fn unescape(segment: &str) -> String {
-    if segment.contains('~') { segment.replace("~1", "/").replace("~0", "~") } else { segment.to_owned() }
+    if segment.contains('~') {
+        segment.replace("~1", "/").replace("~0", "~")
+    } else {
+        segment.to_owned()
+    }
 }
 
 /// A YAML syntax or budget error, with its position when known.
@@ -183,23 +207,45 @@ pub const MAX_NODES: usize = 20_000_000;
 /// Most nodes copied through aliases (`*anchor`): protects against alias bombs.
 pub const MAX_ALIAS_NODES: usize = 100_000;
 
-const SYNTAX_HELP: &str = "fix the YAML syntax here (indentation with spaces, `key: value`, lists with `- `)";
-const LIMIT_HELP: &str = "a playbook is a few levels deep; this document is too large or too deeply nested";
+const SYNTAX_HELP: &str =
+    "fix the YAML syntax here (indentation with spaces, `key: value`, lists with `- `)";
+const LIMIT_HELP: &str =
+    "a playbook is a few levels deep; this document is too large or too deeply nested";
 
 fn fail(message: impl Into<String>, pos: Option<Pos>, help: &'static str) -> ParseError {
-    ParseError { message: message.into(), pos, help }
+    ParseError {
+        message: message.into(),
+        pos,
+        help,
+    }
 }
 
 fn scan_error(e: &ScanError) -> ParseError {
     let m = e.marker();
-    let pos = Pos { offset: m.index() as u32, len: 1, line: m.line() as u32, column: m.col() as u32 + 1 };
+    let pos = Pos {
+        offset: m.index() as u32,
+        len: 1,
+        line: m.line() as u32,
+        column: m.col() as u32 + 1,
+    };
     fail(e.info(), Some(pos).filter(|p| p.line > 0), SYNTAX_HELP)
 }
 
 /// A collection under construction.
 enum Frame<'a> {
-    Seq { items: Vec<Node<'a>>, pos: Pos, anchor: usize },
-    Map { entries: Vec<(Key<'a>, Node<'a>)>, pending_key: Option<(Key<'a>, bool)>, seen: Option<HashSet<Cow<'a, str>>>, pos: Pos, anchor: usize, merges: Vec<Node<'a>> },
+    Seq {
+        items: Vec<Node<'a>>,
+        pos: Pos,
+        anchor: usize,
+    },
+    Map {
+        entries: Vec<(Key<'a>, Node<'a>)>,
+        pending_key: Option<(Key<'a>, bool)>,
+        seen: Option<HashSet<Cow<'a, str>>>,
+        pos: Pos,
+        anchor: usize,
+        merges: Vec<Node<'a>>,
+    },
 }
 
 /// Parses one YAML document into a positioned tree.
@@ -223,7 +269,10 @@ fn parse_split(text: &str, min_len: usize) -> Option<Node<'_>> {
     if text.len() < min_len || std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         return None;
     }
-    if text.contains(['&', '*', '!', '%', '\t', '\r']) || text.contains("\n---") || text.contains("\n...") {
+    if text.contains(['&', '*', '!', '%', '\t', '\r'])
+        || text.contains("\n---")
+        || text.contains("\n...")
+    {
         return None;
     }
     let key = text.find("\ncredentials:")? + 1;
@@ -257,7 +306,10 @@ fn parse_split(text: &str, min_len: usize) -> Option<Node<'_>> {
     let cut = cut?;
     let (head, tail) = text.split_at(cut);
     let (head, tail) = std::thread::scope(|scope| {
-        let head = std::thread::Builder::new().stack_size(16 << 20).spawn_scoped(scope, || parse_serial(head)).ok()?;
+        let head = std::thread::Builder::new()
+            .stack_size(16 << 20)
+            .spawn_scoped(scope, || parse_serial(head))
+            .ok()?;
         let tail = parse_serial(tail);
         Some((head.join().ok()?, tail))
     })?;
@@ -266,8 +318,12 @@ fn parse_split(text: &str, min_len: usize) -> Option<Node<'_>> {
     let lines_before = head_lines(text, cut);
     let chars_before = text[..cut].chars().count() as u32;
     shift(&mut tail, lines_before, chars_before);
-    let Value::Seq(more) = tail.value else { return None };
-    let Value::Map(entries) = &mut root.value else { return None };
+    let Value::Seq(more) = tail.value else {
+        return None;
+    };
+    let Value::Map(entries) = &mut root.value else {
+        return None;
+    };
     let (last_key, list) = entries.last_mut()?;
     match (&*last_key.name, &mut list.value) {
         ("credentials", Value::Seq(items)) => items.extend(more),
@@ -277,7 +333,10 @@ fn parse_split(text: &str, min_len: usize) -> Option<Node<'_>> {
 }
 
 fn head_lines(text: &str, cut: usize) -> u32 {
-    text.as_bytes()[..cut].iter().filter(|b| **b == b'\n').count() as u32
+    text.as_bytes()[..cut]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count() as u32
 }
 
 fn shift(node: &mut Node<'_>, lines: u32, chars: u32) {
@@ -301,10 +360,21 @@ fn shift(node: &mut Node<'_>, lines: u32, chars: u32) {
 
 fn parse_serial(text: &str) -> Result<Node<'_>, ParseError> {
     if text.len() > MAX_INPUT_BYTES {
-        return Err(fail(format!("the file is larger than {} MiB", MAX_INPUT_BYTES / (1024 * 1024)), None, LIMIT_HELP));
+        return Err(fail(
+            format!(
+                "the file is larger than {} MiB",
+                MAX_INPUT_BYTES / (1024 * 1024)
+            ),
+            None,
+            LIMIT_HELP,
+        ));
     }
     if text.trim().is_empty() {
-        return Err(fail("the file is empty", None, "start from a shipped example in `playbooks/`"));
+        return Err(fail(
+            "the file is empty",
+            None,
+            "start from a shipped example in `playbooks/`",
+        ));
     }
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame<'_>> = Vec::new();
@@ -322,11 +392,21 @@ fn parse_serial(text: &str) -> Result<Node<'_>, ParseError> {
         let finished: Option<(Node<'_>, usize)> = match event {
             // Comments and anchor metadata are presentation, not data.
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Anchor(..) => None,
-            Event::UnresolvedAlias(_) => return Err(fail("alias to an unknown anchor", Some(pos), "define the anchor (`&name`) before using it (`*name`)")),
+            Event::UnresolvedAlias(_) => {
+                return Err(fail(
+                    "alias to an unknown anchor",
+                    Some(pos),
+                    "define the anchor (`&name`) before using it (`*name`)",
+                ));
+            }
             Event::DocumentStart(..) => {
                 documents += 1;
                 if documents > 1 {
-                    return Err(fail("a playbook is one YAML document; this file has several (`---`)", Some(pos), "keep one document per file"));
+                    return Err(fail(
+                        "a playbook is one YAML document; this file has several (`---`)",
+                        Some(pos),
+                        "keep one document per file",
+                    ));
                 }
                 None
             }
@@ -334,47 +414,108 @@ fn parse_serial(text: &str) -> Result<Node<'_>, ParseError> {
                 nodes += 1;
                 last_scalar_plain = style == ScalarStyle::Plain;
                 let tag = tag.map(|t| format!("{}{}", t.handle(), t.suffix()));
-                let value = resolve_scalar(text, style, tag.as_deref()).map_err(|m| fail(m, Some(pos), "remove the tag; rekey reads plain YAML values"))?;
+                let value = resolve_scalar(text, style, tag.as_deref()).map_err(|m| {
+                    fail(
+                        m,
+                        Some(pos),
+                        "remove the tag; rekey reads plain YAML values",
+                    )
+                })?;
                 Some((Node { value, pos }, anchor))
             }
             Event::SequenceStart(_, anchor, tag) => {
-                check_tag(tag.as_ref().map(|t| format!("{}{}", t.handle(), t.suffix())), "tag:yaml.org,2002:seq", pos)?;
+                check_tag(
+                    tag.as_ref()
+                        .map(|t| format!("{}{}", t.handle(), t.suffix())),
+                    "tag:yaml.org,2002:seq",
+                    pos,
+                )?;
                 nodes += 1;
                 if stack.len() >= MAX_DEPTH {
-                    return Err(fail(format!("nesting deeper than {MAX_DEPTH} levels"), Some(pos), LIMIT_HELP));
+                    return Err(fail(
+                        format!("nesting deeper than {MAX_DEPTH} levels"),
+                        Some(pos),
+                        LIMIT_HELP,
+                    ));
                 }
-                stack.push(Frame::Seq { items: Vec::new(), pos, anchor });
+                stack.push(Frame::Seq {
+                    items: Vec::new(),
+                    pos,
+                    anchor,
+                });
                 None
             }
             Event::MappingStart(_, anchor, tag) => {
-                check_tag(tag.as_ref().map(|t| format!("{}{}", t.handle(), t.suffix())), "tag:yaml.org,2002:map", pos)?;
+                check_tag(
+                    tag.as_ref()
+                        .map(|t| format!("{}{}", t.handle(), t.suffix())),
+                    "tag:yaml.org,2002:map",
+                    pos,
+                )?;
                 nodes += 1;
                 if stack.len() >= MAX_DEPTH {
-                    return Err(fail(format!("nesting deeper than {MAX_DEPTH} levels"), Some(pos), LIMIT_HELP));
+                    return Err(fail(
+                        format!("nesting deeper than {MAX_DEPTH} levels"),
+                        Some(pos),
+                        LIMIT_HELP,
+                    ));
                 }
-                stack.push(Frame::Map { entries: Vec::new(), pending_key: None, seen: None, pos, anchor, merges: Vec::new() });
+                stack.push(Frame::Map {
+                    entries: Vec::new(),
+                    pending_key: None,
+                    seen: None,
+                    pos,
+                    anchor,
+                    merges: Vec::new(),
+                });
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq { items, pos, anchor }) => Some((Node { value: Value::Seq(items), pos }, anchor)),
+                Some(Frame::Seq { items, pos, anchor }) => Some((
+                    Node {
+                        value: Value::Seq(items),
+                        pos,
+                    },
+                    anchor,
+                )),
                 _ => return Err(fail("unbalanced sequence", Some(pos), SYNTAX_HELP)),
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map { mut entries, pos, anchor, merges, .. }) => {
+                Some(Frame::Map {
+                    mut entries,
+                    pos,
+                    anchor,
+                    merges,
+                    ..
+                }) => {
                     apply_merges(&mut entries, merges);
-                    Some((Node { value: Value::Map(entries), pos }, anchor))
+                    Some((
+                        Node {
+                            value: Value::Map(entries),
+                            pos,
+                        },
+                        anchor,
+                    ))
                 }
                 _ => return Err(fail("unbalanced mapping", Some(pos), SYNTAX_HELP)),
             },
             Event::Alias(id) => {
                 let Some(target) = anchors.get(&id) else {
-                    return Err(fail("alias to an unknown anchor", Some(pos), "define the anchor (`&name`) before using it (`*name`)"));
+                    return Err(fail(
+                        "alias to an unknown anchor",
+                        Some(pos),
+                        "define the anchor (`&name`) before using it (`*name`)",
+                    ));
                 };
                 let count = count_nodes(target);
                 replayed += count;
                 nodes += count;
                 if replayed > MAX_ALIAS_NODES {
-                    return Err(fail(format!("aliases expand to more than {MAX_ALIAS_NODES} nodes"), Some(pos), LIMIT_HELP));
+                    return Err(fail(
+                        format!("aliases expand to more than {MAX_ALIAS_NODES} nodes"),
+                        Some(pos),
+                        LIMIT_HELP,
+                    ));
                 }
                 let mut copy = target.clone();
                 copy.pos = pos;
@@ -383,16 +524,28 @@ fn parse_serial(text: &str) -> Result<Node<'_>, ParseError> {
             _ => None,
         };
         if nodes > MAX_NODES {
-            return Err(fail(format!("more than {MAX_NODES} values"), Some(pos), LIMIT_HELP));
+            return Err(fail(
+                format!("more than {MAX_NODES} values"),
+                Some(pos),
+                LIMIT_HELP,
+            ));
         }
-        let Some((node, anchor)) = finished else { continue };
+        let Some((node, anchor)) = finished else {
+            continue;
+        };
         if anchor != 0 {
             anchors.insert(anchor, node.clone());
         }
         match stack.last_mut() {
             None => root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, pending_key, seen, merges, .. }) => match pending_key.take() {
+            Some(Frame::Map {
+                entries,
+                pending_key,
+                seen,
+                merges,
+                ..
+            }) => match pending_key.take() {
                 None => {
                     let name = match node.value {
                         Value::Str(s) => s,
@@ -401,7 +554,11 @@ fn parse_serial(text: &str) -> Result<Node<'_>, ParseError> {
                         Value::Float(f) => Cow::Owned(f.to_string()),
                         Value::Null => Cow::Borrowed("null"),
                         Value::Seq(_) | Value::Map(_) => {
-                            return Err(fail("a mapping key is a list or a mapping; keys must be plain names", Some(node.pos), SYNTAX_HELP));
+                            return Err(fail(
+                                "a mapping key is a list or a mapping; keys must be plain names",
+                                Some(node.pos),
+                                SYNTAX_HELP,
+                            ));
                         }
                     };
                     let duplicate = match seen {
@@ -409,16 +566,32 @@ fn parse_serial(text: &str) -> Result<Node<'_>, ParseError> {
                         None => {
                             let dup = entries.iter().any(|(k, _)| k.name == name);
                             if entries.len() >= 16 {
-                                *seen = Some(entries.iter().map(|(k, _)| k.name.clone()).chain([name.clone()]).collect());
+                                *seen = Some(
+                                    entries
+                                        .iter()
+                                        .map(|(k, _)| k.name.clone())
+                                        .chain([name.clone()])
+                                        .collect(),
+                                );
                             }
                             dup
                         }
                     };
                     let merge = last_scalar_plain && name == "<<";
                     if duplicate && !merge {
-                        return Err(fail(format!("duplicate key `{name}`"), Some(node.pos), "remove or rename one of the two keys"));
+                        return Err(fail(
+                            format!("duplicate key `{name}`"),
+                            Some(node.pos),
+                            "remove or rename one of the two keys",
+                        ));
                     }
-                    *pending_key = Some((Key { name, pos: node.pos }, merge));
+                    *pending_key = Some((
+                        Key {
+                            name,
+                            pos: node.pos,
+                        },
+                        merge,
+                    ));
                 }
                 Some((_, true)) => {
                     let mergeable = match &node.value {
@@ -427,7 +600,11 @@ fn parse_serial(text: &str) -> Result<Node<'_>, ParseError> {
                         _ => false,
                     };
                     if !mergeable {
-                        return Err(fail("a merge key `<<` takes a mapping or a list of mappings", Some(node.pos), "write `<<: *anchor` where `&anchor` names a mapping"));
+                        return Err(fail(
+                            "a merge key `<<` takes a mapping or a list of mappings",
+                            Some(node.pos),
+                            "write `<<: *anchor` where `&anchor` names a mapping",
+                        ));
                     }
                     merges.push(node)
                 }
@@ -458,7 +635,16 @@ fn apply_merges<'a>(entries: &mut Vec<(Key<'a>, Node<'a>)>, merges: Vec<Node<'a>
     for merge in merges {
         let sources = match merge.value {
             Value::Map(m) => vec![m],
-            Value::Seq(items) => items.into_iter().filter_map(|n| if let Value::Map(m) = n.value { Some(m) } else { None }).collect(),
+            Value::Seq(items) => items
+                .into_iter()
+                .filter_map(|n| {
+                    if let Value::Map(m) = n.value {
+                        Some(m)
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
             _ => Vec::new(),
         };
         for source in sources {
@@ -475,25 +661,45 @@ fn check_tag(tag: Option<String>, allowed: &str, pos: Pos) -> Result<(), ParseEr
     match tag {
         None => Ok(()),
         Some(t) if t == allowed || t == "!" => Ok(()),
-        Some(t) => Err(fail(format!("unsupported tag `{t}`"), Some(pos), "remove the tag; rekey reads plain YAML values")),
+        Some(t) => Err(fail(
+            format!("unsupported tag `{t}`"),
+            Some(pos),
+            "remove the tag; rekey reads plain YAML values",
+        )),
     }
 }
 
 /// YAML 1.2 core schema resolution for plain scalars; quoted and block scalars are
 /// strings. Core tags (`!!str`, `!!int`...) are honoured; others are refused.
-fn resolve_scalar<'a>(text: Cow<'a, str>, style: ScalarStyle, tag: Option<&str>) -> Result<Value<'a>, String> {
+fn resolve_scalar<'a>(
+    text: Cow<'a, str>,
+    style: ScalarStyle,
+    tag: Option<&str>,
+) -> Result<Value<'a>, String> {
     const CORE: &str = "tag:yaml.org,2002:";
     if let Some(tag) = tag {
-        let kind = tag.strip_prefix(CORE).unwrap_or(if tag == "!" { "str" } else { tag });
+        let kind = tag
+            .strip_prefix(CORE)
+            .unwrap_or(if tag == "!" { "str" } else { tag });
         return match kind {
             "str" => Ok(Value::Str(text)),
             "null" | "bool" | "int" | "float" => {
                 let v = resolve_plain(text.clone());
-                let ok = matches!((kind, &v), ("null", Value::Null) | ("bool", Value::Bool(_)) | ("int", Value::Int(_)) | ("float", Value::Float(_) | Value::Int(_)));
+                let ok = matches!(
+                    (kind, &v),
+                    ("null", Value::Null)
+                        | ("bool", Value::Bool(_))
+                        | ("int", Value::Int(_))
+                        | ("float", Value::Float(_) | Value::Int(_))
+                );
                 if !ok {
                     return Err(format!("`{text}` is not a valid !!{kind}"));
                 }
-                Ok(if let (Value::Int(i), "float") = (&v, kind) { Value::Float(*i as f64) } else { v })
+                Ok(if let (Value::Int(i), "float") = (&v, kind) {
+                    Value::Float(*i as f64)
+                } else {
+                    v
+                })
             }
             _ => Err(format!("unsupported tag `{tag}`")),
         };
@@ -510,7 +716,9 @@ fn resolve_plain(cow: Cow<'_, str>) -> Value<'_> {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Float(f64::INFINITY);
+        }
         "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
         _ => {}
@@ -530,21 +738,24 @@ fn resolve_plain(cow: Cow<'_, str>) -> Value<'_> {
         };
     }
     if let Some(hex) = text.strip_prefix("0x")
-        && let Ok(i) = i64::from_str_radix(hex, 16) {
-            return Value::Int(i);
-        }
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return Value::Int(i);
+    }
     if let Some(oct) = text.strip_prefix("0o")
-        && let Ok(i) = i64::from_str_radix(oct, 8) {
-            return Value::Int(i);
-        }
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return Value::Int(i);
+    }
     // Floats: digits with a dot and/or an exponent (Rust's parser also takes "inf"
     // and "nan", which YAML spells differently and which we keep as strings).
-    let is_float = digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+    let is_float = digits
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
         && digits.bytes().any(|b| b.is_ascii_digit());
-    if is_float
-        && let Ok(f) = text.parse::<f64>() {
-            return Value::Float(f);
-        }
+    if is_float && let Ok(f) = text.parse::<f64>() {
+        return Value::Float(f);
+    }
     Value::Str(cow)
 }
 
@@ -560,7 +771,10 @@ mod tests {
         assert_eq!((c.pos.line, c.pos.column), (4, 9));
         let key = root.key_pos_of("/b/1/c").unwrap();
         assert_eq!((key.line, key.column), (4, 6));
-        assert_eq!(root.to_json(), serde_json::json!({"a": 1, "b": ["x", {"c": true}]}));
+        assert_eq!(
+            root.to_json(),
+            serde_json::json!({"a": 1, "b": ["x", {"c": true}]})
+        );
     }
 
     #[test]
@@ -581,7 +795,8 @@ mod tests {
 
     #[test]
     fn anchors_aliases_and_merge_keys_work() {
-        let root = parse("base: &b {host: db, port: 5432}\nx:\n  <<: *b\n  port: 6432\ny: *b\n").unwrap();
+        let root =
+            parse("base: &b {host: db, port: 5432}\nx:\n  <<: *b\n  port: 6432\ny: *b\n").unwrap();
         let json = root.to_json();
         assert_eq!(json["x"], serde_json::json!({"port": 6432, "host": "db"}));
         assert_eq!(json["y"], serde_json::json!({"host": "db", "port": 5432}));
@@ -593,7 +808,12 @@ mod tests {
         assert!(err.message.contains("duplicate key `a`"), "{}", err.message);
         assert_eq!(err.pos.map(|p| p.line), Some(2));
         let many: String = (0..40).map(|i| format!("k{i}: 1\n")).collect::<String>() + "k7: 2\n";
-        assert!(parse(&many).unwrap_err().message.contains("duplicate key `k7`"));
+        assert!(
+            parse(&many)
+                .unwrap_err()
+                .message
+                .contains("duplicate key `k7`")
+        );
     }
 
     fn positions(root: &Node<'_>) -> Vec<(u32, u32)> {
@@ -617,7 +837,8 @@ mod tests {
 
     #[test]
     fn large_playbooks_parse_in_halves_exactly_as_serially() {
-        let mut text = String::from("version: 1\nname: big\nvault: { address: 'http://x:1' }\ncredentials:\n");
+        let mut text =
+            String::from("version: 1\nname: big\nvault: { address: 'http://x:1' }\ncredentials:\n");
         let mut i = 0;
         while text.len() < 200_000 {
             text.push_str(&format!("  - id: c{i}\n    provider: p\n    vault_path: \"a/{i}\"\n    tags: [t{}, x]\n    description: |\n      line one\n      - not an entry\n", i % 7));
@@ -625,7 +846,10 @@ mod tests {
         }
         let split = parse_split(&text, 100_000).expect("this shape splits");
         let serial = parse_serial(&text).unwrap();
-        assert!(split.to_json() == serial.to_json(), "the halves hold other values");
+        assert!(
+            split.to_json() == serial.to_json(),
+            "the halves hold other values"
+        );
         // Same line and column for every node (a block scalar that ends right at
         // the cut may span a different length, which only changes an underline).
         let (a, b) = (positions(&split), positions(&serial));
@@ -654,6 +878,11 @@ mod tests {
         assert!(parse(&text).unwrap_err().message.contains("aliases expand"));
         let deep = "a: ".to_owned() + &"[".repeat(100) + &"]".repeat(100);
         assert!(parse(&deep).unwrap_err().message.contains("nesting deeper"));
-        assert!(parse("a: 1\n---\nb: 2\n").unwrap_err().message.contains("one YAML document"));
+        assert!(
+            parse("a: 1\n---\nb: 2\n")
+                .unwrap_err()
+                .message
+                .contains("one YAML document")
+        );
     }
 }

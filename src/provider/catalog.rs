@@ -70,7 +70,12 @@ pub struct Requests {
 
 impl Requests {
     pub fn total(&self, verify: bool) -> u32 {
-        self.list + self.create + self.change + if verify { self.verify } else { 0 } + self.deactivate + self.revoke
+        self.list
+            + self.create
+            + self.change
+            + if verify { self.verify } else { 0 }
+            + self.deactivate
+            + self.revoke
     }
 }
 
@@ -112,7 +117,10 @@ impl ProviderType {
     pub fn rate(&self) -> Rate {
         let r = &self.default_rate;
         // `Catalog::parse` refuses files whose rate does not resolve.
-        Rate { per_second: r.per_second().unwrap_or(1.0), burst: r.burst.unwrap_or(1).clamp(1, 100_000) as u32 }
+        Rate {
+            per_second: r.per_second().unwrap_or(1.0),
+            burst: r.burst.unwrap_or(1).clamp(1, 100_000) as u32,
+        }
     }
 
     pub fn latency(&self) -> Duration {
@@ -123,22 +131,52 @@ impl ProviderType {
 /// The shipped provider catalog files, embedded at build time.
 const SHIPPED: &[(&str, &str)] = &[
     ("sandbox.yaml", include_str!("../../providers/sandbox.yaml")),
-    ("sandbox_password.yaml", include_str!("../../providers/sandbox_password.yaml")),
+    (
+        "sandbox_password.yaml",
+        include_str!("../../providers/sandbox_password.yaml"),
+    ),
     ("manual.yaml", include_str!("../../providers/manual.yaml")),
-    ("postgres.yaml", include_str!("../../providers/postgres.yaml")),
+    (
+        "postgres.yaml",
+        include_str!("../../providers/postgres.yaml"),
+    ),
     ("mysql.yaml", include_str!("../../providers/mysql.yaml")),
     ("redis.yaml", include_str!("../../providers/redis.yaml")),
     ("aws_iam.yaml", include_str!("../../providers/aws_iam.yaml")),
-    ("vault_approle.yaml", include_str!("../../providers/vault_approle.yaml")),
-    ("vault_userpass.yaml", include_str!("../../providers/vault_userpass.yaml")),
+    (
+        "vault_approle.yaml",
+        include_str!("../../providers/vault_approle.yaml"),
+    ),
+    (
+        "vault_userpass.yaml",
+        include_str!("../../providers/vault_userpass.yaml"),
+    ),
     ("ldap.yaml", include_str!("../../providers/ldap.yaml")),
     ("ssh.yaml", include_str!("../../providers/ssh.yaml")),
-    ("github_deploy_key.yaml", include_str!("../../providers/github_deploy_key.yaml")),
-    ("gitlab_token.yaml", include_str!("../../providers/gitlab_token.yaml")),
-    ("cloudflare_token.yaml", include_str!("../../providers/cloudflare_token.yaml")),
-    ("okta_client_secret.yaml", include_str!("../../providers/okta_client_secret.yaml")),
-    ("jumpcloud_user_password.yaml", include_str!("../../providers/jumpcloud_user_password.yaml")),
-    ("datadog_api_key.yaml", include_str!("../../providers/datadog_api_key.yaml")),
+    (
+        "github_deploy_key.yaml",
+        include_str!("../../providers/github_deploy_key.yaml"),
+    ),
+    (
+        "gitlab_token.yaml",
+        include_str!("../../providers/gitlab_token.yaml"),
+    ),
+    (
+        "cloudflare_token.yaml",
+        include_str!("../../providers/cloudflare_token.yaml"),
+    ),
+    (
+        "okta_client_secret.yaml",
+        include_str!("../../providers/okta_client_secret.yaml"),
+    ),
+    (
+        "jumpcloud_user_password.yaml",
+        include_str!("../../providers/jumpcloud_user_password.yaml"),
+    ),
+    (
+        "datadog_api_key.yaml",
+        include_str!("../../providers/datadog_api_key.yaml"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -157,25 +195,39 @@ impl Catalog {
     /// The catalog shipped in the binary (parsed once).
     pub fn builtin() -> Result<&'static Catalog, CatalogError> {
         static CATALOG: OnceLock<Result<Catalog, CatalogError>> = OnceLock::new();
-        CATALOG.get_or_init(|| Catalog::parse(SHIPPED)).as_ref().map_err(|e| CatalogError {
-            file: e.file.clone(),
-            message: e.message.clone(),
-        })
+        CATALOG
+            .get_or_init(|| Catalog::parse(SHIPPED))
+            .as_ref()
+            .map_err(|e| CatalogError {
+                file: e.file.clone(),
+                message: e.message.clone(),
+            })
     }
 
     pub fn parse(files: &[(&str, &str)]) -> Result<Catalog, CatalogError> {
         let mut types = IndexMap::new();
         for (file, text) in files {
-            let t: ProviderType = serde_saphyr::from_str(text)
-                .map_err(|e| CatalogError { file: file.to_string(), message: e.to_string() })?;
+            let t: ProviderType = serde_saphyr::from_str(text).map_err(|e| CatalogError {
+                file: file.to_string(),
+                message: e.to_string(),
+            })?;
             if format!("{}.yaml", t.name) != *file {
-                return Err(CatalogError { file: file.to_string(), message: format!("name `{}` does not match the file name", t.name) });
+                return Err(CatalogError {
+                    file: file.to_string(),
+                    message: format!("name `{}` does not match the file name", t.name),
+                });
             }
             if t.default_rate.per_second().is_none() {
-                return Err(CatalogError { file: file.to_string(), message: "default_rate must set exactly one positive rate".into() });
+                return Err(CatalogError {
+                    file: file.to_string(),
+                    message: "default_rate must set exactly one positive rate".into(),
+                });
             }
             if humantime::parse_duration(&t.typical_latency).is_err() {
-                return Err(CatalogError { file: file.to_string(), message: format!("bad typical_latency `{}`", t.typical_latency) });
+                return Err(CatalogError {
+                    file: file.to_string(),
+                    message: format!("bad typical_latency `{}`", t.typical_latency),
+                });
             }
             types.insert(t.name.clone(), t);
         }
@@ -203,10 +255,17 @@ mod tests {
         on_disk.sort();
         let mut listed: Vec<String> = catalog.types.keys().map(|n| format!("{n}.yaml")).collect();
         listed.sort();
-        assert_eq!(on_disk, listed, "every providers/*.yaml must be embedded in SHIPPED");
+        assert_eq!(
+            on_disk, listed,
+            "every providers/*.yaml must be embedded in SHIPPED"
+        );
         for t in catalog.types.values() {
             let rate = t.rate();
-            assert!(rate.per_second > 0.0 && rate.per_second.is_finite(), "{}", t.name);
+            assert!(
+                rate.per_second > 0.0 && rate.per_second.is_finite(),
+                "{}",
+                t.name
+            );
             assert!(t.default_concurrency > 0, "{}", t.name);
             match t.kind {
                 Kind::Dual => assert!(t.requests.create > 0, "{}: dual kinds create", t.name),

@@ -22,7 +22,10 @@ pub enum ProviderError {
     Transient(String),
     /// The provider asked us to slow down (429, throttling), maybe saying for how long.
     #[error("rate limited{}: {message}", retry_after.map(|d| format!(" (retry after {:.1}s)", d.as_secs_f64())).unwrap_or_default())]
-    RateLimited { retry_after: Option<Duration>, message: String },
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: String,
+    },
     /// Retrying will not help: bad admin credential, missing account, full quota.
     #[error("{0}")]
     Fatal(String),
@@ -81,24 +84,35 @@ pub trait Provider: Send + Sync {
     /// The account's keys (dual kinds), to check the quota and find orphans.
     async fn list(&self, target: Target<'_>) -> Result<Vec<KeyInfo>, ProviderError> {
         let _ = target;
-        Err(ProviderError::Fatal("this provider cannot list keys".into()))
+        Err(ProviderError::Fatal(
+            "this provider cannot list keys".into(),
+        ))
     }
 
     /// Issues a new key, named with `tag` where the provider keeps names (dual kinds).
     async fn create(&self, target: Target<'_>, tag: &str) -> Result<Issued, ProviderError> {
         let _ = (target, tag);
-        Err(ProviderError::Fatal("this provider cannot create keys".into()))
+        Err(ProviderError::Fatal(
+            "this provider cannot create keys".into(),
+        ))
     }
 
     /// Sets a new value in place (single kinds).
     async fn change(&self, target: Target<'_>, new: &Secret) -> Result<(), ProviderError> {
         let _ = (target, new);
-        Err(ProviderError::Fatal("this provider cannot change values in place".into()))
+        Err(ProviderError::Fatal(
+            "this provider cannot change values in place".into(),
+        ))
     }
 
     /// Authenticates with `secret` (and `key_id` for dual kinds). `Ok(false)` means
     /// the provider answered and refused it.
-    async fn verify(&self, target: Target<'_>, key_id: Option<&str>, secret: &Secret) -> Result<bool, ProviderError>;
+    async fn verify(
+        &self,
+        target: Target<'_>,
+        key_id: Option<&str>,
+        secret: &Secret,
+    ) -> Result<bool, ProviderError>;
 
     /// Makes a key stop working without deleting it, where the provider can.
     async fn deactivate(&self, target: Target<'_>, key_id: &str) -> Result<(), ProviderError> {
@@ -109,6 +123,8 @@ pub trait Provider: Send + Sync {
     /// Deletes a key for good (dual kinds).
     async fn revoke(&self, target: Target<'_>, key_id: &str) -> Result<(), ProviderError> {
         let _ = (target, key_id);
-        Err(ProviderError::Fatal("this provider cannot revoke keys".into()))
+        Err(ProviderError::Fatal(
+            "this provider cannot revoke keys".into(),
+        ))
     }
 }

@@ -51,11 +51,21 @@ pub trait SecretStore: Send + Sync {
     /// Writes `{"value": value, ...fields}` only if the current version is `cas`
     /// (0: only if the path does not exist yet). Returns the new version. A version
     /// mismatch is [`StoreError::CasConflict`] and writes nothing.
-    async fn write_cas(&self, path: &str, value: &Secret, fields: &BTreeMap<String, String>, cas: u64) -> Result<u64, StoreError>;
+    async fn write_cas(
+        &self,
+        path: &str,
+        value: &Secret,
+        fields: &BTreeMap<String, String>,
+        cas: u64,
+    ) -> Result<u64, StoreError>;
 
     /// Sets these custom metadata keys on `path`, keeping the keys it does not name
     /// (other teams annotate their secrets too).
-    async fn set_metadata(&self, path: &str, custom: &BTreeMap<String, String>) -> Result<(), StoreError>;
+    async fn set_metadata(
+        &self,
+        path: &str,
+        custom: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError>;
 
     /// Deletes every version of `path` and its metadata (used for staging entries).
     /// An absent path is not an error.
@@ -111,12 +121,25 @@ mod tests {
         assert!(StoreError::Unavailable("x".into()).is_transient());
         assert!(!StoreError::Unauthorized("x".into()).is_transient());
         assert!(!StoreError::Invalid("x".into()).is_transient());
-        assert!(!StoreError::CasConflict { path: "secret/a".into(), expected: 3 }.is_transient());
+        assert!(
+            !StoreError::CasConflict {
+                path: "secret/a".into(),
+                expected: 3
+            }
+            .is_transient()
+        );
     }
 
     #[test]
     fn a_cas_conflict_names_the_path_and_the_version() {
-        let message = StoreError::CasConflict { path: "secret/app/db".into(), expected: 3 }.to_string();
-        assert!(message.contains("`secret/app/db`") && message.contains("version 3"), "{message}");
+        let message = StoreError::CasConflict {
+            path: "secret/app/db".into(),
+            expected: 3,
+        }
+        .to_string();
+        assert!(
+            message.contains("`secret/app/db`") && message.contains("version 3"),
+            "{message}"
+        );
     }
 }

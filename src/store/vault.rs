@@ -70,7 +70,11 @@ pub enum VaultLogin {
     Token(Secret),
     /// AppRole login at `auth/<mount>` when connecting; the returned client token is
     /// used from then on.
-    AppRole { mount: String, role_id: String, secret_id: Secret },
+    AppRole {
+        mount: String,
+        role_id: String,
+        secret_id: Secret,
+    },
 }
 
 /// A KV version 2 mount of a Vault or OpenBao server.
@@ -88,7 +92,11 @@ pub struct VaultStore {
 
 impl fmt::Debug for VaultStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VaultStore").field("address", &self.address).field("mount", &self.mount).field("namespace", &self.namespace).finish_non_exhaustive()
+        f.debug_struct("VaultStore")
+            .field("address", &self.address)
+            .field("mount", &self.mount)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,7 +113,10 @@ impl VaultStore {
         }
         let mount = config.mount.trim_matches('/').to_owned();
         if let Some(why) = path_problem(&mount) {
-            return Err(StoreError::Invalid(format!("`{}` is not a KV mount path ({why}): name the KV version 2 mount, e.g. `secret`", config.mount)));
+            return Err(StoreError::Invalid(format!(
+                "`{}` is not a KV mount path ({why}): name the KV version 2 mount, e.g. `secret`",
+                config.mount
+            )));
         }
         // vaultrs puts the namespace and the token into headers with
         // `HeaderValue::from_str(..).unwrap()`: anything but visible ASCII would panic
@@ -114,7 +125,10 @@ impl VaultStore {
         if let Some(namespace) = &config.namespace
             && !is_header_safe(namespace)
         {
-            return Err(StoreError::Invalid(format!("the namespace `{}` holds characters a header cannot carry: check `vault.namespace`", namespace.escape_debug())));
+            return Err(StoreError::Invalid(format!(
+                "the namespace `{}` holds characters a header cannot carry: check `vault.namespace`",
+                namespace.escape_debug()
+            )));
         }
         let token = match &config.auth {
             VaultLogin::Token(token) if !is_header_safe(token.expose()) => {
@@ -151,7 +165,11 @@ impl VaultStore {
             .timeout(Some(REQUEST_TIMEOUT))
             .namespace(config.namespace.clone())
             .build()
-            .map_err(|e| StoreError::Invalid(format!("cannot configure the Vault client for `{address}`: {e}")))?;
+            .map_err(|e| {
+                StoreError::Invalid(format!(
+                    "cannot configure the Vault client for `{address}`: {e}"
+                ))
+            })?;
         settings.address = address.parse().map_err(|_| {
             StoreError::Invalid(format!("`{address}` is not a valid URL: write it as `https://host:port`, e.g. `https://vault.example.com:8200`"))
         })?;
@@ -164,21 +182,49 @@ impl VaultStore {
             _ => StoreError::Invalid(format!("cannot build an HTTP client for `{address}`: {e}")),
         })?;
 
-        let mut store = VaultStore { client, address, mount, namespace: config.namespace.clone(), mount_checked: OnceCell::new() };
-        if let VaultLogin::AppRole { mount: auth_mount, role_id, secret_id } = &config.auth {
-            store.log_in_with_approle(auth_mount, role_id, secret_id).await?;
+        let mut store = VaultStore {
+            client,
+            address,
+            mount,
+            namespace: config.namespace.clone(),
+            mount_checked: OnceCell::new(),
+        };
+        if let VaultLogin::AppRole {
+            mount: auth_mount,
+            role_id,
+            secret_id,
+        } = &config.auth
+        {
+            store
+                .log_in_with_approle(auth_mount, role_id, secret_id)
+                .await?;
         }
         Ok(store)
     }
 
     /// Exchanges the role-id and secret-id for a client token and uses it from now on.
-    async fn log_in_with_approle(&mut self, auth_mount: &str, role_id: &str, secret_id: &Secret) -> Result<(), StoreError> {
+    async fn log_in_with_approle(
+        &mut self,
+        auth_mount: &str,
+        role_id: &str,
+        secret_id: &Secret,
+    ) -> Result<(), StoreError> {
         let auth_mount = auth_mount.trim_matches('/');
         if let Some(why) = path_problem(auth_mount) {
-            return Err(StoreError::Invalid(format!("`{auth_mount}` is not an auth mount path ({why}): name the AppRole mount, e.g. `approle`")));
+            return Err(StoreError::Invalid(format!(
+                "`{auth_mount}` is not an auth mount path ({why}): name the AppRole mount, e.g. `approle`"
+            )));
         }
-        let call = Call { store: self, action: Action::LogIn, target: format!("auth/{auth_mount}"), policy: None };
-        let auth = vaultrs::auth::approle::login(&self.client, auth_mount, role_id, secret_id.expose()).await.map_err(|e| call.fail(&e))?;
+        let call = Call {
+            store: self,
+            action: Action::LogIn,
+            target: format!("auth/{auth_mount}"),
+            policy: None,
+        };
+        let auth =
+            vaultrs::auth::approle::login(&self.client, auth_mount, role_id, secret_id.expose())
+                .await
+                .map_err(|e| call.fail(&e))?;
         // Straight into a `Secret`, so the only other copies are the two vaultrs keeps.
         let token = Secret::new(auth.client_token);
         if !is_header_safe(token.expose()) {
@@ -191,21 +237,41 @@ impl VaultStore {
 
     /// Describes a call on `path` for error messages, checking the path first.
     fn call(&self, action: Action, path: &str) -> Result<Call<'_>, StoreError> {
-        let target = if path.is_empty() { self.mount.clone() } else { format!("{}/{path}", self.mount) };
-        if let (false, Some(why)) = (path.is_empty() && action == Action::List, path_problem(path)) {
+        let target = if path.is_empty() {
+            self.mount.clone()
+        } else {
+            format!("{}/{path}", self.mount)
+        };
+        if let (false, Some(why)) = (
+            path.is_empty() && action == Action::List,
+            path_problem(path),
+        ) {
             return Err(StoreError::Invalid(format!(
                 "`{target}` is not a usable KV path ({why}): rekey expects paths like `app/db`, relative to the mount `{}`",
                 self.mount
             )));
         }
-        let policy = action.capability().map(|capability| (capability, format!("{}/{}/{path}", self.mount, action.api_kind())));
-        Ok(Call { store: self, action, target, policy })
+        let policy = action.capability().map(|capability| {
+            (
+                capability,
+                format!("{}/{}/{path}", self.mount, action.api_kind()),
+            )
+        });
+        Ok(Call {
+            store: self,
+            action,
+            target,
+            policy,
+        })
     }
 
     /// Makes sure the mount is KV version 2 before the first request that uses it.
     /// A failure is not remembered: the next call checks again.
     async fn ensure_kv2(&self) -> Result<(), StoreError> {
-        self.mount_checked.get_or_try_init(|| self.check_mount()).await.map(|_| ())
+        self.mount_checked
+            .get_or_try_init(|| self.check_mount())
+            .await
+            .map(|_| ())
     }
 
     /// [`Self::ensure_kv2`] on behalf of `call`, whose path the message names first.
@@ -235,12 +301,29 @@ impl VaultStore {
             options: Option<HashMap<String, String>>,
         }
 
-        let call = Call { store: self, action: Action::CheckMount, target: self.mount.clone(), policy: Some(("any of read, list, create", format!("{}/*", self.mount))) };
-        let answer = self.raw(Verb::Get, &format!("sys/internal/ui/mounts/{}", self.mount), None, true).await.map_err(|t| call.fail_with(Failure::Transport(t)))?;
+        let call = Call {
+            store: self,
+            action: Action::CheckMount,
+            target: self.mount.clone(),
+            policy: Some(("any of read, list, create", format!("{}/*", self.mount))),
+        };
+        let answer = self
+            .raw(
+                Verb::Get,
+                &format!("sys/internal/ui/mounts/{}", self.mount),
+                None,
+                true,
+            )
+            .await
+            .map_err(|t| call.fail_with(Failure::Transport(t)))?;
         if answer.status != 200 {
-            return Err(call.fail_with(Failure::Status { code: answer.status }));
+            return Err(call.fail_with(Failure::Status {
+                code: answer.status,
+            }));
         }
-        let info = serde_json::from_slice::<Answer>(&answer.body).map_err(|_| call.unreadable())?.data;
+        let info = serde_json::from_slice::<Answer>(&answer.body)
+            .map_err(|_| call.unreadable())?
+            .data;
         let found = info.path.trim_end_matches('/');
         if found != self.mount {
             return Err(StoreError::Invalid(format!(
@@ -248,9 +331,17 @@ impl VaultStore {
                 self.mount
             )));
         }
-        let version = info.options.as_ref().and_then(|o| o.get("version")).map_or("1", String::as_str);
+        let version = info
+            .options
+            .as_ref()
+            .and_then(|o| o.get("version"))
+            .map_or("1", String::as_str);
         if info.kind != "kv" || version != "2" {
-            let what = if info.kind == "kv" { format!("KV version {version}") } else { format!("a `{}` engine", info.kind) };
+            let what = if info.kind == "kv" {
+                format!("KV version {version}")
+            } else {
+                format!("a `{}` engine", info.kind)
+            };
             return Err(StoreError::Invalid(format!(
                 "`{}` on {} is {what}, not KV version 2: point rekey at a KV version 2 mount (or upgrade this one with `bao kv enable-versioning {}`)",
                 self.mount, self.address, self.mount
@@ -262,12 +353,20 @@ impl VaultStore {
 
     /// One request outside vaultrs, through its HTTP client. The body comes back in a
     /// buffer that is wiped when dropped (lookup-self answers hold the token).
-    async fn raw(&self, verb: Verb, api_path: &str, json: Option<&Value>, authenticated: bool) -> Result<RawAnswer, Transport> {
+    async fn raw(
+        &self,
+        verb: Verb,
+        api_path: &str,
+        json: Option<&Value>,
+        authenticated: bool,
+    ) -> Result<RawAnswer, Transport> {
         let http = &self.client.http.http;
         let url = format!("{}/v1/{api_path}", self.address);
         let mut request = match verb {
             Verb::Get => http.get(&url),
-            Verb::Patch => http.patch(&url).header("Content-Type", "application/merge-patch+json"),
+            Verb::Patch => http
+                .patch(&url)
+                .header("Content-Type", "application/merge-patch+json"),
         };
         request = request.header("X-Vault-Request", "true");
         if authenticated {
@@ -282,30 +381,57 @@ impl VaultStore {
         let response = request.send().await.map_err(|e| Transport::of(&e))?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(|e| Transport::of(&e))?;
-        Ok(RawAnswer { status, body: Zeroizing::new(body.to_vec()) })
+        Ok(RawAnswer {
+            status,
+            body: Zeroizing::new(body.to_vec()),
+        })
     }
 
     async fn check_health(&self) -> Result<(), StoreError> {
-        let call = Call { store: self, action: Action::CheckHealth, target: "sys/health".into(), policy: None };
-        let answer = self.raw(Verb::Get, "sys/health", None, false).await.map_err(|t| call.fail_with(Failure::Transport(t)))?;
+        let call = Call {
+            store: self,
+            action: Action::CheckHealth,
+            target: "sys/health".into(),
+            policy: None,
+        };
+        let answer = self
+            .raw(Verb::Get, "sys/health", None, false)
+            .await
+            .map_err(|t| call.fail_with(Failure::Transport(t)))?;
         let address = &self.address;
         match answer.status {
             // Active; unsealed standby; performance standby. Standbys forward requests.
             200 | 429 | 473 => {
-                let version = serde_json::from_slice::<Value>(&answer.body).ok().and_then(|v| v.get("version").and_then(Value::as_str).map(str::to_owned));
+                let version = serde_json::from_slice::<Value>(&answer.body)
+                    .ok()
+                    .and_then(|v| v.get("version").and_then(Value::as_str).map(str::to_owned));
                 debug!(address = %address, version = version.as_deref().unwrap_or("?"), "Vault is up and unsealed.");
                 Ok(())
             }
-            503 => Err(StoreError::Unavailable(format!("{address} is sealed: unseal it (`bao operator unseal`), then retry"))),
-            501 => Err(StoreError::Invalid(format!("{address} is not initialized: initialize and unseal it, or check `vault.address`"))),
-            472 => Err(StoreError::Invalid(format!("{address} is a disaster-recovery secondary and serves no secrets: point `vault.address` at the primary cluster"))),
+            503 => Err(StoreError::Unavailable(format!(
+                "{address} is sealed: unseal it (`bao operator unseal`), then retry"
+            ))),
+            501 => Err(StoreError::Invalid(format!(
+                "{address} is not initialized: initialize and unseal it, or check `vault.address`"
+            ))),
+            472 => Err(StoreError::Invalid(format!(
+                "{address} is a disaster-recovery secondary and serves no secrets: point `vault.address` at the primary cluster"
+            ))),
             code => Err(call.fail_with(Failure::Status { code })),
         }
     }
 
     async fn check_token(&self) -> Result<(), StoreError> {
-        let call = Call { store: self, action: Action::CheckToken, target: "auth/token/lookup-self".into(), policy: None };
-        let answer = self.raw(Verb::Get, "auth/token/lookup-self", None, true).await.map_err(|t| call.fail_with(Failure::Transport(t)))?;
+        let call = Call {
+            store: self,
+            action: Action::CheckToken,
+            target: "auth/token/lookup-self".into(),
+            policy: None,
+        };
+        let answer = self
+            .raw(Verb::Get, "auth/token/lookup-self", None, true)
+            .await
+            .map_err(|t| call.fail_with(Failure::Transport(t)))?;
         // The answer holds the token itself; it is only counted as a yes and wiped.
         match answer.status {
             200 => Ok(()),
@@ -326,10 +452,19 @@ impl SecretStore for VaultStore {
         // report a version whose value rekey did not see (a write naming it would
         // overwrite that value unseen).
         for _ in 0..READ_ATTEMPTS {
-            let request = ReadSecretRequest::builder().mount(&self.mount).path(path).build().expect("mount and path are set");
+            let request = ReadSecretRequest::builder()
+                .mount(&self.mount)
+                .path(path)
+                .build()
+                .expect("mount and path are set");
             let error = match vaultrs::api::exec_with_result(&self.client, request).await {
                 Ok(answer) => {
-                    let entry = entry_from_data(&call, answer.data, answer.metadata.version, answer.metadata.custom_metadata)?;
+                    let entry = entry_from_data(
+                        &call,
+                        answer.data,
+                        answer.metadata.version,
+                        answer.metadata.custom_metadata,
+                    )?;
                     debug!(path = %call.target, version = entry.version, "Read entry.");
                     return Ok(entry);
                 }
@@ -341,12 +476,17 @@ impl SecretStore for VaultStore {
             if !is_deleted_version(&error) {
                 return Err(call.fail(&error));
             }
-            let metadata = match vaultrs::kv2::read_metadata(&self.client, &self.mount, path).await {
+            let metadata = match vaultrs::kv2::read_metadata(&self.client, &self.mount, path).await
+            {
                 Ok(metadata) => metadata,
                 // Deleted with its metadata in between: absent now.
                 Err(e) if is_absent(&e) => return Ok(Entry::default()),
                 Err(e) => {
-                    let metadata_call = Call { policy: Some(("read", format!("{}/metadata/{path}", self.mount))), target: call.target.clone(), ..call };
+                    let metadata_call = Call {
+                        policy: Some(("read", format!("{}/metadata/{path}", self.mount))),
+                        target: call.target.clone(),
+                        ..call
+                    };
                     return Err(metadata_call.fail(&e));
                 }
             };
@@ -357,7 +497,11 @@ impl SecretStore for VaultStore {
                     version: metadata.current_version,
                     value: None,
                     fields: BTreeMap::new(),
-                    custom_metadata: metadata.custom_metadata.unwrap_or_default().into_iter().collect(),
+                    custom_metadata: metadata
+                        .custom_metadata
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
                 });
             }
         }
@@ -376,9 +520,16 @@ impl SecretStore for VaultStore {
             return Ok(None);
         }
         self.ensure_kv2_for(&call).await?;
-        let request = ReadSecretRequest::builder().mount(&self.mount).path(path).version(Some(version)).build().expect("mount, path and version are set");
+        let request = ReadSecretRequest::builder()
+            .mount(&self.mount)
+            .path(path)
+            .version(Some(version))
+            .build()
+            .expect("mount, path and version are set");
         match vaultrs::api::exec_with_result(&self.client, request).await {
-            Ok(answer) if answer.metadata.version == version => Ok(entry_from_data(&call, answer.data, version, None)?.value),
+            Ok(answer) if answer.metadata.version == version => {
+                Ok(entry_from_data(&call, answer.data, version, None)?.value)
+            }
             Ok(_) => Err(call.unreadable()),
             Err(e) if is_absent(&e) || is_deleted_version(&e) => Ok(None),
             Err(e) => Err(call.fail(&e)),
@@ -386,14 +537,26 @@ impl SecretStore for VaultStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(path = %path, cas))]
-    async fn write_cas(&self, path: &str, value: &Secret, fields: &BTreeMap<String, String>, cas: u64) -> Result<u64, StoreError> {
+    async fn write_cas(
+        &self,
+        path: &str,
+        value: &Secret,
+        fields: &BTreeMap<String, String>,
+        cas: u64,
+    ) -> Result<u64, StoreError> {
         let call = self.call(Action::Write, path)?;
         if fields.contains_key("value") {
-            return Err(StoreError::Invalid(format!("the fields to write to `{}` include `value`, which is where the secret goes: rename that field", call.target)));
+            return Err(StoreError::Invalid(format!(
+                "the fields to write to `{}` include `value`, which is where the secret goes: rename that field",
+                call.target
+            )));
         }
         // vaultrs sends the check-and-set version as a u32.
         let Ok(cas32) = u32::try_from(cas) else {
-            return Err(StoreError::Invalid(format!("version {cas} of `{}` is beyond what rekey can name in a check-and-set write", call.target)));
+            return Err(StoreError::Invalid(format!(
+                "version {cas} of `{}` is beyond what rekey can name in a check-and-set write",
+                call.target
+            )));
         };
         self.ensure_kv2_for(&call).await?;
         let mut data = Map::with_capacity(fields.len() + 1);
@@ -413,15 +576,24 @@ impl SecretStore for VaultStore {
                 debug!(path = %call.target, version = written.version, "Wrote a new version.");
                 Ok(written.version)
             }
-            Err(ClientError::APIError { code: 400, errors }) if errors.iter().any(|e| e.contains("check-and-set")) => {
-                Err(StoreError::CasConflict { path: call.target, expected: cas })
+            Err(ClientError::APIError { code: 400, errors })
+                if errors.iter().any(|e| e.contains("check-and-set")) =>
+            {
+                Err(StoreError::CasConflict {
+                    path: call.target,
+                    expected: cas,
+                })
             }
             Err(e) => Err(call.fail(&e)),
         }
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(path = %path))]
-    async fn set_metadata(&self, path: &str, custom: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    async fn set_metadata(
+        &self,
+        path: &str,
+        custom: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
         let call = self.call(Action::SetMetadata, path)?;
         if custom.is_empty() {
             return Ok(());
@@ -430,16 +602,27 @@ impl SecretStore for VaultStore {
         // PATCH merges into the existing custom metadata (POST would replace it all
         // and drop the keys others put there).
         let patch = serde_json::json!({ "custom_metadata": custom });
-        let answer = self.raw(Verb::Patch, &format!("{}/metadata/{path}", self.mount), Some(&patch), true).await.map_err(|t| call.fail_with(Failure::Transport(t)))?;
+        let answer = self
+            .raw(
+                Verb::Patch,
+                &format!("{}/metadata/{path}", self.mount),
+                Some(&patch),
+                true,
+            )
+            .await
+            .map_err(|t| call.fail_with(Failure::Transport(t)))?;
         match answer.status {
             200 | 204 => {}
             // PATCH needs existing metadata; POST creates it, and there is nothing to
             // merge with.
             404 => {
-                let custom: HashMap<String, String> = custom.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let custom: HashMap<String, String> =
+                    custom.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 let mut request = vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder();
                 request.custom_metadata(custom);
-                vaultrs::kv2::set_metadata(&self.client, &self.mount, path, Some(&mut request)).await.map_err(|e| call.fail(&e))?;
+                vaultrs::kv2::set_metadata(&self.client, &self.mount, path, Some(&mut request))
+                    .await
+                    .map_err(|e| call.fail(&e))?;
             }
             code => return Err(call.fail_with(Failure::Status { code })),
         }
@@ -489,11 +672,21 @@ impl SecretStore for VaultStore {
 
 /// Builds an [`Entry`] from a version's data, taking strings out of the JSON without
 /// copying them (the value goes straight into a `Secret`).
-fn entry_from_data(call: &Call<'_>, data: Value, version: u64, custom_metadata: Option<HashMap<String, String>>) -> Result<Entry, StoreError> {
+fn entry_from_data(
+    call: &Call<'_>,
+    data: Value,
+    version: u64,
+    custom_metadata: Option<HashMap<String, String>>,
+) -> Result<Entry, StoreError> {
     let Value::Object(data) = data else {
         return Err(call.unreadable());
     };
-    let mut entry = Entry { version, value: None, fields: BTreeMap::new(), custom_metadata: custom_metadata.unwrap_or_default().into_iter().collect() };
+    let mut entry = Entry {
+        version,
+        value: None,
+        fields: BTreeMap::new(),
+        custom_metadata: custom_metadata.unwrap_or_default().into_iter().collect(),
+    };
     for (key, field) in data {
         match (key.as_str(), field) {
             ("value", Value::String(value)) => entry.value = Some(Secret::new(value)),
@@ -535,7 +728,12 @@ fn is_absent(error: &ClientError) -> bool {
 /// A 404 whose body is not an error list: KV v2's answer for a version that is
 /// soft-deleted or destroyed (the body holds its metadata, and `data: null`).
 fn is_deleted_version(error: &ClientError) -> bool {
-    matches!(error, ClientError::RestClientError { source: rustify::errors::ClientError::ServerResponseError { code: 404, .. } })
+    matches!(
+        error,
+        ClientError::RestClientError {
+            source: rustify::errors::ClientError::ServerResponseError { code: 404, .. }
+        }
+    )
 }
 
 /// Visible ASCII only: what a token or namespace header can carry.
@@ -545,7 +743,9 @@ fn is_header_safe(value: &str) -> bool {
 
 fn is_loopback(address: &str) -> bool {
     let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
-    ["127.", "localhost", "[::1]"].iter().any(|p| rest.starts_with(p))
+    ["127.", "localhost", "[::1]"]
+        .iter()
+        .any(|p| rest.starts_with(p))
 }
 
 /// Why `path` cannot be a KV path (or mount), if it cannot: emptiness, empty or dot
@@ -562,7 +762,9 @@ fn path_problem(path: &str) -> Option<&'static str> {
         if segment == "." || segment == ".." {
             return Some("it has a `.` or `..` segment");
         }
-        if segment.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '+' | '#' | '?' | '%')) {
+        if segment.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '*' | '+' | '#' | '?' | '%')
+        }) {
             return Some("it holds a space, a control character or one of `*+#?%`");
         }
     }
@@ -573,11 +775,24 @@ fn path_problem(path: &str) -> Option<&'static str> {
 /// when building the client) and returns the path as vaultrs wants it.
 async fn check_ca_file(path: &std::path::Path) -> Result<String, StoreError> {
     let shown = path.display();
-    let bytes = tokio::fs::read(path).await.map_err(|e| StoreError::Invalid(format!("cannot read the CA file `{shown}`: {e}; check `vault.ca_file`")))?;
-    if !bytes.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-        return Err(StoreError::Invalid(format!("the CA file `{shown}` holds no PEM certificate: give the CA certificate(s) that signed the server's certificate")));
+    let bytes = tokio::fs::read(path).await.map_err(|e| {
+        StoreError::Invalid(format!(
+            "cannot read the CA file `{shown}`: {e}; check `vault.ca_file`"
+        ))
+    })?;
+    if !bytes
+        .windows(27)
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(StoreError::Invalid(format!(
+            "the CA file `{shown}` holds no PEM certificate: give the CA certificate(s) that signed the server's certificate"
+        )));
     }
-    path.to_str().map(str::to_owned).ok_or_else(|| StoreError::Invalid(format!("the CA file path `{shown}` is not UTF-8: move the file to a UTF-8 path")))
+    path.to_str().map(str::to_owned).ok_or_else(|| {
+        StoreError::Invalid(format!(
+            "the CA file path `{shown}` is not UTF-8: move the file to a UTF-8 path"
+        ))
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -668,7 +883,9 @@ impl Call<'_> {
         let (verb, target) = (self.action.verb(), &self.target);
         match failure {
             // OpenBao answers a wrong secret-id with 400, not 403.
-            Failure::Status { code } if code == 401 || code == 403 || (code == 400 && self.action == Action::LogIn) => {
+            Failure::Status { code }
+                if code == 401 || code == 403 || (code == 400 && self.action == Action::LogIn) =>
+            {
                 let advice = match (&self.policy, self.action) {
                     (_, Action::LogIn) => "the role-id or secret-id is wrong, or the secret-id expired or was used up; issue a new secret-id".to_owned(),
                     (_, Action::CheckToken) => "the token is wrong, expired or revoked (or lacks the `default` policy, which allows this lookup); log in again".to_owned(),
@@ -678,7 +895,9 @@ impl Call<'_> {
                     }
                     (None, _) => "the token is wrong, expired or revoked; log in again".to_owned(),
                 };
-                StoreError::Unauthorized(format!("{address} refused to {verb} `{target}` (HTTP {code}): {advice}"))
+                StoreError::Unauthorized(format!(
+                    "{address} refused to {verb} `{target}` (HTTP {code}): {advice}"
+                ))
             }
             Failure::Status { code } if code == 429 || code == 412 || code >= 500 => {
                 let hint = match code {
@@ -686,10 +905,14 @@ impl Call<'_> {
                     429 => ", rate limited",
                     _ => "",
                 };
-                StoreError::Unavailable(format!("{address} could not {verb} `{target}` now (HTTP {code}{hint}): retry later; if it persists, check the server (`bao status`)"))
+                StoreError::Unavailable(format!(
+                    "{address} could not {verb} `{target}` now (HTTP {code}{hint}): retry later; if it persists, check the server (`bao status`)"
+                ))
             }
             Failure::Status { code: 404 } if self.action == Action::LogIn => {
-                StoreError::Invalid(format!("{address} has no AppRole auth at `{target}` (HTTP 404): check `vault.auth.mount`"))
+                StoreError::Invalid(format!(
+                    "{address} has no AppRole auth at `{target}` (HTTP 404): check `vault.auth.mount`"
+                ))
             }
             Failure::Status { code } => StoreError::Invalid(format!(
                 "{address} rejected the request to {verb} `{target}` (HTTP {code}): check that `{mount}` is a KV version 2 mount and that the path is right (`rekey plan` checks the mount)"
@@ -697,9 +920,9 @@ impl Call<'_> {
             Failure::Transport(Transport::Tls(detail)) => StoreError::Invalid(format!(
                 "cannot {verb} `{target}`: TLS verification of {address} failed ({detail}); set `vault.ca_file` to the CA that signed the server's certificate (rekey never skips verification)"
             )),
-            Failure::Transport(Transport::Unreachable(detail)) => {
-                StoreError::Unavailable(format!("cannot reach {address} to {verb} `{target}` ({detail}): check the address and that the server is up, then retry"))
-            }
+            Failure::Transport(Transport::Unreachable(detail)) => StoreError::Unavailable(format!(
+                "cannot reach {address} to {verb} `{target}` ({detail}): check the address and that the server is up, then retry"
+            )),
             Failure::Unreadable => StoreError::Invalid(format!(
                 "{address} answered the request to {verb} `{target}` with something rekey cannot read: check that it is a Vault or OpenBao server and that `{mount}` is a KV version 2 mount"
             )),
@@ -721,8 +944,13 @@ impl Failure {
     fn of(error: &ClientError) -> Failure {
         use rustify::errors::ClientError as Rest;
         match error {
-            ClientError::APIError { code, .. } | ClientError::RestClientError { source: Rest::ServerResponseError { code, .. } } => Failure::Status { code: *code },
-            ClientError::RestClientError { source: Rest::RequestError { source, .. } } => Failure::Transport(Transport::of(source.as_ref())),
+            ClientError::APIError { code, .. }
+            | ClientError::RestClientError {
+                source: Rest::ServerResponseError { code, .. },
+            } => Failure::Status { code: *code },
+            ClientError::RestClientError {
+                source: Rest::RequestError { source, .. },
+            } => Failure::Transport(Transport::of(source.as_ref())),
             _ => Failure::Unreadable,
         }
     }
@@ -755,7 +983,11 @@ impl Transport {
             cause = e.source();
         }
         let detail = innermost.to_string();
-        if tls { Transport::Tls(detail) } else { Transport::Unreachable(detail) }
+        if tls {
+            Transport::Tls(detail)
+        } else {
+            Transport::Unreachable(detail)
+        }
     }
 }
 
@@ -765,7 +997,20 @@ mod tests {
 
     #[test]
     fn paths_that_would_change_the_request_are_refused() {
-        for bad in ["", "/a", "a/", "a//b", "a/../b", "./a", "a b", "a?version=1", "a#b", "a%2Fb", "a*", "a\nb"] {
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "a/../b",
+            "./a",
+            "a b",
+            "a?version=1",
+            "a#b",
+            "a%2Fb",
+            "a*",
+            "a\nb",
+        ] {
             assert!(path_problem(bad).is_some(), "{bad:?}");
         }
         for good in ["a", "app/db", "rekey/staging/run-1/x.y_z-w", "ünïcode/ok"] {

@@ -8,8 +8,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 fn services() -> HashMap<String, String> {
-    let text = std::fs::read_to_string(crate::support::repo_root().join("target/services/env")).expect("start the services with scripts/services up (scripts/test does)");
-    text.lines().filter_map(|l| l.strip_prefix("export ")?.split_once('=')).map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned())).collect()
+    let text = std::fs::read_to_string(crate::support::repo_root().join("target/services/env"))
+        .expect("start the services with scripts/services up (scripts/test does)");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
 }
 
 /// A fresh scenario: its own state files, journal and Vault prefix.
@@ -23,7 +27,11 @@ impl Scenario {
     fn new() -> Scenario {
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("it-{}", hex::encode(rand::random::<[u8; 5]>()));
-        Scenario { dir, prefix, env: services() }
+        Scenario {
+            dir,
+            prefix,
+            env: services(),
+        }
     }
 
     /// Writes the playbook and returns its path.
@@ -45,19 +53,38 @@ impl Scenario {
 
     fn run(&self, playbook: &str, extra: &[&str]) -> (i32, Value, String) {
         let journal = self.dir.path().join("journal.db");
-        let mut args = vec!["run", playbook, "--journal", journal.to_str().unwrap(), "--format", "json"];
+        let mut args = vec![
+            "run",
+            playbook,
+            "--journal",
+            journal.to_str().unwrap(),
+            "--format",
+            "json",
+        ];
         args.extend_from_slice(extra);
-        let out = rekey().env("VAULT_TOKEN", &self.env["VAULT_TOKEN"]).args(args).run();
+        let out = rekey()
+            .env("VAULT_TOKEN", &self.env["VAULT_TOKEN"])
+            .args(args)
+            .run();
         let summary = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
         (out.code, summary, out.stderr)
     }
 
     fn vault(&self, path: &str) -> Value {
-        http(&self.env["VAULT_ADDR"], "GET", &format!("/v1/secret/data/{}/{path}", self.prefix), &self.env["VAULT_TOKEN"], None)
+        http(
+            &self.env["VAULT_ADDR"],
+            "GET",
+            &format!("/v1/secret/data/{}/{path}", self.prefix),
+            &self.env["VAULT_TOKEN"],
+            None,
+        )
     }
 
     fn state(&self, file: &str) -> Value {
-        serde_json::from_slice(&std::fs::read(self.dir.path().join(file)).unwrap_or_else(|_| b"{}".to_vec())).unwrap()
+        serde_json::from_slice(
+            &std::fs::read(self.dir.path().join(file)).unwrap_or_else(|_| b"{}".to_vec()),
+        )
+        .unwrap()
     }
 }
 
@@ -81,9 +108,10 @@ fn wait_for_journal(journal: &Path, ready: impl Fn(&rekey::journal::Journal, &st
     while std::time::Instant::now() < deadline {
         if let Ok(j) = rekey::journal::Journal::open(journal)
             && let Some(run) = j.runs().ok().and_then(|r| r.into_iter().next())
-                && ready(&j, &run.id) {
-                    return;
-                }
+            && ready(&j, &run.id)
+        {
+            return;
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     panic!("the run never reached the expected point");
@@ -94,17 +122,28 @@ fn digest(value: &str) -> String {
 }
 
 fn outcome(summary: &Value, id: &str) -> String {
-    summary["results"].as_array().unwrap().iter().find(|r| r["id"] == id).map(|r| r["outcome"].as_str().unwrap().to_owned()).unwrap_or_default()
+    summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .map(|r| r["outcome"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
 }
 
 fn file_contains(path: &Path, needle: &str) -> bool {
-    std::fs::read(path).map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())).unwrap_or(false)
+    std::fs::read(path)
+        .map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .unwrap_or(false)
 }
 
 #[test]
 fn run_rotates_dual_keys_and_retires_the_old_one() {
     let s = Scenario::new();
-    let pb = s.playbook("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n");
+    let pb = s.playbook(
+        "breach",
+        "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n",
+    );
     let (code, summary, stderr) = s.run(&pb, &[]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(outcome(&summary, "api"), "rotated");
@@ -116,18 +155,38 @@ fn run_rotates_dual_keys_and_retires_the_old_one() {
     assert_eq!(outcome(&summary, "api"), "rotated");
     let entry = s.vault("api")["data"].clone();
     assert_eq!(entry["metadata"]["version"], 2);
-    assert_eq!(entry["metadata"]["custom_metadata"]["rekey_provider"], "keys");
+    assert_eq!(
+        entry["metadata"]["custom_metadata"]["rekey_provider"],
+        "keys"
+    );
     let second = &entry["data"];
     assert_ne!(second["key_id"], first_key.as_str());
     // The provider holds exactly the new key, and it is the value Vault holds.
-    let keys = s.state("keys.json")["accounts"]["a"]["keys"].as_array().unwrap().clone();
+    let keys = s.state("keys.json")["accounts"]["a"]["keys"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(keys.len(), 1, "the old key is deleted: {keys:?}");
     assert_eq!(keys[0]["id"], second["key_id"]);
-    assert_eq!(keys[0]["secret_sha256"], digest(second["value"].as_str().unwrap()));
+    assert_eq!(
+        keys[0]["secret_sha256"],
+        digest(second["value"].as_str().unwrap())
+    );
     // This run's staging entries are cleared.
     let run_id = summary["run_id"].as_str().unwrap();
-    let staging = http(&s.env["VAULT_ADDR"], "LIST", &format!("/v1/secret/metadata/rekey/staging/{run_id}"), &s.env["VAULT_TOKEN"], None);
-    assert!(staging["data"]["keys"].as_array().is_none_or(|k| k.is_empty()), "staging entry left: {staging}");
+    let staging = http(
+        &s.env["VAULT_ADDR"],
+        "LIST",
+        &format!("/v1/secret/metadata/rekey/staging/{run_id}"),
+        &s.env["VAULT_TOKEN"],
+        None,
+    );
+    assert!(
+        staging["data"]["keys"]
+            .as_array()
+            .is_none_or(|k| k.is_empty()),
+        "staging entry left: {staging}"
+    );
 }
 
 #[test]
@@ -139,7 +198,13 @@ fn run_rolls_back_when_verify_fails_and_skips_dependents() {
     assert_eq!(outcome(&summary, "api"), "rolled_back");
     assert_eq!(outcome(&summary, "db"), "skipped");
     // Nothing visible changed: no key left at the provider, nothing in Vault.
-    assert_eq!(s.state("keys.json")["accounts"]["a"]["keys"].as_array().map(Vec::len).unwrap_or(0), 0);
+    assert_eq!(
+        s.state("keys.json")["accounts"]["a"]["keys"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0),
+        0
+    );
     assert!(s.vault("api")["data"].is_null());
     assert!(s.vault("db")["data"].is_null());
 }
@@ -151,38 +216,78 @@ fn run_changes_single_passwords_and_stores_them() {
     let (code, summary, stderr) = s.run(&pb, &[]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(outcome(&summary, "db"), "rotated");
-    let value = s.vault("db")["data"]["data"]["value"].as_str().unwrap().to_owned();
+    let value = s.vault("db")["data"]["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(value.len(), 24);
-    assert_eq!(s.state("pw.json")["accounts"]["d"]["password_sha256"], digest(&value));
+    assert_eq!(
+        s.state("pw.json")["accounts"]["d"]["password_sha256"],
+        digest(&value)
+    );
 }
 
 #[test]
 fn routine_mode_restores_the_old_password_when_the_new_one_fails() {
     let s = Scenario::new();
-    let good = s.playbook("routine", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n");
+    let good = s.playbook(
+        "routine",
+        "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n",
+    );
     assert_eq!(s.run(&good, &[]).0, 0);
-    let old = s.vault("db")["data"]["data"]["value"].as_str().unwrap().to_owned();
+    let old = s.vault("db")["data"]["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let failing = s.playbook("routine", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, settings: { fail: verify } }\n");
     let (code, summary, stderr) = s.run(&failing, &[]);
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(outcome(&summary, "db"), "rolled_back");
-    assert_eq!(s.state("pw.json")["accounts"]["d"]["password_sha256"], digest(&old), "the old password works again");
-    assert_eq!(s.vault("db")["data"]["metadata"]["version"], 1, "Vault was not touched");
+    assert_eq!(
+        s.state("pw.json")["accounts"]["d"]["password_sha256"],
+        digest(&old),
+        "the old password works again"
+    );
+    assert_eq!(
+        s.vault("db")["data"]["metadata"]["version"],
+        1,
+        "Vault was not touched"
+    );
 }
 
 #[test]
 fn breach_mode_never_restores_a_compromised_password() {
     let s = Scenario::new();
-    let good = s.playbook("breach", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n");
+    let good = s.playbook(
+        "breach",
+        "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n",
+    );
     assert_eq!(s.run(&good, &[]).0, 0);
-    let old = s.vault("db")["data"]["data"]["value"].as_str().unwrap().to_owned();
+    let old = s.vault("db")["data"]["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let failing = s.playbook("breach", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, settings: { fail: verify } }\n");
     let (code, summary, stderr) = s.run(&failing, &[]);
     assert_eq!(code, 3, "{stderr}");
     assert_eq!(outcome(&summary, "db"), "quarantined");
-    assert_ne!(s.state("pw.json")["accounts"]["d"]["password_sha256"], digest(&old), "the compromised value is not restored");
-    let status = rekey().args(["status", "--journal", s.dir.path().join("journal.db").to_str().unwrap()]).run();
-    assert!(status.stdout.contains("quarantined") && status.stdout.contains("to do:"), "{}", status.stdout);
+    assert_ne!(
+        s.state("pw.json")["accounts"]["d"]["password_sha256"],
+        digest(&old),
+        "the compromised value is not restored"
+    );
+    let status = rekey()
+        .args([
+            "status",
+            "--journal",
+            s.dir.path().join("journal.db").to_str().unwrap(),
+        ])
+        .run();
+    assert!(
+        status.stdout.contains("quarantined") && status.stdout.contains("to do:"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]
@@ -197,7 +302,14 @@ fn a_vault_path_changed_out_of_band_is_quarantined_not_overwritten() {
     std::fs::write(&path, pb).unwrap();
     let journal = s.dir.path().join("journal.db");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
-        .args(["run", path.to_str().unwrap(), "--journal", journal.to_str().unwrap(), "--format", "json"])
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "--journal",
+            journal.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
         .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -205,14 +317,38 @@ fn a_vault_path_changed_out_of_band_is_quarantined_not_overwritten() {
         .unwrap();
     // The run reads the path first, then spends over 2 s at the provider
     // (list, create, verify at 700 ms each): write in between, as a colleague would.
-    wait_for_journal(&journal, |j, run| j.intents(run, "api").is_ok_and(|i| i.iter().any(|x| x.step == "create")));
-    http(&s.env["VAULT_ADDR"], "POST", &format!("/v1/secret/data/{}/api", s.prefix), &s.env["VAULT_TOKEN"], Some(&serde_json::json!({ "data": { "value": "set-by-a-colleague" } })));
+    wait_for_journal(&journal, |j, run| {
+        j.intents(run, "api")
+            .is_ok_and(|i| i.iter().any(|x| x.step == "create"))
+    });
+    http(
+        &s.env["VAULT_ADDR"],
+        "POST",
+        &format!("/v1/secret/data/{}/api", s.prefix),
+        &s.env["VAULT_TOKEN"],
+        Some(&serde_json::json!({ "data": { "value": "set-by-a-colleague" } })),
+    );
     let out = child.wait_with_output().unwrap();
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(outcome(&summary, "api"), "quarantined");
-    assert_eq!(s.vault("api")["data"]["data"]["value"], "set-by-a-colleague");
-    assert_eq!(s.state("slow.json")["accounts"]["a"]["keys"].as_array().map(Vec::len).unwrap_or(0), 0, "the unpromoted key is deleted");
+    assert_eq!(
+        s.vault("api")["data"]["data"]["value"],
+        "set-by-a-colleague"
+    );
+    assert_eq!(
+        s.state("slow.json")["accounts"]["a"]["keys"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0),
+        0,
+        "the unpromoted key is deleted"
+    );
 }
 
 #[test]
@@ -220,16 +356,32 @@ fn no_secret_value_reaches_the_journal_or_the_output() {
     let s = Scenario::new();
     let pb = s.playbook("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n");
     let journal = s.dir.path().join("journal.db");
-    let out = rekey().env("VAULT_TOKEN", &s.env["VAULT_TOKEN"]).env("RUST_LOG", "trace").args(["run", &pb, "--journal", journal.to_str().unwrap()]).run();
+    let out = rekey()
+        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+        .env("RUST_LOG", "trace")
+        .args(["run", &pb, "--journal", journal.to_str().unwrap()])
+        .run();
     assert_eq!(out.code, 0, "{}", out.stderr);
     for id in ["api", "db"] {
-        let value = s.vault(id)["data"]["data"]["value"].as_str().unwrap().to_owned();
-        assert!(!out.stdout.contains(&value) && !out.stderr.contains(&value), "{id}'s value in the output");
+        let value = s.vault(id)["data"]["data"]["value"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            !out.stdout.contains(&value) && !out.stderr.contains(&value),
+            "{id}'s value in the output"
+        );
         for file in ["journal.db", "journal.db-wal", "journal.key"] {
-            assert!(!file_contains(&s.dir.path().join(file), &value), "{id}'s value in {file}");
+            assert!(
+                !file_contains(&s.dir.path().join(file), &value),
+                "{id}'s value in {file}"
+            );
         }
     }
-    assert!(!out.stderr.contains(&s.env["VAULT_TOKEN"]) || s.env["VAULT_TOKEN"] == "root", "the Vault token in the output");
+    assert!(
+        !out.stderr.contains(&s.env["VAULT_TOKEN"]) || s.env["VAULT_TOKEN"] == "root",
+        "the Vault token in the output"
+    );
 }
 
 #[test]
@@ -239,7 +391,10 @@ fn run_refuses_provider_types_it_cannot_drive_before_changing_anything() {
     std::fs::write(pb_path(&s), &pb).unwrap();
     let (code, _, stderr) = s.run(pb_path(&s).to_str().unwrap(), &[]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("`postgres`") && stderr.contains("nothing was changed"), "{stderr}");
+    assert!(
+        stderr.contains("`postgres`") && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
     assert!(s.vault("api")["data"].is_null());
 }
 
@@ -258,12 +413,19 @@ fn a_run_killed_at_any_moment_is_finished_by_resume() {
         // A first, quick run gives every credential an old value.
         let quick = s.playbook("breach", creds);
         assert_eq!(s.run(&quick, &[]).0, 0);
-        let slow = s.playbook_text("breach", creds).replace("latency: 1ms", "latency: 120ms");
+        let slow = s
+            .playbook_text("breach", creds)
+            .replace("latency: 1ms", "latency: 120ms");
         let path = s.dir.path().join("slow.yaml");
         std::fs::write(&path, slow).unwrap();
         let journal = s.dir.path().join("journal.db");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
-            .args(["run", path.to_str().unwrap(), "--journal", journal.to_str().unwrap()])
+            .args([
+                "run",
+                path.to_str().unwrap(),
+                "--journal",
+                journal.to_str().unwrap(),
+            ])
             .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -273,26 +435,64 @@ fn a_run_killed_at_any_moment_is_finished_by_resume() {
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
 
-        let out = rekey().env("VAULT_TOKEN", &s.env["VAULT_TOKEN"]).args(["resume", "--journal", journal.to_str().unwrap(), "--format", "json"]).run();
+        let out = rekey()
+            .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+            .args([
+                "resume",
+                "--journal",
+                journal.to_str().unwrap(),
+                "--format",
+                "json",
+            ])
+            .run();
         let finished_before_kill = out.code == 2 && out.stderr.contains("no unfinished run");
-        assert!(out.code == 0 || finished_before_kill, "kill at {kill_after_ms} ms: resume exited {}: {}", out.code, out.stderr);
+        assert!(
+            out.code == 0 || finished_before_kill,
+            "kill at {kill_after_ms} ms: resume exited {}: {}",
+            out.code,
+            out.stderr
+        );
         resumed += usize::from(out.code == 0);
 
         for (id, account) in [("k1", "a1"), ("k2", "a2")] {
             let data = s.vault(id)["data"]["data"].clone();
-            let keys = s.state("keys.json")["accounts"][account]["keys"].as_array().unwrap().clone();
-            assert_eq!(keys.len(), 1, "kill at {kill_after_ms} ms: {id} has orphan or leftover keys: {keys:?}");
-            assert_eq!(keys[0]["id"], data["key_id"], "kill at {kill_after_ms} ms: {id}: Vault holds another key");
-            assert_eq!(keys[0]["secret_sha256"], digest(data["value"].as_str().unwrap()), "kill at {kill_after_ms} ms: {id}: Vault's value does not work");
+            let keys = s.state("keys.json")["accounts"][account]["keys"]
+                .as_array()
+                .unwrap()
+                .clone();
+            assert_eq!(
+                keys.len(),
+                1,
+                "kill at {kill_after_ms} ms: {id} has orphan or leftover keys: {keys:?}"
+            );
+            assert_eq!(
+                keys[0]["id"], data["key_id"],
+                "kill at {kill_after_ms} ms: {id}: Vault holds another key"
+            );
+            assert_eq!(
+                keys[0]["secret_sha256"],
+                digest(data["value"].as_str().unwrap()),
+                "kill at {kill_after_ms} ms: {id}: Vault's value does not work"
+            );
         }
         for (id, account) in [("p1", "d1"), ("p2", "d2")] {
-            let value = s.vault(id)["data"]["data"]["value"].as_str().unwrap().to_owned();
-            assert_eq!(s.state("pw.json")["accounts"][account]["password_sha256"], digest(&value), "kill at {kill_after_ms} ms: {id}: Vault's password does not work");
+            let value = s.vault(id)["data"]["data"]["value"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(
+                s.state("pw.json")["accounts"][account]["password_sha256"],
+                digest(&value),
+                "kill at {kill_after_ms} ms: {id}: Vault's password does not work"
+            );
         }
     }
     // The kill points fall inside the run (about 2 s at 120 ms a call), so most
     // iterations really test a resume, not a finished run.
-    assert!(resumed >= 2, "only {resumed} of 4 kills interrupted the run");
+    assert!(
+        resumed >= 2,
+        "only {resumed} of 4 kills interrupted the run"
+    );
 }
 
 /// The first Ctrl-C lets the credentials in flight finish and starts no new one;
@@ -300,42 +500,101 @@ fn a_run_killed_at_any_moment_is_finished_by_resume() {
 #[test]
 fn ctrl_c_stops_starting_new_work_and_resume_finishes() {
     let s = Scenario::new();
-    let creds: String = (1..=6).map(|i| format!("  - {{ id: k{i}, provider: keys, account: a{i}, vault_path: PREFIX/k{i} }}\n")).collect();
+    let creds: String = (1..=6)
+        .map(|i| {
+            format!("  - {{ id: k{i}, provider: keys, account: a{i}, vault_path: PREFIX/k{i} }}\n")
+        })
+        .collect();
     let quick = s.playbook("breach", &creds);
     assert_eq!(s.run(&quick, &[]).0, 0);
-    let before: Vec<Value> = (1..=6).map(|i| s.vault(&format!("k{i}"))["data"]["data"].clone()).collect();
-    let slow = s.playbook_text("breach", &creds).replace("latency: 1ms", "latency: 150ms").replace("providers:\n", "defaults: { concurrency: 1 }\nproviders:\n");
+    let before: Vec<Value> = (1..=6)
+        .map(|i| s.vault(&format!("k{i}"))["data"]["data"].clone())
+        .collect();
+    let slow = s
+        .playbook_text("breach", &creds)
+        .replace("latency: 1ms", "latency: 150ms")
+        .replace("providers:\n", "defaults: { concurrency: 1 }\nproviders:\n");
     let path = s.dir.path().join("slow.yaml");
     std::fs::write(&path, slow).unwrap();
     let journal = s.dir.path().join("journal.db");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
-        .args(["run", path.to_str().unwrap(), "--journal", journal.to_str().unwrap(), "--format", "json"])
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "--journal",
+            journal.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
         .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_journal(&journal, |j, run| j.run(run).is_ok_and(|r| r.is_some_and(|r| r.status == rekey::journal::RunStatus::Running)) && j.states(run).is_ok_and(|s| s.iter().any(|x| x.state == "retired" || x.state == "rotated")));
+    wait_for_journal(&journal, |j, run| {
+        j.run(run)
+            .is_ok_and(|r| r.is_some_and(|r| r.status == rekey::journal::RunStatus::Running))
+            && j.states(run).is_ok_and(|s| {
+                s.iter()
+                    .any(|x| x.state == "retired" || x.state == "rotated")
+            })
+    });
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let done = summary["results"].as_array().unwrap().len();
-    assert!((1..6).contains(&done), "{done} credentials finished before the interruption took effect");
+    assert!(
+        (1..6).contains(&done),
+        "{done} credentials finished before the interruption took effect"
+    );
     // Every credential is either rotated and working, or untouched and working.
     for i in 1..=6 {
         let data = s.vault(&format!("k{i}"))["data"]["data"].clone();
-        let keys = s.state("keys.json")["accounts"][format!("a{i}")]["keys"].as_array().unwrap().clone();
+        let keys = s.state("keys.json")["accounts"][format!("a{i}")]["keys"]
+            .as_array()
+            .unwrap()
+            .clone();
         assert_eq!(keys.len(), 1, "k{i}: {keys:?}");
-        assert_eq!(keys[0]["secret_sha256"], digest(data["value"].as_str().unwrap()), "k{i}: Vault's value does not work");
-        let rotated = summary["results"].as_array().unwrap().iter().any(|r| r["id"] == format!("k{i}"));
-        assert_eq!(data != before[i - 1], rotated, "k{i}: changed only if it finished");
+        assert_eq!(
+            keys[0]["secret_sha256"],
+            digest(data["value"].as_str().unwrap()),
+            "k{i}: Vault's value does not work"
+        );
+        let rotated = summary["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == format!("k{i}"));
+        assert_eq!(
+            data != before[i - 1],
+            rotated,
+            "k{i}: changed only if it finished"
+        );
     }
-    let out = rekey().env("VAULT_TOKEN", &s.env["VAULT_TOKEN"]).args(["resume", "--journal", journal.to_str().unwrap(), "--format", "json"]).run();
+    let out = rekey()
+        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+        .args([
+            "resume",
+            "--journal",
+            journal.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .run();
     assert_eq!(out.code, 0, "{}", out.stderr);
     for i in 1..=6 {
-        assert_ne!(s.vault(&format!("k{i}"))["data"]["data"], before[i - 1], "k{i} rotated after resume");
+        assert_ne!(
+            s.vault(&format!("k{i}"))["data"]["data"],
+            before[i - 1],
+            "k{i} rotated after resume"
+        );
     }
 }
 
@@ -344,48 +603,106 @@ fn rollback_restores_routine_passwords_and_refuses_breach_runs() {
     let s = Scenario::new();
     let pb = s.playbook("routine", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n");
     assert_eq!(s.run(&pb, &[]).0, 0);
-    let old = s.vault("db")["data"]["data"]["value"].as_str().unwrap().to_owned();
+    let old = s.vault("db")["data"]["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (code, summary, stderr) = s.run(&pb, &[]);
     assert_eq!(code, 0, "{stderr}");
     let run_id = summary["run_id"].as_str().unwrap().to_owned();
     let journal = s.dir.path().join("journal.db");
-    let out = rekey().env("VAULT_TOKEN", &s.env["VAULT_TOKEN"]).args(["rollback", &run_id, "--journal", journal.to_str().unwrap(), "--format", "json"]).run();
+    let out = rekey()
+        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+        .args([
+            "rollback",
+            &run_id,
+            "--journal",
+            journal.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .run();
     let result: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
     // The password comes back, at the provider and in Vault (as a new version).
     assert_eq!(outcome(&result, "db"), "rolled_back", "{}", out.stderr);
     assert_eq!(s.vault("db")["data"]["data"]["value"], old.as_str());
     assert_eq!(s.vault("db")["data"]["metadata"]["version"], 3);
-    assert_eq!(s.state("pw.json")["accounts"]["d"]["password_sha256"], digest(&old));
+    assert_eq!(
+        s.state("pw.json")["accounts"]["d"]["password_sha256"],
+        digest(&old)
+    );
     // The dual key's old key was retired at once (no grace): roll forward only.
     assert_eq!(outcome(&result, "api"), "skipped");
     assert_eq!(out.code, 1);
 
     let breach = Scenario::new();
-    let pb = breach.playbook("breach", "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n");
+    let pb = breach.playbook(
+        "breach",
+        "  - { id: db, provider: pw, account: d, vault_path: PREFIX/db }\n",
+    );
     let (_, summary, _) = breach.run(&pb, &[]);
     let run_id = summary["run_id"].as_str().unwrap().to_owned();
-    let out = rekey().env("VAULT_TOKEN", &breach.env["VAULT_TOKEN"]).args(["rollback", &run_id, "--journal", breach.dir.path().join("journal.db").to_str().unwrap()]).run();
+    let out = rekey()
+        .env("VAULT_TOKEN", &breach.env["VAULT_TOKEN"])
+        .args([
+            "rollback",
+            &run_id,
+            "--journal",
+            breach.dir.path().join("journal.db").to_str().unwrap(),
+        ])
+        .run();
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("never restores a compromised value"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("never restores a compromised value"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
 fn plan_live_checks_vault_versions_staging_and_providers_without_changing_anything() {
     let s = Scenario::new();
     let text = s
-        .playbook_text("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n")
-        .replace(&format!("address: \"{}\" }}", s.env["VAULT_ADDR"]), &format!("address: \"{}\", staging_prefix: {}/staging }}", s.env["VAULT_ADDR"], s.prefix));
+        .playbook_text(
+            "breach",
+            "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n",
+        )
+        .replace(
+            &format!("address: \"{}\" }}", s.env["VAULT_ADDR"]),
+            &format!(
+                "address: \"{}\", staging_prefix: {}/staging }}",
+                s.env["VAULT_ADDR"], s.prefix
+            ),
+        );
     let path = s.dir.path().join("live.yaml");
     std::fs::write(&path, &text).unwrap();
-    let live = |token: &str| rekey().env("VAULT_TOKEN", token).args(["plan", path.to_str().unwrap(), "--live"]).run();
+    let live = |token: &str| {
+        rekey()
+            .env("VAULT_TOKEN", token)
+            .args(["plan", path.to_str().unwrap(), "--live"])
+            .run()
+    };
     let out = live(&s.env["VAULT_TOKEN"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("ok   vault:") && out.stdout.contains("ok   api vault: ") && out.stdout.contains("is new") && out.stdout.contains("ok   api provider"), "{}", out.stdout);
-    assert!(s.vault("api")["data"].is_null(), "plan --live wrote to Vault");
+    assert!(
+        out.stdout.contains("ok   vault:")
+            && out.stdout.contains("ok   api vault: ")
+            && out.stdout.contains("is new")
+            && out.stdout.contains("ok   api provider"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        s.vault("api")["data"].is_null(),
+        "plan --live wrote to Vault"
+    );
     let out = live("not-a-valid-token");
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(out.stdout.contains("FAIL vault:"), "{}", out.stdout);
-    assert!(!out.stdout.contains("not-a-valid-token") && !out.stderr.contains("not-a-valid-token"), "the token leaked");
+    assert!(
+        !out.stdout.contains("not-a-valid-token") && !out.stderr.contains("not-a-valid-token"),
+        "the token leaked"
+    );
 }
 
 /// Routine mode: during the grace period both keys work and Vault already holds the
@@ -396,7 +713,10 @@ fn routine_grace_keeps_the_old_key_working_until_it_ends() {
     let creds = "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api, grace: 4s }\n  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, depends_on: [api] }\n";
     let pb = s.playbook("routine", creds);
     assert_eq!(s.run(&pb, &[]).0, 0);
-    let old_key = s.vault("api")["data"]["data"]["key_id"].as_str().unwrap().to_owned();
+    let old_key = s.vault("api")["data"]["data"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let journal = s.dir.path().join("journal.db");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
         .args(["run", &pb, "--journal", journal.to_str().unwrap()])
@@ -406,16 +726,38 @@ fn routine_grace_keeps_the_old_key_working_until_it_ends() {
         .spawn()
         .unwrap();
     // Once the dependent is done (it waits for api's promotion, not its grace):
-    wait_for_journal(&journal, |j, run| j.run(run).is_ok_and(|r| r.is_some_and(|r| r.status == rekey::journal::RunStatus::Running)) && j.states(run).is_ok_and(|s| s.iter().any(|x| x.credential == "db" && x.state == "rotated")));
+    wait_for_journal(&journal, |j, run| {
+        j.run(run)
+            .is_ok_and(|r| r.is_some_and(|r| r.status == rekey::journal::RunStatus::Running))
+            && j.states(run).is_ok_and(|s| {
+                s.iter()
+                    .any(|x| x.credential == "db" && x.state == "rotated")
+            })
+    });
     // In the grace period: Vault has the new key, the old one still exists, and the
     // dependent credential did not wait for the grace period to end.
-    let keys = s.state("keys.json")["accounts"]["a"]["keys"].as_array().unwrap().clone();
+    let keys = s.state("keys.json")["accounts"]["a"]["keys"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(keys.len(), 2, "both keys during the grace period: {keys:?}");
     assert_ne!(s.vault("api")["data"]["data"]["key_id"], old_key.as_str());
-    assert_eq!(s.vault("db")["data"]["metadata"]["version"], 2, "the dependent rotated during the grace period");
+    assert_eq!(
+        s.vault("db")["data"]["metadata"]["version"],
+        2,
+        "the dependent rotated during the grace period"
+    );
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let keys = s.state("keys.json")["accounts"]["a"]["keys"].as_array().unwrap().clone();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = s.state("keys.json")["accounts"]["a"]["keys"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(keys.len(), 1, "the old key is gone after the grace period");
     assert_ne!(keys[0]["id"], old_key.as_str());
 }
@@ -425,8 +767,19 @@ fn routine_grace_keeps_the_old_key_working_until_it_ends() {
 #[test]
 fn rate_limited_answers_pause_the_instance_and_nothing_fails() {
     let s = Scenario::new();
-    let creds: String = (1..=8).map(|i| format!("  - {{ id: k{i}, provider: keys, account: a{i}, vault_path: PREFIX/k{i} }}\n")).collect();
-    let text = s.playbook_text("breach", &creds).replacen("latency: 1ms }", "latency: 1ms, server_rate: 10 }, rate: { per_second: 100, burst: 20 }, concurrency: 8", 1).replace("providers:\n", "defaults: { concurrency: 8 }\nproviders:\n");
+    let creds: String = (1..=8)
+        .map(|i| {
+            format!("  - {{ id: k{i}, provider: keys, account: a{i}, vault_path: PREFIX/k{i} }}\n")
+        })
+        .collect();
+    let text = s
+        .playbook_text("breach", &creds)
+        .replacen(
+            "latency: 1ms }",
+            "latency: 1ms, server_rate: 10 }, rate: { per_second: 100, burst: 20 }, concurrency: 8",
+            1,
+        )
+        .replace("providers:\n", "defaults: { concurrency: 8 }\nproviders:\n");
     let path = s.dir.path().join("limited.yaml");
     std::fs::write(&path, &text).unwrap();
     let started = std::time::Instant::now();
@@ -435,8 +788,14 @@ fn rate_limited_answers_pause_the_instance_and_nothing_fails() {
     for i in 1..=8 {
         assert_eq!(outcome(&summary, &format!("k{i}")), "rotated");
     }
-    assert!(stderr.contains("rate limit hit"), "the provider never throttled: {stderr}");
+    assert!(
+        stderr.contains("rate limit hit"),
+        "the provider never throttled: {stderr}"
+    );
     // 8 first rotations x 3 provider calls (list, create, verify) at a server limit
     // of 10/s with 10 to start with: at least 1.4 s however fast we ask.
-    assert!(started.elapsed() >= std::time::Duration::from_millis(1300), "the server limit was not honoured");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1300),
+        "the server limit was not honoured"
+    );
 }

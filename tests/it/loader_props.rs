@@ -9,7 +9,10 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn seeds() -> Vec<Vec<u8>> {
-    crate::support::shipped_playbooks().iter().map(|p| std::fs::read(p).unwrap()).collect()
+    crate::support::shipped_playbooks()
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -25,7 +28,34 @@ enum Mutation {
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     let tokens = prop::sample::select(vec![
-        &b": "[..], b"- ", b"{", b"}", b"[", b"]", b"&a ", b"*a", b"<<: *a", b"!!binary ", b"'", b"\"", b"${", b"${X}", b"\n", b"\t", b"#", b"---\n", b"...", b"? ", b"|", b">", b"%YAML 1.2\n", b"\xff", b"\x00", b"1e999", b"-9223372036854775809", b"depends_on: [a]",
+        &b": "[..],
+        b"- ",
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b"&a ",
+        b"*a",
+        b"<<: *a",
+        b"!!binary ",
+        b"'",
+        b"\"",
+        b"${",
+        b"${X}",
+        b"\n",
+        b"\t",
+        b"#",
+        b"---\n",
+        b"...",
+        b"? ",
+        b"|",
+        b">",
+        b"%YAML 1.2\n",
+        b"\xff",
+        b"\x00",
+        b"1e999",
+        b"-9223372036854775809",
+        b"depends_on: [a]",
     ]);
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::SetByte(i, b)),
@@ -53,8 +83,12 @@ fn apply(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
             let at = i % len;
             bytes.drain(at..(at + n).min(len));
         }
-        Mutation::DropLine(_) | Mutation::DuplicateLine(_) | Mutation::SwapLines(..) | Mutation::Indent(..) => {
-            let mut lines: Vec<Vec<u8>> = bytes.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+        Mutation::DropLine(_)
+        | Mutation::DuplicateLine(_)
+        | Mutation::SwapLines(..)
+        | Mutation::Indent(..) => {
+            let mut lines: Vec<Vec<u8>> =
+                bytes.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
             let n = lines.len();
             match m {
                 Mutation::DropLine(i) => {
@@ -105,11 +139,16 @@ proptest! {
 fn loader_survives_deep_nesting_and_alias_bombs() {
     let deep = "a: ".to_owned() + &"[".repeat(10_000) + &"]".repeat(10_000);
     assert!(load_bytes("deep.yaml", deep.as_bytes(), &env).is_err());
-    let deep_block: String = (0..5000).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
+    let deep_block: String = (0..5000)
+        .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+        .collect();
     assert!(load_bytes("deep2.yaml", deep_block.as_bytes(), &env).is_err());
     let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..15 {
-        bomb.push_str(&format!("a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 10].join(", ")));
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [{}]\n",
+            vec![format!("*a{}", i - 1); 10].join(", ")
+        ));
     }
     assert!(load_bytes("bomb.yaml", bomb.as_bytes(), &env).is_err());
 }

@@ -4,8 +4,8 @@
 
 mod cli_plan;
 mod engine;
-mod journal;
 mod hostile;
+mod journal;
 mod loader_props;
 mod services;
 mod store_vault;

@@ -21,7 +21,10 @@ pub struct Rekey {
 /// `rekey` with only the variables a test sets (plus PATH), run from the repo root.
 pub fn rekey() -> Rekey {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rekey"));
-    cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).env("NO_COLOR", "1").current_dir(repo_root());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .current_dir(repo_root());
     Rekey { cmd }
 }
 
@@ -72,5 +75,8 @@ pub fn shipped_playbooks() -> Vec<PathBuf> {
 }
 
 pub fn relative(p: &Path) -> String {
-    p.strip_prefix(repo_root()).unwrap_or(p).display().to_string()
+    p.strip_prefix(repo_root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
 }

@@ -35,7 +35,10 @@ fn plan_with_env(text: &str, env: &[(&str, &str)]) -> (i32, String) {
         cmd = cmd.env(k, v);
     }
     let out = cmd.run();
-    (out.code, out.stderr.replace(path.to_str().unwrap(), "PLAYBOOK"))
+    (
+        out.code,
+        out.stderr.replace(path.to_str().unwrap(), "PLAYBOOK"),
+    )
 }
 
 fn assert_invalid(text: &str, expected: &[&str]) -> String {
@@ -57,33 +60,89 @@ fn the_base_playbook_is_valid() {
 #[test]
 fn unknown_keys_get_a_did_you_mean() {
     let text = BASE.replace("    vault_path: apps/a", "    vault_pth: apps/a");
-    assert_invalid(&text, &["PLAYBOOK:13:5: unknown key `vault_pth` in `credentials[0]`", "did you mean `vault_path`?"]);
+    assert_invalid(
+        &text,
+        &[
+            "PLAYBOOK:13:5: unknown key `vault_pth` in `credentials[0]`",
+            "did you mean `vault_path`?",
+        ],
+    );
     let text = BASE.replace("    depends_on: [a]", "    depend_on: [a]");
-    assert_invalid(&text, &["PLAYBOOK:18:5: unknown key `depend_on`", "did you mean `depends_on`?"]);
+    assert_invalid(
+        &text,
+        &[
+            "PLAYBOOK:18:5: unknown key `depend_on`",
+            "did you mean `depends_on`?",
+        ],
+    );
     let text = BASE.replace("settings: { host: db }", "settings: { hots: db }");
-    assert_invalid(&text, &["PLAYBOOK:7:17: `postgres` has no setting `hots`", "did you mean `host`?", "`postgres` needs the setting `host`"]);
+    assert_invalid(
+        &text,
+        &[
+            "PLAYBOOK:7:17: `postgres` has no setting `hots`",
+            "did you mean `host`?",
+            "`postgres` needs the setting `host`",
+        ],
+    );
 }
 
 #[test]
 fn duplicate_ids_point_at_both_definitions() {
-    let text = BASE.replace("id: b", "id: a").replace("depends_on: [a]", "tags: [x]");
-    let stderr = assert_invalid(&text, &["PLAYBOOK:14:9: duplicate credential id `a`", "first defined here", "defined again here"]);
-    assert!(stderr.contains("10 │   - id: a") && stderr.contains("14 │   - id: a"), "{stderr}");
+    let text = BASE
+        .replace("id: b", "id: a")
+        .replace("depends_on: [a]", "tags: [x]");
+    let stderr = assert_invalid(
+        &text,
+        &[
+            "PLAYBOOK:14:9: duplicate credential id `a`",
+            "first defined here",
+            "defined again here",
+        ],
+    );
+    assert!(
+        stderr.contains("10 │   - id: a") && stderr.contains("14 │   - id: a"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn unknown_provider_instances_and_dependencies_are_named() {
-    let text = BASE.replace("    provider: pg\n    account: app_b", "    provider: pgg\n    account: app_b");
-    assert_invalid(&text, &["PLAYBOOK:15:15: credential `b` uses unknown provider instance `pgg`", "did you mean `pg`?"]);
+    let text = BASE.replace(
+        "    provider: pg\n    account: app_b",
+        "    provider: pgg\n    account: app_b",
+    );
+    assert_invalid(
+        &text,
+        &[
+            "PLAYBOOK:15:15: credential `b` uses unknown provider instance `pgg`",
+            "did you mean `pg`?",
+        ],
+    );
     let text = BASE.replace("depends_on: [a]", "depends_on: [aa, zzz]");
-    assert_invalid(&text, &["PLAYBOOK:18:18: credential `b` depends on unknown credential `aa`", "did you mean `a`?", "PLAYBOOK:18:22: credential `b` depends on unknown credential `zzz`"]);
+    assert_invalid(
+        &text,
+        &[
+            "PLAYBOOK:18:18: credential `b` depends on unknown credential `aa`",
+            "did you mean `a`?",
+            "PLAYBOOK:18:22: credential `b` depends on unknown credential `zzz`",
+        ],
+    );
     let text = BASE.replace("type: postgres", "type: postgress");
-    assert_invalid(&text, &["PLAYBOOK:6:11: unknown provider type `postgress`", "did you mean `postgres`?"]);
+    assert_invalid(
+        &text,
+        &[
+            "PLAYBOOK:6:11: unknown provider type `postgress`",
+            "did you mean `postgres`?",
+        ],
+    );
 }
 
 #[test]
 fn dependency_cycles_are_printed() {
-    let text = BASE.replace("    vault_path: apps/a\n", "    vault_path: apps/a\n    depends_on: [b]\n");
+    let text = BASE.replace(
+        "    vault_path: apps/a\n",
+        "    vault_path: apps/a\n    depends_on: [b]\n",
+    );
     assert_invalid(&text, &["dependency cycle: a → b → a", "closes the cycle"]);
     let text = BASE.replace("depends_on: [a]", "depends_on: [b]");
     assert_invalid(&text, &["PLAYBOOK:18:18: credential `b` depends on itself"]);
@@ -92,19 +151,55 @@ fn dependency_cycles_are_printed() {
 #[test]
 fn two_credentials_writing_one_vault_path_are_refused() {
     let text = BASE.replace("vault_path: apps/b", "vault_path: /apps//a/");
-    assert_invalid(&text, &["PLAYBOOK:17:17: credentials `a` and `b` both write the Vault path `apps/a`", "first written here"]);
+    assert_invalid(
+        &text,
+        &[
+            "PLAYBOOK:17:17: credentials `a` and `b` both write the Vault path `apps/a`",
+            "first written here",
+        ],
+    );
 }
 
 #[test]
 fn bad_durations_and_rates_are_explained() {
-    let text = BASE.replace("    admin: { env: PG_ADMIN }", "    admin: { env: PG_ADMIN }\n    rate: { per_second: 0 }").replace("name: t", "name: t\ndefaults: { grace: 5 parsecs }");
-    assert_invalid(&text, &["PLAYBOOK:3:20: `5 parsecs` has an unknown unit `parsecs`", "`15m`", "`per_second` must be a positive number, not 0"]);
-    let text = BASE.replace("    admin: { env: PG_ADMIN }", "    admin: { env: PG_ADMIN }\n    rate: { per_second: 5, per_minute: 100 }");
-    assert_invalid(&text, &["PLAYBOOK:9:11: the rate limit sets 2 rates (per_second, per_minute)", "write exactly one of"]);
-    let text = BASE.replace("    admin: { env: PG_ADMIN }", "    admin: { env: PG_ADMIN }\n    rate: { requests: 1200 }");
+    let text = BASE
+        .replace(
+            "    admin: { env: PG_ADMIN }",
+            "    admin: { env: PG_ADMIN }\n    rate: { per_second: 0 }",
+        )
+        .replace("name: t", "name: t\ndefaults: { grace: 5 parsecs }");
+    assert_invalid(
+        &text,
+        &[
+            "PLAYBOOK:3:20: `5 parsecs` has an unknown unit `parsecs`",
+            "`15m`",
+            "`per_second` must be a positive number, not 0",
+        ],
+    );
+    let text = BASE.replace(
+        "    admin: { env: PG_ADMIN }",
+        "    admin: { env: PG_ADMIN }\n    rate: { per_second: 5, per_minute: 100 }",
+    );
+    assert_invalid(
+        &text,
+        &[
+            "PLAYBOOK:9:11: the rate limit sets 2 rates (per_second, per_minute)",
+            "write exactly one of",
+        ],
+    );
+    let text = BASE.replace(
+        "    admin: { env: PG_ADMIN }",
+        "    admin: { env: PG_ADMIN }\n    rate: { requests: 1200 }",
+    );
     assert_invalid(&text, &["`requests` needs a `period`"]);
-    let text = BASE.replace("    admin: { env: PG_ADMIN }", "    admin: { env: PG_ADMIN }\n    rate: { per_hour: fast }");
-    assert_invalid(&text, &["PLAYBOOK:9:23: `providers.pg.rate.per_hour` must be a number, not a string"]);
+    let text = BASE.replace(
+        "    admin: { env: PG_ADMIN }",
+        "    admin: { env: PG_ADMIN }\n    rate: { per_hour: fast }",
+    );
+    assert_invalid(
+        &text,
+        &["PLAYBOOK:9:23: `providers.pg.rate.per_hour` must be a number, not a string"],
+    );
 }
 
 #[test]
@@ -112,47 +207,87 @@ fn unset_environment_variables_are_named() {
     let text = BASE.replace("'http://127.0.0.1:8200'", "'${REKEY_TEST_VAULT}'");
     let (code, stderr) = plan(&text);
     assert_eq!(code, 2);
-    assert!(stderr.contains("PLAYBOOK:3:19: environment variable `REKEY_TEST_VAULT` is not set"), "{stderr}");
+    assert!(
+        stderr.contains("PLAYBOOK:3:19: environment variable `REKEY_TEST_VAULT` is not set"),
+        "{stderr}"
+    );
     assert!(stderr.contains("export REKEY_TEST_VAULT=..."), "{stderr}");
     let (code, stderr) = plan_with_env(&text, &[("REKEY_TEST_VAULT", "http://vault.example:8200")]);
     assert_eq!(code, 0, "{stderr}");
-    let (code, _) = plan(&BASE.replace("'http://127.0.0.1:8200'", "'${REKEY_TEST_VAULT:-http://127.0.0.1:8200}'"));
+    let (code, _) = plan(&BASE.replace(
+        "'http://127.0.0.1:8200'",
+        "'${REKEY_TEST_VAULT:-http://127.0.0.1:8200}'",
+    ));
     assert_eq!(code, 0);
 }
 
 #[test]
 fn secrets_cannot_be_interpolated() {
-    let text = BASE.replace("settings: { host: db }", "settings: { host: '${DB_PASSWORD}' }");
+    let text = BASE.replace(
+        "settings: { host: db }",
+        "settings: { host: '${DB_PASSWORD}' }",
+    );
     let (code, stderr) = plan_with_env(&text, &[("DB_PASSWORD", "canary-Zq8PpX")]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("refusing to interpolate `DB_PASSWORD`"), "{stderr}");
-    assert!(!stderr.contains("canary-Zq8PpX"), "the secret leaked into the message:\n{stderr}");
+    assert!(
+        stderr.contains("refusing to interpolate `DB_PASSWORD`"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("canary-Zq8PpX"),
+        "the secret leaked into the message:\n{stderr}"
+    );
 }
 
 #[test]
 fn unsupported_versions_are_refused() {
-    assert_invalid(&BASE.replace("version: 1", "version: 2"), &["PLAYBOOK:1:10: unsupported playbook version 2", "write `version: 1`"]);
-    assert_invalid(&BASE.replace("version: 1\n", ""), &["the playbook is missing the key `version`"]);
+    assert_invalid(
+        &BASE.replace("version: 1", "version: 2"),
+        &[
+            "PLAYBOOK:1:10: unsupported playbook version 2",
+            "write `version: 1`",
+        ],
+    );
+    assert_invalid(
+        &BASE.replace("version: 1\n", ""),
+        &["the playbook is missing the key `version`"],
+    );
 }
 
 #[test]
 fn yaml_syntax_errors_have_positions() {
-    assert_invalid("version: 1\nname: [unclosed\n", &["invalid YAML", "PLAYBOOK:"]);
-    assert_invalid(&BASE.replace("  - id: b", "  - id: b\n    id: c"), &["invalid YAML", "duplicate", "PLAYBOOK:15:"]);
+    assert_invalid(
+        "version: 1\nname: [unclosed\n",
+        &["invalid YAML", "PLAYBOOK:"],
+    );
+    assert_invalid(
+        &BASE.replace("  - id: b", "  - id: b\n    id: c"),
+        &["invalid YAML", "duplicate", "PLAYBOOK:15:"],
+    );
     assert_invalid("", &["the file is empty"]);
     assert_invalid("- a\n- b\n", &["a playbook is a mapping"]);
     let (_dir, path) = playbook_file("version: 1\n");
     std::fs::write(&path, b"version: 1\nname: \xff\xfe\n").unwrap();
     let out = rekey().args(["plan", path.to_str().unwrap()]).run();
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("not UTF-8 text (invalid byte at line 2, column 7)"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("not UTF-8 text (invalid byte at line 2, column 7)"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
 fn a_missing_file_is_invalid_input() {
     let out = rekey().args(["plan", "playbooks/nope.yaml"]).run();
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("playbooks/nope.yaml: cannot read the playbook"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("playbooks/nope.yaml: cannot read the playbook"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -194,33 +329,53 @@ credentials:
 #[test]
 fn plan_json_reports_diagnostics_on_stdout() {
     let (_dir, path) = playbook_file(&BASE.replace("vault_path: apps/a", "vault_pth: apps/a"));
-    let out = rekey().args(["plan", path.to_str().unwrap(), "--format", "json"]).run();
+    let out = rekey()
+        .args(["plan", path.to_str().unwrap(), "--format", "json"])
+        .run();
     assert_eq!(out.code, 2);
     let body: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(body["valid"], false);
     let d = &body["diagnostics"][0];
-    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(13), Some(5)));
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(13), Some(5))
+    );
     assert_eq!(d["help"], "did you mean `vault_path`?");
 }
 
 #[test]
 fn warnings_do_not_fail_the_plan() {
-    let text = BASE.replace("name: t", "name: t\nincident: { compromised: [idp] }\ndefaults: { grace: 1h }");
+    let text = BASE.replace(
+        "name: t",
+        "name: t\nincident: { compromised: [idp] }\ndefaults: { grace: 1h }",
+    );
     let (code, stderr) = plan(&text);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("breach mode retires old credentials at once"), "{stderr}");
-    assert!(stderr.contains("no credential is tied to the compromised system `idp`"), "{stderr}");
+    assert!(
+        stderr.contains("breach mode retires old credentials at once"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no credential is tied to the compromised system `idp`"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn unknown_keys_do_not_hide_the_problems_behind_them() {
     // A typo in one credential and a duplicate Vault path in another: one run shows both.
-    let text = BASE.replace("    vault_path: apps/a", "    vault_pth: apps/a").replace("vault_path: apps/b", "vault_path: apps/a").replace("  - id: b", "  - id: b\n    colour: blue");
-    assert_invalid(&text, &[
-        "PLAYBOOK:13:5: unknown key `vault_pth` in `credentials[0]`",
-        "did you mean `vault_path`?",
-        "PLAYBOOK:15:5: unknown key `colour` in `credentials[1]`",
-        "PLAYBOOK:18:17: credentials `a` and `b` both write the Vault path `apps/a`",
-        "3 errors",
-    ]);
+    let text = BASE
+        .replace("    vault_path: apps/a", "    vault_pth: apps/a")
+        .replace("vault_path: apps/b", "vault_path: apps/a")
+        .replace("  - id: b", "  - id: b\n    colour: blue");
+    assert_invalid(
+        &text,
+        &[
+            "PLAYBOOK:13:5: unknown key `vault_pth` in `credentials[0]`",
+            "did you mean `vault_path`?",
+            "PLAYBOOK:15:5: unknown key `colour` in `credentials[1]`",
+            "PLAYBOOK:18:17: credentials `a` and `b` both write the Vault path `apps/a`",
+            "3 errors",
+        ],
+    );
 }

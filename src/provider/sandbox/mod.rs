@@ -61,24 +61,37 @@ fn digest(secret: &Secret) -> String {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Sandbox {
     /// A dual-kind sandbox (API keys) or a single-kind one (passwords changed in place).
-    pub fn from_settings(kind: Kind, settings: &IndexMap<String, serde_json::Value>) -> Result<Sandbox, ProviderError> {
+    pub fn from_settings(
+        kind: Kind,
+        settings: &IndexMap<String, serde_json::Value>,
+    ) -> Result<Sandbox, ProviderError> {
         let text = |k: &str| settings.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-        let state_file = PathBuf::from(text("state_file").unwrap_or_else(|| "target/sandbox/state.json".into()));
+        let state_file =
+            PathBuf::from(text("state_file").unwrap_or_else(|| "target/sandbox/state.json".into()));
         let latency = match text("latency") {
             Some(l) => crate::playbook::rate::parse_duration(&l).map_err(ProviderError::Fatal)?,
             None => Duration::from_millis(5),
         };
         let failure_rate = match settings.get("failure_rate") {
-            Some(serde_json::Value::Object(m)) => m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect(),
+            Some(serde_json::Value::Object(m)) => m
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                .collect(),
             _ => BTreeMap::new(),
         };
         let quota = settings.get("quota").and_then(|v| v.as_u64()).unwrap_or(2) as usize;
-        let server_rate = settings.get("server_rate").and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok())).filter(|r| *r > 0.0);
+        let server_rate = settings
+            .get("server_rate")
+            .and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()))
+            .filter(|r| *r > 0.0);
         let capacity = server_rate.map(|r| r.max(1.0)).unwrap_or(0.0);
         Ok(Sandbox {
             kind,
@@ -95,29 +108,45 @@ impl Sandbox {
 
     fn load(&self) -> Result<State, ProviderError> {
         match std::fs::read(&self.state_file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ProviderError::Fatal(format!("sandbox state {} is corrupt: {e}", self.state_file.display()))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                ProviderError::Fatal(format!(
+                    "sandbox state {} is corrupt: {e}",
+                    self.state_file.display()
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(ProviderError::Transient(format!("cannot read sandbox state {}: {e}", self.state_file.display()))),
+            Err(e) => Err(ProviderError::Transient(format!(
+                "cannot read sandbox state {}: {e}",
+                self.state_file.display()
+            ))),
         }
     }
 
     /// Writes the state durably and atomically: a crash leaves the old or the new file.
     fn save(&self, state: &State) -> Result<(), ProviderError> {
         use std::io::Write;
-        let fail = |e: std::io::Error| ProviderError::Transient(format!("cannot write sandbox state {}: {e}", self.state_file.display()));
+        let fail = |e: std::io::Error| {
+            ProviderError::Transient(format!(
+                "cannot write sandbox state {}: {e}",
+                self.state_file.display()
+            ))
+        };
         if let Some(dir) = self.state_file.parent() {
             std::fs::create_dir_all(dir).map_err(fail)?;
         }
         let tmp = self.state_file.with_extension("json.tmp");
         let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-        f.write_all(&serde_json::to_vec_pretty(state).unwrap_or_default()).map_err(fail)?;
+        f.write_all(&serde_json::to_vec_pretty(state).unwrap_or_default())
+            .map_err(fail)?;
         f.sync_all().map_err(fail)?;
         std::fs::rename(&tmp, &self.state_file).map_err(fail)
     }
 
     /// The server's token bucket: one token per request, refilled at `server_rate`.
     fn admit(&self) -> Result<(), ProviderError> {
-        let Some(rate) = self.server_rate else { return Ok(()) };
+        let Some(rate) = self.server_rate else {
+            return Ok(());
+        };
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
         let capacity = rate.max(1.0);
@@ -127,9 +156,13 @@ impl Sandbox {
             bucket.0 -= 1.0;
             return Ok(());
         }
-        self.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let wait = Duration::from_secs_f64((1.0 - bucket.0) / rate);
-        Err(ProviderError::RateLimited { retry_after: Some(wait), message: "sandbox: 429 Too Many Requests".into() })
+        Err(ProviderError::RateLimited {
+            retry_after: Some(wait),
+            message: "sandbox: 429 Too Many Requests".into(),
+        })
     }
 
     /// Simulated network: server rate limit, latency, injected failures.
@@ -139,18 +172,33 @@ impl Sandbox {
             tokio::time::sleep(self.latency).await;
         }
         if target.settings.get("fail").and_then(|v| v.as_str()) == Some(op) {
-            return Err(ProviderError::Fatal(format!("sandbox: injected failure of `{op}` for {}", target.credential)));
+            return Err(ProviderError::Fatal(format!(
+                "sandbox: injected failure of `{op}` for {}",
+                target.credential
+            )));
         }
         if let Some(p) = self.failure_rate.get(op)
-            && rand::random::<f64>() < *p {
-                return Err(ProviderError::Transient(format!("sandbox: injected transient failure of `{op}`")));
-            }
+            && rand::random::<f64>() < *p
+        {
+            return Err(ProviderError::Transient(format!(
+                "sandbox: injected transient failure of `{op}`"
+            )));
+        }
         Ok(())
     }
 
-    fn with_account<T>(&self, target: Target<'_>, f: impl FnOnce(&mut Account) -> Result<(T, bool), ProviderError>) -> Result<T, ProviderError> {
-        let account = target.account.ok_or_else(|| ProviderError::Fatal("sandbox credentials need an account".into()))?;
-        let _guard = self.state.lock().map_err(|_| ProviderError::Fatal("sandbox state lock poisoned".into()))?;
+    fn with_account<T>(
+        &self,
+        target: Target<'_>,
+        f: impl FnOnce(&mut Account) -> Result<(T, bool), ProviderError>,
+    ) -> Result<T, ProviderError> {
+        let account = target
+            .account
+            .ok_or_else(|| ProviderError::Fatal("sandbox credentials need an account".into()))?;
+        let _guard = self
+            .state
+            .lock()
+            .map_err(|_| ProviderError::Fatal("sandbox state lock poisoned".into()))?;
         let mut state = self.load()?;
         let (value, changed) = f(state.accounts.entry(account.to_owned()).or_default())?;
         if changed {
@@ -172,7 +220,10 @@ impl Provider for Sandbox {
         self.with_account(target, |a| {
             let inactive = a.keys.iter().filter(|k| !k.active).count();
             if a.keys.len() >= quota && inactive == 0 {
-                return Err(ProviderError::Fatal(format!("quota full: {} active keys of {quota}; delete one by hand", a.keys.len())));
+                return Err(ProviderError::Fatal(format!(
+                    "quota full: {} active keys of {quota}; delete one by hand",
+                    a.keys.len()
+                )));
             }
             Ok(((), false))
         })
@@ -181,7 +232,16 @@ impl Provider for Sandbox {
     async fn list(&self, target: Target<'_>) -> Result<Vec<KeyInfo>, ProviderError> {
         self.call("list", target).await?;
         self.with_account(target, |a| {
-            let keys = a.keys.iter().map(|k| KeyInfo { id: k.id.clone(), active: k.active, created_at: Some(k.created_at), tag: Some(k.tag.clone()) }).collect();
+            let keys = a
+                .keys
+                .iter()
+                .map(|k| KeyInfo {
+                    id: k.id.clone(),
+                    active: k.active,
+                    created_at: Some(k.created_at),
+                    tag: Some(k.tag.clone()),
+                })
+                .collect();
             Ok((keys, false))
         })
     }
@@ -191,18 +251,31 @@ impl Provider for Sandbox {
         let quota = self.quota;
         self.with_account(target, |a| {
             if a.keys.len() >= quota {
-                return Err(ProviderError::Fatal(format!("LimitExceeded: the account already holds {quota} keys")));
+                return Err(ProviderError::Fatal(format!(
+                    "LimitExceeded: the account already holds {quota} keys"
+                )));
             }
-            let secret = Secret::generate(40, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789");
+            let secret = Secret::generate(
+                40,
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            );
             let id = format!("sbx-{}", hex::encode(rand::random::<[u8; 6]>()));
-            a.keys.push(Key { id: id.clone(), secret_sha256: digest(&secret), active: true, created_at: now(), tag: tag.to_owned() });
+            a.keys.push(Key {
+                id: id.clone(),
+                secret_sha256: digest(&secret),
+                active: true,
+                created_at: now(),
+                tag: tag.to_owned(),
+            });
             Ok((Issued { key_id: id, secret }, true))
         })
     }
 
     async fn change(&self, target: Target<'_>, new: &Secret) -> Result<(), ProviderError> {
         if self.kind != Kind::Single {
-            return Err(ProviderError::Fatal("this sandbox issues keys; it does not change values in place".into()));
+            return Err(ProviderError::Fatal(
+                "this sandbox issues keys; it does not change values in place".into(),
+            ));
         }
         self.call("change", target).await?;
         let d = digest(new);
@@ -212,24 +285,37 @@ impl Provider for Sandbox {
         })
     }
 
-    async fn verify(&self, target: Target<'_>, key_id: Option<&str>, secret: &Secret) -> Result<bool, ProviderError> {
+    async fn verify(
+        &self,
+        target: Target<'_>,
+        key_id: Option<&str>,
+        secret: &Secret,
+    ) -> Result<bool, ProviderError> {
         self.call("verify", target).await?;
         let d = digest(secret);
         let single = self.kind == Kind::Single;
         self.with_account(target, |a| {
-            let ok = if single { a.password_sha256.as_deref() == Some(d.as_str()) } else { a.keys.iter().any(|k| k.active && Some(k.id.as_str()) == key_id && k.secret_sha256 == d) };
+            let ok = if single {
+                a.password_sha256.as_deref() == Some(d.as_str())
+            } else {
+                a.keys
+                    .iter()
+                    .any(|k| k.active && Some(k.id.as_str()) == key_id && k.secret_sha256 == d)
+            };
             Ok((ok, false))
         })
     }
 
     async fn deactivate(&self, target: Target<'_>, key_id: &str) -> Result<(), ProviderError> {
         self.call("deactivate", target).await?;
-        self.with_account(target, |a| match a.keys.iter_mut().find(|k| k.id == key_id) {
-            Some(k) => {
-                k.active = false;
-                Ok(((), true))
+        self.with_account(target, |a| {
+            match a.keys.iter_mut().find(|k| k.id == key_id) {
+                Some(k) => {
+                    k.active = false;
+                    Ok(((), true))
+                }
+                None => Ok(((), false)),
             }
-            None => Ok(((), false)),
         })
     }
 
