@@ -97,9 +97,8 @@ pub struct RunArgs {
     pub playbook: PathBuf,
     #[command(flatten)]
     pub selection: SelectionArgs,
-    /// Journal file (durable run state).
-    #[arg(long, env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
-    pub journal: PathBuf,
+    #[command(flatten)]
+    pub journal: JournalArgs,
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -109,9 +108,8 @@ pub struct RunArgs {
 pub struct StatusArgs {
     /// Run id (default: the latest run).
     pub run: Option<String>,
-    /// Journal file.
-    #[arg(long, env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
-    pub journal: PathBuf,
+    #[command(flatten)]
+    pub journal: JournalArgs,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -121,9 +119,8 @@ pub struct StatusArgs {
 pub struct ResumeArgs {
     /// Run id (default: the latest unfinished run).
     pub run: Option<String>,
-    /// Journal file.
-    #[arg(long, env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
-    pub journal: PathBuf,
+    #[command(flatten)]
+    pub journal: JournalArgs,
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -133,10 +130,17 @@ pub struct ResumeArgs {
 pub struct RollbackArgs {
     /// Run id to undo.
     pub run: String,
-    /// Journal file.
-    #[arg(long, env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
-    pub journal: PathBuf,
+    #[command(flatten)]
+    pub journal: JournalArgs,
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+}
+
+/// Where runs are recorded; shared by `run`, `resume`, `rollback` and `status`.
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    /// Journal file (durable run state).
+    #[arg(long = "journal", env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
+    pub path: PathBuf,
 }

@@ -83,20 +83,7 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
         ExitStatus::Success
     };
     if args.live {
-        let selected: Vec<usize> = plan
-            .waves
-            .iter()
-            .flat_map(|w| {
-                w.credentials.iter().map(|c| {
-                    loaded
-                        .playbook
-                        .credentials
-                        .iter()
-                        .position(|x| x.id == c.id)
-                        .unwrap_or(0)
-                })
-            })
-            .collect();
+        let selected = plan::select::apply(&loaded.playbook, &selection).indices;
         match live_checks(&loaded.playbook, &selected, io)? {
             Ok(report) => {
                 let failed = report.iter().any(|(_, ok, _)| !ok);
@@ -540,7 +527,7 @@ pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
         Ok(p) => p,
         Err(status) => return Ok(status),
     };
-    let (journal, key) = open_journal(&args.journal)?;
+    let (journal, key) = open_journal(&args.journal.path)?;
     let new_run = crate::journal::NewRun {
         playbook_name: prepared.playbook.name.clone(),
         playbook_path: std::fs::canonicalize(&args.playbook)
@@ -603,15 +590,15 @@ fn reload_run(
 }
 
 pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> {
-    if !args.journal.exists() {
+    if !args.journal.path.exists() {
         writeln!(
             io.stderr,
             "error: no journal at {}\nhelp: pass the --journal the run used",
-            args.journal.display()
+            args.journal.path.display()
         )?;
         return Ok(ExitStatus::Invalid);
     }
-    let (journal, key) = open_journal(&args.journal)?;
+    let (journal, key) = open_journal(&args.journal.path)?;
     let run = match &args.run {
         Some(id) => journal.run(id)?,
         None => journal.latest_unfinished()?,
@@ -620,7 +607,7 @@ pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> 
         writeln!(
             io.stderr,
             "error: no unfinished run in {} (give a run id to resume a finished one)",
-            args.journal.display()
+            args.journal.path.display()
         )?;
         return Ok(ExitStatus::Invalid);
     };
@@ -641,21 +628,21 @@ pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> 
 }
 
 pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStatus> {
-    if !args.journal.exists() {
+    if !args.journal.path.exists() {
         writeln!(
             io.stderr,
             "error: no journal at {}\nhelp: pass the --journal the run used",
-            args.journal.display()
+            args.journal.path.display()
         )?;
         return Ok(ExitStatus::Invalid);
     }
-    let (journal, key) = open_journal(&args.journal)?;
+    let (journal, key) = open_journal(&args.journal.path)?;
     let Some(run) = journal.run(&args.run)? else {
         writeln!(
             io.stderr,
             "error: no run `{}` in {}",
             args.run,
-            args.journal.display()
+            args.journal.path.display()
         )?;
         return Ok(ExitStatus::Invalid);
     };
@@ -698,15 +685,15 @@ pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStat
 }
 
 pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> {
-    if !args.journal.exists() {
+    if !args.journal.path.exists() {
         writeln!(
             io.stderr,
             "error: no journal at {}\nhelp: runs are recorded where `rekey run --journal` pointed (default .rekey/journal.db)",
-            args.journal.display()
+            args.journal.path.display()
         )?;
         return Ok(ExitStatus::Invalid);
     }
-    let journal = crate::journal::Journal::open(&args.journal)?;
+    let journal = crate::journal::Journal::open(&args.journal.path)?;
     let run = match &args.run {
         Some(id) => journal.run(id)?,
         None => journal.runs()?.into_iter().next(),
@@ -715,7 +702,7 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
         writeln!(
             io.stderr,
             "error: no such run in {}",
-            args.journal.display()
+            args.journal.path.display()
         )?;
         return Ok(ExitStatus::Invalid);
     };

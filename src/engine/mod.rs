@@ -191,18 +191,14 @@ impl Engine {
                 )
             })
             .collect();
-        let mut results: Vec<CredentialResult> = Vec::new();
+        let mut results = Results::default();
         for wave in waves {
             let mut tasks = Vec::new();
             for &index in wave {
                 let credential = &self.playbook.credentials[index];
                 // A credential whose dependency did not rotate is not attempted:
                 // its order exists because it relies on the dependency's new value.
-                let failed_dep = credential.depends_on.iter().find(|d| {
-                    results
-                        .iter()
-                        .any(|r| &r.id == *d && !matches!(r.outcome, Outcome::Rotated { .. }))
-                });
+                let failed_dep = results.failed_dependency(credential);
                 if let Some(dep) = failed_dep {
                     let outcome = Outcome::Skipped {
                         reason: format!("dependency `{dep}` did not rotate"),
@@ -269,14 +265,14 @@ impl Engine {
             let id = self.playbook.credentials[r.index].id.clone();
             let outcome = rotate::retire(self, &run_id, r).await?;
             self.record_final(&run_id, &id, &outcome)?;
-            if let Some(slot) = results.iter_mut().find(|x| x.id == id) {
+            if let Some(slot) = results.list.iter_mut().find(|x| x.id == id) {
                 slot.outcome = outcome;
             }
         }
         let interrupted = self.stop.load(std::sync::atomic::Ordering::SeqCst);
         let summary = RunSummary {
             run_id: run_id.clone(),
-            results,
+            results: results.list,
             interrupted,
         };
         self.journal(|j| j.finish_run(&run_id, summary.status()))?;
@@ -298,7 +294,7 @@ impl Engine {
             journal.states(run_id)?
         };
         tracing::info!(run = %run_id, "Resuming run.");
-        let mut results: Vec<CredentialResult> = Vec::new();
+        let mut results = Results::default();
         for wave in waves {
             for &index in wave {
                 let credential = &self.playbook.credentials[index];
@@ -313,11 +309,7 @@ impl Engine {
                     });
                     continue;
                 }
-                let failed_dep = credential.depends_on.iter().find(|d| {
-                    results
-                        .iter()
-                        .any(|r| &r.id == *d && !matches!(r.outcome, Outcome::Rotated { .. }))
-                });
+                let failed_dep = results.failed_dependency(credential);
                 let outcome = match failed_dep {
                     Some(dep) => Outcome::Skipped {
                         reason: format!("dependency `{dep}` did not rotate"),
@@ -333,7 +325,7 @@ impl Engine {
         }
         let summary = RunSummary {
             run_id: run_id.to_owned(),
-            results,
+            results: results.list,
             interrupted: false,
         };
         self.journal(|j| j.finish_run(run_id, summary.status()))?;
@@ -443,6 +435,34 @@ impl Engine {
 
 fn poisoned<T>(_: T) -> EngineError {
     EngineError::Setup("the journal lock was poisoned by a panic".into())
+}
+
+/// Results so far, with the ids that did not rotate kept in a set: a run can
+/// hold 100,000 credentials, and each checks its dependencies against them.
+#[derive(Default)]
+struct Results {
+    list: Vec<CredentialResult>,
+    failed: rustc_hash::FxHashSet<String>,
+}
+
+impl Results {
+    fn push(&mut self, result: CredentialResult) {
+        if !matches!(result.outcome, Outcome::Rotated { .. }) {
+            self.failed.insert(result.id.clone());
+        }
+        self.list.push(result);
+    }
+
+    /// The first dependency of `credential` that ended without rotating.
+    fn failed_dependency<'c>(
+        &self,
+        credential: &'c crate::playbook::Credential,
+    ) -> Option<&'c String> {
+        credential
+            .depends_on
+            .iter()
+            .find(|d| self.failed.contains(d.as_str()))
+    }
 }
 
 /// Whether an error is worth another attempt.

@@ -51,6 +51,7 @@ pub(super) async fn rotate(
     let ctx = Ctx {
         engine,
         run,
+        index,
         credential,
         provider,
     };
@@ -94,6 +95,7 @@ pub(super) async fn resume(
     let ctx = Ctx {
         engine,
         run,
+        index,
         credential,
         provider,
     };
@@ -113,6 +115,8 @@ pub(super) async fn resume(
 struct Ctx<'a> {
     engine: &'a Engine,
     run: &'a str,
+    /// Position of the credential in the playbook.
+    index: usize,
     credential: &'a Credential,
     provider: Arc<dyn Provider>,
 }
@@ -555,7 +559,7 @@ impl<'a> Ctx<'a> {
                 .lock()
                 .map_err(super::poisoned)?
                 .push(super::Retirement {
-                    index: self.index(),
+                    index: self.index,
                     old_key: old_key.clone(),
                     new_key: issued.key_id.clone(),
                     version,
@@ -568,15 +572,6 @@ impl<'a> Ctx<'a> {
         }
         self.retire(old_key.as_deref(), &issued.key_id, version)
             .await
-    }
-
-    fn index(&self) -> usize {
-        self.engine
-            .playbook
-            .credentials
-            .iter()
-            .position(|c| c.id == self.credential.id)
-            .unwrap_or(0)
     }
 
     /// Deactivates then deletes the old key, clears staging.
@@ -1108,6 +1103,7 @@ pub(super) async fn retire(
     let ctx = Ctx {
         engine,
         run,
+        index: r.index,
         credential,
         provider,
     };
@@ -1138,6 +1134,7 @@ pub(super) async fn roll_back(
     let ctx = Ctx {
         engine,
         run,
+        index,
         credential,
         provider: provider.clone(),
     };

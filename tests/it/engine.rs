@@ -70,6 +70,25 @@ impl Scenario {
         (out.code, summary, out.stderr)
     }
 
+    /// Starts `rekey run PLAYBOOK` in the background with this scenario's journal
+    /// (JSON summary on its stdout), for tests that act while it runs.
+    fn spawn_run(&self, playbook: &Path) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+            .args([
+                "run",
+                playbook.to_str().unwrap(),
+                "--journal",
+                self.dir.path().join("journal.db").to_str().unwrap(),
+                "--format",
+                "json",
+            ])
+            .env("VAULT_TOKEN", &self.env["VAULT_TOKEN"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn vault(&self, path: &str) -> Value {
         http(
             &self.env["VAULT_ADDR"],
@@ -301,20 +320,7 @@ fn a_vault_path_changed_out_of_band_is_quarantined_not_overwritten() {
     let path = s.dir.path().join("slow.yaml");
     std::fs::write(&path, pb).unwrap();
     let journal = s.dir.path().join("journal.db");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
-        .args([
-            "run",
-            path.to_str().unwrap(),
-            "--journal",
-            journal.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn_run(&path);
     // The run reads the path first, then spends over 2 s at the provider
     // (list, create, verify at 700 ms each): write in between, as a colleague would.
     wait_for_journal(&journal, |j, run| {
@@ -419,18 +425,7 @@ fn a_run_killed_at_any_moment_is_finished_by_resume() {
         let path = s.dir.path().join("slow.yaml");
         std::fs::write(&path, slow).unwrap();
         let journal = s.dir.path().join("journal.db");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
-            .args([
-                "run",
-                path.to_str().unwrap(),
-                "--journal",
-                journal.to_str().unwrap(),
-            ])
-            .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = s.spawn_run(&path);
         std::thread::sleep(std::time::Duration::from_millis(kill_after_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
@@ -517,20 +512,7 @@ fn ctrl_c_stops_starting_new_work_and_resume_finishes() {
     let path = s.dir.path().join("slow.yaml");
     std::fs::write(&path, slow).unwrap();
     let journal = s.dir.path().join("journal.db");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
-        .args([
-            "run",
-            path.to_str().unwrap(),
-            "--journal",
-            journal.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn_run(&path);
     wait_for_journal(&journal, |j, run| {
         j.run(run)
             .is_ok_and(|r| r.is_some_and(|r| r.status == rekey::journal::RunStatus::Running))
@@ -718,13 +700,7 @@ fn routine_grace_keeps_the_old_key_working_until_it_ends() {
         .unwrap()
         .to_owned();
     let journal = s.dir.path().join("journal.db");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
-        .args(["run", &pb, "--journal", journal.to_str().unwrap()])
-        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn_run(Path::new(&pb));
     // Once the dependent is done (it waits for api's promotion, not its grace):
     wait_for_journal(&journal, |j, run| {
         j.run(run)

@@ -1,7 +1,7 @@
 //! Hostile and odd input found by adversarial testing: no panic, no hang, no
 //! leak, a clear message.
 
-use crate::support::{playbook_file, rekey};
+use crate::support::rekey;
 
 const BASE: &str = "version: 1
 name: t
@@ -19,22 +19,12 @@ credentials:
     vault_path: apps/a
 ";
 
+/// `support::plan_text`, and never a panic.
 fn plan_text(text: &str, extra: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let (_dir, path) = playbook_file(text);
-    let mut args = vec!["plan", path.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let mut cmd = rekey().args(args);
-    for (k, v) in env {
-        cmd = cmd.env(k, v);
-    }
-    let out = cmd.run();
-    assert_ne!(out.code, 101, "panicked:\n{}", out.stderr);
-    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-    (
-        out.code,
-        out.stdout,
-        out.stderr.replace(path.to_str().unwrap(), "PLAYBOOK"),
-    )
+    let (code, stdout, stderr) = crate::support::plan_text(text, extra, env);
+    assert_ne!(code, 101, "panicked:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (code, stdout, stderr)
 }
 
 #[test]

@@ -80,3 +80,18 @@ pub fn relative(p: &Path) -> String {
         .display()
         .to_string()
 }
+
+/// Plans playbook `text` from a temporary file with `extra` flags and `env`;
+/// returns (exit code, stdout, stderr) with the file's path shown as `PLAYBOOK`.
+pub fn plan_text(text: &str, extra: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let (_dir, path) = playbook_file(text);
+    let mut args = vec!["plan", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut cmd = rekey().args(args);
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
+    }
+    let out = cmd.run();
+    let shown = |t: String| t.replace(path.to_str().unwrap(), "PLAYBOOK");
+    (out.code, shown(out.stdout), shown(out.stderr))
+}

@@ -29,16 +29,8 @@ fn plan(text: &str) -> (i32, String) {
 }
 
 fn plan_with_env(text: &str, env: &[(&str, &str)]) -> (i32, String) {
-    let (_dir, path) = playbook_file(text);
-    let mut cmd = rekey().args(["plan", path.to_str().unwrap()]);
-    for (k, v) in env {
-        cmd = cmd.env(k, v);
-    }
-    let out = cmd.run();
-    (
-        out.code,
-        out.stderr.replace(path.to_str().unwrap(), "PLAYBOOK"),
-    )
+    let (code, _, stderr) = crate::support::plan_text(text, &[], env);
+    (code, stderr)
 }
 
 fn assert_invalid(text: &str, expected: &[&str]) -> String {
