@@ -235,10 +235,8 @@ impl Engine {
                             Ok(p) => p.iter().any(|r| r.index == index),
                             Err(_) => false,
                         };
-                        if !waiting {
-                            if let Err(e) = self.record_final(&run_id, &credential.id, o) {
-                                return (index, Err(e));
-                            }
+                        if !waiting && let Err(e) = self.record_final(&run_id, &credential.id, o) {
+                            return (index, Err(e));
                         }
                     }
                     (index, outcome.map(Some))
