@@ -167,9 +167,18 @@ fn live_checks(
             if c.kind == crate::provider::catalog::Kind::Manual {
                 continue;
             }
-            let provider = providers.entry(c.provider.clone()).or_insert_with(|| pb.providers.get(&c.provider).and_then(|p| crate::provider::registry::build(p).ok())).clone();
-            let Some(provider) = provider else {
-                rows.push((format!("{} provider", c.id), false, format!("`{}` cannot run in this build; not checked", c.type_name)));
+            if !providers.contains_key(&c.provider) {
+                let built = match pb.providers.get(&c.provider) {
+                    Some(instance) => build_provider(instance, &store).await,
+                    None => Err(format!("unknown provider instance `{}`", c.provider)),
+                };
+                if let Err(e) = &built {
+                    rows.push((format!("{} provider", c.provider), false, e.clone()));
+                }
+                providers.insert(c.provider.clone(), built.ok());
+            }
+            let Some(provider) = providers[&c.provider].clone() else {
+                rows.push((format!("{} provider", c.id), false, format!("instance `{}` could not be set up (see above); not checked", c.provider)));
                 continue;
             };
             let target = crate::provider::Target { credential: &c.id, account: c.account.as_deref(), settings: &c.settings };
@@ -281,7 +290,9 @@ fn fingerprint_key(journal: &std::path::Path) -> Result<Vec<u8>> {
 struct Prepared {
     playbook: std::sync::Arc<playbook::Playbook>,
     waves: Vec<Vec<usize>>,
-    providers: indexmap::IndexMap<String, std::sync::Arc<dyn crate::provider::Provider>>,
+    /// The provider instances the selected credentials use (built once Vault is
+    /// reachable, since admin credentials may live there).
+    providers: indexmap::IndexSet<String>,
     vault: crate::store::VaultConfig,
 }
 
@@ -295,22 +306,21 @@ fn prepare(
     let selected = plan::select::apply(&pb, selection);
     let waves = plan::order::waves(&pb, &selected.indices);
     // Every provider a selected credential needs must be runnable before anything starts.
-    let mut providers = indexmap::IndexMap::new();
+    let mut providers = indexmap::IndexSet::new();
     let mut refused = Vec::new();
     for &i in &selected.indices {
         let c = &pb.credentials[i];
-        if c.kind == crate::provider::catalog::Kind::Manual || providers.contains_key(&c.provider) {
+        if c.kind == crate::provider::catalog::Kind::Manual || providers.contains(&c.provider) {
             continue;
         }
-        match pb
-            .providers
-            .get(&c.provider)
-            .map(crate::provider::registry::build)
-        {
-            Some(Ok(p)) => {
-                providers.insert(c.provider.clone(), p);
+        match pb.providers.get(&c.provider) {
+            Some(p) if crate::provider::registry::supports(&p.type_name) => {
+                providers.insert(c.provider.clone());
             }
-            Some(Err(e)) => refused.push(e.to_string()),
+            Some(p) => refused.push(format!(
+                "provider type `{}` (instance `{}`) cannot rotate credentials in this build yet; `rekey providers` lists what can",
+                p.type_name, p.name
+            )),
             None => refused.push(format!("unknown provider instance `{}`", c.provider)),
         }
     }
@@ -420,6 +430,19 @@ fn progress_for(
     }
 }
 
+/// Resolves `instance`'s admin credential (from Vault or the environment) and builds
+/// its provider. The error names what is missing and never holds a value.
+async fn build_provider(
+    instance: &playbook::ProviderInstance,
+    store: &crate::store::VaultStore,
+) -> std::result::Result<std::sync::Arc<dyn crate::provider::Provider>, String> {
+    let admin = match &instance.admin {
+        Some(source) => Some(crate::provider::admin::resolve(source, store).await?),
+        None => None,
+    };
+    crate::provider::registry::build(instance, admin).map_err(|e| e.to_string())
+}
+
 /// Runs `work` with an engine built from `prepared`.
 fn with_engine<T>(
     prepared: Prepared,
@@ -447,11 +470,24 @@ fn with_engine<T>(
             }
         });
         let store = crate::store::VaultStore::connect(&prepared.vault).await?;
+        let mut providers = indexmap::IndexMap::new();
+        let mut refused = Vec::new();
+        for name in &prepared.providers {
+            match build_provider(&prepared.playbook.providers[name], &store).await {
+                Ok(p) => {
+                    providers.insert(name.clone(), p);
+                }
+                Err(e) => refused.push(format!("provider instance `{name}`: {e}")),
+            }
+        }
+        if !refused.is_empty() {
+            anyhow::bail!("{}; nothing was changed", refused.join("; "));
+        }
         let engine = crate::engine::Engine {
             playbook: prepared.playbook.clone(),
             store: std::sync::Arc::new(store),
             journal: std::sync::Arc::new(std::sync::Mutex::new(journal)),
-            providers: prepared.providers,
+            providers,
             tuning: crate::engine::Tuning::default(),
             fingerprint_key: key,
             holder: crate::journal::Journal::new_lease_holder(),

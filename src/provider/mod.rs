@@ -3,6 +3,7 @@
 //! folder per implementation; `registry` maps a playbook's instances to them.
 //! The engine never names a concrete provider.
 
+pub mod admin;
 pub mod catalog;
 pub mod registry;
 pub mod sandbox;

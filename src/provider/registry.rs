@@ -1,13 +1,25 @@
 //! From a playbook's provider instance to the implementation that drives it. The
 //! only place that names concrete providers.
 
+use super::admin::Admin;
 use super::catalog::Kind;
 use super::{Provider, ProviderError};
 use crate::playbook::ProviderInstance;
 use std::sync::Arc;
 
-/// Builds the provider for `instance`, or says why this build cannot run it.
-pub fn build(instance: &ProviderInstance) -> Result<Arc<dyn Provider>, ProviderError> {
+/// Whether this build can rotate credentials of `type_name`.
+pub fn supports(type_name: &str) -> bool {
+    matches!(type_name, "sandbox" | "sandbox_password")
+}
+
+/// Builds the provider for `instance` with its resolved admin credential (when the
+/// playbook names one), or says why it cannot. Building connects to nothing:
+/// providers connect on first use.
+pub fn build(
+    instance: &ProviderInstance,
+    admin: Option<Admin>,
+) -> Result<Arc<dyn Provider>, ProviderError> {
+    let _ = &admin;
     match instance.type_name.as_str() {
         "sandbox" => Ok(Arc::new(super::sandbox::Sandbox::from_settings(
             Kind::Dual,
