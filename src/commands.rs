@@ -414,6 +414,7 @@ fn file_sha256(path: &std::path::Path) -> String {
 fn progress_for(
     pb: &playbook::Playbook,
     waves: &[Vec<usize>],
+    limits: &indexmap::IndexMap<String, std::sync::Arc<crate::engine::limits::InstanceLimit>>,
 ) -> std::sync::Arc<dyn crate::engine::Progress> {
     use std::io::IsTerminal;
     let total: usize = waves.iter().map(Vec::len).sum();
@@ -424,7 +425,7 @@ fn progress_for(
                 .entry(pb.credentials[i].provider.clone())
                 .or_default() += 1;
         }
-        std::sync::Arc::new(crate::progress::Bars::new(&counts))
+        std::sync::Arc::new(crate::progress::Bars::new(&counts, limits.clone()))
     } else {
         std::sync::Arc::new(crate::progress::Lines::new(total))
     }
@@ -483,6 +484,20 @@ fn with_engine<T>(
         if !refused.is_empty() {
             anyhow::bail!("{}; nothing was changed", refused.join("; "));
         }
+        let limits: indexmap::IndexMap<_, _> = prepared
+            .playbook
+            .providers
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    std::sync::Arc::new(crate::engine::limits::InstanceLimit::new(
+                        name.clone(),
+                        p.rate,
+                    )),
+                )
+            })
+            .collect();
         let engine = crate::engine::Engine {
             playbook: prepared.playbook.clone(),
             store: std::sync::Arc::new(store),
@@ -492,12 +507,46 @@ fn with_engine<T>(
             fingerprint_key: key,
             holder: crate::journal::Journal::new_lease_holder(),
             stop,
-            progress: progress_for(&prepared.playbook, &prepared.waves),
+            progress: progress_for(&prepared.playbook, &prepared.waves, &limits),
             pending: std::sync::Mutex::new(Vec::new()),
-            limits: prepared.playbook.providers.iter().map(|(name, p)| (name.clone(), std::sync::Arc::new(crate::engine::limits::InstanceLimit::new(p.rate)))).collect(),
+            limits,
         };
         work(&engine, &prepared.waves).await
     })
+}
+
+/// One instance's totals: requests, rate-limited answers, retries, and what rekey
+/// learned about its real limit.
+fn instance_line(i: &crate::engine::limits::LimitStats) -> String {
+    let rate = |r: f64| {
+        if r >= 10.0 {
+            format!("{r:.0}/s")
+        } else {
+            format!("{r:.2}/s")
+        }
+    };
+    let mut line = format!(
+        "instance {}: {} requests, {} rate-limited",
+        i.instance, i.requests, i.rate_limited
+    );
+    if i.retries + i.retries_refused > 0 {
+        line += &format!(", {} retried", i.retries);
+        if i.retries_refused > 0 {
+            line += &format!(" ({} refused by the retry budget)", i.retries_refused);
+        }
+    }
+    match i.learned_per_second {
+        Some(l) => {
+            line += &format!(
+                "; the provider admits about {} (configured {}): ended at {}, set `rate` in the playbook to match",
+                rate(l),
+                rate(i.configured_per_second),
+                rate(i.final_per_second)
+            )
+        }
+        None => line += &format!("; limit {}", rate(i.configured_per_second)),
+    }
+    line
 }
 
 fn print_summary(
@@ -538,6 +587,9 @@ fn print_summary(
             summary.count("skipped"),
             summary.count("awaiting_operator")
         )?;
+        for i in &summary.instances {
+            writeln!(io.stdout, "  {}", instance_line(i))?;
+        }
     }
     if summary.interrupted {
         writeln!(

@@ -1,21 +1,28 @@
 //! Progress of a run on stderr: per provider instance bars with rate and ETA on a
 //! terminal (indicatif), one plain line per finished credential otherwise.
 
+use crate::engine::limits::InstanceLimit;
 use crate::engine::{Outcome, Progress};
 use indexmap::IndexMap;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
 /// Bars, one per provider instance, with the number of its selected credentials.
 pub struct Bars {
     bars: IndexMap<String, ProgressBar>,
+    /// Each instance's limit, to show the rate it sends at now and its 429s.
+    limits: IndexMap<String, Arc<InstanceLimit>>,
     _multi: MultiProgress,
 }
 
 impl Bars {
-    pub fn new(counts: &IndexMap<String, u64>) -> Bars {
+    pub fn new(
+        counts: &IndexMap<String, u64>,
+        limits: IndexMap<String, Arc<InstanceLimit>>,
+    ) -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
             "{prefix:>16} [{bar:30}] {pos}/{len} {rate:>9} ETA {eta:>4} {msg}",
@@ -40,6 +47,7 @@ impl Bars {
             .collect();
         Bars {
             bars,
+            limits,
             _multi: multi,
         }
     }
@@ -48,7 +56,19 @@ impl Bars {
 impl Progress for Bars {
     fn started(&self, instance: &str, credential: &str) {
         if let Some(bar) = self.bars.get(instance) {
-            bar.set_message(credential.to_owned());
+            let limit = match self.limits.get(instance) {
+                Some(l) => {
+                    let s = l.stats();
+                    let throttled = if s.rate_limited > 0 {
+                        format!(", {} rate-limited", s.rate_limited)
+                    } else {
+                        String::new()
+                    };
+                    format!("(limit {:.1}/s{throttled}) ", s.final_per_second)
+                }
+                None => String::new(),
+            };
+            bar.set_message(format!("{limit}{credential}"));
         }
     }
     fn finished(&self, instance: &str, credential: &str, outcome: &Outcome) {

@@ -12,7 +12,7 @@ mod rotate;
 
 use crate::journal::{Journal, JournalError, NewRun, RunStatus};
 use crate::playbook::{Mode, Playbook};
-use crate::provider::{Provider, ProviderError};
+use crate::provider::Provider;
 use crate::store::SecretStore;
 use indexmap::IndexMap;
 use serde::Serialize;
@@ -64,6 +64,9 @@ pub struct RunSummary {
     pub results: Vec<CredentialResult>,
     /// Stopped by Ctrl-C before every credential started: `rekey resume` finishes it.
     pub interrupted: bool,
+    /// Requests, rate-limited answers, retries and the rate each provider instance
+    /// ended at (only instances that were used).
+    pub instances: Vec<limits::LimitStats>,
 }
 
 impl RunSummary {
@@ -98,6 +101,9 @@ pub struct Tuning {
     pub verify_attempts: u32,
     /// How long a lease on a credential lasts.
     pub lease: Duration,
+    /// How long one step keeps retrying rate-limited answers (a provider's block
+    /// can last minutes: Cloudflare blocks for five) before it counts as failed.
+    pub rate_limit_patience: Duration,
 }
 
 impl Default for Tuning {
@@ -108,6 +114,7 @@ impl Default for Tuning {
             max_backoff: Duration::from_secs(5),
             verify_attempts: 5,
             lease: Duration::from_secs(600),
+            rate_limit_patience: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -168,6 +175,30 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// What each used instance's limit saw, logged and returned for the summary.
+    fn limit_stats(&self) -> Vec<limits::LimitStats> {
+        let stats: Vec<_> = self
+            .limits
+            .values()
+            .map(|l| l.stats())
+            .filter(|s| s.requests > 0)
+            .collect();
+        for s in &stats {
+            tracing::info!(
+                instance = %s.instance,
+                requests = s.requests,
+                rate_limited = s.rate_limited,
+                retries = s.retries,
+                retries_refused = s.retries_refused,
+                per_second = s.final_per_second,
+                configured_per_second = s.configured_per_second,
+                learned_per_second = s.learned_per_second,
+                "Instance totals."
+            );
+        }
+        stats
+    }
+
     /// Rotates the credentials at `waves` (indices into the playbook's
     /// credentials, as `plan::order::waves` returns them), recording run `new_run`.
     pub async fn run(
@@ -272,6 +303,7 @@ impl Engine {
             run_id: run_id.clone(),
             results: results.list,
             interrupted,
+            instances: self.limit_stats(),
         };
         self.journal(|j| j.finish_run(&run_id, summary.status()))?;
         tracing::info!(run = %run_id, status = %summary.status(), "Run finished.");
@@ -325,6 +357,7 @@ impl Engine {
             run_id: run_id.to_owned(),
             results: results.list,
             interrupted: false,
+            instances: self.limit_stats(),
         };
         self.journal(|j| j.finish_run(run_id, summary.status()))?;
         tracing::info!(run = %run_id, status = %summary.status(), "Resumed run finished.");
@@ -391,6 +424,7 @@ impl Engine {
             run_id: rollback_run.clone(),
             results,
             interrupted: false,
+            instances: self.limit_stats(),
         };
         let status = if summary.count("quarantined") > 0 {
             RunStatus::Quarantined
@@ -460,14 +494,5 @@ impl Results {
             .depends_on
             .iter()
             .find(|d| self.failed.contains(d.as_str()))
-    }
-}
-
-/// Whether an error is worth another attempt.
-pub(crate) fn retryable(e: &ProviderError) -> Option<Option<Duration>> {
-    match e {
-        ProviderError::Transient(_) => Some(None),
-        ProviderError::RateLimited { retry_after, .. } => Some(*retry_after),
-        ProviderError::Fatal(_) => None,
     }
 }

@@ -2,7 +2,8 @@
 //! credential's `Outcome`; `Err` only for the journal failing (then nothing can
 //! be recorded safely and the run stops).
 
-use super::{Engine, EngineError, Outcome, retryable};
+use super::limits::InstanceLimit;
+use super::{Engine, EngineError, Outcome};
 use crate::journal::Outcome as Recorded;
 use crate::playbook::Credential;
 use crate::provider::catalog::Kind;
@@ -181,11 +182,30 @@ impl<'a> Ctx<'a> {
     }
 
     /// Runs one external step with an intent record before and an outcome after,
-    /// retrying transient failures with jittered exponential backoff.
+    /// retrying what is worth retrying: transient failures with jittered
+    /// exponential backoff, a bounded number of times and only while `limit`'s retry
+    /// budget allows; rate-limited answers for as long as the provider asks (the
+    /// instance's pause paces them), up to `Tuning::rate_limit_patience`.
     async fn step<T, F, Fut, E>(
         &self,
         step: &str,
         detail: Value,
+        call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<Failure> + RetryHint,
+    {
+        self.limited_step(step, detail, None, call).await
+    }
+
+    /// [`Ctx::step`], with transient retries drawn from `limit`'s retry budget.
+    async fn limited_step<T, F, Fut, E>(
+        &self,
+        step: &str,
+        detail: Value,
+        limit: Option<&InstanceLimit>,
         mut call: F,
     ) -> Result<Result<T, Failure>, EngineError>
     where
@@ -197,17 +217,31 @@ impl<'a> Ctx<'a> {
             .engine
             .journal(|j| j.intent(self.run, &self.credential.id, step, &detail))?;
         let tuning = &self.engine.tuning;
+        let started = tokio::time::Instant::now();
         let mut delay = tuning.backoff;
         let mut attempt = 1;
+        let mut rate_limited = 0u32;
         let result = loop {
             match call().await {
                 Ok(v) => break Ok(v),
                 Err(e) => {
-                    let hint = e.retry_hint();
+                    let retry = e.retry_hint();
                     let failure: Failure = e.into();
-                    match hint {
-                        Some(after) if attempt < tuning.attempts => {
-                            let wait = after.unwrap_or_else(|| jitter(delay));
+                    match retry {
+                        Retry::RateLimited(after)
+                            if started.elapsed() < tuning.rate_limit_patience =>
+                        {
+                            rate_limited += 1;
+                            tracing::debug!(credential = %self.credential.id, step, rate_limited, "Rate limited; retrying when the instance may send again.");
+                            if limit.is_none() {
+                                tokio::time::sleep(after.unwrap_or_else(|| jitter(delay))).await;
+                            }
+                        }
+                        Retry::Transient
+                            if attempt < tuning.attempts
+                                && limit.is_none_or(InstanceLimit::allow_retry) =>
+                        {
+                            let wait = jitter(delay);
                             tracing::warn!(credential = %self.credential.id, step, attempt, kind = failure.kind, wait_ms = wait.as_millis() as u64, "Step failed; retrying: {}", failure.message);
                             tokio::time::sleep(wait).await;
                             delay = (delay * 2).min(tuning.max_backoff);
@@ -225,13 +259,18 @@ impl<'a> Ctx<'a> {
                 message: f.message.clone(),
             },
         };
-        self.engine
-            .journal(|j| j.outcome(intent, recorded, &json!({ "attempts": attempt })))?;
+        self.engine.journal(|j| {
+            j.outcome(
+                intent,
+                recorded,
+                &json!({ "attempts": attempt, "rate_limited": rate_limited }),
+            )
+        })?;
         Ok(result)
     }
 
-    /// A provider call: every attempt waits for the instance's rate limit, and a
-    /// rate-limited answer pauses the whole instance.
+    /// A provider call: every attempt waits for the instance's rate limit and
+    /// reports how it went, so a rate-limited answer pauses the whole instance.
     async fn pstep<T, F, Fut>(
         &self,
         step: &str,
@@ -243,18 +282,22 @@ impl<'a> Ctx<'a> {
         Fut: Future<Output = Result<T, ProviderError>>,
     {
         let limit = self.engine.limits.get(&self.credential.provider).cloned();
-        self.step(step, detail, move || {
+        let shared = limit.clone();
+        self.limited_step(step, detail, limit.as_deref(), move || {
             let request = call();
-            let limit = limit.clone();
+            let limit = shared.clone();
             async move {
-                if let Some(l) = &limit {
-                    l.acquire().await;
-                }
+                let Some(limit) = limit else {
+                    return request.await;
+                };
+                let ticket = limit.acquire().await;
                 let result = request.await;
-                if let (Err(ProviderError::RateLimited { retry_after, .. }), Some(l)) =
-                    (&result, &limit)
-                {
-                    l.throttle(*retry_after);
+                match &result {
+                    Ok(_) => ticket.succeeded(),
+                    Err(ProviderError::RateLimited { retry_after, .. }) => {
+                        ticket.throttled(*retry_after)
+                    }
+                    Err(_) => drop(ticket),
                 }
                 result
             }
@@ -1270,20 +1313,38 @@ pub(super) async fn roll_back(
     }
 }
 
-/// Which errors are worth retrying, and after how long if the error says.
+/// How an error may be retried.
+pub(super) enum Retry {
+    /// Not at all: retrying cannot help.
+    Never,
+    /// With backoff, a bounded number of times, from the retry budget.
+    Transient,
+    /// When the provider allows again (after this long, if it said).
+    RateLimited(Option<Duration>),
+}
+
+/// Which errors are worth retrying, and how.
 pub(super) trait RetryHint {
-    fn retry_hint(&self) -> Option<Option<Duration>>;
+    fn retry_hint(&self) -> Retry;
 }
 
 impl RetryHint for ProviderError {
-    fn retry_hint(&self) -> Option<Option<Duration>> {
-        retryable(self)
+    fn retry_hint(&self) -> Retry {
+        match self {
+            ProviderError::Transient(_) => Retry::Transient,
+            ProviderError::RateLimited { retry_after, .. } => Retry::RateLimited(*retry_after),
+            ProviderError::Fatal(_) => Retry::Never,
+        }
     }
 }
 
 impl RetryHint for StoreError {
-    fn retry_hint(&self) -> Option<Option<Duration>> {
-        self.is_transient().then_some(None)
+    fn retry_hint(&self) -> Retry {
+        if self.is_transient() {
+            Retry::Transient
+        } else {
+            Retry::Never
+        }
     }
 }
 

@@ -5,7 +5,11 @@
 //!
 //! Failure injection: `settings.failure_rate: { create: 0.1, ... }` (transient
 //! failures), `credential settings.fail: verify` (one operation always fails for
-//! that credential, to rehearse rollback), `settings.latency: 20ms`.
+//! that credential, to rehearse rollback), `settings.latency: 20ms`,
+//! `settings.server_rate: 200` (a server-side token bucket answering 429 with
+//! Retry-After), `settings.outage: { after: 10s, for: 30s }` (429 to everything for
+//! a while, like a provider's block). `state_file: memory` keeps the state in the
+//! process (for benchmarks; a crash loses it).
 
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
 use crate::provider::catalog::Kind;
@@ -48,6 +52,10 @@ pub struct Sandbox {
     latency: Duration,
     failure_rate: BTreeMap<String, f64>,
     state: Mutex<()>,
+    /// `state_file: memory`: the state lives here instead of in a file.
+    memory: Option<Mutex<State>>,
+    /// 429 to every request between these two instants.
+    outage: Option<(std::time::Instant, std::time::Instant)>,
     /// Server-side limit (requests per second), as a real API enforces: beyond
     /// it the sandbox answers "429" with a Retry-After.
     server_rate: Option<f64>,
@@ -93,8 +101,31 @@ impl Sandbox {
             .and_then(|v| v.as_f64().or_else(|| v.as_str()?.parse().ok()))
             .filter(|r| *r > 0.0);
         let capacity = server_rate.map(|r| r.max(1.0)).unwrap_or(0.0);
+        let outage = match settings.get("outage") {
+            Some(serde_json::Value::Object(m)) => {
+                let field = |k: &str| -> Result<Duration, ProviderError> {
+                    let text = m.get(k).and_then(|v| v.as_str()).ok_or_else(|| {
+                        ProviderError::Fatal(format!(
+                            "sandbox: `outage` needs `{k}` as a duration, e.g. {{ after: 10s, for: 30s }}"
+                        ))
+                    })?;
+                    crate::playbook::rate::parse_duration(text).map_err(ProviderError::Fatal)
+                };
+                let start = std::time::Instant::now() + field("after")?;
+                Some((start, start + field("for")?))
+            }
+            Some(_) => {
+                return Err(ProviderError::Fatal(
+                    "sandbox: `outage` must be a map, e.g. { after: 10s, for: 30s }".into(),
+                ));
+            }
+            None => None,
+        };
+        let memory = (state_file.as_os_str() == "memory").then(|| Mutex::new(State::default()));
         Ok(Sandbox {
             kind,
+            memory,
+            outage,
             state_file,
             quota,
             latency,
@@ -144,6 +175,17 @@ impl Sandbox {
 
     /// The server's token bucket: one token per request, refilled at `server_rate`.
     fn admit(&self) -> Result<(), ProviderError> {
+        if let Some((start, end)) = self.outage {
+            let now = std::time::Instant::now();
+            if start <= now && now < end {
+                self.rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(ProviderError::RateLimited {
+                    retry_after: Some(Duration::from_secs(1)),
+                    message: "sandbox: 429 Too Many Requests (blocked)".into(),
+                });
+            }
+        }
         let Some(rate) = self.server_rate else {
             return Ok(());
         };
@@ -195,6 +237,10 @@ impl Sandbox {
         let account = target
             .account
             .ok_or_else(|| ProviderError::Fatal("sandbox credentials need an account".into()))?;
+        if let Some(memory) = &self.memory {
+            let mut state = memory.lock().unwrap_or_else(|e| e.into_inner());
+            return f(state.accounts.entry(account.to_owned()).or_default()).map(|(v, _)| v);
+        }
         let _guard = self
             .state
             .lock()
