@@ -21,6 +21,7 @@
 //! tests run with paused time instead of sleeping.
 
 use crate::playbook::rate::Rate;
+use crate::provider::RateHint;
 use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -102,6 +103,9 @@ struct State {
     last_throttle: Option<Instant>,
     last_change: Instant,
     learned: Option<f64>,
+    /// The rate was lowered by the provider's headers (not by 429s): a fresh
+    /// window restores it.
+    paced_by_headers: bool,
     budget: f64,
     budget_at: Instant,
 }
@@ -142,6 +146,15 @@ impl Ticket<'_> {
         self.limit.on_success(self.probe);
     }
 
+    /// Succeeded, and the provider's rate-limit headers said this about its window.
+    pub fn succeeded_with(self, hint: Option<RateHint>) {
+        let limit = self.limit;
+        self.succeeded();
+        if let Some(hint) = hint {
+            limit.observe(hint);
+        }
+    }
+
     /// The provider said "slow down": pause every request of this instance.
     pub fn throttled(mut self, retry_after: Option<Duration>) {
         self.reported = true;
@@ -175,6 +188,7 @@ impl InstanceLimit {
                 last_throttle: None,
                 last_change: now,
                 learned: None,
+                paced_by_headers: false,
                 budget: BUDGET_RESERVE,
                 budget_at: now,
             }),
@@ -313,6 +327,44 @@ impl InstanceLimit {
             let rate = (state.current * INCREASE).min(self.configured.per_second);
             self.set_rate(&mut state, rate, now);
             tracing::info!(instance = %self.name, per_second = rate, "No rate-limited answer for a while; raising the rate carefully.");
+        }
+    }
+
+    /// The provider's headers said how many requests its window has left. Nearly
+    /// none: spread them over the time to the reset (all at once would earn a 429
+    /// or a block); none: pause the instance until the reset. Plenty: nothing to do
+    /// (slowing down early would waste the provider's allowance during an incident).
+    fn observe(&self, hint: RateHint) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let low = u64::from(self.configured.burst.max(1)) * 2 + 5;
+        if hint.remaining == 0 {
+            let until = now + hint.reset_in.min(MAX_PAUSE);
+            if state.paused_until.is_none_or(|p| p < until) {
+                state.paused_until = Some(until);
+                state.probe_pending = true;
+                drop(state);
+                tracing::warn!(instance = %self.name, wait_ms = hint.reset_in.as_millis() as u64, "Provider's rate-limit window is used up; waiting for it to reset.");
+            }
+            return;
+        }
+        if hint.remaining > low {
+            // A fresh window after rekey paced itself by headers: back to full speed.
+            if std::mem::take(&mut state.paced_by_headers) {
+                state.learned = None;
+                self.set_rate(&mut state, self.configured.per_second, now);
+                drop(state);
+                tracing::info!(instance = %self.name, remaining = hint.remaining, "Provider's rate-limit window reset; back to the configured rate.");
+            }
+            return;
+        }
+        let pace = hint.remaining as f64 / hint.reset_in.as_secs_f64().max(0.001);
+        if pace < state.current * 0.98 {
+            state.learned = Some(pace);
+            state.paced_by_headers = true;
+            self.set_rate(&mut state, pace.max(self.configured.per_second / 1e6), now);
+            drop(state);
+            tracing::warn!(instance = %self.name, remaining = hint.remaining, reset_ms = hint.reset_in.as_millis() as u64, per_second = pace, "Provider's rate-limit window is nearly used up; spreading the rest until it resets.");
         }
     }
 
@@ -557,6 +609,30 @@ mod tests {
         while start.elapsed() < Duration::from_secs(600) {
             limit.acquire().await.succeeded();
         }
+        assert_eq!(limit.current_rate(), 100.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_headers_slow_the_instance_before_the_provider_refuses() {
+        let limit = InstanceLimit::new("i", rate(100.0, 5));
+        // Plenty left: full speed.
+        let hint = |remaining, secs| RateHint {
+            remaining,
+            reset_in: Duration::from_secs(secs),
+        };
+        limit.acquire().await.succeeded_with(Some(hint(4000, 3600)));
+        assert_eq!(limit.current_rate(), 100.0);
+        // Ten left for the next 20 s: one every 2 s.
+        limit.acquire().await.succeeded_with(Some(hint(10, 20)));
+        assert_eq!(limit.current_rate(), 0.5);
+        // None left: nothing leaves before the reset, and no 429 was needed.
+        let start = Instant::now();
+        limit.acquire().await.succeeded_with(Some(hint(0, 30)));
+        limit.acquire().await.succeeded();
+        assert!(start.elapsed() >= Duration::from_secs(30));
+        assert_eq!(limit.stats().rate_limited, 0);
+        // A fresh window: back to the configured rate at once.
+        limit.acquire().await.succeeded_with(Some(hint(5000, 3600)));
         assert_eq!(limit.current_rate(), 100.0);
     }
 

@@ -283,9 +283,11 @@ impl<'a> Ctx<'a> {
     {
         let limit = self.engine.limits.get(&self.credential.provider).cloned();
         let shared = limit.clone();
+        let provider = self.provider.clone();
         self.limited_step(step, detail, limit.as_deref(), move || {
             let request = call();
             let limit = shared.clone();
+            let provider = provider.clone();
             async move {
                 let Some(limit) = limit else {
                     return request.await;
@@ -293,7 +295,7 @@ impl<'a> Ctx<'a> {
                 let ticket = limit.acquire().await;
                 let result = request.await;
                 match &result {
-                    Ok(_) => ticket.succeeded(),
+                    Ok(_) => ticket.succeeded_with(provider.rate_hint()),
                     Err(ProviderError::RateLimited { retry_after, .. }) => {
                         ticket.throttled(*retry_after)
                     }

@@ -64,6 +64,16 @@ pub struct KeyInfo {
     pub tag: Option<String>,
 }
 
+/// What a provider's rate-limit headers said on its latest answer (GitHub's
+/// `X-RateLimit-Remaining` and `X-RateLimit-Reset`, Okta's `X-Rate-Limit-*`,
+/// Cloudflare's `Ratelimit`...): requests left in the current window and when it
+/// resets. The engine slows the instance down before the provider has to refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHint {
+    pub remaining: u64,
+    pub reset_in: Duration,
+}
+
 /// A newly issued key: its id (not secret) and its value (secret).
 #[derive(Debug)]
 pub struct Issued {
@@ -77,6 +87,11 @@ pub struct Issued {
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn kind(&self) -> Kind;
+
+    /// The provider's rate-limit headers on its latest answer, where it sends them.
+    fn rate_hint(&self) -> Option<RateHint> {
+        None
+    }
 
     /// Read-only checks for `rekey plan`: admin credential works, account exists,
     /// quota has room.
