@@ -55,6 +55,7 @@ pub(super) async fn rotate(
         index,
         credential,
         provider,
+        leased_at: Some(std::sync::Mutex::new(tokio::time::Instant::now())),
     };
     let outcome = match credential.kind {
         Kind::Dual => ctx.dual().await,
@@ -99,6 +100,7 @@ pub(super) async fn resume(
         index,
         credential,
         provider,
+        leased_at: None,
     };
     let detail = last.map(|r| r.detail.clone()).unwrap_or(Value::Null);
     let reconciled = match credential.kind {
@@ -120,6 +122,9 @@ struct Ctx<'a> {
     index: usize,
     credential: &'a Credential,
     provider: Arc<dyn Provider>,
+    /// When this context last took or renewed its lease on the credential (`None`
+    /// when it works without one: retirement, rollback).
+    leased_at: Option<std::sync::Mutex<tokio::time::Instant>>,
 }
 
 /// A failed step: what kind, and a message without secrets.
@@ -162,6 +167,26 @@ impl<'a> Ctx<'a> {
             account: self.credential.account.as_deref(),
             settings: &self.credential.settings,
         }
+    }
+
+    /// Renews the lease once a quarter of its time has passed, so a credential that
+    /// waits out long rate limits keeps it. `false`: it expired and another process
+    /// holds it now.
+    fn renew_lease(&self) -> Result<bool, EngineError> {
+        let Some(leased_at) = &self.leased_at else {
+            return Ok(true);
+        };
+        let now = tokio::time::Instant::now();
+        let mut at = leased_at.lock().map_err(super::poisoned)?;
+        if now.duration_since(*at) < self.engine.tuning.lease / 4 {
+            return Ok(true);
+        }
+        let ttl = self.engine.tuning.lease + self.credential.grace;
+        let renewed = self
+            .engine
+            .journal(|j| j.lease(self.run, &self.credential.id, &self.engine.holder, ttl))?;
+        *at = now;
+        Ok(renewed)
     }
 
     fn staging_path(&self) -> String {
@@ -213,6 +238,13 @@ impl<'a> Ctx<'a> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Failure> + RetryHint,
     {
+        if !self.renew_lease()? {
+            return Ok(Err(Failure {
+                kind: "fatal",
+                message: "the lease on this credential expired and another rekey process took it over; this process stopped touching it".into(),
+                conflict: false,
+            }));
+        }
         let intent = self
             .engine
             .journal(|j| j.intent(self.run, &self.credential.id, step, &detail))?;
@@ -403,6 +435,7 @@ impl<'a> Ctx<'a> {
     ) -> Result<Result<u64, Failure>, EngineError> {
         let store = self.engine.store.clone();
         let path = self.credential.vault_path.clone();
+        let tried = std::sync::atomic::AtomicBool::new(false);
         let result = self
             .step(
                 "promote",
@@ -410,7 +443,26 @@ impl<'a> Ctx<'a> {
                 || {
                     let store = store.clone();
                     let path = path.clone();
-                    async move { store.write_cas(&path, secret, fields, cas).await }
+                    let retry = tried.swap(true, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        match store.write_cas(&path, secret, fields, cas).await {
+                            // An earlier attempt may have been applied though its
+                            // answer was lost (a timeout): then the version after
+                            // `cas` holds exactly this value, and it is not a conflict.
+                            Err(StoreError::CasConflict { path: p, expected }) if retry => {
+                                match store.read(&path).await {
+                                    Ok(e)
+                                        if e.version == cas + 1
+                                            && e.value.as_ref() == Some(secret) =>
+                                    {
+                                        Ok(e.version)
+                                    }
+                                    _ => Err(StoreError::CasConflict { path: p, expected }),
+                                }
+                            }
+                            other => other,
+                        }
+                    }
                 },
             )
             .await?;
@@ -1151,6 +1203,7 @@ pub(super) async fn retire(
         index: r.index,
         credential,
         provider,
+        leased_at: None,
     };
     ctx.retire(r.old_key.as_deref(), &r.new_key, r.version)
         .await
@@ -1182,6 +1235,7 @@ pub(super) async fn roll_back(
         index,
         credential,
         provider: provider.clone(),
+        leased_at: None,
     };
     let target = ctx.target();
     let id = &credential.id;
