@@ -108,10 +108,13 @@ impl AppRole<'_> {
             .vault
             .request("LIST", &self.path("secret-id"), None, As::Admin)
             .await?;
-        if reply.status == 404 {
-            // No secret-id at all, or no role: tell them apart.
+        if matches!(reply.status, 400 | 404) {
+            // 404: no secret-id at all; 400: no such role. Reading the role-id
+            // tells them apart and fails with the right message.
             self.role_id().await?;
-            return Ok(Vec::new());
+            if reply.status == 404 {
+                return Ok(Vec::new());
+            }
         }
         if !reply.ok() {
             return Err(self.role_missing(&reply, "listing secret-ids"));
