@@ -45,7 +45,10 @@ impl VaultConfig {
                     "{type_name} setting `address` is not an http(s) URL: `{address}`"
                 ))
             })?;
-        let mount = text("mount").unwrap_or(default_mount).trim_matches('/').to_owned();
+        let mount = text("mount")
+            .unwrap_or(default_mount)
+            .trim_matches('/')
+            .to_owned();
         if mount.is_empty() || mount.split('/').any(|s| s.is_empty() || s == "..") {
             return Err(ProviderError::Fatal(format!(
                 "{type_name} setting `mount` is not a mount path: `{mount}`"
@@ -113,7 +116,9 @@ impl VaultHttp {
                 ProviderError::Fatal(format!("{type_name}: cannot read ca_file {path}: {e}"))
             })?;
             let cert = reqwest::Certificate::from_pem(&pem).map_err(|_| {
-                ProviderError::Fatal(format!("{type_name}: ca_file {path} holds no PEM certificate"))
+                ProviderError::Fatal(format!(
+                    "{type_name}: ca_file {path} holds no PEM certificate"
+                ))
             })?;
             builder = builder.add_root_certificate(cert);
         }
@@ -144,7 +149,10 @@ impl VaultHttp {
         body: Option<&Value>,
         auth: As<'_>,
     ) -> Result<Reply, ProviderError> {
-        let url = format!("{}/v1/{path}", self.config.address.as_str().trim_end_matches('/'));
+        let url = format!(
+            "{}/v1/{path}",
+            self.config.address.as_str().trim_end_matches('/')
+        );
         let method = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| ProviderError::Fatal(format!("bad HTTP method {method}")))?;
         let mut request = self.http.request(method.clone(), &url);

@@ -42,7 +42,10 @@ pub struct Ran {
 impl Ran {
     /// `outcome` of credential `id` in the JSON summary.
     pub fn outcome(&self, id: &str) -> String {
-        self.result(id)["outcome"].as_str().unwrap_or_default().to_owned()
+        self.result(id)["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     pub fn result(&self, id: &str) -> Value {
@@ -125,8 +128,14 @@ impl Case {
     pub fn resume(&self) -> Ran {
         let journal = self.journal();
         Self::finish(
-            self.command(&["resume", "--journal", journal.to_str().unwrap(), "--format", "json"])
-                .run(),
+            self.command(&[
+                "resume",
+                "--journal",
+                journal.to_str().unwrap(),
+                "--format",
+                "json",
+            ])
+            .run(),
         )
     }
 

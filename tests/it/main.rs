@@ -9,6 +9,7 @@ mod infra_common;
 mod journal;
 mod loader_props;
 mod providers_aws;
+mod providers_vault;
 mod services;
 mod store_vault;
 mod support;

@@ -53,7 +53,11 @@ fn call(
         name: service,
         endpoint: url,
         region: "us-east-1",
-        version: if service == "sts" { "2011-06-15" } else { "2010-05-08" },
+        version: if service == "sts" {
+            "2011-06-15"
+        } else {
+            "2010-05-08"
+        },
     };
     block_on(client.call(&svc, creds, action, params))
         .map(|a| a.body.to_string())
@@ -68,12 +72,19 @@ fn moto() -> &'static Moto {
 /// Creates the admin user once per moto instance (see the module comment).
 fn bootstrap() -> Moto {
     let env = crate::infra_common::services();
-    let url = url::Url::parse(env.get("REKEY_MOTO_URL").expect("moto is not running; scripts/services up moto")).unwrap();
+    let url = url::Url::parse(
+        env.get("REKEY_MOTO_URL")
+            .expect("moto is not running; scripts/services up moto"),
+    )
+    .unwrap();
     let free: u32 = env
         .get("REKEY_MOTO_NO_AUTH_COUNT")
         .and_then(|n| n.parse().ok())
         .expect("moto runs without signature checking: restart it with `REKEY_MOTO_NO_AUTH_COUNT=3 scripts/services up moto` (scripts/test does)");
-    assert!(free >= 3, "REKEY_MOTO_NO_AUTH_COUNT must be at least 3 (the admin user, its policy, its key)");
+    assert!(
+        free >= 3,
+        "REKEY_MOTO_NO_AUTH_COUNT must be at least 3 (the admin user, its policy, its key)"
+    );
     let data = crate::support::repo_root().join("target/services/moto/data");
     std::fs::create_dir_all(&data).unwrap();
     let lock = std::fs::File::create(data.join("rekey-admin.lock")).unwrap();
@@ -94,9 +105,28 @@ fn bootstrap() -> Moto {
         first.is_ok(),
         "moto refused the bootstrap ({first:?}): its unauthenticated calls are spent; restart it with `scripts/services down moto; REKEY_MOTO_NO_AUTH_COUNT=3 scripts/services up moto`"
     );
-    let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
-    call(&url, &anyone, "iam", "PutUserPolicy", &[("UserName", user), ("PolicyName", "all"), ("PolicyDocument", policy)]).unwrap();
-    let body = call(&url, &anyone, "iam", "CreateAccessKey", &[("UserName", user)]).unwrap();
+    let policy =
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+    call(
+        &url,
+        &anyone,
+        "iam",
+        "PutUserPolicy",
+        &[
+            ("UserName", user),
+            ("PolicyName", "all"),
+            ("PolicyDocument", policy),
+        ],
+    )
+    .unwrap();
+    let body = call(
+        &url,
+        &anyone,
+        "iam",
+        "CreateAccessKey",
+        &[("UserName", user)],
+    )
+    .unwrap();
     let doc = roxmltree::Document::parse(&body).unwrap();
     let id = text_of(doc.root(), "AccessKeyId").unwrap().to_owned();
     let secret = text_of(doc.root(), "SecretAccessKey").unwrap().to_owned();
@@ -160,13 +190,25 @@ impl Moto {
 
     /// STS GetCallerIdentity with a key pair: the ARN, or AWS's error code.
     fn caller(&self, id: &str, secret: &str) -> Result<String, String> {
-        let body = call(&self.url, &creds(id, secret), "sts", "GetCallerIdentity", &[])?;
+        let body = call(
+            &self.url,
+            &creds(id, secret),
+            "sts",
+            "GetCallerIdentity",
+            &[],
+        )?;
         let doc = roxmltree::Document::parse(&body).unwrap();
         Ok(text_of(doc.root(), "Arn").unwrap_or_default().to_owned())
     }
 }
 
-fn playbook(case: &Case, moto: &Moto, mode: &str, extra_settings: &str, credentials: &str) -> std::path::PathBuf {
+fn playbook(
+    case: &Case,
+    moto: &Moto,
+    mode: &str,
+    extra_settings: &str,
+    credentials: &str,
+) -> std::path::PathBuf {
     case.playbook(
         "aws.yaml",
         &format!(
@@ -186,10 +228,24 @@ fn case_with_admin(admin_json: String) -> Case {
 fn moto_checks_signatures_so_the_tests_can_prove_them() {
     let moto = moto();
     let (user, id, secret) = moto.user_with_key("sig");
-    assert!(moto.caller(&id, &secret).unwrap().ends_with(&format!(":user/{user}")));
-    assert_eq!(moto.caller(&id, "not-the-secret").unwrap_err(), "SignatureDoesNotMatch");
-    moto.iam("DeleteAccessKey", &[("UserName", &user), ("AccessKeyId", &id)]).unwrap();
-    assert_eq!(moto.caller(&id, &secret).unwrap_err(), "InvalidClientTokenId");
+    assert!(
+        moto.caller(&id, &secret)
+            .unwrap()
+            .ends_with(&format!(":user/{user}"))
+    );
+    assert_eq!(
+        moto.caller(&id, "not-the-secret").unwrap_err(),
+        "SignatureDoesNotMatch"
+    );
+    moto.iam(
+        "DeleteAccessKey",
+        &[("UserName", &user), ("AccessKeyId", &id)],
+    )
+    .unwrap();
+    assert_eq!(
+        moto.caller(&id, &secret).unwrap_err(),
+        "InvalidClientTokenId"
+    );
 }
 
 #[test]
@@ -198,7 +254,15 @@ fn aws_iam_rotation_creates_verifies_promotes_and_deletes_the_old_key() {
     let (user, old_id, old_secret) = moto.user_with_key("rot");
     let case = case_with_admin(moto.admin_json());
     case.seed("deploy", &old_secret, Some(&old_id));
-    let pb = playbook(&case, moto, "breach", "", &format!("  - {{ id: deploy, provider: aws, account: {user}, vault_path: PREFIX/deploy }}\n"));
+    let pb = playbook(
+        &case,
+        moto,
+        "breach",
+        "",
+        &format!(
+            "  - {{ id: deploy, provider: aws, account: {user}, vault_path: PREFIX/deploy }}\n"
+        ),
+    );
 
     let ran = case.run(&pb);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
@@ -209,10 +273,24 @@ fn aws_iam_rotation_creates_verifies_promotes_and_deletes_the_old_key() {
     assert_ne!(new_id, old_id);
     assert_eq!(entry["metadata"]["version"], 2);
     // The new key signs requests as the user; the old one is gone for good.
-    assert!(moto.caller(&new_id, &new_secret).unwrap().ends_with(&format!(":user/{user}")));
-    assert_eq!(moto.caller(&old_id, &old_secret).unwrap_err(), "InvalidClientTokenId");
-    assert_eq!(moto.keys(&user), vec![(new_id.clone(), "Active".to_owned())]);
-    ran.assert_no_leak(&[&new_secret, &old_secret, moto.admin.secret_access_key.expose()]);
+    assert!(
+        moto.caller(&new_id, &new_secret)
+            .unwrap()
+            .ends_with(&format!(":user/{user}"))
+    );
+    assert_eq!(
+        moto.caller(&old_id, &old_secret).unwrap_err(),
+        "InvalidClientTokenId"
+    );
+    assert_eq!(
+        moto.keys(&user),
+        vec![(new_id.clone(), "Active".to_owned())]
+    );
+    ran.assert_no_leak(&[
+        &new_secret,
+        &old_secret,
+        moto.admin.secret_access_key.expose(),
+    ]);
     // The key's description tag is removed with the key; the new one carries the run's.
     let tags = moto.iam("ListUserTags", &[("UserName", &user)]).unwrap();
     assert!(!tags.contains(&old_id) && tags.contains(&new_id), "{tags}");
@@ -227,10 +305,17 @@ fn aws_iam_deactivate_marks_the_key_inactive_and_list_reports_it() {
     let (user, id, _secret) = moto.user_with_key("deact");
     let admin = rekey::provider::admin::Admin::from_env_value(ADMIN_VAR, &moto.admin_json());
     let mut settings = indexmap::IndexMap::new();
-    settings.insert("endpoint_url".to_owned(), serde_json::json!(moto.url.as_str()));
+    settings.insert(
+        "endpoint_url".to_owned(),
+        serde_json::json!(moto.url.as_str()),
+    );
     let provider = rekey::provider::aws_iam::AwsIam::new(&settings, Some(&admin)).unwrap();
     let no_settings = indexmap::IndexMap::new();
-    let target = rekey::provider::Target { credential: "c", account: Some(&user), settings: &no_settings };
+    let target = rekey::provider::Target {
+        credential: "c",
+        account: Some(&user),
+        settings: &no_settings,
+    };
     use rekey::provider::Provider;
     block_on(provider.deactivate(target, &id)).unwrap();
     assert_eq!(moto.keys(&user), vec![(id.clone(), "Inactive".to_owned())]);
@@ -252,7 +337,15 @@ fn aws_iam_full_quota_deletes_an_inactive_stray_but_never_an_active_key() {
     // One current key (in Vault) and one inactive stray: the stray makes room.
     let (user, old_id, old_secret) = moto.user_with_key("quota");
     let (stray, _) = moto.create_key(&user);
-    moto.iam("UpdateAccessKey", &[("UserName", &user), ("AccessKeyId", &stray), ("Status", "Inactive")]).unwrap();
+    moto.iam(
+        "UpdateAccessKey",
+        &[
+            ("UserName", &user),
+            ("AccessKeyId", &stray),
+            ("Status", "Inactive"),
+        ],
+    )
+    .unwrap();
     case.seed("stray", &old_secret, Some(&old_id));
 
     // Two active keys: nothing may be deleted, the run must stop and say why.
@@ -265,26 +358,47 @@ fn aws_iam_full_quota_deletes_an_inactive_stray_but_never_an_active_key() {
         moto,
         "breach",
         "",
-        &format!("  - {{ id: stray, provider: aws, account: {user}, vault_path: PREFIX/stray }}\n  - {{ id: full, provider: aws, account: {full}, vault_path: PREFIX/full }}\n"),
+        &format!(
+            "  - {{ id: stray, provider: aws, account: {user}, vault_path: PREFIX/stray }}\n  - {{ id: full, provider: aws, account: {full}, vault_path: PREFIX/full }}\n"
+        ),
     );
     let live = case.plan_live(&pb);
     assert_eq!(live.code, 1, "{}", live.stdout);
-    assert!(live.stdout.contains("ok   stray provider"), "{}", live.stdout);
     assert!(
-        live.stdout.contains("FAIL full provider") && live.stdout.contains("already holds 2 active access keys"),
+        live.stdout.contains("ok   stray provider"),
+        "{}",
+        live.stdout
+    );
+    assert!(
+        live.stdout.contains("FAIL full provider")
+            && live.stdout.contains("already holds 2 active access keys"),
         "{}",
         live.stdout
     );
 
     let ran = case.run(&pb);
     assert_eq!(ran.outcome("stray"), "rotated", "{}", ran.summary);
-    let new_id = case.vault("stray")["data"]["key_id"].as_str().unwrap().to_owned();
-    assert_eq!(moto.keys(&user), vec![(new_id, "Active".to_owned())], "the stray and the old key are gone");
+    let new_id = case.vault("stray")["data"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        moto.keys(&user),
+        vec![(new_id, "Active".to_owned())],
+        "the stray and the old key are gone"
+    );
 
     assert_eq!(ran.outcome("full"), "rolled_back", "{}", ran.summary);
     let reason = ran.result("full")["reason"].as_str().unwrap().to_owned();
-    assert!(reason.contains("already holds 2 active access keys") && reason.contains("never deletes an active key"), "{reason}");
-    let mut both = vec![(full_old.clone(), "Active".to_owned()), (other_active, "Active".to_owned())];
+    assert!(
+        reason.contains("already holds 2 active access keys")
+            && reason.contains("never deletes an active key"),
+        "{reason}"
+    );
+    let mut both = vec![
+        (full_old.clone(), "Active".to_owned()),
+        (other_active, "Active".to_owned()),
+    ];
     both.sort();
     assert_eq!(moto.keys(&full), both, "no active key was touched");
     assert_eq!(case.vault("full")["data"]["key_id"], full_old.as_str());
@@ -292,10 +406,13 @@ fn aws_iam_full_quota_deletes_an_inactive_stray_but_never_an_active_key() {
 }
 
 #[test]
-fn aws_iam_preflight_names_a_wrong_secret_a_deleted_key_a_missing_user_and_an_unreachable_endpoint() {
+fn aws_iam_preflight_names_a_wrong_secret_a_deleted_key_a_missing_user_and_an_unreachable_endpoint()
+{
     let moto = moto();
     let (user, _, _) = moto.user_with_key("pre");
-    let cred = format!("  - {{ id: deploy, provider: aws, account: {user}, vault_path: PREFIX/deploy }}\n");
+    let cred = format!(
+        "  - {{ id: deploy, provider: aws, account: {user}, vault_path: PREFIX/deploy }}\n"
+    );
 
     let wrong = serde_json::json!({ "access_key_id": moto.admin.access_key_id, "secret_access_key": "wrong-secret-0123" }).to_string();
     let case = case_with_admin(wrong);
@@ -310,15 +427,31 @@ fn aws_iam_preflight_names_a_wrong_secret_a_deleted_key_a_missing_user_and_an_un
 
     // A deleted admin key: create a second admin key, delete it, use it.
     let (gone_id, gone_secret) = moto.create_key("rekey-test-admin");
-    moto.iam("DeleteAccessKey", &[("UserName", "rekey-test-admin"), ("AccessKeyId", &gone_id)]).unwrap();
-    let case = case_with_admin(serde_json::json!({ "access_key_id": gone_id, "secret_access_key": gone_secret }).to_string());
+    moto.iam(
+        "DeleteAccessKey",
+        &[("UserName", "rekey-test-admin"), ("AccessKeyId", &gone_id)],
+    )
+    .unwrap();
+    let case = case_with_admin(
+        serde_json::json!({ "access_key_id": gone_id, "secret_access_key": gone_secret })
+            .to_string(),
+    );
     let out = case.plan_live(&playbook(&case, moto, "breach", "", &cred));
-    assert!(out.stdout.contains("(InvalidClientTokenId on GetUser)"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("(InvalidClientTokenId on GetUser)"),
+        "{}",
+        out.stdout
+    );
 
     let case = case_with_admin(moto.admin_json());
     let missing = cred.replace(&user, "no-such-user-x1");
     let out = case.plan_live(&playbook(&case, moto, "breach", "", &missing));
-    assert!(out.stdout.contains("IAM user `no-such-user-x1` does not exist"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("IAM user `no-such-user-x1` does not exist"),
+        "{}",
+        out.stdout
+    );
 
     let unreachable = case.playbook(
         "down.yaml",
@@ -327,7 +460,11 @@ fn aws_iam_preflight_names_a_wrong_secret_a_deleted_key_a_missing_user_and_an_un
         ),
     );
     let out = case.plan_live(&unreachable);
-    assert!(out.stdout.contains("cannot reach http://127.0.0.1:1"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("cannot reach http://127.0.0.1:1"),
+        "{}",
+        out.stdout
+    );
 
     let out = case.plan_live(&playbook(&case, moto, "breach", "", &cred));
     assert_eq!(out.code, 0, "{}", out.stdout);
@@ -347,14 +484,22 @@ fn aws_iam_verify_failure_deletes_the_new_key_and_keeps_the_old_one() {
         moto,
         "breach",
         ", sts_endpoint_url: \"http://127.0.0.1:1\"",
-        &format!("  - {{ id: deploy, provider: aws, account: {user}, vault_path: PREFIX/deploy }}\n"),
+        &format!(
+            "  - {{ id: deploy, provider: aws, account: {user}, vault_path: PREFIX/deploy }}\n"
+        ),
     );
     let ran = case.run(&pb);
     assert_eq!(ran.outcome("deploy"), "rolled_back", "{}", ran.summary);
     let reason = ran.result("deploy")["reason"].as_str().unwrap().to_owned();
-    assert!(reason.contains("verify failed") && reason.contains("cannot reach http://127.0.0.1:1"), "{reason}");
+    assert!(
+        reason.contains("verify failed") && reason.contains("cannot reach http://127.0.0.1:1"),
+        "{reason}"
+    );
     assert_ne!(ran.code, 0);
-    assert_eq!(moto.keys(&user), vec![(old_id.clone(), "Active".to_owned())]);
+    assert_eq!(
+        moto.keys(&user),
+        vec![(old_id.clone(), "Active".to_owned())]
+    );
     assert!(moto.caller(&old_id, &old_secret).is_ok());
     let entry = case.vault("deploy");
     assert_eq!(entry["metadata"]["version"], 1);
@@ -376,10 +521,15 @@ fn aws_iam_run_killed_mid_rotation_is_finished_by_resume_without_orphans() {
             moto,
             "breach",
             "",
-            &format!("  - {{ id: deploy, provider: aws, account: {user}, vault_path: PREFIX/deploy }}\n"),
+            &format!(
+                "  - {{ id: deploy, provider: aws, account: {user}, vault_path: PREFIX/deploy }}\n"
+            ),
         ))
         .unwrap()
-        .replace("    admin:", "    rate: { per_second: 4, burst: 1 }\n    admin:");
+        .replace(
+            "    admin:",
+            "    rate: { per_second: 4, burst: 1 }\n    admin:",
+        );
         let pb = case.playbook("slow.yaml", &text);
         let mut child = case.spawn_run(&pb);
         case.wait_for_state("deploy", states);
@@ -390,12 +540,24 @@ fn aws_iam_run_killed_mid_rotation_is_finished_by_resume_without_orphans() {
         // inside it, so there is always something to resume.
         let ran = case.resume();
         assert_eq!(ran.code, 0, "killed at {states:?}: {}", ran.stderr);
-        assert_eq!(ran.outcome("deploy"), "rotated", "killed at {states:?}: {}", ran.summary);
+        assert_eq!(
+            ran.outcome("deploy"),
+            "rotated",
+            "killed at {states:?}: {}",
+            ran.summary
+        );
         let entry = case.vault("deploy");
         let id = entry["data"]["key_id"].as_str().unwrap().to_owned();
         let secret = entry["data"]["value"].as_str().unwrap().to_owned();
         assert_ne!(id, old_id, "killed at {states:?}");
-        assert_eq!(moto.keys(&user), vec![(id.clone(), "Active".to_owned())], "killed at {states:?}: orphan or old key left");
-        assert!(moto.caller(&id, &secret).is_ok(), "killed at {states:?}: Vault's key does not work");
+        assert_eq!(
+            moto.keys(&user),
+            vec![(id.clone(), "Active".to_owned())],
+            "killed at {states:?}: orphan or old key left"
+        );
+        assert!(
+            moto.caller(&id, &secret).is_ok(),
+            "killed at {states:?}: Vault's key does not work"
+        );
     }
 }

@@ -44,7 +44,10 @@ impl AwsError {
             AwsError::Api { code, status, .. } => {
                 matches!(
                     code.as_str(),
-                    "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException"
+                    "Throttling"
+                        | "ThrottlingException"
+                        | "RequestLimitExceeded"
+                        | "TooManyRequestsException"
                 ) || *status == 429
             }
             _ => false,
@@ -59,7 +62,10 @@ impl AwsError {
                 *status >= 500
                     || matches!(
                         code.as_str(),
-                        "ServiceUnavailable" | "InternalFailure" | "InternalError" | "RequestTimeout"
+                        "ServiceUnavailable"
+                            | "InternalFailure"
+                            | "InternalError"
+                            | "RequestTimeout"
                     )
             }
             AwsError::Unreadable { status, .. } => *status >= 500,
@@ -136,10 +142,7 @@ impl QueryClient {
             request = request.header("x-amz-security-token", token.expose());
         }
         let unreachable = |e: reqwest::Error| AwsError::Unreachable {
-            endpoint: format!(
-                "{}://{host}",
-                endpoint.scheme()
-            ),
+            endpoint: format!("{}://{host}", endpoint.scheme()),
             reason: if e.is_timeout() {
                 "timed out".into()
             } else if e.is_connect() {
@@ -245,7 +248,11 @@ fn sign(input: &SigningInput<'_>) -> String {
         .map(|(k, _)| *k)
         .collect::<Vec<_>>()
         .join(";");
-    let path = if input.path.is_empty() { "/" } else { input.path };
+    let path = if input.path.is_empty() {
+        "/"
+    } else {
+        input.path
+    };
     let canonical_request = format!(
         "POST\n{path}\n\n{canonical_headers}\n{signed_headers}\n{}",
         hex::encode(Sha256::digest(input.body.as_bytes()))
@@ -328,11 +335,17 @@ mod tests {
     #[test]
     fn timestamps_and_error_codes_parse() {
         assert_eq!(parse_timestamp("1970-01-01T00:01:00Z"), Some(60));
-        assert_eq!(parse_timestamp("1970-01-01T00:01:00.123456+00:00"), Some(60));
+        assert_eq!(
+            parse_timestamp("1970-01-01T00:01:00.123456+00:00"),
+            Some(60)
+        );
         assert_eq!(
             error_code("<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>").as_deref(),
             Some("Throttling")
         );
-        assert_eq!(amz_date(std::time::UNIX_EPOCH + Duration::from_secs(60)), "19700101T000100Z");
+        assert_eq!(
+            amz_date(std::time::UNIX_EPOCH + Duration::from_secs(60)),
+            "19700101T000100Z"
+        );
     }
 }

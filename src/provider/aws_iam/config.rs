@@ -121,10 +121,16 @@ mod tests {
         let c = AwsConfig::from_settings(&IndexMap::new()).unwrap();
         assert_eq!(c.iam_endpoint.as_str(), "https://iam.amazonaws.com/");
         assert_eq!(c.iam_region, "us-east-1");
-        assert_eq!(c.sts_endpoint.as_str(), "https://sts.us-east-1.amazonaws.com/");
+        assert_eq!(
+            c.sts_endpoint.as_str(),
+            "https://sts.us-east-1.amazonaws.com/"
+        );
         let mut s = IndexMap::new();
         s.insert("region".into(), serde_json::json!("eu-west-1"));
-        s.insert("endpoint_url".into(), serde_json::json!("http://127.0.0.1:5000"));
+        s.insert(
+            "endpoint_url".into(),
+            serde_json::json!("http://127.0.0.1:5000"),
+        );
         let c = AwsConfig::from_settings(&s).unwrap();
         assert_eq!(c.iam_endpoint.as_str(), "http://127.0.0.1:5000/");
         assert_eq!(c.sts_endpoint.as_str(), "http://127.0.0.1:5000/");

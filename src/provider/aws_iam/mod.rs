@@ -91,8 +91,12 @@ impl AwsIam {
             return ProviderError::Transient(format!("aws_iam: {e}"));
         }
         let message = match e.code().unwrap_or_default() {
-            "InvalidClientTokenId" | "SignatureDoesNotMatch" | "UnrecognizedClientException"
-            | "InvalidAccessKeyId" | "ExpiredToken" | "IncompleteSignature" => format!(
+            "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "UnrecognizedClientException"
+            | "InvalidAccessKeyId"
+            | "ExpiredToken"
+            | "IncompleteSignature" => format!(
                 "AWS rejected the admin credential from {} ({} on {action}): check its access_key_id and secret_access_key, and that the key is active",
                 self.origin,
                 e.code().unwrap_or_default()
@@ -132,14 +136,16 @@ impl AwsIam {
             }
             let answer = self.iam_call("ListAccessKeys", user, &params).await?;
             let doc = client::parse(&answer.body, "ListAccessKeys")?;
-            for member in doc
-                .descendants()
-                .filter(|n| n.has_tag_name("member") && client::text_of(*n, "AccessKeyId").is_some())
-            {
+            for member in doc.descendants().filter(|n| {
+                n.has_tag_name("member") && client::text_of(*n, "AccessKeyId").is_some()
+            }) {
                 keys.push(AccessKey {
-                    id: client::text_of(member, "AccessKeyId").unwrap_or_default().to_owned(),
+                    id: client::text_of(member, "AccessKeyId")
+                        .unwrap_or_default()
+                        .to_owned(),
                     active: client::text_of(member, "Status") == Some("Active"),
-                    created_at: client::text_of(member, "CreateDate").and_then(client::parse_timestamp),
+                    created_at: client::text_of(member, "CreateDate")
+                        .and_then(client::parse_timestamp),
                 });
             }
             let truncated = client::text_of(doc.root(), "IsTruncated") == Some("true");
@@ -152,7 +158,11 @@ impl AwsIam {
 
     async fn user_tags(&self, user: &str) -> Result<Vec<(String, String)>, ProviderError> {
         let answer = self
-            .iam_call("ListUserTags", user, &[("UserName", user), ("MaxItems", "100")])
+            .iam_call(
+                "ListUserTags",
+                user,
+                &[("UserName", user), ("MaxItems", "100")],
+            )
             .await?;
         let doc = client::parse(&answer.body, "ListUserTags")?;
         Ok(doc
@@ -208,7 +218,11 @@ impl AwsIam {
             Err(e) => return Err(self.classify(e, "DeleteAccessKey", user)),
         }
         if let Err(e) = self.untag_user(user, key_id).await {
-            tracing::warn!(user, key_id, "Deleted the key, but not its description tag: {e}");
+            tracing::warn!(
+                user,
+                key_id,
+                "Deleted the key, but not its description tag: {e}"
+            );
         }
         Ok(())
     }
@@ -230,7 +244,8 @@ impl Provider for AwsIam {
     /// that a slot is free or can be freed (an inactive key rekey may delete).
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
         let user = self.user(&target)?;
-        self.iam_call("GetUser", user, &[("UserName", user)]).await?;
+        self.iam_call("GetUser", user, &[("UserName", user)])
+            .await?;
         let keys = self.list_keys(user).await?;
         if keys.len() >= QUOTA && keys.iter().all(|k| k.active) {
             return Err(ProviderError::Fatal(quota_full(user)));
@@ -344,7 +359,11 @@ impl Provider for AwsIam {
             region: &self.config.region,
             version: STS_VERSION,
         };
-        match self.client.call(&sts, &creds, "GetCallerIdentity", &[]).await {
+        match self
+            .client
+            .call(&sts, &creds, "GetCallerIdentity", &[])
+            .await
+        {
             Ok(answer) => {
                 let doc = client::parse(&answer.body, "GetCallerIdentity")?;
                 let arn = client::text_of(doc.root(), "Arn").unwrap_or_default();
@@ -360,12 +379,22 @@ impl Provider for AwsIam {
                 message: format!("aws_iam: {e}"),
             }),
             Err(e) if e.is_transient() => Err(ProviderError::Transient(format!("aws_iam: {e}"))),
-            Err(e) if matches!(e.code(), Some("InvalidClientTokenId" | "UnrecognizedClientException")) => {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("InvalidClientTokenId" | "UnrecognizedClientException")
+                ) =>
+            {
                 Err(ProviderError::Transient(format!(
                     "STS does not accept the new key {key_id} yet (IAM is eventually consistent)"
                 )))
             }
-            Err(e) if matches!(e.code(), Some("SignatureDoesNotMatch" | "IncompleteSignature")) => {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("SignatureDoesNotMatch" | "IncompleteSignature")
+                ) =>
+            {
                 Ok(false)
             }
             Err(e) => Err(ProviderError::Fatal(format!("aws_iam: {e}"))),
@@ -380,7 +409,11 @@ impl Provider for AwsIam {
                 &self.iam(),
                 &self.admin,
                 "UpdateAccessKey",
-                &[("UserName", user), ("AccessKeyId", key_id), ("Status", "Inactive")],
+                &[
+                    ("UserName", user),
+                    ("AccessKeyId", key_id),
+                    ("Status", "Inactive"),
+                ],
             )
             .await
         {
@@ -419,9 +452,16 @@ mod tests {
     #[test]
     fn throttling_codes_are_rate_limits_and_auth_codes_say_what_to_fix() {
         let p = provider();
-        for (status, code) in [(400, "Throttling"), (400, "ThrottlingException"), (429, "Whatever")] {
+        for (status, code) in [
+            (400, "Throttling"),
+            (400, "ThrottlingException"),
+            (429, "Whatever"),
+        ] {
             assert!(
-                matches!(p.classify(api(status, code), "CreateAccessKey", "u"), ProviderError::RateLimited { .. }),
+                matches!(
+                    p.classify(api(status, code), "CreateAccessKey", "u"),
+                    ProviderError::RateLimited { .. }
+                ),
                 "{status} {code}"
             );
         }
@@ -432,18 +472,28 @@ mod tests {
         let msg = p
             .classify(api(403, "SignatureDoesNotMatch"), "GetUser", "u")
             .to_string();
-        assert!(msg.contains("AWS_ADMIN") && msg.contains("secret_access_key"), "{msg}");
+        assert!(
+            msg.contains("AWS_ADMIN") && msg.contains("secret_access_key"),
+            "{msg}"
+        );
         assert!(!msg.contains("s3cr3t"));
-        let msg = p.classify(api(404, "NoSuchEntity"), "GetUser", "bob").to_string();
+        let msg = p
+            .classify(api(404, "NoSuchEntity"), "GetUser", "bob")
+            .to_string();
         assert!(msg.contains("`bob` does not exist"), "{msg}");
-        let msg = p.classify(api(409, "LimitExceeded"), "CreateAccessKey", "bob").to_string();
+        let msg = p
+            .classify(api(409, "LimitExceeded"), "CreateAccessKey", "bob")
+            .to_string();
         assert!(msg.contains("never deletes an active key"), "{msg}");
     }
 
     #[test]
     fn a_missing_admin_field_is_named() {
         let admin = Admin::from_env_value("AWS_ADMIN", r#"{"access_key_id":"AKIAEXAMPLE"}"#);
-        let err = AwsIam::new(&IndexMap::new(), Some(&admin)).err().unwrap().to_string();
+        let err = AwsIam::new(&IndexMap::new(), Some(&admin))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("secret_access_key"), "{err}");
     }
 }

@@ -24,8 +24,7 @@ pub struct AppRole<'a> {
 
 impl AppRole<'_> {
     fn path(&self, rest: &str) -> String {
-        self.vault
-            .auth_path(&format!("role/{}/{rest}", self.role))
+        self.vault.auth_path(&format!("role/{}/{rest}", self.role))
     }
 
     fn role_missing(&self, reply: &Reply, what: &str) -> ProviderError {
@@ -50,7 +49,9 @@ impl AppRole<'_> {
         reply.body["data"]["role_id"]
             .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| ProviderError::Fatal("vault_approle: the role-id answer has no role_id".into()))
+            .ok_or_else(|| {
+                ProviderError::Fatal("vault_approle: the role-id answer has no role_id".into())
+            })
     }
 
     /// Issues a secret-id carrying `tag` in its metadata: (accessor, secret-id).
@@ -69,7 +70,10 @@ impl AppRole<'_> {
             return Err(self.role_missing(&reply, "creating a secret-id"));
         }
         let data = &reply.body["data"];
-        match (data["secret_id_accessor"].as_str(), data["secret_id"].as_str()) {
+        match (
+            data["secret_id_accessor"].as_str(),
+            data["secret_id"].as_str(),
+        ) {
             (Some(a), Some(s)) => Ok((a.to_owned(), Secret::new(s))),
             _ => Err(ProviderError::Fatal(
                 "vault_approle: the secret-id answer has no secret_id or accessor".into(),
@@ -121,7 +125,11 @@ impl AppRole<'_> {
         }
         Ok(reply.body["data"]["keys"]
             .as_array()
-            .map(|keys| keys.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -203,7 +211,10 @@ pub async fn describe_all(app: &AppRole<'_>) -> Result<Vec<SecretIdInfo>, Provid
 mod tests {
     #[test]
     fn vault_times_parse() {
-        assert_eq!(super::parse_time("1970-01-01T00:01:00.123456789Z"), Some(60));
+        assert_eq!(
+            super::parse_time("1970-01-01T00:01:00.123456789Z"),
+            Some(60)
+        );
         assert_eq!(super::parse_time("1970-01-01T00:01:00.5+00:00"), Some(60));
         assert_eq!(super::parse_time("junk"), None);
     }

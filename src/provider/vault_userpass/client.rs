@@ -12,7 +12,12 @@ pub struct UserPass<'a> {
 }
 
 impl UserPass<'_> {
-    fn missing(&self, status: u16, what: &str, reply: &crate::provider::vault_http::Reply) -> ProviderError {
+    fn missing(
+        &self,
+        status: u16,
+        what: &str,
+        reply: &crate::provider::vault_http::Reply,
+    ) -> ProviderError {
         if status == 404 {
             return ProviderError::Fatal(format!(
                 "vault_userpass: user `{}` does not exist at auth/{} (HTTP 404); check the credential's `account` and the `mount` setting",
@@ -36,7 +41,9 @@ impl UserPass<'_> {
     /// one it answers a bare 500, so a failure is followed by an existence check
     /// that turns it into an error saying what to fix.
     pub async fn set_password(&self, password: &Secret) -> Result<(), ProviderError> {
-        let path = self.vault.auth_path(&format!("users/{}/password", self.user));
+        let path = self
+            .vault
+            .auth_path(&format!("users/{}/password", self.user));
         let result = self
             .vault
             .request(

@@ -37,7 +37,12 @@ impl Provider for VaultUserPass {
     /// Read-only: the user exists, and the admin token may set its password.
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
         let user = config::username(&target)?;
-        UserPass { vault: &self.vault, user: &user }.exists().await?;
+        UserPass {
+            vault: &self.vault,
+            user: &user,
+        }
+        .exists()
+        .await?;
         let path = self.vault.auth_path(&format!("users/{user}/password"));
         if !self.vault.can(&path, "update").await? {
             return Err(ProviderError::Fatal(format!(
@@ -50,7 +55,12 @@ impl Provider for VaultUserPass {
 
     async fn change(&self, target: Target<'_>, new: &Secret) -> Result<(), ProviderError> {
         let user = config::username(&target)?;
-        UserPass { vault: &self.vault, user: &user }.set_password(new).await?;
+        UserPass {
+            vault: &self.vault,
+            user: &user,
+        }
+        .set_password(new)
+        .await?;
         tracing::info!(credential = %target.credential, user = %user, "Set a new password.");
         Ok(())
     }
@@ -63,6 +73,11 @@ impl Provider for VaultUserPass {
     ) -> Result<bool, ProviderError> {
         let _ = key_id;
         let user = config::username(&target)?;
-        UserPass { vault: &self.vault, user: &user }.login(secret).await
+        UserPass {
+            vault: &self.vault,
+            user: &user,
+        }
+        .login(secret)
+        .await
     }
 }
