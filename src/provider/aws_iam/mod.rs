@@ -309,21 +309,25 @@ impl Provider for AwsIam {
         let answer = self
             .iam_call("CreateAccessKey", user, &[("UserName", user)])
             .await?;
-        let doc = client::parse(&answer.body, "CreateAccessKey")?;
-        let (Some(key_id), Some(secret)) = (
-            client::text_of(doc.root(), "AccessKeyId"),
-            client::text_of(doc.root(), "SecretAccessKey"),
-        ) else {
-            // The key may exist: the pending tag lets resume find and delete it.
-            return Err(ProviderError::Fatal(
-                "aws_iam: CreateAccessKey answered without a key id or secret".into(),
+        let issued = roxmltree::Document::parse(&answer.body).ok().and_then(|doc| {
+            Some(Issued {
+                key_id: client::text_of(doc.root(), "AccessKeyId")?.to_owned(),
+                secret: Secret::new(client::text_of(doc.root(), "SecretAccessKey")?),
+            })
+        });
+        let Some(issued) = issued else {
+            // A key was created but its secret is unknown: it can never be used,
+            // and the engine will not know of it, so delete it now.
+            let before: Vec<String> = before.iter().map(|k| (*k).to_owned()).collect();
+            for k in self.list_keys(user).await? {
+                if !before.contains(&k.id) {
+                    self.delete_key(user, &k.id).await?;
+                }
+            }
+            return Err(ProviderError::Transient(
+                "aws_iam: CreateAccessKey answered without a readable key; the key it created was deleted".into(),
             ));
         };
-        let issued = Issued {
-            key_id: key_id.to_owned(),
-            secret: Secret::new(secret),
-        };
-        drop(doc);
         // From here the key exists: failures to tag are logged, never returned, or
         // the engine would believe no key was created.
         if let Err(e) = self.tag_user(user, &issued.key_id, tag).await {

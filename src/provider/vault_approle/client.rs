@@ -75,9 +75,18 @@ impl AppRole<'_> {
             data["secret_id"].as_str(),
         ) {
             (Some(a), Some(s)) => Ok((a.to_owned(), Secret::new(s))),
-            _ => Err(ProviderError::Fatal(
-                "vault_approle: the secret-id answer has no secret_id or accessor".into(),
-            )),
+            _ => {
+                // Issued but unusable (its value is unknown): destroy what carries
+                // this tag, so no secret-id is left that the engine does not know.
+                for info in describe_all(self).await? {
+                    if info.tag.as_deref() == Some(tag) {
+                        self.destroy(&info.accessor).await?;
+                    }
+                }
+                Err(ProviderError::Transient(
+                    "vault_approle: the secret-id answer had no secret_id or accessor; the secret-id was destroyed".into(),
+                ))
+            }
         }
     }
 
