@@ -197,6 +197,21 @@ impl Case {
         assert_eq!(status, 200, "seeding Vault");
     }
 
+    /// Fails if any of `secrets` is in the journal's files (database and WAL).
+    pub fn assert_journal_clean(&self, secrets: &[&str]) {
+        for suffix in ["", "-wal"] {
+            let path = PathBuf::from(format!("{}{suffix}", self.journal().display()));
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            for s in secrets {
+                assert!(
+                    !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                    "a secret value reached {}",
+                    path.display()
+                );
+            }
+        }
+    }
+
     /// Blocks until the latest run in the journal satisfies `ready` (up to 60 s):
     /// tests act on what the run has done, not on how long it has run.
     pub fn wait_for_state(&self, credential: &str, states: &[&str]) {

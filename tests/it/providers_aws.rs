@@ -291,6 +291,11 @@ fn aws_iam_rotation_creates_verifies_promotes_and_deletes_the_old_key() {
         &old_secret,
         moto.admin.secret_access_key.expose(),
     ]);
+    case.assert_journal_clean(&[
+        &new_secret,
+        &old_secret,
+        moto.admin.secret_access_key.expose(),
+    ]);
     // The key's description tag is removed with the key; the new one carries the run's.
     let tags = moto.iam("ListUserTags", &[("UserName", &user)]).unwrap();
     assert!(!tags.contains(&old_id) && tags.contains(&new_id), "{tags}");
@@ -303,13 +308,7 @@ fn aws_iam_rotation_creates_verifies_promotes_and_deletes_the_old_key() {
 fn aws_iam_deactivate_marks_the_key_inactive_and_list_reports_it() {
     let moto = moto();
     let (user, id, _secret) = moto.user_with_key("deact");
-    let admin = rekey::provider::admin::Admin::from_env_value(ADMIN_VAR, &moto.admin_json());
-    let mut settings = indexmap::IndexMap::new();
-    settings.insert(
-        "endpoint_url".to_owned(),
-        serde_json::json!(moto.url.as_str()),
-    );
-    let provider = rekey::provider::aws_iam::AwsIam::new(&settings, Some(&admin)).unwrap();
+    let provider = provider_for(moto, moto.url.as_str());
     let no_settings = indexmap::IndexMap::new();
     let target = rekey::provider::Target {
         credential: "c",
@@ -560,4 +559,88 @@ fn aws_iam_run_killed_mid_rotation_is_finished_by_resume_without_orphans() {
             "killed at {states:?}: Vault's key does not work"
         );
     }
+}
+
+fn provider_for(moto: &Moto, endpoint: &str) -> rekey::provider::aws_iam::AwsIam {
+    let admin = rekey::provider::admin::Admin::from_env_value(ADMIN_VAR, &moto.admin_json());
+    let mut settings = indexmap::IndexMap::new();
+    settings.insert("endpoint_url".to_owned(), serde_json::json!(endpoint));
+    rekey::provider::aws_iam::AwsIam::new(&settings, Some(&admin)).unwrap()
+}
+
+/// The crash window between CreateAccessKey and the TagUser that names the key:
+/// the `rekey-pending` tag written before the call names the run's tag and the
+/// keys that existed, so `list` attributes the nameless new key to the run (and
+/// resume deletes it as an orphan), never the old one.
+#[test]
+fn aws_iam_list_attributes_a_key_created_just_before_a_crash_to_its_run() {
+    use rekey::provider::Provider;
+    let moto = moto();
+    let (user, old_id, _) = moto.user_with_key("crash");
+    moto.iam(
+        "TagUser",
+        &[
+            ("UserName", &user),
+            ("Tags.member.1.Key", "rekey-pending"),
+            ("Tags.member.1.Value", &format!("rekey:r-1:deploy {old_id}")),
+        ],
+    )
+    .unwrap();
+    let (nameless, _) = moto.create_key(&user);
+    let provider = provider_for(moto, moto.url.as_str());
+    let no_settings = indexmap::IndexMap::new();
+    let target = rekey::provider::Target {
+        credential: "deploy",
+        account: Some(&user),
+        settings: &no_settings,
+    };
+    let mut listed = block_on(provider.list(target)).unwrap();
+    listed.sort_by(|a, b| a.id.cmp(&b.id));
+    let tag_of = |id: &str| listed.iter().find(|k| k.id == id).unwrap().tag.clone();
+    assert_eq!(tag_of(&nameless).as_deref(), Some("rekey:r-1:deploy"));
+    assert_eq!(
+        tag_of(&old_id),
+        None,
+        "the old key is never taken for an orphan"
+    );
+}
+
+/// Throttling answers, from a stub speaking the AWS Query API's error format
+/// (moto never throttles): `Throttling` with HTTP 400 and a bare 429 are rate
+/// limits the engine slows the instance down for; a 503 is transient.
+#[test]
+fn aws_iam_throttling_answers_are_rate_limits() {
+    use rekey::provider::{Provider, ProviderError};
+    use std::io::{Read, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answers = [
+        (
+            "400 Bad Request",
+            "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>",
+        ),
+        ("429 Too Many Requests", ""),
+        ("503 Service Unavailable", ""),
+    ];
+    let server = std::thread::spawn(move || {
+        for (status, body) in answers {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 8192];
+            let _ = s.read(&mut buf);
+            write!(s, "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        }
+    });
+    let moto = moto();
+    let provider = provider_for(moto, &format!("http://{addr}"));
+    let no_settings = indexmap::IndexMap::new();
+    let target = rekey::provider::Target {
+        credential: "c",
+        account: Some("u"),
+        settings: &no_settings,
+    };
+    for expected in ["rate_limited", "rate_limited", "transient"] {
+        let err: ProviderError = block_on(provider.preflight(target)).unwrap_err();
+        assert_eq!(err.kind(), expected, "{err}");
+    }
+    server.join().unwrap();
 }

@@ -309,12 +309,14 @@ impl Provider for AwsIam {
         let answer = self
             .iam_call("CreateAccessKey", user, &[("UserName", user)])
             .await?;
-        let issued = roxmltree::Document::parse(&answer.body).ok().and_then(|doc| {
-            Some(Issued {
-                key_id: client::text_of(doc.root(), "AccessKeyId")?.to_owned(),
-                secret: Secret::new(client::text_of(doc.root(), "SecretAccessKey")?),
-            })
-        });
+        let issued = roxmltree::Document::parse(&answer.body)
+            .ok()
+            .and_then(|doc| {
+                Some(Issued {
+                    key_id: client::text_of(doc.root(), "AccessKeyId")?.to_owned(),
+                    secret: Secret::new(client::text_of(doc.root(), "SecretAccessKey")?),
+                })
+            });
         let Some(issued) = issued else {
             // A key was created but its secret is unknown: it can never be used,
             // and the engine will not know of it, so delete it now.
