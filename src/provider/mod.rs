@@ -4,9 +4,13 @@
 //! The engine never names a concrete provider.
 
 pub mod admin;
+pub mod aws_iam;
 pub mod catalog;
 pub mod registry;
 pub mod sandbox;
+pub mod vault_approle;
+mod vault_http;
+pub mod vault_userpass;
 
 use crate::secret::Secret;
 use async_trait::async_trait;

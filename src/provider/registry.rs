@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 /// Whether this build can rotate credentials of `type_name`.
 pub fn supports(type_name: &str) -> bool {
-    matches!(type_name, "sandbox" | "sandbox_password")
+    matches!(
+        type_name,
+        "sandbox" | "sandbox_password" | "aws_iam" | "vault_approle" | "vault_userpass"
+    )
 }
 
 /// Builds the provider for `instance` with its resolved admin credential (when the
@@ -28,6 +31,18 @@ pub fn build(
         "sandbox_password" => Ok(Arc::new(super::sandbox::Sandbox::from_settings(
             Kind::Single,
             &instance.settings,
+        )?)),
+        "aws_iam" => Ok(Arc::new(super::aws_iam::AwsIam::new(
+            &instance.settings,
+            admin.as_ref(),
+        )?)),
+        "vault_approle" => Ok(Arc::new(super::vault_approle::VaultAppRole::new(
+            &instance.settings,
+            admin.as_ref(),
+        )?)),
+        "vault_userpass" => Ok(Arc::new(super::vault_userpass::VaultUserPass::new(
+            &instance.settings,
+            admin.as_ref(),
         )?)),
         other => Err(ProviderError::Fatal(format!(
             "provider type `{other}` (instance `{}`) cannot rotate credentials in this build yet; `rekey providers` lists what can",

@@ -5,8 +5,11 @@
 mod cli_plan;
 mod engine;
 mod hostile;
+mod infra_common;
 mod journal;
 mod loader_props;
+mod providers_aws;
+mod providers_vault;
 mod services;
 mod store_vault;
 mod support;
