@@ -5,8 +5,10 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod ldap;
 pub mod registry;
 pub mod sandbox;
+pub mod ssh;
 
 use crate::secret::Secret;
 use async_trait::async_trait;
