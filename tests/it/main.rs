@@ -7,6 +7,7 @@ mod engine;
 mod hostile;
 mod journal;
 mod loader_props;
+mod providers_hosts;
 mod services;
 mod store_vault;
 mod support;

@@ -153,13 +153,13 @@ pub async fn login(
                 ),
             }));
         }
-        Ok(Err(e)) => return Err(connection_error(addr, "connect", &e)),
+        Ok(Err(e)) => return Err(connection_error(addr, "connect to", &e)),
         Ok(Ok(h)) => h,
     };
     let auth = handle
         .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key.clone(), None))
         .await
-        .map_err(|e| connection_error(addr, "log in", &e))?;
+        .map_err(|e| connection_error(addr, "log in at", &e))?;
     if !auth.success() {
         let _ = handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
@@ -178,14 +178,14 @@ fn connection_error(addr: &HostAddr, what: &str, e: &russh::Error) -> ProviderEr
         other => other.to_string(),
     };
     ProviderError::Transient(format!(
-        "cannot {what} at {addr}: {detail}; check the host, the port and that sshd runs"
+        "cannot {what} {addr}: {detail}; check the host, the port and that sshd runs"
     ))
 }
 
 impl Session {
     /// Runs `command` with `input` on its stdin; collects its output and exit status.
     pub async fn exec(&self, command: &str, input: &[u8]) -> Result<Exec, ProviderError> {
-        let fail = |e: russh::Error| connection_error(&self.addr, "run a command", &e);
+        let fail = |e: russh::Error| connection_error(&self.addr, "run a command at", &e);
         let mut channel = self.handle.channel_open_session().await.map_err(fail)?;
         channel.exec(true, command).await.map_err(fail)?;
         if !input.is_empty() {
