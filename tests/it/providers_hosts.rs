@@ -351,8 +351,9 @@ fn ldap_user(case: &Case, ou: &str) -> LdapUser {
 
 fn ldap_playbook(case: &Case, mode: &str, base_dn: &str, credentials: &str, extra: &str) -> String {
     format!(
-        "version: 1\nname: ldap-test\nincident: {{ mode: {mode} }}\nvault: {{ address: \"VAULT\", staging_prefix: PREFIX/staging }}\nproviders:\n  dir:\n    type: ldap\n    settings: {{ url: \"{url}\", base_dn: \"{base_dn}\", starttls: false }}\n    admin: {{ vault_path: PREFIX/admin }}\n{extra}credentials:\n{credentials}",
+        "version: 1\nname: ldap-test\nincident: {{ mode: {mode} }}\nvault: {{ address: \"VAULT\", staging_prefix: PREFIX/staging }}\nproviders:\n  dir:\n    type: ldap\n    settings: {{ url: \"{url}\", base_dn: \"{base_dn}\", ca_file: \"{ca}\" }}\n    admin: {{ vault_path: PREFIX/admin }}\n{extra}credentials:\n{credentials}",
         url = case.env["REKEY_LDAP_URL"],
+        ca = case.env["REKEY_LDAP_CA_FILE"],
     )
 }
 
@@ -449,8 +450,9 @@ fn ldap_preflight_names_a_wrong_admin_password_a_missing_entry_and_an_unreachabl
     );
     let base = case.env["REKEY_LDAP_BASE_DN"].clone();
     let text = format!(
-        "version: 1\nname: ldap-pre\nincident: {{ mode: breach }}\nvault: {{ address: \"VAULT\", staging_prefix: PREFIX/staging }}\nproviders:\n  dir: {{ type: ldap, settings: {{ url: \"{url}\", base_dn: \"{base}\", starttls: false }}, admin: {{ vault_path: PREFIX/admin }} }}\n  badadmin: {{ type: ldap, settings: {{ url: \"{url}\", base_dn: \"{base}\", starttls: false }}, admin: {{ vault_path: PREFIX/bad-admin }} }}\n  down: {{ type: ldap, settings: {{ url: \"ldap://127.0.0.1:{closed}\", base_dn: \"{base}\", starttls: false, timeout: 2s }}, admin: {{ vault_path: PREFIX/admin }} }}\ncredentials:\n  - {{ id: fine, provider: dir, account: {uid}, vault_path: PREFIX/fine }}\n  - {{ id: missing, provider: dir, account: nobody-{uid}, vault_path: PREFIX/missing }}\n  - {{ id: wrong-admin, provider: badadmin, account: {uid}, vault_path: PREFIX/wa }}\n  - {{ id: unreachable, provider: down, account: {uid}, vault_path: PREFIX/un }}\n",
+        "version: 1\nname: ldap-pre\nincident: {{ mode: breach }}\nvault: {{ address: \"VAULT\", staging_prefix: PREFIX/staging }}\nproviders:\n  dir: {{ type: ldap, settings: {{ url: \"{url}\", base_dn: \"{base}\", ca_file: \"{ca}\" }}, admin: {{ vault_path: PREFIX/admin }} }}\n  plain: {{ type: ldap, settings: {{ url: \"{url}\", base_dn: \"{base}\", starttls: false }}, admin: {{ vault_path: PREFIX/admin }} }}\n  untrusted: {{ type: ldap, settings: {{ url: \"{url}\", base_dn: \"{base}\" }}, admin: {{ vault_path: PREFIX/admin }} }}\n  badadmin: {{ type: ldap, settings: {{ url: \"{url}\", base_dn: \"{base}\", ca_file: \"{ca}\" }}, admin: {{ vault_path: PREFIX/bad-admin }} }}\n  down: {{ type: ldap, settings: {{ url: \"ldap://127.0.0.1:{closed}\", base_dn: \"{base}\", starttls: false, timeout: 2s }}, admin: {{ vault_path: PREFIX/admin }} }}\ncredentials:\n  - {{ id: fine, provider: dir, account: {uid}, vault_path: PREFIX/fine }}\n  - {{ id: missing, provider: dir, account: nobody-{uid}, vault_path: PREFIX/missing }}\n  - {{ id: wrong-admin, provider: badadmin, account: {uid}, vault_path: PREFIX/wa }}\n  - {{ id: unreachable, provider: down, account: {uid}, vault_path: PREFIX/un }}\n  - {{ id: in-clear, provider: plain, account: {uid}, vault_path: PREFIX/pl }}\n  - {{ id: unknown-ca, provider: untrusted, account: {uid}, vault_path: PREFIX/ut }}\n",
         url = case.env["REKEY_LDAP_URL"],
+        ca = case.env["REKEY_LDAP_CA_FILE"],
         closed = closed_port(),
         uid = user.uid,
     );
@@ -468,6 +470,20 @@ fn ldap_preflight_names_a_wrong_admin_password_a_missing_entry_and_an_unreachabl
         row("fine").trim_start().starts_with("ok "),
         "{}",
         row("fine")
+    );
+    // Plain text works where explicitly allowed (with a warning); without the
+    // test CA the server's certificate is refused, never skipped.
+    assert!(
+        row("in-clear").trim_start().starts_with("ok "),
+        "{}",
+        row("in-clear")
+    );
+    assert!(out.stderr.contains("starttls is off"), "{}", out.stderr);
+    assert!(
+        row("unknown-ca").contains("TLS handshake failed")
+            && row("unknown-ca").contains("`ca_file`"),
+        "{}",
+        row("unknown-ca")
     );
     assert!(
         row("missing").contains(&format!("no entry `uid=nobody-{}", user.uid)),

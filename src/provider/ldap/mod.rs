@@ -10,9 +10,11 @@
 //! connection's identity, and a rotation makes only a few calls.
 //!
 //! TLS: `ldaps://` URLs, and StartTLS on `ldap://` URLs unless `starttls: false`,
-//! both with rustls and the system's trust store (server certificates are always
-//! verified). `starttls: false` sends passwords in the clear and is meant for
-//! loopback test servers only; rekey warns when it is used.
+//! both with rustls; server certificates are always verified, against the system's
+//! trust store or, when `ca_file` is set, against the CA certificates in that file
+//! only. A server that refuses StartTLS is an error, never a fallback to plain
+//! text. `starttls: false` sends passwords in the clear and is meant for loopback
+//! test servers only; rekey warns when it is used.
 
 use super::admin::Admin;
 use super::{Provider, ProviderError, Target};
@@ -22,6 +24,7 @@ use async_trait::async_trait;
 use indexmap::IndexMap;
 use ldap3::exop::PasswordModify;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// LDAP result codes rekey tells apart (RFC 4511, appendix A).
@@ -40,6 +43,8 @@ pub struct LdapProvider {
     user_attribute: String,
     starttls: bool,
     timeout: Duration,
+    /// Trust only these CAs (from `ca_file`) instead of the system's store.
+    tls: Option<Arc<rustls::ClientConfig>>,
     bind_dn: String,
     password: Secret,
     /// Where the admin credential came from, for error messages.
@@ -94,6 +99,10 @@ impl LdapProvider {
                 .map_err(|e| fatal(format!("`timeout`: {e}")))?,
             None => Duration::from_secs(10),
         };
+        let tls = match text(settings, "ca_file") {
+            Some(path) => Some(tls_config(path).map_err(fatal)?),
+            None => None,
+        };
         let admin = admin.ok_or_else(|| {
             fatal("needs an admin credential (`admin: { vault_path: ... }` with fields bind_dn and password)".into())
         })?;
@@ -116,6 +125,7 @@ impl LdapProvider {
             user_attribute,
             starttls: starttls && !ldaps,
             timeout,
+            tls,
             bind_dn,
             password,
             admin_origin: admin.origin,
@@ -149,12 +159,15 @@ impl LdapProvider {
 
     /// A fresh connection (TLS as configured), driven in the background.
     async fn connect(&self) -> Result<Ldap, ProviderError> {
-        let settings = LdapConnSettings::new()
+        let mut settings = LdapConnSettings::new()
             .set_conn_timeout(self.timeout)
             .set_starttls(self.starttls);
+        if let Some(config) = &self.tls {
+            settings = settings.set_config(config.clone());
+        }
         let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.url)
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.connect_error(&e))?;
         ldap3::drive!(conn);
         ldap.with_timeout(self.timeout);
         Ok(ldap)
@@ -177,12 +190,32 @@ impl LdapProvider {
         }
     }
 
-    fn unreachable(&self, e: &LdapError) -> ProviderError {
-        ProviderError::Transient(format!(
-            "cannot reach the LDAP server {}: {}; check the `url` setting and that the server is up",
-            self.url,
-            describe(e)
-        ))
+    /// Why a connection could not be set up: the server refused StartTLS, the TLS
+    /// handshake failed (both fatal: retrying will not help, and rekey never falls
+    /// back to plain text), or it could not be reached (transient).
+    fn connect_error(&self, e: &LdapError) -> ProviderError {
+        match e {
+            LdapError::LdapResult { result } => ProviderError::Fatal(format!(
+                "{}: the server refused StartTLS (LDAP result {}); enable TLS on the server or use an ldaps:// URL (`starttls: false` only for a loopback test server)",
+                self.url, result.rc
+            )),
+            LdapError::Io { source } if source.kind() == std::io::ErrorKind::InvalidData => {
+                ProviderError::Fatal(format!(
+                    "{}: TLS handshake failed ({source}); set `ca_file` to the CA that signed the server's certificate (rekey never skips verification)",
+                    self.url
+                ))
+            }
+            LdapError::Rustls { .. } | LdapError::DNSName { .. } => ProviderError::Fatal(format!(
+                "{}: TLS setup failed ({}); check the host name in `url` and `ca_file`",
+                self.url,
+                describe(e)
+            )),
+            _ => ProviderError::Transient(format!(
+                "cannot reach the LDAP server {}: {}; check the `url` setting and that the server is up",
+                self.url,
+                describe(e)
+            )),
+        }
     }
 
     /// An error of the connection or protocol (not an LDAP result code).
@@ -236,6 +269,25 @@ impl LdapProvider {
             Err(e) => Err(self.failed("search", &e)),
         }
     }
+}
+
+/// A rustls configuration trusting exactly the CA certificates in `path` (PEM).
+fn tls_config(path: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("`ca_file` {path}: cannot read PEM certificates ({e})"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("`ca_file` {path} holds no usable CA certificate"));
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 /// An ldap3 error in words, without anything a request carried.
