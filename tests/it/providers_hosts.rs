@@ -584,7 +584,6 @@ fn take_account(env: &HashMap<String, String>) -> Account {
             // SAFETY: flock on a file descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 let keys_file = PathBuf::from(&env["REKEY_SSH_AUTHORIZED_KEYS_DIR"]).join(name);
-                let _ = std::fs::remove_file(&keys_file);
                 return Account {
                     name: name.clone(),
                     keys_file,
@@ -700,7 +699,15 @@ fn ssh_setup(case: &Case) -> SshSetup {
     let account = take_account(&case.env);
     let (old_key, old_public, old_fingerprint) = keygen(case.dir.path(), "old", "deploy@laptop");
     let (_, foreign_public, _) = keygen(case.dir.path(), "foreign", "someone-else");
-    let others = format!("# managed by hand\r\nfrom=\"10.0.0.0/8\",no-pty {foreign_public}\n\n");
+    let mut others =
+        format!("# managed by hand\r\nfrom=\"10.0.0.0/8\",no-pty {foreign_public}\n\n");
+    // Not root: the only test account is the admin itself, whose own key must stay.
+    if account.name == case.env["REKEY_SSH_ADMIN_USER"] {
+        let admin_public =
+            std::fs::read_to_string(format!("{}.pub", case.env["REKEY_SSH_ADMIN_KEY_FILE"]))
+                .unwrap();
+        others.push_str(&admin_public);
+    }
     std::fs::write(&account.keys_file, format!("{others}{old_public}\n")).unwrap();
     std::fs::set_permissions(&account.keys_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     case.vault_put(
