@@ -761,7 +761,12 @@ fn ssh_rotation_installs_a_new_key_and_removes_the_old_one() {
     let setup = ssh_setup(&case);
     let pb = case.playbook(
         "ssh.yaml",
-        &ssh_playbook(&case, &setup.account.name, "", ""),
+        &ssh_playbook(
+            &case,
+            &setup.account.name,
+            ", settings: { options: \"no-port-forwarding,no-agent-forwarding\" }",
+            "",
+        ),
     );
     let (out, summary) = case.run(&pb);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -789,7 +794,8 @@ fn ssh_rotation_installs_a_new_key_and_removes_the_old_one() {
     let tagged = rekey_lines(&setup.account.keys_file);
     assert_eq!(tagged.len(), 1, "{content}");
     assert!(
-        tagged[0].starts_with("ssh-ed25519 ") && tagged[0].ends_with(":key"),
+        tagged[0].starts_with("no-port-forwarding,no-agent-forwarding ssh-ed25519 ")
+            && tagged[0].ends_with(":key"),
         "{}",
         tagged[0]
     );
@@ -800,6 +806,7 @@ fn ssh_rotation_installs_a_new_key_and_removes_the_old_one() {
         &[
             data["value"].as_str().unwrap(),
             &std::fs::read_to_string(&setup.old_key).unwrap(),
+            &std::fs::read_to_string(&case.env["REKEY_SSH_ADMIN_KEY_FILE"]).unwrap(),
         ],
     );
 }
