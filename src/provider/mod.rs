@@ -6,11 +6,13 @@
 pub mod admin;
 pub mod aws_iam;
 pub mod catalog;
+pub mod ldap;
 pub mod registry;
 pub mod sandbox;
 pub mod vault_approle;
 mod vault_http;
 pub mod vault_userpass;
+pub mod ssh;
 
 use crate::secret::Secret;
 use async_trait::async_trait;

@@ -11,7 +11,13 @@ use std::sync::Arc;
 pub fn supports(type_name: &str) -> bool {
     matches!(
         type_name,
-        "sandbox" | "sandbox_password" | "aws_iam" | "vault_approle" | "vault_userpass"
+        "sandbox"
+            | "sandbox_password"
+            | "aws_iam"
+            | "vault_approle"
+            | "vault_userpass"
+            | "ldap"
+            | "ssh"
     )
 }
 
@@ -43,6 +49,16 @@ pub fn build(
         "vault_userpass" => Ok(Arc::new(super::vault_userpass::VaultUserPass::new(
             &instance.settings,
             admin.as_ref(),
+        )?)),
+        "ldap" => Ok(Arc::new(super::ldap::LdapProvider::from_settings(
+            &instance.name,
+            &instance.settings,
+            admin,
+        )?)),
+        "ssh" => Ok(Arc::new(super::ssh::SshProvider::from_settings(
+            &instance.name,
+            &instance.settings,
+            admin,
         )?)),
         other => Err(ProviderError::Fatal(format!(
             "provider type `{other}` (instance `{}`) cannot rotate credentials in this build yet; `rekey providers` lists what can",

@@ -10,6 +10,7 @@ mod journal;
 mod loader_props;
 mod providers_aws;
 mod providers_vault;
+mod providers_hosts;
 mod services;
 mod store_vault;
 mod support;

@@ -103,4 +103,39 @@ fn services_env_lists_every_service_and_each_answers() {
         "mariadb greeting: {:?}",
         &greeting[..n]
     );
+
+    // slapd answers an anonymous simple bind (message 1, LDAPv3) with success.
+    let ldap = env
+        .get("REKEY_LDAP_URL")
+        .expect("REKEY_LDAP_URL")
+        .trim_start_matches("ldap://")
+        .to_owned();
+    assert!(ldap.starts_with("127.0.0.1:"), "{ldap}");
+    let mut s = connect(&ldap);
+    s.write_all(&[
+        0x30, 0x0c, 0x02, 0x01, 0x01, 0x60, 0x07, 0x02, 0x01, 0x03, 0x04, 0x00, 0x80, 0x00,
+    ])
+    .unwrap();
+    let mut answer = [0u8; 64];
+    let n = s.read(&mut answer).unwrap();
+    let answer = &answer[..n];
+    assert!(
+        answer.first() == Some(&0x30)
+            && answer.windows(1).any(|w| w == [0x61])
+            && answer.windows(3).any(|w| w == [0x0a, 0x01, 0x00]),
+        "slapd bind response: {answer:?}"
+    );
+
+    // sshd greets first with its version line.
+    let ssh = format!("{}:{}", env["REKEY_SSH_HOST"], env["REKEY_SSH_PORT"]);
+    assert!(ssh.starts_with("127.0.0.1:"), "{ssh}");
+    let mut s = connect(&ssh);
+    let mut banner = [0u8; 8];
+    s.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+    assert!(
+        env["REKEY_SSH_HOST_KEY_FINGERPRINT"].starts_with("SHA256:")
+            && !env["REKEY_SSH_ACCOUNTS"].is_empty(),
+        "sshd env lines"
+    );
 }
