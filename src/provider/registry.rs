@@ -21,14 +21,14 @@ pub fn build(
 ) -> Result<Arc<dyn Provider>, ProviderError> {
     let _ = &admin;
     match instance.type_name.as_str() {
-        "sandbox" => Ok(Arc::new(super::sandbox::Sandbox::from_settings(
-            Kind::Dual,
-            &instance.settings,
-        )?)),
-        "sandbox_password" => Ok(Arc::new(super::sandbox::Sandbox::from_settings(
-            Kind::Single,
-            &instance.settings,
-        )?)),
+        "sandbox" => Ok(Arc::new(
+            super::sandbox::Sandbox::from_settings(Kind::Dual, &instance.settings)?
+                .with_admin(admin),
+        )),
+        "sandbox_password" => Ok(Arc::new(
+            super::sandbox::Sandbox::from_settings(Kind::Single, &instance.settings)?
+                .with_admin(admin),
+        )),
         other => Err(ProviderError::Fatal(format!(
             "provider type `{other}` (instance `{}`) cannot rotate credentials in this build yet; `rekey providers` lists what can",
             instance.name
