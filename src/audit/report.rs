@@ -62,10 +62,10 @@ impl Entry {
                 .collect(),
             _ => Vec::new(),
         };
-        let error = map.get("error").and_then(|e| {
+        let error = map.get("error").map(|e| {
             let kind = e.get("kind").and_then(Value::as_str).unwrap_or("error");
             let message = e.get("message").and_then(Value::as_str).unwrap_or("");
-            Some(format!("{kind}: {message}"))
+            format!("{kind}: {message}")
         });
         Entry {
             seq: map.get("seq").and_then(Value::as_u64).unwrap_or(0),
