@@ -447,3 +447,33 @@ proptest! {
         rekey::audit::report::write_json(&entries, &verdict, &mut out).unwrap();
     }
 }
+
+/// Spans never record arguments: every `instrument` in the sources skips them
+/// all (and names the fields it wants), so a secret argument cannot reach a log.
+#[test]
+fn every_tracing_span_skips_its_arguments() {
+    let mut stack = vec![crate::support::repo_root().join("src")];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for (i, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("#[") && line.contains("instrument(") {
+                    seen += 1;
+                    assert!(
+                        line.contains("skip_all"),
+                        "{}:{}: `instrument` without `skip_all`",
+                        path.display(),
+                        i + 1
+                    );
+                }
+            }
+        }
+    }
+    assert!(seen > 0, "the scan found the spans");
+}
