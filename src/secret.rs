@@ -70,7 +70,7 @@ mod tests {
 
     /// Autoref probe: the inherent method exists only when `T: Display` (or
     /// `Serialize`); otherwise the trait's fallback answers.
-    struct Probe<'a, T>(&'a T);
+    struct Probe<'a, T>(#[allow(dead_code)] &'a T);
     trait Fallback {
         fn displays(&self) -> bool {
             false
@@ -85,7 +85,7 @@ mod tests {
             true
         }
     }
-    struct SerProbe<'a, T>(&'a T);
+    struct SerProbe<'a, T>(#[allow(dead_code)] &'a T);
     impl<T> Fallback for SerProbe<'_, T> {}
     impl<T: serde::Serialize> SerProbe<'_, T> {
         fn serializes(&self) -> bool {
