@@ -477,3 +477,78 @@ fn every_tracing_span_skips_its_arguments() {
     }
     assert!(seen > 0, "the scan found the spans");
 }
+
+/// A token with a Vault identity (a userpass login) is named on every line: entity
+/// id and display name beside the OS user.
+#[test]
+fn the_trail_names_the_vault_entity_behind_the_token() {
+    use crate::canary::http;
+    let mut lab = Lab::new();
+    let addr = lab.env["VAULT_ADDR"].clone();
+    let root = lab.env["VAULT_TOKEN"].clone();
+    // Enabling twice answers 400 (already enabled by an earlier test): fine.
+    http(
+        &addr,
+        "POST",
+        "/v1/sys/auth/userpass",
+        &root,
+        Some(&serde_json::json!({ "type": "userpass" })),
+    );
+    http(
+        &addr,
+        "PUT",
+        "/v1/sys/policies/acl/rekey-audit-test",
+        &root,
+        Some(
+            &serde_json::json!({ "policy": "path \"*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\", \"patch\"] }" }),
+        ),
+    );
+    let user = format!("alice{}", &lab.prefix[7..13]);
+    http(
+        &addr,
+        "POST",
+        &format!("/v1/auth/userpass/users/{user}"),
+        &root,
+        Some(
+            &serde_json::json!({ "password": "CANARYuserpass8", "token_policies": "rekey-audit-test" }),
+        ),
+    );
+    let login = http(
+        &addr,
+        "POST",
+        &format!("/v1/auth/userpass/login/{user}"),
+        "",
+        Some(&serde_json::json!({ "password": "CANARYuserpass8" })),
+    );
+    let token = login["auth"]["client_token"]
+        .as_str()
+        .expect("userpass login")
+        .to_owned();
+    let entity = login["auth"]["entity_id"].as_str().unwrap().to_owned();
+    assert!(!entity.is_empty());
+    lab.token = token.clone();
+    lab.canaries.push(token);
+    let pb = lab.playbook(
+        "entity",
+        "breach",
+        "  keys: { type: sandbox, settings: { state_file: DIR/keys.json, latency: 1ms } }",
+        "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n",
+    );
+    let journal = lab.journal().display().to_string();
+    let (code, out, err) = lab.rekey(&["run", &pb, "--journal", &journal], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let text = std::fs::read_to_string(lab.trail()).unwrap();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["actor"]["vault_entity_id"], entity.as_str(), "{line}");
+        assert_eq!(v["actor"]["vault_display_name"], format!("userpass-{user}"));
+        assert!(!v["actor"]["user"].as_str().unwrap().is_empty());
+    }
+    let places = lab
+        .outputs
+        .iter()
+        .map(|(n, t)| (n.clone(), t.clone().into_bytes()))
+        .chain(lab.written_files())
+        .collect::<Vec<_>>();
+    assert!(crate::canary::leaks(&lab.canaries, &places).is_empty());
+}
