@@ -552,3 +552,58 @@ fn the_trail_names_the_vault_entity_behind_the_token() {
         .collect::<Vec<_>>();
     assert!(crate::canary::leaks(&lab.canaries, &places).is_empty());
 }
+
+/// Two runs writing one trail at the same time (two journals, one `--audit-file`)
+/// take turns under the file lock: the chain holds and both runs are in it.
+#[test]
+fn two_processes_appending_to_one_trail_keep_the_chain_whole() {
+    let lab = Lab::new();
+    let trail = lab.trail().display().to_string();
+    let mut children = Vec::new();
+    for n in 0..2 {
+        let pb = lab.playbook(
+            &format!("concurrent{n}"),
+            "breach",
+            &format!("  keys: {{ type: sandbox, settings: {{ state_file: DIR/keys{n}.json, latency: 1ms }} }}"),
+            &format!("  - {{ id: a{n}, provider: keys, account: a, vault_path: PREFIX/c{n}/a }}\n  - {{ id: b{n}, provider: keys, account: b, vault_path: PREFIX/c{n}/b }}\n"),
+        );
+        let journal = lab.dir.path().join(format!("journal{n}.db"));
+        children.push(
+            std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+                .args([
+                    "run",
+                    &pb,
+                    "--journal",
+                    journal.to_str().unwrap(),
+                    "--audit-file",
+                    &trail,
+                ])
+                .env("VAULT_TOKEN", &lab.token)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (code, out, err) = verify(&lab.trail());
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(lab.trail()).unwrap();
+    let runs: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok()?["run"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(runs.len(), 2, "both runs are in the trail");
+    assert_eq!(text.matches("\"action\":\"finish\"").count(), 2);
+}
