@@ -383,6 +383,66 @@ fn everything_traced(lab: &mut Lab) {
     );
 }
 
+fn killed_then_resumed(lab: &mut Lab) {
+    let pb = lab.playbook(
+        "resume",
+        "breach",
+        "  keys: { type: sandbox, settings: { state_file: DIR/keys5.json, latency: 150ms } }\n  pw: { type: sandbox_password, settings: { state_file: DIR/pw5.json, latency: 150ms } }",
+        "  - { id: r1, provider: keys, account: g, vault_path: PREFIX/r/one }\n  - { id: r2, provider: pw, account: h, vault_path: PREFIX/r/two }\n",
+    );
+    let journal = lab.journal();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["-vv", "run", &pb, "--journal", journal.to_str().unwrap()])
+        .env_clear()
+        .env("VAULT_TOKEN", &lab.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed once both credentials hold a staged value (what resume must read back).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut child = child;
+    loop {
+        let staged = rekey::journal::Journal::open(&journal).ok().and_then(|j| {
+            let run = j.runs().ok()?.into_iter().next()?;
+            (run.playbook_name == "resume").then_some(())?;
+            let states = j.states(&run.id).ok()?;
+            Some(
+                states
+                    .iter()
+                    .filter(|s| s.state == "staged" || s.state == "changed")
+                    .count(),
+            )
+        });
+        if staged == Some(2) || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    lab.outputs.push((
+        "stdout of the killed run".into(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ));
+    lab.outputs.push((
+        "stderr of the killed run".into(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ));
+    let journal = journal.display().to_string();
+    let (code, out, err) = lab.rekey(&["resume", "--journal", &journal, "--format", "json"], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        summary["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "rotated"),
+        "{out}"
+    );
+}
+
 #[test]
 fn no_canary_secret_reaches_output_logs_journal_or_audit_trail() {
     let mut lab = Lab::new();
