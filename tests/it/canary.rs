@@ -272,6 +272,10 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
             "trace logs of every crate (RUST_LOG=trace)",
             everything_traced,
         ),
+        (
+            "killed mid-rotation (SIGKILL), then resumed",
+            killed_then_resumed,
+        ),
     ]
 }
 
@@ -421,6 +425,8 @@ fn killed_then_resumed(lab: &mut Lab) {
     }
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "killed mid-run, not finished");
     lab.outputs.push((
         "stdout of the killed run".into(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
