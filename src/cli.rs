@@ -42,6 +42,52 @@ pub enum Command {
     Schema,
     /// List the provider types this rekey knows.
     Providers(ProvidersArgs),
+    /// Check and read the tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `rekey audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain (and the head record beside it); exit 1 naming the first bad line.
+    Verify(AuditFileArgs),
+    /// Per-credential timeline of the trail (text by default).
+    Show(AuditShowArgs),
+    /// The trail as JSON (default) or CSV, for an incident report or a SIEM.
+    Export(AuditShowArgs),
+    /// Read a value on stdin and print its HMAC under the trail's key, and the lines
+    /// that refer to it (the value is never taken as an argument: `ps` would show it).
+    Hmac(AuditFileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditFileArgs {
+    /// The trail (default: audit.jsonl beside the default journal).
+    #[arg(env = crate::env_vars::REKEY_AUDIT, default_value = ".rekey/audit.jsonl")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum AuditFormat {
+    Text,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditShowArgs {
+    #[command(flatten)]
+    pub trail: AuditFileArgs,
+    /// Only this credential (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub credential: Vec<String>,
+    /// Only this run (repeatable).
+    #[arg(long, value_name = "RUN")]
+    pub run: Vec<String>,
+    /// Output format (`show`: text; `export`: json).
+    #[arg(long, value_enum)]
+    pub format: Option<AuditFormat>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -143,4 +189,11 @@ pub struct JournalArgs {
     /// Journal file (durable run state).
     #[arg(long = "journal", env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
     pub path: PathBuf,
+    /// Audit trail file (default: audit.jsonl beside the journal).
+    #[arg(long = "audit-file", env = crate::env_vars::REKEY_AUDIT)]
+    pub audit: Option<PathBuf>,
+    /// Also send each audit line to `stdout` or an http(s):// collector (repeatable).
+    /// The file is always written first; a collector that fails never stops a run.
+    #[arg(long = "audit-sink", value_name = "stdout|URL")]
+    pub audit_sinks: Vec<String>,
 }

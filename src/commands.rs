@@ -263,26 +263,115 @@ fn load_for_run(
 /// The key for the journal's HMAC fingerprints, kept beside the journal (0600) so
 /// a value can later be checked against the records.
 fn fingerprint_key(journal: &std::path::Path) -> Result<Vec<u8>> {
+    key_file(&journal.with_extension("key"))
+}
+
+/// A 32-byte HMAC key in file `path`, created (O_CREAT|O_EXCL, 0600, synced) when
+/// missing. An existing key file others can read is refused: whoever holds the
+/// key can test guesses against the fingerprints.
+fn key_file(path: &std::path::Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = journal.with_extension("key");
-    if let Ok(mut f) = std::fs::File::open(&path) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let mode = f.metadata()?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "the key file {} is accessible by group or others (mode {mode:04o}): run `chmod 600 {}` and check who changed it",
+                path.display(),
+                path.display()
+            );
+        }
         let mut key = Vec::new();
         f.read_to_end(&mut key)?;
         if key.len() == 32 {
             return Ok(key);
         }
+        anyhow::bail!(
+            "the key file {} is not a rekey key (32 bytes); restore it from a backup: without it, recorded fingerprints cannot be checked",
+            path.display()
+        );
     }
     let key: [u8; 32] = rand::random();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(&key)?;
     f.sync_all()?;
     Ok(key.to_vec())
+}
+
+/// Where the audit trail goes for `run`, `resume` and `rollback`.
+struct AuditSetup {
+    path: std::path::PathBuf,
+    sinks: Vec<String>,
+}
+
+impl AuditSetup {
+    fn from_args(args: &crate::cli::JournalArgs) -> AuditSetup {
+        AuditSetup {
+            path: args
+                .audit
+                .clone()
+                .unwrap_or_else(|| crate::audit::default_path(&args.path)),
+            sinks: args.audit_sinks.clone(),
+        }
+    }
+
+    /// Opens the trail (verifying what it already holds), naming `actor` on every
+    /// line, and hands it to `journal` as its mirror.
+    fn attach(
+        &self,
+        journal: &mut crate::journal::Journal,
+        pb: &playbook::Playbook,
+        actor: crate::audit::Actor,
+    ) -> Result<()> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let key = key_file(&crate::audit::key_path(&self.path))?;
+        let authorization = std::env::var(crate::env_vars::REKEY_AUDIT_AUTHORIZATION)
+            .ok()
+            .map(|v| crate::secret::Secret::new(zeroize::Zeroizing::new(v).trim()));
+        let mut sinks = Vec::new();
+        for spec in &self.sinks {
+            sinks.push(crate::audit::Sink::parse(spec, authorization.clone()).map_err(anyhow::Error::msg)?);
+        }
+        let credentials = pb
+            .credentials
+            .iter()
+            .map(|c| {
+                (
+                    c.id.clone(),
+                    crate::audit::CredentialInfo {
+                        provider: c.provider.clone(),
+                        vault_path: c.vault_path.clone(),
+                    },
+                )
+            })
+            .collect();
+        let trail = crate::audit::Trail::open(&self.path, key, actor, credentials, sinks)?;
+        journal.set_mirror(Box::new(trail));
+        Ok(())
+    }
+
+    /// Tells the operator where the trail is and its last hash: written into the
+    /// incident ticket, it anchors the trail against later rewriting.
+    fn report(&self, io: &mut Io) -> Result<()> {
+        if let Ok(v) = crate::audit::verify_file(&self.path, |_, _| {}) {
+            writeln!(
+                io.stderr,
+                "audit trail {}: {} lines, last line sha256 {}",
+                self.path.display(),
+                v.lines,
+                v.last
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// What `run` and `resume` need before the engine starts: the playbook, the
@@ -354,7 +443,7 @@ fn vault_config(
 ) -> Result<std::result::Result<crate::store::VaultConfig, ExitStatus>> {
     use crate::store::{VaultConfig, VaultLogin};
     let login = match &pb.vault.auth {
-        playbook::VaultAuth::Token { env: var } => match std::env::var(var) {
+        playbook::VaultAuth::Token { env: var } => match std::env::var(var).map(zeroize::Zeroizing::new) {
             Ok(t) if !t.trim().is_empty() => {
                 VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned()))
             }
@@ -370,7 +459,7 @@ fn vault_config(
             role_id,
             secret_id_env,
             mount,
-        } => match std::env::var(secret_id_env) {
+        } => match std::env::var(secret_id_env).map(zeroize::Zeroizing::new) {
             Ok(s) if !s.trim().is_empty() => VaultLogin::AppRole {
                 mount: mount.clone(),
                 role_id: role_id.clone(),
@@ -397,7 +486,13 @@ fn vault_config(
 
 fn open_journal(path: &std::path::Path) -> Result<(crate::journal::Journal, Vec<u8>)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // 0700: the journal, its key and the audit trail live here.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let journal = crate::journal::Journal::open(path)?;
     let key = fingerprint_key(path)?;
@@ -447,8 +542,9 @@ async fn build_provider(
 /// Runs `work` with an engine built from `prepared`.
 fn with_engine<T>(
     prepared: Prepared,
-    journal: crate::journal::Journal,
+    mut journal: crate::journal::Journal,
     key: Vec<u8>,
+    audit: &AuditSetup,
     work: impl AsyncFnOnce(&crate::engine::Engine, &[Vec<usize>]) -> Result<T>,
 ) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -471,6 +567,12 @@ fn with_engine<T>(
             }
         });
         let store = crate::store::VaultStore::connect(&prepared.vault).await?;
+        let mut actor = crate::audit::Actor::from_os();
+        if let Some((entity, name)) = store.identity().await {
+            actor.vault_entity_id = entity;
+            actor.vault_display_name = name;
+        }
+        audit.attach(&mut journal, &prepared.playbook, actor)?;
         let mut providers = indexmap::IndexMap::new();
         let mut refused = Vec::new();
         for name in &prepared.providers {
@@ -630,9 +732,11 @@ pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
         selection: serde_json::json!({ "compromised": selection.compromised, "tags": selection.tags, "only": selection.only }),
         actor: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
     };
-    let summary = with_engine(prepared, journal, key, async |engine, waves| {
+    let audit = AuditSetup::from_args(&args.journal);
+    let summary = with_engine(prepared, journal, key, &audit, async |engine, waves| {
         Ok(engine.run(&new_run, waves).await?)
     })?;
+    audit.report(io)?;
     print_summary(&summary, args.format, io)
 }
 
@@ -709,9 +813,11 @@ pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> 
         run.id, run.playbook_path
     )?;
     let run_id = run.id.clone();
-    let summary = with_engine(prepared, journal, key, async |engine, waves| {
+    let audit = AuditSetup::from_args(&args.journal);
+    let summary = with_engine(prepared, journal, key, &audit, async |engine, waves| {
         Ok(engine.resume(&run_id, waves).await?)
     })?;
+    audit.report(io)?;
     print_summary(&summary, args.format, io)
 }
 
@@ -758,9 +864,11 @@ pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStat
         Err(status) => return Ok(status),
     };
     let run_id = run.id.clone();
-    let summary = with_engine(prepared, journal, key, async |engine, waves| {
+    let audit = AuditSetup::from_args(&args.journal);
+    let summary = with_engine(prepared, journal, key, &audit, async |engine, waves| {
         Ok(engine.roll_back(&run_id, waves).await?)
     })?;
+    audit.report(io)?;
     let status = print_summary(&summary, args.format, io)?;
     // For a rollback, "rolled back" is success.
     Ok(
@@ -822,4 +930,138 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
         }
     }
     Ok(ExitStatus::Success)
+}
+
+/// `rekey audit verify|show|export|hmac`.
+pub fn audit(cmd: &crate::cli::AuditCommand, io: &mut Io) -> Result<ExitStatus> {
+    use crate::audit::report::{self, Entry, Filter};
+    use crate::cli::{AuditCommand, AuditFormat};
+    let file = match cmd {
+        AuditCommand::Verify(a) | AuditCommand::Hmac(a) => &a.file,
+        AuditCommand::Show(a) | AuditCommand::Export(a) => &a.trail.file,
+    };
+    let mut entries = Vec::new();
+    let mut lines = Vec::new();
+    let keep_lines = matches!(cmd, AuditCommand::Hmac(_));
+    let filter = match cmd {
+        AuditCommand::Show(a) | AuditCommand::Export(a) => Filter {
+            credentials: a.credential.clone(),
+            runs: a.run.clone(),
+        },
+        _ => Filter::default(),
+    };
+    let verdict = match crate::audit::verify_file(file, |_, map| {
+        let entry = Entry::from_line(&map);
+        if filter.keeps(&entry) {
+            entries.push(entry);
+        }
+        if keep_lines {
+            lines.push(map);
+        }
+    }) {
+        Ok(v) => v,
+        Err(e) => {
+            writeln!(io.stderr, "error: cannot read the audit trail {}: {e}", file.display())?;
+            return Ok(ExitStatus::Invalid);
+        }
+    };
+    let shown = file.display();
+    let complain = |io: &mut Io| -> Result<()> {
+        for note in &verdict.notes {
+            writeln!(io.stderr, "note: {shown}: {note}")?;
+        }
+        if let Some(p) = &verdict.problem {
+            writeln!(
+                io.stderr,
+                "error: {shown}: line {}: {}\nhelp: the trail was changed after rekey wrote it (or a write was cut short): keep this copy as evidence and compare it with the collector's copy (--audit-sink); lines before {} are intact",
+                p.line,
+                p.reason.escape_debug(),
+                p.line
+            )?;
+        }
+        Ok(())
+    };
+    let status = if verdict.ok() {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    };
+    match cmd {
+        AuditCommand::Verify(_) => {
+            complain(io)?;
+            if verdict.ok() {
+                writeln!(
+                    io.stdout,
+                    "{shown}: {} lines verified; last line sha256 {}",
+                    verdict.lines, verdict.last
+                )?;
+            }
+        }
+        AuditCommand::Show(a) | AuditCommand::Export(a) => {
+            let default = if matches!(cmd, AuditCommand::Show(_)) {
+                AuditFormat::Text
+            } else {
+                AuditFormat::Json
+            };
+            complain(io)?;
+            match a.format.unwrap_or(default) {
+                AuditFormat::Text => report::write_text(&entries, io.stdout)?,
+                AuditFormat::Json => report::write_json(&entries, &verdict, io.stdout)?,
+                AuditFormat::Csv => report::write_csv(&entries, io.stdout)?,
+            }
+        }
+        AuditCommand::Hmac(_) => {
+            use std::io::Read;
+            let key_path = crate::audit::key_path(file);
+            let key = match std::fs::read(&key_path) {
+                Ok(k) if k.len() == 32 => k,
+                _ => {
+                    writeln!(
+                        io.stderr,
+                        "error: no trail key at {} (the trail's HMAC key, created with it)",
+                        key_path.display()
+                    )?;
+                    return Ok(ExitStatus::Invalid);
+                }
+            };
+            let mut value = zeroize::Zeroizing::new(String::new());
+            std::io::stdin()
+                .take(1 << 20)
+                .read_to_string(&mut value)
+                .context("cannot read the value from stdin")?;
+            // One trailing newline is the shell's (`echo`), not the value's.
+            let trimmed = value
+                .strip_suffix('\n')
+                .map(|v| v.strip_suffix('\r').unwrap_or(v))
+                .unwrap_or(&value);
+            let hmac = format!(
+                "{}{}",
+                crate::audit::HMAC_PREFIX,
+                crate::secret::Secret::new(trimmed).fingerprint(&key)
+            );
+            writeln!(io.stdout, "{hmac}")?;
+            let mut found = 0;
+            for map in &lines {
+                if map.get("secret_hmac").and_then(|v| v.as_str()) == Some(hmac.as_str()) {
+                    let e = Entry::from_line(map);
+                    found += 1;
+                    writeln!(
+                        io.stdout,
+                        "  line {}: {} {} {} {} {}",
+                        e.seq,
+                        e.ts,
+                        e.run,
+                        e.credential.as_deref().unwrap_or("-"),
+                        e.event,
+                        e.action
+                    )?;
+                }
+            }
+            if found == 0 {
+                writeln!(io.stderr, "no line of {shown} refers to this value")?;
+            }
+            complain(io)?;
+        }
+    }
+    Ok(status)
 }

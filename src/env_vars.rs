@@ -11,3 +11,9 @@ pub const NO_COLOR: &str = "NO_COLOR";
 /// Journal file for `run` and `status` (default `.rekey/journal.db` in the current
 /// directory); `--journal` overrides it.
 pub const REKEY_JOURNAL: &str = "REKEY_JOURNAL";
+/// Audit trail file for `run`, `resume`, `rollback` and `audit` (default
+/// `audit.jsonl` beside the journal); `--audit-file` overrides it.
+pub const REKEY_AUDIT: &str = "REKEY_AUDIT";
+/// Value of the `Authorization` header sent to an HTTP audit sink (e.g.
+/// `Splunk <token>` or `Bearer <token>`); held as a secret, never logged.
+pub const REKEY_AUDIT_AUTHORIZATION: &str = "REKEY_AUDIT_AUTHORIZATION";

@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map of this crate.
 
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod engine;

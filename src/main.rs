@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => commands::status(args, &mut io),
         Command::Schema => commands::schema(&mut io),
         Command::Providers(args) => commands::providers(args, &mut io),
+        Command::Audit(cmd) => commands::audit(cmd, &mut io),
     };
     let status = match result {
         Ok(status) => status,

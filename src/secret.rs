@@ -68,6 +68,44 @@ mod tests {
         assert_eq!(s.fingerprint(b"k1").len(), 64);
     }
 
+    /// Autoref probe: the inherent method exists only when `T: Display` (or
+    /// `Serialize`); otherwise the trait's fallback answers.
+    struct Probe<'a, T>(#[allow(dead_code)] &'a T);
+    trait Fallback {
+        fn displays(&self) -> bool {
+            false
+        }
+        fn serializes(&self) -> bool {
+            false
+        }
+    }
+    impl<T> Fallback for Probe<'_, T> {}
+    impl<T: std::fmt::Display> Probe<'_, T> {
+        fn displays(&self) -> bool {
+            true
+        }
+    }
+    struct SerProbe<'a, T>(#[allow(dead_code)] &'a T);
+    impl<T> Fallback for SerProbe<'_, T> {}
+    impl<T: serde::Serialize> SerProbe<'_, T> {
+        fn serializes(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_secret_cannot_be_displayed_or_serialized() {
+        let s = Secret::new("canary-7Hq2");
+        assert!(!Probe(&s).displays());
+        assert!(!SerProbe(&s).serializes());
+        // The probes do see the traits where they exist.
+        assert!(Probe(&"text").displays());
+        assert!(SerProbe(&"text").serializes());
+        // Admin credentials are maps of secrets: their Debug is redacted too.
+        let admin = crate::provider::admin::Admin::from_env_value("X", "canary-admin-9");
+        assert!(!format!("{admin:?}").contains("canary-admin-9"));
+    }
+
     #[test]
     fn generated_passwords_use_the_alphabet() {
         let p = Secret::generate(40, "ab");

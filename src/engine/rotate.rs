@@ -197,7 +197,12 @@ impl<'a> Ctx<'a> {
     }
 
     fn fingerprint(&self, secret: &Secret) -> String {
-        secret.fingerprint(&self.engine.fingerprint_key)
+        let fingerprint = secret.fingerprint(&self.engine.fingerprint_key);
+        // The audit trail names the value by an HMAC under its own key.
+        if let Ok(journal) = self.engine.journal.lock() {
+            journal.note_secret(&fingerprint, secret);
+        }
+        fingerprint
     }
 
     fn state(&self, state: &str, detail: Value) -> Result<(), EngineError> {

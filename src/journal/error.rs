@@ -88,4 +88,14 @@ pub enum JournalError {
         #[source]
         source: rusqlite::Error,
     },
+
+    #[error(
+        "the journal at {path} recorded {what}, but the audit trail could not be written: {reason}; nothing \
+         more was done: fix the trail (`rekey audit verify`), then `rekey resume`"
+    )]
+    Audit {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
 }

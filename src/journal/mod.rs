@@ -28,9 +28,11 @@
 
 mod error;
 mod file;
+mod mirror;
 mod schema;
 
 pub use error::JournalError;
+pub use mirror::{Event, Mirror};
 
 use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
@@ -188,6 +190,8 @@ pub struct RecordedOutcome {
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
+    /// Where every committed record is copied (the audit trail), if anywhere.
+    mirror: mirror::Slot,
 }
 
 impl Journal {
@@ -206,10 +210,33 @@ impl Journal {
         let journal = Journal {
             conn,
             path: path.to_path_buf(),
+            mirror: mirror::Slot::default(),
         };
         journal.configure()?;
         journal.migrate()?;
         Ok(journal)
+    }
+
+    /// Copies every record this connection commits from now on to `mirror` (the
+    /// audit trail), after the commit and before the call returns. A mirror that
+    /// fails makes the journal call fail ([`JournalError::Audit`]): a step is not
+    /// attempted unless its intent is in the trail too.
+    pub fn set_mirror(&mut self, mirror: Box<dyn Mirror>) {
+        self.mirror = mirror::Slot::new(mirror);
+    }
+
+    /// Tells the mirror which value the records' `fingerprint` stands for, so the
+    /// audit trail can name it by its own HMAC. Records nothing.
+    pub fn note_secret(&self, fingerprint: &str, secret: &crate::secret::Secret) {
+        self.mirror.note_secret(fingerprint, secret);
+    }
+
+    fn mirror(&self, what: &'static str, event: Event<'_>) -> Result<(), JournalError> {
+        self.mirror.record(event).map_err(|reason| JournalError::Audit {
+            path: self.path.clone(),
+            what,
+            reason,
+        })
     }
 
     /// The journal file this connection writes.
@@ -266,6 +293,7 @@ impl Journal {
             match inserted {
                 Ok(_) => {
                     info!(run = %id, playbook = %run.playbook_name, mode = %run.mode, "Run recorded.");
+                    self.mirror("a new run", Event::RunStarted { run: &id, new_run: run })?;
                     return Ok(id);
                 }
                 Err(e)
@@ -321,7 +349,7 @@ impl Journal {
             return Err(self.unknown_run(id));
         }
         info!(run = %id, %status, "Run finished.");
-        Ok(())
+        self.mirror("the end of a run", Event::RunFinished { run: id, status })
     }
 
     /// Marks run `id` as `running` again (and clears `finished_at`): `rekey resume`
@@ -338,7 +366,7 @@ impl Journal {
             return Err(self.unknown_run(id));
         }
         info!(run = %id, "Run reopened.");
-        Ok(())
+        self.mirror("a resumed run", Event::RunReopened { run: id })
     }
 
     /// Sets `credential`'s state machine position in `run` (e.g. `staged`, `promoted`,
@@ -367,7 +395,15 @@ impl Journal {
             })
             .map_err(|e| self.write_error(run, "recording a credential state", e))?;
         debug!(run, credential, state, "Credential state recorded.");
-        Ok(())
+        self.mirror(
+            "a credential state",
+            Event::State {
+                run,
+                credential,
+                state,
+                detail,
+            },
+        )
     }
 
     /// Every credential's current state in `run`, in the order they were first recorded.
@@ -426,6 +462,16 @@ impl Journal {
             .map_err(|e| self.write_error(run, "recording an intent", e))?;
         let id = IntentId(self.conn.last_insert_rowid());
         debug!(run, credential, step, intent = %id, "Intent recorded.");
+        self.mirror(
+            "an intent",
+            Event::Intent {
+                run,
+                credential,
+                step,
+                intent: id,
+                detail,
+            },
+        )?;
         Ok(id)
     }
 
@@ -442,8 +488,19 @@ impl Journal {
     ) -> Result<(), JournalError> {
         let doing = "recording an outcome";
         let tx = self.immediate(doing)?;
-        self.insert_outcome(&tx, intent, &outcome, detail)?;
-        tx.commit().map_err(|e| self.sql(doing, e))
+        let (run, credential, step) = self.insert_outcome(&tx, intent, &outcome, detail)?;
+        tx.commit().map_err(|e| self.sql(doing, e))?;
+        self.mirror(
+            "an outcome",
+            Event::Outcome {
+                run: &run,
+                credential: &credential,
+                step: &step,
+                intent,
+                outcome: &outcome,
+                detail,
+            },
+        )
     }
 
     /// [`Journal::outcome`] and [`Journal::set_state`] for the intent's credential, in one
@@ -461,7 +518,7 @@ impl Journal {
     ) -> Result<(), JournalError> {
         let doing = "recording an outcome and a credential state";
         let tx = self.immediate(doing)?;
-        let (run, credential) = self.insert_outcome(&tx, intent, &outcome, detail)?;
+        let (run, credential, step) = self.insert_outcome(&tx, intent, &outcome, detail)?;
         tx.prepare_cached(UPSERT_STATE)
             .and_then(|mut stmt| {
                 stmt.execute(params![
@@ -475,7 +532,26 @@ impl Journal {
             .map_err(|e| self.sql(doing, e))?;
         tx.commit().map_err(|e| self.sql(doing, e))?;
         debug!(run, credential, state, "Credential state recorded.");
-        Ok(())
+        self.mirror(
+            "an outcome",
+            Event::Outcome {
+                run: &run,
+                credential: &credential,
+                step: &step,
+                intent,
+                outcome: &outcome,
+                detail,
+            },
+        )?;
+        self.mirror(
+            "a credential state",
+            Event::State {
+                run: &run,
+                credential: &credential,
+                state,
+                detail: state_detail,
+            },
+        )
     }
 
     /// Intents in `run` with no outcome, oldest first: what was in flight when the
@@ -590,41 +666,41 @@ impl Journal {
 
     /// Inserts the outcome of `intent` inside `tx` (an IMMEDIATE transaction: the write
     /// lock is held from the start, so nobody can slip an outcome in between the check
-    /// and the insert). Returns the intent's run and credential.
+    /// and the insert). Returns the intent's run, credential and step.
     fn insert_outcome(
         &self,
         tx: &Transaction<'_>,
         intent: IntentId,
         outcome: &Outcome,
         detail: &Value,
-    ) -> Result<(String, String), JournalError> {
+    ) -> Result<(String, String, String), JournalError> {
         let doing = "recording an outcome";
-        let found: Option<(String, String, Option<i64>)> = tx
+        let found: Option<(String, String, Option<i64>, String)> = tx
             .prepare_cached(
-                "SELECT i.run_id, i.credential, o.intent_id
+                "SELECT i.run_id, i.credential, o.intent_id, i.step
                  FROM intents i LEFT JOIN outcomes o ON o.intent_id = i.id WHERE i.id = ?1",
             )
             .and_then(|mut stmt| {
                 stmt.query_row([intent.0], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                 })
                 .optional()
             })
             .map_err(|e| self.sql(doing, e))?;
-        let (run, credential) = match found {
+        let (run, credential, step) = match found {
             None => {
                 return Err(JournalError::UnknownIntent {
                     path: self.path.clone(),
                     id: intent.0,
                 });
             }
-            Some((_, _, Some(_))) => {
+            Some((_, _, Some(_), _)) => {
                 return Err(JournalError::OutcomeAlreadyRecorded {
                     path: self.path.clone(),
                     id: intent.0,
                 });
             }
-            Some((run, credential, None)) => (run, credential),
+            Some((run, credential, None, step)) => (run, credential, step),
         };
         let (result, kind, message) = match outcome {
             Outcome::Ok => ("ok", None, None),
@@ -641,7 +717,7 @@ impl Journal {
         })
         .map_err(|e| self.sql(doing, e))?;
         debug!(run, credential, intent = %intent, result, kind, "Outcome recorded.");
-        Ok((run, credential))
+        Ok((run, credential, step))
     }
 
     /// Connection settings. `journal_mode` is stored in the file; the others are per

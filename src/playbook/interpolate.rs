@@ -68,13 +68,31 @@ pub fn looks_secret(name: &str) -> bool {
 }
 
 /// Replaces `${...}` in every string of the tree; returns one diagnostic per problem.
+///
+/// A variable the playbook itself names as holding a secret (`token_env`,
+/// `secret_id_env`, an admin credential's `env`) is refused whatever its name:
+/// `admin: { env: STRIPE_ADMIN }` makes `${STRIPE_ADMIN}` a secret too.
 pub fn interpolate(root: &mut Node<'_>, env: &dyn Fn(&str) -> Option<String>) -> Vec<Diagnostic> {
     let mut problems = Vec::new();
+    let sources = secret_sources(root);
     root.for_each_string_mut(&mut |text, pos| {
         if !text.contains('$') {
             return;
         }
-        match expand(text, env) {
+        let asked: std::cell::RefCell<Option<String>> = std::cell::RefCell::new(None);
+        let guarded = |name: &str| {
+            if sources.iter().any(|s| s == name) {
+                asked.borrow_mut().get_or_insert_with(|| name.to_owned());
+                return None;
+            }
+            env(name)
+        };
+        let result = expand(text, &guarded);
+        if let Some(name) = asked.into_inner() {
+            problems.push(Problem::SecretSource(name).into_diagnostic(Some(pos)));
+            return;
+        }
+        match result {
             Ok(expanded) => *text = std::borrow::Cow::Owned(expanded),
             Err(problem) => problems.push(problem.into_diagnostic(Some(pos))),
         }
@@ -82,10 +100,37 @@ pub fn interpolate(root: &mut Node<'_>, env: &dyn Fn(&str) -> Option<String>) ->
     problems
 }
 
+/// The variables the playbook names as secret sources: the string values of
+/// `token_env`, `secret_id_env` and `env` keys anywhere in the tree.
+fn secret_sources(root: &Node<'_>) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut stack = vec![root];
+    while let Some(node) = stack.pop() {
+        match &node.value {
+            super::yaml::Value::Seq(items) => stack.extend(items.iter()),
+            super::yaml::Value::Map(entries) => {
+                for (key, value) in entries {
+                    if let super::yaml::Value::Str(s) = &value.value
+                        && matches!(key.name.as_ref(), "token_env" | "secret_id_env" | "env")
+                        && !s.contains('$')
+                    {
+                        names.push(s.to_string());
+                    }
+                    stack.push(value);
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
 #[derive(Debug, PartialEq)]
 pub enum Problem {
     Unset(String),
     Secret(String),
+    /// Named by the playbook as a secret source (`token_env`, `secret_id_env`, `env`).
+    SecretSource(String),
     Unterminated,
     BadName(String),
 }
@@ -102,6 +147,13 @@ impl Problem {
             )
             .help(format!(
                 "secrets never go into playbook text; reference the variable by name instead, e.g. `admin: {{ env: {name} }}` or `auth: {{ token_env: {name} }}`"
+            )),
+            Problem::SecretSource(name) => Diagnostic::error(
+                format!("refusing to interpolate `{name}`: this playbook reads a secret from it"),
+                pos,
+            )
+            .help(format!(
+                "`{name}` is named as a secret source (`token_env`, `secret_id_env` or an admin `env`); its value must never be copied into playbook text"
             )),
             Problem::Unterminated => Diagnostic::error("`${` without a closing `}`", pos)
                 .help("close it (`${NAME}`), or write `$${` for a literal `${`"),
@@ -218,6 +270,21 @@ mod tests {
             expand("${MISSING:-${NOPE}}", &env),
             Err(Problem::Unset("NOPE".into()))
         );
+    }
+
+    #[test]
+    fn variables_named_as_secret_sources_are_never_interpolated() {
+        let text = "a: { env: STRIPE_ADMIN }\nvault: { auth: { token_env: MY_VT } }\nb: \"${STRIPE_ADMIN}\"\nc: \"x${NOPE:-${MY_VT}}\"\nd: \"${HOST}\"\n";
+        let mut root = super::super::yaml::parse(text).unwrap();
+        let env = |name: &str| (name != "NOPE").then(|| format!("value-of-{name}"));
+        let problems = interpolate(&mut root, &env);
+        let messages: Vec<String> = problems.iter().map(|d| d.message.clone()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages.iter().any(|m| m.contains("`STRIPE_ADMIN`")), "{messages:?}");
+        assert!(messages.iter().any(|m| m.contains("`MY_VT`")), "{messages:?}");
+        assert!(!root.to_json().to_string().contains("value-of-STRIPE_ADMIN"));
+        assert!(!root.to_json().to_string().contains("value-of-MY_VT"));
+        assert!(root.to_json().to_string().contains("value-of-HOST"));
     }
 
     #[test]

@@ -30,14 +30,14 @@ pub fn build(
 ) -> Result<Arc<dyn Provider>, ProviderError> {
     let _ = &admin;
     match instance.type_name.as_str() {
-        "sandbox" => Ok(Arc::new(super::sandbox::Sandbox::from_settings(
-            Kind::Dual,
-            &instance.settings,
-        )?)),
-        "sandbox_password" => Ok(Arc::new(super::sandbox::Sandbox::from_settings(
-            Kind::Single,
-            &instance.settings,
-        )?)),
+        "sandbox" => Ok(Arc::new(
+            super::sandbox::Sandbox::from_settings(Kind::Dual, &instance.settings)?
+                .with_admin(admin),
+        )),
+        "sandbox_password" => Ok(Arc::new(
+            super::sandbox::Sandbox::from_settings(Kind::Single, &instance.settings)?
+                .with_admin(admin),
+        )),
         "aws_iam" => Ok(Arc::new(super::aws_iam::AwsIam::new(
             &instance.settings,
             admin.as_ref(),

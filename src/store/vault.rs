@@ -421,6 +421,32 @@ impl VaultStore {
         }
     }
 
+    /// Who the token belongs to, for the audit trail: its entity id and display
+    /// name from `lookup-self`, or `None` when Vault does not say. Only those two
+    /// fields are read from the answer (which also holds the token); the buffer is
+    /// wiped on drop.
+    pub async fn identity(&self) -> Option<(Option<String>, Option<String>)> {
+        #[derive(serde::Deserialize)]
+        struct Data {
+            entity_id: Option<String>,
+            display_name: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            data: Data,
+        }
+        let answer = self
+            .raw(Verb::Get, "auth/token/lookup-self", None, true)
+            .await
+            .ok()?;
+        if answer.status != 200 {
+            return None;
+        }
+        let parsed: Answer = serde_json::from_slice(&answer.body).ok()?;
+        let keep = |s: Option<String>| s.filter(|s| !s.is_empty());
+        Some((keep(parsed.data.entity_id), keep(parsed.data.display_name)))
+    }
+
     async fn check_token(&self) -> Result<(), StoreError> {
         let call = Call {
             store: self,

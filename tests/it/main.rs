@@ -2,6 +2,8 @@
 //! (`rekey` as a process), the loader (library API, property tests), and the real
 //! services started by `scripts/services`.
 
+mod audit;
+mod canary;
 mod cli_plan;
 mod engine;
 mod hostile;

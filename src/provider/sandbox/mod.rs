@@ -10,6 +10,10 @@
 //! Retry-After), `settings.outage: { after: 10s, for: 30s }` (429 to everything for
 //! a while, like a provider's block). `state_file: memory` keeps the state in the
 //! process (for benchmarks; a crash loses it).
+//!
+//! Admin credential (optional): with `settings.admin_sha256` set, every request
+//! must carry the admin credential whose `value` (or `password`) has that SHA-256,
+//! as a real service authenticates the rotator; a wrong one is refused (fatal).
 
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
 use crate::provider::catalog::Kind;
@@ -62,6 +66,9 @@ pub struct Sandbox {
     bucket: Mutex<(f64, std::time::Instant)>,
     /// Rate-limited answers given, for tests and benchmarks.
     pub rejected: std::sync::atomic::AtomicU64,
+    /// SHA-256 (hex) the admin credential must have, when the sandbox asks for one.
+    admin_sha256: Option<String>,
+    admin: Option<crate::provider::admin::Admin>,
 }
 
 fn digest(secret: &Secret) -> String {
@@ -134,7 +141,15 @@ impl Sandbox {
             server_rate,
             bucket: Mutex::new((capacity, std::time::Instant::now())),
             rejected: std::sync::atomic::AtomicU64::new(0),
+            admin_sha256: text("admin_sha256").map(|h| h.to_ascii_lowercase()),
+            admin: None,
         })
+    }
+
+    /// The admin credential the playbook gave (see the module documentation).
+    pub fn with_admin(mut self, admin: Option<crate::provider::admin::Admin>) -> Sandbox {
+        self.admin = admin;
+        self
     }
 
     fn load(&self) -> Result<State, ProviderError> {
@@ -210,6 +225,21 @@ impl Sandbox {
     /// Simulated network: server rate limit, latency, injected failures.
     async fn call(&self, op: &str, target: Target<'_>) -> Result<(), ProviderError> {
         self.admit()?;
+        if let Some(expected) = &self.admin_sha256 {
+            let given = match &self.admin {
+                Some(a) => a.require(&["value", "password"])?,
+                None => {
+                    return Err(ProviderError::Fatal(
+                        "sandbox: this sandbox requires an admin credential (settings.admin_sha256); add `admin:` to the provider instance".into(),
+                    ));
+                }
+            };
+            if &digest(given) != expected {
+                return Err(ProviderError::Fatal(
+                    "sandbox: 401 the admin credential was refused".into(),
+                ));
+            }
+        }
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }

@@ -1,0 +1,530 @@
+//! The canary test: rotations through the real binary, at the most verbose log
+//! levels, with recognisable secret values everywhere a secret can be (old values,
+//! admin credentials from the environment and from Vault, the Vault token itself,
+//! every new value rekey or a provider made). Afterwards stdout, stderr, the
+//! journal (database and write-ahead log), the audit trail and its side files are
+//! scanned for each canary, raw and base64-, hex- and URL-encoded: none may appear.
+//!
+//! Scenarios are a list: a provider or sink added later adds one entry to
+//! `scenarios()` (its playbook lines, what to seed, which commands to run).
+
+use crate::support::{rekey, repo_root};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub fn services() -> HashMap<String, String> {
+    let text = std::fs::read_to_string(repo_root().join("target/services/env"))
+        .expect("start the services with scripts/services up (scripts/test does)");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
+}
+
+/// Minimal HTTP/1.0 client for the OpenBao API (tests only).
+pub fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {
+    use std::io::{Read, Write};
+    let host = addr.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\nX-Vault-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(json).unwrap_or(Value::Null)
+}
+
+/// One place to run scenarios: a directory (journal, trail, sandbox state), a
+/// Vault prefix, a canary Vault token, and everything the binary printed.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub prefix: String,
+    pub env: HashMap<String, String>,
+    /// A Vault token with a recognisable id: it must never be printed or stored.
+    pub token: String,
+    pub canaries: Vec<String>,
+    pub outputs: Vec<(String, String)>,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let env = services();
+        let tag = hex::encode(rand::random::<[u8; 6]>());
+        let token = format!("CANARYvaulttoken{tag}");
+        http(
+            &env["VAULT_ADDR"],
+            "POST",
+            "/v1/auth/token/create",
+            &env["VAULT_TOKEN"],
+            Some(&json!({ "id": token, "policies": ["root"], "display_name": "canary-operator" })),
+        );
+        Lab {
+            dir: tempfile::tempdir().unwrap(),
+            prefix: format!("canary-{tag}"),
+            env,
+            canaries: vec![token.clone()],
+            token,
+            outputs: Vec::new(),
+        }
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.dir.path().join("journal.db")
+    }
+
+    pub fn trail(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    /// Writes `value` (a canary) to Vault at `path` under the prefix.
+    pub fn seed(&mut self, path: &str, data: Value) {
+        for v in data.as_object().unwrap().values() {
+            if let Some(s) = v.as_str()
+                && s.starts_with("CANARY")
+            {
+                self.canaries.push(s.to_owned());
+            }
+        }
+        http(
+            &self.env["VAULT_ADDR"],
+            "POST",
+            &format!("/v1/secret/data/{}/{path}", self.prefix),
+            &self.env["VAULT_TOKEN"],
+            Some(&json!({ "data": data })),
+        );
+    }
+
+    /// Every value of every version under the prefix (new values rekey wrote,
+    /// staged ones, old ones): all of them are canaries too.
+    pub fn harvest(&mut self) {
+        let addr = self.env["VAULT_ADDR"].clone();
+        let root = self.env["VAULT_TOKEN"].clone();
+        let mut pending = vec![self.prefix.clone(), "rekey/staging".to_owned()];
+        while let Some(dir) = pending.pop() {
+            let list = http(
+                &addr,
+                "LIST",
+                &format!("/v1/secret/metadata/{dir}"),
+                &root,
+                None,
+            );
+            for key in list["data"]["keys"].as_array().cloned().unwrap_or_default() {
+                let key = key.as_str().unwrap_or_default();
+                let path = format!("{dir}/{key}");
+                if key.ends_with('/') {
+                    pending.push(path.trim_end_matches('/').to_owned());
+                    continue;
+                }
+                let meta = http(
+                    &addr,
+                    "GET",
+                    &format!("/v1/secret/metadata/{path}"),
+                    &root,
+                    None,
+                );
+                let latest = meta["data"]["current_version"].as_u64().unwrap_or(0);
+                for v in 1..=latest {
+                    let entry = http(
+                        &addr,
+                        "GET",
+                        &format!("/v1/secret/data/{path}?version={v}"),
+                        &root,
+                        None,
+                    );
+                    if let Some(value) = entry["data"]["data"]["value"].as_str() {
+                        self.canaries.push(value.to_owned());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `rekey ARGS` with the canary token, `-vv`, and `extra_env`; keeps what
+    /// it printed for the scan. Returns (exit code, stdout, stderr).
+    pub fn rekey(&mut self, args: &[&str], extra_env: &[(&str, &str)]) -> (i32, String, String) {
+        let mut cmd = rekey()
+            .env("VAULT_TOKEN", &self.token)
+            .args(["-vv"])
+            .args(args);
+        for (k, v) in extra_env {
+            cmd = cmd.env(k, v);
+        }
+        let out = cmd.run();
+        self.outputs.push((
+            format!("stdout of rekey {}", args.join(" ")),
+            out.stdout.clone(),
+        ));
+        self.outputs.push((
+            format!("stderr of rekey {}", args.join(" ")),
+            out.stderr.clone(),
+        ));
+        (out.code, out.stdout, out.stderr)
+    }
+
+    pub fn playbook(&self, name: &str, mode: &str, providers: &str, credentials: &str) -> String {
+        let d = self.dir.path().display();
+        let text = format!(
+            "version: 1\nname: {name}\nincident: {{ mode: {mode} }}\nvault: {{ address: \"{addr}\" }}\nproviders:\n{providers}\ncredentials:\n{credentials}",
+            addr = self.env["VAULT_ADDR"],
+        )
+        .replace("PREFIX", &self.prefix)
+        .replace("DIR", &d.to_string());
+        let path = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    /// The run command with this lab's journal and trail.
+    pub fn run_args<'a>(&'a self, playbook: &'a str, journal: &'a str) -> Vec<&'a str> {
+        vec!["run", playbook, "--journal", journal, "--format", "json"]
+    }
+
+    /// Every file rekey wrote in the lab directory (journal, its WAL, the trail and
+    /// its head), as (name, bytes). Key files hold random keys, not canaries.
+    pub fn written_files(&self) -> Vec<(String, Vec<u8>)> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let path = entry.path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".yaml") || name.ends_with(".json") || name.ends_with(".key") {
+                continue;
+            }
+            files.push((name, std::fs::read(&path).unwrap_or_default()));
+        }
+        files
+    }
+}
+
+/// The forms a leaked value could take in a log or a file.
+pub fn encodings(value: &str) -> Vec<String> {
+    const STD: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let b64 = |alphabet: &[u8]| {
+        let bytes = value.as_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        // The last group depends on what follows the value: drop it.
+        let keep = out.len().saturating_sub(4).max(out.len().min(8));
+        out.truncate(keep);
+        out
+    };
+    let url: String = value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut forms = vec![
+        value.to_owned(),
+        b64(STD),
+        b64(URL),
+        url,
+        hex::encode(value),
+    ];
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// Names every place a canary (in any form) appears.
+pub fn leaks(canaries: &[String], places: &[(String, Vec<u8>)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for canary in canaries.iter().filter(|c| c.len() >= 8) {
+        for form in encodings(canary) {
+            for (name, bytes) in places {
+                if bytes.windows(form.len()).any(|w| w == form.as_bytes()) {
+                    found.push(format!("{form:?} (a form of a canary) in {name}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+type Scenario = fn(&mut Lab);
+
+/// Every scenario the canary test runs. Add providers and sinks here.
+fn scenarios() -> Vec<(&'static str, Scenario)> {
+    vec![
+        ("dual keys, breach, twice (old key retired)", dual_breach),
+        (
+            "single password, admin from env, routine, then rollback",
+            single_env_admin_rollback,
+        ),
+        (
+            "dual key, admin from Vault, verify fails (rollback before promotion)",
+            dual_vault_admin_verify_fails,
+        ),
+        (
+            "trace logs of every crate (RUST_LOG=trace)",
+            everything_traced,
+        ),
+        (
+            "killed mid-rotation (SIGKILL), then resumed",
+            killed_then_resumed,
+        ),
+    ]
+}
+
+fn journal_of(lab: &Lab) -> String {
+    lab.journal().display().to_string()
+}
+
+fn dual_breach(lab: &mut Lab) {
+    lab.seed("dual/api", json!({ "value": "CANARYolddualvalue1" }));
+    let pb = lab.playbook(
+        "dual",
+        "breach",
+        "  keys: { type: sandbox, settings: { state_file: DIR/keys.json, latency: 1ms } }",
+        "  - { id: api, provider: keys, account: a, vault_path: PREFIX/dual/api }\n",
+    );
+    let journal = journal_of(lab);
+    for _ in 0..2 {
+        let args: Vec<String> = lab
+            .run_args(&pb, &journal)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = lab.rekey(&args, &[]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
+}
+
+fn single_env_admin_rollback(lab: &mut Lab) {
+    let admin = "CANARYadminfromenv2";
+    lab.canaries.push(admin.into());
+    lab.seed("single/db", json!({ "value": "CANARYoldpassword3" }));
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(admin));
+    let pb = lab.playbook(
+        "single",
+        "routine",
+        &format!("  pw: {{ type: sandbox_password, admin: {{ env: SANDBOX_ADMIN }}, settings: {{ state_file: DIR/pw.json, latency: 1ms, admin_sha256: {digest} }} }}"),
+        "  - { id: db, provider: pw, account: b, vault_path: PREFIX/single/db }\n",
+    );
+    let journal = journal_of(lab);
+    let env = [("SANDBOX_ADMIN", admin)];
+    let (code, out, err) = lab.rekey(
+        &["run", &pb, "--journal", &journal, "--format", "json"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let run: Value = serde_json::from_str(&out).unwrap();
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    let (code, out, err) = lab.rekey(&["rollback", &run_id, "--journal", &journal], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("rolled back"), "{out}");
+    // A wrong admin credential is refused without being echoed.
+    let (code, out, err) = lab.rekey(
+        &["run", &pb, "--journal", &journal],
+        &[("SANDBOX_ADMIN", "CANARYwrongadmin4x")],
+    );
+    lab.canaries.push("CANARYwrongadmin4x".into());
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(out.contains("admin credential was refused"), "{out}");
+}
+
+fn dual_vault_admin_verify_fails(lab: &mut Lab) {
+    let admin = "CANARYadminfromvault5";
+    lab.seed(
+        "infra/admin",
+        json!({ "password": admin, "username": "rotator" }),
+    );
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(admin));
+    let pb = lab.playbook(
+        "vault-admin",
+        "breach",
+        &format!("  keys: {{ type: sandbox, admin: {{ vault_path: PREFIX/infra/admin }}, settings: {{ state_file: DIR/keys2.json, latency: 1ms, admin_sha256: {digest} }} }}"),
+        "  - { id: ok, provider: keys, account: c, vault_path: PREFIX/va/ok }\n  - { id: broken, provider: keys, account: d, vault_path: PREFIX/va/broken, settings: { fail: verify } }\n",
+    );
+    let journal = journal_of(lab);
+    let (code, out, err) = lab.rekey(
+        &["run", &pb, "--journal", &journal, "--format", "json"],
+        &[],
+    );
+    assert_ne!(code, 0, "the broken credential fails: {out}\n{err}");
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    let outcomes: Vec<_> = summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(outcomes, ["rotated", "rolled_back"], "{out}");
+}
+
+fn everything_traced(lab: &mut Lab) {
+    let pb = lab.playbook(
+        "traced",
+        "breach",
+        "  keys: { type: sandbox, settings: { state_file: DIR/keys3.json, latency: 1ms } }\n  pw: { type: sandbox_password, settings: { state_file: DIR/pw3.json, latency: 1ms } }",
+        "  - { id: t1, provider: keys, account: e, vault_path: PREFIX/t/one }\n  - { id: t2, provider: pw, account: f, vault_path: PREFIX/t/two }\n",
+    );
+    lab.seed("t/two", json!({ "value": "CANARYtracedold6" }));
+    let journal = journal_of(lab);
+    let (code, out, err) = lab.rekey(
+        &["run", &pb, "--journal", &journal, "--audit-sink", "stdout"],
+        &[("RUST_LOG", "trace")],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("TRACE"), "trace logging was on");
+    assert!(
+        out.contains("\"secret_hmac\":\"hmac-sha256:"),
+        "the stdout sink got the trail lines"
+    );
+}
+
+fn killed_then_resumed(lab: &mut Lab) {
+    let pb = lab.playbook(
+        "resume",
+        "breach",
+        "  keys: { type: sandbox, settings: { state_file: DIR/keys5.json, latency: 150ms } }\n  pw: { type: sandbox_password, settings: { state_file: DIR/pw5.json, latency: 150ms } }",
+        "  - { id: r1, provider: keys, account: g, vault_path: PREFIX/r/one }\n  - { id: r2, provider: pw, account: h, vault_path: PREFIX/r/two }\n",
+    );
+    let journal = lab.journal();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["-vv", "run", &pb, "--journal", journal.to_str().unwrap()])
+        .env_clear()
+        .env("VAULT_TOKEN", &lab.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed once both credentials hold a staged value (what resume must read back).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut child = child;
+    loop {
+        let staged = rekey::journal::Journal::open(&journal).ok().and_then(|j| {
+            let run = j.runs().ok()?.into_iter().next()?;
+            (run.playbook_name == "resume").then_some(())?;
+            let states = j.states(&run.id).ok()?;
+            Some(
+                states
+                    .iter()
+                    .filter(|s| s.state == "staged" || s.state == "changed")
+                    .count(),
+            )
+        });
+        if staged == Some(2) || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "killed mid-run, not finished");
+    lab.outputs.push((
+        "stdout of the killed run".into(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ));
+    lab.outputs.push((
+        "stderr of the killed run".into(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ));
+    let journal = journal.display().to_string();
+    let (code, out, err) = lab.rekey(&["resume", "--journal", &journal, "--format", "json"], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        summary["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "rotated"),
+        "{out}"
+    );
+}
+
+#[test]
+fn no_canary_secret_reaches_output_logs_journal_or_audit_trail() {
+    let mut lab = Lab::new();
+    for (name, scenario) in scenarios() {
+        eprintln!("canary scenario: {name}");
+        scenario(&mut lab);
+    }
+    lab.harvest();
+    // The harvest found the new values too (not only what was seeded).
+    assert!(lab.canaries.len() > 12, "{} canaries", lab.canaries.len());
+    let mut places: Vec<(String, Vec<u8>)> = lab
+        .outputs
+        .iter()
+        .map(|(n, t)| (n.clone(), t.clone().into_bytes()))
+        .collect();
+    let files = lab.written_files();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    for must in ["journal.db", "audit.jsonl", "audit.jsonl.head"] {
+        assert!(names.contains(&must), "{must} scanned: {names:?}");
+    }
+    places.extend(files);
+    let leaks = leaks(&lab.canaries, &places);
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+    // And the trail refers to the values it concerns by HMAC, checkable by whoever
+    // holds one: the last value of `t/two` is found in the trail.
+    let value = http(
+        &lab.env["VAULT_ADDR"],
+        "GET",
+        &format!("/v1/secret/data/{}/t/two", lab.prefix),
+        &lab.env["VAULT_TOKEN"],
+        None,
+    )["data"]["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["audit", "hmac", lab.trail().to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(value.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("t2 state rotated") || stdout.contains("t2 intent promote"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&value));
+}
+
+#[test]
+fn the_leak_scanner_finds_every_encoding_it_looks_for() {
+    let canary = "CANARY/with+odd=chars?&x";
+    for form in encodings(canary) {
+        let place = (
+            "sample".to_owned(),
+            format!("prefix {form} suffix").into_bytes(),
+        );
+        assert_eq!(leaks(&[canary.to_owned()], &[place]).len(), 1, "{form}");
+    }
+    assert!(
+        leaks(
+            &[canary.to_owned()],
+            &[("clean".into(), b"nothing here".to_vec())]
+        )
+        .is_empty()
+    );
+    // The base64 form is the real one (RFC 4648 test vector), minus its last group.
+    assert!(
+        encodings("Many hands make light work.")
+            .contains(&"TWFueSBoYW5kcyBtYWtlIGxpZ2h0IHdv".to_owned())
+    );
+}
