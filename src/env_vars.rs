@@ -11,3 +11,5 @@ pub const NO_COLOR: &str = "NO_COLOR";
 /// Journal file for `run` and `status` (default `.rekey/journal.db` in the current
 /// directory); `--journal` overrides it.
 pub const REKEY_JOURNAL: &str = "REKEY_JOURNAL";
+/// Directory of extra provider files, like `--providers DIR` (which overrides it).
+pub const REKEY_PROVIDERS: &str = "REKEY_PROVIDERS";

@@ -9,7 +9,15 @@ use std::sync::Arc;
 
 /// Whether this build can rotate credentials of `type_name`.
 pub fn supports(type_name: &str) -> bool {
-    matches!(type_name, "sandbox" | "sandbox_password")
+    matches!(type_name, "sandbox" | "sandbox_password") || http_type(type_name).is_some()
+}
+
+/// The catalog entry of `type_name` when it has a declarative HTTP definition.
+fn http_type(type_name: &str) -> Option<&'static super::catalog::ProviderType> {
+    super::catalog::Catalog::builtin()
+        .ok()?
+        .get(type_name)
+        .filter(|t| t.definition.is_some())
 }
 
 /// Builds the provider for `instance` with its resolved admin credential (when the
@@ -28,6 +36,11 @@ pub fn build(
         "sandbox_password" => Ok(Arc::new(super::sandbox::Sandbox::from_settings(
             Kind::Single,
             &instance.settings,
+        )?)),
+        other if http_type(other).is_some() => Ok(Arc::new(super::http::HttpProvider::build(
+            instance,
+            http_type(other).expect("checked by the guard"),
+            admin,
         )?)),
         other => Err(ProviderError::Fatal(format!(
             "provider type `{other}` (instance `{}`) cannot rotate credentials in this build yet; `rekey providers` lists what can",
