@@ -5,6 +5,8 @@
 mod cli_plan;
 mod engine;
 mod hostile;
+mod http_providers;
+mod http_stubs;
 mod journal;
 mod loader_props;
 mod services;

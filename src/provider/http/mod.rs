@@ -706,6 +706,11 @@ impl Provider for HttpProvider {
         let mut cx = self.context(target);
         cx.key_id = Some(key_id.to_owned());
         self.lookup(&mut cx).await?;
+        // Some providers delete only inactive keys (Okta): a rollback deletes a
+        // new, active key, so deactivate first where the definition can.
+        if let Some(deactivate) = &self.def.http.deactivate {
+            self.send("deactivate", deactivate, &cx, None, &[]).await?;
+        }
         self.send("revoke", call, &cx, None, &[]).await?;
         Ok(())
     }
