@@ -262,7 +262,11 @@ impl Catalog {
                         .filter(|(name, _)| !extra.iter().any(|(_, n, _)| n == name))
                         .copied()
                         .collect();
-                    files.extend(extra.iter().map(|(path, _, text)| (path.as_str(), text.as_str())));
+                    files.extend(
+                        extra
+                            .iter()
+                            .map(|(path, _, text)| (path.as_str(), text.as_str())),
+                    );
                     Catalog::parse(&files)
                 }
             })

@@ -75,7 +75,8 @@ impl HttpProvider {
         for (k, v) in &instance.settings {
             settings.insert(k.clone(), v.clone());
         }
-        let fatal = |m: String| ProviderError::Fatal(format!("provider instance `{}`: {m}", instance.name));
+        let fatal =
+            |m: String| ProviderError::Fatal(format!("provider instance `{}`: {m}", instance.name));
         let base_text = match instance.settings.get("base_url").and_then(Value::as_str) {
             Some(b) => b.to_owned(),
             None => {
@@ -87,7 +88,10 @@ impl HttpProvider {
                     .map_err(|e| fatal(format!("cannot render base_url: {e}")))?;
                 // Only the host may come from settings: the rest must be as written.
                 let written_path = def.http.base_url.trim_start_matches("https://");
-                let written_path = written_path.find('/').map(|i| &written_path[i..]).unwrap_or("");
+                let written_path = written_path
+                    .find('/')
+                    .map(|i| &written_path[i..])
+                    .unwrap_or("");
                 let rendered_rest = rendered.trim_start_matches("https://");
                 let host = rendered_rest.strip_suffix(written_path).unwrap_or("/");
                 if host.is_empty() || host.contains(['/', '?', '#', '@', '\\']) {
@@ -147,9 +151,10 @@ impl HttpProvider {
     }
 
     fn call_def(&self, op: &str) -> Result<&CallDef, ProviderError> {
-        self.def.http.call(op).ok_or_else(|| {
-            self.fatal(op, format!("the definition has no `{op}` call"))
-        })
+        self.def
+            .http
+            .call(op)
+            .ok_or_else(|| self.fatal(op, format!("the definition has no `{op}` call")))
     }
 
     fn auth_headers(
@@ -192,11 +197,21 @@ impl HttpProvider {
                 Scheme::Header => (
                     HeaderName::from_bytes(a.name.as_deref().unwrap_or("").as_bytes())
                         .map_err(|_| self.fatal(op, "bad auth header name"))?,
-                    Secret::new(format!("{}{}", a.prefix.as_deref().unwrap_or(""), secret.expose())),
+                    Secret::new(format!(
+                        "{}{}",
+                        a.prefix.as_deref().unwrap_or(""),
+                        secret.expose()
+                    )),
                 ),
             };
             let mut v = HeaderValue::from_str(value.expose()).map_err(|_| {
-                self.fatal(op, format!("the secret for `{}` cannot go in an HTTP header (control characters)", a.secret))
+                self.fatal(
+                    op,
+                    format!(
+                        "the secret for `{}` cannot go in an HTTP header (control characters)",
+                        a.secret
+                    ),
+                )
             })?;
             v.set_sensitive(true);
             headers.insert(name, v);
@@ -233,7 +248,8 @@ impl HttpProvider {
         };
         let mut headers = HeaderMap::new();
         for (k, v) in self.def.http.headers.iter().chain(&call.headers) {
-            let v = template::render(v, cx).map_err(|e| self.fatal(op, format!("header `{k}`: {e}")))?;
+            let v = template::render(v, cx)
+                .map_err(|e| self.fatal(op, format!("header `{k}`: {e}")))?;
             if v.is_empty() {
                 continue;
             }
@@ -258,11 +274,15 @@ impl HttpProvider {
         } else if let Some(form) = &call.form {
             let mut ser = url::form_urlencoded::Serializer::new(String::new());
             for (k, v) in form {
-                let v = template::render(v, cx).map_err(|e| self.fatal(op, format!("form `{k}`: {e}")))?;
+                let v = template::render(v, cx)
+                    .map_err(|e| self.fatal(op, format!("form `{k}`: {e}")))?;
                 ser.append_pair(k, &v);
             }
             request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
                 .body(ser.finish());
         }
         let response = request.send().await.map_err(|e| {
@@ -348,7 +368,9 @@ impl HttpProvider {
             401 => "the admin credential was refused; check it (and that it has not expired)",
             403 => "the admin credential lacks a permission this call needs",
             404 => "not found; check the instance and credential settings (ids, names)",
-            409 | 422 => "the provider refused the change (a conflict, a full quota or a policy); see its console",
+            409 | 422 => {
+                "the provider refused the change (a conflict, a full quota or a policy); see its console"
+            }
             400 => "the provider refused the request; check the credential settings",
             _ => "see the provider's documentation cited in the definition file",
         };
@@ -374,7 +396,12 @@ impl HttpProvider {
         for _ in 0..MAX_PAGES {
             let mut extra = Vec::new();
             match &paginate {
-                Some(Paginate::Page { param, size_param, size, .. }) => {
+                Some(Paginate::Page {
+                    param,
+                    size_param,
+                    size,
+                    ..
+                }) => {
                     extra.push((param.clone(), page.to_string()));
                     extra.push((size_param.clone(), size.to_string()));
                 }
@@ -388,7 +415,9 @@ impl HttpProvider {
             let answer = self.send(op, call, cx, next.take(), &extra).await?;
             let items = match answer.body.pointer(call.items.as_deref().unwrap_or("")) {
                 Some(Value::Array(a)) => a.clone(),
-                Some(Value::Object(_)) if call.items.as_deref() == Some("") => vec![answer.body.clone()],
+                Some(Value::Object(_)) if call.items.as_deref() == Some("") => {
+                    vec![answer.body.clone()]
+                }
                 _ if answer.seen == Seen::Gone => Vec::new(),
                 _ => {
                     return Err(self.fatal(op, format!(
@@ -409,14 +438,17 @@ impl HttpProvider {
                     Some(n) => next = Some(self.next_url(op, &n)?),
                     None => break,
                 },
-                Some(Paginate::NextUri { pointer }) => match answer.body.pointer(pointer).map(text) {
+                Some(Paginate::NextUri { pointer }) => match answer.body.pointer(pointer).map(text)
+                {
                     Some(n) if !n.is_empty() => next = Some(self.next_url(op, &n)?),
                     _ => break,
                 },
-                Some(Paginate::Cursor { pointer, .. }) => match answer.body.pointer(pointer).map(text) {
-                    Some(c) if !c.is_empty() => cursor = Some(c),
-                    _ => break,
-                },
+                Some(Paginate::Cursor { pointer, .. }) => {
+                    match answer.body.pointer(pointer).map(text) {
+                        Some(c) if !c.is_empty() => cursor = Some(c),
+                        _ => break,
+                    }
+                }
                 Some(Paginate::Page { size, .. }) => {
                     if count < *size as usize {
                         break;
@@ -429,7 +461,8 @@ impl HttpProvider {
     }
 
     fn next_url(&self, op: &str, next: &str) -> Result<url::Url, ProviderError> {
-        template::confine_next(&self.base, next).map_err(|e| self.fatal(op, format!("refused the next page: {e}")))
+        template::confine_next(&self.base, next)
+            .map_err(|e| self.fatal(op, format!("refused the next page: {e}")))
     }
 
     /// Runs the definition's lookup (if any) and binds its values as `found.*`.
@@ -439,10 +472,13 @@ impl HttpProvider {
         };
         let items = self.fetch("lookup", cx).await?;
         let Some(item) = items.first() else {
-            return Err(self.fatal("lookup", format!(
-                "nothing matched ({}); check the credential's account and settings",
-                call.filter.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
+            return Err(self.fatal(
+                "lookup",
+                format!(
+                    "nothing matched ({}); check the credential's account and settings",
+                    call.filter.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
         };
         for (name, pointer) in &call.bind {
             let v = item.pointer(pointer).cloned().ok_or_else(|| {
@@ -460,7 +496,12 @@ impl HttpProvider {
         let items = self.fetch("list", &cx).await?;
         let mut keys = Vec::with_capacity(items.len());
         for item in items {
-            let Some(id) = call.key_id.as_deref().and_then(|p| item.pointer(p)).map(text) else {
+            let Some(id) = call
+                .key_id
+                .as_deref()
+                .and_then(|p| item.pointer(p))
+                .map(text)
+            else {
                 continue;
             };
             let active = match &call.active {
@@ -470,7 +511,11 @@ impl HttpProvider {
             keys.push(KeyInfo {
                 id,
                 active,
-                created_at: call.created_at.as_deref().and_then(|p| item.pointer(p)).and_then(epoch),
+                created_at: call
+                    .created_at
+                    .as_deref()
+                    .and_then(|p| item.pointer(p))
+                    .and_then(epoch),
                 tag: call.tag.as_deref().and_then(|p| item.pointer(p)).map(text),
             });
         }
@@ -496,7 +541,9 @@ fn epoch(v: &Value) -> Option<u64> {
     let t = humantime::parse_rfc3339_weak(s.trim_end_matches('Z').split('+').next().unwrap_or(s))
         .ok()
         .or_else(|| httpdate::parse_http_date(s).ok())?;
-    t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs())
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
 }
 
 /// The `rel="next"` target of a Link header.
@@ -510,7 +557,12 @@ fn link_next(headers: &HeaderMap) -> Option<String> {
                 let p = p.trim().replace(' ', "");
                 p == "rel=\"next\"" || p == "rel=next"
             }) {
-                return Some(target.trim_start_matches('<').trim_end_matches('>').to_owned());
+                return Some(
+                    target
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_owned(),
+                );
             }
         }
     }
@@ -520,7 +572,12 @@ fn link_next(headers: &HeaderMap) -> Option<String> {
 /// The delay a rate-limited answer asks for: Retry-After (seconds or an HTTP
 /// date), else the definition's reset header (epoch or seconds).
 pub fn retry_after(headers: &HeaderMap, rl: &definition::RateLimitDef) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     let now = SystemTime::now();
     let wait = if let Some(v) = header("retry-after") {
         match v.parse::<f64>() {
@@ -561,10 +618,13 @@ impl Provider for HttpProvider {
                 && keys.len() >= q as usize
                 && keys.iter().all(|k| k.active)
             {
-                return Err(self.fatal("preflight", format!(
-                    "quota full: {} active keys of {q}; delete one by hand",
-                    keys.len()
-                )));
+                return Err(self.fatal(
+                    "preflight",
+                    format!(
+                        "quota full: {} active keys of {q}; delete one by hand",
+                        keys.len()
+                    ),
+                ));
             }
         } else {
             let mut cx = self.context(target);
@@ -660,14 +720,23 @@ impl Provider for HttpProvider {
             Some(items) => {
                 let mut wanted = Vec::new();
                 for (p, t) in &call.filter {
-                    let v = template::render(t, &cx).map_err(|e| self.fatal("verify", format!("where: {e}")))?;
+                    let v = template::render(t, &cx)
+                        .map_err(|e| self.fatal("verify", format!("where: {e}")))?;
                     wanted.push((p.clone(), v));
                 }
-                let found = answer.body.pointer(items).and_then(Value::as_array).and_then(|a| {
-                    a.iter()
-                        .find(|item| wanted.iter().all(|(p, v)| item.pointer(p).map(text).as_deref() == Some(v.as_str())))
-                        .cloned()
-                });
+                let found = answer
+                    .body
+                    .pointer(items)
+                    .and_then(Value::as_array)
+                    .and_then(|a| {
+                        a.iter()
+                            .find(|item| {
+                                wanted.iter().all(|(p, v)| {
+                                    item.pointer(p).map(text).as_deref() == Some(v.as_str())
+                                })
+                            })
+                            .cloned()
+                    });
                 match found {
                     Some(item) => item,
                     None => return Ok(false),
@@ -675,7 +744,8 @@ impl Provider for HttpProvider {
             }
         };
         for (pointer, t) in &call.check {
-            let want = template::render(t, &cx).map_err(|e| self.fatal("verify", format!("check: {e}")))?;
+            let want = template::render(t, &cx)
+                .map_err(|e| self.fatal("verify", format!("check: {e}")))?;
             let got = body.pointer(pointer).map(text);
             if got.as_deref().map(str::trim) != Some(want.trim()) {
                 tracing::debug!(instance = %self.instance, pointer, "Verify check did not match.");
@@ -729,7 +799,10 @@ mod tests {
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
         h.insert("retry-after", HeaderValue::from_str(&later).unwrap());
         let d = retry_after(&h, &rl).unwrap();
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         let okta = definition::RateLimitDef {
             reset: Some(definition::ResetDef {
                 header: "x-rate-limit-reset".into(),
@@ -738,10 +811,20 @@ mod tests {
             ..Default::default()
         };
         let mut h = HeaderMap::new();
-        let at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() + 20;
-        h.insert("x-rate-limit-reset", HeaderValue::from_str(&at.to_string()).unwrap());
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 20;
+        h.insert(
+            "x-rate-limit-reset",
+            HeaderValue::from_str(&at.to_string()).unwrap(),
+        );
         let d = retry_after(&h, &okta).unwrap();
-        assert!(d > Duration::from_secs(15) && d <= Duration::from_secs(20), "{d:?}");
+        assert!(
+            d > Duration::from_secs(15) && d <= Duration::from_secs(20),
+            "{d:?}"
+        );
         assert_eq!(retry_after(&HeaderMap::new(), &okta), None);
     }
 
@@ -752,6 +835,9 @@ mod tests {
             reqwest::header::LINK,
             HeaderValue::from_static(r#"<https://api.github.com/x?page=2>; rel="next", <https://api.github.com/x?page=5>; rel="last""#),
         );
-        assert_eq!(link_next(&h).as_deref(), Some("https://api.github.com/x?page=2"));
+        assert_eq!(
+            link_next(&h).as_deref(),
+            Some("https://api.github.com/x?page=2")
+        );
     }
 }

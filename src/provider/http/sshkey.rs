@@ -141,7 +141,11 @@ mod tests {
     #[test]
     fn a_generated_private_key_yields_its_public_key() {
         let (private, public) = generate("rekey:run:cred");
-        assert!(private.expose().starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"));
+        assert!(
+            private
+                .expose()
+                .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+        );
         assert!(public.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA"));
         assert_eq!(public_of(&private).unwrap(), public);
         assert!(public_of(&Secret::new("not a key")).is_err());

@@ -86,14 +86,18 @@ fn days_from_now(v: Value) -> Result<Value, minijinja::Error> {
             .as_str()
             .and_then(|s| s.trim().trim_end_matches('d').parse::<i64>().ok())
             .ok_or_else(|| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, "days_from_now takes a number of days")
+                minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "days_from_now takes a number of days",
+                )
             })?,
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs((now + days.clamp(0, 3650) * 86_400) as u64);
+    let t = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs((now + days.clamp(0, 3650) * 86_400) as u64);
     let s = humantime::format_rfc3339_seconds(t).to_string();
     Ok(Value::from(&s[..10]))
 }
@@ -196,10 +200,7 @@ pub fn render(source: &str, cx: &Context) -> Result<String, String> {
 
 /// Renders a JSON body: string leaves are templates; a leaf that is exactly one
 /// `{{ expr }}` keeps the expression's type (a boolean, a list of policies).
-pub fn render_json(
-    body: &serde_json::Value,
-    cx: &Context,
-) -> Result<serde_json::Value, String> {
+pub fn render_json(body: &serde_json::Value, cx: &Context) -> Result<serde_json::Value, String> {
     let ctx = cx.value(false);
     render_json_with(body, &ctx)
 }
@@ -208,9 +209,7 @@ fn render_json_with(body: &serde_json::Value, ctx: &Value) -> Result<serde_json:
     Ok(match body {
         serde_json::Value::String(s) => {
             if let Some(expr) = single_expression(s) {
-                let e = env()
-                    .compile_expression(expr)
-                    .map_err(|e| describe(&e))?;
+                let e = env().compile_expression(expr).map_err(|e| describe(&e))?;
                 let v = e.eval(ctx.clone()).map_err(|e| describe(&e))?;
                 if v.downcast_object_ref::<SecretValue>().is_some() {
                     return Err("the template puts a secret in the body without `| expose`".into());
@@ -266,7 +265,10 @@ pub fn dry_render(source: &str, t: &ProviderType, base_url: bool) -> Result<Stri
     let declared: Vec<&String> = if base_url {
         t.settings.keys().collect()
     } else {
-        t.settings.keys().chain(t.credential_settings.keys()).collect()
+        t.settings
+            .keys()
+            .chain(t.credential_settings.keys())
+            .collect()
     };
     for k in &declared {
         let default = t
@@ -286,7 +288,10 @@ pub fn dry_render(source: &str, t: &ProviderType, base_url: bool) -> Result<Stri
             .and_then(|e| e.eval(ctx.clone()))
             .and_then(|v| {
                 if v.is_undefined() {
-                    Err(minijinja::Error::new(ErrorKind::UndefinedError, "undefined value"))
+                    Err(minijinja::Error::new(
+                        ErrorKind::UndefinedError,
+                        "undefined value",
+                    ))
                 } else {
                     Ok(v)
                 }
@@ -351,7 +356,9 @@ pub fn parse_base_url(s: &str) -> Result<url::Url, String> {
         return Err("it has no host".into());
     }
     if !u.username().is_empty() || u.password().is_some() {
-        return Err("it holds a user name or password; credentials go in the admin credential".into());
+        return Err(
+            "it holds a user name or password; credentials go in the admin credential".into(),
+        );
     }
     if u.query().is_some() || u.fragment().is_some() {
         return Err("it has a query or fragment".into());
@@ -367,12 +374,22 @@ fn base_path(base: &url::Url) -> &str {
 /// Joins a rendered path to the base URL, refusing anything that could leave it:
 /// absolute URLs, `//host`, `..` and `.` segments (also percent-encoded),
 /// backslashes, queries smuggled into the path, control characters.
-pub fn confine(base: &url::Url, path: &str, query: &[(String, String)]) -> Result<url::Url, String> {
+pub fn confine(
+    base: &url::Url,
+    path: &str,
+    query: &[(String, String)],
+) -> Result<url::Url, String> {
     if !path.starts_with('/') || path.starts_with("//") {
-        return Err(format!("the path `{}` does not start with a single `/`", shown(path)));
+        return Err(format!(
+            "the path `{}` does not start with a single `/`",
+            shown(path)
+        ));
     }
     if path.contains("://") || path.contains('\\') || path.contains('?') || path.contains('#') {
-        return Err(format!("the path `{}` is not a plain path under the base URL", shown(path)));
+        return Err(format!(
+            "the path `{}` is not a plain path under the base URL",
+            shown(path)
+        ));
     }
     if path.chars().any(|c| c.is_control() || c == ' ') {
         return Err("the path holds spaces or control characters".into());
@@ -382,7 +399,10 @@ pub fn confine(base: &url::Url, path: &str, query: &[(String, String)]) -> Resul
         // An encoded `/` is a legitimate part of one segment (GitLab's
         // `group%2Fproject`), but never together with a dot segment.
         if decoded.split(['/', '\\']).any(|p| p == "." || p == "..") {
-            return Err(format!("the path `{}` tries to leave the base URL", shown(path)));
+            return Err(format!(
+                "the path `{}` tries to leave the base URL",
+                shown(path)
+            ));
         }
     }
     let mut u = base.clone();
@@ -441,7 +461,10 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16)
+            && let Ok(b) = u8::from_str_radix(
+                std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                16,
+            )
         {
             out.push(b);
             i += 3;
@@ -515,7 +538,10 @@ mod tests {
         };
         let err = render("{{ secret.new }}", &cx).unwrap_err();
         assert!(!err.contains("s3cret"), "{err}");
-        assert_eq!(render("{{ secret.new | expose }}", &cx).unwrap(), "s3cret-value");
+        assert_eq!(
+            render("{{ secret.new | expose }}", &cx).unwrap(),
+            "s3cret-value"
+        );
         let body = serde_json::json!({ "password": "{{ secret.new }}" });
         assert!(render_json(&body, &cx).is_err());
         let body = serde_json::json!({ "password": "{{ secret.new | expose }}", "n": "{{ 3 }}" });
