@@ -116,7 +116,37 @@ pub struct ProviderType {
     #[serde(default, skip_serializing)]
     pub http: Option<serde_json::Value>,
     #[serde(skip)]
-    pub definition: Option<std::sync::Arc<crate::provider::http::definition::Definition>>,
+    definition: HttpSlot,
+}
+
+type Loaded = Result<Option<std::sync::Arc<crate::provider::http::definition::Definition>>, String>;
+
+/// A type's HTTP definition: validated when the catalog loads (files from
+/// `--providers DIR`, and every file in tests), or, for the shipped files at run
+/// time, parsed on first use: start-up stays quick for playbooks that use none.
+#[derive(Clone, Debug, Default)]
+struct HttpSlot {
+    /// `(shown file name, text)` of a shipped file not yet parsed.
+    source: Option<(String, std::sync::Arc<str>)>,
+    loaded: OnceLock<Loaded>,
+}
+
+impl ProviderType {
+    /// The validated HTTP definition, if this type has one; `Err` holds the rendered
+    /// diagnostics of a broken one.
+    pub fn http_definition(&self) -> Loaded {
+        self.definition
+            .loaded
+            .get_or_init(|| match &self.definition.source {
+                None => Ok(None),
+                Some((file, text)) => {
+                    crate::provider::http::definition::load(file, text, self, false)
+                        .map(|d| d.map(std::sync::Arc::new))
+                        .map_err(|r| r.render(false))
+                }
+            })
+            .clone()
+    }
 }
 
 impl ProviderType {
@@ -297,17 +327,24 @@ impl Catalog {
                 message: e.to_string(),
             })?;
             if t.http.is_some() {
-                match crate::provider::http::definition::load(file, text, &t) {
-                    Ok(d) => t.definition = d.map(std::sync::Arc::new),
-                    Err(report) => {
-                        return Err(CatalogError {
-                            file: file.to_string(),
-                            message: format!(
-                                "{} problem(s) in its http definition\n{}",
-                                report.errors(),
-                                report.render(false)
-                            ),
-                        });
+                if file_name == *path && !cfg!(test) {
+                    // Shipped: checked in full by the unit tests; parsed on first use.
+                    t.definition.source = Some((file.to_string(), std::sync::Arc::from(*text)));
+                } else {
+                    match crate::provider::http::definition::load(file, text, &t, true) {
+                        Ok(d) => {
+                            let _ = t.definition.loaded.set(Ok(d.map(std::sync::Arc::new)));
+                        }
+                        Err(report) => {
+                            return Err(CatalogError {
+                                file: file.to_string(),
+                                message: format!(
+                                    "{} problem(s) in its http definition\n{}",
+                                    report.errors(),
+                                    report.render(false)
+                                ),
+                            });
+                        }
                     }
                 }
             }

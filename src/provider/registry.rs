@@ -17,7 +17,7 @@ fn http_type(type_name: &str) -> Option<&'static super::catalog::ProviderType> {
     super::catalog::Catalog::builtin()
         .ok()?
         .get(type_name)
-        .filter(|t| t.definition.is_some())
+        .filter(|t| t.http.is_some())
 }
 
 /// Builds the provider for `instance` with its resolved admin credential (when the

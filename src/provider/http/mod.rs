@@ -65,9 +65,17 @@ impl HttpProvider {
         t: &ProviderType,
         admin: Option<Admin>,
     ) -> Result<HttpProvider, ProviderError> {
-        let def = t.definition.clone().ok_or_else(|| {
-            ProviderError::Fatal(format!("provider type `{}` has no http definition", t.name))
-        })?;
+        let def = t
+            .http_definition()
+            .map_err(|report| {
+                ProviderError::Fatal(format!(
+                    "the http definition of `{}` is invalid:\n{report}",
+                    t.name
+                ))
+            })?
+            .ok_or_else(|| {
+                ProviderError::Fatal(format!("provider type `{}` has no http definition", t.name))
+            })?;
         let mut settings = serde_json::Map::new();
         for k in t.settings.keys().chain(t.credential_settings.keys()) {
             settings.insert(k.clone(), Value::Null);
