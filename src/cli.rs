@@ -15,6 +15,10 @@ pub struct Cli {
     /// Colours on stderr.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
     pub color: Color,
+    /// A directory of provider files (`*.yaml`) that add to or replace the
+    /// shipped ones, e.g. in-house declarative HTTP providers.
+    #[arg(long, global = true, value_name = "DIR", env = crate::env_vars::REKEY_PROVIDERS)]
+    pub providers: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

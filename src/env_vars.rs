@@ -17,3 +17,5 @@ pub const REKEY_AUDIT: &str = "REKEY_AUDIT";
 /// Value of the `Authorization` header sent to an HTTP audit sink (e.g.
 /// `Splunk <token>` or `Bearer <token>`); held as a secret, never logged.
 pub const REKEY_AUDIT_AUTHORIZATION: &str = "REKEY_AUDIT_AUTHORIZATION";
+/// Directory of extra provider files, like `--providers DIR` (which overrides it).
+pub const REKEY_PROVIDERS: &str = "REKEY_PROVIDERS";

@@ -18,6 +18,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_logging(&cli, color);
+    if let Some(dir) = &cli.providers {
+        rekey::provider::catalog::use_directory(dir.clone());
+    }
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
     let mut io = commands::Io {

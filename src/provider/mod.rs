@@ -8,6 +8,7 @@ pub mod aws_iam;
 pub mod catalog;
 pub mod ldap;
 pub mod registry;
+pub mod http;
 pub mod sandbox;
 pub mod vault_approle;
 mod vault_http;

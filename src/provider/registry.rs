@@ -18,7 +18,15 @@ pub fn supports(type_name: &str) -> bool {
             | "vault_userpass"
             | "ldap"
             | "ssh"
-    )
+    ) || http_type(type_name).is_some()
+}
+
+/// The catalog entry of `type_name` when it has a declarative HTTP definition.
+fn http_type(type_name: &str) -> Option<&'static super::catalog::ProviderType> {
+    super::catalog::Catalog::builtin()
+        .ok()?
+        .get(type_name)
+        .filter(|t| t.http.is_some())
 }
 
 /// Builds the provider for `instance` with its resolved admin credential (when the
@@ -58,6 +66,11 @@ pub fn build(
         "ssh" => Ok(Arc::new(super::ssh::SshProvider::from_settings(
             &instance.name,
             &instance.settings,
+            admin,
+        )?)),
+        other if http_type(other).is_some() => Ok(Arc::new(super::http::HttpProvider::build(
+            instance,
+            http_type(other).expect("checked by the guard"),
             admin,
         )?)),
         other => Err(ProviderError::Fatal(format!(

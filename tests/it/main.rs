@@ -8,6 +8,8 @@ mod cli_plan;
 mod engine;
 mod hostile;
 mod infra_common;
+mod http_providers;
+mod http_stubs;
 mod journal;
 mod loader_props;
 mod providers_aws;

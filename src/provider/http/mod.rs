@@ -1,0 +1,851 @@
+//! Declarative HTTP providers: a provider file's `http:` section (see
+//! providers/README.md) drives a provider's REST API with templated requests.
+//!
+//! - `definition`: the section's types and its validation (positions and hints).
+//! - `template`: minijinja rendering, secrets as opaque values, the base-URL fence.
+//! - `sshkey`: Ed25519 key pairs for providers that take a public key.
+//!
+//! Every request goes under the instance's base URL (no redirects followed, no
+//! path that could leave it); answers are classified into `ProviderError`s from
+//! their status and rate-limit headers, never from their bodies, so no message
+//! can echo a secret.
+
+pub mod definition;
+pub mod sshkey;
+pub mod template;
+
+use super::admin::Admin;
+use super::catalog::{Kind, ProviderType};
+use super::{Issued, KeyInfo, Provider, ProviderError, Target};
+use crate::playbook::ProviderInstance;
+use crate::secret::Secret;
+use async_trait::async_trait;
+use definition::{AuthDef, CallDef, Definition, Generate, Paginate, ResetFormat, Scheme};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use template::Context;
+
+/// Most pages a list or lookup follows: far above any real account's keys, and a
+/// guard against a provider (or stub) that always says there is a next page.
+const MAX_PAGES: usize = 100;
+/// Longest wait a rate-limit header may ask for before rekey treats it as an error.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+pub struct HttpProvider {
+    def: Arc<Definition>,
+    instance: String,
+    base: url::Url,
+    quota: Option<u32>,
+    /// Every setting the catalog declares, null when unset, then the instance's.
+    settings: serde_json::Map<String, Value>,
+    admin: Option<Admin>,
+    client: reqwest::Client,
+}
+
+/// What a call's answer means.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Expected,
+    Gone,
+    Refused,
+}
+
+struct Answer {
+    seen: Seen,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl HttpProvider {
+    /// Builds the driver for `instance` of the HTTP type `t`. Connects to nothing.
+    pub fn build(
+        instance: &ProviderInstance,
+        t: &ProviderType,
+        admin: Option<Admin>,
+    ) -> Result<HttpProvider, ProviderError> {
+        let def = t
+            .http_definition()
+            .map_err(|report| {
+                ProviderError::Fatal(format!(
+                    "the http definition of `{}` is invalid:\n{report}",
+                    t.name
+                ))
+            })?
+            .ok_or_else(|| {
+                ProviderError::Fatal(format!("provider type `{}` has no http definition", t.name))
+            })?;
+        let mut settings = serde_json::Map::new();
+        for k in t.settings.keys().chain(t.credential_settings.keys()) {
+            settings.insert(k.clone(), Value::Null);
+        }
+        for (k, v) in &instance.settings {
+            settings.insert(k.clone(), v.clone());
+        }
+        let fatal =
+            |m: String| ProviderError::Fatal(format!("provider instance `{}`: {m}", instance.name));
+        let base_text = match instance.settings.get("base_url").and_then(Value::as_str) {
+            Some(b) => b.to_owned(),
+            None => {
+                let cx = Context {
+                    settings: settings.clone(),
+                    ..Context::default()
+                };
+                let rendered = template::render(&def.http.base_url, &cx)
+                    .map_err(|e| fatal(format!("cannot render base_url: {e}")))?;
+                // Only the host may come from settings: the rest must be as written.
+                let written_path = def.http.base_url.trim_start_matches("https://");
+                let written_path = written_path
+                    .find('/')
+                    .map(|i| &written_path[i..])
+                    .unwrap_or("");
+                let rendered_rest = rendered.trim_start_matches("https://");
+                let host = rendered_rest.strip_suffix(written_path).unwrap_or("/");
+                if host.is_empty() || host.contains(['/', '?', '#', '@', '\\']) {
+                    return Err(fatal(format!(
+                        "the settings make base_url `{rendered}`, whose host is not a plain host name; fix the instance settings"
+                    )));
+                }
+                rendered
+            }
+        };
+        let base = template::parse_base_url(&base_text)
+            .map_err(|e| fatal(format!("base_url `{base_text}` is not usable: {e}")))?;
+        if t.admin == super::catalog::Need::Required && admin.is_none() {
+            return Err(fatal(format!(
+                "type `{}` needs an admin credential; add `admin: {{ vault_path: ... }}` or `admin: {{ env: VAR }}`",
+                t.name
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10))
+            // A redirect could lead out of the base URL with the admin credential.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("rekey/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|_| fatal("cannot set up the HTTP client".into()))?;
+        Ok(HttpProvider {
+            def,
+            instance: instance.name.clone(),
+            base,
+            quota: t.quota,
+            settings,
+            admin,
+            client,
+        })
+    }
+
+    fn context(&self, target: Target<'_>) -> Context {
+        let mut settings = self.settings.clone();
+        for (k, v) in target.settings {
+            settings.insert(k.clone(), v.clone());
+        }
+        Context {
+            settings,
+            credential: target.credential.to_owned(),
+            account: target.account.map(str::to_owned),
+            admin: self.admin.clone(),
+            ..Context::default()
+        }
+    }
+
+    fn fatal(&self, op: &str, message: impl std::fmt::Display) -> ProviderError {
+        ProviderError::Fatal(format!(
+            "{} ({}) {op}: {message}",
+            self.instance, self.def.name
+        ))
+    }
+
+    fn call_def(&self, op: &str) -> Result<&CallDef, ProviderError> {
+        self.def
+            .http
+            .call(op)
+            .ok_or_else(|| self.fatal(op, format!("the definition has no `{op}` call")))
+    }
+
+    fn auth_headers(
+        &self,
+        op: &str,
+        auth: &[AuthDef],
+        cx: &Context,
+        headers: &mut HeaderMap,
+    ) -> Result<(), ProviderError> {
+        for a in auth {
+            let secret: Secret = if a.secret == "new" {
+                cx.new_secret
+                    .clone()
+                    .ok_or_else(|| self.fatal(op, "no new value to authenticate with"))?
+            } else {
+                let field = a.secret.trim_start_matches("admin.");
+                let admin = self.admin.as_ref().ok_or_else(|| {
+                    self.fatal(op, "the definition authenticates with an admin credential, but the instance names none; add `admin:` to it")
+                })?;
+                admin.require(&[field])?.clone()
+            };
+            let (name, value) = match a.scheme {
+                Scheme::Bearer => (
+                    reqwest::header::AUTHORIZATION,
+                    Secret::new(format!("Bearer {}", secret.expose())),
+                ),
+                Scheme::Basic => {
+                    use base64::Engine as _;
+                    let user = template::render(a.username.as_deref().unwrap_or(""), cx)
+                        .map_err(|e| self.fatal(op, format!("auth username: {e}")))?;
+                    let pair = Secret::new(format!("{user}:{}", secret.expose()));
+                    (
+                        reqwest::header::AUTHORIZATION,
+                        Secret::new(format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode(pair.expose())
+                        )),
+                    )
+                }
+                Scheme::Header => (
+                    HeaderName::from_bytes(a.name.as_deref().unwrap_or("").as_bytes())
+                        .map_err(|_| self.fatal(op, "bad auth header name"))?,
+                    Secret::new(format!(
+                        "{}{}",
+                        a.prefix.as_deref().unwrap_or(""),
+                        secret.expose()
+                    )),
+                ),
+            };
+            let mut v = HeaderValue::from_str(value.expose()).map_err(|_| {
+                self.fatal(
+                    op,
+                    format!(
+                        "the secret for `{}` cannot go in an HTTP header (control characters)",
+                        a.secret
+                    ),
+                )
+            })?;
+            v.set_sensitive(true);
+            headers.insert(name, v);
+        }
+        Ok(())
+    }
+
+    /// Sends one call (one page). `url` replaces the rendered path for next pages.
+    async fn send(
+        &self,
+        op: &str,
+        call: &CallDef,
+        cx: &Context,
+        url: Option<url::Url>,
+        extra_query: &[(String, String)],
+    ) -> Result<Answer, ProviderError> {
+        let url = match url {
+            Some(u) => u,
+            None => {
+                let path = template::render(&call.path, cx)
+                    .map_err(|e| self.fatal(op, format!("path: {e}")))?;
+                let mut query = Vec::new();
+                for (k, v) in &call.query {
+                    let v = template::render(v, cx)
+                        .map_err(|e| self.fatal(op, format!("query `{k}`: {e}")))?;
+                    if !v.is_empty() {
+                        query.push((k.clone(), v));
+                    }
+                }
+                query.extend(extra_query.iter().cloned());
+                template::confine(&self.base, &path, &query)
+                    .map_err(|e| self.fatal(op, format!("refused: {e}")))?
+            }
+        };
+        let mut headers = HeaderMap::new();
+        for (k, v) in self.def.http.headers.iter().chain(&call.headers) {
+            let v = template::render(v, cx)
+                .map_err(|e| self.fatal(op, format!("header `{k}`: {e}")))?;
+            if v.is_empty() {
+                continue;
+            }
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| self.fatal(op, format!("bad header name `{k}`")))?;
+            let value = HeaderValue::from_str(&v)
+                .map_err(|_| self.fatal(op, format!("header `{k}` renders to an invalid value")))?;
+            headers.insert(name, value);
+        }
+        let auth = call.auth.as_deref().unwrap_or(&self.def.http.auth);
+        self.auth_headers(op, auth, cx, &mut headers)?;
+        let method = reqwest::Method::from_bytes(call.method.as_str().as_bytes())
+            .unwrap_or(reqwest::Method::GET);
+        let mut request = self.client.request(method, url.clone()).headers(headers);
+        if let Some(body) = &call.body {
+            let rendered = template::render_json(body, cx)
+                .map_err(|e| self.fatal(op, format!("body: {e}")))?;
+            let bytes = zeroize::Zeroizing::new(serde_json::to_vec(&rendered).unwrap_or_default());
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes.to_vec());
+        } else if let Some(form) = &call.form {
+            let mut ser = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in form {
+                let v = template::render(v, cx)
+                    .map_err(|e| self.fatal(op, format!("form `{k}`: {e}")))?;
+                ser.append_pair(k, &v);
+            }
+            request = request
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(ser.finish());
+        }
+        let response = request.send().await.map_err(|e| {
+            let why = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "cannot connect"
+            } else {
+                "the request failed"
+            };
+            ProviderError::Transient(format!(
+                "{} ({}) {op}: {} {}: {why}",
+                self.instance,
+                self.def.name,
+                call.method.as_str(),
+                url.path()
+            ))
+        })?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        tracing::debug!(instance = %self.instance, op, method = call.method.as_str(), path = %url.path(), status, "HTTP call.");
+        let seen = if call.expect.contains(&status) {
+            Seen::Expected
+        } else if call.gone.contains(&status) {
+            Seen::Gone
+        } else if call.refused.contains(&status) {
+            Seen::Refused
+        } else {
+            return Err(self.classify(op, call, url.path(), status, &headers));
+        };
+        let bytes = response.bytes().await.map_err(|_| {
+            ProviderError::Transient(format!(
+                "{} ({}) {op}: the answer was cut off",
+                self.instance, self.def.name
+            ))
+        })?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok(Answer {
+            seen,
+            headers,
+            body,
+        })
+    }
+
+    /// An unexpected status, classified: rate limits (with the delay the headers
+    /// give), transient server trouble, or a fatal refusal with what to check.
+    fn classify(
+        &self,
+        op: &str,
+        call: &CallDef,
+        path: &str,
+        status: u16,
+        headers: &HeaderMap,
+    ) -> ProviderError {
+        let rl = &self.def.http.rate_limit;
+        let what = format!(
+            "{} ({}) {op}: {} {path} answered {status}",
+            self.instance,
+            self.def.name,
+            call.method.as_str()
+        );
+        let exhausted = status == 403
+            && rl
+                .remaining
+                .as_deref()
+                .and_then(|h| headers.get(h))
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim() == "0");
+        if rl.statuses.contains(&status) || exhausted {
+            return ProviderError::RateLimited {
+                retry_after: retry_after(headers, rl),
+                message: what,
+            };
+        }
+        if status >= 500 || status == 408 {
+            return ProviderError::Transient(what);
+        }
+        let hint = match status {
+            401 => "the admin credential was refused; check it (and that it has not expired)",
+            403 => "the admin credential lacks a permission this call needs",
+            404 => "not found; check the instance and credential settings (ids, names)",
+            409 | 422 => {
+                "the provider refused the change (a conflict, a full quota or a policy); see its console"
+            }
+            400 => "the provider refused the request; check the credential settings",
+            _ => "see the provider's documentation cited in the definition file",
+        };
+        ProviderError::Fatal(format!("{what} (expected {:?}): {hint}", call.expect))
+    }
+
+    /// Runs a list or lookup call over every page and returns the matching items.
+    async fn fetch(&self, op: &str, cx: &Context) -> Result<Vec<Value>, ProviderError> {
+        let call = self.call_def(op)?;
+        let mut items_out = Vec::new();
+        let mut next: Option<url::Url> = None;
+        let paginate = call.paginate.as_ref().and_then(|p| p.mode().ok());
+        let mut page = match &paginate {
+            Some(Paginate::Page { first, .. }) => *first,
+            _ => 0,
+        };
+        let mut cursor: Option<String> = None;
+        let mut wanted = Vec::new();
+        for (p, t) in &call.filter {
+            let v = template::render(t, cx).map_err(|e| self.fatal(op, format!("where: {e}")))?;
+            wanted.push((p.clone(), v));
+        }
+        for _ in 0..MAX_PAGES {
+            let mut extra = Vec::new();
+            match &paginate {
+                Some(Paginate::Page {
+                    param,
+                    size_param,
+                    size,
+                    ..
+                }) => {
+                    extra.push((param.clone(), page.to_string()));
+                    extra.push((size_param.clone(), size.to_string()));
+                }
+                Some(Paginate::Cursor { param, .. }) => {
+                    if let Some(c) = &cursor {
+                        extra.push((param.clone(), c.clone()));
+                    }
+                }
+                _ => {}
+            }
+            let answer = self.send(op, call, cx, next.take(), &extra).await?;
+            let items = match answer.body.pointer(call.items.as_deref().unwrap_or("")) {
+                Some(Value::Array(a)) => a.clone(),
+                Some(Value::Object(_)) if call.items.as_deref() == Some("") => {
+                    vec![answer.body.clone()]
+                }
+                _ if answer.seen == Seen::Gone => Vec::new(),
+                _ => {
+                    return Err(self.fatal(op, format!(
+                        "the answer has no array at `{}`; the definition does not match the API",
+                        call.items.as_deref().unwrap_or("")
+                    )));
+                }
+            };
+            let count = items.len();
+            items_out.extend(items.into_iter().filter(|item| {
+                wanted
+                    .iter()
+                    .all(|(p, v)| item.pointer(p).map(text).as_deref() == Some(v.as_str()))
+            }));
+            match &paginate {
+                None => break,
+                Some(Paginate::Link) => match link_next(&answer.headers) {
+                    Some(n) => next = Some(self.next_url(op, &n)?),
+                    None => break,
+                },
+                Some(Paginate::NextUri { pointer }) => match answer.body.pointer(pointer).map(text)
+                {
+                    Some(n) if !n.is_empty() => next = Some(self.next_url(op, &n)?),
+                    _ => break,
+                },
+                Some(Paginate::Cursor { pointer, .. }) => {
+                    match answer.body.pointer(pointer).map(text) {
+                        Some(c) if !c.is_empty() => cursor = Some(c),
+                        _ => break,
+                    }
+                }
+                Some(Paginate::Page { size, .. }) => {
+                    if count < *size as usize {
+                        break;
+                    }
+                    page += 1;
+                }
+            }
+        }
+        Ok(items_out)
+    }
+
+    fn next_url(&self, op: &str, next: &str) -> Result<url::Url, ProviderError> {
+        template::confine_next(&self.base, next)
+            .map_err(|e| self.fatal(op, format!("refused the next page: {e}")))
+    }
+
+    /// Runs the definition's lookup (if any) and binds its values as `found.*`.
+    async fn lookup(&self, cx: &mut Context) -> Result<(), ProviderError> {
+        let Some(call) = &self.def.http.lookup else {
+            return Ok(());
+        };
+        let items = self.fetch("lookup", cx).await?;
+        let Some(item) = items.first() else {
+            return Err(self.fatal(
+                "lookup",
+                format!(
+                    "nothing matched ({}); check the credential's account and settings",
+                    call.filter.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        };
+        for (name, pointer) in &call.bind {
+            let v = item.pointer(pointer).cloned().ok_or_else(|| {
+                self.fatal("lookup", format!("the matching item has no `{pointer}`"))
+            })?;
+            cx.found.insert(name.clone(), v);
+        }
+        Ok(())
+    }
+
+    async fn list_keys(&self, target: Target<'_>) -> Result<Vec<KeyInfo>, ProviderError> {
+        let mut cx = self.context(target);
+        self.lookup(&mut cx).await?;
+        let call = self.call_def("list")?;
+        let items = self.fetch("list", &cx).await?;
+        let mut keys = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(id) = call
+                .key_id
+                .as_deref()
+                .and_then(|p| item.pointer(p))
+                .map(text)
+            else {
+                continue;
+            };
+            let active = match &call.active {
+                Some(a) => item.pointer(&a.pointer) == Some(&a.equals),
+                None => true,
+            };
+            keys.push(KeyInfo {
+                id,
+                active,
+                created_at: call
+                    .created_at
+                    .as_deref()
+                    .and_then(|p| item.pointer(p))
+                    .and_then(epoch),
+                tag: call.tag.as_deref().and_then(|p| item.pointer(p)).map(text),
+            });
+        }
+        Ok(keys)
+    }
+}
+
+/// A JSON value as the text a template compares it with.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Seconds since the epoch from a number or an RFC 3339 / HTTP date.
+fn epoch(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let s = v.as_str()?;
+    let t = humantime::parse_rfc3339_weak(s.trim_end_matches('Z').split('+').next().unwrap_or(s))
+        .ok()
+        .or_else(|| httpdate::parse_http_date(s).ok())?;
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+/// The `rel="next"` target of a Link header.
+fn link_next(headers: &HeaderMap) -> Option<String> {
+    for value in headers.get_all(reqwest::header::LINK) {
+        let Ok(value) = value.to_str() else { continue };
+        for part in value.split(',') {
+            let mut pieces = part.split(';');
+            let target = pieces.next()?.trim();
+            if pieces.any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            }) {
+                return Some(
+                    target
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    None
+}
+
+/// The delay a rate-limited answer asks for: Retry-After (seconds or an HTTP
+/// date), else the definition's reset header (epoch or seconds).
+pub fn retry_after(headers: &HeaderMap, rl: &definition::RateLimitDef) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let now = SystemTime::now();
+    let wait = if let Some(v) = header("retry-after") {
+        match v.parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+            _ => httpdate::parse_http_date(v)
+                .ok()
+                .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO)),
+        }
+    } else if let Some(reset) = &rl.reset
+        && let Some(v) = header(&reset.header)
+        && let Ok(n) = v.parse::<f64>()
+        && n.is_finite()
+        && n >= 0.0
+    {
+        match reset.format {
+            ResetFormat::Seconds => Some(Duration::from_secs_f64(n)),
+            ResetFormat::Epoch => {
+                let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(n);
+                Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+            }
+        }
+    } else {
+        None
+    };
+    wait.map(|w| w.min(MAX_WAIT))
+}
+
+#[async_trait]
+impl Provider for HttpProvider {
+    fn kind(&self) -> Kind {
+        self.def.kind
+    }
+
+    async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
+        if self.def.http.list.is_some() {
+            let keys = self.list_keys(target).await?;
+            if let Some(q) = self.quota
+                && keys.len() >= q as usize
+                && keys.iter().all(|k| k.active)
+            {
+                return Err(self.fatal(
+                    "preflight",
+                    format!(
+                        "quota full: {} active keys of {q}; delete one by hand",
+                        keys.len()
+                    ),
+                ));
+            }
+        } else {
+            let mut cx = self.context(target);
+            self.lookup(&mut cx).await?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self, target: Target<'_>) -> Result<Vec<KeyInfo>, ProviderError> {
+        if self.def.http.in_place {
+            // The create call replaces the value itself: no second key can exist.
+            return Ok(Vec::new());
+        }
+        self.list_keys(target).await
+    }
+
+    async fn create(&self, target: Target<'_>, tag: &str) -> Result<Issued, ProviderError> {
+        let call = self.call_def("create")?;
+        let mut cx = self.context(target);
+        cx.tag = Some(tag.to_owned());
+        let generated = match self.def.http.generate {
+            Some(Generate::SshEd25519) => {
+                let (private, public) = sshkey::generate(tag);
+                cx.public_key = Some(public);
+                Some(private)
+            }
+            None => None,
+        };
+        self.lookup(&mut cx).await?;
+        let answer = self.send("create", call, &cx, None, &[]).await?;
+        let key_id = match (&call.key_id, &call.key_id_value) {
+            (Some(p), _) => answer.body.pointer(p).map(text).filter(|s| !s.is_empty()),
+            (None, Some(t)) => Some(
+                template::render(t, &cx).map_err(|e| self.fatal("create", format!("key_id_value: {e}")))?,
+            ),
+            (None, None) => None,
+        }
+        .ok_or_else(|| {
+            self.fatal("create", "the answer has no key id where the definition says; a key may have been created: `rekey resume` finds it by its tag")
+        })?;
+        let secret = match generated {
+            Some(s) => s,
+            None => {
+                let p = call.secret.as_deref().unwrap_or("");
+                match answer.body.pointer(p) {
+                    Some(Value::String(s)) if !s.is_empty() => Secret::new(s.clone()),
+                    _ => {
+                        return Err(self.fatal("create", format!(
+                            "the answer has no secret at `{p}`; key {key_id} was created without a usable value: delete it"
+                        )));
+                    }
+                }
+            }
+        };
+        Ok(Issued { key_id, secret })
+    }
+
+    async fn change(&self, target: Target<'_>, new: &Secret) -> Result<(), ProviderError> {
+        let call = self.call_def("change")?;
+        let mut cx = self.context(target);
+        cx.new_secret = Some(new.clone());
+        self.lookup(&mut cx).await?;
+        self.send("change", call, &cx, None, &[]).await?;
+        Ok(())
+    }
+
+    async fn verify(
+        &self,
+        target: Target<'_>,
+        key_id: Option<&str>,
+        secret: &Secret,
+    ) -> Result<bool, ProviderError> {
+        let call = self.def.http.verify.as_ref().ok_or_else(|| {
+            self.fatal("verify", "the provider's API has no way to test a credential; set `verify: false` on this credential")
+        })?;
+        let mut cx = self.context(target);
+        cx.key_id = key_id.map(str::to_owned);
+        cx.new_secret = Some(secret.clone());
+        if self.def.http.generate == Some(Generate::SshEd25519) {
+            match sshkey::public_of(secret) {
+                Ok(p) => cx.public_key = Some(p),
+                Err(why) => return Err(self.fatal("verify", why)),
+            }
+        }
+        self.lookup(&mut cx).await?;
+        let answer = self.send("verify", call, &cx, None, &[]).await?;
+        if answer.seen != Seen::Expected {
+            return Ok(false);
+        }
+        // A list answer (JumpCloud's SSH keys): the key must be among its items.
+        let body = match &call.items {
+            None => answer.body,
+            Some(items) => {
+                let mut wanted = Vec::new();
+                for (p, t) in &call.filter {
+                    let v = template::render(t, &cx)
+                        .map_err(|e| self.fatal("verify", format!("where: {e}")))?;
+                    wanted.push((p.clone(), v));
+                }
+                let found = answer
+                    .body
+                    .pointer(items)
+                    .and_then(Value::as_array)
+                    .and_then(|a| {
+                        a.iter()
+                            .find(|item| {
+                                wanted.iter().all(|(p, v)| {
+                                    item.pointer(p).map(text).as_deref() == Some(v.as_str())
+                                })
+                            })
+                            .cloned()
+                    });
+                match found {
+                    Some(item) => item,
+                    None => return Ok(false),
+                }
+            }
+        };
+        for (pointer, t) in &call.check {
+            let want = template::render(t, &cx)
+                .map_err(|e| self.fatal("verify", format!("check: {e}")))?;
+            let got = body.pointer(pointer).map(text);
+            if got.as_deref().map(str::trim) != Some(want.trim()) {
+                tracing::debug!(instance = %self.instance, pointer, "Verify check did not match.");
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn deactivate(&self, target: Target<'_>, key_id: &str) -> Result<(), ProviderError> {
+        let Some(call) = &self.def.http.deactivate else {
+            return Ok(());
+        };
+        let mut cx = self.context(target);
+        cx.key_id = Some(key_id.to_owned());
+        self.lookup(&mut cx).await?;
+        self.send("deactivate", call, &cx, None, &[]).await?;
+        Ok(())
+    }
+
+    async fn revoke(&self, target: Target<'_>, key_id: &str) -> Result<(), ProviderError> {
+        if self.def.http.in_place {
+            // The rotate call already killed the old value, and the new one is the
+            // only value left: there is nothing rekey may delete.
+            return Ok(());
+        }
+        let call = self.call_def("revoke")?;
+        let mut cx = self.context(target);
+        cx.key_id = Some(key_id.to_owned());
+        self.lookup(&mut cx).await?;
+        // Some providers delete only inactive keys (Okta): a rollback deletes a
+        // new, active key, so deactivate first where the definition can.
+        if let Some(deactivate) = &self.def.http.deactivate {
+            self.send("deactivate", deactivate, &cx, None, &[]).await?;
+        }
+        self.send("revoke", call, &cx, None, &[]).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_headers_give_the_delay() {
+        let rl = definition::RateLimitDef::default();
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h, &rl), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        h.insert("retry-after", HeaderValue::from_str(&later).unwrap());
+        let d = retry_after(&h, &rl).unwrap();
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        let okta = definition::RateLimitDef {
+            reset: Some(definition::ResetDef {
+                header: "x-rate-limit-reset".into(),
+                format: ResetFormat::Epoch,
+            }),
+            ..Default::default()
+        };
+        let mut h = HeaderMap::new();
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 20;
+        h.insert(
+            "x-rate-limit-reset",
+            HeaderValue::from_str(&at.to_string()).unwrap(),
+        );
+        let d = retry_after(&h, &okta).unwrap();
+        assert!(
+            d > Duration::from_secs(15) && d <= Duration::from_secs(20),
+            "{d:?}"
+        );
+        assert_eq!(retry_after(&HeaderMap::new(), &okta), None);
+    }
+
+    #[test]
+    fn link_headers_name_the_next_page() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::LINK,
+            HeaderValue::from_static(r#"<https://api.github.com/x?page=2>; rel="next", <https://api.github.com/x?page=5>; rel="last""#),
+        );
+        assert_eq!(
+            link_next(&h).as_deref(),
+            Some("https://api.github.com/x?page=2")
+        );
+    }
+}
