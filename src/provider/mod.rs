@@ -5,6 +5,9 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod mysql;
+pub mod postgres;
+pub mod redis;
 pub mod registry;
 pub mod sandbox;
 

@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 /// Whether this build can rotate credentials of `type_name`.
 pub fn supports(type_name: &str) -> bool {
-    matches!(type_name, "sandbox" | "sandbox_password")
+    matches!(
+        type_name,
+        "sandbox" | "sandbox_password" | "postgres" | "mysql" | "redis"
+    )
 }
 
 /// Builds the provider for `instance` with its resolved admin credential (when the
@@ -19,7 +22,6 @@ pub fn build(
     instance: &ProviderInstance,
     admin: Option<Admin>,
 ) -> Result<Arc<dyn Provider>, ProviderError> {
-    let _ = &admin;
     match instance.type_name.as_str() {
         "sandbox" => Ok(Arc::new(super::sandbox::Sandbox::from_settings(
             Kind::Dual,
@@ -28,6 +30,21 @@ pub fn build(
         "sandbox_password" => Ok(Arc::new(super::sandbox::Sandbox::from_settings(
             Kind::Single,
             &instance.settings,
+        )?)),
+        "postgres" => Ok(Arc::new(super::postgres::Postgres::new(
+            &instance.name,
+            &instance.settings,
+            admin.as_ref(),
+        )?)),
+        "mysql" => Ok(Arc::new(super::mysql::Mysql::new(
+            &instance.name,
+            &instance.settings,
+            admin.as_ref(),
+        )?)),
+        "redis" => Ok(Arc::new(super::redis::Redis::new(
+            &instance.name,
+            &instance.settings,
+            admin.as_ref(),
         )?)),
         other => Err(ProviderError::Fatal(format!(
             "provider type `{other}` (instance `{}`) cannot rotate credentials in this build yet; `rekey providers` lists what can",

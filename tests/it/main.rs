@@ -7,6 +7,7 @@ mod engine;
 mod hostile;
 mod journal;
 mod loader_props;
+mod providers_sql;
 mod services;
 mod store_vault;
 mod support;
