@@ -406,3 +406,369 @@ fn postgres_run_killed_mid_rotation_is_finished_by_resume() {
         assert!(!pg_login(&w, role, old), "c{i}: the old password is refused");
     }
 }
+
+// ---------------------------------------------------------------- MySQL / MariaDB
+
+fn my_opts(w: &World, user: &str, password: &str) -> mysql_async::Opts {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(w.env["REKEY_MYSQL_HOST"].clone())
+        .tcp_port(w.env["REKEY_MYSQL_PORT"].parse().unwrap())
+        .user(Some(user))
+        .pass(Some(password))
+        .prefer_socket(false)
+        .into()
+}
+
+fn my_admin(w: &World, sql: &str) {
+    use mysql_async::prelude::Queryable;
+    block(async {
+        let mut c = mysql_async::Conn::new(my_opts(w, &w.env["REKEY_MYSQL_ADMIN_USER"], &w.env["REKEY_MYSQL_ADMIN_PASSWORD"]))
+            .await
+            .unwrap();
+        c.query_drop(sql).await.unwrap();
+        c.disconnect().await.unwrap();
+    })
+}
+
+/// Whether `user` logs in over TCP with `password` (error 1045 = refused).
+fn my_login(w: &World, user: &str, password: &str) -> bool {
+    block(async {
+        match mysql_async::Conn::new(my_opts(w, user, password)).await {
+            Ok(c) => {
+                let _ = c.disconnect().await;
+                true
+            }
+            Err(mysql_async::Error::Server(e)) if e.code == 1045 => false,
+            Err(e) => panic!("login as {user}: {e}"),
+        }
+    })
+}
+
+/// A user with two host parts ('u'@'localhost' and 'u'@'%'), the same random
+/// password on both, stored in Vault at `path`.
+fn my_user(w: &World, base: &str, path: &str) -> (String, String) {
+    let user = w.name(base);
+    let password = random_hex(12);
+    my_admin(w, &format!("CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}', '{user}'@'%' IDENTIFIED BY '{password}'"));
+    w.vault_put(path, json!({ "value": password }));
+    (user, password)
+}
+
+/// The password hashes of every host part of `user`, by host.
+fn my_hashes(w: &World, user: &str) -> Vec<(String, String)> {
+    use mysql_async::prelude::Queryable;
+    block(async {
+        let mut c = mysql_async::Conn::new(my_opts(w, &w.env["REKEY_MYSQL_ADMIN_USER"], &w.env["REKEY_MYSQL_ADMIN_PASSWORD"]))
+            .await
+            .unwrap();
+        let rows: Vec<(String, String)> = c
+            .exec("SELECT Host, authentication_string FROM mysql.user WHERE User = ? ORDER BY Host", (user,))
+            .await
+            .unwrap();
+        c.disconnect().await.unwrap();
+        rows
+    })
+}
+
+#[test]
+fn mysql_rotation_changes_every_host_part_and_stores_the_new_password_in_vault() {
+    let w = World::new();
+    let (user, old) = my_user(&w, "rk_app", "db");
+    let pb = w.playbook("p.yaml", "breach", "", &format!("  - {{ id: db, provider: my, account: {user}, vault_path: PREFIX/db }}\n"));
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated");
+    let (data, version) = w.vault_get("db");
+    let new = data["value"].as_str().unwrap();
+    assert_eq!(version, 2);
+    assert!(my_login(&w, &user, new), "the new password logs in");
+    assert!(!my_login(&w, &user, &old), "the old password is refused");
+    // Both host parts carry the same (new) password.
+    let hashes = my_hashes(&w, &user);
+    assert_eq!(hashes.len(), 2, "{hashes:?}");
+    assert_eq!(hashes[0].1, hashes[1].1, "host parts drifted apart: {hashes:?}");
+    assert!(!output.contains(new) && !output.contains(&old), "a password leaked into the output");
+}
+
+#[test]
+fn mysql_verify_failure_rolls_back_to_the_old_password() {
+    let w = World::new();
+    let (user, old) = my_user(&w, "rk_vf", "db");
+    // Only the '%' host part is changed, but a login from 127.0.0.1 matches
+    // 'u'@'localhost', which keeps the old password: verify is refused.
+    let pb = w.playbook(
+        "p.yaml",
+        "routine",
+        "",
+        &format!("  - {{ id: db, provider: my, account: {user}, vault_path: PREFIX/db, settings: {{ hosts: ['%'] }} }}\n"),
+    );
+    let before = my_hashes(&w, &user);
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 1, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rolled_back", "{output}");
+    assert!(my_login(&w, &user, &old), "the old password works");
+    assert_eq!(w.vault_get("db"), (json!({ "value": old }), 1), "Vault was not touched");
+    let after = my_hashes(&w, &user);
+    assert_eq!(before[0], after[0], "'localhost' untouched");
+    // '%' has the old password again (same hash: mysql_native_password is unsalted).
+    assert_eq!(before[1].0, after[1].0);
+    assert_eq!(after[0].1, after[1].1, "'%' was set back to the old password: {after:?}");
+}
+
+#[test]
+fn mysql_plan_live_names_a_wrong_admin_password_a_missing_account_and_a_dead_server() {
+    let w = World::new();
+    let (user, _) = my_user(&w, "rk_pf", "db");
+    let e = &w.env;
+    let extra = format!(
+        "  my_badpw: {{ type: mysql, admin: {{ env: REKEY_IT_BAD_MY_ADMIN }}, settings: {{ host: \"{h}\", port: {p}, tls: disabled }} }}\n  my_down: {{ type: mysql, admin: {{ env: REKEY_IT_MY_ADMIN }}, settings: {{ host: \"127.0.0.1\", port: 1, tls: disabled, connect_timeout: 3s }} }}\n",
+        h = e["REKEY_MYSQL_HOST"],
+        p = e["REKEY_MYSQL_PORT"]
+    );
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &extra,
+        &format!("  - {{ id: good, provider: my, account: {user}, vault_path: PREFIX/db }}\n  - {{ id: missing, provider: my, account: nobody_{s}, vault_path: PREFIX/m }}\n  - {{ id: nohost, provider: my, account: {user}, vault_path: PREFIX/n, settings: {{ hosts: ['10.9.9.9'] }} }}\n  - {{ id: badpw, provider: my_badpw, account: {user}, vault_path: PREFIX/b }}\n  - {{ id: down, provider: my_down, account: {user}, vault_path: PREFIX/d }}\n", s = w.suffix),
+    );
+    let out = rekey()
+        .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+        .env("REKEY_IT_MY_ADMIN", &json!({ "username": e["REKEY_MYSQL_ADMIN_USER"], "password": e["REKEY_MYSQL_ADMIN_PASSWORD"] }).to_string())
+        .env("REKEY_IT_BAD_MY_ADMIN", &json!({ "username": e["REKEY_MYSQL_ADMIN_USER"], "password": "not-the-admin-password" }).to_string())
+        .env("REKEY_IT_PG_ADMIN", "{}")
+        .args(["plan", pb.to_str().unwrap(), "--live"])
+        .run();
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let line = |id: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {id} provider")))
+            .unwrap_or_else(|| panic!("no provider line for {id}: {}", out.stdout))
+            .trim()
+            .to_owned()
+    };
+    assert!(line("good").starts_with("ok"), "{}", out.stdout);
+    let missing = line("missing");
+    assert!(missing.starts_with("FAIL") && missing.contains("no account for the user") && missing.contains("`account`"), "{missing}");
+    let nohost = line("nohost");
+    assert!(nohost.starts_with("FAIL") && nohost.contains("'10.9.9.9'") && nohost.contains("`hosts`"), "{nohost}");
+    let badpw = line("badpw");
+    assert!(badpw.starts_with("FAIL") && badpw.contains("rejected the admin login") && badpw.contains("REKEY_IT_BAD_MY_ADMIN"), "{badpw}");
+    let down = line("down");
+    assert!(down.starts_with("FAIL") && down.contains("cannot reach MySQL at 127.0.0.1:1"), "{down}");
+    assert!(!out.stdout.contains("not-the-admin-password") && !out.stderr.contains("not-the-admin-password"));
+}
+
+#[test]
+fn mysql_run_killed_mid_rotation_is_finished_by_resume() {
+    let w = World::new();
+    let users: Vec<(String, String)> = (0..6).map(|i| my_user(&w, &format!("rk_k{i}"), &format!("c{i}"))).collect();
+    let creds: String = users
+        .iter()
+        .enumerate()
+        .map(|(i, (u, _))| format!("  - {{ id: c{i}, provider: my_slow, account: {u}, vault_path: PREFIX/c{i} }}\n"))
+        .collect();
+    let e = &w.env;
+    let extra = format!(
+        "  my_slow: {{ type: mysql, admin: {{ env: REKEY_IT_MY_ADMIN }}, rate: {{ per_second: 4, burst: 1 }}, concurrency: 2, settings: {{ host: \"{}\", port: {}, tls: disabled }} }}\n",
+        e["REKEY_MYSQL_HOST"], e["REKEY_MYSQL_PORT"]
+    );
+    let pb = w.playbook("p.yaml", "breach", &extra, &creds);
+    let child = KillOnDrop(w.spawn_run(&pb));
+    w.wait_for(|states| states.iter().any(|s| s.state == "changed"));
+    drop(child); // SIGKILL
+    let out = w.resume();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for (i, (user, old)) in users.iter().enumerate() {
+        let value = w.vault_value(&format!("c{i}"));
+        assert_ne!(&value, old, "c{i} was not rotated");
+        assert!(my_login(&w, user, &value), "c{i}: Vault's password logs in");
+        assert!(!my_login(&w, user, old), "c{i}: the old password is refused");
+    }
+}
+
+// ---------------------------------------------------------------- Redis
+
+async fn rd_conn(w: &World) -> redis::aio::MultiplexedConnection {
+    use redis::IntoConnectionInfo;
+    let info = (w.env["REKEY_REDIS_HOST"].as_str(), w.env["REKEY_REDIS_PORT"].parse::<u16>().unwrap())
+        .into_connection_info()
+        .unwrap()
+        .set_redis_settings(redis::RedisConnectionInfo::default().set_skip_set_lib_name());
+    redis::Client::open(info)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Runs one command as `default` (no password in the test server).
+fn rd(w: &World, args: &[&str]) -> redis::Value {
+    block(async {
+        let mut c = rd_conn(w).await;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c).await.unwrap()
+    })
+}
+
+/// Whether `AUTH user password` succeeds on a fresh connection.
+fn rd_login(w: &World, user: &str, password: &str) -> bool {
+    block(async {
+        let mut c = rd_conn(w).await;
+        match redis::cmd("AUTH").arg(user).arg(password).query_async::<redis::Value>(&mut c).await {
+            Ok(_) => true,
+            Err(e) if e.code() == Some("WRONGPASS") => false,
+            Err(e) => panic!("AUTH as {user}: {e}"),
+        }
+    })
+}
+
+fn sha256_hex(value: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(value.as_bytes()))
+}
+
+/// The SHA-256 hashes of `user`'s passwords.
+fn rd_passwords(w: &World, user: &str) -> Vec<String> {
+    let answer = rd(w, &["ACL", "GETUSER", user]);
+    let redis::Value::Array(items) = answer else { panic!("{answer:?}") };
+    let pos = items.iter().position(|v| matches!(v, redis::Value::BulkString(b) if b == b"passwords")).unwrap();
+    match &items[pos + 1] {
+        redis::Value::Array(a) => a
+            .iter()
+            .map(|v| match v {
+                redis::Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An ACL user with one random password, stored in Vault at `path` with its key
+/// id (what rekey writes after a rotation).
+fn rd_user(w: &World, base: &str, path: &str, flags: &str) -> (String, String) {
+    let user = w.name(base);
+    let password = random_hex(16);
+    rd(w, &["ACL", "SETUSER", &user, flags, &format!(">{password}"), "~*", "+@all"]);
+    w.vault_put(path, json!({ "value": password, "key_id": &sha256_hex(&password)[..16] }));
+    (user, password)
+}
+
+#[test]
+fn redis_rotation_adds_a_password_then_removes_the_old_one() {
+    let w = World::new();
+    let (user, old) = rd_user(&w, "rk_app", "cache", "on");
+    let pb = w.playbook("p.yaml", "breach", "", &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"));
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "cache"), "rotated");
+    let (data, version) = w.vault_get("cache");
+    let new = data["value"].as_str().unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(data["key_id"], &sha256_hex(new)[..16], "Vault names the new password's key id");
+    assert!(rd_login(&w, &user, new), "the new password works");
+    assert!(!rd_login(&w, &user, &old), "the old password is retired");
+    assert_eq!(rd_passwords(&w, &user), vec![sha256_hex(new)], "exactly the new password is left");
+    // The tag record of the retired password is gone; the new one's remains.
+    let tags = format!("{:?}", rd(&w, &["ACL", "GETUSER", &format!("rekey-tags:{user}")]));
+    assert!(tags.contains(&sha256_hex(new)[..16]) && !tags.contains(&sha256_hex(&old)[..16]), "{tags}");
+    assert!(!output.contains(new) && !output.contains(&old), "a password leaked into the output");
+}
+
+#[test]
+fn redis_verify_failure_removes_the_new_password_and_keeps_the_old() {
+    let w = World::new();
+    // A disabled user (`off`) accepts ACL changes but refuses every AUTH, so the
+    // new password is added and then fails verify.
+    let (user, old) = rd_user(&w, "rk_vf", "cache", "off");
+    let pb = w.playbook("p.yaml", "routine", "", &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"));
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 1, "{output}");
+    assert_eq!(outcome(&summary, "cache"), "rolled_back", "{output}");
+    assert_eq!(rd_passwords(&w, &user), vec![sha256_hex(&old)], "only the old password is left");
+    assert_eq!(w.vault_get("cache").1, 1, "Vault was not touched");
+    rd(&w, &["ACL", "SETUSER", &user, "on"]);
+    assert!(rd_login(&w, &user, &old), "the old password still works");
+}
+
+#[test]
+fn redis_plan_live_names_a_wrong_admin_password_a_missing_user_a_missing_aclfile_and_a_dead_server() {
+    let w = World::new();
+    let (user, _) = rd_user(&w, "rk_pf", "cache", "on");
+    let admin = w.name("rk_adm");
+    rd(&w, &["ACL", "SETUSER", &admin, "on", ">right-admin-pw", "+@all", "~*"]);
+    let e = &w.env;
+    let (h, p) = (&e["REKEY_REDIS_HOST"], &e["REKEY_REDIS_PORT"]);
+    let extra = format!(
+        "  rd_badpw: {{ type: redis, admin: {{ env: REKEY_IT_BAD_RD_ADMIN }}, settings: {{ host: \"{h}\", port: {p}, persist: none }} }}\n  rd_goodpw: {{ type: redis, admin: {{ env: REKEY_IT_RD_ADMIN }}, settings: {{ host: \"{h}\", port: {p}, persist: none }} }}\n  rd_save: {{ type: redis, settings: {{ host: \"{h}\", port: {p} }} }}\n  rd_down: {{ type: redis, settings: {{ host: \"127.0.0.1\", port: 1, persist: none, timeout: 3s }} }}\n"
+    );
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &extra,
+        &format!("  - {{ id: good, provider: rd_goodpw, account: {user}, vault_path: PREFIX/c }}\n  - {{ id: missing, provider: rd, account: nobody_{s}, vault_path: PREFIX/m }}\n  - {{ id: badpw, provider: rd_badpw, account: {user}, vault_path: PREFIX/b }}\n  - {{ id: noaclfile, provider: rd_save, account: {user}, vault_path: PREFIX/s }}\n  - {{ id: down, provider: rd_down, account: {user}, vault_path: PREFIX/d }}\n", s = w.suffix),
+    );
+    let out = rekey()
+        .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+        .env("REKEY_IT_RD_ADMIN", &json!({ "username": admin, "password": "right-admin-pw" }).to_string())
+        .env("REKEY_IT_BAD_RD_ADMIN", &json!({ "username": admin, "password": "not-the-admin-password" }).to_string())
+        .env("REKEY_IT_PG_ADMIN", "{}")
+        .env("REKEY_IT_MY_ADMIN", "{}")
+        .args(["plan", pb.to_str().unwrap(), "--live"])
+        .run();
+    rd(&w, &["ACL", "DELUSER", &admin]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let line = |id: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {id} provider")))
+            .unwrap_or_else(|| panic!("no provider line for {id}: {}", out.stdout))
+            .trim()
+            .to_owned()
+    };
+    assert!(line("good").starts_with("ok"), "{}", out.stdout);
+    let missing = line("missing");
+    assert!(missing.starts_with("FAIL") && missing.contains("does not exist") && missing.contains("`account`"), "{missing}");
+    let badpw = line("badpw");
+    assert!(badpw.starts_with("FAIL") && badpw.contains("rejected the admin login") && badpw.contains("REKEY_IT_BAD_RD_ADMIN"), "{badpw}");
+    let noaclfile = line("noaclfile");
+    assert!(noaclfile.starts_with("FAIL") && noaclfile.contains("no aclfile") && noaclfile.contains("persist"), "{noaclfile}");
+    let down = line("down");
+    assert!(down.starts_with("FAIL") && down.contains("cannot reach Redis at 127.0.0.1:1"), "{down}");
+    assert!(!out.stdout.contains("not-the-admin-password") && !out.stderr.contains("not-the-admin-password"));
+    // The missing user was not created by the check.
+    assert_eq!(rd(&w, &["ACL", "GETUSER", &format!("nobody_{}", w.suffix)]), redis::Value::Nil);
+}
+
+#[test]
+fn redis_run_killed_mid_rotation_is_finished_by_resume() {
+    let w = World::new();
+    let users: Vec<(String, String)> = (0..6).map(|i| rd_user(&w, &format!("rk_k{i}"), &format!("c{i}"), "on")).collect();
+    let creds: String = users
+        .iter()
+        .enumerate()
+        .map(|(i, (u, _))| format!("  - {{ id: c{i}, provider: rd_slow, account: {u}, vault_path: PREFIX/c{i} }}\n"))
+        .collect();
+    let e = &w.env;
+    let extra = format!(
+        "  rd_slow: {{ type: redis, rate: {{ per_second: 6, burst: 1 }}, concurrency: 2, settings: {{ host: \"{}\", port: {}, persist: none }} }}\n",
+        e["REKEY_REDIS_HOST"], e["REKEY_REDIS_PORT"]
+    );
+    let pb = w.playbook("p.yaml", "breach", &extra, &creds);
+    let child = KillOnDrop(w.spawn_run(&pb));
+    w.wait_for(|states| states.iter().any(|s| s.state == "staged"));
+    drop(child); // SIGKILL
+    let out = w.resume();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for (i, (user, old)) in users.iter().enumerate() {
+        let value = w.vault_value(&format!("c{i}"));
+        assert_ne!(&value, old, "c{i} was not rotated");
+        assert!(rd_login(&w, user, &value), "c{i}: Vault's password works");
+        assert!(!rd_login(&w, user, old), "c{i}: the old password is retired");
+        assert_eq!(rd_passwords(&w, user), vec![sha256_hex(&value)], "c{i}: orphan or leftover passwords");
+    }
+}

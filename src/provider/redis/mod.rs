@@ -7,6 +7,14 @@
 //! hash: not secret (the passwords rekey generates carry 256 bits of entropy, so a
 //! hash prefix reveals nothing usable), stable, and enough to address one password
 //! for `list` and `revoke`. Verify is `AUTH user new` on a fresh connection.
+//!
+//! Tags: resume recognises the keys a run created by their tag, and Redis keeps
+//! no name nor date per password. So rekey records `key id, creation time, tag` as
+//! key patterns of a companion ACL user `rekey-tags:<user>` that is disabled
+//! (`off`) and may run no command (`-@all`): it grants nothing, lives and persists
+//! with the other ACL rules, and disappears when its last entry is removed. The
+//! tag is recorded before the password is added, so a crash in between leaves at
+//! worst a tag without a password, which `list` ignores.
 
 mod client;
 mod config;
@@ -66,27 +74,14 @@ impl Redis {
         let mut cmd = ::redis::cmd("ACL");
         cmd.arg("GETUSER").arg(user);
         let answer = self.client.query(&cmd, "ACL GETUSER").await?;
-        let fields: Vec<(String, Value)> = match answer {
+        let fields = match answer {
             Value::Nil => {
                 return Err(ProviderError::Fatal(format!(
                     "Redis at {}: the ACL user `{user}` does not exist; create it (ACL SETUSER) or fix the credential's `account`",
                     self.client.cfg.address()
                 )));
             }
-            Value::Map(pairs) => pairs
-                .into_iter()
-                .filter_map(|(k, v)| Some((text(&k)?, v)))
-                .collect(),
-            Value::Array(items) => items
-                .chunks(2)
-                .filter_map(|p| Some((text(p.first()?)?, p.get(1)?.clone())))
-                .collect(),
-            _ => {
-                return Err(ProviderError::Fatal(format!(
-                    "Redis at {}: unexpected answer to ACL GETUSER",
-                    self.client.cfg.address()
-                )));
-            }
+            other => fields(other),
         };
         Ok(fields
             .into_iter()
@@ -127,6 +122,91 @@ impl Redis {
     }
 }
 
+/// The companion ACL user holding the tags of `user`'s passwords.
+fn tag_user(user: &str) -> String {
+    format!("rekey-tags:{user}")
+}
+
+/// Prefix of the key patterns that record a tag.
+const TAG_PATTERN: &str = "rekey-tag:";
+
+impl Redis {
+    /// `key id -> (created_at, tag)` recorded for `user`.
+    async fn tags(&self, user: &str) -> Result<Vec<(String, u64, String)>, ProviderError> {
+        let mut cmd = ::redis::cmd("ACL");
+        cmd.arg("GETUSER").arg(tag_user(user));
+        let answer = self.client.query(&cmd, "ACL GETUSER (tags)").await?;
+        let fields = fields(answer);
+        let patterns: Vec<String> = match fields.into_iter().find(|(k, _)| k == "keys").map(|(_, v)| v) {
+            Some(Value::Array(a)) => a.iter().filter_map(text).collect(),
+            Some(v) => text(&v)
+                .map(|t| t.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        Ok(patterns
+            .iter()
+            .filter_map(|p| {
+                let rest = p.split_once('~')?.1.strip_prefix(TAG_PATTERN)?;
+                let (id, rest) = rest.split_once(':')?;
+                let (created, tag) = rest.split_once(':')?;
+                Some((id.to_owned(), created.parse().ok()?, tag.to_owned()))
+            })
+            .collect())
+    }
+
+    async fn record_tag(&self, user: &str, key_id: &str, tag: &str) -> Result<(), ProviderError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // Key patterns end at whitespace; a tag never holds any, but be safe.
+        let tag: String = tag.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect();
+        let mut cmd = ::redis::cmd("ACL");
+        cmd.arg("SETUSER")
+            .arg(tag_user(user))
+            .arg("off")
+            .arg("-@all")
+            .arg("resetchannels")
+            .arg(format!("~{TAG_PATTERN}{key_id}:{now}:{tag}"));
+        self.client.query(&cmd, "ACL SETUSER (record tag)").await.map(|_| ())
+    }
+
+    async fn forget_tag(&self, user: &str, key_id: &str) -> Result<(), ProviderError> {
+        let tags = self.tags(user).await?;
+        if !tags.iter().any(|(id, _, _)| id == key_id) {
+            return Ok(());
+        }
+        let keep: Vec<String> = tags
+            .iter()
+            .filter(|(id, _, _)| id != key_id)
+            .map(|(id, created, tag)| format!("~{TAG_PATTERN}{id}:{created}:{tag}"))
+            .collect();
+        let mut cmd = ::redis::cmd("ACL");
+        if keep.is_empty() {
+            cmd.arg("DELUSER").arg(tag_user(user));
+        } else {
+            cmd.arg("SETUSER").arg(tag_user(user)).arg("resetkeys").arg(keep);
+        }
+        self.client.query(&cmd, "ACL SETUSER (forget tag)").await.map(|_| ())
+    }
+}
+
+/// The field/value pairs of an ACL GETUSER answer (RESP2 flat array or RESP3 map).
+fn fields(answer: Value) -> Vec<(String, Value)> {
+    match answer {
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((text(&k)?, v)))
+            .collect(),
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|p| Some((text(p.first()?)?, p.get(1)?.clone())))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
@@ -164,31 +244,36 @@ impl Provider for Redis {
         Ok(())
     }
 
-    /// Every password of the user, by key id. Redis keeps no creation time and no
-    /// name, so `created_at` and `tag` are unknown.
+    /// Every password of the user, by key id, with the tag and creation time rekey
+    /// recorded for the ones it created.
     async fn list(&self, target: Target<'_>) -> Result<Vec<KeyInfo>, ProviderError> {
         let user = self.account(target)?;
-        Ok(self
-            .password_hashes(user)
-            .await?
+        let hashes = self.password_hashes(user).await?;
+        let tags = self.tags(user).await?;
+        Ok(hashes
             .into_iter()
-            .map(|h| KeyInfo {
-                id: h.chars().take(KEY_ID_LEN).collect(),
-                active: true,
-                created_at: None,
-                tag: None,
+            .map(|h| {
+                let id: String = h.chars().take(KEY_ID_LEN).collect();
+                let recorded = tags.iter().find(|(t, _, _)| *t == id);
+                KeyInfo {
+                    active: true,
+                    created_at: recorded.map(|r| r.1),
+                    tag: recorded.map(|r| r.2.clone()),
+                    id,
+                }
             })
             .collect())
     }
 
-    async fn create(&self, target: Target<'_>, _tag: &str) -> Result<Issued, ProviderError> {
+    async fn create(&self, target: Target<'_>, tag: &str) -> Result<Issued, ProviderError> {
         let user = self.account(target)?;
         // ACL SETUSER creates a missing user: make sure it exists first.
         self.password_hashes(user).await?;
         let secret = Secret::generate(PASSWORD_LEN, ALPHABET);
+        let id = key_id(&secret);
+        self.record_tag(user, &id, tag).await?;
         let rule = zeroize::Zeroizing::new(format!(">{}", secret.expose()));
         self.setuser(user, &rule, "ACL SETUSER (add password)").await?;
-        let id = key_id(&secret);
         if let Err(e) = self.persist().await {
             // Do not leave a password behind that the caller will never learn of.
             let hash = hex::encode(Sha256::digest(secret.expose().as_bytes()));
@@ -222,10 +307,11 @@ impl Provider for Redis {
         let hashes = self.password_hashes(user).await?;
         let matching: Vec<&String> = hashes.iter().filter(|h| h.starts_with(key_id)).collect();
         match matching.as_slice() {
-            [] => Ok(()),
+            [] => self.forget_tag(user, key_id).await,
             [hash] => {
                 self.setuser(user, &format!("!{hash}"), "ACL SETUSER (remove password)")
                     .await?;
+                self.forget_tag(user, key_id).await?;
                 self.persist().await
             }
             _ => Err(ProviderError::Fatal(format!(
