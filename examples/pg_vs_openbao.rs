@@ -37,10 +37,18 @@ fn services() -> HashMap<String, String> {
 }
 
 /// A small HTTP/1.1 client for the OpenBao API (one connection per request).
-async fn bao(addr: &str, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn bao(
+    addr: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = addr.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("OpenBao answers");
+    let mut s = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("OpenBao answers");
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let request = format!(
         "{method} /v1/{path} HTTP/1.1\r\nHost: {host}\r\nX-Vault-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -50,7 +58,11 @@ async fn bao(addr: &str, token: &str, method: &str, path: &str, body: Option<Val
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).await.unwrap();
     let answer = String::from_utf8_lossy(&answer);
-    let status = answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
     // Chunked bodies are not parsed: the callers only need status codes.
     (status, serde_json::from_str(json).unwrap_or(Value::Null))
@@ -64,7 +76,10 @@ async fn pg_admin(env: &HashMap<String, String>) -> tokio_postgres::Client {
         .user(&env["REKEY_PG_ADMIN_USER"])
         .password(&env["REKEY_PG_ADMIN_PASSWORD"])
         .dbname("postgres");
-    let (client, conn) = config.connect(tokio_postgres::NoTls).await.expect("PostgreSQL answers");
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL answers");
     tokio::spawn(conn);
     client
 }
@@ -81,11 +96,23 @@ async fn setup(env: &HashMap<String, String>, roles: usize) {
     let mut sql = String::new();
     for i in 0..roles {
         let r = role(i);
-        sql.push_str(&format!("DROP ROLE IF EXISTS {r}; CREATE ROLE {r} LOGIN PASSWORD 'initial-{i}';"));
+        sql.push_str(&format!(
+            "DROP ROLE IF EXISTS {r}; CREATE ROLE {r} LOGIN PASSWORD 'initial-{i}';"
+        ));
     }
     pg.batch_execute(&sql).await.unwrap();
-    let (s, _) = bao(addr, token, "POST", &format!("sys/mounts/{MOUNT}"), Some(json!({ "type": "database" }))).await;
-    assert!(s == 204 || s == 200, "enabling the database engine: HTTP {s}");
+    let (s, _) = bao(
+        addr,
+        token,
+        "POST",
+        &format!("sys/mounts/{MOUNT}"),
+        Some(json!({ "type": "database" })),
+    )
+    .await;
+    assert!(
+        s == 204 || s == 200,
+        "enabling the database engine: HTTP {s}"
+    );
     let url = format!(
         "postgresql://{{{{username}}}}:{{{{password}}}}@{}:{}/postgres?sslmode=disable",
         env["REKEY_PG_HOST"], env["REKEY_PG_PORT"]
@@ -116,7 +143,11 @@ async fn setup(env: &HashMap<String, String>, roles: usize) {
                 Some(json!({ "db_name": "pg", "username": role(i), "rotation_period": "24h" })),
             )
             .await;
-            assert!(s == 204 || s == 200, "static role {}: HTTP {s} {v}", role(i));
+            assert!(
+                s == 204 || s == 200,
+                "static role {}: HTTP {s} {v}",
+                role(i)
+            );
         })
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<_>>()
@@ -124,9 +155,18 @@ async fn setup(env: &HashMap<String, String>, roles: usize) {
 }
 
 async fn teardown(env: &HashMap<String, String>, roles: usize) {
-    let _ = bao(&env["VAULT_ADDR"], &env["VAULT_TOKEN"], "DELETE", &format!("sys/mounts/{MOUNT}"), None).await;
+    let _ = bao(
+        &env["VAULT_ADDR"],
+        &env["VAULT_TOKEN"],
+        "DELETE",
+        &format!("sys/mounts/{MOUNT}"),
+        None,
+    )
+    .await;
     let pg = pg_admin(env).await;
-    let sql: String = (0..roles).map(|i| format!("DROP ROLE IF EXISTS {};", role(i))).collect();
+    let sql: String = (0..roles)
+        .map(|i| format!("DROP ROLE IF EXISTS {};", role(i)))
+        .collect();
     let _ = pg.batch_execute(&sql).await;
 }
 
@@ -136,7 +176,14 @@ async fn openbao_round(env: &HashMap<String, String>, roles: usize) -> Duration 
     let t = Instant::now();
     let failures: usize = futures::stream::iter(0..roles)
         .map(|i| async move {
-            let (s, _) = bao(addr, token, "POST", &format!("{MOUNT}/rotate-role/{}", role(i)), None).await;
+            let (s, _) = bao(
+                addr,
+                token,
+                "POST",
+                &format!("{MOUNT}/rotate-role/{}", role(i)),
+                None,
+            )
+            .await;
             usize::from(s != 204 && s != 200)
         })
         .buffer_unordered(CONCURRENCY)
@@ -150,17 +197,33 @@ async fn openbao_round(env: &HashMap<String, String>, roles: usize) -> Duration 
 }
 
 /// (b) `rekey run` of a playbook rotating every role; returns the wall time.
-fn rekey_round(env: &HashMap<String, String>, roles: usize, verify: bool, dir: &std::path::Path, round: usize) -> Duration {
+fn rekey_round(
+    env: &HashMap<String, String>,
+    roles: usize,
+    verify: bool,
+    dir: &std::path::Path,
+    round: usize,
+) -> Duration {
     rekey_round_with(env, roles, verify, dir, &format!("{round}"), "pg")
 }
 
 /// `provider` is `pg` (the real thing) or `noop`: a `sandbox_password` instance
 /// with no latency, which measures what the engine itself costs (journal, Vault).
-fn rekey_round_with(env: &HashMap<String, String>, roles: usize, verify: bool, dir: &std::path::Path, round: &str, provider: &str) -> Duration {
+fn rekey_round_with(
+    env: &HashMap<String, String>,
+    roles: usize,
+    verify: bool,
+    dir: &std::path::Path,
+    round: &str,
+    provider: &str,
+) -> Duration {
     let noop = dir.join(format!("noop-{round}.json"));
     let mut text = format!(
         "version: 1\nname: pg-bench\nincident: {{ mode: breach }}\nvault: {{ address: \"{}\" }}\ndefaults: {{ verify: {verify}, concurrency: {CONCURRENCY} }}\nproviders:\n  pg: {{ type: postgres, admin: {{ env: REKEY_BENCH_PG_ADMIN }}, concurrency: {CONCURRENCY}, rate: {{ per_second: 100000, burst: 1000 }}, settings: {{ host: \"{}\", port: {}, sslmode: disable }} }}\n  noop: {{ type: sandbox_password, concurrency: {CONCURRENCY}, rate: {{ per_second: 100000, burst: 1000 }}, settings: {{ state_file: {}, latency: 0ms }} }}\ncredentials:\n",
-        env["VAULT_ADDR"], env["REKEY_PG_HOST"], env["REKEY_PG_PORT"], noop.display()
+        env["VAULT_ADDR"],
+        env["REKEY_PG_HOST"],
+        env["REKEY_PG_PORT"],
+        noop.display()
     );
     for i in 0..roles {
         text.push_str(&format!("  - {{ id: r{i}, provider: {provider}, account: {}, vault_path: bench/{provider}/r{i} }}\n", role(i)));
@@ -178,10 +241,16 @@ fn rekey_round_with(env: &HashMap<String, String>, roles: usize, verify: bool, d
         "--format",
         "json",
     ]);
-    let rekey::cli::Command::Run(args) = &cli.command else { unreachable!() };
+    let rekey::cli::Command::Run(args) = &cli.command else {
+        unreachable!()
+    };
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let mut io = rekey::commands::Io { stdout: &mut out, stderr: &mut err, color: false };
+    let mut io = rekey::commands::Io {
+        stdout: &mut out,
+        stderr: &mut err,
+        color: false,
+    };
     let t = Instant::now();
     let status = rekey::commands::run(args, &mut io).expect("rekey run");
     let elapsed = t.elapsed();
@@ -190,7 +259,12 @@ fn rekey_round_with(env: &HashMap<String, String>, roles: usize, verify: bool, d
         .as_array()
         .map(|r| r.iter().filter(|x| x["outcome"] == "rotated").count())
         .unwrap_or(0);
-    assert_eq!(rotated, roles, "rekey run: {status:?} {}", String::from_utf8_lossy(&err));
+    assert_eq!(
+        rotated,
+        roles,
+        "rekey run: {status:?} {}",
+        String::from_utf8_lossy(&err)
+    );
     elapsed
 }
 
@@ -213,7 +287,10 @@ fn main() {
             json!({ "username": env["REKEY_PG_ADMIN_USER"], "password": env["REKEY_PG_ADMIN_PASSWORD"] }).to_string(),
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     eprintln!("setting up {roles} roles and OpenBao's database engine...");
     runtime.block_on(setup(&env, roles));
     // Where the journals go: `REKEY_BENCH_DIR=/dev/shm` takes fsync latency (the
@@ -228,21 +305,34 @@ fn main() {
         let b = rate(runtime.block_on(openbao_round(&env, roles)));
         let off = rate(rekey_round(&env, roles, false, dir.path(), round));
         let on = rate(rekey_round(&env, roles, true, dir.path(), round));
-        eprintln!("round {}: OpenBao {b:.0}/s, rekey verify off {off:.0}/s, verify on {on:.0}/s", round + 1);
+        eprintln!(
+            "round {}: OpenBao {b:.0}/s, rekey verify off {off:.0}/s, verify on {on:.0}/s",
+            round + 1
+        );
         bao_rates.push(b);
         off_rates.push(off);
         on_rates.push(on);
     }
     runtime.block_on(teardown(&env, roles));
     // The engine alone: the same run against a provider that costs nothing.
-    let engine_only = roles as f64 / rekey_round_with(&env, roles, false, dir.path(), "noop", "noop").as_secs_f64();
+    let engine_only = roles as f64
+        / rekey_round_with(&env, roles, false, dir.path(), "noop", "noop").as_secs_f64();
     let (b, off, on) = (median(bao_rates), median(off_rates), median(on_rates));
     println!("{roles} PostgreSQL roles, concurrency {CONCURRENCY}, median of {rounds} rounds");
     println!();
     println!("| rotation of {roles} roles | rotations/s | vs OpenBao | goal |");
     println!("|---|---:|---:|---:|");
     println!("| OpenBao database engine (`rotate-role`) | {b:.0} | 1 | |");
-    println!("| rekey `postgres`, verify off | {off:.0} | {:.2}x | >= 1.5x |", off / b);
-    println!("| rekey `postgres`, verify on | {on:.0} | {:.2}x | >= 0.8x |", on / b);
-    println!("| rekey engine alone (`sandbox_password`, no latency, verify off) | {engine_only:.0} | {:.2}x | |", engine_only / b);
+    println!(
+        "| rekey `postgres`, verify off | {off:.0} | {:.2}x | >= 1.5x |",
+        off / b
+    );
+    println!(
+        "| rekey `postgres`, verify on | {on:.0} | {:.2}x | >= 0.8x |",
+        on / b
+    );
+    println!(
+        "| rekey engine alone (`sandbox_password`, no latency, verify off) | {engine_only:.0} | {:.2}x | |",
+        engine_only / b
+    );
 }

@@ -80,11 +80,22 @@ impl World {
         let e = &self.env;
         format!(
             "  pg: {{ type: postgres, admin: {{ env: REKEY_IT_PG_ADMIN }}, settings: {{ host: \"{}\", port: {}, sslmode: disable }} }}\n  my: {{ type: mysql, admin: {{ env: REKEY_IT_MY_ADMIN }}, settings: {{ host: \"{}\", port: {}, tls: disabled }} }}\n  rd: {{ type: redis, settings: {{ host: \"{}\", port: {}, persist: none }} }}\n",
-            e["REKEY_PG_HOST"], e["REKEY_PG_PORT"], e["REKEY_MYSQL_HOST"], e["REKEY_MYSQL_PORT"], e["REKEY_REDIS_HOST"], e["REKEY_REDIS_PORT"],
+            e["REKEY_PG_HOST"],
+            e["REKEY_PG_PORT"],
+            e["REKEY_MYSQL_HOST"],
+            e["REKEY_MYSQL_PORT"],
+            e["REKEY_REDIS_HOST"],
+            e["REKEY_REDIS_PORT"],
         )
     }
 
-    fn playbook(&self, file: &str, mode: &str, extra_providers: &str, credentials: &str) -> PathBuf {
+    fn playbook(
+        &self,
+        file: &str,
+        mode: &str,
+        extra_providers: &str,
+        credentials: &str,
+    ) -> PathBuf {
         let text = format!(
             "version: 1\nname: sql-providers\nincident: {{ mode: {mode} }}\nvault: {{ address: \"{}\" }}\nproviders:\n{}{extra_providers}credentials:\n{}",
             self.env["VAULT_ADDR"],
@@ -263,9 +274,14 @@ async fn pg_session(
 
 fn pg_admin(w: &World, sql: &str) {
     block(async {
-        let admin = pg_session(w, &w.env["REKEY_PG_ADMIN_USER"], &w.env["REKEY_PG_ADMIN_PASSWORD"], "postgres")
-            .await
-            .unwrap();
+        let admin = pg_session(
+            w,
+            &w.env["REKEY_PG_ADMIN_USER"],
+            &w.env["REKEY_PG_ADMIN_PASSWORD"],
+            "postgres",
+        )
+        .await
+        .unwrap();
         admin.batch_execute(sql).await.unwrap();
     })
 }
@@ -286,7 +302,10 @@ fn pg_login(w: &World, user: &str, password: &str) -> bool {
 fn pg_role(w: &World, base: &str, path: &str) -> (String, String) {
     let role = w.name(base);
     let password = random_hex(12);
-    pg_admin(w, &format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"));
+    pg_admin(
+        w,
+        &format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+    );
     w.vault_put(path, json!({ "value": password }));
     (role, password)
 }
@@ -295,7 +314,12 @@ fn pg_role(w: &World, base: &str, path: &str) -> (String, String) {
 fn postgres_rotation_sets_a_new_password_that_logs_in_and_is_stored_in_vault() {
     let w = World::new();
     let (role, old) = pg_role(&w, "rk_app", "db");
-    let pb = w.playbook("p.yaml", "breach", "", &format!("  - {{ id: db, provider: pg, account: {role}, vault_path: PREFIX/db }}\n"));
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        "",
+        &format!("  - {{ id: db, provider: pg, account: {role}, vault_path: PREFIX/db }}\n"),
+    );
     let (code, summary, output) = w.run(&pb);
     assert_eq!(code, 0, "{output}");
     assert_eq!(outcome(&summary, "db"), "rotated");
@@ -305,9 +329,15 @@ fn postgres_rotation_sets_a_new_password_that_logs_in_and_is_stored_in_vault() {
     assert_ne!(new, old);
     assert!(pg_login(&w, &role, new), "the new password logs in");
     assert!(!pg_login(&w, &role, &old), "the old password is refused");
-    assert!(!output.contains(new) && !output.contains(&old), "a password leaked into the output");
+    assert!(
+        !output.contains(new) && !output.contains(&old),
+        "a password leaked into the output"
+    );
     let journal = std::fs::read(w.journal()).unwrap();
-    assert!(!journal.windows(new.len()).any(|x| x == new.as_bytes()), "the new password is in the journal");
+    assert!(
+        !journal.windows(new.len()).any(|x| x == new.as_bytes()),
+        "the new password is in the journal"
+    );
 }
 
 #[test]
@@ -318,7 +348,10 @@ fn postgres_verify_failure_rolls_back_to_the_old_password() {
     // the change went through: a real failure, not an injected one.
     let closed = w.name("closed_db");
     pg_admin(&w, &format!("CREATE DATABASE {closed}"));
-    pg_admin(&w, &format!("REVOKE CONNECT ON DATABASE {closed} FROM PUBLIC"));
+    pg_admin(
+        &w,
+        &format!("REVOKE CONNECT ON DATABASE {closed} FROM PUBLIC"),
+    );
     let pb = w.playbook(
         "p.yaml",
         "routine",
@@ -330,12 +363,20 @@ fn postgres_verify_failure_rolls_back_to_the_old_password() {
     assert_eq!(code, 1, "{output}");
     assert_eq!(outcome(&summary, "db"), "rolled_back", "{output}");
     assert!(pg_login(&w, &role, &old), "the old password works again");
-    assert_eq!(w.vault_get("db"), (json!({ "value": old }), 1), "Vault was not touched");
+    assert_eq!(
+        w.vault_get("db"),
+        (json!({ "value": old }), 1),
+        "Vault was not touched"
+    );
     // The journal says why verify failed, in words an operator can act on.
     let j = rekey::journal::Journal::open(&w.journal()).unwrap();
     let run = j.runs().unwrap().into_iter().next().unwrap();
     let verifies = serde_json::to_string(
-        &j.intents(&run.id, "db").unwrap().into_iter().filter(|i| i.step == "verify").collect::<Vec<_>>(),
+        &j.intents(&run.id, "db")
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.step == "verify")
+            .collect::<Vec<_>>(),
     )
     .unwrap();
     assert!(verifies.contains("permission denied"), "{verifies}");
@@ -369,22 +410,44 @@ fn postgres_plan_live_names_a_wrong_admin_password_a_missing_role_and_a_dead_ser
     };
     assert!(line("good").starts_with("ok"), "{}", out.stdout);
     let missing = line("missing");
-    assert!(missing.starts_with("FAIL") && missing.contains("does not exist") && missing.contains("account"), "{missing}");
+    assert!(
+        missing.starts_with("FAIL")
+            && missing.contains("does not exist")
+            && missing.contains("account"),
+        "{missing}"
+    );
     let badpw = line("badpw");
-    assert!(badpw.starts_with("FAIL") && badpw.contains("rejected the admin login") && badpw.contains("REKEY_IT_BAD_ADMIN"), "{badpw}");
+    assert!(
+        badpw.starts_with("FAIL")
+            && badpw.contains("rejected the admin login")
+            && badpw.contains("REKEY_IT_BAD_ADMIN"),
+        "{badpw}"
+    );
     let down = line("down");
-    assert!(down.starts_with("FAIL") && down.contains("127.0.0.1:1") && down.contains("server is up"), "{down}");
-    assert!(!out.stdout.contains("not-the-admin-password") && !out.stderr.contains("not-the-admin-password"));
+    assert!(
+        down.starts_with("FAIL") && down.contains("127.0.0.1:1") && down.contains("server is up"),
+        "{down}"
+    );
+    assert!(
+        !out.stdout.contains("not-the-admin-password")
+            && !out.stderr.contains("not-the-admin-password")
+    );
 }
 
 #[test]
 fn postgres_run_killed_mid_rotation_is_finished_by_resume() {
     let w = World::new();
-    let roles: Vec<(String, String)> = (0..6).map(|i| pg_role(&w, &format!("rk_k{i}"), &format!("c{i}"))).collect();
+    let roles: Vec<(String, String)> = (0..6)
+        .map(|i| pg_role(&w, &format!("rk_k{i}"), &format!("c{i}")))
+        .collect();
     let creds: String = roles
         .iter()
         .enumerate()
-        .map(|(i, (r, _))| format!("  - {{ id: c{i}, provider: pg_slow, account: {r}, vault_path: PREFIX/c{i} }}\n"))
+        .map(|(i, (r, _))| {
+            format!(
+                "  - {{ id: c{i}, provider: pg_slow, account: {r}, vault_path: PREFIX/c{i} }}\n"
+            )
+        })
         .collect();
     // A slow instance (4 requests a second) keeps the run going long enough to be
     // killed between a password change and its promotion.
@@ -403,7 +466,10 @@ fn postgres_run_killed_mid_rotation_is_finished_by_resume() {
         let value = w.vault_value(&format!("c{i}"));
         assert_ne!(&value, old, "c{i} was not rotated");
         assert!(pg_login(&w, role, &value), "c{i}: Vault's password logs in");
-        assert!(!pg_login(&w, role, old), "c{i}: the old password is refused");
+        assert!(
+            !pg_login(&w, role, old),
+            "c{i}: the old password is refused"
+        );
     }
 }
 
@@ -422,9 +488,13 @@ fn my_opts(w: &World, user: &str, password: &str) -> mysql_async::Opts {
 fn my_admin(w: &World, sql: &str) {
     use mysql_async::prelude::Queryable;
     block(async {
-        let mut c = mysql_async::Conn::new(my_opts(w, &w.env["REKEY_MYSQL_ADMIN_USER"], &w.env["REKEY_MYSQL_ADMIN_PASSWORD"]))
-            .await
-            .unwrap();
+        let mut c = mysql_async::Conn::new(my_opts(
+            w,
+            &w.env["REKEY_MYSQL_ADMIN_USER"],
+            &w.env["REKEY_MYSQL_ADMIN_PASSWORD"],
+        ))
+        .await
+        .unwrap();
         c.query_drop(sql).await.unwrap();
         c.disconnect().await.unwrap();
     })
@@ -449,7 +519,12 @@ fn my_login(w: &World, user: &str, password: &str) -> bool {
 fn my_user(w: &World, base: &str, path: &str) -> (String, String) {
     let user = w.name(base);
     let password = random_hex(12);
-    my_admin(w, &format!("CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}', '{user}'@'%' IDENTIFIED BY '{password}'"));
+    my_admin(
+        w,
+        &format!(
+            "CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}', '{user}'@'%' IDENTIFIED BY '{password}'"
+        ),
+    );
     w.vault_put(path, json!({ "value": password }));
     (user, password)
 }
@@ -458,11 +533,18 @@ fn my_user(w: &World, base: &str, path: &str) -> (String, String) {
 fn my_hashes(w: &World, user: &str) -> Vec<(String, String)> {
     use mysql_async::prelude::Queryable;
     block(async {
-        let mut c = mysql_async::Conn::new(my_opts(w, &w.env["REKEY_MYSQL_ADMIN_USER"], &w.env["REKEY_MYSQL_ADMIN_PASSWORD"]))
-            .await
-            .unwrap();
+        let mut c = mysql_async::Conn::new(my_opts(
+            w,
+            &w.env["REKEY_MYSQL_ADMIN_USER"],
+            &w.env["REKEY_MYSQL_ADMIN_PASSWORD"],
+        ))
+        .await
+        .unwrap();
         let rows: Vec<(String, String)> = c
-            .exec("SELECT Host, authentication_string FROM mysql.user WHERE User = ? ORDER BY Host", (user,))
+            .exec(
+                "SELECT Host, authentication_string FROM mysql.user WHERE User = ? ORDER BY Host",
+                (user,),
+            )
             .await
             .unwrap();
         c.disconnect().await.unwrap();
@@ -474,7 +556,12 @@ fn my_hashes(w: &World, user: &str) -> Vec<(String, String)> {
 fn mysql_rotation_changes_every_host_part_and_stores_the_new_password_in_vault() {
     let w = World::new();
     let (user, old) = my_user(&w, "rk_app", "db");
-    let pb = w.playbook("p.yaml", "breach", "", &format!("  - {{ id: db, provider: my, account: {user}, vault_path: PREFIX/db }}\n"));
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        "",
+        &format!("  - {{ id: db, provider: my, account: {user}, vault_path: PREFIX/db }}\n"),
+    );
     let (code, summary, output) = w.run(&pb);
     assert_eq!(code, 0, "{output}");
     assert_eq!(outcome(&summary, "db"), "rotated");
@@ -486,8 +573,14 @@ fn mysql_rotation_changes_every_host_part_and_stores_the_new_password_in_vault()
     // Both host parts carry the same (new) password.
     let hashes = my_hashes(&w, &user);
     assert_eq!(hashes.len(), 2, "{hashes:?}");
-    assert_eq!(hashes[0].1, hashes[1].1, "host parts drifted apart: {hashes:?}");
-    assert!(!output.contains(new) && !output.contains(&old), "a password leaked into the output");
+    assert_eq!(
+        hashes[0].1, hashes[1].1,
+        "host parts drifted apart: {hashes:?}"
+    );
+    assert!(
+        !output.contains(new) && !output.contains(&old),
+        "a password leaked into the output"
+    );
 }
 
 #[test]
@@ -507,12 +600,19 @@ fn mysql_verify_failure_rolls_back_to_the_old_password() {
     assert_eq!(code, 1, "{output}");
     assert_eq!(outcome(&summary, "db"), "rolled_back", "{output}");
     assert!(my_login(&w, &user, &old), "the old password works");
-    assert_eq!(w.vault_get("db"), (json!({ "value": old }), 1), "Vault was not touched");
+    assert_eq!(
+        w.vault_get("db"),
+        (json!({ "value": old }), 1),
+        "Vault was not touched"
+    );
     let after = my_hashes(&w, &user);
     assert_eq!(before[0], after[0], "'localhost' untouched");
     // '%' has the old password again (same hash: mysql_native_password is unsalted).
     assert_eq!(before[1].0, after[1].0);
-    assert_eq!(after[0].1, after[1].1, "'%' was set back to the old password: {after:?}");
+    assert_eq!(
+        after[0].1, after[1].1,
+        "'%' was set back to the old password: {after:?}"
+    );
 }
 
 #[test]
@@ -549,24 +649,49 @@ fn mysql_plan_live_names_a_wrong_admin_password_a_missing_account_and_a_dead_ser
     };
     assert!(line("good").starts_with("ok"), "{}", out.stdout);
     let missing = line("missing");
-    assert!(missing.starts_with("FAIL") && missing.contains("no account for the user") && missing.contains("`account`"), "{missing}");
+    assert!(
+        missing.starts_with("FAIL")
+            && missing.contains("no account for the user")
+            && missing.contains("`account`"),
+        "{missing}"
+    );
     let nohost = line("nohost");
-    assert!(nohost.starts_with("FAIL") && nohost.contains("'10.9.9.9'") && nohost.contains("`hosts`"), "{nohost}");
+    assert!(
+        nohost.starts_with("FAIL") && nohost.contains("'10.9.9.9'") && nohost.contains("`hosts`"),
+        "{nohost}"
+    );
     let badpw = line("badpw");
-    assert!(badpw.starts_with("FAIL") && badpw.contains("rejected the admin login") && badpw.contains("REKEY_IT_BAD_MY_ADMIN"), "{badpw}");
+    assert!(
+        badpw.starts_with("FAIL")
+            && badpw.contains("rejected the admin login")
+            && badpw.contains("REKEY_IT_BAD_MY_ADMIN"),
+        "{badpw}"
+    );
     let down = line("down");
-    assert!(down.starts_with("FAIL") && down.contains("cannot reach MySQL at 127.0.0.1:1"), "{down}");
-    assert!(!out.stdout.contains("not-the-admin-password") && !out.stderr.contains("not-the-admin-password"));
+    assert!(
+        down.starts_with("FAIL") && down.contains("cannot reach MySQL at 127.0.0.1:1"),
+        "{down}"
+    );
+    assert!(
+        !out.stdout.contains("not-the-admin-password")
+            && !out.stderr.contains("not-the-admin-password")
+    );
 }
 
 #[test]
 fn mysql_run_killed_mid_rotation_is_finished_by_resume() {
     let w = World::new();
-    let users: Vec<(String, String)> = (0..6).map(|i| my_user(&w, &format!("rk_k{i}"), &format!("c{i}"))).collect();
+    let users: Vec<(String, String)> = (0..6)
+        .map(|i| my_user(&w, &format!("rk_k{i}"), &format!("c{i}")))
+        .collect();
     let creds: String = users
         .iter()
         .enumerate()
-        .map(|(i, (u, _))| format!("  - {{ id: c{i}, provider: my_slow, account: {u}, vault_path: PREFIX/c{i} }}\n"))
+        .map(|(i, (u, _))| {
+            format!(
+                "  - {{ id: c{i}, provider: my_slow, account: {u}, vault_path: PREFIX/c{i} }}\n"
+            )
+        })
         .collect();
     let e = &w.env;
     let extra = format!(
@@ -583,7 +708,10 @@ fn mysql_run_killed_mid_rotation_is_finished_by_resume() {
         let value = w.vault_value(&format!("c{i}"));
         assert_ne!(&value, old, "c{i} was not rotated");
         assert!(my_login(&w, user, &value), "c{i}: Vault's password logs in");
-        assert!(!my_login(&w, user, old), "c{i}: the old password is refused");
+        assert!(
+            !my_login(&w, user, old),
+            "c{i}: the old password is refused"
+        );
     }
 }
 
@@ -591,7 +719,10 @@ fn mysql_run_killed_mid_rotation_is_finished_by_resume() {
 
 async fn rd_conn(w: &World) -> redis::aio::MultiplexedConnection {
     use redis::IntoConnectionInfo;
-    let info = (w.env["REKEY_REDIS_HOST"].as_str(), w.env["REKEY_REDIS_PORT"].parse::<u16>().unwrap())
+    let info = (
+        w.env["REKEY_REDIS_HOST"].as_str(),
+        w.env["REKEY_REDIS_PORT"].parse::<u16>().unwrap(),
+    )
         .into_connection_info()
         .unwrap()
         .set_redis_settings(redis::RedisConnectionInfo::default().set_skip_set_lib_name());
@@ -618,7 +749,12 @@ fn rd(w: &World, args: &[&str]) -> redis::Value {
 fn rd_login(w: &World, user: &str, password: &str) -> bool {
     block(async {
         let mut c = rd_conn(w).await;
-        match redis::cmd("AUTH").arg(user).arg(password).query_async::<redis::Value>(&mut c).await {
+        match redis::cmd("AUTH")
+            .arg(user)
+            .arg(password)
+            .query_async::<redis::Value>(&mut c)
+            .await
+        {
             Ok(_) => true,
             Err(e) if e.code() == Some("WRONGPASS") => false,
             Err(e) => panic!("AUTH as {user}: {e}"),
@@ -634,8 +770,13 @@ fn sha256_hex(value: &str) -> String {
 /// The SHA-256 hashes of `user`'s passwords.
 fn rd_passwords(w: &World, user: &str) -> Vec<String> {
     let answer = rd(w, &["ACL", "GETUSER", user]);
-    let redis::Value::Array(items) = answer else { panic!("{answer:?}") };
-    let pos = items.iter().position(|v| matches!(v, redis::Value::BulkString(b) if b == b"passwords")).unwrap();
+    let redis::Value::Array(items) = answer else {
+        panic!("{answer:?}")
+    };
+    let pos = items
+        .iter()
+        .position(|v| matches!(v, redis::Value::BulkString(b) if b == b"passwords"))
+        .unwrap();
     match &items[pos + 1] {
         redis::Value::Array(a) => a
             .iter()
@@ -653,8 +794,22 @@ fn rd_passwords(w: &World, user: &str) -> Vec<String> {
 fn rd_user(w: &World, base: &str, path: &str, flags: &str) -> (String, String) {
     let user = w.name(base);
     let password = random_hex(16);
-    rd(w, &["ACL", "SETUSER", &user, flags, &format!(">{password}"), "~*", "+@all"]);
-    w.vault_put(path, json!({ "value": password, "key_id": &sha256_hex(&password)[..16] }));
+    rd(
+        w,
+        &[
+            "ACL",
+            "SETUSER",
+            &user,
+            flags,
+            &format!(">{password}"),
+            "~*",
+            "+@all",
+        ],
+    );
+    w.vault_put(
+        path,
+        json!({ "value": password, "key_id": &sha256_hex(&password)[..16] }),
+    );
     (user, password)
 }
 
@@ -662,21 +817,43 @@ fn rd_user(w: &World, base: &str, path: &str, flags: &str) -> (String, String) {
 fn redis_rotation_adds_a_password_then_removes_the_old_one() {
     let w = World::new();
     let (user, old) = rd_user(&w, "rk_app", "cache", "on");
-    let pb = w.playbook("p.yaml", "breach", "", &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"));
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        "",
+        &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"),
+    );
     let (code, summary, output) = w.run(&pb);
     assert_eq!(code, 0, "{output}");
     assert_eq!(outcome(&summary, "cache"), "rotated");
     let (data, version) = w.vault_get("cache");
     let new = data["value"].as_str().unwrap();
     assert_eq!(version, 2);
-    assert_eq!(data["key_id"], &sha256_hex(new)[..16], "Vault names the new password's key id");
+    assert_eq!(
+        data["key_id"],
+        &sha256_hex(new)[..16],
+        "Vault names the new password's key id"
+    );
     assert!(rd_login(&w, &user, new), "the new password works");
     assert!(!rd_login(&w, &user, &old), "the old password is retired");
-    assert_eq!(rd_passwords(&w, &user), vec![sha256_hex(new)], "exactly the new password is left");
+    assert_eq!(
+        rd_passwords(&w, &user),
+        vec![sha256_hex(new)],
+        "exactly the new password is left"
+    );
     // The tag record of the retired password is gone; the new one's remains.
-    let tags = format!("{:?}", rd(&w, &["ACL", "GETUSER", &format!("rekey-tags:{user}")]));
-    assert!(tags.contains(&sha256_hex(new)[..16]) && !tags.contains(&sha256_hex(&old)[..16]), "{tags}");
-    assert!(!output.contains(new) && !output.contains(&old), "a password leaked into the output");
+    let tags = format!(
+        "{:?}",
+        rd(&w, &["ACL", "GETUSER", &format!("rekey-tags:{user}")])
+    );
+    assert!(
+        tags.contains(&sha256_hex(new)[..16]) && !tags.contains(&sha256_hex(&old)[..16]),
+        "{tags}"
+    );
+    assert!(
+        !output.contains(new) && !output.contains(&old),
+        "a password leaked into the output"
+    );
 }
 
 #[test]
@@ -685,22 +862,43 @@ fn redis_verify_failure_removes_the_new_password_and_keeps_the_old() {
     // A disabled user (`off`) accepts ACL changes but refuses every AUTH, so the
     // new password is added and then fails verify.
     let (user, old) = rd_user(&w, "rk_vf", "cache", "off");
-    let pb = w.playbook("p.yaml", "routine", "", &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"));
+    let pb = w.playbook(
+        "p.yaml",
+        "routine",
+        "",
+        &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"),
+    );
     let (code, summary, output) = w.run(&pb);
     assert_eq!(code, 1, "{output}");
     assert_eq!(outcome(&summary, "cache"), "rolled_back", "{output}");
-    assert_eq!(rd_passwords(&w, &user), vec![sha256_hex(&old)], "only the old password is left");
+    assert_eq!(
+        rd_passwords(&w, &user),
+        vec![sha256_hex(&old)],
+        "only the old password is left"
+    );
     assert_eq!(w.vault_get("cache").1, 1, "Vault was not touched");
     rd(&w, &["ACL", "SETUSER", &user, "on"]);
     assert!(rd_login(&w, &user, &old), "the old password still works");
 }
 
 #[test]
-fn redis_plan_live_names_a_wrong_admin_password_a_missing_user_a_missing_aclfile_and_a_dead_server() {
+fn redis_plan_live_names_a_wrong_admin_password_a_missing_user_a_missing_aclfile_and_a_dead_server()
+{
     let w = World::new();
     let (user, _) = rd_user(&w, "rk_pf", "cache", "on");
     let admin = w.name("rk_adm");
-    rd(&w, &["ACL", "SETUSER", &admin, "on", ">right-admin-pw", "+@all", "~*"]);
+    rd(
+        &w,
+        &[
+            "ACL",
+            "SETUSER",
+            &admin,
+            "on",
+            ">right-admin-pw",
+            "+@all",
+            "~*",
+        ],
+    );
     let e = &w.env;
     let (h, p) = (&e["REKEY_REDIS_HOST"], &e["REKEY_REDIS_PORT"]);
     let extra = format!(
@@ -714,8 +912,14 @@ fn redis_plan_live_names_a_wrong_admin_password_a_missing_user_a_missing_aclfile
     );
     let out = rekey()
         .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
-        .env("REKEY_IT_RD_ADMIN", &json!({ "username": admin, "password": "right-admin-pw" }).to_string())
-        .env("REKEY_IT_BAD_RD_ADMIN", &json!({ "username": admin, "password": "not-the-admin-password" }).to_string())
+        .env(
+            "REKEY_IT_RD_ADMIN",
+            &json!({ "username": admin, "password": "right-admin-pw" }).to_string(),
+        )
+        .env(
+            "REKEY_IT_BAD_RD_ADMIN",
+            &json!({ "username": admin, "password": "not-the-admin-password" }).to_string(),
+        )
         .env("REKEY_IT_PG_ADMIN", "{}")
         .env("REKEY_IT_MY_ADMIN", "{}")
         .args(["plan", pb.to_str().unwrap(), "--live"])
@@ -732,26 +936,56 @@ fn redis_plan_live_names_a_wrong_admin_password_a_missing_user_a_missing_aclfile
     };
     assert!(line("good").starts_with("ok"), "{}", out.stdout);
     let missing = line("missing");
-    assert!(missing.starts_with("FAIL") && missing.contains("does not exist") && missing.contains("`account`"), "{missing}");
+    assert!(
+        missing.starts_with("FAIL")
+            && missing.contains("does not exist")
+            && missing.contains("`account`"),
+        "{missing}"
+    );
     let badpw = line("badpw");
-    assert!(badpw.starts_with("FAIL") && badpw.contains("rejected the admin login") && badpw.contains("REKEY_IT_BAD_RD_ADMIN"), "{badpw}");
+    assert!(
+        badpw.starts_with("FAIL")
+            && badpw.contains("rejected the admin login")
+            && badpw.contains("REKEY_IT_BAD_RD_ADMIN"),
+        "{badpw}"
+    );
     let noaclfile = line("noaclfile");
-    assert!(noaclfile.starts_with("FAIL") && noaclfile.contains("no aclfile") && noaclfile.contains("persist"), "{noaclfile}");
+    assert!(
+        noaclfile.starts_with("FAIL")
+            && noaclfile.contains("no aclfile")
+            && noaclfile.contains("persist"),
+        "{noaclfile}"
+    );
     let down = line("down");
-    assert!(down.starts_with("FAIL") && down.contains("cannot reach Redis at 127.0.0.1:1"), "{down}");
-    assert!(!out.stdout.contains("not-the-admin-password") && !out.stderr.contains("not-the-admin-password"));
+    assert!(
+        down.starts_with("FAIL") && down.contains("cannot reach Redis at 127.0.0.1:1"),
+        "{down}"
+    );
+    assert!(
+        !out.stdout.contains("not-the-admin-password")
+            && !out.stderr.contains("not-the-admin-password")
+    );
     // The missing user was not created by the check.
-    assert_eq!(rd(&w, &["ACL", "GETUSER", &format!("nobody_{}", w.suffix)]), redis::Value::Nil);
+    assert_eq!(
+        rd(&w, &["ACL", "GETUSER", &format!("nobody_{}", w.suffix)]),
+        redis::Value::Nil
+    );
 }
 
 #[test]
 fn redis_run_killed_mid_rotation_is_finished_by_resume() {
     let w = World::new();
-    let users: Vec<(String, String)> = (0..6).map(|i| rd_user(&w, &format!("rk_k{i}"), &format!("c{i}"), "on")).collect();
+    let users: Vec<(String, String)> = (0..6)
+        .map(|i| rd_user(&w, &format!("rk_k{i}"), &format!("c{i}"), "on"))
+        .collect();
     let creds: String = users
         .iter()
         .enumerate()
-        .map(|(i, (u, _))| format!("  - {{ id: c{i}, provider: rd_slow, account: {u}, vault_path: PREFIX/c{i} }}\n"))
+        .map(|(i, (u, _))| {
+            format!(
+                "  - {{ id: c{i}, provider: rd_slow, account: {u}, vault_path: PREFIX/c{i} }}\n"
+            )
+        })
         .collect();
     let e = &w.env;
     let extra = format!(
@@ -768,7 +1002,14 @@ fn redis_run_killed_mid_rotation_is_finished_by_resume() {
         let value = w.vault_value(&format!("c{i}"));
         assert_ne!(&value, old, "c{i} was not rotated");
         assert!(rd_login(&w, user, &value), "c{i}: Vault's password works");
-        assert!(!rd_login(&w, user, old), "c{i}: the old password is retired");
-        assert_eq!(rd_passwords(&w, user), vec![sha256_hex(&value)], "c{i}: orphan or leftover passwords");
+        assert!(
+            !rd_login(&w, user, old),
+            "c{i}: the old password is retired"
+        );
+        assert_eq!(
+            rd_passwords(&w, user),
+            vec![sha256_hex(&value)],
+            "c{i}: orphan or leftover passwords"
+        );
     }
 }

@@ -97,7 +97,9 @@ impl MysqlClient {
                     1044 | 1142 | 1227 => fatal(
                         "permission denied; the admin account needs CREATE USER (or UPDATE on the mysql schema)",
                     ),
-                    1396 => fatal("the account does not exist; fix the credential's `account` or `hosts`"),
+                    1396 => fatal(
+                        "the account does not exist; fix the credential's `account` or `hosts`",
+                    ),
                     1040 | 1203 | 1205 | 1213 | 2006 | 2013 => ProviderError::Transient(format!(
                         "MySQL at {at}: {what}: server busy or connection lost (error {})",
                         s.code

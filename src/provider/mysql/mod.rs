@@ -75,8 +75,20 @@ impl Mysql {
                 if !missing.is_empty() || wanted.is_empty() {
                     return Err(ProviderError::Fatal(format!(
                         "MySQL at {at}: the account(s) {} do not exist (the server has {}); fix the credential's `hosts`",
-                        missing.iter().map(|h| format!("'{user}'@'{h}'")).collect::<Vec<_>>().join(", "),
-                        if found.is_empty() { "none for this user".to_owned() } else { found.iter().map(|h| format!("'{user}'@'{h}'")).collect::<Vec<_>>().join(", ") }
+                        missing
+                            .iter()
+                            .map(|h| format!("'{user}'@'{h}'"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if found.is_empty() {
+                            "none for this user".to_owned()
+                        } else {
+                            found
+                                .iter()
+                                .map(|h| format!("'{user}'@'{h}'"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
                     )));
                 }
                 Ok(wanted)
@@ -104,7 +116,10 @@ impl Provider for Mysql {
         let hosts = self.hosts(&mut conn, user, target).await?;
         // Backslashes are the one character whose meaning depends on the session.
         let mut escapes = true;
-        if new.expose().contains('\\') || user.contains('\\') || hosts.iter().any(|h| h.contains('\\')) {
+        if new.expose().contains('\\')
+            || user.contains('\\')
+            || hosts.iter().any(|h| h.contains('\\'))
+        {
             let mode: Option<String> = conn
                 .query_first("SELECT @@SESSION.sql_mode")
                 .await

@@ -34,7 +34,10 @@ impl PgClient {
         }
     }
 
-    fn tls(&self, ca_file: Option<&std::path::Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ProviderError> {
+    fn tls(
+        &self,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ProviderError> {
         self.tls
             .get_or_init(|| tls_connector(ca_file))
             .clone()
@@ -60,12 +63,15 @@ impl PgClient {
         let connected = match &self.cfg.ssl {
             SslMode::Disable => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                config.connect(tokio_postgres::NoTls).await.map(|(c, conn)| {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    c
-                })
+                config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map(|(c, conn)| {
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        c
+                    })
             }
             SslMode::VerifyFull { ca_file } => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
@@ -80,7 +86,9 @@ impl PgClient {
         };
         connected.map_err(|e| match sqlstate(&e).as_deref() {
             Some("28P01") => LoginError::Rejected,
-            _ => LoginError::Other(self.classify(&e, &format!("login as `{user}` on database `{database}`"))),
+            _ => LoginError::Other(
+                self.classify(&e, &format!("login as `{user}` on database `{database}`")),
+            ),
         })
     }
 
@@ -136,15 +144,27 @@ impl PgClient {
                 "cannot reach PostgreSQL at {at} ({what}): {cause}; check `host`, `port` and that the server is up"
             ));
         };
-        let fatal = |m: &str| ProviderError::Fatal(format!("PostgreSQL at {at}: {what}: {m} (SQLSTATE {code})"));
+        let fatal = |m: &str| {
+            ProviderError::Fatal(format!("PostgreSQL at {at}: {what}: {m} (SQLSTATE {code})"))
+        };
         match code.as_str() {
             "28P01" => fatal("password authentication failed"),
             "28000" => fatal("login refused by pg_hba.conf or the role cannot log in"),
             "3D000" => fatal("the database does not exist; fix the `database` setting"),
             "42704" => fatal("the role does not exist; fix the credential's `account`"),
-            "42501" => fatal("permission denied; the admin role needs CREATEROLE (or superuser), and a login needs CONNECT on the database"),
-            c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c == "40001" || c == "40P01" || c == "55P03" => {
-                ProviderError::Transient(format!("PostgreSQL at {at}: {what}: server busy or restarting (SQLSTATE {code})"))
+            "42501" => fatal(
+                "permission denied; the admin role needs CREATEROLE (or superuser), and a login needs CONNECT on the database",
+            ),
+            c if c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+                || c == "40001"
+                || c == "40P01"
+                || c == "55P03" =>
+            {
+                ProviderError::Transient(format!(
+                    "PostgreSQL at {at}: {what}: server busy or restarting (SQLSTATE {code})"
+                ))
             }
             _ => fatal("the server refused the statement"),
         }
@@ -177,7 +197,9 @@ fn tls_connector(
         }
     }
     if roots.is_empty() {
-        return Err("no trusted CA certificates (none in the system store and no `ca_file`)".into());
+        return Err(
+            "no trusted CA certificates (none in the system store and no `ca_file`)".into(),
+        );
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),

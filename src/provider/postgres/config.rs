@@ -38,7 +38,8 @@ impl PgConfig {
         settings: &IndexMap<String, Value>,
         admin: Option<&Admin>,
     ) -> Result<PgConfig, ProviderError> {
-        let fatal = |m: String| ProviderError::Fatal(format!("postgres instance `{instance}`: {m}"));
+        let fatal =
+            |m: String| ProviderError::Fatal(format!("postgres instance `{instance}`: {m}"));
         let text = |k: &str| match settings.get(k) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),

@@ -59,7 +59,10 @@ impl Postgres {
     async fn role_can_login(&self, role: &str) -> Result<bool, ProviderError> {
         let admin = self.client.admin().await?;
         let row = admin
-            .query_opt("SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = $1", &[&role])
+            .query_opt(
+                "SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&role],
+            )
             .await;
         let row = match row {
             Ok(r) => {

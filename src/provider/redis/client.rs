@@ -111,7 +111,11 @@ impl RedisClient {
     /// command echo.
     pub fn classify(&self, e: &::redis::RedisError, what: &str) -> ProviderError {
         let at = self.cfg.address();
-        if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped() {
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+        {
             return ProviderError::Transient(format!(
                 "cannot reach Redis at {at} ({what}); check `host`, `port` and that the server is up"
             ));
@@ -123,11 +127,18 @@ impl RedisClient {
             Some("NOPERM") => ProviderError::Fatal(format!(
                 "Redis at {at}: {what}: the admin user lacks permission; it needs the `acl` commands (+acl) and, to persist, `config`"
             )),
-            Some("WRONGPASS") => ProviderError::Fatal(format!("Redis at {at}: {what}: login refused")),
-            Some("LOADING") | Some("BUSY") | Some("TRYAGAIN") | Some("MASTERDOWN") => {
-                ProviderError::Transient(format!("Redis at {at}: {what}: server busy ({})", e.code().unwrap_or("")))
+            Some("WRONGPASS") => {
+                ProviderError::Fatal(format!("Redis at {at}: {what}: login refused"))
             }
-            Some(code) => ProviderError::Fatal(format!("Redis at {at}: {what}: the server answered {code}")),
+            Some("LOADING") | Some("BUSY") | Some("TRYAGAIN") | Some("MASTERDOWN") => {
+                ProviderError::Transient(format!(
+                    "Redis at {at}: {what}: server busy ({})",
+                    e.code().unwrap_or("")
+                ))
+            }
+            Some(code) => {
+                ProviderError::Fatal(format!("Redis at {at}: {what}: the server answered {code}"))
+            }
             None => ProviderError::Fatal(format!("Redis at {at}: {what}: unexpected answer")),
         }
     }

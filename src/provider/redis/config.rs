@@ -73,11 +73,17 @@ impl RedisConfig {
         };
         let (admin_user, admin_password, admin_origin) = match admin {
             Some(a) => (
-                a.get("username").or_else(|| a.get("user")).map(|s| s.expose().to_owned()),
+                a.get("username")
+                    .or_else(|| a.get("user"))
+                    .map(|s| s.expose().to_owned()),
                 a.get("password").or_else(|| a.get("value")).cloned(),
                 a.origin.clone(),
             ),
-            None => (None, None, "no admin credential (the `default` user)".into()),
+            None => (
+                None,
+                None,
+                "no admin credential (the `default` user)".into(),
+            ),
         };
         Ok(RedisConfig {
             host,

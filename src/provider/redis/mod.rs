@@ -137,7 +137,11 @@ impl Redis {
         cmd.arg("GETUSER").arg(tag_user(user));
         let answer = self.client.query(&cmd, "ACL GETUSER (tags)").await?;
         let fields = fields(answer);
-        let patterns: Vec<String> = match fields.into_iter().find(|(k, _)| k == "keys").map(|(_, v)| v) {
+        let patterns: Vec<String> = match fields
+            .into_iter()
+            .find(|(k, _)| k == "keys")
+            .map(|(_, v)| v)
+        {
             Some(Value::Array(a)) => a.iter().filter_map(text).collect(),
             Some(v) => text(&v)
                 .map(|t| t.split_whitespace().map(str::to_owned).collect())
@@ -161,7 +165,10 @@ impl Redis {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         // Key patterns end at whitespace; a tag never holds any, but be safe.
-        let tag: String = tag.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect();
+        let tag: String = tag
+            .chars()
+            .map(|c| if c.is_whitespace() { '_' } else { c })
+            .collect();
         let mut cmd = ::redis::cmd("ACL");
         cmd.arg("SETUSER")
             .arg(tag_user(user))
@@ -169,7 +176,10 @@ impl Redis {
             .arg("-@all")
             .arg("resetchannels")
             .arg(format!("~{TAG_PATTERN}{key_id}:{now}:{tag}"));
-        self.client.query(&cmd, "ACL SETUSER (record tag)").await.map(|_| ())
+        self.client
+            .query(&cmd, "ACL SETUSER (record tag)")
+            .await
+            .map(|_| ())
     }
 
     async fn forget_tag(&self, user: &str, key_id: &str) -> Result<(), ProviderError> {
@@ -186,9 +196,15 @@ impl Redis {
         if keep.is_empty() {
             cmd.arg("DELUSER").arg(tag_user(user));
         } else {
-            cmd.arg("SETUSER").arg(tag_user(user)).arg("resetkeys").arg(keep);
+            cmd.arg("SETUSER")
+                .arg(tag_user(user))
+                .arg("resetkeys")
+                .arg(keep);
         }
-        self.client.query(&cmd, "ACL SETUSER (forget tag)").await.map(|_| ())
+        self.client
+            .query(&cmd, "ACL SETUSER (forget tag)")
+            .await
+            .map(|_| ())
     }
 }
 
@@ -231,7 +247,10 @@ impl Provider for Redis {
             let answer = self.client.query(&cmd, "CONFIG GET aclfile").await?;
             let configured = match &answer {
                 Value::Array(a) => a.get(1).and_then(text).is_some_and(|f| !f.is_empty()),
-                Value::Map(m) => m.first().and_then(|(_, v)| text(v)).is_some_and(|f| !f.is_empty()),
+                Value::Map(m) => m
+                    .first()
+                    .and_then(|(_, v)| text(v))
+                    .is_some_and(|f| !f.is_empty()),
                 _ => false,
             };
             if !configured {
@@ -273,11 +292,14 @@ impl Provider for Redis {
         let id = key_id(&secret);
         self.record_tag(user, &id, tag).await?;
         let rule = zeroize::Zeroizing::new(format!(">{}", secret.expose()));
-        self.setuser(user, &rule, "ACL SETUSER (add password)").await?;
+        self.setuser(user, &rule, "ACL SETUSER (add password)")
+            .await?;
         if let Err(e) = self.persist().await {
             // Do not leave a password behind that the caller will never learn of.
             let hash = hex::encode(Sha256::digest(secret.expose().as_bytes()));
-            let _ = self.setuser(user, &format!("!{hash}"), "ACL SETUSER (undo)").await;
+            let _ = self
+                .setuser(user, &format!("!{hash}"), "ACL SETUSER (undo)")
+                .await;
             return Err(e);
         }
         Ok(Issued { key_id: id, secret })
