@@ -18,6 +18,9 @@ pub fn supports(type_name: &str) -> bool {
             | "vault_userpass"
             | "ldap"
             | "ssh"
+            | "postgres"
+            | "mysql"
+            | "redis"
     ) || http_type(type_name).is_some()
 }
 
@@ -36,7 +39,6 @@ pub fn build(
     instance: &ProviderInstance,
     admin: Option<Admin>,
 ) -> Result<Arc<dyn Provider>, ProviderError> {
-    let _ = &admin;
     match instance.type_name.as_str() {
         "sandbox" => Ok(Arc::new(
             super::sandbox::Sandbox::from_settings(Kind::Dual, &instance.settings)?
@@ -72,6 +74,21 @@ pub fn build(
             instance,
             http_type(other).expect("checked by the guard"),
             admin,
+        )?)),
+        "postgres" => Ok(Arc::new(super::postgres::Postgres::new(
+            &instance.name,
+            &instance.settings,
+            admin.as_ref(),
+        )?)),
+        "mysql" => Ok(Arc::new(super::mysql::Mysql::new(
+            &instance.name,
+            &instance.settings,
+            admin.as_ref(),
+        )?)),
+        "redis" => Ok(Arc::new(super::redis::Redis::new(
+            &instance.name,
+            &instance.settings,
+            admin.as_ref(),
         )?)),
         other => Err(ProviderError::Fatal(format!(
             "provider type `{other}` (instance `{}`) cannot rotate credentials in this build yet; `rekey providers` lists what can",

@@ -393,12 +393,12 @@ fn no_secret_value_reaches_the_journal_or_the_output() {
 #[test]
 fn run_refuses_provider_types_it_cannot_drive_before_changing_anything() {
     let s = Scenario::new();
-    let pb = s.playbook_text("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n").replace("credentials:\n", "  pg: { type: postgres, settings: { host: db }, admin: { env: PG_ADMIN } }\ncredentials:\n  - { id: db, provider: pg, account: x, vault_path: PREFIX/db }\n");
+    let pb = s.playbook_text("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n").replace("credentials:\n", "  dd: { type: datadog_api_key, admin: { env: DD_ADMIN } }\ncredentials:\n  - { id: db, provider: dd, account: x, vault_path: PREFIX/db }\n");
     std::fs::write(pb_path(&s), &pb).unwrap();
     let (code, _, stderr) = s.run(pb_path(&s).to_str().unwrap(), &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("`postgres`") && stderr.contains("nothing was changed"),
+        stderr.contains("`datadog_api_key`") && stderr.contains("nothing was changed"),
         "{stderr}"
     );
     assert!(s.vault("api")["data"].is_null());

@@ -15,6 +15,7 @@ mod loader_props;
 mod providers_aws;
 mod providers_vault;
 mod providers_hosts;
+mod providers_sql;
 mod services;
 mod store_vault;
 mod support;

@@ -1,0 +1,212 @@
+//! The PostgreSQL wire side: admin sessions (kept in a small pool, so concurrent
+//! rotations of one instance do not pay a login each), fresh logins for verify,
+//! and the mapping of server errors to `ProviderError` built from SQLSTATE codes
+//! (server messages can quote the statement, which holds the password).
+
+use super::config::{PgConfig, SslMode};
+use crate::provider::ProviderError;
+use crate::secret::Secret;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio_postgres::Client;
+
+/// Admin sessions kept open between calls; more are opened on demand.
+const MAX_IDLE: usize = 16;
+
+pub struct PgClient {
+    pub cfg: PgConfig,
+    idle: Mutex<Vec<Client>>,
+    tls: OnceLock<Result<tokio_postgres_rustls::MakeRustlsConnect, String>>,
+}
+
+/// Why a login did not succeed.
+pub enum LoginError {
+    /// The server answered and refused the password (SQLSTATE 28P01).
+    Rejected,
+    Other(ProviderError),
+}
+
+impl PgClient {
+    pub fn new(cfg: PgConfig) -> PgClient {
+        PgClient {
+            cfg,
+            idle: Mutex::new(Vec::new()),
+            tls: OnceLock::new(),
+        }
+    }
+
+    fn tls(
+        &self,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ProviderError> {
+        self.tls
+            .get_or_init(|| tls_connector(ca_file))
+            .clone()
+            .map_err(|m| ProviderError::Fatal(format!("PostgreSQL at {}: {m}", self.cfg.address())))
+    }
+
+    /// Opens a session as `user` on `database`.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &Secret,
+        database: &str,
+    ) -> Result<Client, LoginError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.cfg.host)
+            .port(self.cfg.port)
+            .user(user)
+            .password(password.expose())
+            .dbname(database)
+            .application_name("rekey")
+            .connect_timeout(self.cfg.connect_timeout);
+        let connected = match &self.cfg.ssl {
+            SslMode::Disable => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map(|(c, conn)| {
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        c
+                    })
+            }
+            SslMode::VerifyFull { ca_file } => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let tls = self.tls(ca_file.as_deref()).map_err(LoginError::Other)?;
+                config.connect(tls).await.map(|(c, conn)| {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    c
+                })
+            }
+        };
+        connected.map_err(|e| match sqlstate(&e).as_deref() {
+            Some("28P01") => LoginError::Rejected,
+            _ => LoginError::Other(
+                self.classify(&e, &format!("login as `{user}` on database `{database}`")),
+            ),
+        })
+    }
+
+    /// An admin session from the pool, or a new one.
+    pub async fn admin(&self) -> Result<Client, ProviderError> {
+        loop {
+            let next = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match next {
+                Some(c) if !c.is_closed() => return Ok(c),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let cfg = &self.cfg;
+        self.login(&cfg.admin_user, &cfg.admin_password, &cfg.database)
+            .await
+            .map_err(|e| match e {
+                LoginError::Rejected => ProviderError::Fatal(format!(
+                    "PostgreSQL at {} rejected the admin login of `{}` (wrong password); fix the admin credential from {}",
+                    cfg.address(),
+                    cfg.admin_user,
+                    cfg.admin_origin
+                )),
+                LoginError::Other(e) => e,
+            })
+    }
+
+    /// Returns a healthy admin session to the pool.
+    pub fn release(&self, client: Client) {
+        if client.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(client);
+        }
+    }
+
+    /// Maps a client error to a `ProviderError` that says what failed, where, and
+    /// what to do, from the SQLSTATE code (never from the server's message).
+    pub fn classify(&self, e: &tokio_postgres::Error, what: &str) -> ProviderError {
+        let at = self.cfg.address();
+        let Some(code) = sqlstate(e) else {
+            // No answer from the server: refused, reset, timed out, TLS failure.
+            // These messages come from the client library and hold no SQL.
+            let mut cause = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                cause = format!("{cause}: {s}");
+                source = s.source();
+            }
+            return ProviderError::Transient(format!(
+                "cannot reach PostgreSQL at {at} ({what}): {cause}; check `host`, `port` and that the server is up"
+            ));
+        };
+        let fatal = |m: &str| {
+            ProviderError::Fatal(format!("PostgreSQL at {at}: {what}: {m} (SQLSTATE {code})"))
+        };
+        match code.as_str() {
+            "28P01" => fatal("password authentication failed"),
+            "28000" => fatal("login refused by pg_hba.conf or the role cannot log in"),
+            "3D000" => fatal("the database does not exist; fix the `database` setting"),
+            "42704" => fatal("the role does not exist; fix the credential's `account`"),
+            "42501" => fatal(
+                "permission denied; the admin role needs CREATEROLE (or superuser), and a login needs CONNECT on the database",
+            ),
+            c if c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+                || c == "40001"
+                || c == "40P01"
+                || c == "55P03" =>
+            {
+                ProviderError::Transient(format!(
+                    "PostgreSQL at {at}: {what}: server busy or restarting (SQLSTATE {code})"
+                ))
+            }
+            _ => fatal("the server refused the statement"),
+        }
+    }
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_owned())
+}
+
+/// TLS with certificate and host name checks: the system roots plus `ca_file`.
+fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read `ca_file` {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("`ca_file` {} is not PEM certificates: {e}", path.display()))?;
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("`ca_file` {}: {e}", path.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(
+            "no trusted CA certificates (none in the system store and no `ca_file`)".into(),
+        );
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup failed: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}

@@ -1,0 +1,1015 @@
+//! The native `postgres`, `mysql` and `redis` providers against the real servers
+//! `scripts/services` starts, through the real `rekey` binary: full rotations, a
+//! verify failure rolled back, preflight errors from `plan --live`, and a run
+//! killed mid-rotation and finished by `rekey resume`. Each test makes its own
+//! roles/users (random suffix) so tests run in parallel.
+
+use crate::support::rekey;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+fn services() -> HashMap<String, String> {
+    let text = std::fs::read_to_string(crate::support::repo_root().join("target/services/env"))
+        .expect("start the services with scripts/services up (scripts/test does)");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
+}
+
+fn block<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// Minimal HTTP/1.0 client for the OpenBao API (tests only).
+fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {
+    use std::io::{Read, Write};
+    let host = addr.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\nX-Vault-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(json).unwrap_or(Value::Null)
+}
+
+/// One test's world: a temp dir (playbooks, journal), a Vault prefix and a
+/// random suffix for the names it creates on the servers.
+struct World {
+    dir: tempfile::TempDir,
+    prefix: String,
+    suffix: String,
+    env: HashMap<String, String>,
+}
+
+impl World {
+    fn new() -> World {
+        let suffix = random_hex(4);
+        World {
+            dir: tempfile::tempdir().unwrap(),
+            prefix: format!("it-sql-{suffix}"),
+            suffix,
+            env: services(),
+        }
+    }
+
+    fn name(&self, base: &str) -> String {
+        format!("{base}_{}", self.suffix)
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.dir.path().join("journal.db")
+    }
+
+    /// The provider instances every test may use; admin credentials come from
+    /// environment variables set by `command`.
+    fn providers(&self) -> String {
+        let e = &self.env;
+        format!(
+            "  pg: {{ type: postgres, admin: {{ env: REKEY_IT_PG_ADMIN }}, settings: {{ host: \"{}\", port: {}, sslmode: disable }} }}\n  my: {{ type: mysql, admin: {{ env: REKEY_IT_MY_ADMIN }}, settings: {{ host: \"{}\", port: {}, tls: disabled }} }}\n  rd: {{ type: redis, settings: {{ host: \"{}\", port: {}, persist: none }} }}\n",
+            e["REKEY_PG_HOST"],
+            e["REKEY_PG_PORT"],
+            e["REKEY_MYSQL_HOST"],
+            e["REKEY_MYSQL_PORT"],
+            e["REKEY_REDIS_HOST"],
+            e["REKEY_REDIS_PORT"],
+        )
+    }
+
+    fn playbook(
+        &self,
+        file: &str,
+        mode: &str,
+        extra_providers: &str,
+        credentials: &str,
+    ) -> PathBuf {
+        let text = format!(
+            "version: 1\nname: sql-providers\nincident: {{ mode: {mode} }}\nvault: {{ address: \"{}\" }}\nproviders:\n{}{extra_providers}credentials:\n{}",
+            self.env["VAULT_ADDR"],
+            self.providers(),
+            credentials.replace("PREFIX", &self.prefix)
+        );
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn command(&self, args: &[&str]) -> crate::support::Output {
+        let e = &self.env;
+        rekey()
+            .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+            .env(
+                "REKEY_IT_PG_ADMIN",
+                &json!({ "username": e["REKEY_PG_ADMIN_USER"], "password": e["REKEY_PG_ADMIN_PASSWORD"] }).to_string(),
+            )
+            .env(
+                "REKEY_IT_MY_ADMIN",
+                &json!({ "username": e["REKEY_MYSQL_ADMIN_USER"], "password": e["REKEY_MYSQL_ADMIN_PASSWORD"] }).to_string(),
+            )
+            .env(
+                "REKEY_IT_BAD_ADMIN",
+                &json!({ "username": e["REKEY_PG_ADMIN_USER"], "password": "not-the-admin-password" }).to_string(),
+            )
+            .args(args)
+            .run()
+    }
+
+    fn run(&self, playbook: &Path) -> (i32, Value, String) {
+        let out = self.command(&[
+            "run",
+            playbook.to_str().unwrap(),
+            "--journal",
+            self.journal().to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
+        let summary = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+        (out.code, summary, format!("{}\n{}", out.stdout, out.stderr))
+    }
+
+    fn spawn_run(&self, playbook: &Path) -> std::process::Child {
+        let e = &self.env;
+        std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+            .args([
+                "run",
+                playbook.to_str().unwrap(),
+                "--journal",
+                self.journal().to_str().unwrap(),
+                "--format",
+                "json",
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+            .env(
+                "REKEY_IT_PG_ADMIN",
+                json!({ "username": e["REKEY_PG_ADMIN_USER"], "password": e["REKEY_PG_ADMIN_PASSWORD"] }).to_string(),
+            )
+            .env(
+                "REKEY_IT_MY_ADMIN",
+                json!({ "username": e["REKEY_MYSQL_ADMIN_USER"], "password": e["REKEY_MYSQL_ADMIN_PASSWORD"] }).to_string(),
+            )
+            .current_dir(crate::support::repo_root())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn resume(&self) -> crate::support::Output {
+        self.command(&[
+            "resume",
+            "--journal",
+            self.journal().to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+    }
+
+    fn plan_live(&self, playbook: &Path) -> crate::support::Output {
+        self.command(&["plan", playbook.to_str().unwrap(), "--live"])
+    }
+
+    fn vault_put(&self, path: &str, data: Value) {
+        let answer = http(
+            &self.env["VAULT_ADDR"],
+            "POST",
+            &format!("/v1/secret/data/{}/{path}", self.prefix),
+            &self.env["VAULT_TOKEN"],
+            Some(&json!({ "data": data })),
+        );
+        assert!(answer["data"]["version"].is_u64(), "{answer}");
+    }
+
+    /// `data` of the latest version, and the version.
+    fn vault_get(&self, path: &str) -> (Value, u64) {
+        let v = http(
+            &self.env["VAULT_ADDR"],
+            "GET",
+            &format!("/v1/secret/data/{}/{path}", self.prefix),
+            &self.env["VAULT_TOKEN"],
+            None,
+        );
+        (
+            v["data"]["data"].clone(),
+            v["data"]["metadata"]["version"].as_u64().unwrap_or(0),
+        )
+    }
+
+    fn vault_value(&self, path: &str) -> String {
+        self.vault_get(path).0["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no value at {path}"))
+            .to_owned()
+    }
+
+    /// Waits (up to 60 s) until the latest run in the journal satisfies `ready`.
+    fn wait_for(&self, ready: impl Fn(&[rekey::journal::CredentialRow]) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok(j) = rekey::journal::Journal::open(&self.journal())
+                && let Some(run) = j.runs().ok().and_then(|r| r.into_iter().next())
+                && let Ok(states) = j.states(&run.id)
+                && ready(&states)
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the run never reached the expected point");
+    }
+}
+
+fn outcome(summary: &Value, id: &str) -> String {
+    summary["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results in {summary}"))
+        .iter()
+        .find(|r| r["id"] == id)
+        .map(|r| r["outcome"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Kills a child process even when the test fails first.
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+async fn pg_session(
+    w: &World,
+    user: &str,
+    password: &str,
+    database: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&w.env["REKEY_PG_HOST"])
+        .port(w.env["REKEY_PG_PORT"].parse().unwrap())
+        .user(user)
+        .password(password)
+        .dbname(database);
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+fn pg_admin(w: &World, sql: &str) {
+    block(async {
+        let admin = pg_session(
+            w,
+            &w.env["REKEY_PG_ADMIN_USER"],
+            &w.env["REKEY_PG_ADMIN_PASSWORD"],
+            "postgres",
+        )
+        .await
+        .unwrap();
+        admin.batch_execute(sql).await.unwrap();
+    })
+}
+
+/// Whether `user` logs in with `password`; panics on anything but success or
+/// a refused password.
+fn pg_login(w: &World, user: &str, password: &str) -> bool {
+    block(async {
+        match pg_session(w, user, password, "postgres").await {
+            Ok(_) => true,
+            Err(e) if e.code().map(|c| c.code()) == Some("28P01") => false,
+            Err(e) => panic!("login as {user}: {e}"),
+        }
+    })
+}
+
+/// A login role with a random password, also stored in Vault at `path`.
+fn pg_role(w: &World, base: &str, path: &str) -> (String, String) {
+    let role = w.name(base);
+    let password = random_hex(12);
+    pg_admin(
+        w,
+        &format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+    );
+    w.vault_put(path, json!({ "value": password }));
+    (role, password)
+}
+
+#[test]
+fn postgres_rotation_sets_a_new_password_that_logs_in_and_is_stored_in_vault() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_app", "db");
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        "",
+        &format!("  - {{ id: db, provider: pg, account: {role}, vault_path: PREFIX/db }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated");
+    let (data, version) = w.vault_get("db");
+    let new = data["value"].as_str().unwrap();
+    assert_eq!(version, 2);
+    assert_ne!(new, old);
+    assert!(pg_login(&w, &role, new), "the new password logs in");
+    assert!(!pg_login(&w, &role, &old), "the old password is refused");
+    assert!(
+        !output.contains(new) && !output.contains(&old),
+        "a password leaked into the output"
+    );
+    let journal = std::fs::read(w.journal()).unwrap();
+    assert!(
+        !journal.windows(new.len()).any(|x| x == new.as_bytes()),
+        "the new password is in the journal"
+    );
+}
+
+#[test]
+fn postgres_verify_failure_rolls_back_to_the_old_password() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_vf", "db");
+    // The role may not connect to this database, so the verify login fails after
+    // the change went through: a real failure, not an injected one.
+    let closed = w.name("closed_db");
+    pg_admin(&w, &format!("CREATE DATABASE {closed}"));
+    pg_admin(
+        &w,
+        &format!("REVOKE CONNECT ON DATABASE {closed} FROM PUBLIC"),
+    );
+    let pb = w.playbook(
+        "p.yaml",
+        "routine",
+        "",
+        &format!("  - {{ id: db, provider: pg, account: {role}, vault_path: PREFIX/db, settings: {{ verify_database: {closed} }} }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    pg_admin(&w, &format!("DROP DATABASE {closed}"));
+    assert_eq!(code, 1, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rolled_back", "{output}");
+    assert!(pg_login(&w, &role, &old), "the old password works again");
+    assert_eq!(
+        w.vault_get("db"),
+        (json!({ "value": old }), 1),
+        "Vault was not touched"
+    );
+    // The journal says why verify failed, in words an operator can act on.
+    let j = rekey::journal::Journal::open(&w.journal()).unwrap();
+    let run = j.runs().unwrap().into_iter().next().unwrap();
+    let verifies = serde_json::to_string(
+        &j.intents(&run.id, "db")
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.step == "verify")
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(verifies.contains("permission denied"), "{verifies}");
+}
+
+#[test]
+fn postgres_plan_live_names_a_wrong_admin_password_a_missing_role_and_a_dead_server() {
+    let w = World::new();
+    let (role, _) = pg_role(&w, "rk_pf", "db");
+    let e = &w.env;
+    let extra = format!(
+        "  pg_badpw: {{ type: postgres, admin: {{ env: REKEY_IT_BAD_ADMIN }}, settings: {{ host: \"{h}\", port: {p}, sslmode: disable }} }}\n  pg_down: {{ type: postgres, admin: {{ env: REKEY_IT_PG_ADMIN }}, settings: {{ host: \"127.0.0.1\", port: 1, sslmode: disable }} }}\n",
+        h = e["REKEY_PG_HOST"],
+        p = e["REKEY_PG_PORT"]
+    );
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &extra,
+        &format!("  - {{ id: good, provider: pg, account: {role}, vault_path: PREFIX/db }}\n  - {{ id: missing, provider: pg, account: no_such_role_{s}, vault_path: PREFIX/m }}\n  - {{ id: badpw, provider: pg_badpw, account: {role}, vault_path: PREFIX/b }}\n  - {{ id: down, provider: pg_down, account: {role}, vault_path: PREFIX/d }}\n", s = w.suffix),
+    );
+    let out = w.plan_live(&pb);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let line = |id: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {id} provider")))
+            .unwrap_or_else(|| panic!("no provider line for {id}: {}", out.stdout))
+            .trim()
+            .to_owned()
+    };
+    assert!(line("good").starts_with("ok"), "{}", out.stdout);
+    let missing = line("missing");
+    assert!(
+        missing.starts_with("FAIL")
+            && missing.contains("does not exist")
+            && missing.contains("account"),
+        "{missing}"
+    );
+    let badpw = line("badpw");
+    assert!(
+        badpw.starts_with("FAIL")
+            && badpw.contains("rejected the admin login")
+            && badpw.contains("REKEY_IT_BAD_ADMIN"),
+        "{badpw}"
+    );
+    let down = line("down");
+    assert!(
+        down.starts_with("FAIL") && down.contains("127.0.0.1:1") && down.contains("server is up"),
+        "{down}"
+    );
+    assert!(
+        !out.stdout.contains("not-the-admin-password")
+            && !out.stderr.contains("not-the-admin-password")
+    );
+}
+
+#[test]
+fn postgres_run_killed_mid_rotation_is_finished_by_resume() {
+    let w = World::new();
+    let roles: Vec<(String, String)> = (0..6)
+        .map(|i| pg_role(&w, &format!("rk_k{i}"), &format!("c{i}")))
+        .collect();
+    let creds: String = roles
+        .iter()
+        .enumerate()
+        .map(|(i, (r, _))| {
+            format!(
+                "  - {{ id: c{i}, provider: pg_slow, account: {r}, vault_path: PREFIX/c{i} }}\n"
+            )
+        })
+        .collect();
+    // A slow instance (4 requests a second) keeps the run going long enough to be
+    // killed between a password change and its promotion.
+    let e = &w.env;
+    let extra = format!(
+        "  pg_slow: {{ type: postgres, admin: {{ env: REKEY_IT_PG_ADMIN }}, rate: {{ per_second: 4, burst: 1 }}, concurrency: 2, settings: {{ host: \"{}\", port: {}, sslmode: disable }} }}\n",
+        e["REKEY_PG_HOST"], e["REKEY_PG_PORT"]
+    );
+    let pb = w.playbook("p.yaml", "breach", &extra, &creds);
+    let child = KillOnDrop(w.spawn_run(&pb));
+    w.wait_for(|states| states.iter().any(|s| s.state == "changed"));
+    drop(child); // SIGKILL
+    let out = w.resume();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for (i, (role, old)) in roles.iter().enumerate() {
+        let value = w.vault_value(&format!("c{i}"));
+        assert_ne!(&value, old, "c{i} was not rotated");
+        assert!(pg_login(&w, role, &value), "c{i}: Vault's password logs in");
+        assert!(
+            !pg_login(&w, role, old),
+            "c{i}: the old password is refused"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- MySQL / MariaDB
+
+fn my_opts(w: &World, user: &str, password: &str) -> mysql_async::Opts {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(w.env["REKEY_MYSQL_HOST"].clone())
+        .tcp_port(w.env["REKEY_MYSQL_PORT"].parse().unwrap())
+        .user(Some(user))
+        .pass(Some(password))
+        .prefer_socket(false)
+        .into()
+}
+
+fn my_admin(w: &World, sql: &str) {
+    use mysql_async::prelude::Queryable;
+    block(async {
+        let mut c = mysql_async::Conn::new(my_opts(
+            w,
+            &w.env["REKEY_MYSQL_ADMIN_USER"],
+            &w.env["REKEY_MYSQL_ADMIN_PASSWORD"],
+        ))
+        .await
+        .unwrap();
+        c.query_drop(sql).await.unwrap();
+        c.disconnect().await.unwrap();
+    })
+}
+
+/// Whether `user` logs in over TCP with `password` (error 1045 = refused).
+fn my_login(w: &World, user: &str, password: &str) -> bool {
+    block(async {
+        match mysql_async::Conn::new(my_opts(w, user, password)).await {
+            Ok(c) => {
+                let _ = c.disconnect().await;
+                true
+            }
+            Err(mysql_async::Error::Server(e)) if e.code == 1045 => false,
+            Err(e) => panic!("login as {user}: {e}"),
+        }
+    })
+}
+
+/// A user with two host parts ('u'@'localhost' and 'u'@'%'), the same random
+/// password on both, stored in Vault at `path`.
+fn my_user(w: &World, base: &str, path: &str) -> (String, String) {
+    let user = w.name(base);
+    let password = random_hex(12);
+    my_admin(
+        w,
+        &format!(
+            "CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}', '{user}'@'%' IDENTIFIED BY '{password}'"
+        ),
+    );
+    w.vault_put(path, json!({ "value": password }));
+    (user, password)
+}
+
+/// The password hashes of every host part of `user`, by host.
+fn my_hashes(w: &World, user: &str) -> Vec<(String, String)> {
+    use mysql_async::prelude::Queryable;
+    block(async {
+        let mut c = mysql_async::Conn::new(my_opts(
+            w,
+            &w.env["REKEY_MYSQL_ADMIN_USER"],
+            &w.env["REKEY_MYSQL_ADMIN_PASSWORD"],
+        ))
+        .await
+        .unwrap();
+        let rows: Vec<(String, String)> = c
+            .exec(
+                "SELECT Host, authentication_string FROM mysql.user WHERE User = ? ORDER BY Host",
+                (user,),
+            )
+            .await
+            .unwrap();
+        c.disconnect().await.unwrap();
+        rows
+    })
+}
+
+#[test]
+fn mysql_rotation_changes_every_host_part_and_stores_the_new_password_in_vault() {
+    let w = World::new();
+    let (user, old) = my_user(&w, "rk_app", "db");
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        "",
+        &format!("  - {{ id: db, provider: my, account: {user}, vault_path: PREFIX/db }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated");
+    let (data, version) = w.vault_get("db");
+    let new = data["value"].as_str().unwrap();
+    assert_eq!(version, 2);
+    assert!(my_login(&w, &user, new), "the new password logs in");
+    assert!(!my_login(&w, &user, &old), "the old password is refused");
+    // Both host parts carry the same (new) password.
+    let hashes = my_hashes(&w, &user);
+    assert_eq!(hashes.len(), 2, "{hashes:?}");
+    assert_eq!(
+        hashes[0].1, hashes[1].1,
+        "host parts drifted apart: {hashes:?}"
+    );
+    assert!(
+        !output.contains(new) && !output.contains(&old),
+        "a password leaked into the output"
+    );
+}
+
+#[test]
+fn mysql_verify_failure_rolls_back_to_the_old_password() {
+    let w = World::new();
+    let (user, old) = my_user(&w, "rk_vf", "db");
+    // Only the '%' host part is changed, but a login from 127.0.0.1 matches
+    // 'u'@'localhost', which keeps the old password: verify is refused.
+    let pb = w.playbook(
+        "p.yaml",
+        "routine",
+        "",
+        &format!("  - {{ id: db, provider: my, account: {user}, vault_path: PREFIX/db, settings: {{ hosts: ['%'] }} }}\n"),
+    );
+    let before = my_hashes(&w, &user);
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 1, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rolled_back", "{output}");
+    assert!(my_login(&w, &user, &old), "the old password works");
+    assert_eq!(
+        w.vault_get("db"),
+        (json!({ "value": old }), 1),
+        "Vault was not touched"
+    );
+    let after = my_hashes(&w, &user);
+    assert_eq!(before[0], after[0], "'localhost' untouched");
+    // '%' has the old password again (same hash: mysql_native_password is unsalted).
+    assert_eq!(before[1].0, after[1].0);
+    assert_eq!(
+        after[0].1, after[1].1,
+        "'%' was set back to the old password: {after:?}"
+    );
+}
+
+#[test]
+fn mysql_plan_live_names_a_wrong_admin_password_a_missing_account_and_a_dead_server() {
+    let w = World::new();
+    let (user, _) = my_user(&w, "rk_pf", "db");
+    let e = &w.env;
+    let extra = format!(
+        "  my_badpw: {{ type: mysql, admin: {{ env: REKEY_IT_BAD_MY_ADMIN }}, settings: {{ host: \"{h}\", port: {p}, tls: disabled }} }}\n  my_down: {{ type: mysql, admin: {{ env: REKEY_IT_MY_ADMIN }}, settings: {{ host: \"127.0.0.1\", port: 1, tls: disabled, connect_timeout: 3s }} }}\n",
+        h = e["REKEY_MYSQL_HOST"],
+        p = e["REKEY_MYSQL_PORT"]
+    );
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &extra,
+        &format!("  - {{ id: good, provider: my, account: {user}, vault_path: PREFIX/db }}\n  - {{ id: missing, provider: my, account: nobody_{s}, vault_path: PREFIX/m }}\n  - {{ id: nohost, provider: my, account: {user}, vault_path: PREFIX/n, settings: {{ hosts: ['10.9.9.9'] }} }}\n  - {{ id: badpw, provider: my_badpw, account: {user}, vault_path: PREFIX/b }}\n  - {{ id: down, provider: my_down, account: {user}, vault_path: PREFIX/d }}\n", s = w.suffix),
+    );
+    let out = rekey()
+        .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+        .env("REKEY_IT_MY_ADMIN", &json!({ "username": e["REKEY_MYSQL_ADMIN_USER"], "password": e["REKEY_MYSQL_ADMIN_PASSWORD"] }).to_string())
+        .env("REKEY_IT_BAD_MY_ADMIN", &json!({ "username": e["REKEY_MYSQL_ADMIN_USER"], "password": "not-the-admin-password" }).to_string())
+        .env("REKEY_IT_PG_ADMIN", "{}")
+        .args(["plan", pb.to_str().unwrap(), "--live"])
+        .run();
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let line = |id: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {id} provider")))
+            .unwrap_or_else(|| panic!("no provider line for {id}: {}", out.stdout))
+            .trim()
+            .to_owned()
+    };
+    assert!(line("good").starts_with("ok"), "{}", out.stdout);
+    let missing = line("missing");
+    assert!(
+        missing.starts_with("FAIL")
+            && missing.contains("no account for the user")
+            && missing.contains("`account`"),
+        "{missing}"
+    );
+    let nohost = line("nohost");
+    assert!(
+        nohost.starts_with("FAIL") && nohost.contains("'10.9.9.9'") && nohost.contains("`hosts`"),
+        "{nohost}"
+    );
+    let badpw = line("badpw");
+    assert!(
+        badpw.starts_with("FAIL")
+            && badpw.contains("rejected the admin login")
+            && badpw.contains("REKEY_IT_BAD_MY_ADMIN"),
+        "{badpw}"
+    );
+    let down = line("down");
+    assert!(
+        down.starts_with("FAIL") && down.contains("cannot reach MySQL at 127.0.0.1:1"),
+        "{down}"
+    );
+    assert!(
+        !out.stdout.contains("not-the-admin-password")
+            && !out.stderr.contains("not-the-admin-password")
+    );
+}
+
+#[test]
+fn mysql_run_killed_mid_rotation_is_finished_by_resume() {
+    let w = World::new();
+    let users: Vec<(String, String)> = (0..6)
+        .map(|i| my_user(&w, &format!("rk_k{i}"), &format!("c{i}")))
+        .collect();
+    let creds: String = users
+        .iter()
+        .enumerate()
+        .map(|(i, (u, _))| {
+            format!(
+                "  - {{ id: c{i}, provider: my_slow, account: {u}, vault_path: PREFIX/c{i} }}\n"
+            )
+        })
+        .collect();
+    let e = &w.env;
+    let extra = format!(
+        "  my_slow: {{ type: mysql, admin: {{ env: REKEY_IT_MY_ADMIN }}, rate: {{ per_second: 4, burst: 1 }}, concurrency: 2, settings: {{ host: \"{}\", port: {}, tls: disabled }} }}\n",
+        e["REKEY_MYSQL_HOST"], e["REKEY_MYSQL_PORT"]
+    );
+    let pb = w.playbook("p.yaml", "breach", &extra, &creds);
+    let child = KillOnDrop(w.spawn_run(&pb));
+    w.wait_for(|states| states.iter().any(|s| s.state == "changed"));
+    drop(child); // SIGKILL
+    let out = w.resume();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for (i, (user, old)) in users.iter().enumerate() {
+        let value = w.vault_value(&format!("c{i}"));
+        assert_ne!(&value, old, "c{i} was not rotated");
+        assert!(my_login(&w, user, &value), "c{i}: Vault's password logs in");
+        assert!(
+            !my_login(&w, user, old),
+            "c{i}: the old password is refused"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- Redis
+
+async fn rd_conn(w: &World) -> redis::aio::MultiplexedConnection {
+    use redis::IntoConnectionInfo;
+    let info = (
+        w.env["REKEY_REDIS_HOST"].as_str(),
+        w.env["REKEY_REDIS_PORT"].parse::<u16>().unwrap(),
+    )
+        .into_connection_info()
+        .unwrap()
+        .set_redis_settings(redis::RedisConnectionInfo::default().set_skip_set_lib_name());
+    redis::Client::open(info)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Runs one command as `default` (no password in the test server).
+fn rd(w: &World, args: &[&str]) -> redis::Value {
+    block(async {
+        let mut c = rd_conn(w).await;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c).await.unwrap()
+    })
+}
+
+/// Whether `AUTH user password` succeeds on a fresh connection.
+fn rd_login(w: &World, user: &str, password: &str) -> bool {
+    block(async {
+        let mut c = rd_conn(w).await;
+        match redis::cmd("AUTH")
+            .arg(user)
+            .arg(password)
+            .query_async::<redis::Value>(&mut c)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) if e.code() == Some("WRONGPASS") => false,
+            Err(e) => panic!("AUTH as {user}: {e}"),
+        }
+    })
+}
+
+fn sha256_hex(value: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(value.as_bytes()))
+}
+
+/// The SHA-256 hashes of `user`'s passwords.
+fn rd_passwords(w: &World, user: &str) -> Vec<String> {
+    let answer = rd(w, &["ACL", "GETUSER", user]);
+    let redis::Value::Array(items) = answer else {
+        panic!("{answer:?}")
+    };
+    let pos = items
+        .iter()
+        .position(|v| matches!(v, redis::Value::BulkString(b) if b == b"passwords"))
+        .unwrap();
+    match &items[pos + 1] {
+        redis::Value::Array(a) => a
+            .iter()
+            .map(|v| match v {
+                redis::Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An ACL user with one random password, stored in Vault at `path` with its key
+/// id (what rekey writes after a rotation).
+fn rd_user(w: &World, base: &str, path: &str, flags: &str) -> (String, String) {
+    let user = w.name(base);
+    let password = random_hex(16);
+    rd(
+        w,
+        &[
+            "ACL",
+            "SETUSER",
+            &user,
+            flags,
+            &format!(">{password}"),
+            "~*",
+            "+@all",
+        ],
+    );
+    w.vault_put(
+        path,
+        json!({ "value": password, "key_id": &sha256_hex(&password)[..16] }),
+    );
+    (user, password)
+}
+
+#[test]
+fn redis_rotation_adds_a_password_then_removes_the_old_one() {
+    let w = World::new();
+    let (user, old) = rd_user(&w, "rk_app", "cache", "on");
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        "",
+        &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "cache"), "rotated");
+    let (data, version) = w.vault_get("cache");
+    let new = data["value"].as_str().unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(
+        data["key_id"],
+        &sha256_hex(new)[..16],
+        "Vault names the new password's key id"
+    );
+    assert!(rd_login(&w, &user, new), "the new password works");
+    assert!(!rd_login(&w, &user, &old), "the old password is retired");
+    assert_eq!(
+        rd_passwords(&w, &user),
+        vec![sha256_hex(new)],
+        "exactly the new password is left"
+    );
+    // The tag record of the retired password is gone; the new one's remains.
+    let tags = format!(
+        "{:?}",
+        rd(&w, &["ACL", "GETUSER", &format!("rekey-tags:{user}")])
+    );
+    assert!(
+        tags.contains(&sha256_hex(new)[..16]) && !tags.contains(&sha256_hex(&old)[..16]),
+        "{tags}"
+    );
+    assert!(
+        !output.contains(new) && !output.contains(&old),
+        "a password leaked into the output"
+    );
+}
+
+#[test]
+fn redis_verify_failure_removes_the_new_password_and_keeps_the_old() {
+    let w = World::new();
+    // A disabled user (`off`) accepts ACL changes but refuses every AUTH, so the
+    // new password is added and then fails verify.
+    let (user, old) = rd_user(&w, "rk_vf", "cache", "off");
+    let pb = w.playbook(
+        "p.yaml",
+        "routine",
+        "",
+        &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 1, "{output}");
+    assert_eq!(outcome(&summary, "cache"), "rolled_back", "{output}");
+    assert_eq!(
+        rd_passwords(&w, &user),
+        vec![sha256_hex(&old)],
+        "only the old password is left"
+    );
+    assert_eq!(w.vault_get("cache").1, 1, "Vault was not touched");
+    rd(&w, &["ACL", "SETUSER", &user, "on"]);
+    assert!(rd_login(&w, &user, &old), "the old password still works");
+}
+
+#[test]
+fn redis_plan_live_names_a_wrong_admin_password_a_missing_user_a_missing_aclfile_and_a_dead_server()
+{
+    let w = World::new();
+    let (user, _) = rd_user(&w, "rk_pf", "cache", "on");
+    let admin = w.name("rk_adm");
+    rd(
+        &w,
+        &[
+            "ACL",
+            "SETUSER",
+            &admin,
+            "on",
+            ">right-admin-pw",
+            "+@all",
+            "~*",
+        ],
+    );
+    let e = &w.env;
+    let (h, p) = (&e["REKEY_REDIS_HOST"], &e["REKEY_REDIS_PORT"]);
+    let extra = format!(
+        "  rd_badpw: {{ type: redis, admin: {{ env: REKEY_IT_BAD_RD_ADMIN }}, settings: {{ host: \"{h}\", port: {p}, persist: none }} }}\n  rd_goodpw: {{ type: redis, admin: {{ env: REKEY_IT_RD_ADMIN }}, settings: {{ host: \"{h}\", port: {p}, persist: none }} }}\n  rd_save: {{ type: redis, settings: {{ host: \"{h}\", port: {p} }} }}\n  rd_down: {{ type: redis, settings: {{ host: \"127.0.0.1\", port: 1, persist: none, timeout: 3s }} }}\n"
+    );
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &extra,
+        &format!("  - {{ id: good, provider: rd_goodpw, account: {user}, vault_path: PREFIX/c }}\n  - {{ id: missing, provider: rd, account: nobody_{s}, vault_path: PREFIX/m }}\n  - {{ id: badpw, provider: rd_badpw, account: {user}, vault_path: PREFIX/b }}\n  - {{ id: noaclfile, provider: rd_save, account: {user}, vault_path: PREFIX/s }}\n  - {{ id: down, provider: rd_down, account: {user}, vault_path: PREFIX/d }}\n", s = w.suffix),
+    );
+    let out = rekey()
+        .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+        .env(
+            "REKEY_IT_RD_ADMIN",
+            &json!({ "username": admin, "password": "right-admin-pw" }).to_string(),
+        )
+        .env(
+            "REKEY_IT_BAD_RD_ADMIN",
+            &json!({ "username": admin, "password": "not-the-admin-password" }).to_string(),
+        )
+        .env("REKEY_IT_PG_ADMIN", "{}")
+        .env("REKEY_IT_MY_ADMIN", "{}")
+        .args(["plan", pb.to_str().unwrap(), "--live"])
+        .run();
+    rd(&w, &["ACL", "DELUSER", &admin]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let line = |id: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {id} provider")))
+            .unwrap_or_else(|| panic!("no provider line for {id}: {}", out.stdout))
+            .trim()
+            .to_owned()
+    };
+    assert!(line("good").starts_with("ok"), "{}", out.stdout);
+    let missing = line("missing");
+    assert!(
+        missing.starts_with("FAIL")
+            && missing.contains("does not exist")
+            && missing.contains("`account`"),
+        "{missing}"
+    );
+    let badpw = line("badpw");
+    assert!(
+        badpw.starts_with("FAIL")
+            && badpw.contains("rejected the admin login")
+            && badpw.contains("REKEY_IT_BAD_RD_ADMIN"),
+        "{badpw}"
+    );
+    let noaclfile = line("noaclfile");
+    assert!(
+        noaclfile.starts_with("FAIL")
+            && noaclfile.contains("no aclfile")
+            && noaclfile.contains("persist"),
+        "{noaclfile}"
+    );
+    let down = line("down");
+    assert!(
+        down.starts_with("FAIL") && down.contains("cannot reach Redis at 127.0.0.1:1"),
+        "{down}"
+    );
+    assert!(
+        !out.stdout.contains("not-the-admin-password")
+            && !out.stderr.contains("not-the-admin-password")
+    );
+    // The missing user was not created by the check.
+    assert_eq!(
+        rd(&w, &["ACL", "GETUSER", &format!("nobody_{}", w.suffix)]),
+        redis::Value::Nil
+    );
+}
+
+#[test]
+fn redis_run_killed_mid_rotation_is_finished_by_resume() {
+    let w = World::new();
+    let users: Vec<(String, String)> = (0..6)
+        .map(|i| rd_user(&w, &format!("rk_k{i}"), &format!("c{i}"), "on"))
+        .collect();
+    let creds: String = users
+        .iter()
+        .enumerate()
+        .map(|(i, (u, _))| {
+            format!(
+                "  - {{ id: c{i}, provider: rd_slow, account: {u}, vault_path: PREFIX/c{i} }}\n"
+            )
+        })
+        .collect();
+    let e = &w.env;
+    let extra = format!(
+        "  rd_slow: {{ type: redis, rate: {{ per_second: 6, burst: 1 }}, concurrency: 2, settings: {{ host: \"{}\", port: {}, persist: none }} }}\n",
+        e["REKEY_REDIS_HOST"], e["REKEY_REDIS_PORT"]
+    );
+    let pb = w.playbook("p.yaml", "breach", &extra, &creds);
+    let child = KillOnDrop(w.spawn_run(&pb));
+    w.wait_for(|states| states.iter().any(|s| s.state == "staged"));
+    drop(child); // SIGKILL
+    let out = w.resume();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for (i, (user, old)) in users.iter().enumerate() {
+        let value = w.vault_value(&format!("c{i}"));
+        assert_ne!(&value, old, "c{i} was not rotated");
+        assert!(rd_login(&w, user, &value), "c{i}: Vault's password works");
+        assert!(
+            !rd_login(&w, user, old),
+            "c{i}: the old password is retired"
+        );
+        assert_eq!(
+            rd_passwords(&w, user),
+            vec![sha256_hex(&value)],
+            "c{i}: orphan or leftover passwords"
+        );
+    }
+}
