@@ -338,7 +338,10 @@ impl AuditSetup {
             .map(|v| crate::secret::Secret::new(zeroize::Zeroizing::new(v).trim()));
         let mut sinks = Vec::new();
         for spec in &self.sinks {
-            sinks.push(crate::audit::Sink::parse(spec, authorization.clone()).map_err(anyhow::Error::msg)?);
+            sinks.push(
+                crate::audit::Sink::parse(spec, authorization.clone())
+                    .map_err(anyhow::Error::msg)?,
+            );
         }
         let credentials = pb
             .credentials
@@ -443,18 +446,20 @@ fn vault_config(
 ) -> Result<std::result::Result<crate::store::VaultConfig, ExitStatus>> {
     use crate::store::{VaultConfig, VaultLogin};
     let login = match &pb.vault.auth {
-        playbook::VaultAuth::Token { env: var } => match std::env::var(var).map(zeroize::Zeroizing::new) {
-            Ok(t) if !t.trim().is_empty() => {
-                VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned()))
+        playbook::VaultAuth::Token { env: var } => {
+            match std::env::var(var).map(zeroize::Zeroizing::new) {
+                Ok(t) if !t.trim().is_empty() => {
+                    VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned()))
+                }
+                _ => {
+                    writeln!(
+                        io.stderr,
+                        "error: the Vault token variable `{var}` is not set\nhelp: export {var}=... (a token allowed to read and write the playbook's paths)"
+                    )?;
+                    return Ok(Err(ExitStatus::Invalid));
+                }
             }
-            _ => {
-                writeln!(
-                    io.stderr,
-                    "error: the Vault token variable `{var}` is not set\nhelp: export {var}=... (a token allowed to read and write the playbook's paths)"
-                )?;
-                return Ok(Err(ExitStatus::Invalid));
-            }
-        },
+        }
         playbook::VaultAuth::AppRole {
             role_id,
             secret_id_env,
@@ -961,7 +966,11 @@ pub fn audit(cmd: &crate::cli::AuditCommand, io: &mut Io) -> Result<ExitStatus> 
     }) {
         Ok(v) => v,
         Err(e) => {
-            writeln!(io.stderr, "error: cannot read the audit trail {}: {e}", file.display())?;
+            writeln!(
+                io.stderr,
+                "error: cannot read the audit trail {}: {e}",
+                file.display()
+            )?;
             return Ok(ExitStatus::Invalid);
         }
     };

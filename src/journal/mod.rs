@@ -232,11 +232,13 @@ impl Journal {
     }
 
     fn mirror(&self, what: &'static str, event: Event<'_>) -> Result<(), JournalError> {
-        self.mirror.record(event).map_err(|reason| JournalError::Audit {
-            path: self.path.clone(),
-            what,
-            reason,
-        })
+        self.mirror
+            .record(event)
+            .map_err(|reason| JournalError::Audit {
+                path: self.path.clone(),
+                what,
+                reason,
+            })
     }
 
     /// The journal file this connection writes.
@@ -293,7 +295,13 @@ impl Journal {
             match inserted {
                 Ok(_) => {
                     info!(run = %id, playbook = %run.playbook_name, mode = %run.mode, "Run recorded.");
-                    self.mirror("a new run", Event::RunStarted { run: &id, new_run: run })?;
+                    self.mirror(
+                        "a new run",
+                        Event::RunStarted {
+                            run: &id,
+                            new_run: run,
+                        },
+                    )?;
                     return Ok(id);
                 }
                 Err(e)

@@ -280,8 +280,14 @@ mod tests {
         let problems = interpolate(&mut root, &env);
         let messages: Vec<String> = problems.iter().map(|d| d.message.clone()).collect();
         assert_eq!(messages.len(), 2, "{messages:?}");
-        assert!(messages.iter().any(|m| m.contains("`STRIPE_ADMIN`")), "{messages:?}");
-        assert!(messages.iter().any(|m| m.contains("`MY_VT`")), "{messages:?}");
+        assert!(
+            messages.iter().any(|m| m.contains("`STRIPE_ADMIN`")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("`MY_VT`")),
+            "{messages:?}"
+        );
         assert!(!root.to_json().to_string().contains("value-of-STRIPE_ADMIN"));
         assert!(!root.to_json().to_string().contains("value-of-MY_VT"));
         assert!(root.to_json().to_string().contains("value-of-HOST"));

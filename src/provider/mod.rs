@@ -6,17 +6,17 @@
 pub mod admin;
 pub mod aws_iam;
 pub mod catalog;
+pub mod http;
 pub mod ldap;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod registry;
-pub mod http;
 pub mod sandbox;
+pub mod ssh;
 pub mod vault_approle;
 mod vault_http;
 pub mod vault_userpass;
-pub mod ssh;
 
 use crate::secret::Secret;
 use async_trait::async_trait;
