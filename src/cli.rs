@@ -121,6 +121,8 @@ pub struct ResumeArgs {
     pub run: Option<String>,
     #[command(flatten)]
     pub journal: JournalArgs,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -143,4 +145,22 @@ pub struct JournalArgs {
     /// Journal file (durable run state).
     #[arg(long = "journal", env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
     pub path: PathBuf,
+}
+
+/// The answer to a manual step waiting for an operator. Never a value on the
+/// command line: every local user can read a process's arguments.
+#[derive(Debug, Args, Default)]
+pub struct OperatorArgs {
+    /// The manual credential the value is for (needed when several wait).
+    #[arg(long, value_name = "ID")]
+    pub credential: Option<String>,
+    /// Read the new value from stdin (one trailing newline is dropped).
+    #[arg(long, conflicts_with_all = ["value_file", "confirm"])]
+    pub value_stdin: bool,
+    /// Read the new value from this file (one trailing newline is dropped).
+    #[arg(long, value_name = "FILE", conflicts_with = "confirm")]
+    pub value_file: Option<PathBuf>,
+    /// Confirm a revoke-only manual step (`confirm_only: true`) was done.
+    #[arg(long)]
+    pub confirm: bool,
 }

@@ -78,6 +78,9 @@ impl RunSummary {
             RunStatus::Interrupted
         } else if self.count("quarantined") > 0 {
             RunStatus::Quarantined
+        } else if self.count("awaiting_operator") > 0 {
+            // Unfinished: `rekey resume` picks it up once an operator can answer.
+            RunStatus::Interrupted
         } else if self.count("rolled_back") + self.count("skipped") > 0 {
             RunStatus::Failed
         } else {
@@ -165,6 +168,8 @@ pub struct Engine {
     pub pending: Mutex<Vec<Retirement>>,
     /// Rate limit per provider instance (see `limits`).
     pub limits: IndexMap<String, Arc<limits::InstanceLimit>>,
+    /// Who answers manual steps (a terminal, a value given to resume, nobody).
+    pub operator: Arc<dyn crate::provider::manual::Operator>,
 }
 
 impl Engine {
@@ -299,7 +304,9 @@ impl Engine {
                 let last = rows.iter().find(|r| r.credential == credential.id);
                 if let Some(done) =
                     last.and_then(|r| serde_json::from_value::<Outcome>(r.detail.clone()).ok())
-                    && !matches!(done, Outcome::AwaitingOperator { .. })
+                    // Waiting and never-attempted credentials are taken up again:
+                    // a dependency may have rotated since (a manual step finished).
+                    && !matches!(done, Outcome::AwaitingOperator { .. } | Outcome::Skipped { .. })
                 {
                     results.push(CredentialResult {
                         id: credential.id.clone(),

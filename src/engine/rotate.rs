@@ -15,24 +15,25 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod manual;
+
 pub(super) async fn rotate(
     engine: &Engine,
     run: &str,
     index: usize,
 ) -> Result<Outcome, EngineError> {
     let credential = &engine.playbook.credentials[index];
-    let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
-        return Ok(match credential.kind {
-            Kind::Manual => Outcome::AwaitingOperator {
-                instructions: credential.instructions.clone().unwrap_or_default(),
-            },
-            _ => Outcome::Skipped {
+    let provider = match engine.providers.get(&credential.provider).cloned() {
+        Some(p) => p,
+        None if credential.kind == Kind::Manual => manual::no_provider(),
+        None => {
+            return Ok(Outcome::Skipped {
                 reason: format!(
                     "provider instance `{}` cannot run in this build",
                     credential.provider
                 ),
-            },
-        });
+            });
+        }
     };
     let holder = engine.holder.clone();
     // The lease outlives the grace period: the old key is retired at its end.
@@ -58,9 +59,7 @@ pub(super) async fn rotate(
     let outcome = match credential.kind {
         Kind::Dual => ctx.dual().await,
         Kind::Single => ctx.single().await,
-        Kind::Manual => Ok(Outcome::AwaitingOperator {
-            instructions: credential.instructions.clone().unwrap_or_default(),
-        }),
+        Kind::Manual => ctx.manual().await,
     };
     engine.journal(|j| j.release(run, &credential.id, &holder))?;
     outcome

@@ -911,6 +911,17 @@ fn validate_credentials<'c>(
                     .help("add `account: <user, role or key name at the provider>`"),
                 );
             }
+            if kind == Kind::Manual
+                && let Some(v) = c.settings.get("verify_with")
+            {
+                let known = v
+                    .as_str()
+                    .is_some_and(|name| name != MANUAL && raw.providers.contains_key(name));
+                if !known {
+                    cx.push(Diagnostic::error(format!("`verify_with` of `{}` must name a provider instance declared under `providers:`", c.id), cx.at(&format!("{base}/settings/verify_with")))
+                        .help("name the instance whose `verify` can check this value, or remove `verify_with`"));
+                }
+            }
             if kind != Kind::Manual && c.instructions.is_some() {
                 cx.push(Diagnostic::warning(format!("`instructions` only apply to manual credentials; `{}` is rotated by `{}`", c.id, type_name), cx.key_at(&format!("{base}/instructions"))).help("remove `instructions`, or use `provider: manual`"));
             }

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod registry;
+pub mod manual;
 pub mod sandbox;
 
 use crate::secret::Secret;
