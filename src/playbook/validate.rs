@@ -759,6 +759,21 @@ fn validate_providers(
             &t.name,
         );
         let admin = validate_admin(cx, &p.admin, t.admin, &format!("{base}/admin"), &t.name);
+        // An exec plugin says in its settings which protocol it follows.
+        let kind = match (t.name.as_str(), settings.get("kind")) {
+            ("exec", Some(k)) if k == "single" => Kind::Single,
+            ("exec", Some(k)) if k != "dual" => {
+                cx.push(
+                    Diagnostic::error(
+                        "an exec plugin's `kind` is `dual` or `single`",
+                        cx.at(&format!("{base}/settings/kind")),
+                    )
+                    .help("`dual`: it creates a new key beside the old; `single`: it changes a value in place"),
+                );
+                t.kind
+            }
+            _ => t.kind,
+        };
         let (rate, rate_origin) = match &p.rate {
             Some(r) => (
                 validate_rate(cx, r, &format!("{base}/rate")).unwrap_or(t.rate()),
@@ -779,7 +794,7 @@ fn validate_providers(
             ProviderInstance {
                 name: name.clone(),
                 type_name: t.name.clone(),
-                kind: t.kind,
+                kind,
                 settings,
                 admin,
                 rate,
@@ -872,7 +887,7 @@ fn validate_credentials<'c>(
             catalog
                 .types
                 .get_key_value(&p.type_name)
-                .map(|(name, t)| (name.as_str(), t.kind))
+                .map(|(name, _)| (name.as_str(), p.kind))
         } else {
             let declared = raw.providers.contains_key(&c.provider);
             if !declared {

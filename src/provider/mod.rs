@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod exec;
 pub mod registry;
 pub mod manual;
 pub mod sandbox;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 /// Whether this build can rotate credentials of `type_name`.
 pub fn supports(type_name: &str) -> bool {
-    matches!(type_name, "sandbox" | "sandbox_password")
+    matches!(type_name, "sandbox" | "sandbox_password" | "exec")
 }
 
 /// Builds the provider for `instance` with its resolved admin credential (when the
@@ -28,6 +28,11 @@ pub fn build(
         "sandbox_password" => Ok(Arc::new(super::sandbox::Sandbox::from_settings(
             Kind::Single,
             &instance.settings,
+        )?)),
+        "exec" => Ok(Arc::new(super::exec::Exec::from_settings(
+            &instance.name,
+            &instance.settings,
+            admin,
         )?)),
         other => Err(ProviderError::Fatal(format!(
             "provider type `{other}` (instance `{}`) cannot rotate credentials in this build yet; `rekey providers` lists what can",

@@ -4,6 +4,7 @@
 
 mod cli_plan;
 mod engine;
+mod exec;
 mod hostile;
 mod journal;
 mod lab;
