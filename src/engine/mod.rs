@@ -147,6 +147,8 @@ pub struct Retirement {
     pub new_key: String,
     pub version: u64,
     pub due: tokio::time::Instant,
+    /// Sinks that failed at promotion: the credential ends quarantined.
+    pub sink_failures: Vec<String>,
 }
 
 /// Everything a run needs, built by the command layer.

@@ -133,16 +133,6 @@ impl Lab {
             .clone()
     }
 
-    pub fn vault_put(&self, path: &str, data: Value) {
-        http(
-            &self.env["VAULT_ADDR"],
-            "POST",
-            &format!("/v1/secret/data/{}/{path}", self.prefix),
-            &self.env["VAULT_TOKEN"],
-            Some(&serde_json::json!({ "data": data })),
-        );
-    }
-
     /// Whether `needle` appears in the journal or its write-ahead log.
     pub fn journal_holds(&self, needle: &str) -> bool {
         ["journal.db", "journal.db-wal"]

@@ -11,6 +11,7 @@ mod lab;
 mod loader_props;
 mod manual;
 mod services;
+mod sinks;
 mod store_vault;
 mod support;
 mod validation;

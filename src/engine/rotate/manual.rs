@@ -160,11 +160,15 @@ impl Ctx<'_> {
         let fields = self.fields(None);
         match self.promote(&value, &fields, current.version).await? {
             Ok(version) => {
+                let sink_failures = self.propagate(&value).await?;
                 self.clear_staging().await?;
-                Ok(Outcome::Rotated {
-                    key_id: None,
-                    version,
-                })
+                Ok(self.with_sinks(
+                    Outcome::Rotated {
+                        key_id: None,
+                        version,
+                    },
+                    sink_failures,
+                ))
             }
             Err(f) => Ok(Outcome::Quarantined {
                 reason: if f.conflict {
