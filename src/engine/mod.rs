@@ -129,6 +129,11 @@ pub trait Progress: Send + Sync {
     fn started(&self, instance: &str, credential: &str);
     /// It ended with `outcome`.
     fn finished(&self, instance: &str, credential: &str, outcome: &Outcome);
+    /// An operator is asked on the terminal (`true`) or has answered (`false`):
+    /// a display drawing on the terminal steps aside meanwhile. Calls nest.
+    fn operator_prompt(&self, active: bool) {
+        let _ = active;
+    }
 }
 
 /// Reports nothing.

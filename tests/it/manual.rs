@@ -220,3 +220,58 @@ fn a_confirm_only_step_records_the_confirmation_and_stores_nothing() {
         "{steps:?}"
     );
 }
+
+#[test]
+fn on_a_terminal_the_value_is_read_with_echo_off_and_promoted() {
+    use std::io::{Read, Write};
+    let lab = Lab::new();
+    let pb = lab.playbook(
+        "breach",
+        "credentials:
+  - { id: tty, provider: manual, vault_path: PREFIX/tty, instructions: Make a key by hand. }
+",
+    );
+    // util-linux `script` runs rekey on a pseudo-terminal; the value is typed only
+    // once rekey shows the prompt (and so has turned echo off).
+    let command = format!(
+        "{} run {} --journal {}",
+        env!("CARGO_BIN_EXE_rekey"),
+        pb.display(),
+        lab.path("journal.db").display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("VAULT_TOKEN", &lab.env["VAULT_TOKEN"])
+        .env("NO_COLOR", "1")
+        .env("TERM", "dumb")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` (package bsdutils) runs rekey on a terminal");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("Paste the new value") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let canary = "tty-canary-Pw42";
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{canary}\n").as_bytes()).unwrap();
+    stdout.read_to_end(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    let output = String::from_utf8_lossy(&seen).into_owned();
+    assert!(status.success(), "{output}");
+    assert!(
+        output.contains("Make a key by hand."),
+        "the instructions show: {output}"
+    );
+    assert!(output.contains("rotated"), "{output}");
+    assert!(!output.contains(canary), "the value was echoed: {output}");
+    assert_eq!(lab.vault("tty")["data"]["value"], canary);
+}

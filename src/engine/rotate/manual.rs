@@ -82,9 +82,16 @@ impl Ctx<'_> {
                     confirm_only,
                 };
                 let operator = self.engine.operator.clone();
+                let interactive = operator.interactive();
+                if interactive {
+                    self.engine.progress.operator_prompt(true);
+                }
                 let answer = tokio::task::spawn_blocking(move || operator.ask(&request))
                     .await
                     .unwrap_or(Answer::Unavailable);
+                if interactive {
+                    self.engine.progress.operator_prompt(false);
+                }
                 match answer {
                     Answer::Unavailable => {
                         tracing::info!(credential = %id, "Manual step waits for an operator; `rekey resume` finishes it.");

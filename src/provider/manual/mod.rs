@@ -45,6 +45,11 @@ pub struct Request {
 /// calls it on a blocking thread.
 pub trait Operator: Send + Sync {
     fn ask(&self, request: &Request) -> Answer;
+    /// Whether `ask` talks to a human on the terminal (the progress display then
+    /// steps aside).
+    fn interactive(&self) -> bool {
+        false
+    }
 }
 
 /// Nobody answers: every manual step waits for `rekey resume`.

@@ -22,6 +22,10 @@ impl Terminal {
 }
 
 impl Operator for Terminal {
+    fn interactive(&self) -> bool {
+        true
+    }
+
     fn ask(&self, request: &Request) -> Answer {
         let _turn = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut err = std::io::stderr().lock();
@@ -30,7 +34,7 @@ impl Operator for Terminal {
             "\nManual step `{}` (stored at {}):\n  {}\n",
             request.credential,
             request.vault_path,
-            request.instructions.trim().replace('\n', "\n  ")
+            printable(request.instructions.trim()).replace('\n', "\n  ")
         );
         if request.confirm_only {
             let _ = write!(err, "Type `done` once it is done (anything else: later): ");
@@ -85,4 +89,18 @@ fn read_hidden_line() -> std::io::Result<Secret> {
     read?;
     let value = line.trim_end_matches(['\n', '\r']);
     Ok(Secret::new(value.to_owned()))
+}
+
+/// `text` with control characters (escape sequences that could rewrite the
+/// screen) shown escaped; newlines are kept.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
