@@ -862,7 +862,11 @@ fn resume_operator(
             writeln!(
                 io.stderr,
                 "error: credential `{c}` of run {run} does not wait for an operator (waiting: {})\nhelp: `rekey status {run}` lists the manual steps that wait",
-                if waiting.is_empty() { "none".to_owned() } else { waiting.join(", ") }
+                if waiting.is_empty() {
+                    "none".to_owned()
+                } else {
+                    waiting.join(", ")
+                }
             )?;
             return Ok(Err(ExitStatus::Invalid));
         }
@@ -903,7 +907,10 @@ fn resume_operator(
     let value = match value.transpose() {
         Ok(v) => v,
         Err(message) => {
-            writeln!(io.stderr, "error: {message}\nhelp: give the new value the manual step produced")?;
+            writeln!(
+                io.stderr,
+                "error: {message}\nhelp: give the new value the manual step produced"
+            )?;
             return Ok(Err(ExitStatus::Invalid));
         }
     };

@@ -1347,6 +1347,9 @@ fn sinks_rolled_back(reason: String, failed: Vec<String>) -> Outcome {
             "write the previous value to the failed sinks by hand: {}",
             failed.join("; ")
         ),
-        reason: format!("{reason}, but {} sink(s) still hold the newer value", failed.len()),
+        reason: format!(
+            "{reason}, but {} sink(s) still hold the newer value",
+            failed.len()
+        ),
     }
 }

@@ -6,8 +6,8 @@
 pub mod admin;
 pub mod catalog;
 pub mod exec;
-pub mod registry;
 pub mod manual;
+pub mod registry;
 pub mod sandbox;
 
 use crate::secret::Secret;
