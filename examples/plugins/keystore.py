@@ -7,12 +7,17 @@ API keys (`kind: dual`: list, create, verify, deactivate, revoke) and passwords
 (`kind: single`: change, verify). Like a real service it keeps SHA-256 digests of
 the values it issued, never the values.
 
-    keystore.py --state FILE [--misbehave MODE --on OP]
+    keystore.py --state FILE [--admin-sha256 HEX] [--misbehave MODE --on OP]
+
+--admin-sha256: the admin credential rekey sends in its hello (field `value`) must
+have this SHA-256 digest, or every request is refused (`fatal`): how a real plugin
+would log in to its system with the credential, without it ever being in argv/env.
 
 --misbehave rehearses a broken plugin when request OP arrives: `timeout` (never
 answers), `crash` (exits 3), `garbage` (writes a non-JSON line), `unknown` (sends
 a message of an unknown kind first, then answers normally), `transient` (answers
-with a transient error); `version` answers the hello with protocol version 99; `env`
+with a transient error); `version` answers the hello with protocol version 99; `rate_limited` answers the first OP with a
+rate-limited error (retry after 50 ms), then normally; `env`
 logs the names of the environment variables it got.
 
 Logs go to stderr (rekey relays them to its log as is: never print a secret).
@@ -111,8 +116,11 @@ def main():
     parser.add_argument("--state", required=True)
     parser.add_argument("--misbehave", default=None)
     parser.add_argument("--on", default=None)
+    parser.add_argument("--admin-sha256", default=None)
     args = parser.parse_args()
     store = Store(args.state)
+    admin_ok = args.admin_sha256 is None
+    limited_once = False
 
     for line in sys.stdin:
         msg = json.loads(line)
@@ -124,6 +132,9 @@ def main():
             if 1 not in msg.get("protocol_versions", []):
                 print("keystore: rekey does not speak protocol version 1", file=sys.stderr)
                 return 2
+            admin = (msg.get("admin") or {}).get("value")
+            if args.admin_sha256 is not None and admin is not None:
+                admin_ok = digest(admin) == args.admin_sha256
             version = 99 if args.misbehave == "version" else 1
             send({"type": "hello", "protocol_version": version, "name": "keystore"})
             continue
@@ -131,7 +142,14 @@ def main():
             continue  # Unknown kinds are skipped, as the protocol asks.
         op = msg["op"]
         print(f"keystore: {op} for {msg['credential']}", file=sys.stderr, flush=True)
+        if not admin_ok:
+            send({"type": "response", "id": msg["id"], "error": {"kind": "fatal", "message": "admin credential refused"}})
+            continue
         if args.on == op:
+            if args.misbehave == "rate_limited" and not limited_once:
+                limited_once = True
+                send({"type": "response", "id": msg["id"], "error": {"kind": "rate_limited", "message": "429", "retry_after_ms": 50}})
+                continue
             if args.misbehave == "timeout":
                 time.sleep(3600)
             elif args.misbehave == "crash":

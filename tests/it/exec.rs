@@ -244,3 +244,51 @@ fn a_plugin_gets_only_the_environment_variables_the_playbook_names() {
         "{line}"
     );
 }
+
+#[test]
+fn the_admin_credential_reaches_the_plugin_in_the_hello_only() {
+    let lab = Lab::new();
+    let admin = "ks-admin-canary-31";
+    let settings = python(&lab, &format!(", --admin-sha256, {}", sha256_hex(admin)));
+    let pb = lab
+        .playbook(
+            "breach",
+            &format!(
+                "providers:\n  plug: {{ type: exec, admin: {{ env: KS_ADMIN }}, settings: {{ {settings} }} }}\ncredentials:\n{ONE_KEY}"
+            ),
+        )
+        .display()
+        .to_string();
+    let run = lab.rekey(&["run", &pb], None, &[("KS_ADMIN", admin)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.outcome("api"), "rotated");
+    let refused = lab.rekey(&["run", &pb], None, &[("KS_ADMIN", "wrong")]);
+    assert_eq!(refused.outcome("api"), "rolled_back");
+    let reason = refused.json()["results"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("admin credential refused"), "{reason}");
+    assert!(!lab.journal_holds(admin));
+}
+
+#[test]
+fn a_rate_limited_answer_is_retried_after_the_delay_the_plugin_gives() {
+    let lab = Lab::new();
+    let pb = playbook(
+        &lab,
+        &python(&lab, ", --misbehave, rate_limited, --on, create"),
+        ONE_KEY,
+    );
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.outcome("api"), "rotated");
+    let j = rekey::journal::Journal::open(&lab.path("journal.db")).unwrap();
+    let create = j
+        .intents(run.json()["run_id"].as_str().unwrap(), "api")
+        .unwrap()
+        .into_iter()
+        .find(|i| i.step == "create")
+        .unwrap();
+    assert_eq!(create.outcome.unwrap().detail["attempts"], 2, "one retry");
+}

@@ -32,6 +32,9 @@ use zeroize::Zeroizing;
 const MAX_LINE: u64 = 1 << 20;
 /// Longest error message kept from a plugin (it goes to the journal).
 const MAX_MESSAGE: usize = 500;
+/// Least time a plugin gets to start and say hello: an interpreter can take longer
+/// to start on a loaded machine than a short request timeout allows.
+const MIN_START: Duration = Duration::from_secs(10);
 
 /// An exec plugin instance, from the playbook's settings.
 pub struct Exec {
@@ -239,13 +242,14 @@ impl Exec {
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        let start_timeout = self.timeout.max(MIN_START);
+        match tokio::time::timeout(start_timeout, exchange).await {
             Ok(Ok(())) => Ok(session),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ProviderError::Transient(format!(
                 "{} did not say hello within {}; it was stopped",
                 self.plugin(),
-                humantime::format_duration(self.timeout)
+                humantime::format_duration(start_timeout)
             ))),
         }
     }
