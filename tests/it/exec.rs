@@ -41,7 +41,7 @@ fn playbook(lab: &Lab, settings: &str, credentials: &str) -> String {
 
 fn python(lab: &Lab, extra_args: &str) -> String {
     format!(
-        "command: {PYTHON}, args: [--state, {}{extra_args}], timeout: 2s",
+        "command: {PYTHON}, args: [--state, {}{extra_args}], timeout: 10s",
         lab.path("ks.json").display()
     )
 }
@@ -137,7 +137,7 @@ fn a_rust_plugin_rotates_a_key_end_to_end() {
 #[test]
 fn a_plugin_that_hangs_is_killed_at_the_timeout_and_the_key_rolls_back() {
     let lab = Lab::new();
-    let settings = python(&lab, ", --misbehave, timeout, --on, create").replace("2s", "400ms");
+    let settings = python(&lab, ", --misbehave, timeout, --on, create").replace("10s", "1s");
     let pb = playbook(&lab, &settings, ONE_KEY);
     let run = lab.rekey(&["run", &pb], None, &[]);
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -147,7 +147,7 @@ fn a_plugin_that_hangs_is_killed_at_the_timeout_and_the_key_rolls_back() {
         .unwrap()
         .to_owned();
     assert!(
-        reason.contains("did not answer `create` within 400ms"),
+        reason.contains("did not answer `create` within 1s"),
         "{reason}"
     );
     assert!(no_plugin_left(&lab), "every hung plugin process was killed");
