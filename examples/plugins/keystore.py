@@ -80,7 +80,7 @@ def handle(store, req):
             raise Failure("fatal", "quota: the account already holds 2 keys")
         value = "ks_" + secrets.token_urlsafe(24)
         key_id = "ks-" + secrets.token_hex(4)
-        acct["keys"].append({"id": key_id, "sha256": digest(value), "active": True, "created_at": int(time.time()), "tag": req.get("tag")})
+        acct["keys"].append({"id": key_id, "sha256": digest(value), "active": True, "created_at": int(time.time()), "tag": req.get("tag"), "settings": req.get("settings", {})})
         store.save(state)
         return {"key_id": key_id, "secret": value}
     if op == "change":

@@ -944,6 +944,9 @@ fn validate_credentials<'c>(
             }
         }
         let settings = match instance.and_then(|(type_name, _)| catalog.get(type_name)) {
+            // An exec plugin defines its own credential settings; rekey hands
+            // them on as written.
+            Some(t) if t.name == "exec" => IndexMap::new(),
             Some(t)
                 if !c.settings.is_empty()
                     || t.credential_settings

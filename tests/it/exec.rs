@@ -66,7 +66,11 @@ fn no_plugin_left(lab: &Lab) -> bool {
 #[test]
 fn a_python_plugin_rotates_a_key_end_to_end() {
     let lab = Lab::new();
-    let pb = playbook(&lab, &python(&lab, ""), ONE_KEY);
+    let pb = playbook(
+        &lab,
+        &python(&lab, ""),
+        "  - { id: api, provider: plug, account: a, vault_path: PREFIX/api, settings: { team: billing } }\n",
+    );
     for round in 1..=2 {
         let run = lab.rekey(&["run", &pb], None, &[]);
         assert_eq!(run.code, 0, "round {round}: {}", run.stderr);
@@ -80,6 +84,10 @@ fn a_python_plugin_rotates_a_key_end_to_end() {
         .clone();
     assert_eq!(keys.len(), 1, "the old key was revoked: {keys:?}");
     assert_eq!(keys[0]["id"], entry["data"]["key_id"]);
+    assert_eq!(
+        keys[0]["settings"]["team"], "billing",
+        "the credential's settings reach the plugin"
+    );
     assert_eq!(
         keys[0]["sha256"],
         sha256_hex(entry["data"]["value"].as_str().unwrap()),
