@@ -50,13 +50,16 @@ impl Operator for Terminal {
                 Answer::Unavailable
             };
         }
-        let _ = write!(
-            err,
-            "Paste the new value (hidden; empty: later, `rekey resume` asks again): "
-        );
-        let _ = err.flush();
-        drop(err);
-        match read_hidden_line() {
+        // Echo goes off before the prompt shows: a value pasted the moment the
+        // prompt appears must not be echoed.
+        let prompt = move || {
+            let _ = write!(
+                err,
+                "Paste the new value (hidden; empty: later, `rekey resume` asks again): "
+            );
+            let _ = err.flush();
+        };
+        match read_hidden_line(prompt) {
             Ok(value) if !value.is_empty() => Answer::Value(value),
             Ok(_) => Answer::Unavailable,
             Err(e) => {
@@ -67,8 +70,9 @@ impl Operator for Terminal {
     }
 }
 
-/// Reads one line from stdin with the terminal's echo off, restoring the mode after.
-fn read_hidden_line() -> std::io::Result<Secret> {
+/// Turns the terminal's echo off, calls `prompt`, reads one line from stdin and
+/// restores the mode.
+fn read_hidden_line(prompt: impl FnOnce()) -> std::io::Result<Secret> {
     const STDIN: i32 = 0;
     // SAFETY: termios is plain data; tcgetattr fills it or fails.
     let mut term: libc::termios = unsafe { std::mem::zeroed() };
@@ -82,6 +86,7 @@ fn read_hidden_line() -> std::io::Result<Secret> {
     if unsafe { libc::tcsetattr(STDIN, libc::TCSANOW, &term) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    prompt();
     let mut line = zeroize::Zeroizing::new(String::new());
     let read = std::io::stdin().lock().read_line(&mut line);
     // SAFETY: restores the attributes read above.
