@@ -171,6 +171,8 @@ pub struct ResumeArgs {
     pub run: Option<String>,
     #[command(flatten)]
     pub journal: JournalArgs,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -200,4 +202,22 @@ pub struct JournalArgs {
     /// The file is always written first; a collector that fails never stops a run.
     #[arg(long = "audit-sink", value_name = "stdout|URL")]
     pub audit_sinks: Vec<String>,
+}
+
+/// The answer to a manual step waiting for an operator. Never a value on the
+/// command line: every local user can read a process's arguments.
+#[derive(Debug, Args, Default)]
+pub struct OperatorArgs {
+    /// The manual credential the value is for (needed when several wait).
+    #[arg(long, value_name = "ID")]
+    pub credential: Option<String>,
+    /// Read the new value from stdin (one trailing newline is dropped).
+    #[arg(long, conflicts_with_all = ["value_file", "confirm"])]
+    pub value_stdin: bool,
+    /// Read the new value from this file (one trailing newline is dropped).
+    #[arg(long, value_name = "FILE", conflicts_with = "confirm")]
+    pub value_file: Option<PathBuf>,
+    /// Confirm a revoke-only manual step (`confirm_only: true`) was done.
+    #[arg(long)]
+    pub confirm: bool,
 }

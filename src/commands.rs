@@ -402,18 +402,27 @@ fn prepare(
     let mut refused = Vec::new();
     for &i in &selected.indices {
         let c = &pb.credentials[i];
-        if c.kind == crate::provider::catalog::Kind::Manual || providers.contains(&c.provider) {
+        // A manual step needs a provider only to verify its value (`verify_with`).
+        let needed = if c.kind == crate::provider::catalog::Kind::Manual {
+            match c.settings.get("verify_with").and_then(|v| v.as_str()) {
+                Some(name) => name,
+                None => continue,
+            }
+        } else {
+            c.provider.as_str()
+        };
+        if providers.contains(needed) {
             continue;
         }
-        match pb.providers.get(&c.provider) {
+        match pb.providers.get(needed) {
             Some(p) if crate::provider::registry::supports(&p.type_name) => {
-                providers.insert(c.provider.clone());
+                providers.insert(needed.to_owned());
             }
             Some(p) => refused.push(format!(
                 "provider type `{}` (instance `{}`) cannot rotate credentials in this build yet; `rekey providers` lists what can",
                 p.type_name, p.name
             )),
-            None => refused.push(format!("unknown provider instance `{}`", c.provider)),
+            None => refused.push(format!("unknown provider instance `{needed}`")),
         }
     }
     if !refused.is_empty() {
@@ -550,6 +559,7 @@ fn with_engine<T>(
     mut journal: crate::journal::Journal,
     key: Vec<u8>,
     audit: &AuditSetup,
+    operator: std::sync::Arc<dyn crate::provider::manual::Operator>,
     work: impl AsyncFnOnce(&crate::engine::Engine, &[Vec<usize>]) -> Result<T>,
 ) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -617,6 +627,7 @@ fn with_engine<T>(
             progress: progress_for(&prepared.playbook, &prepared.waves, &limits),
             pending: std::sync::Mutex::new(Vec::new()),
             limits,
+            operator,
         };
         work(&engine, &prepared.waves).await
     })
@@ -705,6 +716,25 @@ fn print_summary(
             summary.run_id
         )?;
     }
+    let waiting: Vec<&str> = summary
+        .results
+        .iter()
+        .filter(|r| r.outcome.state() == "awaiting_operator")
+        .map(|r| r.id.as_str())
+        .collect();
+    for id in &waiting {
+        writeln!(
+            io.stderr,
+            "manual step `{id}` waits for an operator: do what `rekey status {run}` says, then `rekey resume {run} --credential {id} --value-stdin` (or --value-file FILE, or run resume on a terminal)",
+            run = summary.run_id
+        )?;
+    }
+    if !summary.interrupted
+        && !waiting.is_empty()
+        && summary.status() == crate::journal::RunStatus::Interrupted
+    {
+        return Ok(ExitStatus::AwaitingOperator);
+    }
     Ok(match summary.status() {
         crate::journal::RunStatus::Succeeded => ExitStatus::Success,
         crate::journal::RunStatus::Quarantined => ExitStatus::Quarantined,
@@ -738,9 +768,15 @@ pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
         actor: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
     };
     let audit = AuditSetup::from_args(&args.journal);
-    let summary = with_engine(prepared, journal, key, &audit, async |engine, waves| {
-        Ok(engine.run(&new_run, waves).await?)
-    })?;
+    let operator = terminal_operator();
+    let summary = with_engine(
+        prepared,
+        journal,
+        key,
+        &audit,
+        operator,
+        async |engine, waves| Ok(engine.run(&new_run, waves).await?),
+    )?;
     audit.report(io)?;
     print_summary(&summary, args.format, io)
 }
@@ -817,11 +853,20 @@ pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> 
         "resuming run {} of {}",
         run.id, run.playbook_path
     )?;
+    let operator = match resume_operator(&args.operator, &journal, &run.id, io)? {
+        Ok(o) => o,
+        Err(status) => return Ok(status),
+    };
     let run_id = run.id.clone();
     let audit = AuditSetup::from_args(&args.journal);
-    let summary = with_engine(prepared, journal, key, &audit, async |engine, waves| {
-        Ok(engine.resume(&run_id, waves).await?)
-    })?;
+    let summary = with_engine(
+        prepared,
+        journal,
+        key,
+        &audit,
+        operator,
+        async |engine, waves| Ok(engine.resume(&run_id, waves).await?),
+    )?;
     audit.report(io)?;
     print_summary(&summary, args.format, io)
 }
@@ -870,9 +915,15 @@ pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStat
     };
     let run_id = run.id.clone();
     let audit = AuditSetup::from_args(&args.journal);
-    let summary = with_engine(prepared, journal, key, &audit, async |engine, waves| {
-        Ok(engine.roll_back(&run_id, waves).await?)
-    })?;
+    let nobody = std::sync::Arc::new(crate::provider::manual::Nobody);
+    let summary = with_engine(
+        prepared,
+        journal,
+        key,
+        &audit,
+        nobody,
+        async |engine, waves| Ok(engine.roll_back(&run_id, waves).await?),
+    )?;
     audit.report(io)?;
     let status = print_summary(&summary, args.format, io)?;
     // For a rollback, "rolled back" is success.
@@ -932,6 +983,17 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
             )
         {
             writeln!(io.stdout, "      why: {reason}\n      to do: {action}")?;
+        }
+        if s.state == "awaiting_operator"
+            && let Some(instructions) = s.detail.get("instructions").and_then(|v| v.as_str())
+        {
+            writeln!(
+                io.stdout,
+                "      to do: {}\n      then: rekey resume {} --credential {} --value-stdin",
+                instructions.trim(),
+                run.id,
+                s.credential
+            )?;
         }
     }
     Ok(ExitStatus::Success)
@@ -1073,4 +1135,102 @@ pub fn audit(cmd: &crate::cli::AuditCommand, io: &mut Io) -> Result<ExitStatus> 
         }
     }
     Ok(status)
+}
+
+/// The operator for `run`: the terminal when stdin is one, else nobody (manual
+/// steps then wait for `rekey resume`).
+fn terminal_operator() -> std::sync::Arc<dyn crate::provider::manual::Operator> {
+    match crate::provider::manual::Terminal::detect() {
+        Some(t) => std::sync::Arc::new(t),
+        None => std::sync::Arc::new(crate::provider::manual::Nobody),
+    }
+}
+
+/// The operator for `resume`: the value (or confirmation) given with
+/// `--value-stdin`, `--value-file` or `--confirm`, for the one waiting manual
+/// step it names; without those, the terminal or nobody.
+fn resume_operator(
+    args: &crate::cli::OperatorArgs,
+    journal: &crate::journal::Journal,
+    run: &str,
+    io: &mut Io,
+) -> Result<std::result::Result<std::sync::Arc<dyn crate::provider::manual::Operator>, ExitStatus>>
+{
+    use crate::provider::manual::{Provided, value_from_bytes};
+    use std::io::Read;
+    if !args.value_stdin && args.value_file.is_none() && !args.confirm {
+        if args.credential.is_some() {
+            writeln!(
+                io.stderr,
+                "error: --credential names the manual step that --value-stdin, --value-file or --confirm answers; give one of them"
+            )?;
+            return Ok(Err(ExitStatus::Invalid));
+        }
+        return Ok(Ok(terminal_operator()));
+    }
+    let waiting: Vec<String> = journal
+        .states(run)?
+        .into_iter()
+        .filter(|s| s.state == "awaiting_operator")
+        .map(|s| s.credential)
+        .collect();
+    let target = match &args.credential {
+        Some(c) if waiting.contains(c) => c.clone(),
+        Some(c) => {
+            writeln!(
+                io.stderr,
+                "error: credential `{c}` of run {run} does not wait for an operator (waiting: {})\nhelp: `rekey status {run}` lists the manual steps that wait",
+                if waiting.is_empty() {
+                    "none".to_owned()
+                } else {
+                    waiting.join(", ")
+                }
+            )?;
+            return Ok(Err(ExitStatus::Invalid));
+        }
+        None if waiting.len() == 1 => waiting[0].clone(),
+        None if waiting.is_empty() => {
+            writeln!(
+                io.stderr,
+                "error: no manual step of run {run} waits for an operator; nothing to give a value to"
+            )?;
+            return Ok(Err(ExitStatus::Invalid));
+        }
+        None => {
+            writeln!(
+                io.stderr,
+                "error: several manual steps of run {run} wait ({}); name the one this value is for with --credential ID",
+                waiting.join(", ")
+            )?;
+            return Ok(Err(ExitStatus::Invalid));
+        }
+    };
+    let value = if args.value_stdin {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read the value from stdin")?;
+        Some(value_from_bytes(bytes, "stdin"))
+    } else if let Some(path) = &args.value_file {
+        match std::fs::read(path) {
+            Ok(bytes) => Some(value_from_bytes(bytes, &path.display().to_string())),
+            Err(e) => {
+                writeln!(io.stderr, "error: cannot read {}: {e}", path.display())?;
+                return Ok(Err(ExitStatus::Invalid));
+            }
+        }
+    } else {
+        None
+    };
+    let value = match value.transpose() {
+        Ok(v) => v,
+        Err(message) => {
+            writeln!(
+                io.stderr,
+                "error: {message}\nhelp: give the new value the manual step produced"
+            )?;
+            return Ok(Err(ExitStatus::Invalid));
+        }
+    };
+    Ok(Ok(std::sync::Arc::new(Provided::new(target, value))))
 }

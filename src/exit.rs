@@ -13,6 +13,9 @@ pub enum ExitStatus {
     Quarantined,
     /// `run`: stopped by Ctrl-C in a safe state; `rekey resume` finishes it.
     Interrupted,
+    /// `run`/`resume`: manual steps wait for an operator; `rekey resume` with the
+    /// value finishes them (everything else ended well).
+    AwaitingOperator,
     /// `plan --detailed-exitcode` only: the plan has work to do.
     PlanHasWork,
 }
@@ -25,6 +28,7 @@ impl ExitStatus {
             ExitStatus::Invalid => 2,
             ExitStatus::Quarantined => 3,
             ExitStatus::Interrupted => 4,
+            ExitStatus::AwaitingOperator => 5,
             ExitStatus::PlanHasWork => 10,
         }
     }

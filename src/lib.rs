@@ -14,6 +14,7 @@ pub mod playbook;
 pub mod progress;
 pub mod provider;
 pub mod secret;
+pub mod sink;
 pub mod store;
 
 pub use exit::ExitStatus;

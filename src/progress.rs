@@ -15,7 +15,9 @@ pub struct Bars {
     bars: IndexMap<String, ProgressBar>,
     /// Each instance's limit, to show the rate it sends at now and its 429s.
     limits: IndexMap<String, Arc<InstanceLimit>>,
-    _multi: MultiProgress,
+    multi: MultiProgress,
+    /// Operator prompts on the terminal now; bars are hidden while any is.
+    prompts: Mutex<usize>,
 }
 
 impl Bars {
@@ -48,7 +50,8 @@ impl Bars {
         Bars {
             bars,
             limits,
-            _multi: multi,
+            multi,
+            prompts: Mutex::new(0),
         }
     }
 }
@@ -81,6 +84,21 @@ impl Progress for Bars {
                 bar.finish_with_message("done");
             }
         }
+    }
+    fn operator_prompt(&self, active: bool) {
+        // Hidden rather than suspended: a suspended display would block every
+        // other credential's progress update until the operator answers.
+        let mut prompts = self.prompts.lock().unwrap_or_else(|e| e.into_inner());
+        match (active, *prompts) {
+            (true, 0) => self.multi.set_draw_target(ProgressDrawTarget::hidden()),
+            (false, 1) => self.multi.set_draw_target(ProgressDrawTarget::stderr()),
+            _ => {}
+        }
+        *prompts = if active {
+            *prompts + 1
+        } else {
+            prompts.saturating_sub(1)
+        };
     }
 }
 

@@ -81,6 +81,9 @@ impl RunSummary {
             RunStatus::Interrupted
         } else if self.count("quarantined") > 0 {
             RunStatus::Quarantined
+        } else if self.count("awaiting_operator") > 0 {
+            // Unfinished: `rekey resume` picks it up once an operator can answer.
+            RunStatus::Interrupted
         } else if self.count("rolled_back") + self.count("skipped") > 0 {
             RunStatus::Failed
         } else {
@@ -133,6 +136,11 @@ pub trait Progress: Send + Sync {
     fn started(&self, instance: &str, credential: &str);
     /// It ended with `outcome`.
     fn finished(&self, instance: &str, credential: &str, outcome: &Outcome);
+    /// An operator is asked on the terminal (`true`) or has answered (`false`):
+    /// a display drawing on the terminal steps aside meanwhile. Calls nest.
+    fn operator_prompt(&self, active: bool) {
+        let _ = active;
+    }
 }
 
 /// Reports nothing.
@@ -151,6 +159,8 @@ pub struct Retirement {
     pub new_key: String,
     pub version: u64,
     pub due: tokio::time::Instant,
+    /// Sinks that failed at promotion: the credential ends quarantined.
+    pub sink_failures: Vec<String>,
 }
 
 /// Everything a run needs, built by the command layer.
@@ -172,6 +182,8 @@ pub struct Engine {
     pub pending: Mutex<Vec<Retirement>>,
     /// Rate limit per provider instance (see `limits`).
     pub limits: IndexMap<String, Arc<limits::InstanceLimit>>,
+    /// Who answers manual steps (a terminal, a value given to resume, nobody).
+    pub operator: Arc<dyn crate::provider::manual::Operator>,
 }
 
 impl Engine {
@@ -331,7 +343,9 @@ impl Engine {
                 let last = rows.iter().find(|r| r.credential == credential.id);
                 if let Some(done) =
                     last.and_then(|r| serde_json::from_value::<Outcome>(r.detail.clone()).ok())
-                    && !matches!(done, Outcome::AwaitingOperator { .. })
+                    // Waiting and never-attempted credentials are taken up again:
+                    // a dependency may have rotated since (a manual step finished).
+                    && !matches!(done, Outcome::AwaitingOperator { .. } | Outcome::Skipped { .. })
                 {
                     results.push(CredentialResult {
                         id: credential.id.clone(),

@@ -16,24 +16,26 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod manual;
+mod sinks;
+
 pub(super) async fn rotate(
     engine: &Engine,
     run: &str,
     index: usize,
 ) -> Result<Outcome, EngineError> {
     let credential = &engine.playbook.credentials[index];
-    let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
-        return Ok(match credential.kind {
-            Kind::Manual => Outcome::AwaitingOperator {
-                instructions: credential.instructions.clone().unwrap_or_default(),
-            },
-            _ => Outcome::Skipped {
+    let provider = match engine.providers.get(&credential.provider).cloned() {
+        Some(p) => p,
+        None if credential.kind == Kind::Manual => manual::no_provider(),
+        None => {
+            return Ok(Outcome::Skipped {
                 reason: format!(
                     "provider instance `{}` cannot run in this build",
                     credential.provider
                 ),
-            },
-        });
+            });
+        }
     };
     let holder = engine.holder.clone();
     // The lease outlives the grace period: the old key is retired at its end.
@@ -60,9 +62,7 @@ pub(super) async fn rotate(
     let outcome = match credential.kind {
         Kind::Dual => ctx.dual().await,
         Kind::Single => ctx.single().await,
-        Kind::Manual => Ok(Outcome::AwaitingOperator {
-            instructions: credential.instructions.clone().unwrap_or_default(),
-        }),
+        Kind::Manual => ctx.manual().await,
     };
     engine.journal(|j| j.release(run, &credential.id, &holder))?;
     outcome
@@ -650,6 +650,7 @@ impl<'a> Ctx<'a> {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         self.state("promoted", json!({ "new_key_id": issued.key_id, "old_key_id": old_key, "version": version, "retire_after": retire_after }))?;
+        let sink_failures = self.propagate(&issued.secret).await?;
 
         // Grace: consumers pick up the new value (zero in breach mode). The wait
         // happens after every wave, without holding a concurrency slot, so
@@ -666,14 +667,20 @@ impl<'a> Ctx<'a> {
                     new_key: issued.key_id.clone(),
                     version,
                     due,
+                    sink_failures: sink_failures.clone(),
                 });
-            return Ok(Outcome::Rotated {
-                key_id: Some(issued.key_id),
-                version,
-            });
+            return Ok(self.with_sinks(
+                Outcome::Rotated {
+                    key_id: Some(issued.key_id),
+                    version,
+                },
+                sink_failures,
+            ));
         }
-        self.retire(old_key.as_deref(), &issued.key_id, version)
-            .await
+        let outcome = self
+            .retire(old_key.as_deref(), &issued.key_id, version)
+            .await?;
+        Ok(self.with_sinks(outcome, sink_failures))
     }
 
     /// Deactivates then deletes the old key, clears staging.
@@ -826,11 +833,15 @@ impl<'a> Ctx<'a> {
                 });
             }
         };
+        let sink_failures = self.propagate(&new).await?;
         self.clear_staging().await?;
-        Ok(Outcome::Rotated {
-            key_id: None,
-            version,
-        })
+        Ok(self.with_sinks(
+            Outcome::Rotated {
+                key_id: None,
+                version,
+            },
+            sink_failures,
+        ))
     }
 
     /// The changed value does not work. Routine mode puts the old value back;
@@ -978,7 +989,14 @@ impl Ctx<'_> {
             }
             let promoted = promoted.clone();
             return self
-                .finish_promoted(&ours, &keys, old_key.as_deref(), &promoted, current.version)
+                .finish_promoted(
+                    &ours,
+                    &keys,
+                    old_key.as_deref(),
+                    &promoted,
+                    current.version,
+                    current.value.as_ref(),
+                )
                 .await
                 .map(Some);
         }
@@ -1003,7 +1021,14 @@ impl Ctx<'_> {
             match self.promote(&value, &fields, cas).await? {
                 Ok(version) => {
                     return self
-                        .finish_promoted(&ours, &keys, old_key.as_deref(), &key_id, version)
+                        .finish_promoted(
+                            &ours,
+                            &keys,
+                            old_key.as_deref(),
+                            &key_id,
+                            version,
+                            Some(&value),
+                        )
                         .await
                         .map(Some);
                 }
@@ -1065,6 +1090,7 @@ impl Ctx<'_> {
         old_key: Option<&str>,
         promoted: &str,
         version: u64,
+        value: Option<&Secret>,
     ) -> Result<Outcome, EngineError> {
         let provider = self.provider.clone();
         let target = self.target();
@@ -1075,8 +1101,15 @@ impl Ctx<'_> {
                 })
                 .await?;
         }
+        // The interruption may have come before the sinks ran: push again (a
+        // sink that already holds the value is not written twice).
+        let sink_failures = match value {
+            Some(v) => self.propagate(v).await?,
+            None => Vec::new(),
+        };
         let old_key = old_key.filter(|o| keys.iter().any(|k| k.id == *o));
-        self.retire(old_key, promoted, version).await
+        let outcome = self.retire(old_key, promoted, version).await?;
+        Ok(self.with_sinks(outcome, sink_failures))
     }
 
     /// Single: the staging entry is the write-ahead log. If the staged value
@@ -1130,11 +1163,15 @@ impl Ctx<'_> {
             return Ok(Some(
                 match self.promote(&value, &self.fields(None), cas).await? {
                     Ok(version) => {
+                        let sink_failures = self.propagate(&value).await?;
                         self.clear_staging().await?;
-                        Outcome::Rotated {
-                            key_id: None,
-                            version,
-                        }
+                        self.with_sinks(
+                            Outcome::Rotated {
+                                key_id: None,
+                                version,
+                            },
+                            sink_failures,
+                        )
                     }
                     Err(f) => Outcome::Quarantined {
                         reason: format!(
@@ -1210,8 +1247,10 @@ pub(super) async fn retire(
         provider,
         leased_at: None,
     };
-    ctx.retire(r.old_key.as_deref(), &r.new_key, r.version)
-        .await
+    let outcome = ctx
+        .retire(r.old_key.as_deref(), &r.new_key, r.version)
+        .await?;
+    Ok(ctx.with_sinks(outcome, r.sink_failures.clone()))
 }
 
 /// Undoes one rotated credential of a routine-mode run: the previous value goes
@@ -1306,9 +1345,13 @@ pub(super) async fn roll_back(
             }
             let fields = ctx.fields(None);
             match ctx.promote(&previous, &fields, current.version).await? {
-                Ok(v) => Ok(Outcome::RolledBack {
-                    reason: format!("previous value restored (Vault version {v})"),
-                }),
+                Ok(v) => {
+                    let failed = ctx.propagate(&previous).await?;
+                    Ok(sinks_rolled_back(
+                        format!("previous value restored (Vault version {v})"),
+                        failed,
+                    ))
+                }
                 Err(f) => Ok(Outcome::Quarantined {
                     reason: format!(
                         "the previous password is set again at the provider, but Vault could not be updated: {}",
@@ -1359,9 +1402,11 @@ pub(super) async fn roll_back(
                             })
                             .await?;
                     }
-                    Ok(Outcome::RolledBack {
-                        reason: format!("old key {old} restored (Vault version {v})"),
-                    })
+                    let failed = ctx.propagate(&previous).await?;
+                    Ok(sinks_rolled_back(
+                        format!("old key {old} restored (Vault version {v})"),
+                        failed,
+                    ))
                 }
                 Err(f) => Ok(Outcome::Skipped {
                     reason: format!("could not write the old key back: {}", f.message),
@@ -1412,4 +1457,21 @@ impl RetryHint for StoreError {
 /// Full jitter: a random delay up to `d`, so retries of many credentials spread out.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+/// A rollback whose sinks could not all be given the previous value back.
+fn sinks_rolled_back(reason: String, failed: Vec<String>) -> Outcome {
+    if failed.is_empty() {
+        return Outcome::RolledBack { reason };
+    }
+    Outcome::Quarantined {
+        action: format!(
+            "write the previous value to the failed sinks by hand: {}",
+            failed.join("; ")
+        ),
+        reason: format!(
+            "{reason}, but {} sink(s) still hold the newer value",
+            failed.len()
+        ),
+    }
 }

@@ -48,6 +48,12 @@ pub fn steps(c: &Credential, deactivates: bool, lists: bool) -> Vec<&'static str
         }
         Kind::Manual => steps.extend(["await_operator", "stage", "promote", "clear_staging"]),
     }
+    // Sinks receive the value right after promotion.
+    if !c.sinks.is_empty()
+        && let Some(at) = steps.iter().position(|s| *s == "promote")
+    {
+        steps.insert(at + 1, "propagate");
+    }
     steps
 }
 
@@ -68,7 +74,13 @@ pub fn credential_plan<'a>(playbook: &'a Playbook, c: &'a Credential) -> Credent
             requests.is_some_and(|r| r.list > 0),
         ),
         provider_requests: requests.map(|r| r.total(c.verify)).unwrap_or(0),
-        vault_requests: VAULT_REQUESTS_PER_CREDENTIAL,
+        // A Vault sink reads the path, then writes it.
+        vault_requests: VAULT_REQUESTS_PER_CREDENTIAL
+            + 2 * c
+                .sinks
+                .iter()
+                .filter(|s| matches!(s, crate::playbook::Sink::Vault { .. }))
+                .count() as u32,
         verify: c.verify,
         grace_seconds: c.grace.as_secs_f64(),
         instructions: if c.kind == Kind::Manual {

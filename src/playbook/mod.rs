@@ -81,7 +81,7 @@ pub struct PasswordPolicy {
     pub alphabet: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum AdminSource {
     Vault(String),
     Env(String),
@@ -134,6 +134,47 @@ pub struct Credential {
     pub password: Arc<PasswordPolicy>,
     pub settings: IndexMap<String, serde_json::Value>,
     pub instructions: Option<String>,
+    /// Where the promoted value is copied too, in order.
+    pub sinks: Vec<Sink>,
+}
+
+/// A propagation sink, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sink {
+    /// Another KV v2 path in the playbook's mount.
+    Vault { path: String },
+    /// A file written atomically (mode 0600), then `reload` run (argv, no shell).
+    File {
+        path: std::path::PathBuf,
+        reload: Vec<String>,
+    },
+    /// A GitHub Actions secret of a repository (or one of its environments).
+    Github {
+        base_url: String,
+        repository: String,
+        environment: Option<String>,
+        secret_name: String,
+        token: AdminSource,
+    },
+}
+
+impl Sink {
+    /// Where the sink writes, for records and messages (never a value).
+    pub fn describe(&self) -> String {
+        match self {
+            Sink::Vault { path } => format!("vault:{path}"),
+            Sink::File { path, .. } => format!("file:{}", path.display()),
+            Sink::Github {
+                repository,
+                environment,
+                secret_name,
+                ..
+            } => match environment {
+                Some(env) => format!("github:{repository}/environments/{env}/{secret_name}"),
+                None => format!("github:{repository}/{secret_name}"),
+            },
+        }
+    }
 }
 
 /// A loaded playbook and the warnings found on the way.

@@ -282,6 +282,46 @@ pub struct RawCredential {
     /// For `provider: manual`: what the operator must do.
     #[serde(default)]
     pub instructions: Option<String>,
+    /// More places the new value is pushed to once promoted (other Vault paths,
+    /// files, GitHub Actions secrets), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<RawSink>,
+}
+
+/// A propagation sink: where a promoted value is copied. `type` says which; each
+/// type reads only its own fields.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    /// `vault` (another KV path, check-and-set), `file` (written atomically, mode
+    /// 0600) or `github` (a GitHub Actions repository or environment secret).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `vault`: KV path inside the mount. `file`: the file to write.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `file`: command run after each write, as a list (`[systemctl, reload, app]`);
+    /// no shell, and the value is never in its arguments or environment.
+    #[serde(default)]
+    pub reload: Option<Vec<String>>,
+    /// `github`: the repository, `owner/name`.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// `github`: an environment of the repository (environment secret); without
+    /// it, a repository secret.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// `github`: the secret's name (letters, digits, `_`; not starting with `GITHUB_`).
+    #[serde(default)]
+    pub secret_name: Option<String>,
+    /// `github`: where the API token is (a Vault KV path or an environment
+    /// variable, like a provider's admin credential); needs write access to secrets.
+    #[serde(default)]
+    pub token: Option<RawAdmin>,
+    /// `github`: API base URL. Default `https://api.github.com` (GitHub Enterprise
+    /// Server: `https://HOST/api/v3`).
+    #[serde(default)]
+    pub base_url: Option<String>,
 }
 
 /// A duration as written: a number and a unit (`30s`, `15m`, `24h`, `90d`), or a

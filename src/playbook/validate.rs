@@ -9,7 +9,7 @@ use super::rate::{DURATION_HELP, Rate};
 use super::yaml::{Node, Pos, escape};
 use super::{
     AdminSource, Credential, Defaults, Incident, PasswordPolicy, Playbook, ProviderInstance,
-    RateOrigin, Vault, VaultAuth,
+    RateOrigin, Sink, Vault, VaultAuth,
 };
 use crate::provider::catalog::{Catalog, Kind, Need, Setting};
 use indexmap::IndexMap;
@@ -34,6 +34,7 @@ struct Resolved {
     /// Settings with defaults applied, when there are any to apply.
     settings: Option<IndexMap<String, serde_json::Value>>,
     line: usize,
+    sinks: Vec<Sink>,
 }
 
 /// A playbook that passed validation; `build` turns it into a `Playbook`.
@@ -74,6 +75,7 @@ impl Validated {
                 password: r.password,
                 settings: r.settings.unwrap_or(c.settings),
                 instructions: c.instructions,
+                sinks: r.sinks,
             })
             .collect();
         Playbook {
@@ -759,6 +761,21 @@ fn validate_providers(
             &t.name,
         );
         let admin = validate_admin(cx, &p.admin, t.admin, &format!("{base}/admin"), &t.name);
+        // An exec plugin says in its settings which protocol it follows.
+        let kind = match (t.name.as_str(), settings.get("kind")) {
+            ("exec", Some(k)) if k == "single" => Kind::Single,
+            ("exec", Some(k)) if k != "dual" => {
+                cx.push(
+                    Diagnostic::error(
+                        "an exec plugin's `kind` is `dual` or `single`",
+                        cx.at(&format!("{base}/settings/kind")),
+                    )
+                    .help("`dual`: it creates a new key beside the old; `single`: it changes a value in place"),
+                );
+                t.kind
+            }
+            _ => t.kind,
+        };
         let (rate, rate_origin) = match &p.rate {
             Some(r) => (
                 validate_rate(cx, r, &format!("{base}/rate")).unwrap_or(t.rate()),
@@ -779,7 +796,7 @@ fn validate_providers(
             ProviderInstance {
                 name: name.clone(),
                 type_name: t.name.clone(),
-                kind: t.kind,
+                kind,
                 settings,
                 admin,
                 rate,
@@ -872,7 +889,7 @@ fn validate_credentials<'c>(
             catalog
                 .types
                 .get_key_value(&p.type_name)
-                .map(|(name, t)| (name.as_str(), t.kind))
+                .map(|(name, _)| (name.as_str(), p.kind))
         } else {
             let declared = raw.providers.contains_key(&c.provider);
             if !declared {
@@ -911,11 +928,25 @@ fn validate_credentials<'c>(
                     .help("add `account: <user, role or key name at the provider>`"),
                 );
             }
+            if kind == Kind::Manual
+                && let Some(v) = c.settings.get("verify_with")
+            {
+                let known = v
+                    .as_str()
+                    .is_some_and(|name| name != MANUAL && raw.providers.contains_key(name));
+                if !known {
+                    cx.push(Diagnostic::error(format!("`verify_with` of `{}` must name a provider instance declared under `providers:`", c.id), cx.at(&format!("{base}/settings/verify_with")))
+                        .help("name the instance whose `verify` can check this value, or remove `verify_with`"));
+                }
+            }
             if kind != Kind::Manual && c.instructions.is_some() {
                 cx.push(Diagnostic::warning(format!("`instructions` only apply to manual credentials; `{}` is rotated by `{}`", c.id, type_name), cx.key_at(&format!("{base}/instructions"))).help("remove `instructions`, or use `provider: manual`"));
             }
         }
         let settings = match instance.and_then(|(type_name, _)| catalog.get(type_name)) {
+            // An exec plugin defines its own credential settings; rekey hands
+            // them on as written.
+            Some(t) if t.name == "exec" => IndexMap::new(),
             Some(t)
                 if !c.settings.is_empty()
                     || t.credential_settings
@@ -1052,6 +1083,11 @@ fn validate_credentials<'c>(
             password,
             settings,
             line: lines.get(i).copied().unwrap_or(0) as usize,
+            sinks: if c.sinks.is_empty() {
+                Vec::new()
+            } else {
+                validate_sinks(cx, c, &base, vault)
+            },
         });
     }
 
@@ -1177,4 +1213,242 @@ fn find_cycles(cx: &Ctx, credentials: &[RawCredential]) -> Option<Vec<Diagnostic
         }
     }
     if out.is_empty() { None } else { Some(out) }
+}
+
+/// Checks a credential's propagation sinks: each type's required fields, no field
+/// of another type, paths that do not collide with what rekey writes itself.
+fn validate_sinks(cx: &mut Ctx, c: &RawCredential, base: &str, vault: &Vault) -> Vec<Sink> {
+    let mut out = Vec::new();
+    for (i, raw) in c.sinks.iter().enumerate() {
+        let at = format!("{base}/sinks/{i}");
+        let allowed: &[&str] = match raw.kind.as_str() {
+            "vault" => &["path"],
+            "file" => &["path", "reload"],
+            "github" => &[
+                "repository",
+                "environment",
+                "secret_name",
+                "token",
+                "base_url",
+            ],
+            other => {
+                cx.push(
+                    Diagnostic::error(
+                        format!("unknown sink type `{other}`"),
+                        cx.at(&format!("{at}/type")),
+                    )
+                    .help("sink types: `vault`, `file`, `github`"),
+                );
+                continue;
+            }
+        };
+        let given = [
+            ("path", raw.path.is_some()),
+            ("reload", raw.reload.is_some()),
+            ("repository", raw.repository.is_some()),
+            ("environment", raw.environment.is_some()),
+            ("secret_name", raw.secret_name.is_some()),
+            ("token", raw.token.is_some()),
+            ("base_url", raw.base_url.is_some()),
+        ];
+        let mut ok = true;
+        for (field, _) in given.iter().filter(|(f, g)| *g && !allowed.contains(f)) {
+            ok = false;
+            cx.push(
+                Diagnostic::error(
+                    format!("a `{}` sink has no `{field}`", raw.kind),
+                    cx.key_at(&format!("{at}/{field}")),
+                )
+                .help(format!(
+                    "fields of a `{}` sink: type, {}",
+                    raw.kind,
+                    allowed.join(", ")
+                )),
+            );
+        }
+        let need = |cx: &mut Ctx, field: &str, value: Option<&String>, hint: &str| match value
+            .filter(|v| !v.trim().is_empty())
+        {
+            Some(v) => Some(v.clone()),
+            None => {
+                cx.push(
+                    Diagnostic::error(format!("a `{}` sink needs `{field}`", raw.kind), cx.at(&at))
+                        .help(hint.to_owned()),
+                );
+                None
+            }
+        };
+        let sink = match raw.kind.as_str() {
+            "vault" => need(
+                cx,
+                "path",
+                raw.path.as_ref(),
+                "e.g. `path: mirror/billing/db` (inside the mount)",
+            )
+            .and_then(|p| match normalize_vault_path(&p) {
+                Ok(p)
+                    if p == c.vault_path.as_str()
+                        || normalize_vault_path(&c.vault_path).is_ok_and(|v| v == p) =>
+                {
+                    cx.push(
+                        Diagnostic::error(
+                            "this sink writes the credential's own vault_path",
+                            cx.at(&format!("{at}/path")),
+                        )
+                        .help(
+                            "a sink copies the value to another path; remove it or change the path",
+                        ),
+                    );
+                    None
+                }
+                Ok(p)
+                    if !vault.staging_prefix.is_empty()
+                        && (p == vault.staging_prefix
+                            || p.starts_with(&format!("{}/", vault.staging_prefix))) =>
+                {
+                    cx.push(
+                        Diagnostic::error(
+                            format!(
+                                "`{p}` lies under the staging prefix `{}`",
+                                vault.staging_prefix
+                            ),
+                            cx.at(&format!("{at}/path")),
+                        )
+                        .help("sinks write outside `vault.staging_prefix`"),
+                    );
+                    None
+                }
+                Ok(p) => Some(Sink::Vault {
+                    path: p.into_owned(),
+                }),
+                Err(message) => {
+                    cx.push(
+                        Diagnostic::error(message, cx.at(&format!("{at}/path")))
+                            .help("a KV path inside the mount, e.g. `mirror/billing/db`"),
+                    );
+                    None
+                }
+            }),
+            "file" => {
+                let path = need(
+                    cx,
+                    "path",
+                    raw.path.as_ref(),
+                    "e.g. `path: /etc/billing/api-key`",
+                );
+                let reload = raw.reload.clone().unwrap_or_default();
+                if raw.reload.is_some() && reload.first().is_none_or(|p| p.trim().is_empty()) {
+                    ok = false;
+                    cx.push(
+                        Diagnostic::error(
+                            "`reload` is a command as a list, starting with the program",
+                            cx.at(&format!("{at}/reload")),
+                        )
+                        .help("e.g. `reload: [systemctl, reload, billing]` (no shell)"),
+                    );
+                }
+                path.map(|p| Sink::File {
+                    path: p.into(),
+                    reload,
+                })
+            }
+            _ => {
+                let repository = need(
+                    cx,
+                    "repository",
+                    raw.repository.as_ref(),
+                    "e.g. `repository: acme/deploy`",
+                );
+                if let Some(r) = &repository {
+                    let parts: Vec<&str> = r.split('/').collect();
+                    if parts.len() != 2
+                        || parts.iter().any(|p| {
+                            p.is_empty()
+                                || !p
+                                    .chars()
+                                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+                        })
+                    {
+                        ok = false;
+                        cx.push(
+                            Diagnostic::error(
+                                format!("`{r}` is not a GitHub repository (`owner/name`)"),
+                                cx.at(&format!("{at}/repository")),
+                            )
+                            .help("e.g. `acme/deploy`"),
+                        );
+                    }
+                }
+                let name = need(
+                    cx,
+                    "secret_name",
+                    raw.secret_name.as_ref(),
+                    "e.g. `secret_name: DEPLOY_API_KEY`",
+                );
+                if let Some(n) = &name
+                    && (!n.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+                        || n.starts_with(|ch: char| ch.is_ascii_digit())
+                        || n.to_ascii_uppercase().starts_with("GITHUB_"))
+                {
+                    ok = false;
+                    cx.push(
+                        Diagnostic::error(
+                            format!("`{n}` is not a valid GitHub Actions secret name"),
+                            cx.at(&format!("{at}/secret_name")),
+                        )
+                        .help("letters, digits and `_`, not starting with a digit or `GITHUB_`"),
+                    );
+                }
+                if let Some(e) = &raw.environment
+                    && (e.trim().is_empty() || e.contains('/'))
+                {
+                    ok = false;
+                    cx.push(
+                        Diagnostic::error(
+                            format!("`{e}` is not an environment name"),
+                            cx.at(&format!("{at}/environment")),
+                        )
+                        .help("the name of an environment of the repository, e.g. `production`"),
+                    );
+                }
+                let base_url = raw
+                    .base_url
+                    .clone()
+                    .unwrap_or_else(|| "https://api.github.com".into());
+                if !(base_url.starts_with("https://")
+                    || base_url.starts_with("http://127.0.0.1")
+                    || base_url.starts_with("http://localhost"))
+                {
+                    ok = false;
+                    cx.push(Diagnostic::error(format!("`{base_url}` is not an https URL"), cx.at(&format!("{at}/base_url"))).help("the token travels with every request: use https (plain http only to loopback, for tests)"));
+                }
+                let token = if raw.token.is_some() {
+                    validate_admin(
+                        cx,
+                        &raw.token,
+                        Need::Required,
+                        &format!("{at}/token"),
+                        "github sink",
+                    )
+                } else {
+                    cx.push(Diagnostic::error("a `github` sink needs `token`", cx.at(&at)).help("`token: { env: GITHUB_TOKEN }` or `token: { vault_path: infra/github-token }`"));
+                    None
+                };
+                match (repository, name, token) {
+                    (Some(repository), Some(secret_name), Some(token)) => Some(Sink::Github {
+                        base_url: base_url.trim_end_matches('/').to_owned(),
+                        repository,
+                        environment: raw.environment.clone(),
+                        secret_name,
+                        token,
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        if let (Some(sink), true) = (sink, ok) {
+            out.push(sink);
+        }
+    }
+    out
 }

@@ -27,6 +27,11 @@ impl Admin {
         }
     }
 
+    /// Every field, for providers that hand the whole credential on (exec plugins).
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &Secret)> {
+        self.fields.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     pub fn get(&self, name: &str) -> Option<&Secret> {
         self.fields.get(name).filter(|s| !s.is_empty())
     }

@@ -172,6 +172,7 @@ const SHIPPED: &[(&str, &str)] = &[
         include_str!("../../providers/sandbox_password.yaml"),
     ),
     ("manual.yaml", include_str!("../../providers/manual.yaml")),
+    ("exec.yaml", include_str!("../../providers/exec.yaml")),
     (
         "postgres.yaml",
         include_str!("../../providers/postgres.yaml"),

@@ -6,8 +6,10 @@
 pub mod admin;
 pub mod aws_iam;
 pub mod catalog;
+pub mod exec;
 pub mod http;
 pub mod ldap;
+pub mod manual;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;

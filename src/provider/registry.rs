@@ -21,6 +21,7 @@ pub fn supports(type_name: &str) -> bool {
             | "postgres"
             | "mysql"
             | "redis"
+            | "exec"
     ) || http_type(type_name).is_some()
 }
 
@@ -89,6 +90,11 @@ pub fn build(
             &instance.name,
             &instance.settings,
             admin.as_ref(),
+        )?)),
+        "exec" => Ok(Arc::new(super::exec::Exec::from_settings(
+            &instance.name,
+            &instance.settings,
+            admin,
         )?)),
         other => Err(ProviderError::Fatal(format!(
             "provider type `{other}` (instance `{}`) cannot rotate credentials in this build yet; `rekey providers` lists what can",

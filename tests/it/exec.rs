@@ -1,0 +1,302 @@
+//! Exec plugins end to end: `rekey run` drives the example plugins (Python and
+//! Rust, from `examples/`) against the real OpenBao, and copes with plugins that
+//! hang, crash, write garbage, send unknown messages or speak another version.
+
+use crate::lab::{Lab, sha256_hex};
+use serde_json::Value;
+
+const PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/plugins/keystore.py");
+
+/// The Rust example plugin, built if this test run has not built it yet.
+fn rust_plugin() -> String {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/it-<hash> -> target/<profile>/examples/exec_plugin
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples/exec_plugin");
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", "exec_plugin"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build --example exec_plugin");
+    }
+    path.display().to_string()
+}
+
+/// A playbook with one exec instance `plug` (`settings` inline YAML) and `credentials`.
+fn playbook(lab: &Lab, settings: &str, credentials: &str) -> String {
+    lab.playbook(
+        "breach",
+        &format!(
+            "providers:\n  plug: {{ type: exec, settings: {{ {settings} }} }}\ncredentials:\n{credentials}"
+        ),
+    )
+    .display()
+    .to_string()
+}
+
+fn python(lab: &Lab, extra_args: &str) -> String {
+    format!(
+        "command: {PYTHON}, args: [--state, {}{extra_args}], timeout: 10s",
+        lab.path("ks.json").display()
+    )
+}
+
+const ONE_KEY: &str = "  - { id: api, provider: plug, account: a, vault_path: PREFIX/api }\n";
+
+fn state(lab: &Lab) -> Value {
+    serde_json::from_slice(&std::fs::read(lab.path("ks.json")).unwrap_or_default())
+        .unwrap_or(Value::Null)
+}
+
+/// No process started for this lab (its state path is in their argv) is left.
+fn no_plugin_left(lab: &Lab) -> bool {
+    let needle = lab.path("ks.json").display().to_string();
+    std::fs::read_dir("/proc").unwrap().flatten().all(|p| {
+        std::fs::read(p.path().join("cmdline"))
+            .map(|c| !String::from_utf8_lossy(&c).contains(&needle))
+            .unwrap_or(true)
+    })
+}
+
+#[test]
+fn a_python_plugin_rotates_a_key_end_to_end() {
+    let lab = Lab::new();
+    let pb = playbook(
+        &lab,
+        &python(&lab, ""),
+        "  - { id: api, provider: plug, account: a, vault_path: PREFIX/api, settings: { team: billing } }\n",
+    );
+    for round in 1..=2 {
+        let run = lab.rekey(&["run", &pb], None, &[]);
+        assert_eq!(run.code, 0, "round {round}: {}", run.stderr);
+        assert_eq!(run.outcome("api"), "rotated");
+    }
+    let entry = lab.vault("api");
+    assert_eq!(entry["metadata"]["version"], 2);
+    let keys = state(&lab)["accounts"]["a"]["keys"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(keys.len(), 1, "the old key was revoked: {keys:?}");
+    assert_eq!(keys[0]["id"], entry["data"]["key_id"]);
+    assert_eq!(
+        keys[0]["settings"]["team"], "billing",
+        "the credential's settings reach the plugin"
+    );
+    assert_eq!(
+        keys[0]["sha256"],
+        sha256_hex(entry["data"]["value"].as_str().unwrap()),
+        "Vault holds the value the plugin issued"
+    );
+    assert!(!lab.journal_holds(entry["data"]["value"].as_str().unwrap()));
+    assert!(no_plugin_left(&lab));
+}
+
+#[test]
+fn a_single_kind_plugin_changes_a_password_in_place() {
+    let lab = Lab::new();
+    let pb = playbook(
+        &lab,
+        &format!("{}, kind: single", python(&lab, "")),
+        ONE_KEY,
+    );
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.outcome("api"), "rotated");
+    let value = lab.vault("api")["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        state(&lab)["accounts"]["a"]["password_sha256"],
+        sha256_hex(&value)
+    );
+}
+
+#[test]
+fn a_rust_plugin_rotates_a_key_end_to_end() {
+    let lab = Lab::new();
+    let settings = format!(
+        "command: {}, args: [--state, {}]",
+        rust_plugin(),
+        lab.path("ks.json").display()
+    );
+    let pb = playbook(&lab, &settings, ONE_KEY);
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let entry = lab.vault("api");
+    let keys = state(&lab)["accounts"]["a"]["keys"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["id"], entry["data"]["key_id"]);
+    assert_eq!(
+        keys[0]["sha256"],
+        sha256_hex(entry["data"]["value"].as_str().unwrap())
+    );
+}
+
+#[test]
+fn a_plugin_that_hangs_is_killed_at_the_timeout_and_the_key_rolls_back() {
+    let lab = Lab::new();
+    let settings = python(&lab, ", --misbehave, timeout, --on, create").replace("10s", "1s");
+    let pb = playbook(&lab, &settings, ONE_KEY);
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.outcome("api"), "rolled_back");
+    let reason = run.json()["results"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("did not answer `create` within 1s"),
+        "{reason}"
+    );
+    assert!(no_plugin_left(&lab), "every hung plugin process was killed");
+    assert!(lab.vault("api").is_null());
+}
+
+#[test]
+fn a_plugin_that_crashes_fails_the_step_with_its_exit_status() {
+    let lab = Lab::new();
+    let pb = playbook(
+        &lab,
+        &python(&lab, ", --misbehave, crash, --on, create"),
+        ONE_KEY,
+    );
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.outcome("api"), "rolled_back", "{}", run.stderr);
+    let reason = run.json()["results"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("exited (exit status: 3) during `create`"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn garbage_on_a_plugins_stdout_is_a_protocol_error_that_is_not_quoted() {
+    let lab = Lab::new();
+    let pb = playbook(
+        &lab,
+        &python(&lab, ", --misbehave, garbage, --on, verify"),
+        ONE_KEY,
+    );
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.outcome("api"), "rolled_back", "{}", run.stderr);
+    let reason = run.json()["results"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("not a protocol message"), "{reason}");
+    assert!(!run.stdout.contains("Traceback") && !run.stderr.contains("Traceback"));
+    // The key created before verify failed was revoked: nothing is left behind.
+    assert_eq!(state(&lab)["accounts"]["a"]["keys"], serde_json::json!([]));
+    assert!(no_plugin_left(&lab));
+}
+
+#[test]
+fn messages_of_unknown_kinds_are_skipped() {
+    let lab = Lab::new();
+    let pb = playbook(
+        &lab,
+        &python(&lab, ", --misbehave, unknown, --on, create"),
+        ONE_KEY,
+    );
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.outcome("api"), "rotated");
+}
+
+#[test]
+fn a_plugin_speaking_another_protocol_version_is_refused() {
+    let lab = Lab::new();
+    let pb = playbook(&lab, &python(&lab, ", --misbehave, version"), ONE_KEY);
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.outcome("api"), "rolled_back", "{}", run.stderr);
+    let reason = run.json()["results"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("speaks protocol version 99"), "{reason}");
+}
+
+#[test]
+fn a_plugin_gets_only_the_environment_variables_the_playbook_names() {
+    let lab = Lab::new();
+    let settings = format!("{}, env: [KEEP_ME]", python(&lab, ", --misbehave, env"));
+    let pb = playbook(&lab, &settings, ONE_KEY);
+    let run = lab.rekey(
+        &["-v", "run", &pb],
+        None,
+        &[("KEEP_ME", "1"), ("OTHER_CANARY", "2")],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("keystore env:"))
+        .unwrap_or_else(|| panic!("the plugin's stderr is relayed: {}", run.stderr))
+        .to_owned();
+    assert!(line.contains("KEEP_ME"), "{line}");
+    assert!(
+        !line.contains("OTHER_CANARY") && !line.contains("VAULT_TOKEN"),
+        "{line}"
+    );
+}
+
+#[test]
+fn the_admin_credential_reaches_the_plugin_in_the_hello_only() {
+    let lab = Lab::new();
+    let admin = "ks-admin-canary-31";
+    let settings = python(&lab, &format!(", --admin-sha256, {}", sha256_hex(admin)));
+    let pb = lab
+        .playbook(
+            "breach",
+            &format!(
+                "providers:\n  plug: {{ type: exec, admin: {{ env: KS_ADMIN }}, settings: {{ {settings} }} }}\ncredentials:\n{ONE_KEY}"
+            ),
+        )
+        .display()
+        .to_string();
+    let run = lab.rekey(&["run", &pb], None, &[("KS_ADMIN", admin)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.outcome("api"), "rotated");
+    let refused = lab.rekey(&["run", &pb], None, &[("KS_ADMIN", "wrong")]);
+    assert_eq!(refused.outcome("api"), "rolled_back");
+    let reason = refused.json()["results"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("admin credential refused"), "{reason}");
+    assert!(!lab.journal_holds(admin));
+}
+
+#[test]
+fn a_rate_limited_answer_is_retried_after_the_delay_the_plugin_gives() {
+    let lab = Lab::new();
+    let pb = playbook(
+        &lab,
+        &python(&lab, ", --misbehave, rate_limited, --on, create"),
+        ONE_KEY,
+    );
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.outcome("api"), "rotated");
+    let j = rekey::journal::Journal::open(&lab.path("journal.db")).unwrap();
+    let create = j
+        .intents(run.json()["run_id"].as_str().unwrap(), "api")
+        .unwrap()
+        .into_iter()
+        .find(|i| i.step == "create")
+        .unwrap();
+    assert_eq!(create.outcome.unwrap().detail["attempts"], 2, "one retry");
+}
