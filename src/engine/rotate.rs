@@ -269,7 +269,7 @@ impl<'a> Ctx<'a> {
                             if started.elapsed() < tuning.rate_limit_patience =>
                         {
                             rate_limited += 1;
-                            tracing::debug!(credential = %self.credential.id, step, rate_limited, "Rate limited; retrying when the instance may send again.");
+                            tracing::warn!(credential = %self.credential.id, step, rate_limited, kind = failure.kind, "Retrying when the instance may send again: {}", failure.message);
                             if limit.is_none() {
                                 tokio::time::sleep(after.unwrap_or_else(|| jitter(delay))).await;
                             }

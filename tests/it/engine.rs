@@ -393,12 +393,29 @@ fn no_secret_value_reaches_the_journal_or_the_output() {
 #[test]
 fn run_refuses_provider_types_it_cannot_drive_before_changing_anything() {
     let s = Scenario::new();
-    let pb = s.playbook_text("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n").replace("credentials:\n", "  dd: { type: datadog_api_key, admin: { env: DD_ADMIN } }\ncredentials:\n  - { id: db, provider: dd, account: x, vault_path: PREFIX/db }\n");
+    // A catalog file for a native type this build has no code for (as a newer
+    // catalog read with `--providers` could name).
+    let extra = s.dir.path().join("providers");
+    std::fs::create_dir_all(&extra).unwrap();
+    let sandbox =
+        std::fs::read_to_string(crate::support::repo_root().join("providers/sandbox.yaml"))
+            .unwrap();
+    std::fs::write(
+        extra.join("mainframe_racf.yaml"),
+        sandbox
+            .replace("name: sandbox\n", "name: mainframe_racf\n")
+            .replace("implementation: builtin", "implementation: native"),
+    )
+    .unwrap();
+    let pb = s.playbook_text("breach", "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n").replace("credentials:\n", "  racf: { type: mainframe_racf }\ncredentials:\n  - { id: db, provider: racf, account: x, vault_path: PREFIX/db }\n");
     std::fs::write(pb_path(&s), &pb).unwrap();
-    let (code, _, stderr) = s.run(pb_path(&s).to_str().unwrap(), &[]);
+    let (code, _, stderr) = s.run(
+        pb_path(&s).to_str().unwrap(),
+        &["--providers", extra.to_str().unwrap()],
+    );
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("`datadog_api_key`") && stderr.contains("nothing was changed"),
+        stderr.contains("`mainframe_racf`") && stderr.contains("nothing was changed"),
         "{stderr}"
     );
     assert!(s.vault("api")["data"].is_null());
