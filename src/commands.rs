@@ -615,10 +615,15 @@ fn with_engine<T>(
                 )
             })
             .collect();
+        // Group commit: one sync for the records of all credentials in flight.
+        let durable = std::sync::Arc::new(crate::engine::durable::GroupSync::new(
+            journal.defer_sync()?,
+        ));
         let engine = crate::engine::Engine {
             playbook: prepared.playbook.clone(),
             store: std::sync::Arc::new(store),
             journal: std::sync::Arc::new(std::sync::Mutex::new(journal)),
+            durable: Some(durable),
             providers,
             tuning: crate::engine::Tuning::default(),
             fingerprint_key: key,

@@ -43,6 +43,9 @@ pub struct Trail {
     /// (file length after our last write, seq, hash of the last line).
     tail: Option<(u64, u64, String)>,
     sinks: Vec<Sink>,
+    /// Whether each line is synced as it is written; `false` once the journal's
+    /// group commit syncs the trail's files for a batch of records.
+    sync_each: bool,
 }
 
 impl std::fmt::Debug for Trail {
@@ -145,6 +148,7 @@ impl Trail {
             open_intents: HashMap::new(),
             tail: None,
             sinks,
+            sync_each: true,
         };
         trail.file.lock().map_err(|source| AuditError::Io {
             path: path.to_path_buf(),
@@ -269,7 +273,13 @@ impl Trail {
         // disk before the step it records goes ahead.
         (&self.file)
             .write_all(&bytes)
-            .and_then(|_| self.file.sync_data())
+            .and_then(|_| {
+                if self.sync_each {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|source| AuditError::Io {
                 path: self.path.clone(),
                 action: "append to",
@@ -294,7 +304,11 @@ impl Trail {
             .and_then(|h| {
                 h.write_all_at(record.as_bytes(), 0)?;
                 h.set_len(HEAD_WIDTH as u64)?;
-                h.sync_data()
+                if self.sync_each {
+                    h.sync_data()
+                } else {
+                    Ok(())
+                }
             })
             .map_err(|source| AuditError::Io {
                 path: head_path,
@@ -461,6 +475,24 @@ impl Trail {
 }
 
 impl Mirror for Trail {
+    fn defer_sync(&mut self) -> Result<Vec<File>, String> {
+        let head_path = side_file(&self.path, ".head");
+        let files = [
+            self.file.try_clone(),
+            OpenOptions::new().write(true).open(&head_path),
+        ]
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            format!(
+                "cannot open the audit trail {} for syncing: {e}",
+                self.path.display()
+            )
+        })?;
+        self.sync_each = false;
+        Ok(files)
+    }
+
     fn record(&mut self, event: Event<'_>) -> Result<(), String> {
         let mut fields = self.fields_for(&event);
         match event {

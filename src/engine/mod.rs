@@ -7,6 +7,7 @@
 //! Invariant: no secret value reaches the journal, a log line or an error message:
 //! only key ids, Vault versions and HMAC fingerprints.
 
+pub mod durable;
 pub mod limits;
 mod rotate;
 
@@ -168,6 +169,8 @@ pub struct Engine {
     pub playbook: Arc<Playbook>,
     pub store: Arc<dyn SecretStore>,
     pub journal: Arc<Mutex<Journal>>,
+    /// Group commit for the journal (see `durable`); `None`: every commit syncs.
+    pub durable: Option<Arc<durable::GroupSync>>,
     /// Provider per instance name.
     pub providers: IndexMap<String, Arc<dyn Provider>>,
     pub tuning: Tuning,
@@ -465,8 +468,16 @@ impl Engine {
         f: impl FnOnce(&Journal) -> Result<T, JournalError>,
     ) -> Result<T, EngineError> {
         let call = || -> Result<T, EngineError> {
-            let journal = self.journal.lock().map_err(poisoned)?;
-            Ok(f(&journal)?)
+            let (value, ticket) = {
+                let journal = self.journal.lock().map_err(poisoned)?;
+                let value = f(&journal)?;
+                (value, self.durable.as_ref().map(|d| d.committed()))
+            };
+            // On disk before the caller goes on (to the step an intent announces).
+            if let (Some(durable), Some(ticket)) = (&self.durable, ticket) {
+                durable.wait(ticket).map_err(EngineError::Setup)?;
+            }
+            Ok(value)
         };
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),

@@ -59,6 +59,12 @@ pub trait Mirror: Send {
     /// `secret` is the value the journal's records call `fingerprint`: a mirror that
     /// names values its own way (the trail's HMAC key) learns the mapping here.
     fn note_secret(&mut self, _fingerprint: &str, _secret: &Secret) {}
+
+    /// From now on, records are written but not synced one by one: the caller
+    /// syncs the returned files (group commit) before relying on them.
+    fn defer_sync(&mut self) -> Result<Vec<std::fs::File>, String> {
+        Ok(Vec::new())
+    }
 }
 
 /// The journal's optional mirror. A `RefCell`: the journal is one connection used
@@ -76,6 +82,16 @@ impl Slot {
             && let Ok(mut mirror) = cell.try_borrow_mut()
         {
             mirror.note_secret(fingerprint, secret);
+        }
+    }
+
+    pub(super) fn defer_sync(&self) -> Result<Vec<std::fs::File>, String> {
+        match &self.0 {
+            Some(cell) => match cell.try_borrow_mut() {
+                Ok(mut mirror) => mirror.defer_sync(),
+                Err(_) => Err("the audit trail was re-entered (a bug)".into()),
+            },
+            None => Ok(Vec::new()),
         }
     }
 

@@ -217,6 +217,38 @@ impl Journal {
         Ok(journal)
     }
 
+    /// Switches this connection to group commit: commits no longer sync the disk
+    /// themselves (`synchronous=NORMAL` in WAL mode, and the mirror writes without
+    /// syncing); the caller must sync the returned files (the WAL and the mirror's)
+    /// before it relies on a record, e.g. before the step an intent announces. Many
+    /// credentials' records then share one sync instead of one each.
+    pub fn defer_sync(&mut self) -> Result<Vec<std::fs::File>, JournalError> {
+        let mut wal_name = self.path.as_os_str().to_owned();
+        wal_name.push("-wal");
+        let wal_path = PathBuf::from(wal_name);
+        let wal = std::fs::OpenOptions::new()
+            .read(true)
+            .open(&wal_path)
+            .map_err(|source| JournalError::Io {
+                path: wal_path.clone(),
+                action: "open for syncing",
+                source,
+            })?;
+        let mut files = self
+            .mirror
+            .defer_sync()
+            .map_err(|message| JournalError::Io {
+                path: self.path.clone(),
+                action: "sync the audit trail of",
+                source: std::io::Error::other(message),
+            })?;
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.sql("configuring group commit", e))?;
+        files.push(wal);
+        Ok(files)
+    }
+
     /// Copies every record this connection commits from now on to `mirror` (the
     /// audit trail), after the commit and before the call returns. A mirror that
     /// fails makes the journal call fail ([`JournalError::Audit`]): a step is not

@@ -300,6 +300,9 @@ fn a_rate_limited_answer_is_retried_after_the_delay_the_plugin_gives() {
         .unwrap();
     // A rate-limited answer is retried without using up the step's attempts.
     let detail = create.outcome.unwrap().detail;
-    assert_eq!(detail["rate_limited"], 1, "one rate-limited retry: {detail}");
+    assert_eq!(
+        detail["rate_limited"], 1,
+        "one rate-limited retry: {detail}"
+    );
     assert_eq!(detail["attempts"], 1, "{detail}");
 }
