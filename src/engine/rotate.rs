@@ -735,6 +735,26 @@ impl<'a> Ctx<'a> {
     /// Before promotion nothing visible changed: revoking the new key and clearing
     /// staging puts the world back.
     async fn undo_new_key(&self, key_id: &str, reason: String) -> Result<Outcome, EngineError> {
+        if self.provider.replaces_old_on_create() {
+            // The old value died when the new one was issued: deleting the new one
+            // would leave nothing that works. Keep it staged for a human.
+            let reason = if reason.is_empty() {
+                "the rotation could not be finished".to_owned()
+            } else {
+                reason
+            };
+            return Ok(Outcome::Quarantined {
+                reason: format!(
+                    "{reason}; `{}` retired the old value when it issued new key {key_id}",
+                    self.credential.provider
+                ),
+                action: format!(
+                    "the new value is at Vault staging path `{}`: check it works at the provider, then copy it to `{}` by hand and delete the staging entry (or run rekey again for a fresh one)",
+                    self.staging_path(),
+                    self.credential.vault_path
+                ),
+            });
+        }
         let provider = self.provider.clone();
         let target = self.target();
         let revoked = self

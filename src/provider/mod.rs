@@ -100,6 +100,13 @@ pub struct Issued {
 pub trait Provider: Send + Sync {
     fn kind(&self) -> Kind;
 
+    /// Whether `create` itself retires the old value (GitLab's rotate, Cloudflare's
+    /// roll): then a failed rotation cannot be undone by deleting the new key, and
+    /// the new value must be kept.
+    fn replaces_old_on_create(&self) -> bool {
+        false
+    }
+
     /// The provider's rate-limit headers on its latest answer, where it sends them.
     fn rate_hint(&self) -> Option<RateHint> {
         None

@@ -843,3 +843,67 @@ http:
         );
     }
 }
+
+/// A provider whose create call retires the old value itself (Cloudflare's roll):
+/// when the new value fails verification there is nothing to roll back to, so the
+/// credential is quarantined with the new value kept in Vault staging, never lost.
+#[test]
+fn a_failed_in_place_roll_is_quarantined_with_the_new_value_kept() {
+    let stub = Stub::start(Api::Cloudflare);
+    let old = "cf-old-dns-token-q";
+    let id = stub.seed_key("cloudflare", old, "dns");
+    stub.with(|s| s.refuse_new = true);
+    let case = Case::new(
+        "cloudflare_token",
+        &stub,
+        "/client/v4",
+        json!({ "token": ADMIN_TOKEN }),
+    )
+    .credential(&format!("settings: {{ token_id: \"{id}\" }}"));
+    case.seed_vault(old, Some(&id));
+    let pb = case.playbook();
+    let out = case
+        .command(&[
+            "run",
+            pb.to_str().unwrap(),
+            "--journal",
+            &case.journal(),
+            "--format",
+            "json",
+        ])
+        .run();
+    assert_eq!(out.code, 3, "quarantined: {}", out.stderr);
+    let summary: Value = serde_json::from_str(&out.stdout).unwrap();
+    let result = &summary["results"][0];
+    assert_eq!(result["outcome"], "quarantined", "{summary}");
+    let action = result["action"].as_str().unwrap();
+    let staging = action
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no staging path in: {action}"));
+    // Consumers still read the old value; the live one waits in staging.
+    assert_eq!(case.vault()["value"].as_str(), Some(old));
+    let staged = vault_http(
+        &case.env,
+        "GET",
+        &format!("/v1/secret/data/{staging}"),
+        None,
+    )["data"]["data"]["value"]
+        .as_str()
+        .map(str::to_owned);
+    let live = stub.with(|s| {
+        s.live("cloudflare")
+            .into_iter()
+            .map(|k| k.secret.clone())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(live.len(), 1);
+    assert_ne!(live[0], old, "the provider rolled the value");
+    assert_eq!(
+        staged.as_deref(),
+        Some(live[0].as_str()),
+        "the new value is kept in staging"
+    );
+    assert_no_leak(&out.stderr, &[old, &live[0], ADMIN_TOKEN]);
+    assert_no_leak(&out.stdout, &[old, &live[0], ADMIN_TOKEN]);
+}

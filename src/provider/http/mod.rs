@@ -615,6 +615,10 @@ pub fn retry_after(headers: &HeaderMap, rl: &definition::RateLimitDef) -> Option
 
 #[async_trait]
 impl Provider for HttpProvider {
+    fn replaces_old_on_create(&self) -> bool {
+        self.def.http.in_place
+    }
+
     fn kind(&self) -> Kind {
         self.def.kind
     }
