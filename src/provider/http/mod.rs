@@ -42,6 +42,8 @@ pub struct HttpProvider {
     settings: serde_json::Map<String, Value>,
     admin: Option<Admin>,
     client: reqwest::Client,
+    /// What the rate-limit headers said on the latest answer (see `rate_hint`).
+    last_hint: std::sync::Mutex<Option<crate::provider::RateHint>>,
 }
 
 /// What a call's answer means.
@@ -134,6 +136,7 @@ impl HttpProvider {
             settings,
             admin,
             client,
+            last_hint: std::sync::Mutex::new(None),
         })
     }
 
@@ -311,6 +314,9 @@ impl HttpProvider {
         })?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
+        if let Some(hint) = rate_hint(&headers, &self.def.http.rate_limit) {
+            *self.last_hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(hint);
+        }
         tracing::debug!(instance = %self.instance, op, method = call.method.as_str(), path = %url.path(), status, "HTTP call.");
         let seen = if call.expect.contains(&status) {
             Seen::Expected
@@ -577,6 +583,40 @@ fn link_next(headers: &HeaderMap) -> Option<String> {
     None
 }
 
+/// Requests left in the provider's window and the time to its reset, when the
+/// definition names both headers and the answer carries them.
+pub fn rate_hint(
+    headers: &HeaderMap,
+    rl: &definition::RateLimitDef,
+) -> Option<crate::provider::RateHint> {
+    let remaining = headers
+        .get(rl.remaining.as_deref()?)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    let reset = rl.reset.as_ref()?;
+    let n = headers
+        .get(&reset.header)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)?;
+    let reset_in = match reset.format {
+        ResetFormat::Seconds => Duration::from_secs_f64(n),
+        ResetFormat::Epoch => (SystemTime::UNIX_EPOCH + Duration::from_secs_f64(n))
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(crate::provider::RateHint {
+        remaining,
+        reset_in: reset_in.min(MAX_WAIT),
+    })
+}
+
 /// The delay a rate-limited answer asks for: Retry-After (seconds or an HTTP
 /// date), else the definition's reset header (epoch or seconds).
 pub fn retry_after(headers: &HeaderMap, rl: &definition::RateLimitDef) -> Option<Duration> {
@@ -615,6 +655,10 @@ pub fn retry_after(headers: &HeaderMap, rl: &definition::RateLimitDef) -> Option
 
 #[async_trait]
 impl Provider for HttpProvider {
+    fn rate_hint(&self) -> Option<crate::provider::RateHint> {
+        *self.last_hint.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn replaces_old_on_create(&self) -> bool {
         self.def.http.in_place
     }
@@ -838,6 +882,32 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(retry_after(&HeaderMap::new(), &okta), None);
+    }
+
+    #[test]
+    fn remaining_and_reset_headers_become_a_rate_hint() {
+        let github = definition::RateLimitDef {
+            remaining: Some("x-ratelimit-remaining".into()),
+            reset: Some(definition::ResetDef {
+                header: "x-ratelimit-reset".into(),
+                format: ResetFormat::Seconds,
+            }),
+            ..Default::default()
+        };
+        let mut h = HeaderMap::new();
+        assert_eq!(rate_hint(&h, &github), None);
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("3"));
+        assert_eq!(rate_hint(&h, &github), None, "no reset header: no hint");
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("12"));
+        assert_eq!(
+            rate_hint(&h, &github),
+            Some(crate::provider::RateHint {
+                remaining: 3,
+                reset_in: Duration::from_secs(12)
+            })
+        );
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("lots"));
+        assert_eq!(rate_hint(&h, &github), None);
     }
 
     #[test]
