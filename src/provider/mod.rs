@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod redis;
 pub mod registry;
 pub mod sandbox;
+pub mod settings;
 pub mod ssh;
 pub mod vault_approle;
 mod vault_http;

@@ -8,19 +8,12 @@
 //! Scenarios are a list: a provider or sink added later adds one entry to
 //! `scenarios()` (its playbook lines, what to seed, which commands to run).
 
-use crate::support::{rekey, repo_root};
+use crate::support::rekey;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-pub fn services() -> HashMap<String, String> {
-    let text = std::fs::read_to_string(repo_root().join("target/services/env"))
-        .expect("start the services with scripts/services up (scripts/test does)");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
-}
+pub use crate::support::services;
 
 /// Minimal HTTP/1.0 client for the OpenBao API (tests only).
 pub fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {

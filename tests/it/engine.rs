@@ -7,14 +7,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 
-fn services() -> HashMap<String, String> {
-    let text = std::fs::read_to_string(crate::support::repo_root().join("target/services/env"))
-        .expect("start the services with scripts/services up (scripts/test does)");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
-}
+use crate::support::services;
 
 /// A fresh scenario: its own state files, journal and Vault prefix.
 struct Scenario {

@@ -8,14 +8,7 @@ use crate::support::rekey;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
-fn services() -> HashMap<String, String> {
-    let text = std::fs::read_to_string(crate::support::repo_root().join("target/services/env"))
-        .expect("start the services with scripts/services up (scripts/test does)");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
-}
+use crate::support::services;
 
 /// Minimal HTTP/1.0 client for the OpenBao API (tests only).
 fn vault_http(

@@ -8,14 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-pub fn services() -> HashMap<String, String> {
-    let text = std::fs::read_to_string(crate::support::repo_root().join("target/services/env"))
-        .expect("start the services with scripts/services up (scripts/test does)");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
-}
+pub use crate::support::services;
 
 pub struct Lab {
     pub dir: tempfile::TempDir,

@@ -12,14 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-fn services() -> HashMap<String, String> {
-    let text = std::fs::read_to_string(crate::support::repo_root().join("target/services/env"))
-        .expect("start the services with scripts/services up (scripts/test does)");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
-}
+use crate::support::services;
 
 /// A test's own directory, Vault prefix and journal.
 struct Case {

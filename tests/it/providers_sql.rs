@@ -10,14 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-fn services() -> HashMap<String, String> {
-    let text = std::fs::read_to_string(crate::support::repo_root().join("target/services/env"))
-        .expect("start the services with scripts/services up (scripts/test does)");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
-}
+use crate::support::services;
 
 fn block<F: Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

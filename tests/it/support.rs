@@ -95,3 +95,14 @@ pub fn plan_text(text: &str, extra: &[&str], env: &[(&str, &str)]) -> (i32, Stri
     let shown = |t: String| t.replace(path.to_str().unwrap(), "PLAYBOOK");
     (out.code, shown(out.stdout), shown(out.stderr))
 }
+
+/// The variables `scripts/services up` wrote to `target/services/env` (where each
+/// real service listens, its admin credentials).
+pub fn services() -> std::collections::HashMap<String, String> {
+    let text = std::fs::read_to_string(repo_root().join("target/services/env"))
+        .expect("start the services with scripts/services up (scripts/test does)");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
+}

@@ -24,22 +24,11 @@ impl MysqlConfig {
         settings: &IndexMap<String, Value>,
         admin: Option<&Admin>,
     ) -> Result<MysqlConfig, ProviderError> {
-        let fatal = |m: String| ProviderError::Fatal(format!("mysql instance `{instance}`: {m}"));
-        let text = |k: &str| match settings.get(k) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            Some(Value::Bool(b)) => Some(b.to_string()),
-            _ => None,
-        };
-        let host = text("host")
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| fatal("the setting `host` is required".into()))?;
-        let port = match text("port") {
-            None => 3306,
-            Some(p) => p
-                .parse::<u16>()
-                .map_err(|_| fatal(format!("`port: {p}` is not a TCP port")))?,
-        };
+        let s = super::super::settings::Settings::new("mysql", instance, settings);
+        let fatal = |m: String| s.fatal(m);
+        let text = |k: &str| s.text(k);
+        let host = s.host()?;
+        let port = s.port(3306)?;
         match text("tls").as_deref().unwrap_or("required") {
             "disabled" => {}
             other => {
@@ -48,10 +37,7 @@ impl MysqlConfig {
                 )));
             }
         }
-        let connect_timeout = match text("connect_timeout") {
-            None => Duration::from_secs(10),
-            Some(t) => crate::playbook::rate::parse_duration(&t).map_err(fatal)?,
-        };
+        let connect_timeout = s.duration("connect_timeout", Duration::from_secs(10))?;
         let admin = admin.ok_or_else(|| {
             fatal("needs an admin credential (`admin: { vault_path: ... }` or `admin: { env: ... }`) with `username` and `password` fields".into())
         })?;

@@ -36,22 +36,11 @@ impl RedisConfig {
         settings: &IndexMap<String, Value>,
         admin: Option<&Admin>,
     ) -> Result<RedisConfig, ProviderError> {
-        let fatal = |m: String| ProviderError::Fatal(format!("redis instance `{instance}`: {m}"));
-        let text = |k: &str| match settings.get(k) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            Some(Value::Bool(b)) => Some(b.to_string()),
-            _ => None,
-        };
-        let host = text("host")
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| fatal("the setting `host` is required".into()))?;
-        let port = match text("port") {
-            None => 6379,
-            Some(p) => p
-                .parse::<u16>()
-                .map_err(|_| fatal(format!("`port: {p}` is not a TCP port")))?,
-        };
+        let s = super::super::settings::Settings::new("redis", instance, settings);
+        let fatal = |m: String| s.fatal(m);
+        let text = |k: &str| s.text(k);
+        let host = s.host()?;
+        let port = s.port(6379)?;
         if text("tls").as_deref().is_some_and(|t| t != "false") {
             return Err(fatal(
                 "`tls: true` is not supported by this build (no TLS client for Redis is compiled in); use a TLS tunnel (stunnel, spiped) or, on loopback only, `tls: false`".into(),
@@ -67,10 +56,7 @@ impl RedisConfig {
                 )));
             }
         };
-        let timeout = match text("timeout") {
-            None => Duration::from_secs(10),
-            Some(t) => crate::playbook::rate::parse_duration(&t).map_err(fatal)?,
-        };
+        let timeout = s.duration("timeout", Duration::from_secs(10))?;
         let (admin_user, admin_password, admin_origin) = match admin {
             Some(a) => (
                 a.get("username")
