@@ -32,6 +32,8 @@ pub struct Trail {
     path: PathBuf,
     file: File,
     head: File,
+    /// The head file again, opened for positioned writes (`head` appends), once.
+    head_writer: File,
     key: Vec<u8>,
     actor: Actor,
     credentials: HashMap<String, CredentialInfo>,
@@ -137,10 +139,19 @@ impl Trail {
         let file = open_private(path)?;
         let head_path = side_file(path, ".head");
         let head = open_private(&head_path)?;
+        let head_writer = OpenOptions::new()
+            .write(true)
+            .open(&head_path)
+            .map_err(|source| AuditError::Io {
+                path: head_path.clone(),
+                action: "open",
+                source,
+            })?;
         let mut trail = Trail {
             path: path.to_path_buf(),
             file,
             head,
+            head_writer,
             key,
             actor,
             credentials,
@@ -297,13 +308,13 @@ impl Trail {
         record.push('\n');
         // The head is rewritten in place (the file was opened O_APPEND, so
         // positioned writes go through a second handle).
-        let head_path = side_file(&self.path, ".head");
-        OpenOptions::new()
-            .write(true)
-            .open(&head_path)
-            .and_then(|h| {
-                h.write_all_at(record.as_bytes(), 0)?;
-                h.set_len(HEAD_WIDTH as u64)?;
+        let h = &self.head_writer;
+        h.write_all_at(record.as_bytes(), 0)
+            .and_then(|()| {
+                // Only a head written by another build can be longer than ours.
+                if h.metadata()?.len() != HEAD_WIDTH as u64 {
+                    h.set_len(HEAD_WIDTH as u64)?;
+                }
                 if self.sync_each {
                     h.sync_data()
                 } else {
@@ -311,7 +322,7 @@ impl Trail {
                 }
             })
             .map_err(|source| AuditError::Io {
-                path: head_path,
+                path: side_file(&self.path, ".head"),
                 action: "update",
                 source,
             })?;

@@ -1,12 +1,18 @@
 //! Group commit for the journal: records are committed without a sync of their own,
-//! and every journal call waits, before it returns, until a sync that started after
-//! its commit has finished. One `fdatasync` of the WAL (and of the audit trail) then
-//! covers every record the credentials in flight committed meanwhile, instead of
-//! one sync per record: the journal stops being the bottleneck of a run, and an
-//! intent is still on disk before the step it announces goes ahead.
+//! and a caller that needs its record on disk awaits, without blocking the runtime,
+//! a sync that started after its commit. One sync then covers every record the
+//! credentials in flight committed meanwhile, instead of one sync per record: the
+//! journal stops being the bottleneck of a run, and an intent is still on disk
+//! before the step it announces goes ahead.
+//!
+//! The files come in chains: each chain is synced in order (the audit trail before
+//! its head record, so a power cut never leaves a head that counts lines the trail
+//! lost), different chains at the same time on the blocking pool (the WAL beside
+//! the trail), so a group costs the slowest chain, not the sum of every file.
 
 use std::fs::File;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 #[derive(Default)]
 struct Counters {
@@ -21,85 +27,139 @@ struct Counters {
 }
 
 pub struct GroupSync {
-    files: Vec<File>,
+    chains: Vec<Arc<Vec<File>>>,
     counters: Mutex<Counters>,
-    done: Condvar,
+    done: Notify,
 }
 
 impl GroupSync {
-    pub fn new(files: Vec<File>) -> GroupSync {
+    /// `chains`: files synced in order within a chain, chains side by side.
+    pub fn new(chains: Vec<Vec<File>>) -> GroupSync {
         GroupSync {
-            files,
+            chains: chains
+                .into_iter()
+                .filter(|c| !c.is_empty())
+                .map(Arc::new)
+                .collect(),
             counters: Mutex::new(Counters::default()),
-            done: Condvar::new(),
+            done: Notify::new(),
         }
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Called right after a commit (under the journal's lock): its ticket.
     pub fn committed(&self) -> u64 {
-        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.counters();
         c.committed += 1;
         c.committed
+    }
+
+    /// The ticket of the latest commit: waiting for it makes everything so far durable.
+    pub fn latest(&self) -> u64 {
+        self.counters().committed
     }
 
     /// Returns once the record with `ticket` is on disk: syncs if nobody is, or
     /// waits for the sync in progress (and then syncs again if that one started
     /// before this record was committed).
-    pub fn wait(&self, ticket: u64) -> Result<(), String> {
-        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+    pub async fn wait(&self, ticket: u64) -> Result<(), String> {
         loop {
-            if let Some(e) = &c.failed {
-                return Err(e.clone());
-            }
-            if c.synced >= ticket {
-                return Ok(());
-            }
-            if c.syncing {
-                c = self.done.wait(c).unwrap_or_else(|e| e.into_inner());
+            // Registered before the check, so a sync that ends in between still wakes us.
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            let target = {
+                let mut c = self.counters();
+                if let Some(e) = &c.failed {
+                    return Err(e.clone());
+                }
+                if c.synced >= ticket {
+                    return Ok(());
+                }
+                if c.syncing {
+                    None
+                } else {
+                    c.syncing = true;
+                    Some(c.committed)
+                }
+            };
+            let Some(target) = target else {
+                done.await;
                 continue;
+            };
+            let result = self.sync_all().await;
+            {
+                let mut c = self.counters();
+                c.syncing = false;
+                match result {
+                    Ok(()) => c.synced = c.synced.max(target),
+                    Err(e) => c.failed = Some(format!("cannot sync the journal to disk: {e}")),
+                }
             }
-            c.syncing = true;
-            let target = c.committed;
-            drop(c);
-            let result = self.files.iter().try_for_each(File::sync_data);
-            c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-            c.syncing = false;
-            match result {
-                Ok(()) => c.synced = c.synced.max(target),
-                Err(e) => c.failed = Some(format!("cannot sync the journal to disk: {e}")),
-            }
-            self.done.notify_all();
+            self.done.notify_waiters();
         }
+    }
+
+    /// Syncs every chain, the chains side by side on the blocking pool.
+    async fn sync_all(&self) -> Result<(), std::io::Error> {
+        let syncs = self.chains.iter().map(|chain| {
+            let chain = chain.clone();
+            tokio::task::spawn_blocking(move || chain.iter().try_for_each(File::sync_data))
+        });
+        for joined in futures::future::join_all(syncs).await {
+            joined.map_err(std::io::Error::other)??;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
-    #[test]
-    fn concurrent_commits_share_syncs_and_each_waits_for_one_after_it() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_share_syncs_and_each_waits_for_one_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let file = File::create(dir.path().join("wal")).unwrap();
-        let sync = Arc::new(GroupSync::new(vec![file]));
-        let threads: Vec<_> = (0..8)
+        let file = |name: &str| File::create(dir.path().join(name)).unwrap();
+        let sync = Arc::new(GroupSync::new(vec![
+            vec![file("trail"), file("head")],
+            vec![file("wal")],
+        ]));
+        let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let sync = sync.clone();
-                std::thread::spawn(move || {
+                tokio::spawn(async move {
                     for _ in 0..50 {
                         let ticket = sync.committed();
-                        sync.wait(ticket).unwrap();
-                        let c = sync.counters.lock().unwrap();
-                        assert!(c.synced >= ticket);
+                        sync.wait(ticket).await.unwrap();
+                        assert!(sync.counters().synced >= ticket);
                     }
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
+        for t in tasks {
+            t.await.unwrap();
         }
-        let c = sync.counters.lock().unwrap();
+        let c = sync.counters();
         assert_eq!((c.committed, c.synced), (400, 400));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiting_does_not_block_other_tasks_on_the_same_thread() {
+        // Several waiters in one task (as `join_all` polls credentials) all finish:
+        // a wait yields instead of blocking the thread the others run on.
+        let dir = tempfile::tempdir().unwrap();
+        let sync = GroupSync::new(vec![vec![File::create(dir.path().join("wal")).unwrap()]]);
+        let waits = (0..8).map(|_| {
+            let ticket = sync.committed();
+            sync.wait(ticket)
+        });
+        for r in futures::future::join_all(waits).await {
+            r.unwrap();
+        }
+        assert_eq!(sync.counters().synced, 8);
     }
 }

@@ -221,7 +221,7 @@ impl Engine {
         new_run: &NewRun,
         waves: &[Vec<usize>],
     ) -> Result<RunSummary, EngineError> {
-        let run_id = self.journal(|j| j.create_run(new_run))?;
+        let run_id = self.journal_durable(|j| j.create_run(new_run)).await?;
         tracing::info!(run = %run_id, credentials = waves.iter().map(Vec::len).sum::<usize>(), "Run started.");
         let global = Arc::new(Semaphore::new(
             self.playbook.defaults.concurrency.max(1) as usize
@@ -249,7 +249,7 @@ impl Engine {
                     let outcome = Outcome::Skipped {
                         reason: format!("dependency `{dep}` did not rotate"),
                     };
-                    self.record_final(&run_id, &credential.id, &outcome)?;
+                    self.record_final(&run_id, &credential.id, &outcome).await?;
                     results.push(CredentialResult {
                         id: credential.id.clone(),
                         outcome,
@@ -281,7 +281,9 @@ impl Engine {
                             Ok(p) => p.iter().any(|r| r.index == index),
                             Err(_) => false,
                         };
-                        if !waiting && let Err(e) = self.record_final(&run_id, &credential.id, o) {
+                        if !waiting
+                            && let Err(e) = self.record_final(&run_id, &credential.id, o).await
+                        {
                             return (index, Err(e));
                         }
                     }
@@ -308,7 +310,7 @@ impl Engine {
             tokio::time::sleep_until(r.due).await;
             let id = self.playbook.credentials[r.index].id.clone();
             let outcome = rotate::retire(self, &run_id, r).await?;
-            self.record_final(&run_id, &id, &outcome)?;
+            self.record_final(&run_id, &id, &outcome).await?;
             if let Some(slot) = results.list.iter_mut().find(|x| x.id == id) {
                 slot.outcome = outcome;
             }
@@ -320,7 +322,8 @@ impl Engine {
             interrupted,
             instances: self.limit_stats(),
         };
-        self.journal(|j| j.finish_run(&run_id, summary.status()))?;
+        self.journal_durable(|j| j.finish_run(&run_id, summary.status()))
+            .await?;
         tracing::info!(run = %run_id, status = %summary.status(), "Run finished.");
         Ok(summary)
     }
@@ -363,7 +366,7 @@ impl Engine {
                     },
                     None => rotate::resume(self, run_id, index, last).await?,
                 };
-                self.record_final(run_id, &credential.id, &outcome)?;
+                self.record_final(run_id, &credential.id, &outcome).await?;
                 results.push(CredentialResult {
                     id: credential.id.clone(),
                     outcome,
@@ -376,7 +379,8 @@ impl Engine {
             interrupted: false,
             instances: self.limit_stats(),
         };
-        self.journal(|j| j.finish_run(run_id, summary.status()))?;
+        self.journal_durable(|j| j.finish_run(run_id, summary.status()))
+            .await?;
         tracing::info!(run = %run_id, status = %summary.status(), "Resumed run finished.");
         Ok(summary)
     }
@@ -430,7 +434,8 @@ impl Engine {
                     .unwrap_or_default();
                 let outcome =
                     rotate::roll_back(self, &rollback_run, index, version, &detail).await?;
-                self.record_final(&rollback_run, &credential.id, &outcome)?;
+                self.record_final(&rollback_run, &credential.id, &outcome)
+                    .await?;
                 results.push(CredentialResult {
                     id: credential.id.clone(),
                     outcome,
@@ -450,39 +455,62 @@ impl Engine {
         } else {
             RunStatus::Succeeded
         };
-        self.journal(|j| j.finish_run(&rollback_run, status))?;
+        self.journal_durable(|j| j.finish_run(&rollback_run, status))
+            .await?;
         Ok(summary)
     }
 
-    fn record_final(&self, run_id: &str, id: &str, outcome: &Outcome) -> Result<(), EngineError> {
+    /// A credential's final outcome, on disk before the run goes on: a crash later in
+    /// the run must not make `resume` take a finished credential up again.
+    async fn record_final(
+        &self,
+        run_id: &str,
+        id: &str,
+        outcome: &Outcome,
+    ) -> Result<(), EngineError> {
         let detail = serde_json::to_value(outcome).unwrap_or_default();
-        self.journal(|j| j.set_state(run_id, id, outcome.state(), &detail))?;
+        self.journal_durable(|j| j.set_state(run_id, id, outcome.state(), &detail))
+            .await?;
         Ok(())
     }
 
-    /// Runs `f` on the journal. Journal writes fsync (intents must survive a power
-    /// cut); `block_in_place` lets the runtime move other tasks off this worker
-    /// meanwhile, instead of stalling them behind the disk.
+    /// Runs `f` on the journal and returns once it is committed, without waiting
+    /// for the disk: for records whose loss in a crash changes nothing `resume`
+    /// decides (outcomes, intermediate states, leases, reads). They reach the disk
+    /// with the next durable record, which every step that changes the world waits
+    /// for ([`Engine::journal_durable`]); the journal and the audit trail are
+    /// append-only, so a crash can only lose a suffix written after it.
     pub(crate) fn journal<T>(
         &self,
         f: impl FnOnce(&Journal) -> Result<T, JournalError>,
     ) -> Result<T, EngineError> {
-        let call = || -> Result<T, EngineError> {
-            let (value, ticket) = {
-                let journal = self.journal.lock().map_err(poisoned)?;
-                let value = f(&journal)?;
-                (value, self.durable.as_ref().map(|d| d.committed()))
-            };
-            // On disk before the caller goes on (to the step an intent announces).
-            if let (Some(durable), Some(ticket)) = (&self.durable, ticket) {
-                durable.wait(ticket).map_err(EngineError::Setup)?;
-            }
-            Ok(value)
-        };
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
-            _ => call(),
+        let journal = self.journal.lock().map_err(poisoned)?;
+        let value = f(&journal)?;
+        if let Some(durable) = &self.durable {
+            durable.committed();
         }
+        Ok(value)
+    }
+
+    /// Runs `f` on the journal and returns once its record, and every record before
+    /// it, is on disk (a sync of the WAL and the audit trail that started after its
+    /// commit, shared with the records other credentials committed meanwhile):
+    /// intents of steps that change the world, final outcomes, the start and end of
+    /// a run. Waiting for the disk yields to the other credentials in flight.
+    pub(crate) async fn journal_durable<T>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<T, JournalError>,
+    ) -> Result<T, EngineError> {
+        let (value, ticket) = {
+            let journal = self.journal.lock().map_err(poisoned)?;
+            let value = f(&journal)?;
+            (value, self.durable.as_ref().map(|d| d.committed()))
+        };
+        // On disk before the caller goes on (to the step an intent announces).
+        if let (Some(durable), Some(ticket)) = (&self.durable, ticket) {
+            durable.wait(ticket).await.map_err(EngineError::Setup)?;
+        }
+        Ok(value)
     }
 
     pub(crate) fn breach(&self) -> bool {

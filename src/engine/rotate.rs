@@ -58,6 +58,7 @@ pub(super) async fn rotate(
         credential,
         provider,
         leased_at: Some(std::sync::Mutex::new(tokio::time::Instant::now())),
+        seen_metadata: Default::default(),
     };
     let outcome = match credential.kind {
         Kind::Dual => ctx.dual().await,
@@ -66,6 +67,23 @@ pub(super) async fn rotate(
     };
     engine.journal(|j| j.release(run, &credential.id, &holder))?;
     outcome
+}
+
+/// Whether a step changes something outside the journal (a provider, Vault, a
+/// sink). Those wait for their intent record to be on disk; the reads below do not
+/// (a crash that loses a read's records loses nothing `resume` needs: it reads
+/// the real state again).
+fn changes_world(step: &str) -> bool {
+    !matches!(
+        step,
+        "read_current"
+            | "read_staging"
+            | "list"
+            | "verify"
+            | "probe_new"
+            | "probe_staged"
+            | "probe_current"
+    )
 }
 
 /// After a crash: brings one credential of run `run` to a known state from what
@@ -101,6 +119,7 @@ pub(super) async fn resume(
         credential,
         provider,
         leased_at: None,
+        seen_metadata: Default::default(),
     };
     let detail = last.map(|r| r.detail.clone()).unwrap_or(Value::Null);
     let reconciled = match credential.kind {
@@ -125,6 +144,9 @@ struct Ctx<'a> {
     /// When this context last took or renewed its lease on the credential (`None`
     /// when it works without one: retirement, rollback).
     leased_at: Option<std::sync::Mutex<tokio::time::Instant>>,
+    /// The custom metadata of the consumers' path as the last read saw it: the
+    /// promote leaves it alone when it already says what rekey would write.
+    seen_metadata: std::sync::Mutex<Option<BTreeMap<String, String>>>,
 }
 
 /// A failed step: what kind, and a message without secrets.
@@ -250,9 +272,15 @@ impl<'a> Ctx<'a> {
                 conflict: false,
             }));
         }
-        let intent = self
-            .engine
-            .journal(|j| j.intent(self.run, &self.credential.id, step, &detail))?;
+        let record =
+            |j: &crate::journal::Journal| j.intent(self.run, &self.credential.id, step, &detail);
+        // The intent of a step that changes the world is on disk before the step;
+        // a read's intent rides along with the next one that is.
+        let intent = if changes_world(step) {
+            self.engine.journal_durable(record).await?
+        } else {
+            self.engine.journal(record)?
+        };
         let tuning = &self.engine.tuning;
         let started = tokio::time::Instant::now();
         let mut delay = tuning.backoff;
@@ -382,12 +410,17 @@ impl<'a> Ctx<'a> {
     async fn read_current(&self) -> Result<Result<Entry, Failure>, EngineError> {
         let store = self.engine.store.clone();
         let path = self.credential.vault_path.clone();
-        self.step("read_current", json!({ "path": path }), || {
-            let store = store.clone();
-            let path = path.clone();
-            async move { store.read(&path).await }
-        })
-        .await
+        let read = self
+            .step("read_current", json!({ "path": path }), || {
+                let store = store.clone();
+                let path = path.clone();
+                async move { store.read(&path).await }
+            })
+            .await?;
+        if let (Ok(entry), Ok(mut seen)) = (&read, self.seen_metadata.lock()) {
+            *seen = Some(entry.custom_metadata.clone());
+        }
+        Ok(read)
     }
 
     async fn stage(
@@ -404,9 +437,15 @@ impl<'a> Ctx<'a> {
                 let store = store.clone();
                 let path = path.clone();
                 async move {
-                    // A leftover from an earlier attempt of this run is overwritten.
-                    let current = store.read(&path).await?.version;
-                    store.write_cas(&path, secret, fields, current).await
+                    // The path is this run's own and new, so one write usually does;
+                    // a leftover from an earlier attempt of this run is overwritten.
+                    match store.write_cas(&path, secret, fields, 0).await {
+                        Err(StoreError::CasConflict { .. }) => {
+                            let current = store.read(&path).await?.version;
+                            store.write_cas(&path, secret, fields, current).await
+                        }
+                        other => other,
+                    }
                 }
             },
         )
@@ -472,18 +511,28 @@ impl<'a> Ctx<'a> {
             )
             .await?;
         if let Ok(version) = &result {
+            // Which rekey credential owns the path. When it rotated, and in which
+            // run, Vault's own version timestamps and the audit trail say; keys
+            // that stay the same from one rotation to the next are written once,
+            // not on every rotation.
             let mut meta = BTreeMap::new();
-            meta.insert("rekey_run".to_owned(), self.run.to_owned());
-            meta.insert(
-                "rekey_rotated_at".to_owned(),
-                humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            );
             meta.insert(
                 "rekey_provider".to_owned(),
                 self.credential.provider.clone(),
             );
-            if let Some(k) = fields.get("key_id") {
-                meta.insert("rekey_key_id".to_owned(), k.clone());
+            meta.insert("rekey_credential".to_owned(), self.credential.id.clone());
+            meta.insert(
+                "rekey_playbook".to_owned(),
+                self.engine.playbook.name.clone(),
+            );
+            let known = self
+                .seen_metadata
+                .lock()
+                .ok()
+                .and_then(|seen| seen.clone())
+                .is_some_and(|seen| meta.iter().all(|(k, v)| seen.get(k) == Some(v)));
+            if known {
+                return Ok(result);
             }
             let meta_result = self
                 .step(
@@ -1266,6 +1315,7 @@ pub(super) async fn retire(
         credential,
         provider,
         leased_at: None,
+        seen_metadata: Default::default(),
     };
     let outcome = ctx
         .retire(r.old_key.as_deref(), &r.new_key, r.version)
@@ -1300,6 +1350,7 @@ pub(super) async fn roll_back(
         credential,
         provider: provider.clone(),
         leased_at: None,
+        seen_metadata: Default::default(),
     };
     let target = ctx.target();
     let id = &credential.id;

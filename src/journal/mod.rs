@@ -219,10 +219,11 @@ impl Journal {
 
     /// Switches this connection to group commit: commits no longer sync the disk
     /// themselves (`synchronous=NORMAL` in WAL mode, and the mirror writes without
-    /// syncing); the caller must sync the returned files (the WAL and the mirror's)
+    /// syncing); the caller must sync the returned files (the mirror's, in order, and
+    /// the WAL: chains that may be synced side by side)
     /// before it relies on a record, e.g. before the step an intent announces. Many
     /// credentials' records then share one sync instead of one each.
-    pub fn defer_sync(&mut self) -> Result<Vec<std::fs::File>, JournalError> {
+    pub fn defer_sync(&mut self) -> Result<Vec<Vec<std::fs::File>>, JournalError> {
         let mut wal_name = self.path.as_os_str().to_owned();
         wal_name.push("-wal");
         let wal_path = PathBuf::from(wal_name);
@@ -234,7 +235,7 @@ impl Journal {
                 action: "open for syncing",
                 source,
             })?;
-        let mut files = self
+        let trail = self
             .mirror
             .defer_sync()
             .map_err(|message| JournalError::Io {
@@ -245,8 +246,8 @@ impl Journal {
         self.conn
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| self.sql("configuring group commit", e))?;
-        files.push(wal);
-        Ok(files)
+        // The trail's files in their order, the WAL beside them.
+        Ok(vec![trail, vec![wal]])
     }
 
     /// Copies every record this connection commits from now on to `mirror` (the
