@@ -631,7 +631,9 @@ impl<'a> Ctx<'a> {
                 });
             }
         };
-        let fields = self.fields(Some(&issued.key_id));
+        let mut fields = self.fields(Some(&issued.key_id));
+        // The provider's non-secret fields (a login name that changes with the key).
+        fields.extend(issued.fields.clone());
         // Stored at once: until the staging write succeeds the new key exists only
         // in memory, and a crash here leaves an orphan that resume finds by its tag.
         if let Err(f) = self.stage(&issued.secret, &fields).await? {
@@ -1086,7 +1088,8 @@ impl Ctx<'_> {
             && matches!(self.verify(Some(&key_id), &value).await?, Ok(true))
         {
             let cas = recorded_version.unwrap_or(current.version);
-            let fields = self.fields(Some(&key_id));
+            // The fields staged with the value, the provider's included.
+            let fields = staged.fields.clone();
             match self.promote(&value, &fields, cas).await? {
                 Ok(version) => {
                     return self

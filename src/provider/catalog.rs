@@ -177,6 +177,10 @@ const SHIPPED: &[(&str, &str)] = &[
         "postgres.yaml",
         include_str!("../../providers/postgres.yaml"),
     ),
+    (
+        "postgres_alternating.yaml",
+        include_str!("../../providers/postgres_alternating.yaml"),
+    ),
     ("mysql.yaml", include_str!("../../providers/mysql.yaml")),
     ("redis.yaml", include_str!("../../providers/redis.yaml")),
     ("aws_iam.yaml", include_str!("../../providers/aws_iam.yaml")),

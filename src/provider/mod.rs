@@ -25,6 +25,7 @@ use crate::secret::Secret;
 use async_trait::async_trait;
 use catalog::Kind;
 use indexmap::IndexMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// What went wrong at a provider, classified so the engine can decide: retry with
@@ -92,6 +93,23 @@ pub struct RateHint {
 pub struct Issued {
     pub key_id: String,
     pub secret: Secret,
+    /// Non-secret fields consumers need beside the value, written to Vault with
+    /// it (staging and the consumers' path) over the engine's own (`account`):
+    /// the user name of a credential whose login name changes with the key
+    /// (`postgres_alternating`). Empty for most providers; never `key_id` (it
+    /// would no longer match the key) nor a secret.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Issued {
+    /// A key with no extra fields.
+    pub fn new(key_id: String, secret: Secret) -> Issued {
+        Issued {
+            key_id,
+            secret,
+            fields: BTreeMap::new(),
+        }
+    }
 }
 
 /// The contract every provider implements, for one kind of credential. Dual kinds

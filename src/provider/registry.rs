@@ -19,6 +19,7 @@ pub fn supports(type_name: &str) -> bool {
             | "ldap"
             | "ssh"
             | "postgres"
+            | "postgres_alternating"
             | "mysql"
             | "redis"
             | "exec"
@@ -77,6 +78,11 @@ pub fn build(
             admin,
         )?)),
         "postgres" => Ok(Arc::new(super::postgres::Postgres::new(
+            &instance.name,
+            &instance.settings,
+            admin.as_ref(),
+        )?)),
+        "postgres_alternating" => Ok(Arc::new(super::postgres::PostgresAlternating::new(
             &instance.name,
             &instance.settings,
             admin.as_ref(),

@@ -1,8 +1,8 @@
-//! The native `postgres`, `mysql` and `redis` providers against the real servers
-//! `scripts/services` starts, through the real `rekey` binary: full rotations, a
-//! verify failure rolled back, preflight errors from `plan --live`, and a run
-//! killed mid-rotation and finished by `rekey resume`. Each test makes its own
-//! roles/users (random suffix) so tests run in parallel.
+//! The native `postgres`, `postgres_alternating`, `mysql` and `redis` providers
+//! against the real servers `scripts/services` starts, through the real `rekey`
+//! binary: full rotations, a verify failure rolled back, preflight errors from
+//! `plan --live`, and a run killed mid-rotation and finished by `rekey resume`.
+//! Each test makes its own roles/users (random suffix) so tests run in parallel.
 
 use crate::support::rekey;
 use serde_json::{Value, json};
@@ -162,6 +162,16 @@ impl World {
             .unwrap()
     }
 
+    /// Starts `rekey run playbook`, kills it (SIGKILL) once a credential of the
+    /// run is in `state`, then runs `rekey resume`, which must succeed.
+    fn kill_at_then_resume(&self, playbook: &Path, state: &str) {
+        let child = KillOnDrop(self.spawn_run(playbook));
+        self.wait_for(|states| states.iter().any(|s| s.state == state));
+        drop(child); // SIGKILL
+        let out = self.resume();
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    }
+
     fn resume(&self) -> crate::support::Output {
         self.command(&[
             "resume",
@@ -226,6 +236,16 @@ impl World {
     }
 }
 
+/// The line `plan --live` printed for credential `id`'s provider check.
+fn preflight_line(stdout: &str, id: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.contains(&format!(" {id} provider")))
+        .unwrap_or_else(|| panic!("no provider line for {id}: {stdout}"))
+        .trim()
+        .to_owned()
+}
+
 fn outcome(summary: &Value, id: &str) -> String {
     summary["results"]
         .as_array()
@@ -265,16 +285,21 @@ async fn pg_session(
     Ok(client)
 }
 
+/// A session as the services' PostgreSQL superuser.
+async fn pg_admin_session(w: &World) -> tokio_postgres::Client {
+    pg_session(
+        w,
+        &w.env["REKEY_PG_ADMIN_USER"],
+        &w.env["REKEY_PG_ADMIN_PASSWORD"],
+        "postgres",
+    )
+    .await
+    .unwrap()
+}
+
 fn pg_admin(w: &World, sql: &str) {
     block(async {
-        let admin = pg_session(
-            w,
-            &w.env["REKEY_PG_ADMIN_USER"],
-            &w.env["REKEY_PG_ADMIN_PASSWORD"],
-            "postgres",
-        )
-        .await
-        .unwrap();
+        let admin = pg_admin_session(w).await;
         admin.batch_execute(sql).await.unwrap();
     })
 }
@@ -393,14 +418,7 @@ fn postgres_plan_live_names_a_wrong_admin_password_a_missing_role_and_a_dead_ser
     );
     let out = w.plan_live(&pb);
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
-    let line = |id: &str| {
-        out.stdout
-            .lines()
-            .find(|l| l.contains(&format!(" {id} provider")))
-            .unwrap_or_else(|| panic!("no provider line for {id}: {}", out.stdout))
-            .trim()
-            .to_owned()
-    };
+    let line = |id: &str| preflight_line(&out.stdout, id);
     assert!(line("good").starts_with("ok"), "{}", out.stdout);
     let missing = line("missing");
     assert!(
@@ -450,11 +468,7 @@ fn postgres_run_killed_mid_rotation_is_finished_by_resume() {
         e["REKEY_PG_HOST"], e["REKEY_PG_PORT"]
     );
     let pb = w.playbook("p.yaml", "breach", &extra, &creds);
-    let child = KillOnDrop(w.spawn_run(&pb));
-    w.wait_for(|states| states.iter().any(|s| s.state == "changed"));
-    drop(child); // SIGKILL
-    let out = w.resume();
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    w.kill_at_then_resume(&pb, "changed");
     for (i, (role, old)) in roles.iter().enumerate() {
         let value = w.vault_value(&format!("c{i}"));
         assert_ne!(&value, old, "c{i} was not rotated");
@@ -464,6 +478,458 @@ fn postgres_run_killed_mid_rotation_is_finished_by_resume() {
             "c{i}: the old password is refused"
         );
     }
+}
+
+// ---------------------------------------------------------------- PostgreSQL, alternating
+
+/// A `postgres_alternating` instance named `name` (admin from REKEY_IT_PG_ADMIN),
+/// with `rate` (`""` or `rate: {...}, `) before its settings.
+fn pga_instance(w: &World, name: &str, rate: &str) -> String {
+    format!(
+        "  {name}: {{ type: postgres_alternating, admin: {{ env: REKEY_IT_PG_ADMIN }}, {rate}settings: {{ host: \"{}\", port: {}, sslmode: disable }} }}\n",
+        w.env["REKEY_PG_HOST"], w.env["REKEY_PG_PORT"]
+    )
+}
+
+/// A playbook with one `postgres_alternating` credential `db` on `roles`
+/// (account, alternate_role), instance `pga` at `rate` (see `pga_instance`),
+/// plus extra credential `settings` (`", verify_database: x"`).
+fn pga_playbook(
+    w: &World,
+    file: &str,
+    mode: &str,
+    rate: &str,
+    roles: (&str, &str),
+    settings: &str,
+) -> PathBuf {
+    let (blue, green) = roles;
+    w.playbook(
+        file,
+        mode,
+        &pga_instance(w, "pga", rate),
+        &format!("  - {{ id: db, provider: pga, account: {blue}, vault_path: PREFIX/db, settings: {{ alternate_role: {green}{settings} }} }}\n"),
+    )
+}
+
+/// Two login roles with random passwords; the first one's is in Vault at `path`
+/// with its name as `key_id` and `username` (what consumers use before the first
+/// rotation). Returns ((blue, its password), (green, its password)).
+fn pga_pair(w: &World, base: &str, path: &str) -> ((String, String), (String, String)) {
+    let blue = w.name(&format!("{base}_blue"));
+    let green = w.name(&format!("{base}_green"));
+    let (blue_pw, green_pw) = (random_hex(12), random_hex(12));
+    pg_admin(
+        w,
+        &format!(
+            "CREATE ROLE {blue} LOGIN PASSWORD '{blue_pw}'; CREATE ROLE {green} LOGIN PASSWORD '{green_pw}'"
+        ),
+    );
+    w.vault_put(
+        path,
+        json!({ "value": blue_pw, "key_id": blue, "username": blue }),
+    );
+    ((blue, blue_pw), (green, green_pw))
+}
+
+/// The comment on `role` (where rekey marks the role it issued to or retired).
+fn pg_comment(w: &World, role: &str) -> Option<String> {
+    block(async {
+        let admin = pg_admin_session(w).await;
+        admin
+            .query_one(
+                "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+}
+
+fn retired(w: &World, role: &str) -> bool {
+    pg_comment(w, role).is_some_and(|c| c.starts_with("rekey-retired"))
+}
+
+/// Checks that Vault at `path` names `role` (key id, user name, account) with a
+/// password that logs in as it, that the other role is retired, and returns the
+/// password.
+fn pga_in_vault(w: &World, path: &str, role: &str, other: &str) -> String {
+    let (data, _) = w.vault_get(path);
+    for field in ["key_id", "username", "account"] {
+        assert_eq!(
+            data[field], role,
+            "{path}: `{field}` names the role in use: {data}"
+        );
+    }
+    let value = data["value"].as_str().unwrap().to_owned();
+    assert!(
+        pg_login(w, role, &value),
+        "{path}: Vault's password logs in as {role}"
+    );
+    assert!(
+        pg_comment(w, role).is_some_and(|c| c.starts_with("rekey:")),
+        "{path}: {role} carries rekey's issue mark"
+    );
+    assert!(retired(w, other), "{path}: {other} is marked retired");
+    value
+}
+
+#[test]
+fn postgres_alternating_rotation_switches_roles_and_retires_the_old_one() {
+    let w = World::new();
+    let ((blue, blue_pw), (green, green_pw)) = pga_pair(&w, "rk_alt", "db");
+    let pb = pga_playbook(&w, "p.yaml", "breach", "", (&blue, &green), "");
+    // Round 1: green gets a new password and is promoted; blue is retired.
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated", "{output}");
+    assert_eq!(w.vault_get("db").1, 2);
+    let first = pga_in_vault(&w, "db", &green, &blue);
+    assert!(
+        !pg_login(&w, &blue, &blue_pw),
+        "blue's old password is refused"
+    );
+    assert!(
+        !pg_login(&w, &green, &green_pw),
+        "green's old password is refused"
+    );
+    assert!(
+        !output.contains(&first) && !output.contains(&blue_pw),
+        "a password leaked into the output"
+    );
+    // Round 2: back to blue, with a new password; green's from round 1 dies.
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated", "{output}");
+    assert_eq!(w.vault_get("db").1, 3);
+    let second = pga_in_vault(&w, "db", &blue, &green);
+    assert_ne!(second, blue_pw);
+    assert!(
+        !pg_login(&w, &green, &first),
+        "round 1's password is refused"
+    );
+    assert!(!pg_login(&w, &blue, &blue_pw));
+    assert!(!output.contains(&second) && !output.contains(&first));
+    // The old role stays a login role: it is used again next time.
+    block(async {
+        let admin = pg_admin_session(&w).await;
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_roles WHERE rolname IN ($1, $2) AND rolcanlogin",
+                &[&blue, &green],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 2, "both roles can still log in");
+    });
+}
+
+#[test]
+fn postgres_alternating_verify_failure_rolls_back_and_the_current_role_keeps_working() {
+    let w = World::new();
+    let ((blue, blue_pw), (green, green_pw)) = pga_pair(&w, "rk_altvf", "db");
+    // Only blue may connect to this database, so the verify login as green (the
+    // role the rotation changes) fails after its password was set.
+    let closed = w.name("closed_alt_db");
+    pg_admin(&w, &format!("CREATE DATABASE {closed}"));
+    pg_admin(
+        &w,
+        &format!(
+            "REVOKE CONNECT ON DATABASE {closed} FROM PUBLIC; GRANT CONNECT ON DATABASE {closed} TO {blue}"
+        ),
+    );
+    let pb = pga_playbook(
+        &w,
+        "p.yaml",
+        "routine",
+        "",
+        (&blue, &green),
+        &format!(", verify_database: {closed}"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    pg_admin(&w, &format!("DROP DATABASE {closed}"));
+    assert_eq!(code, 1, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rolled_back", "{output}");
+    assert_eq!(
+        w.vault_get("db"),
+        (
+            json!({ "value": blue_pw, "key_id": blue, "username": blue }),
+            1
+        ),
+        "Vault was not touched"
+    );
+    assert!(pg_login(&w, &blue, &blue_pw), "the role in use still works");
+    assert_eq!(
+        pg_comment(&w, &blue),
+        None,
+        "the role in use was not touched"
+    );
+    // The new password on green is gone with the rollback.
+    assert!(retired(&w, &green), "green was retired by the rollback");
+    assert!(!pg_login(&w, &green, &green_pw));
+    let j = rekey::journal::Journal::open(&w.journal()).unwrap();
+    let run = j.runs().unwrap().into_iter().next().unwrap();
+    let intents = j.intents(&run.id, "db").unwrap();
+    let verifies = serde_json::to_string(
+        &intents
+            .iter()
+            .filter(|i| i.step == "verify")
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(verifies.contains("permission denied"), "{verifies}");
+    assert!(
+        intents.iter().any(|i| i.step == "rollback_revoke_new"),
+        "the new password was revoked"
+    );
+    // The next rotation (the database open again) changes green again: a retired
+    // role is never the one in use.
+    let pb = pga_playbook(&w, "p2.yaml", "routine", "", (&blue, &green), "");
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    let value = pga_in_vault(&w, "db", &green, &blue);
+    // Blue's old password is gone, so that run cannot be rolled back: rollback
+    // says so and leaves green, the working role, alone.
+    let out = w.command(&[
+        "rollback",
+        summary["run_id"].as_str().unwrap(),
+        "--journal",
+        w.journal().to_str().unwrap(),
+    ]);
+    assert!(
+        out.stdout.contains("roll forward only"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(w.vault_value("db"), value);
+    assert!(pg_login(&w, &green, &value));
+}
+
+#[test]
+fn postgres_alternating_plan_live_names_a_missing_role_the_same_role_twice_a_nologin_role_and_two_issue_marks()
+ {
+    let w = World::new();
+    let ((blue, _), (green, _)) = pga_pair(&w, "rk_altpf", "db");
+    let nologin = w.name("rk_altpf_nologin");
+    pg_admin(&w, &format!("CREATE ROLE {nologin} NOLOGIN"));
+    let ((a, _), (b, _)) = pga_pair(&w, "rk_altpf2", "db2");
+    pg_admin(
+        &w,
+        &format!(
+            "COMMENT ON ROLE {a} IS 'rekey:r-20260101-0000-aaaa:x 1'; COMMENT ON ROLE {b} IS 'rekey:r-20260101-0000-bbbb:x 2'"
+        ),
+    );
+    let s = &w.suffix;
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &pga_instance(&w, "pga", ""),
+        &format!(
+            "  - {{ id: good, provider: pga, account: {blue}, vault_path: PREFIX/db, settings: {{ alternate_role: {green} }} }}\n  - {{ id: missing, provider: pga, account: {blue}, vault_path: PREFIX/m, settings: {{ alternate_role: no_such_role_{s} }} }}\n  - {{ id: same, provider: pga, account: {blue}, vault_path: PREFIX/s, settings: {{ alternate_role: {blue} }} }}\n  - {{ id: nologin, provider: pga, account: {blue}, vault_path: PREFIX/n, settings: {{ alternate_role: {nologin} }} }}\n  - {{ id: twomarks, provider: pga, account: {a}, vault_path: PREFIX/t, settings: {{ alternate_role: {b} }} }}\n"
+        ),
+    );
+    let out = w.plan_live(&pb);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        preflight_line(&out.stdout, "good").starts_with("ok"),
+        "{}",
+        out.stdout
+    );
+    for (id, says) in [
+        ("missing", &["does not exist", "`alternate_role`"][..]),
+        ("same", &["same role", "two roles"]),
+        ("nologin", &["cannot log in (NOLOGIN)"]),
+        ("twomarks", &["cannot tell which one consumers use"]),
+    ] {
+        let line = preflight_line(&out.stdout, id);
+        assert!(
+            line.starts_with("FAIL") && says.iter().all(|s| line.contains(s)),
+            "{id}: {line}"
+        );
+    }
+    // The checks changed nothing.
+    assert_eq!(pg_comment(&w, &blue), None);
+    assert_eq!(pg_comment(&w, &green), None);
+}
+
+#[test]
+fn postgres_alternating_run_killed_mid_rotation_is_finished_by_resume() {
+    let w = World::new();
+    let pairs: Vec<_> = (0..6)
+        .map(|i| pga_pair(&w, &format!("rk_altk{i}"), &format!("c{i}")))
+        .collect();
+    let creds: String = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, ((blue, _), (green, _)))| {
+            format!(
+                "  - {{ id: c{i}, provider: pga_slow, account: {blue}, vault_path: PREFIX/c{i}, settings: {{ alternate_role: {green} }} }}\n"
+            )
+        })
+        .collect();
+    // A slow instance keeps the run going long enough to be killed with some
+    // credentials created but not staged, some staged but not promoted.
+    let extra = pga_instance(
+        &w,
+        "pga_slow",
+        "rate: { per_second: 4, burst: 1 }, concurrency: 2, ",
+    );
+    let pb = w.playbook("p.yaml", "breach", &extra, &creds);
+    w.kill_at_then_resume(&pb, "staged");
+    for (i, ((blue, blue_pw), (green, green_pw))) in pairs.iter().enumerate() {
+        // Every credential ends on green, in Vault, with blue retired; no
+        // password rekey set and did not store is left working.
+        let value = pga_in_vault(&w, &format!("c{i}"), green, blue);
+        assert_ne!(&value, green_pw, "c{i} was not rotated");
+        assert!(
+            !pg_login(&w, blue, blue_pw),
+            "c{i}: blue's old password is refused"
+        );
+        assert!(
+            !pg_login(&w, green, green_pw),
+            "c{i}: green's old password is refused"
+        );
+    }
+}
+
+#[test]
+fn postgres_alternating_resume_retires_a_role_changed_but_never_stored() {
+    let w = World::new();
+    let ((blue, blue_pw), (green, _)) = pga_pair(&w, "rk_alto", "db");
+    // One permit a second: the run waits about a second for the permit of its
+    // `create` after `list`; it is killed in that wait.
+    let pb = pga_playbook(
+        &w,
+        "p.yaml",
+        "breach",
+        "rate: { per_second: 1, burst: 1 }, ",
+        (&blue, &green),
+        "",
+    );
+    let child = KillOnDrop(w.spawn_run(&pb));
+    w.wait_for(|states| states.iter().any(|s| s.state == "creating"));
+    drop(child); // SIGKILL
+    // What a crash right after `create` leaves: green has a password nobody
+    // stored and this rotation's mark (the run id is the journal's).
+    let j = rekey::journal::Journal::open(&w.journal()).unwrap();
+    let run = j.runs().unwrap().into_iter().next().unwrap();
+    assert_eq!(
+        j.states(&run.id).unwrap()[0].state,
+        "creating",
+        "killed before the new password was staged"
+    );
+    drop(j);
+    let lost = random_hex(12);
+    pg_admin(
+        &w,
+        &format!(
+            "ALTER ROLE {green} PASSWORD '{lost}'; COMMENT ON ROLE {green} IS 'rekey:{}:db 1'",
+            run.id
+        ),
+    );
+    assert!(
+        pg_login(&w, &blue, &blue_pw),
+        "the role in Vault still works"
+    );
+    let out = w.resume();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let j = rekey::journal::Journal::open(&w.journal()).unwrap();
+    let steps: Vec<String> = j
+        .intents(&run.id, "db")
+        .unwrap()
+        .into_iter()
+        .map(|i| i.step)
+        .collect();
+    assert!(steps.contains(&"revoke_orphan".to_owned()), "{steps:?}");
+    let value = pga_in_vault(&w, "db", &green, &blue);
+    assert!(
+        !pg_login(&w, &green, &lost),
+        "the unstored password is dead"
+    );
+    assert_ne!(value, lost);
+    assert!(
+        !pg_login(&w, &blue, &blue_pw),
+        "blue's old password is refused"
+    );
+}
+
+#[test]
+fn postgres_alternating_never_retires_the_role_it_just_promoted() {
+    let w = World::new();
+    let ((blue, blue_pw), (green, green_pw)) = pga_pair(&w, "rk_altm", "db");
+    // Vault names green before any rotation, against the documented convention
+    // (consumers start on `account`): the first rotation changes green, the role
+    // in use, and the engine then asks to retire green as the old key.
+    w.vault_put(
+        "db",
+        json!({ "value": green_pw, "key_id": green, "username": green }),
+    );
+    let pb = pga_playbook(&w, "p.yaml", "breach", "", (&blue, &green), "");
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 3, "quarantined: {output}");
+    assert_eq!(outcome(&summary, "db"), "quarantined", "{output}");
+    assert!(output.contains("not retiring"), "{output}");
+    // The password just promoted still works: the retirement was refused.
+    let (data, version) = w.vault_get("db");
+    assert_eq!(version, 3);
+    assert_eq!(data["username"], green.as_str());
+    assert!(pg_login(&w, &green, data["value"].as_str().unwrap()));
+    assert!(!retired(&w, &green));
+    // As the message says, running rekey again moves consumers to blue with a
+    // new password and retires green; blue's old password dies too.
+    let (code, _, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    pga_in_vault(&w, "db", &blue, &green);
+    assert!(!pg_login(&w, &blue, &blue_pw));
+}
+
+#[test]
+fn postgres_alternating_no_password_reaches_output_journal_or_audit_trail() {
+    let w = World::new();
+    let ((blue, blue_pw), (green, green_pw)) = pga_pair(&w, "rk_altc", "db");
+    let pb = pga_playbook(&w, "p.yaml", "breach", "", (&blue, &green), "");
+    let journal = w.journal();
+    let mut places: Vec<(String, Vec<u8>)> = Vec::new();
+    for round in 0..2 {
+        let out = w.command(&[
+            "-vv",
+            "run",
+            pb.to_str().unwrap(),
+            "--journal",
+            journal.to_str().unwrap(),
+        ]);
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        places.push((format!("stdout of round {round}"), out.stdout.into_bytes()));
+        places.push((format!("stderr of round {round}"), out.stderr.into_bytes()));
+    }
+    let out = w.command(&["status", "--journal", journal.to_str().unwrap()]);
+    places.push(("stdout of status".into(), out.stdout.into_bytes()));
+    for entry in std::fs::read_dir(w.dir.path()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") && !name.ends_with(".key") {
+            places.push((name, std::fs::read(entry.path()).unwrap()));
+        }
+    }
+    let names: Vec<&str> = places.iter().map(|(n, _)| n.as_str()).collect();
+    for must in ["journal.db", "audit.jsonl"] {
+        assert!(names.contains(&must), "{must} scanned: {names:?}");
+    }
+    // Every password each role had: the first ones and both that rekey issued
+    // (Vault versions 1 to 3), and the admin password.
+    let mut canaries = vec![blue_pw, green_pw, w.env["REKEY_PG_ADMIN_PASSWORD"].clone()];
+    for version in 1..=3 {
+        let v = http(
+            &w.env["VAULT_ADDR"],
+            "GET",
+            &format!("/v1/secret/data/{}/db?version={version}", w.prefix),
+            &w.env["VAULT_TOKEN"],
+            None,
+        );
+        canaries.push(v["data"]["data"]["value"].as_str().unwrap().to_owned());
+    }
+    let leaks = crate::canary::leaks(&canaries, &places);
+    assert!(leaks.is_empty(), "passwords leaked:\n{}", leaks.join("\n"));
 }
 
 // ---------------------------------------------------------------- MySQL / MariaDB
@@ -632,14 +1098,7 @@ fn mysql_plan_live_names_a_wrong_admin_password_a_missing_account_and_a_dead_ser
         .args(["plan", pb.to_str().unwrap(), "--live"])
         .run();
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
-    let line = |id: &str| {
-        out.stdout
-            .lines()
-            .find(|l| l.contains(&format!(" {id} provider")))
-            .unwrap_or_else(|| panic!("no provider line for {id}: {}", out.stdout))
-            .trim()
-            .to_owned()
-    };
+    let line = |id: &str| preflight_line(&out.stdout, id);
     assert!(line("good").starts_with("ok"), "{}", out.stdout);
     let missing = line("missing");
     assert!(
@@ -692,11 +1151,7 @@ fn mysql_run_killed_mid_rotation_is_finished_by_resume() {
         e["REKEY_MYSQL_HOST"], e["REKEY_MYSQL_PORT"]
     );
     let pb = w.playbook("p.yaml", "breach", &extra, &creds);
-    let child = KillOnDrop(w.spawn_run(&pb));
-    w.wait_for(|states| states.iter().any(|s| s.state == "changed"));
-    drop(child); // SIGKILL
-    let out = w.resume();
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    w.kill_at_then_resume(&pb, "changed");
     for (i, (user, old)) in users.iter().enumerate() {
         let value = w.vault_value(&format!("c{i}"));
         assert_ne!(&value, old, "c{i} was not rotated");
@@ -919,14 +1374,7 @@ fn redis_plan_live_names_a_wrong_admin_password_a_missing_user_a_missing_aclfile
         .run();
     rd(&w, &["ACL", "DELUSER", &admin]);
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
-    let line = |id: &str| {
-        out.stdout
-            .lines()
-            .find(|l| l.contains(&format!(" {id} provider")))
-            .unwrap_or_else(|| panic!("no provider line for {id}: {}", out.stdout))
-            .trim()
-            .to_owned()
-    };
+    let line = |id: &str| preflight_line(&out.stdout, id);
     assert!(line("good").starts_with("ok"), "{}", out.stdout);
     let missing = line("missing");
     assert!(
@@ -986,11 +1434,7 @@ fn redis_run_killed_mid_rotation_is_finished_by_resume() {
         e["REKEY_REDIS_HOST"], e["REKEY_REDIS_PORT"]
     );
     let pb = w.playbook("p.yaml", "breach", &extra, &creds);
-    let child = KillOnDrop(w.spawn_run(&pb));
-    w.wait_for(|states| states.iter().any(|s| s.state == "staged"));
-    drop(child); // SIGKILL
-    let out = w.resume();
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    w.kill_at_then_resume(&pb, "staged");
     for (i, (user, old)) in users.iter().enumerate() {
         let value = w.vault_value(&format!("c{i}"));
         assert_ne!(&value, old, "c{i} was not rotated");

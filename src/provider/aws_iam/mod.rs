@@ -312,10 +312,10 @@ impl Provider for AwsIam {
         let issued = roxmltree::Document::parse(&answer.body)
             .ok()
             .and_then(|doc| {
-                Some(Issued {
-                    key_id: client::text_of(doc.root(), "AccessKeyId")?.to_owned(),
-                    secret: Secret::new(client::text_of(doc.root(), "SecretAccessKey")?),
-                })
+                Some(Issued::new(
+                    client::text_of(doc.root(), "AccessKeyId")?.to_owned(),
+                    Secret::new(client::text_of(doc.root(), "SecretAccessKey")?),
+                ))
             });
         let Some(issued) = issued else {
             // A key was created but its secret is unknown: it can never be used,

@@ -489,10 +489,7 @@ impl Provider for Exec {
                 self.plugin()
             )));
         }
-        Ok(Issued {
-            key_id: created.key_id,
-            secret: Secret::new(created.secret),
-        })
+        Ok(Issued::new(created.key_id, Secret::new(created.secret)))
     }
 
     async fn change(&self, target: Target<'_>, new: &Secret) -> Result<(), ProviderError> {

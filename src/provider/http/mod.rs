@@ -735,7 +735,7 @@ impl Provider for HttpProvider {
                 }
             }
         };
-        Ok(Issued { key_id, secret })
+        Ok(Issued::new(key_id, secret))
     }
 
     async fn change(&self, target: Target<'_>, new: &Secret) -> Result<(), ProviderError> {

@@ -127,6 +127,58 @@ impl PgClient {
         }
     }
 
+    /// Runs `statement` (one or more statements, no bind parameters) in an admin
+    /// session; `what` names it in errors. Several statements sent at once run in
+    /// one implicit transaction: all of them happen or none.
+    pub async fn execute(&self, statement: &str, what: &str) -> Result<(), ProviderError> {
+        let admin = self.admin().await?;
+        match admin.batch_execute(statement).await {
+            Ok(()) => {
+                self.release(admin);
+                Ok(())
+            }
+            // The session is dropped, not pooled: it may be mid-transaction.
+            Err(e) => Err(self.classify(&e, what)),
+        }
+    }
+
+    /// Whether the admin role may change other roles' passwords (superuser or
+    /// CREATEROLE); an error saying what to grant when it may not.
+    pub async fn check_admin_may_change_passwords(&self) -> Result<(), ProviderError> {
+        let admin = self.admin().await?;
+        let may = admin
+            .query_one(
+                "SELECT rolsuper OR rolcreaterole FROM pg_catalog.pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| self.classify(&e, "reading the admin role"))?;
+        self.release(admin);
+        if !may.get::<_, bool>(0) {
+            return Err(ProviderError::Fatal(format!(
+                "PostgreSQL at {}: the admin role `{}` may not change passwords; grant it CREATEROLE",
+                self.cfg.address(),
+                self.cfg.admin_user
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a fresh login as `role` with `password` on `database` succeeds:
+    /// `Ok(false)` when the server refused the password.
+    pub async fn password_works(
+        &self,
+        role: &str,
+        password: &Secret,
+        database: &str,
+    ) -> Result<bool, ProviderError> {
+        match self.login(role, password, database).await {
+            Ok(_session) => Ok(true),
+            Err(LoginError::Rejected) => Ok(false),
+            Err(LoginError::Other(e)) => Err(e),
+        }
+    }
+
     /// Maps a client error to a `ProviderError` that says what failed, where, and
     /// what to do, from the SQLSTATE code (never from the server's message).
     pub fn classify(&self, e: &tokio_postgres::Error, what: &str) -> ProviderError {

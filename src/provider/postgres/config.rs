@@ -33,12 +33,14 @@ pub struct PgConfig {
 }
 
 impl PgConfig {
+    /// `type_name` (`postgres`, `postgres_alternating`) prefixes errors.
     pub fn parse(
+        type_name: &str,
         instance: &str,
         settings: &IndexMap<String, Value>,
         admin: Option<&Admin>,
     ) -> Result<PgConfig, ProviderError> {
-        let s = super::super::settings::Settings::new("postgres", instance, settings);
+        let s = super::super::settings::Settings::new(type_name, instance, settings);
         let fatal = |m: String| s.fatal(m);
         let text = |k: &str| s.text(k);
         let host = s.host()?;

@@ -302,7 +302,7 @@ impl Provider for Redis {
                 .await;
             return Err(e);
         }
-        Ok(Issued { key_id: id, secret })
+        Ok(Issued::new(id, secret))
     }
 
     async fn verify(

@@ -343,7 +343,7 @@ impl Provider for Sandbox {
                 created_at: now(),
                 tag: tag.to_owned(),
             });
-            Ok((Issued { key_id: id, secret }, true))
+            Ok((Issued::new(id, secret), true))
         })
     }
 

@@ -569,7 +569,7 @@ impl Provider for SshProvider {
             }
         }
         tracing::debug!(credential = target.credential, key_id = %key_id, hosts = hosts.len(), "Key added.");
-        Ok(Issued { key_id, secret })
+        Ok(Issued::new(key_id, secret))
     }
 
     /// Logs in as the account with the key on every host; refused anywhere: false.

@@ -81,10 +81,7 @@ impl Provider for VaultAppRole {
         let app = self.app(&target)?;
         let (accessor, secret) = app.create(tag).await?;
         tracing::info!(credential = %target.credential, role = app.role, key_id = %accessor, "Issued a secret-id.");
-        Ok(Issued {
-            key_id: accessor,
-            secret,
-        })
+        Ok(Issued::new(accessor, secret))
     }
 
     async fn verify(
