@@ -88,6 +88,104 @@ fn role(i: usize) -> String {
     format!("bench_r{i}")
 }
 
+/// CPU seconds used so far by the processes that do the work: PostgreSQL (the
+/// postmaster, its live backends and the ones that exited), OpenBao, and this
+/// process (the OpenBao round's HTTP client, or rekey running in process).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    postgres: f64,
+    openbao: f64,
+    client: f64,
+}
+
+/// utime + stime (+ cutime + cstime with `children`) of `pid`, in seconds.
+fn cpu_of(pid: u32, children: bool) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    // (Every field is a number there; some, like tpgid, can be -1.)
+    let fields: Vec<i64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(1) // the state, a letter
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    // utime, stime, cutime, cstime are fields 14-17 of proc_pid_stat(5): 10-13 after
+    // the state.
+    let take = if children { 4 } else { 2 };
+    let ticks: i64 = fields.iter().skip(10).take(take).sum();
+    ticks as f64 / 100.0
+}
+
+struct Pids {
+    postmaster: Option<u32>,
+    openbao: Option<u32>,
+}
+
+impl Pids {
+    fn find(env: &HashMap<String, String>) -> Pids {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let postmaster =
+            std::fs::read_to_string(root.join("target/services/postgres/data/postmaster.pid"))
+                .ok()
+                .and_then(|t| t.lines().next()?.trim().parse().ok());
+        let listen = env["VAULT_ADDR"].trim_start_matches("http://").to_owned();
+        let openbao = std::fs::read_dir("/proc").ok().and_then(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .find(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                        let c = String::from_utf8_lossy(&c);
+                        c.contains("bao") && c.contains("server") && c.contains(&listen)
+                    })
+                })
+        });
+        Pids {
+            postmaster,
+            openbao,
+        }
+    }
+
+    fn sample(&self) -> Cpu {
+        let postgres = self.postmaster.map_or(0.0, |pm| {
+            // Exited backends are in the postmaster's cutime/cstime once reaped.
+            let children = std::fs::read_to_string(format!("/proc/{pm}/task/{pm}/children"))
+                .unwrap_or_default();
+            cpu_of(pm, true)
+                + children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse().ok())
+                    .map(|c| cpu_of(c, false))
+                    .sum::<f64>()
+        });
+        Cpu {
+            postgres,
+            openbao: self.openbao.map_or(0.0, |p| cpu_of(p, false)),
+            client: cpu_of(std::process::id(), false),
+        }
+    }
+}
+
+/// Runs `f`, returning its wall time and the CPU each side used meanwhile.
+fn measured<T>(pids: &Pids, f: impl FnOnce() -> T) -> (T, Duration, Cpu) {
+    let before = pids.sample();
+    let t = Instant::now();
+    let value = f();
+    let wall = t.elapsed();
+    // Let the postmaster reap the backends that just exited.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = pids.sample();
+    let cpu = Cpu {
+        postgres: after.postgres - before.postgres,
+        openbao: after.openbao - before.openbao,
+        client: after.client - before.client,
+    };
+    (value, wall, cpu)
+}
+
 /// Drops what an earlier run left, creates the roles and OpenBao's engine.
 async fn setup(env: &HashMap<String, String>, roles: usize) {
     let (addr, token) = (&env["VAULT_ADDR"], &env["VAULT_TOKEN"]);
@@ -217,13 +315,9 @@ fn rekey_round_with(
     round: &str,
     provider: &str,
 ) -> Duration {
-    let noop = dir.join(format!("noop-{round}.json"));
     let mut text = format!(
-        "version: 1\nname: pg-bench\nincident: {{ mode: breach }}\nvault: {{ address: \"{}\" }}\ndefaults: {{ verify: {verify}, concurrency: {CONCURRENCY} }}\nproviders:\n  pg: {{ type: postgres, admin: {{ env: REKEY_BENCH_PG_ADMIN }}, concurrency: {CONCURRENCY}, rate: {{ per_second: 100000, burst: 1000 }}, settings: {{ host: \"{}\", port: {}, sslmode: disable }} }}\n  noop: {{ type: sandbox_password, concurrency: {CONCURRENCY}, rate: {{ per_second: 100000, burst: 1000 }}, settings: {{ state_file: {}, latency: 0ms }} }}\ncredentials:\n",
-        env["VAULT_ADDR"],
-        env["REKEY_PG_HOST"],
-        env["REKEY_PG_PORT"],
-        noop.display()
+        "version: 1\nname: pg-bench\nincident: {{ mode: breach }}\nvault: {{ address: \"{}\" }}\ndefaults: {{ verify: {verify}, concurrency: {CONCURRENCY} }}\nproviders:\n  pg: {{ type: postgres, admin: {{ env: REKEY_BENCH_PG_ADMIN }}, concurrency: {CONCURRENCY}, rate: {{ per_second: 100000, burst: 1000 }}, settings: {{ host: \"{}\", port: {}, sslmode: disable }} }}\n  noop: {{ type: sandbox_password, concurrency: {CONCURRENCY}, rate: {{ per_second: 100000, burst: 1000 }}, settings: {{ state_file: memory, latency: 0ms }} }}\ncredentials:\n",
+        env["VAULT_ADDR"], env["REKEY_PG_HOST"], env["REKEY_PG_PORT"],
     );
     for i in 0..roles {
         text.push_str(&format!("  - {{ id: r{i}, provider: {provider}, account: {}, vault_path: bench/{provider}/r{i} }}\n", role(i)));
@@ -299,25 +393,39 @@ fn main() {
         Some(d) => tempfile::tempdir_in(d).unwrap(),
         None => tempfile::tempdir().unwrap(),
     };
-    let (mut bao_rates, mut off_rates, mut on_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let pids = Pids::find(&env);
+    // Per scenario: rates, and CPU seconds per side summed over the rounds.
+    let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut cpu = [Cpu::default(); 4];
+    let add = |rates: &mut [Vec<f64>; 4], cpu: &mut [Cpu; 4], i: usize, wall: Duration, c: Cpu| {
+        rates[i].push(roles as f64 / wall.as_secs_f64());
+        cpu[i].postgres += c.postgres;
+        cpu[i].openbao += c.openbao;
+        cpu[i].client += c.client;
+    };
     for round in 0..rounds {
-        let rate = |d: Duration| roles as f64 / d.as_secs_f64();
-        let b = rate(runtime.block_on(openbao_round(&env, roles)));
-        let off = rate(rekey_round(&env, roles, false, dir.path(), round));
-        let on = rate(rekey_round(&env, roles, true, dir.path(), round));
+        let (wall, _, c) = measured(&pids, || runtime.block_on(openbao_round(&env, roles)));
+        add(&mut rates, &mut cpu, 0, wall, c);
+        let (wall, _, c) = measured(&pids, || rekey_round(&env, roles, false, dir.path(), round));
+        add(&mut rates, &mut cpu, 1, wall, c);
+        let (wall, _, c) = measured(&pids, || rekey_round(&env, roles, true, dir.path(), round));
+        add(&mut rates, &mut cpu, 2, wall, c);
         eprintln!(
-            "round {}: OpenBao {b:.0}/s, rekey verify off {off:.0}/s, verify on {on:.0}/s",
-            round + 1
+            "round {}: OpenBao {:.0}/s, rekey verify off {:.0}/s, verify on {:.0}/s",
+            round + 1,
+            rates[0][round],
+            rates[1][round],
+            rates[2][round]
         );
-        bao_rates.push(b);
-        off_rates.push(off);
-        on_rates.push(on);
     }
     runtime.block_on(teardown(&env, roles));
     // The engine alone: the same run against a provider that costs nothing.
-    let engine_only = roles as f64
-        / rekey_round_with(&env, roles, false, dir.path(), "noop", "noop").as_secs_f64();
-    let (b, off, on) = (median(bao_rates), median(off_rates), median(on_rates));
+    let (wall, _, c) = measured(&pids, || {
+        rekey_round_with(&env, roles, false, dir.path(), "noop", "noop")
+    });
+    add(&mut rates, &mut cpu, 3, wall, c);
+    let runs = [rounds, rounds, rounds, 1];
+    let [b, off, on, engine_only] = rates.map(median);
     println!("{roles} PostgreSQL roles, concurrency {CONCURRENCY}, median of {rounds} rounds");
     println!();
     println!("| rotation of {roles} roles | rotations/s | vs OpenBao | goal |");
@@ -335,4 +443,32 @@ fn main() {
         "| rekey engine alone (`sandbox_password`, no latency, verify off) | {engine_only:.0} | {:.2}x | |",
         engine_only / b
     );
+    // Where the time goes: CPU per rotation on each side, and the rate the machine's
+    // cores would allow if that CPU were the only limit.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!();
+    println!(
+        "CPU per rotation (ms), {cores} cores; \"CPU bound\" = cores / total CPU per rotation:"
+    );
+    println!();
+    println!(
+        "| scenario | PostgreSQL | OpenBao | client (rekey, or the HTTP client) | total | CPU bound (/s) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let names = [
+        "OpenBao `rotate-role`",
+        "rekey verify off",
+        "rekey verify on",
+        "rekey engine alone",
+    ];
+    for i in 0..4 {
+        let n = (roles * runs[i]) as f64 / 1000.0;
+        let (p, o, c) = (cpu[i].postgres / n, cpu[i].openbao / n, cpu[i].client / n);
+        let total = p + o + c;
+        println!(
+            "| {} | {p:.1} | {o:.1} | {c:.1} | {total:.1} | {:.0} |",
+            names[i],
+            cores * 1000.0 / total
+        );
+    }
 }

@@ -10,9 +10,10 @@
 //! (`rekey audit hmac`), the trail alone reveals nothing. `seq`, `prev` and `hash`
 //! chain the lines (see `chain`); `<trail>.head` guards the end.
 //!
-//! Invariant: a line is on disk (fsync) before the journal call that committed its
-//! record returns, so before the step it announces starts; a trail that cannot be
-//! written stops the run.
+//! Invariant: a line is written before the journal call that committed its record
+//! returns, and synced with it: by itself (`fdatasync` per line), or under the
+//! engine's group commit with the journal's WAL, before any step that changes the
+//! world starts; a trail that cannot be written stops the run.
 //! Invariant: no secret value reaches a line: details come from the journal (ids,
 //! versions), and the journal's fingerprints are replaced by the trail's HMAC.
 //! Invariant: rekey never appends to a trail whose chain does not verify.

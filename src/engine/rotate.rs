@@ -744,6 +744,20 @@ impl<'a> Ctx<'a> {
         let id = &self.credential.id;
         let provider = self.provider.clone();
         let target = self.target();
+        // A provider that handed back the key Vault already named (one that reuses
+        // key ids, like two roles taking turns) changed that key in place: the key
+        // just promoted must not be retired, and a human should know.
+        if old_key == Some(new_key) {
+            self.clear_staging().await?;
+            return Ok(Outcome::Quarantined {
+                reason: format!(
+                    "the provider issued key {new_key} again, the key Vault already named: it was changed in place while in use, and there is no other key to retire (not retiring {new_key}, which holds the promoted value)"
+                ),
+                action: format!(
+                    "check that nothing still uses the previous value of key {new_key} of `{id}`, then run rekey again to move to a fresh key"
+                ),
+            });
+        }
         if let Some(old) = old_key {
             if let Err(f) = self
                 .pstep("deactivate", json!({ "key_id": old }), || {

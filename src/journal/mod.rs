@@ -19,7 +19,9 @@
 //! Durability: the file is in WAL mode with `synchronous=FULL`, so every committed record
 //! is fsynced before the call returns, and a committed intent survives a power cut. Each
 //! call is one short transaction (a few hundred microseconds to a few milliseconds,
-//! dominated by the fsync): the engine may call it directly or through `spawn_blocking`.
+//! dominated by the fsync). The engine switches to group commit ([`Journal::defer_sync`]):
+//! commits do not sync, and it syncs the WAL and the trail itself before every step
+//! that changes the world (`engine/durable.rs`).
 //!
 //! Concurrency: a [`Journal`] is one SQLite connection: `Send`, not `Sync`; share it behind
 //! a mutex or open one per thread. Several processes may open the same file: WAL lets

@@ -63,17 +63,49 @@ fn verify_database<'a>(cfg: &'a PgConfig, target: Target<'a>) -> &'a str {
 }
 
 /// `ALTER ROLE "role" PASSWORD '<SCRAM-SHA-256 verifier of secret>'`.
+/// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677, as
+/// psql's `\password` and postgres-protocol build it): 4096 iterations of PBKDF2
+/// over a random 16-byte salt, then StoredKey and ServerKey. The key derivation
+/// runs on aws-lc. A password SASLprep could change (anything but printable
+/// ASCII) goes through postgres-protocol, which applies it.
+fn scram_verifier(password: &str) -> Zeroizing<String> {
+    use aws_lc_rs::{digest, hmac, pbkdf2};
+    use base64::Engine;
+    const ITERATIONS: u32 = 4096;
+    if !password.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Zeroizing::new(postgres_protocol::password::scram_sha_256(
+            password.as_bytes(),
+        ));
+    }
+    let salt: [u8; 16] = rand::random();
+    let mut salted = Zeroizing::new([0u8; 32]);
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(ITERATIONS).expect("not zero"),
+        &salt,
+        password.as_bytes(),
+        &mut salted[..],
+    );
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &salted[..]);
+    let client_key = hmac::sign(&key, b"Client Key");
+    let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
+    let server_key = hmac::sign(&key, b"Server Key");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Zeroizing::new(format!(
+        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        b64.encode(salt),
+        b64.encode(stored_key.as_ref()),
+        b64.encode(server_key.as_ref())
+    ))
+}
+
 async fn alter_password(role: &str, secret: &Secret) -> Result<Zeroizing<String>, ProviderError> {
     // The SCRAM key derivation (4096 HMAC rounds) is CPU work: keep it off the
     // async workers so other rotations' I/O goes on meanwhile.
     let secret = secret.clone();
-    let verifier = tokio::task::spawn_blocking(move || {
-        Zeroizing::new(postgres_protocol::password::scram_sha_256(
-            secret.expose().as_bytes(),
-        ))
-    })
-    .await
-    .map_err(|_| ProviderError::Fatal("computing the SCRAM verifier failed".into()))?;
+    let verifier = tokio::task::spawn_blocking(move || scram_verifier(secret.expose()))
+        .await
+        .map_err(|_| ProviderError::Fatal("computing the SCRAM verifier failed".into()))?;
     Ok(Zeroizing::new(format!(
         "ALTER ROLE {} PASSWORD {}",
         escape_identifier(role),
@@ -147,5 +179,52 @@ impl Provider for Postgres {
         self.client
             .password_works(role, secret, verify_database(&self.client.cfg, target))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scram_verifier;
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    use sha2::Digest;
+
+    /// Recomputes the verifier's keys from its salt with the plain RFC 5802
+    /// definitions (hmac + sha2), so the fast path cannot drift from the format.
+    #[test]
+    fn the_scram_verifier_matches_the_rfc_definition() {
+        type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for password in ["correct horse", "Zq9$x!~"] {
+            let verifier = scram_verifier(password);
+            let rest = verifier.strip_prefix("SCRAM-SHA-256$4096:").unwrap();
+            let (salt, keys) = rest.split_once('$').unwrap();
+            let (stored, server) = keys.split_once(':').unwrap();
+            let salt = b64.decode(salt).unwrap();
+            assert_eq!(salt.len(), 16);
+            // Hi(password, salt, 4096)
+            let mac = |key: &[u8], data: &[u8]| {
+                let mut m = HmacSha256::new_from_slice(key).unwrap();
+                m.update(data);
+                m.finalize().into_bytes().to_vec()
+            };
+            let mut u = mac(
+                password.as_bytes(),
+                &[salt.as_slice(), &[0, 0, 0, 1]].concat(),
+            );
+            let mut salted = u.clone();
+            for _ in 1..4096 {
+                u = mac(password.as_bytes(), &u);
+                salted.iter_mut().zip(&u).for_each(|(s, x)| *s ^= x);
+            }
+            let client_key = mac(&salted, b"Client Key");
+            assert_eq!(
+                b64.decode(stored).unwrap(),
+                sha2::Sha256::digest(&client_key).to_vec()
+            );
+            assert_eq!(b64.decode(server).unwrap(), mac(&salted, b"Server Key"));
+        }
+        // Two verifiers of one password differ (fresh salt).
+        assert_ne!(*scram_verifier("same"), *scram_verifier("same"));
     }
 }
