@@ -3,8 +3,9 @@
 //!
 //! The change is `ALTER ROLE "account" PASSWORD '<SCRAM-SHA-256 verifier>'`: the
 //! verifier is computed here (what psql's `\password` does), so the plain password
-//! never travels to the server nor lands in its logs or `pg_stat_activity`, and the
-//! key-derivation work is done by rekey instead of the database. ALTER ROLE takes no
+//! never travels to the server nor lands in its logs or `pg_stat_activity`. (The server
+//! still runs one key derivation per change: PostgreSQL checks that the verifier is
+//! not that of an empty password, about 8 ms of its CPU here.) ALTER ROLE takes no
 //! bind parameter, so the verifier is quoted with `escape_literal` and the role name
 //! with `escape_identifier`. Verify is a fresh TCP login as the role with the new
 //! password: SQLSTATE 28P01 means the server refused it.
