@@ -592,6 +592,13 @@ impl<'a> Ctx<'a> {
                 });
             }
         };
+        // Vault holds a value but names no key (an entry written before rekey
+        // managed it): find the key that value belongs to, so that it is retired
+        // like any old key instead of staying active after the rotation.
+        let old_key = match (old_key, &current.value) {
+            (None, Some(value)) => self.identify_old_key(&keys, value).await?,
+            (old_key, _) => old_key,
+        };
         if let Some(stray) = keys
             .iter()
             .find(|k| !k.active && Some(&k.id) != old_key.as_ref())
@@ -734,6 +741,50 @@ impl<'a> Ctx<'a> {
         Ok(self.with_sinks(outcome, sink_failures))
     }
 
+    /// The active key that Vault's current `value` authenticates as, when Vault names
+    /// none: each active key is verified with that value, and only a single match
+    /// counts (a provider whose verify ignores the key id matches every key, and
+    /// then rekey cannot tell). `None` leaves every existing key alone, with a
+    /// warning, as before.
+    async fn identify_old_key(
+        &self,
+        keys: &[crate::provider::KeyInfo],
+        value: &Secret,
+    ) -> Result<Option<String>, EngineError> {
+        let id = &self.credential.id;
+        let active: Vec<&str> = keys
+            .iter()
+            .filter(|k| k.active)
+            .map(|k| k.id.as_str())
+            .collect();
+        if active.is_empty() || !self.credential.verify || self.provider.replaces_old_on_create() {
+            return Ok(None);
+        }
+        let provider = self.provider.clone();
+        let target = self.target();
+        let mut matches = Vec::new();
+        for key in active.iter().take(5) {
+            let works = self
+                .pstep("identify_old_key", json!({ "key_id": key }), || {
+                    provider.verify(target, Some(key), value)
+                })
+                .await?;
+            if matches!(works, Ok(true)) {
+                matches.push(*key);
+            }
+        }
+        match matches.as_slice() {
+            [one] => {
+                tracing::info!(credential = %id, key_id = %one, "Vault names no key id; its value belongs to this key, which is retired after the rotation.");
+                Ok(Some((*one).to_owned()))
+            }
+            _ => {
+                tracing::warn!(credential = %id, active = active.len(), matching = matches.len(), "Vault names no key id and rekey cannot tell which active key its value belongs to: no old key will be retired; delete it by hand after the run, or put `key_id` in the Vault entry.");
+                Ok(None)
+            }
+        }
+    }
+
     /// Deactivates then deletes the old key, clears staging.
     async fn retire(
         &self,
@@ -747,7 +798,11 @@ impl<'a> Ctx<'a> {
         // A provider that handed back the key Vault already named (one that reuses
         // key ids, like two roles taking turns) changed that key in place: the key
         // just promoted must not be retired, and a human should know.
-        if old_key == Some(new_key) {
+        let same = old_key == Some(new_key);
+        // A provider whose create retires the old value (Cloudflare's roll keeps the
+        // token's id) has nothing left to retire.
+        let old_key = old_key.filter(|_| !(same && self.provider.replaces_old_on_create()));
+        if same && old_key.is_some() {
             self.clear_staging().await?;
             return Ok(Outcome::Quarantined {
                 reason: format!(

@@ -384,7 +384,7 @@ fn killed_then_resumed(lab: &mut Lab) {
     let pb = lab.playbook(
         "resume",
         "breach",
-        "  keys: { type: sandbox, settings: { state_file: DIR/keys5.json, latency: 150ms } }\n  pw: { type: sandbox_password, settings: { state_file: DIR/pw5.json, latency: 150ms } }",
+        "  keys: { type: sandbox, settings: { state_file: DIR/keys5.json, latency: 150ms } }\n  pw: { type: sandbox_password, settings: { state_file: DIR/pw5.json, latency: 400ms } }",
         "  - { id: r1, provider: keys, account: g, vault_path: PREFIX/r/one }\n  - { id: r2, provider: pw, account: h, vault_path: PREFIX/r/two }\n",
     );
     let journal = lab.journal();
@@ -397,6 +397,8 @@ fn killed_then_resumed(lab: &mut Lab) {
         .spawn()
         .unwrap();
     // Killed once both credentials hold a staged value (what resume must read back).
+    // The password's slower provider keeps it staged while the key is created and
+    // staged (list + create at 150 ms each), so both are staged at once for a while.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut child = child;
     loop {

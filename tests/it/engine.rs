@@ -2,7 +2,7 @@
 //! the built-in sandbox providers as the credential issuers.
 
 use crate::support::rekey;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
@@ -869,4 +869,66 @@ fn a_limit_above_the_providers_is_learned_and_reported() {
         "{line}"
     );
     assert!(out.stderr.contains("lowering the rate"), "{}", out.stderr);
+}
+
+#[test]
+fn a_vault_entry_without_key_id_has_its_key_found_and_retired() {
+    // An entry written before rekey managed it: a value and no `key_id`. The
+    // account has that key plus an inactive stray; the key the value belongs to is
+    // found by verifying the value against each active key, and retired.
+    let s = Scenario::new();
+    let old = "old-secret-written-by-hand";
+    let state = json!({ "accounts": { "a": { "keys": [
+        { "id": "k-old", "secret_sha256": digest(old), "active": true, "created_at": 1, "tag": "" },
+    ] } } });
+    std::fs::write(s.dir.path().join("keys.json"), state.to_string()).unwrap();
+    http(
+        &s.env["VAULT_ADDR"],
+        "POST",
+        &format!("/v1/secret/data/{}/api", s.prefix),
+        &s.env["VAULT_TOKEN"],
+        Some(&json!({ "data": { "value": old } })),
+    );
+    let pb = s.playbook(
+        "breach",
+        "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n",
+    );
+    let (code, summary, stderr) = s.run(&pb, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(outcome(&summary, "api"), "rotated");
+    let data = s.vault("api")["data"]["data"].clone();
+    let keys = s.state("keys.json")["accounts"]["a"]["keys"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(keys.len(), 1, "the hand-written key is retired: {keys:?}");
+    assert_eq!(keys[0]["id"], data["key_id"]);
+    assert_ne!(keys[0]["id"], "k-old");
+
+    // A value that belongs to no key (stale): nothing is retired but the key
+    // rekey itself replaced, and the run says why on stderr.
+    let state = json!({ "accounts": { "b": { "keys": [
+        { "id": "k-unknown", "secret_sha256": digest("something else"), "active": true, "created_at": 1, "tag": "" },
+    ] } } });
+    std::fs::write(s.dir.path().join("keys.json"), state.to_string()).unwrap();
+    http(
+        &s.env["VAULT_ADDR"],
+        "POST",
+        &format!("/v1/secret/data/{}/api2", s.prefix),
+        &s.env["VAULT_TOKEN"],
+        Some(&json!({ "data": { "value": "stale" } })),
+    );
+    let pb = s.playbook(
+        "breach",
+        "  - { id: api2, provider: keys, account: b, vault_path: PREFIX/api2 }\n",
+    );
+    let (code, summary, stderr) = s.run(&pb, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(outcome(&summary, "api2"), "rotated");
+    let keys = s.state("keys.json")["accounts"]["b"]["keys"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(keys.len(), 2, "the unknown key is left alone: {keys:?}");
+    assert!(stderr.contains("cannot tell which active key"), "{stderr}");
 }
