@@ -873,62 +873,42 @@ fn a_limit_above_the_providers_is_learned_and_reported() {
 
 #[test]
 fn a_vault_entry_without_key_id_has_its_key_found_and_retired() {
-    // An entry written before rekey managed it: a value and no `key_id`. The
-    // account has that key plus an inactive stray; the key the value belongs to is
-    // found by verifying the value against each active key, and retired.
+    // An entry written before rekey managed it: a value and no `key_id`. The key the
+    // value belongs to is found by verifying the value against each active key, and
+    // retired. A value that belongs to no key (stale) leaves the keys rekey did not
+    // issue alone, and the run says why on stderr.
     let s = Scenario::new();
-    let old = "old-secret-written-by-hand";
-    let state = json!({ "accounts": { "a": { "keys": [
-        { "id": "k-old", "secret_sha256": digest(old), "active": true, "created_at": 1, "tag": "" },
-    ] } } });
-    std::fs::write(s.dir.path().join("keys.json"), state.to_string()).unwrap();
-    http(
-        &s.env["VAULT_ADDR"],
-        "POST",
-        &format!("/v1/secret/data/{}/api", s.prefix),
-        &s.env["VAULT_TOKEN"],
-        Some(&json!({ "data": { "value": old } })),
-    );
-    let pb = s.playbook(
-        "breach",
-        "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n",
-    );
-    let (code, summary, stderr) = s.run(&pb, &[]);
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(outcome(&summary, "api"), "rotated");
-    let data = s.vault("api")["data"]["data"].clone();
-    let keys = s.state("keys.json")["accounts"]["a"]["keys"]
-        .as_array()
-        .unwrap()
-        .clone();
-    assert_eq!(keys.len(), 1, "the hand-written key is retired: {keys:?}");
-    assert_eq!(keys[0]["id"], data["key_id"]);
-    assert_ne!(keys[0]["id"], "k-old");
-
-    // A value that belongs to no key (stale): nothing is retired but the key
-    // rekey itself replaced, and the run says why on stderr.
-    let state = json!({ "accounts": { "b": { "keys": [
-        { "id": "k-unknown", "secret_sha256": digest("something else"), "active": true, "created_at": 1, "tag": "" },
-    ] } } });
-    std::fs::write(s.dir.path().join("keys.json"), state.to_string()).unwrap();
-    http(
-        &s.env["VAULT_ADDR"],
-        "POST",
-        &format!("/v1/secret/data/{}/api2", s.prefix),
-        &s.env["VAULT_TOKEN"],
-        Some(&json!({ "data": { "value": "stale" } })),
-    );
-    let pb = s.playbook(
-        "breach",
-        "  - { id: api2, provider: keys, account: b, vault_path: PREFIX/api2 }\n",
-    );
-    let (code, summary, stderr) = s.run(&pb, &[]);
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(outcome(&summary, "api2"), "rotated");
-    let keys = s.state("keys.json")["accounts"]["b"]["keys"]
-        .as_array()
-        .unwrap()
-        .clone();
-    assert_eq!(keys.len(), 2, "the unknown key is left alone: {keys:?}");
-    assert!(stderr.contains("cannot tell which active key"), "{stderr}");
+    let cases = [
+        ("a", "old-secret-written-by-hand", 1, ""),
+        ("b", "stale", 2, "cannot tell which active key"),
+    ];
+    for (account, in_vault, left, says) in cases {
+        let state = json!({ "accounts": { account: { "keys": [{
+            "id": "k-old", "secret_sha256": digest("old-secret-written-by-hand"),
+            "active": true, "created_at": 1, "tag": "" }] } } });
+        std::fs::write(s.dir.path().join("keys.json"), state.to_string()).unwrap();
+        http(
+            &s.env["VAULT_ADDR"],
+            "POST",
+            &format!("/v1/secret/data/{}/{account}", s.prefix),
+            &s.env["VAULT_TOKEN"],
+            Some(&json!({ "data": { "value": in_vault } })),
+        );
+        let pb = s.playbook(
+            "breach",
+            &format!("  - {{ id: c{account}, provider: keys, account: {account}, vault_path: PREFIX/{account} }}\n"),
+        );
+        let (code, summary, stderr) = s.run(&pb, &[]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(outcome(&summary, &format!("c{account}")), "rotated");
+        assert!(stderr.contains(says), "{stderr}");
+        let keys = s.state("keys.json")["accounts"][account]["keys"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(keys.len(), left, "{account}: {keys:?}");
+        let promoted = s.vault(account)["data"]["data"]["key_id"].clone();
+        assert!(keys.iter().any(|k| k["id"] == promoted), "{keys:?}");
+        assert_eq!(keys.iter().any(|k| k["id"] == "k-old"), left == 2);
+    }
 }
