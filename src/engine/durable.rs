@@ -57,11 +57,6 @@ impl GroupSync {
         c.committed
     }
 
-    /// The ticket of the latest commit: waiting for it makes everything so far durable.
-    pub fn latest(&self) -> u64 {
-        self.counters().committed
-    }
-
     /// Returns once the record with `ticket` is on disk: syncs if nobody is, or
     /// waits for the sync in progress (and then syncs again if that one started
     /// before this record was committed).

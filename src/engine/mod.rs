@@ -484,12 +484,17 @@ impl Engine {
         &self,
         f: impl FnOnce(&Journal) -> Result<T, JournalError>,
     ) -> Result<T, EngineError> {
+        self.commit(f).map(|(value, _)| value)
+    }
+
+    /// Runs `f` under the journal's lock; its group-commit ticket with the value.
+    fn commit<T>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<T, JournalError>,
+    ) -> Result<(T, Option<u64>), EngineError> {
         let journal = self.journal.lock().map_err(poisoned)?;
         let value = f(&journal)?;
-        if let Some(durable) = &self.durable {
-            durable.committed();
-        }
-        Ok(value)
+        Ok((value, self.durable.as_ref().map(|d| d.committed())))
     }
 
     /// Runs `f` on the journal and returns once its record, and every record before
@@ -501,11 +506,7 @@ impl Engine {
         &self,
         f: impl FnOnce(&Journal) -> Result<T, JournalError>,
     ) -> Result<T, EngineError> {
-        let (value, ticket) = {
-            let journal = self.journal.lock().map_err(poisoned)?;
-            let value = f(&journal)?;
-            (value, self.durable.as_ref().map(|d| d.committed()))
-        };
+        let (value, ticket) = self.commit(f)?;
         // On disk before the caller goes on (to the step an intent announces).
         if let (Some(durable), Some(ticket)) = (&self.durable, ticket) {
             durable.wait(ticket).await.map_err(EngineError::Setup)?;

@@ -58,7 +58,6 @@ pub(super) async fn rotate(
         credential,
         provider,
         leased_at: Some(std::sync::Mutex::new(tokio::time::Instant::now())),
-        seen_metadata: Default::default(),
     };
     let outcome = match credential.kind {
         Kind::Dual => ctx.dual().await,
@@ -119,7 +118,6 @@ pub(super) async fn resume(
         credential,
         provider,
         leased_at: None,
-        seen_metadata: Default::default(),
     };
     let detail = last.map(|r| r.detail.clone()).unwrap_or(Value::Null);
     let reconciled = match credential.kind {
@@ -144,9 +142,6 @@ struct Ctx<'a> {
     /// When this context last took or renewed its lease on the credential (`None`
     /// when it works without one: retirement, rollback).
     leased_at: Option<std::sync::Mutex<tokio::time::Instant>>,
-    /// The custom metadata of the consumers' path as the last read saw it: the
-    /// promote leaves it alone when it already says what rekey would write.
-    seen_metadata: std::sync::Mutex<Option<BTreeMap<String, String>>>,
 }
 
 /// A failed step: what kind, and a message without secrets.
@@ -410,17 +405,12 @@ impl<'a> Ctx<'a> {
     async fn read_current(&self) -> Result<Result<Entry, Failure>, EngineError> {
         let store = self.engine.store.clone();
         let path = self.credential.vault_path.clone();
-        let read = self
-            .step("read_current", json!({ "path": path }), || {
-                let store = store.clone();
-                let path = path.clone();
-                async move { store.read(&path).await }
-            })
-            .await?;
-        if let (Ok(entry), Ok(mut seen)) = (&read, self.seen_metadata.lock()) {
-            *seen = Some(entry.custom_metadata.clone());
-        }
-        Ok(read)
+        self.step("read_current", json!({ "path": path }), || {
+            let store = store.clone();
+            let path = path.clone();
+            async move { store.read(&path).await }
+        })
+        .await
     }
 
     async fn stage(
@@ -470,16 +460,17 @@ impl<'a> Ctx<'a> {
     }
 
     /// Writes the consumers' path with check-and-set on the version read before
-    /// the change, then its custom metadata.
+    /// the change, then its custom metadata unless `seen` (what the read found)
+    /// already says it.
     async fn promote(
         &self,
         secret: &Secret,
         fields: &BTreeMap<String, String>,
         cas: u64,
+        seen: &BTreeMap<String, String>,
     ) -> Result<Result<u64, Failure>, EngineError> {
         let store = self.engine.store.clone();
         let path = self.credential.vault_path.clone();
-        let tried = std::sync::atomic::AtomicBool::new(false);
         let result = self
             .step(
                 "promote",
@@ -487,26 +478,7 @@ impl<'a> Ctx<'a> {
                 || {
                     let store = store.clone();
                     let path = path.clone();
-                    let retry = tried.swap(true, std::sync::atomic::Ordering::SeqCst);
-                    async move {
-                        match store.write_cas(&path, secret, fields, cas).await {
-                            // An earlier attempt may have been applied though its
-                            // answer was lost (a timeout): then the version after
-                            // `cas` holds exactly this value, and it is not a conflict.
-                            Err(StoreError::CasConflict { path: p, expected }) if retry => {
-                                match store.read(&path).await {
-                                    Ok(e)
-                                        if e.version == cas + 1
-                                            && e.value.as_ref() == Some(secret) =>
-                                    {
-                                        Ok(e.version)
-                                    }
-                                    _ => Err(StoreError::CasConflict { path: p, expected }),
-                                }
-                            }
-                            other => other,
-                        }
-                    }
+                    async move { store.write_cas(&path, secret, fields, cas).await }
                 },
             )
             .await?;
@@ -525,13 +497,7 @@ impl<'a> Ctx<'a> {
                 "rekey_playbook".to_owned(),
                 self.engine.playbook.name.clone(),
             );
-            let known = self
-                .seen_metadata
-                .lock()
-                .ok()
-                .and_then(|seen| seen.clone())
-                .is_some_and(|seen| meta.iter().all(|(k, v)| seen.get(k) == Some(v)));
-            if known {
+            if meta.iter().all(|(k, v)| seen.get(k) == Some(v)) {
                 return Ok(result);
             }
             let meta_result = self
@@ -672,7 +638,12 @@ impl<'a> Ctx<'a> {
         self.state("verified", json!({ "new_key_id": issued.key_id, "old_key_id": old_key, "vault_version": current.version }))?;
 
         let version = match self
-            .promote(&issued.secret, &fields, current.version)
+            .promote(
+                &issued.secret,
+                &fields,
+                current.version,
+                &current.custom_metadata,
+            )
             .await?
         {
             Ok(v) => v,
@@ -795,14 +766,12 @@ impl<'a> Ctx<'a> {
         let id = &self.credential.id;
         let provider = self.provider.clone();
         let target = self.target();
-        // A provider that handed back the key Vault already named (one that reuses
-        // key ids, like two roles taking turns) changed that key in place: the key
-        // just promoted must not be retired, and a human should know.
-        let same = old_key == Some(new_key);
-        // A provider whose create retires the old value (Cloudflare's roll keeps the
-        // token's id) has nothing left to retire.
-        let old_key = old_key.filter(|_| !(same && self.provider.replaces_old_on_create()));
-        if same && old_key.is_some() {
+        // The provider handed back the key Vault already named: there is no other
+        // key to retire. A create that retires the old value itself (Cloudflare's
+        // roll keeps the token's id) is a rotation like any other; a provider that
+        // reuses key ids (two roles taking turns) changed the key in use in place,
+        // and a human should know.
+        if old_key == Some(new_key) && !self.provider.replaces_old_on_create() {
             self.clear_staging().await?;
             return Ok(Outcome::Quarantined {
                 reason: format!(
@@ -813,6 +782,7 @@ impl<'a> Ctx<'a> {
                 ),
             });
         }
+        let old_key = old_key.filter(|o| *o != new_key);
         if let Some(old) = old_key {
             if let Err(f) = self
                 .pstep("deactivate", json!({ "key_id": old }), || {
@@ -956,7 +926,10 @@ impl<'a> Ctx<'a> {
         if !matches!(verified, Ok(true)) {
             return self.single_verify_failed(&new, &current).await;
         }
-        let version = match self.promote(&new, &fields, current.version).await? {
+        let version = match self
+            .promote(&new, &fields, current.version, &current.custom_metadata)
+            .await?
+        {
             Ok(v) => v,
             Err(f) => {
                 return Ok(Outcome::Quarantined {
@@ -973,15 +946,7 @@ impl<'a> Ctx<'a> {
                 });
             }
         };
-        let sink_failures = self.propagate(&new).await?;
-        self.clear_staging().await?;
-        Ok(self.with_sinks(
-            Outcome::Rotated {
-                key_id: None,
-                version,
-            },
-            sink_failures,
-        ))
+        self.finish_single(&new, version).await
     }
 
     /// The changed value does not work. Routine mode puts the old value back;
@@ -1159,7 +1124,10 @@ impl Ctx<'_> {
             let cas = recorded_version.unwrap_or(current.version);
             // The fields staged with the value, the provider's included.
             let fields = staged.fields.clone();
-            match self.promote(&value, &fields, cas).await? {
+            match self
+                .promote(&value, &fields, cas, &current.custom_metadata)
+                .await?
+            {
                 Ok(version) => {
                     return self
                         .finish_promoted(
@@ -1302,18 +1270,11 @@ impl Ctx<'_> {
                 .and_then(Value::as_u64)
                 .unwrap_or(current.version);
             return Ok(Some(
-                match self.promote(&value, &self.fields(None), cas).await? {
-                    Ok(version) => {
-                        let sink_failures = self.propagate(&value).await?;
-                        self.clear_staging().await?;
-                        self.with_sinks(
-                            Outcome::Rotated {
-                                key_id: None,
-                                version,
-                            },
-                            sink_failures,
-                        )
-                    }
+                match self
+                    .promote(&value, &self.fields(None), cas, &current.custom_metadata)
+                    .await?
+                {
+                    Ok(version) => self.finish_single(&value, version).await?,
                     Err(f) => Outcome::Quarantined {
                         reason: format!(
                             "the password of `{id}` was changed before the interruption, but could not be promoted: {}",
@@ -1387,7 +1348,6 @@ pub(super) async fn retire(
         credential,
         provider,
         leased_at: None,
-        seen_metadata: Default::default(),
     };
     let outcome = ctx
         .retire(r.old_key.as_deref(), &r.new_key, r.version)
@@ -1422,7 +1382,6 @@ pub(super) async fn roll_back(
         credential,
         provider: provider.clone(),
         leased_at: None,
-        seen_metadata: Default::default(),
     };
     let target = ctx.target();
     let id = &credential.id;
@@ -1487,7 +1446,15 @@ pub(super) async fn roll_back(
                 });
             }
             let fields = ctx.fields(None);
-            match ctx.promote(&previous, &fields, current.version).await? {
+            match ctx
+                .promote(
+                    &previous,
+                    &fields,
+                    current.version,
+                    &current.custom_metadata,
+                )
+                .await?
+            {
                 Ok(v) => {
                     let failed = ctx.propagate(&previous).await?;
                     Ok(sinks_rolled_back(
@@ -1536,7 +1503,15 @@ pub(super) async fn roll_back(
             };
             let mut fields = ctx.fields(Some(&old));
             fields.retain(|k, _| k != "value");
-            match ctx.promote(&previous, &fields, current.version).await? {
+            match ctx
+                .promote(
+                    &previous,
+                    &fields,
+                    current.version,
+                    &current.custom_metadata,
+                )
+                .await?
+            {
                 Ok(v) => {
                     if let Some(new) = new {
                         let _ = ctx

@@ -60,3 +60,26 @@ impl<'a> Settings<'a> {
         }
     }
 }
+
+/// A text setting of instance or credential `settings`, trimmed; `None` when absent,
+/// not a string, or blank.
+pub fn text<'a>(settings: &'a IndexMap<String, Value>, key: &str) -> Option<&'a str> {
+    settings
+        .get(key)
+        .and_then(|v| v.as_str())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// A duration setting (`10s`) of `settings`, or `default` when unset; the error
+/// names the key.
+pub fn duration_or(
+    settings: &IndexMap<String, Value>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, String> {
+    match text(settings, key) {
+        Some(t) => crate::playbook::rate::parse_duration(t).map_err(|e| format!("`{key}`: {e}")),
+        None => Ok(default),
+    }
+}

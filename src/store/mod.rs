@@ -30,8 +30,8 @@ pub struct Entry {
     /// entries with other kinds of values, because writing the entry back (which
     /// rotation does) would otherwise lose or retype them.
     pub fields: BTreeMap<String, String>,
-    /// The path's custom metadata (rekey records its run id, rotation time, key id and
-    /// provider there).
+    /// The path's custom metadata (rekey records the credential, playbook and
+    /// provider instance that own the path there).
     pub custom_metadata: BTreeMap<String, String>,
 }
 
@@ -50,7 +50,9 @@ pub trait SecretStore: Send + Sync {
 
     /// Writes `{"value": value, ...fields}` only if the current version is `cas`
     /// (0: only if the path does not exist yet). Returns the new version. A version
-    /// mismatch is [`StoreError::CasConflict`] and writes nothing.
+    /// mismatch is [`StoreError::CasConflict`] and writes nothing, unless version
+    /// `cas + 1` already holds exactly this entry (an earlier attempt whose answer
+    /// was lost): then that version is returned, so retrying a write is safe.
     async fn write_cas(
         &self,
         path: &str,

@@ -605,10 +605,23 @@ impl SecretStore for VaultStore {
             Err(ClientError::APIError { code: 400, errors })
                 if errors.iter().any(|e| e.contains("check-and-set")) =>
             {
-                Err(StoreError::CasConflict {
-                    path: call.target,
-                    expected: cas,
-                })
+                // An earlier attempt of this very write may have been applied though
+                // its answer was lost (a timeout, then a retry): then the version
+                // after `cas` holds exactly this entry, and it is not a conflict.
+                match self.read(path).await {
+                    Ok(e)
+                        if e.version == cas + 1
+                            && e.value.as_ref() == Some(value)
+                            && &e.fields == fields =>
+                    {
+                        debug!(path = %call.target, version = e.version, "The write was already applied.");
+                        Ok(e.version)
+                    }
+                    _ => Err(StoreError::CasConflict {
+                        path: call.target,
+                        expected: cas,
+                    }),
+                }
             }
             Err(e) => Err(call.fail(&e)),
         }

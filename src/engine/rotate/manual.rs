@@ -165,18 +165,11 @@ impl Ctx<'_> {
         }
 
         let fields = self.fields(None);
-        match self.promote(&value, &fields, current.version).await? {
-            Ok(version) => {
-                let sink_failures = self.propagate(&value).await?;
-                self.clear_staging().await?;
-                Ok(self.with_sinks(
-                    Outcome::Rotated {
-                        key_id: None,
-                        version,
-                    },
-                    sink_failures,
-                ))
-            }
+        match self
+            .promote(&value, &fields, current.version, &current.custom_metadata)
+            .await?
+        {
+            Ok(version) => self.finish_single(&value, version).await,
             Err(f) => Ok(Outcome::Quarantined {
                 reason: if f.conflict {
                     format!(

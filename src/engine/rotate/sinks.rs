@@ -98,6 +98,24 @@ impl Ctx<'_> {
     }
 
     /// `outcome` after sinks ran: a rotation whose sinks failed is quarantined.
+    /// A value promoted to the consumers' path as version `version` (single kinds
+    /// and manual steps): pushed to the sinks, the staging entry cleared.
+    pub(super) async fn finish_single(
+        &self,
+        value: &Secret,
+        version: u64,
+    ) -> Result<Outcome, EngineError> {
+        let sink_failures = self.propagate(value).await?;
+        self.clear_staging().await?;
+        Ok(self.with_sinks(
+            Outcome::Rotated {
+                key_id: None,
+                version,
+            },
+            sink_failures,
+        ))
+    }
+
     pub(super) fn with_sinks(&self, outcome: Outcome, failed: Vec<String>) -> Outcome {
         match outcome {
             Outcome::Rotated { version, .. } if !failed.is_empty() => Outcome::Quarantined {

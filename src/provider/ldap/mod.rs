@@ -17,6 +17,7 @@
 //! test servers only; rekey warns when it is used.
 
 use super::admin::Admin;
+use super::settings::text;
 use super::{Provider, ProviderError, Target};
 use crate::provider::catalog::Kind;
 use crate::secret::Secret;
@@ -49,14 +50,6 @@ pub struct LdapProvider {
     password: Secret,
     /// Where the admin credential came from, for error messages.
     admin_origin: String,
-}
-
-fn text<'a>(settings: &'a IndexMap<String, serde_json::Value>, key: &str) -> Option<&'a str> {
-    settings
-        .get(key)
-        .and_then(|v| v.as_str())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
 }
 
 /// A boolean setting; playbooks may interpolate it as a string.
@@ -94,11 +87,8 @@ impl LdapProvider {
             Some(_) => flag(settings, "starttls")
                 .ok_or_else(|| fatal("`starttls` must be true or false".into()))?,
         };
-        let timeout = match text(settings, "timeout") {
-            Some(t) => crate::playbook::rate::parse_duration(t)
-                .map_err(|e| fatal(format!("`timeout`: {e}")))?,
-            None => Duration::from_secs(10),
-        };
+        let timeout = super::settings::duration_or(settings, "timeout", Duration::from_secs(10))
+            .map_err(fatal)?;
         let tls = match text(settings, "ca_file") {
             Some(path) => Some(tls_config(path).map_err(fatal)?),
             None => None,

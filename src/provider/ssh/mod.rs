@@ -19,6 +19,7 @@
 mod client;
 
 use super::admin::Admin;
+use super::settings::text;
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
 use crate::provider::catalog::Kind;
 use crate::secret::Secret;
@@ -54,14 +55,6 @@ pub struct SshProvider {
     admin_key: Arc<PrivateKey>,
     admin_origin: String,
     authorized_keys: String,
-}
-
-fn text<'a>(settings: &'a IndexMap<String, serde_json::Value>, key: &str) -> Option<&'a str> {
-    settings
-        .get(key)
-        .and_then(|v| v.as_str())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
 }
 
 /// A list setting: a YAML list of strings, or one string (comma or space separated,
@@ -205,11 +198,8 @@ impl SshProvider {
                 "pin the hosts' keys with `known_hosts` (a known_hosts file) or `host_key_fingerprints` (SHA256:...); rekey never accepts an unknown host key".into(),
             ));
         }
-        let timeout = match text(settings, "timeout") {
-            Some(t) => crate::playbook::rate::parse_duration(t)
-                .map_err(|e| fatal(format!("`timeout`: {e}")))?,
-            None => Duration::from_secs(10),
-        };
+        let timeout = super::settings::duration_or(settings, "timeout", Duration::from_secs(10))
+            .map_err(fatal)?;
         let authorized_keys = text(settings, "authorized_keys")
             .unwrap_or("%h/.ssh/authorized_keys")
             .to_owned();
