@@ -34,6 +34,9 @@ pub struct Trail {
     head: File,
     /// The head file again, opened for positioned writes (`head` appends), once.
     head_writer: File,
+    /// The head file is known to be exactly one record long (checked at the first
+    /// write, not on every line).
+    head_sized: bool,
     key: Vec<u8>,
     actor: Actor,
     credentials: HashMap<String, CredentialInfo>,
@@ -152,6 +155,7 @@ impl Trail {
             file,
             head,
             head_writer,
+            head_sized: false,
             key,
             actor,
             credentials,
@@ -312,9 +316,10 @@ impl Trail {
         h.write_all_at(record.as_bytes(), 0)
             .and_then(|()| {
                 // Only a head written by another build can be longer than ours.
-                if h.metadata()?.len() != HEAD_WIDTH as u64 {
+                if !self.head_sized && h.metadata()?.len() != HEAD_WIDTH as u64 {
                     h.set_len(HEAD_WIDTH as u64)?;
                 }
+                self.head_sized = true;
                 if self.sync_each {
                     h.sync_data()
                 } else {
