@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
         Color::Never => false,
         Color::Auto => {
             std::io::stderr().is_terminal()
-                && std::env::var_os(env_vars::NO_COLOR).is_none_or(|v| v.is_empty())
+                && env_vars::get_os(env_vars::NO_COLOR).is_none_or(|v| v.is_empty())
         }
     };
     init_logging(&cli, color);
@@ -48,8 +48,17 @@ fn main() -> std::process::ExitCode {
             {
                 return std::process::ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
-            ExitStatus::Failure
+            match err.downcast_ref::<commands::Refusal>() {
+                // Refused input: nothing was changed, and the message says why.
+                Some(refusal) => {
+                    let _ = refusal.print(io.stderr);
+                    ExitStatus::Invalid
+                }
+                None => {
+                    eprintln!("error: {err:#}");
+                    ExitStatus::Failure
+                }
+            }
         }
     };
     std::process::ExitCode::from(status.code())

@@ -169,7 +169,7 @@ impl Exec {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         for name in &self.env {
-            if let Some(value) = std::env::var_os(name) {
+            if let Some(value) = crate::env_vars::get_os(name) {
                 cmd.env(name, value);
             }
         }
