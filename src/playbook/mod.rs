@@ -2,14 +2,12 @@
 //! `interpolate`, `schema`) and pure validation into a resolved `Playbook`
 //! (`validate`). Nothing here does network I/O.
 
-pub mod de;
-pub mod diagnostic;
 pub mod interpolate;
 pub mod model;
-pub mod rate;
 pub mod schema;
 pub mod validate;
-pub mod yaml;
+
+pub use crate::doc::{de, diagnostic, rate, yaml};
 
 use crate::provider::catalog::{Catalog, Kind, Requests};
 use diagnostic::{Diagnostic, Report};

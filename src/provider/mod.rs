@@ -5,7 +5,7 @@
 
 pub mod admin;
 pub mod aws_iam;
-pub mod catalog;
+pub use crate::catalog;
 pub mod exec;
 pub mod http;
 pub mod ldap;

@@ -10,9 +10,9 @@
 //! their status and rate-limit headers, never from their bodies, so no message
 //! can echo a secret.
 
-pub mod definition;
 pub mod sshkey;
-pub mod template;
+
+pub use crate::catalog::{http as definition, template};
 
 use super::admin::Admin;
 use super::catalog::{Kind, ProviderType};

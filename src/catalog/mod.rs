@@ -3,6 +3,9 @@
 //! costs. It is read from the YAML files in `providers/`, embedded in the binary, so
 //! the documentation and what `rekey plan` computes cannot drift apart.
 
+pub mod http;
+pub mod template;
+
 use crate::playbook::model::RawRate;
 use crate::playbook::rate::Rate;
 use indexmap::IndexMap;
