@@ -1,10 +1,17 @@
 //! `rekey schema` (the playbook's JSON Schema) and `rekey providers` (the catalog).
 
-use super::Io;
+use super::{Io, Refusal};
+use crate::catalog::Catalog;
 use crate::cli::{Format, ProvidersArgs};
 use crate::exit::ExitStatus;
-use crate::provider::catalog::Catalog;
 use anyhow::Result;
+use std::path::Path;
+
+/// The provider catalog: the shipped files, and those of `--providers DIR`. A
+/// broken provider file is refused input.
+pub fn load_catalog(extra_dir: Option<&Path>) -> Result<Catalog> {
+    Catalog::load(extra_dir).map_err(|e| Refusal::new(e.to_string()).into())
+}
 
 pub fn schema(io: &mut Io) -> Result<ExitStatus> {
     let schema = crate::playbook::schema::playbook_schema();
@@ -12,8 +19,7 @@ pub fn schema(io: &mut Io) -> Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-pub fn providers(args: &ProvidersArgs, io: &mut Io) -> Result<ExitStatus> {
-    let catalog = Catalog::builtin()?;
+pub fn providers(args: &ProvidersArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatus> {
     if args.format == Format::Json {
         let types: Vec<_> = catalog.types.values().collect();
         writeln!(io.stdout, "{}", serde_json::to_string_pretty(&types)?)?;

@@ -12,13 +12,13 @@ mod setup;
 mod status;
 
 pub use audit::audit;
-pub use catalog::{providers, schema};
+pub use catalog::{load_catalog, providers, schema};
 pub use plan::plan;
 pub use run::{resume, rollback, run};
 pub use status::status;
 
 use crate::cli::Format;
-use crate::playbook::diagnostic::Report;
+use crate::doc::diagnostic::Report;
 use anyhow::Result;
 use std::io::Write;
 

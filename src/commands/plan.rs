@@ -3,15 +3,16 @@
 
 use super::setup::{build_provider, vault_config};
 use super::{Io, Refusal, report_problems};
+use crate::catalog::{Catalog, Kind};
 use crate::cli::{Format, PlanArgs};
 use crate::exit::ExitStatus;
 use crate::plan::{self, render, select::Selection};
 use crate::playbook;
 use anyhow::{Context, Result};
 
-pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
+pub fn plan(args: &PlanArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatus> {
     let file = args.playbook.display().to_string();
-    let loaded = match playbook::load_file(&args.playbook, &crate::env_vars::get) {
+    let loaded = match playbook::load_file(&args.playbook, &crate::env_vars::get, catalog) {
         Ok(loaded) => loaded,
         Err(report) => {
             report_problems(io, &report, args.format)?;
@@ -52,7 +53,7 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
     };
     if args.live {
         let selected = plan::select::apply(&loaded.playbook, &selection).indices;
-        let report = live_checks(&loaded.playbook, &selected)?;
+        let report = live_checks(&loaded.playbook, &selected, catalog)?;
         let failed = report.iter().any(|(_, ok, _)| !ok);
         if args.format == Format::Json {
             let rows: Vec<_> = report
@@ -91,7 +92,11 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
 type CheckRow = (String, bool, String);
 
 /// Read-only checks for `plan --live`. Changes nothing.
-fn live_checks(pb: &playbook::Playbook, selected: &[usize]) -> Result<Vec<CheckRow>> {
+fn live_checks(
+    pb: &playbook::Playbook,
+    selected: &[usize],
+    catalog: &Catalog,
+) -> Result<Vec<CheckRow>> {
     use crate::store::SecretStore;
     let config = vault_config(pb)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -126,12 +131,12 @@ fn live_checks(pb: &playbook::Playbook, selected: &[usize]) -> Result<Vec<CheckR
                 Ok(entry) => rows.push((format!("{} vault", c.id), true, format!("{} at version {}", c.vault_path, entry.version))),
                 Err(e) => rows.push((format!("{} vault", c.id), false, e.to_string())),
             }
-            if c.kind == crate::provider::catalog::Kind::Manual {
+            if c.kind == Kind::Manual {
                 continue;
             }
             if !providers.contains_key(&c.provider) {
                 let built = match pb.providers.get(&c.provider) {
-                    Some(instance) => build_provider(instance, &store).await,
+                    Some(instance) => build_provider(instance, catalog, &store).await,
                     None => Err(format!("unknown provider instance `{}`", c.provider)),
                 };
                 if let Err(e) = &built {

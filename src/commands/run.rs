@@ -6,15 +6,16 @@ use super::setup::{
     AuditSetup, Prepared, file_sha256, load_for_run, open_journal, prepare, with_engine,
 };
 use super::{Io, Refusal};
+use crate::catalog::Catalog;
 use crate::cli::Format;
 use crate::exit::ExitStatus;
 use crate::playbook;
 use anyhow::Result;
 use std::path::PathBuf;
 
-pub fn run(args: &crate::cli::RunArgs, io: &mut Io) -> Result<ExitStatus> {
-    let (loaded, selection) = load_for_run(&args.playbook, &args.selection, io)?;
-    let prepared = prepare(&args.playbook, loaded, &selection)?;
+pub fn run(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatus> {
+    let (loaded, selection) = load_for_run(&args.playbook, &args.selection, catalog, io)?;
+    let prepared = prepare(&args.playbook, loaded, &selection, catalog)?;
     let (journal, key) = open_journal(&args.journal.path)?;
     let actor = crate::audit::Actor::from_os();
     let new_run = crate::journal::NewRun {
@@ -59,7 +60,7 @@ fn journal_must_exist(args: &crate::cli::JournalArgs) -> Result<()> {
     )
 }
 
-pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> {
+pub fn resume(args: &crate::cli::ResumeArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatus> {
     journal_must_exist(&args.journal)?;
     let (journal, key) = open_journal(&args.journal.path)?;
     let run = match &args.run {
@@ -73,7 +74,7 @@ pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> 
         ))
         .into());
     };
-    let prepared = reload_run(&run, io)?;
+    let prepared = reload_run(&run, catalog, io)?;
     writeln!(
         io.stderr,
         "resuming run {} of {}",
@@ -95,7 +96,11 @@ pub fn resume(args: &crate::cli::ResumeArgs, io: &mut Io) -> Result<ExitStatus> 
     print_summary(&summary, args.format, io)
 }
 
-pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStatus> {
+pub fn rollback(
+    args: &crate::cli::RollbackArgs,
+    catalog: &Catalog,
+    io: &mut Io,
+) -> Result<ExitStatus> {
     journal_must_exist(&args.journal)?;
     let (journal, key) = open_journal(&args.journal.path)?;
     let Some(run) = journal.run(&args.run)? else {
@@ -124,7 +129,7 @@ pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStat
         ))
         .into());
     }
-    let prepared = reload_run(&run, io)?;
+    let prepared = reload_run(&run, catalog, io)?;
     let run_id = run.id.clone();
     let audit = AuditSetup::from_args(&args.journal);
     let nobody = std::sync::Arc::new(crate::provider::manual::Nobody);
@@ -152,7 +157,11 @@ pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStat
 /// The playbook and selection a recorded run used, ready to run again (resume,
 /// rollback). The playbook must be unchanged: rekey will not finish or undo a run
 /// against different instructions.
-fn reload_run(run: &crate::journal::RunRow, io: &mut Io) -> Result<Prepared> {
+fn reload_run<'c>(
+    run: &crate::journal::RunRow,
+    catalog: &'c Catalog,
+    io: &mut Io,
+) -> Result<Prepared<'c>> {
     let path = PathBuf::from(&run.playbook_path);
     if file_sha256(&path) != run.playbook_sha256 {
         return Err(Refusal::new(format!(
@@ -182,8 +191,8 @@ fn reload_run(run: &crate::journal::RunRow, io: &mut Io) -> Result<Prepared> {
         tags: strings("tags"),
         only: strings("only"),
     };
-    let (loaded, selection) = load_for_run(&path, &selection_args, io)?;
-    prepare(&path, loaded, &selection)
+    let (loaded, selection) = load_for_run(&path, &selection_args, catalog, io)?;
+    prepare(&path, loaded, &selection, catalog)
 }
 
 /// One instance's totals: requests, rate-limited answers, retries, and what rekey

@@ -3,6 +3,7 @@
 //! and its key, the audit trail, and the engine itself.
 
 use super::{Io, Refusal, report_problems};
+use crate::catalog::{Catalog, Kind};
 use crate::cli::Format;
 use crate::plan::{self, select::Selection};
 use crate::playbook;
@@ -16,10 +17,11 @@ use std::sync::Arc;
 pub(super) fn load_for_run(
     path: &Path,
     args: &crate::cli::SelectionArgs,
+    catalog: &Catalog,
     io: &mut Io,
 ) -> Result<(playbook::Loaded, Selection)> {
     let file = path.display().to_string();
-    let loaded = match playbook::load_file(path, &crate::env_vars::get) {
+    let loaded = match playbook::load_file(path, &crate::env_vars::get, catalog) {
         Ok(l) => l,
         Err(report) => {
             report_problems(io, &report, Format::Text)?;
@@ -156,8 +158,10 @@ impl AuditSetup {
 
 /// What `run` and `resume` need before the engine starts: the playbook, the
 /// waves, a provider for every selected credential, and a Vault login.
-pub(super) struct Prepared {
+pub(super) struct Prepared<'c> {
     pub(super) playbook: Arc<playbook::Playbook>,
+    /// Where the providers' types are described (HTTP definitions among them).
+    catalog: &'c Catalog,
     waves: Vec<Vec<usize>>,
     /// The provider instances the selected credentials use (built once Vault is
     /// reachable, since admin credentials may live there).
@@ -167,11 +171,12 @@ pub(super) struct Prepared {
 
 /// Checks that every selected credential can run in this build and that the
 /// Vault login is at hand; refuses (changing nothing) otherwise.
-pub(super) fn prepare(
+pub(super) fn prepare<'c>(
     path: &Path,
     loaded: playbook::Loaded,
     selection: &Selection,
-) -> Result<Prepared> {
+    catalog: &'c Catalog,
+) -> Result<Prepared<'c>> {
     let pb = Arc::new(loaded.playbook);
     let selected = plan::select::apply(&pb, selection);
     let waves = plan::order::waves(&pb, &selected.indices);
@@ -181,7 +186,7 @@ pub(super) fn prepare(
     for &i in &selected.indices {
         let c = &pb.credentials[i];
         // A manual step needs a provider only to verify its value (`verify_with`).
-        let needed = if c.kind == crate::provider::catalog::Kind::Manual {
+        let needed = if c.kind == Kind::Manual {
             match c.settings.get("verify_with").and_then(|v| v.as_str()) {
                 Some(name) => name,
                 None => continue,
@@ -193,7 +198,7 @@ pub(super) fn prepare(
             continue;
         }
         match pb.providers.get(needed) {
-            Some(p) if crate::provider::registry::supports(&p.type_name) => {
+            Some(p) if crate::provider::registry::supports(&p.type_name, catalog) => {
                 providers.insert(needed.to_owned());
             }
             Some(p) => refused.push(format!(
@@ -215,6 +220,7 @@ pub(super) fn prepare(
     let vault = vault_config(&pb)?;
     Ok(Prepared {
         playbook: pb,
+        catalog,
         waves,
         providers,
         vault,
@@ -316,19 +322,20 @@ fn progress_for(
 /// its provider. The error names what is missing and never holds a value.
 pub(super) async fn build_provider(
     instance: &playbook::ProviderInstance,
+    catalog: &Catalog,
     store: &crate::store::VaultStore,
 ) -> std::result::Result<Arc<dyn crate::provider::Provider>, String> {
     let admin = match &instance.admin {
         Some(source) => Some(crate::provider::admin::resolve(source, store).await?),
         None => None,
     };
-    crate::provider::registry::build(instance, admin).map_err(|e| e.to_string())
+    crate::provider::registry::build(instance, catalog, admin).map_err(|e| e.to_string())
 }
 
 /// Runs `work` with an engine built from `prepared`; `actor` (with the Vault
 /// token's identity added once Vault answers) is named on every audit line.
 pub(super) fn with_engine<T>(
-    prepared: Prepared,
+    prepared: Prepared<'_>,
     mut journal: crate::journal::Journal,
     key: Vec<u8>,
     audit: &AuditSetup,
@@ -364,7 +371,8 @@ pub(super) fn with_engine<T>(
         let mut providers = indexmap::IndexMap::new();
         let mut refused = Vec::new();
         for name in &prepared.providers {
-            match build_provider(&prepared.playbook.providers[name], &store).await {
+            match build_provider(&prepared.playbook.providers[name], prepared.catalog, &store).await
+            {
                 Ok(p) => {
                     providers.insert(name.clone(), p);
                 }

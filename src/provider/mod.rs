@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod aws_iam;
+/// `crate::catalog`, where the engine still imports `Kind` from.
 pub use crate::catalog;
 pub mod exec;
 pub mod http;
