@@ -37,7 +37,7 @@ pub(super) fn resume_operator(
     let waiting: Vec<String> = journal
         .states(run)?
         .into_iter()
-        .filter(|s| s.state == "awaiting_operator")
+        .filter(|s| s.state == crate::journal::CredentialState::AwaitingOperator)
         .map(|s| s.credential)
         .collect();
     let target = match &args.credential {

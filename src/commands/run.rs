@@ -9,6 +9,7 @@ use super::{Io, Refusal};
 use crate::catalog::Catalog;
 use crate::cli::Format;
 use crate::exit::ExitStatus;
+use crate::journal::CredentialState;
 use crate::playbook;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -146,7 +147,9 @@ pub fn rollback(
     let status = print_summary(&summary, args.format, io)?;
     // For a rollback, "rolled back" is success.
     Ok(
-        if summary.count("skipped") + summary.count("quarantined") == 0 {
+        if summary.count(CredentialState::Skipped) + summary.count(CredentialState::Quarantined)
+            == 0
+        {
             ExitStatus::Success
         } else {
             status
@@ -263,11 +266,11 @@ fn print_summary(
         writeln!(
             io.stdout,
             "{} rotated, {} rolled back, {} quarantined, {} skipped, {} awaiting an operator",
-            summary.count("rotated"),
-            summary.count("rolled_back"),
-            summary.count("quarantined"),
-            summary.count("skipped"),
-            summary.count("awaiting_operator")
+            summary.count(CredentialState::Rotated),
+            summary.count(CredentialState::RolledBack),
+            summary.count(CredentialState::Quarantined),
+            summary.count(CredentialState::Skipped),
+            summary.count(CredentialState::AwaitingOperator)
         )?;
         for i in &summary.instances {
             writeln!(io.stdout, "  {}", instance_line(i))?;
@@ -283,7 +286,7 @@ fn print_summary(
     let waiting: Vec<&str> = summary
         .results
         .iter()
-        .filter(|r| r.outcome.state() == "awaiting_operator")
+        .filter(|r| r.outcome.state() == CredentialState::AwaitingOperator)
         .map(|r| r.id.as_str())
         .collect();
     for id in &waiting {

@@ -4,6 +4,7 @@
 use super::{Io, Refusal};
 use crate::cli::Format;
 use crate::exit::ExitStatus;
+use crate::journal::CredentialState;
 use anyhow::Result;
 
 pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> {
@@ -40,7 +41,7 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
     )?;
     for s in &states {
         writeln!(io.stdout, "  {:<24} {}", s.credential, s.state)?;
-        if s.state == "quarantined"
+        if s.state == CredentialState::Quarantined
             && let (Some(reason), Some(action)) = (
                 s.detail.get("reason").and_then(|v| v.as_str()),
                 s.detail.get("action").and_then(|v| v.as_str()),
@@ -48,7 +49,7 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
         {
             writeln!(io.stdout, "      why: {reason}\n      to do: {action}")?;
         }
-        if s.state == "awaiting_operator"
+        if s.state == CredentialState::AwaitingOperator
             && let Some(instructions) = s.detail.get("instructions").and_then(|v| v.as_str())
         {
             writeln!(
