@@ -384,6 +384,7 @@ impl Case {
             mode: if self.breach { "breach" } else { "routine" }.into(),
             selection: serde_json::Value::Null,
             actor: "test".into(),
+            expanded_sha256: None,
         }
     }
 
