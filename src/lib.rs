@@ -9,6 +9,7 @@ pub mod engine;
 pub mod env_vars;
 pub mod exit;
 pub mod journal;
+pub mod logging;
 pub mod plan;
 pub mod playbook;
 pub mod progress;

@@ -5,7 +5,6 @@ use clap::Parser;
 use rekey::cli::{Cli, Color, Command};
 use rekey::{ExitStatus, commands, env_vars};
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -65,12 +64,5 @@ fn init_logging(cli: &Cli, color: bool) {
             _ => "trace",
         }
     };
-    let filter = EnvFilter::try_from_env(env_vars::RUST_LOG)
-        .unwrap_or_else(|_| EnvFilter::new(format!("rekey={level}")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(color)
-        .with_target(false)
-        .init();
+    rekey::logging::init(level, color);
 }
