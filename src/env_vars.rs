@@ -19,3 +19,8 @@ pub const REKEY_AUDIT: &str = "REKEY_AUDIT";
 pub const REKEY_AUDIT_AUTHORIZATION: &str = "REKEY_AUDIT_AUTHORIZATION";
 /// Directory of extra provider files, like `--providers DIR` (which overrides it).
 pub const REKEY_PROVIDERS: &str = "REKEY_PROVIDERS";
+
+/// rekey's own variables that hold secrets: never interpolated with `${VAR}`,
+/// never passed to an exec plugin, removed from the environment once read
+/// (`harden.rs`), whatever the playbook says.
+pub const SECRETS: &[&str] = &[VAULT_TOKEN, VAULT_SECRET_ID, REKEY_AUDIT_AUTHORIZATION];

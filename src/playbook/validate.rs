@@ -147,6 +147,59 @@ impl Ctx<'_> {
     }
 }
 
+/// The environment variables this playbook reads a secret from: the Vault
+/// token's or secret-id's, every admin credential's and sink token's `env`.
+fn secret_sources(raw: &RawPlaybook) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    if let Some(a) = &raw.vault.auth {
+        names.extend(a.token_env.as_deref());
+        names.extend(a.secret_id_env.as_deref());
+    }
+    names.extend(
+        raw.providers
+            .values()
+            .filter_map(|p| p.admin.as_ref()?.env.as_deref()),
+    );
+    names.extend(
+        raw.credentials
+            .iter()
+            .flat_map(|c| &c.sinks)
+            .filter_map(|s| s.token.as_ref()?.env.as_deref()),
+    );
+    names
+}
+
+/// An exec plugin gets the variables its `env` lists; none may hold a secret
+/// (secrets reach a plugin only inside the protocol), refused as `${VAR}` is.
+fn refuse_secret_env(
+    cx: &mut Ctx,
+    instance: &str,
+    settings: &IndexMap<String, serde_json::Value>,
+    base: &str,
+    sources: &[&str],
+) {
+    let Some(serde_json::Value::Array(names)) = settings.get("env") else {
+        return;
+    };
+    for (i, name) in names.iter().enumerate() {
+        let Some(name) = name.as_str() else { continue };
+        let why = if sources.contains(&name) {
+            "this playbook reads a secret from it"
+        } else if super::interpolate::looks_secret(name) {
+            "its name says it holds a secret"
+        } else {
+            continue;
+        };
+        cx.push(
+            Diagnostic::error(
+                format!("exec instance `{instance}` may not pass `{name}` to its plugin: {why}"),
+                cx.at(&format!("{base}/settings/env/{i}")),
+            )
+            .help("remove it from `env`: the plugin gets its admin credential in the hello (`admin: { env: ... }` or `admin: { vault_path: ... }`), never in its environment"),
+        );
+    }
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
@@ -702,6 +755,7 @@ fn validate_providers(
     catalog: &Catalog,
 ) -> IndexMap<String, ProviderInstance> {
     let mut out = IndexMap::new();
+    let secret_sources = secret_sources(raw);
     for (name, p) in &raw.providers {
         let base = format!("/providers/{}", escape(name));
         if !valid_id(name) {
@@ -761,6 +815,9 @@ fn validate_providers(
             &t.name,
         );
         let admin = validate_admin(cx, &p.admin, t.admin, &format!("{base}/admin"), &t.name);
+        if t.name == "exec" {
+            refuse_secret_env(cx, name, &p.settings, &base, &secret_sources);
+        }
         // An exec plugin says in its settings which protocol it follows.
         let kind = match (t.name.as_str(), settings.get("kind")) {
             ("exec", Some(k)) if k == "single" => Kind::Single,
