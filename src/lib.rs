@@ -10,6 +10,7 @@ pub mod env_vars;
 pub mod exit;
 pub mod journal;
 pub mod logging;
+pub mod net;
 pub mod plan;
 pub mod playbook;
 pub mod progress;

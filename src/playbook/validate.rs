@@ -356,10 +356,10 @@ fn validate_incident(cx: &mut Ctx, raw: &RawPlaybook) -> Incident {
 fn validate_vault(cx: &mut Ctx, raw: &RawPlaybook) -> Vault {
     let v = &raw.vault;
     let address = v.address.trim().trim_end_matches('/').to_owned();
-    if !(address.starts_with("https://") || address.starts_with("http://")) || address.len() < 10 {
+    if let Err(why) = crate::net::parse_endpoint(&address) {
         cx.push(
-            Diagnostic::error(format!("`{}` is not a Vault address", v.address), cx.at("/vault/address"))
-                .help("write the URL with its scheme, e.g. `https://vault.example.com:8200` or `${VAULT_ADDR}`"),
+            Diagnostic::error(format!("`{}` is not a Vault address rekey may send a token to: {why}", v.address), cx.at("/vault/address"))
+                .help("write the URL with its scheme, e.g. `https://vault.example.com:8200` or `${VAULT_ADDR}` (plain http only to a loopback address)"),
         );
     }
     let mount = v
@@ -1472,12 +1472,9 @@ fn validate_sinks(cx: &mut Ctx, c: &RawCredential, base: &str, vault: &Vault) ->
                     .base_url
                     .clone()
                     .unwrap_or_else(|| "https://api.github.com".into());
-                if !(base_url.starts_with("https://")
-                    || base_url.starts_with("http://127.0.0.1")
-                    || base_url.starts_with("http://localhost"))
-                {
+                if let Err(why) = crate::net::parse_endpoint(&base_url) {
                     ok = false;
-                    cx.push(Diagnostic::error(format!("`{base_url}` is not an https URL"), cx.at(&format!("{at}/base_url"))).help("the token travels with every request: use https (plain http only to loopback, for tests)"));
+                    cx.push(Diagnostic::error(format!("`{base_url}`: {why}"), cx.at(&format!("{at}/base_url"))).help("the token travels with every request: use https (plain http only to loopback, for tests)"));
                 }
                 let token = if raw.token.is_some() {
                     validate_admin(

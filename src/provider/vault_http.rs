@@ -37,14 +37,11 @@ impl VaultConfig {
                 "{type_name} needs the server address: add `settings: {{ address: https://bao.example.com:8200 }}`"
             ))
         })?;
-        let address = url::Url::parse(address)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-            .ok_or_else(|| {
-                ProviderError::Fatal(format!(
-                    "{type_name} setting `address` is not an http(s) URL: `{address}`"
-                ))
-            })?;
+        let address = crate::net::parse_endpoint(address).map_err(|why| {
+            ProviderError::Fatal(format!(
+                "{type_name} setting `address` (`{address}`): {why}"
+            ))
+        })?;
         let mount = text("mount")
             .unwrap_or(default_mount)
             .trim_matches('/')

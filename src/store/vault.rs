@@ -26,7 +26,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::OnceCell;
-use tracing::{debug, warn};
+use tracing::debug;
 use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretRequest, SetSecretRequestOptions};
 use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
@@ -105,12 +105,12 @@ impl VaultStore {
     /// request is made): `preflight` does that.
     pub async fn connect(config: &VaultConfig) -> Result<VaultStore, StoreError> {
         let address = config.address.trim().trim_end_matches('/').to_owned();
-        let is_https = address.starts_with("https://");
-        if !is_https && !address.starts_with("http://") {
-            return Err(StoreError::Invalid(format!(
-                "`{address}` is not a Vault address: write it with its scheme, e.g. `https://vault.example.com:8200`"
-            )));
-        }
+        let parsed = crate::net::parse_endpoint(&address).map_err(|why| {
+            StoreError::Invalid(format!(
+                "`{address}` is not a Vault address rekey may send a token to: {why}"
+            ))
+        })?;
+        let is_https = parsed.scheme() == "https";
         let mount = config.mount.trim_matches('/').to_owned();
         if let Some(why) = path_problem(&mount) {
             return Err(StoreError::Invalid(format!(
@@ -147,9 +147,6 @@ impl VaultStore {
                 )));
             }
             ca_certs.push(check_ca_file(ca_file).await?);
-        }
-        if !is_https && !is_loopback(&address) {
-            warn!(address = %address, "The Vault address is plain http: the token and every value cross the network unencrypted.");
         }
 
         // Every setting is given explicitly: the builder's defaults read VAULT_ADDR,
@@ -778,13 +775,6 @@ fn is_deleted_version(error: &ClientError) -> bool {
 /// Visible ASCII only: what a token or namespace header can carry.
 fn is_header_safe(value: &str) -> bool {
     !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
-}
-
-fn is_loopback(address: &str) -> bool {
-    let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
-    ["127.", "localhost", "[::1]"]
-        .iter()
-        .any(|p| rest.starts_with(p))
 }
 
 /// Why `path` cannot be a KV path (or mount), if it cannot: emptiness, empty or dot

@@ -381,12 +381,25 @@ fn a_plugins_stderr_lines_are_cut_at_a_limit() {
         .stderr
         .lines()
         .find(|l| l.contains("keystore: xxxx"))
-        .unwrap_or_else(|| panic!("the line is relayed: {}", &run.stderr[..2000.min(run.stderr.len())]))
+        .unwrap_or_else(|| {
+            panic!(
+                "the line is relayed: {}",
+                &run.stderr[..2000.min(run.stderr.len())]
+            )
+        })
         .to_owned();
     assert!(line.len() < 10_000, "{} bytes relayed", line.len());
-    assert!(line.contains("bytes cut"), "the cut is said: {}", &line[line.len() - 200..]);
+    assert!(
+        line.contains("bytes cut"),
+        "the cut is said: {}",
+        &line[line.len() - 200..]
+    );
     // The plugin still worked: its later lines came through.
-    assert!(run.stderr.contains("keystore: create for api"), "{}", run.stderr.len());
+    assert!(
+        run.stderr.contains("keystore: create for api"),
+        "{}",
+        run.stderr.len()
+    );
 }
 
 /// Kills, when dropped, every process left that names `lab`'s state file (a

@@ -204,7 +204,8 @@ fn unset_environment_variables_are_named() {
         "{stderr}"
     );
     assert!(stderr.contains("export REKEY_TEST_VAULT=..."), "{stderr}");
-    let (code, stderr) = plan_with_env(&text, &[("REKEY_TEST_VAULT", "http://vault.example:8200")]);
+    let (code, stderr) =
+        plan_with_env(&text, &[("REKEY_TEST_VAULT", "https://vault.example:8200")]);
     assert_eq!(code, 0, "{stderr}");
     let (code, _) = plan(&BASE.replace(
         "'http://127.0.0.1:8200'",
@@ -408,7 +409,10 @@ credentials:
             "the plugin gets its admin credential in the hello",
         ],
     );
-    assert!(!stderr.contains("`PATH`") && !stderr.contains("`LANG`"), "{stderr}");
+    assert!(
+        !stderr.contains("`PATH`") && !stderr.contains("`LANG`"),
+        "{stderr}"
+    );
 }
 
 /// `${REKEY_AUDIT_AUTHORIZATION}` (the audit collector's credential) is refused
@@ -418,6 +422,9 @@ fn interpolating_rekeys_own_secret_variables_is_refused() {
     let text = BASE.replace("name: t", "name: t-${REKEY_AUDIT_AUTHORIZATION}");
     let (code, stderr) = plan_with_env(&text, &[("REKEY_AUDIT_AUTHORIZATION", "Splunk abc")]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("refusing to interpolate `REKEY_AUDIT_AUTHORIZATION`"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to interpolate `REKEY_AUDIT_AUTHORIZATION`"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("Splunk abc"), "{stderr}");
 }

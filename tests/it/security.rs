@@ -1,0 +1,141 @@
+//! Security fixes of issue 12, each through the real binary: plain-http
+//! endpoints, redirects that would carry the Vault token elsewhere, process
+//! hardening, the files rekey keeps (journal, trail, head, keys), a trail
+//! deleted or cut beside its journal, and playbooks that are not plain files.
+
+use crate::support::{rekey, services};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// A playbook in a fresh directory whose `providers:` and `credentials:` are
+/// `body`; `VAULT` becomes the OpenBao address.
+fn playbook(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let env = services();
+    let text = format!(
+        "version: 1\nname: sec\nincident: {{ mode: breach }}\nvault: {{ address: \"VAULT\" }}\n{body}"
+    )
+    .replace("VAULT", &env["VAULT_ADDR"]);
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+// ------------------------------------------------------------ plain http
+
+/// `vault_approle`, `vault_userpass` and `aws_iam` send an admin credential to
+/// the address their settings name: https, or plain http to a loopback address
+/// only, judged on the parsed host (`127.0.0.1.example.com` is not loopback).
+#[test]
+fn providers_refuse_plain_http_to_a_host_that_is_not_loopback() {
+    let env = services();
+    let dir = tempfile::tempdir().unwrap();
+    let pb = playbook(
+        dir.path(),
+        "p.yaml",
+        "providers:
+  ar: { type: vault_approle, admin: { env: SEC_BAO_ADMIN }, settings: { address: \"http://vault.example.com:8200\" } }
+  up: { type: vault_userpass, admin: { env: SEC_BAO_ADMIN }, settings: { address: \"http://127.0.0.1.example.com:8200\" } }
+  aws: { type: aws_iam, admin: { env: SEC_AWS_ADMIN }, settings: { endpoint_url: \"http://10.0.0.7:5000\" } }
+credentials:
+  - { id: a, provider: ar, vault_path: sec/a, settings: { role_name: r } }
+  - { id: b, provider: up, account: u, vault_path: sec/b }
+  - { id: c, provider: aws, account: u, vault_path: sec/c }
+",
+    );
+    let journal = dir.path().join("journal.db");
+    let out = rekey()
+        .env("VAULT_TOKEN", &env["VAULT_TOKEN"])
+        .env("SEC_BAO_ADMIN", &env["VAULT_TOKEN"])
+        .env(
+            "SEC_AWS_ADMIN",
+            &json!({ "access_key_id": "AKIAEXAMPLE", "secret_access_key": "sec-aws-secret" })
+                .to_string(),
+        )
+        .args([
+            "run",
+            pb.to_str().unwrap(),
+            "--journal",
+            journal.to_str().unwrap(),
+        ])
+        .run();
+    assert_ne!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for (instance, host) in [
+        ("ar", "vault.example.com"),
+        ("up", "127.0.0.1.example.com"),
+        ("aws", "10.0.0.7"),
+    ] {
+        assert!(
+            out.stderr
+                .contains(&format!("provider instance `{instance}`"))
+                && out.stderr.contains(host),
+            "{instance}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        out.stderr
+            .matches("plain http only to a loopback address")
+            .count(),
+        3,
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+}
+
+/// The Vault store and the HTTP audit sink follow the same rule: the playbook's
+/// Vault address and `--audit-sink` are refused over plain http to another host,
+/// where they used to get a warning (or, for a host that merely starts with
+/// `127.`, nothing at all).
+#[test]
+fn the_vault_store_and_the_audit_sink_refuse_plain_http_to_a_host_that_is_not_loopback() {
+    let env = services();
+    let dir = tempfile::tempdir().unwrap();
+    let body = "providers:
+  keys: { type: sandbox, settings: { state_file: DIR/keys.json } }
+credentials:
+  - { id: a, provider: keys, account: a, vault_path: sec/a }
+"
+    .replace("DIR", &dir.path().display().to_string());
+    let pb = playbook(dir.path(), "p.yaml", &body);
+    let journal = dir.path().join("journal.db");
+    let remote = std::fs::read_to_string(&pb)
+        .unwrap()
+        .replace(&env["VAULT_ADDR"], "http://vault.example.com:8200");
+    let remote_pb = dir.path().join("remote.yaml");
+    std::fs::write(&remote_pb, remote).unwrap();
+    let out = rekey()
+        .env("VAULT_TOKEN", &env["VAULT_TOKEN"])
+        .args(["plan", remote_pb.to_str().unwrap()])
+        .run();
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("remote.yaml:4:")
+            && out.stderr.contains("plain http only to a loopback address"),
+        "{}",
+        out.stderr
+    );
+    let out = rekey()
+        .env("VAULT_TOKEN", &env["VAULT_TOKEN"])
+        .args([
+            "run",
+            pb.to_str().unwrap(),
+            "--journal",
+            journal.to_str().unwrap(),
+            "--audit-sink",
+            "http://127.0.0.1.example.com:9/collect",
+        ])
+        .run();
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("127.0.0.1.example.com")
+            && out.stderr.contains("plain http only to a loopback address"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !dir.path().join("keys.json").exists(),
+        "nothing ran: {}",
+        out.stderr
+    );
+}
