@@ -6,7 +6,8 @@
 //! `http://127.0.0.1.attacker.example` for loopback.
 //!
 //! Invariant: no request carrying a token, an admin credential or a secret value
-//! leaves over plain http to a host that is not this machine.
+//! leaves over plain http to a host that is not this machine, nor follows a
+//! redirect to another origin (`redirect_policy`).
 
 use url::{Host, Url};
 
@@ -36,6 +37,26 @@ pub fn check_endpoint(url: &Url) -> Result<(), String> {
         return Err("it has no host".into());
     }
     Ok(())
+}
+
+/// The redirect policy of every HTTP client that sends a credential in a header:
+/// follow a redirect only within the same origin (scheme, host and port), at
+/// most five times. A redirect elsewhere is not followed: the caller gets the
+/// 3xx answer and says so. reqwest's default follows any redirect and keeps
+/// custom headers such as `X-Vault-Token` (it drops only `Authorization` and
+/// cookies), which would hand the token to whatever the server points at.
+pub fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .last()
+            .is_some_and(|from| from.origin() == attempt.url().origin());
+        if same_origin && attempt.previous().len() <= 5 {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
 }
 
 /// Whether `url`'s host is this machine: an address in 127.0.0.0/8, `::1` (or

@@ -68,6 +68,7 @@ pub struct HttpSink {
 impl HttpSink {
     fn start(url: &str, authorization: Option<Secret>) -> Result<HttpSink, String> {
         let client = reqwest::Client::builder()
+            .redirect(crate::net::redirect_policy())
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|_| format!("cannot build an HTTP client for the audit sink `{url}`"))?;

@@ -170,7 +170,7 @@ impl VaultStore {
         settings.address = address.parse().map_err(|_| {
             StoreError::Invalid(format!("`{address}` is not a valid URL: write it as `https://host:port`, e.g. `https://vault.example.com:8200`"))
         })?;
-        let client = VaultClient::new(settings).map_err(|e| match e {
+        let mut client = VaultClient::new(settings).map_err(|e| match e {
             ClientError::FileReadError { path, .. } | ClientError::ParseCertificateError { path, .. } => {
                 StoreError::Invalid(format!("cannot use `{path}` as CA file: it must be readable PEM certificates; check `vault.ca_file`"))
             }
@@ -178,6 +178,13 @@ impl VaultStore {
             // problem (e.g. the TLS backend), not the server's.
             _ => StoreError::Invalid(format!("cannot build an HTTP client for `{address}`: {e}")),
         })?;
+        // vaultrs's HTTP client follows redirects anywhere, with the token header
+        // (reqwest keeps custom headers across origins): the same client with the
+        // same-origin redirect policy replaces it.
+        client.http.http =
+            same_origin_client(is_https, &client.settings.ca_certs).map_err(|e| {
+                StoreError::Invalid(format!("cannot build an HTTP client for `{address}`: {e}"))
+            })?;
 
         let mut store = VaultStore {
             client,
@@ -802,6 +809,26 @@ fn path_problem(path: &str) -> Option<&'static str> {
 
 /// Reads the CA file once to fail early with a clear message (vaultrs reads it again
 /// when building the client) and returns the path as vaultrs wants it.
+/// The HTTP client vaultrs would build for these settings (timeout, the system's
+/// roots plus `ca_files`, verification on), with [`crate::net::redirect_policy`].
+fn same_origin_client(is_https: bool, ca_files: &[String]) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(crate::net::redirect_policy());
+    if is_https {
+        for path in ca_files {
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|_| format!("{path} holds no readable PEM certificate"))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+    } else {
+        // As vaultrs does for http:// (reqwest issue 2988): no root store to load.
+        builder = builder.tls_certs_only(Vec::new());
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 async fn check_ca_file(path: &std::path::Path) -> Result<String, StoreError> {
     let shown = path.display();
     let bytes = tokio::fs::read(path).await.map_err(|e| {
@@ -943,6 +970,9 @@ impl Call<'_> {
                     "{address} has no AppRole auth at `{target}` (HTTP 404): check `vault.auth.mount`"
                 ))
             }
+            Failure::Status { code } if (300..400).contains(&code) => StoreError::Invalid(format!(
+                "{address} answered the request to {verb} `{target}` with a redirect (HTTP {code}) to another address; rekey does not send the token there: set `vault.address` to the server that answers (a standby redirects to the active node)"
+            )),
             Failure::Status { code } => StoreError::Invalid(format!(
                 "{address} rejected the request to {verb} `{target}` (HTTP {code}): check that `{mount}` is a KV version 2 mount and that the path is right (`rekey plan` checks the mount)"
             )),

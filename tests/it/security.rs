@@ -139,3 +139,154 @@ credentials:
         out.stderr
     );
 }
+
+// ------------------------------------------------------------ redirects
+
+/// Two loopback servers: the redirector answers every request with `307` to
+/// the same path on the recorder, which answers `200 {}` and records the head
+/// (request line and headers) of every request it gets. They serve until the
+/// test process ends.
+struct Redirect {
+    redirector: u16,
+    recorded: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn serve(listener: std::net::TcpListener, answer: impl Fn(&str) -> String + Send + 'static) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            use std::io::{BufRead, Write};
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut head = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let _ = (&stream).write_all(answer(&head).as_bytes());
+        }
+    });
+}
+
+fn redirect_servers() -> Redirect {
+    let recorder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = recorder.local_addr().unwrap().port();
+    let port = redirector.local_addr().unwrap().port();
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = recorded.clone();
+    serve(recorder, move |head| {
+        log.lock().unwrap().push(head.to_owned());
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".into()
+    });
+    serve(redirector, move |head| {
+        let path = head.split_whitespace().nth(1).unwrap_or("/");
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{target}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    });
+    Redirect {
+        redirector: port,
+        recorded,
+    }
+}
+
+impl Redirect {
+    fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.redirector)
+    }
+
+    /// Whether a request that reached the recorder carried `needle`.
+    fn saw(&self, needle: &str) -> bool {
+        self.recorded
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|head| head.contains(needle))
+    }
+}
+
+/// A token of the services' OpenBao with a recognisable id (root policy).
+fn canary_token(env: &std::collections::HashMap<String, String>) -> String {
+    let token = format!("CANARYredirect{}", hex::encode(rand::random::<[u8; 6]>()));
+    crate::canary::http(
+        &env["VAULT_ADDR"],
+        "POST",
+        "/v1/auth/token/create",
+        &env["VAULT_TOKEN"],
+        Some(&json!({ "id": token, "policies": ["root"], "ttl": "10m" })),
+    );
+    token
+}
+
+/// A Vault address that redirects (307) to another port: the Vault store does
+/// not follow it with the token; it stops and says why.
+#[test]
+fn the_vault_store_does_not_follow_a_redirect_to_another_origin_with_the_token() {
+    let env = services();
+    let servers = redirect_servers();
+    let token = canary_token(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let pb = dir.path().join("p.yaml");
+    std::fs::write(
+        &pb,
+        format!(
+            "version: 1\nname: sec\nvault: {{ address: \"{}\" }}\nproviders:\n  keys: {{ type: sandbox, settings: {{ state_file: memory }} }}\ncredentials:\n  - {{ id: a, provider: keys, account: a, vault_path: sec/a }}\n",
+            servers.address()
+        ),
+    )
+    .unwrap();
+    let out = rekey()
+        .env("VAULT_TOKEN", &token)
+        .args(["plan", pb.to_str().unwrap(), "--live"])
+        .run();
+    assert_ne!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!servers.saw(&token), "the token followed the redirect");
+    assert!(
+        out.stdout.contains("redirect (HTTP 307)"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// `vault_approle` whose `address` redirects (307) to another port: its admin
+/// token does not follow.
+#[test]
+fn vault_providers_do_not_follow_a_redirect_to_another_origin_with_the_token() {
+    let env = services();
+    let servers = redirect_servers();
+    let token = canary_token(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let pb = playbook(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "providers:\n  ar: {{ type: vault_approle, admin: {{ env: SEC_BAO_ADMIN }}, settings: {{ address: \"{}\" }} }}\ncredentials:\n  - {{ id: a, provider: ar, vault_path: sec/a, settings: {{ role_name: r }} }}\n",
+            servers.address()
+        ),
+    );
+    let out = rekey()
+        .env("VAULT_TOKEN", &env["VAULT_TOKEN"])
+        .env("SEC_BAO_ADMIN", &token)
+        .args(["plan", pb.to_str().unwrap(), "--live"])
+        .run();
+    assert_ne!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        !servers.saw(&token),
+        "the admin token followed the redirect"
+    );
+    assert!(
+        out.stdout.contains("redirect (HTTP 307)"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
