@@ -45,6 +45,7 @@ pub fn plan(args: &PlanArgs, io: &mut Io) -> Result<ExitStatus> {
             return Ok(ExitStatus::Invalid);
         }
     };
+    crate::harden::take_playbook_env(&loaded.playbook);
     report_problems(io, &loaded.report, args.format)?;
     let selection = Selection {
         compromised: args.selection.compromised.clone(),
@@ -245,6 +246,7 @@ fn load_for_run(
             return Ok(Err(ExitStatus::Invalid));
         }
     };
+    crate::harden::take_playbook_env(&loaded.playbook);
     report_problems(io, &loaded.report, Format::Text)?;
     let selection = Selection {
         compromised: args.compromised.clone(),
@@ -333,9 +335,8 @@ impl AuditSetup {
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let key = key_file(&crate::audit::key_path(&self.path))?;
-        let authorization = std::env::var(crate::env_vars::REKEY_AUDIT_AUTHORIZATION)
-            .ok()
-            .map(|v| crate::secret::Secret::new(zeroize::Zeroizing::new(v).trim()));
+        let authorization = crate::harden::secret_env(crate::env_vars::REKEY_AUDIT_AUTHORIZATION)
+            .map(|v| crate::secret::Secret::new(v.trim()));
         let mut sinks = Vec::new();
         for spec in &self.sinks {
             sinks.push(
@@ -455,25 +456,23 @@ fn vault_config(
 ) -> Result<std::result::Result<crate::store::VaultConfig, ExitStatus>> {
     use crate::store::{VaultConfig, VaultLogin};
     let login = match &pb.vault.auth {
-        playbook::VaultAuth::Token { env: var } => {
-            match std::env::var(var).map(zeroize::Zeroizing::new) {
-                Ok(t) if !t.trim().is_empty() => {
-                    VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned()))
-                }
-                _ => {
-                    writeln!(
-                        io.stderr,
-                        "error: the Vault token variable `{var}` is not set\nhelp: export {var}=... (a token allowed to read and write the playbook's paths)"
-                    )?;
-                    return Ok(Err(ExitStatus::Invalid));
-                }
+        playbook::VaultAuth::Token { env: var } => match crate::harden::secret_env(var).ok_or(()) {
+            Ok(t) if !t.trim().is_empty() => {
+                VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned()))
             }
-        }
+            _ => {
+                writeln!(
+                    io.stderr,
+                    "error: the Vault token variable `{var}` is not set\nhelp: export {var}=... (a token allowed to read and write the playbook's paths)"
+                )?;
+                return Ok(Err(ExitStatus::Invalid));
+            }
+        },
         playbook::VaultAuth::AppRole {
             role_id,
             secret_id_env,
             mount,
-        } => match std::env::var(secret_id_env).map(zeroize::Zeroizing::new) {
+        } => match crate::harden::secret_env(secret_id_env).ok_or(()) {
             Ok(s) if !s.trim().is_empty() => VaultLogin::AppRole {
                 mount: mount.clone(),
                 role_id: role_id.clone(),

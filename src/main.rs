@@ -7,7 +7,11 @@ use rekey::{ExitStatus, commands, env_vars};
 use std::io::IsTerminal;
 
 fn main() -> std::process::ExitCode {
+    rekey::harden::process();
     let cli = Cli::parse();
+    // Still the only thread: the secret variables rekey itself reads leave the
+    // environment now (those a playbook names, once it is loaded).
+    rekey::harden::take_env(env_vars::SECRETS.iter().copied());
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,

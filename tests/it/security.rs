@@ -290,3 +290,131 @@ fn vault_providers_do_not_follow_a_redirect_to_another_origin_with_the_token() {
         out.stderr
     );
 }
+
+// ------------------------------------------------------------ process hardening
+
+/// Kills (SIGKILL) and reaps a child when dropped, even when the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `rekey run` (its credential held up by a slow sandbox) has no
+/// secret left in its environment (`/proc/PID/environ` shows the block the
+/// process started with, so the values must be wiped there, not only unset),
+/// may not dump core, and is not dumpable (other processes of its user cannot
+/// read its memory or environment). As root, the test runs rekey as `nobody`:
+/// /proc files of a process that is not dumpable belong to root.
+#[test]
+fn a_running_rekey_keeps_no_secret_in_its_environment_and_cannot_be_dumped() {
+    use std::io::BufRead;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let env = services();
+    let token = canary_token(&env);
+    let admin = format!(
+        "CANARYsandboxadmin{}",
+        hex::encode(rand::random::<[u8; 6]>())
+    );
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&admin));
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: geteuid(2) has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    const NOBODY: u32 = 65534;
+    if as_root {
+        std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let body = format!(
+        "providers:\n  keys: {{ type: sandbox, admin: {{ env: SEC_SANDBOX_ADMIN }}, settings: {{ state_file: DIR/keys.json, latency: 20s, admin_sha256: {digest} }} }}\ncredentials:\n  - {{ id: a, provider: keys, account: a, vault_path: sec/hardening-{} }}\n",
+        hex::encode(rand::random::<[u8; 4]>())
+    )
+    .replace("DIR", &dir.path().display().to_string());
+    let pb = playbook(dir.path(), "p.yaml", &body);
+    let journal = dir.path().join("journal.db");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("VAULT_TOKEN", &token)
+        .env("SEC_SANDBOX_ADMIN", &admin)
+        .env("SEC_HARMLESS", "stays-visible")
+        .current_dir(dir.path())
+        .args([
+            "-v",
+            "run",
+            pb.to_str().unwrap(),
+            "--journal",
+            journal.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if as_root {
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    let pid = child.0.id();
+    // Wait until the run is under way: the playbook is loaded, Vault logged in,
+    // the admin credential read.
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(line) if line.contains("Intent recorded") => break,
+            Ok(line) => seen.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => panic!("rekey ended before the run started: {seen:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "{seen:?}");
+    }
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let limits = std::fs::read_to_string(proc_dir.join("limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap()
+        .split_whitespace()
+        .skip(4)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(core, ["0", "0"], "{limits}");
+    if as_root {
+        let owner = std::fs::metadata(proc_dir.join("status")).unwrap().uid();
+        assert_eq!(
+            owner, 0,
+            "rekey (uid {NOBODY}) is dumpable: its /proc files are its own"
+        );
+        let environ = std::fs::read(proc_dir.join("environ")).unwrap();
+        let text = String::from_utf8_lossy(&environ);
+        for secret in [&token, &admin] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret in /proc/{pid}/environ"
+            );
+        }
+        for name in ["VAULT_TOKEN=", "SEC_SANDBOX_ADMIN="] {
+            assert!(!text.contains(name), "{name} still in /proc/{pid}/environ");
+        }
+        assert!(text.contains("SEC_HARMLESS=stays-visible"), "{text}");
+    } else {
+        // Not dumpable: another process of the same user may not read it.
+        let read = std::fs::read(proc_dir.join("environ"));
+        assert!(
+            read.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied),
+            "rekey's environment is readable by its user"
+        );
+    }
+}
