@@ -268,41 +268,9 @@ fn fingerprint_key(journal: &std::path::Path) -> Result<Vec<u8>> {
     key_file(&journal.with_extension("key"))
 }
 
-/// A 32-byte HMAC key in file `path`, created (O_CREAT|O_EXCL, 0600, synced) when
-/// missing. An existing key file others can read is refused: whoever holds the
-/// key can test guesses against the fingerprints.
+/// A 32-byte HMAC key in file `path`, created when missing (see `files::key_file`).
 fn key_file(path: &std::path::Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let mode = f.metadata()?.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            anyhow::bail!(
-                "the key file {} is accessible by group or others (mode {mode:04o}): run `chmod 600 {}` and check who changed it",
-                path.display(),
-                path.display()
-            );
-        }
-        let mut key = Vec::new();
-        f.read_to_end(&mut key)?;
-        if key.len() == 32 {
-            return Ok(key);
-        }
-        anyhow::bail!(
-            "the key file {} is not a rekey key (32 bytes); restore it from a backup: without it, recorded fingerprints cannot be checked",
-            path.display()
-        );
-    }
-    let key: [u8; 32] = rand::random();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(&key)?;
-    f.sync_all()?;
-    Ok(key.to_vec())
+    crate::files::key_file(path).map_err(anyhow::Error::msg)
 }
 
 /// Where the audit trail goes for `run`, `resume` and `rollback`.

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod engine;
 pub mod env_vars;
 pub mod exit;
+pub mod files;
 pub mod harden;
 pub mod journal;
 pub mod logging;

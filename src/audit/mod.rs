@@ -69,6 +69,10 @@ impl Actor {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The file or its directory failed a check of `crate::files` (a link,
+    /// another owner, a directory others can write).
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     #[error("cannot {action} the audit trail at {path}: {source}")]
     Io {
         path: PathBuf,

@@ -206,7 +206,10 @@ impl Journal {
         file::ensure_private_file(path)?;
         // No SQLITE_OPEN_CREATE: the file exists, made private above, and if it vanished
         // in between we would rather fail than have SQLite create a 0644 one.
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // NOFOLLOW: SQLite refuses a path that is (or passes through) a link.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| map_sql(path, "opening the database", e))?;
         let journal = Journal {

@@ -418,3 +418,140 @@ fn a_running_rekey_keeps_no_secret_in_its_environment_and_cannot_be_dumped() {
         );
     }
 }
+
+// ------------------------------------------------------------ private files
+
+/// `rekey run` of a one-credential sandbox playbook in `dir` with `extra`
+/// arguments (journal, trail): (exit code, stderr).
+fn run_in(dir: &Path, extra: &[&str]) -> (i32, String) {
+    let env = services();
+    let body = "providers:\n  keys: { type: sandbox, settings: { state_file: memory } }\ncredentials:\n  - { id: a, provider: keys, account: a, vault_path: sec/files-NAME }\n"
+        .replace("NAME", &hex::encode(rand::random::<[u8; 4]>()));
+    let pb = playbook(dir, "p.yaml", &body);
+    let out = rekey()
+        .env("VAULT_TOKEN", &env["VAULT_TOKEN"])
+        .args(["run", pb.to_str().unwrap()])
+        .args(extra)
+        .run();
+    (out.code, out.stderr)
+}
+
+fn private_dir(parent: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = parent.join(name);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+    dir
+}
+
+/// A journal, trail, head or key file that is a symbolic link is refused (it
+/// would be followed to whatever it points at), naming the link and the fix;
+/// nothing is written through it.
+#[test]
+fn journal_trail_head_and_key_files_that_are_symbolic_links_are_refused() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let top = tempfile::tempdir().unwrap();
+    for (name, file) in [
+        ("journal", "journal.db"),
+        ("key", "journal.key"),
+        ("trail", "audit.jsonl"),
+        ("head", "audit.jsonl.head"),
+        ("trailkey", "audit.jsonl.key"),
+    ] {
+        let dir = private_dir(top.path(), name);
+        let target = dir.join("elsewhere");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&target)
+            .unwrap();
+        std::os::unix::fs::symlink(&target, dir.join(file)).unwrap();
+        let journal = dir.join("journal.db");
+        let (code, stderr) = run_in(&dir, &["--journal", journal.to_str().unwrap()]);
+        assert_ne!(code, 0, "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{} is a symbolic link", dir.join(file).display())),
+            "{name}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().len(),
+            0,
+            "{name}: rekey wrote through the link"
+        );
+    }
+}
+
+/// The directory of the journal and trail must be writable by its owner only:
+/// whoever else can write it can swap the files. Refused with the fix.
+#[test]
+fn a_journal_or_trail_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let top = tempfile::tempdir().unwrap();
+    let open = private_dir(top.path(), "open");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let journal = open.join("journal.db");
+    let (code, stderr) = run_in(&open, &["--journal", journal.to_str().unwrap()]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} is writable by group or others",
+            open.display()
+        )) && stderr.contains(&format!("chmod go-w {}", open.display())),
+        "{stderr}"
+    );
+    assert!(!journal.exists(), "nothing is created there");
+    let private = private_dir(top.path(), "private");
+    let trail = open.join("audit.jsonl");
+    let (code, stderr) = run_in(
+        &private,
+        &[
+            "--journal",
+            private.join("journal.db").to_str().unwrap(),
+            "--audit-file",
+            trail.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} is writable by group or others",
+            open.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!trail.exists(), "nothing is created there");
+}
+
+/// A journal, trail or key file owned by another user is refused (as root the
+/// test hands rekey's files to `nobody`): that user could have written them.
+#[test]
+fn files_owned_by_another_user_are_refused() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // Only root can give a file away; the check itself runs for everyone.
+        eprintln!("not root: files of another user cannot be made here");
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    let dir = private_dir(top.path(), "d");
+    let journal = dir.join("journal.db");
+    let (code, stderr) = run_in(&dir, &["--journal", journal.to_str().unwrap()]);
+    assert_eq!(code, 0, "a first run creates them: {stderr}");
+    for file in [
+        "journal.db",
+        "journal.key",
+        "audit.jsonl",
+        "audit.jsonl.head",
+        "audit.jsonl.key",
+    ] {
+        let path = dir.join(file);
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let (code, stderr) = run_in(&dir, &["--journal", journal.to_str().unwrap()]);
+        assert_ne!(code, 0, "{file}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{} belongs to uid 65534", path.display())),
+            "{file}: {stderr}"
+        );
+        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+    }
+}
