@@ -277,6 +277,7 @@ fn key_file(path: &std::path::Path) -> Result<Vec<u8>> {
 struct AuditSetup {
     path: std::path::PathBuf,
     sinks: Vec<String>,
+    new_trail: bool,
 }
 
 impl AuditSetup {
@@ -287,6 +288,7 @@ impl AuditSetup {
                 .clone()
                 .unwrap_or_else(|| crate::audit::default_path(&args.path)),
             sinks: args.audit_sinks.clone(),
+            new_trail: args.new_trail,
         }
     }
 
@@ -529,6 +531,8 @@ fn with_engine<T>(
     operator: std::sync::Arc<dyn crate::provider::manual::Operator>,
     work: impl AsyncFnOnce(&crate::engine::Engine, &[Vec<usize>]) -> Result<T>,
 ) -> Result<T> {
+    crate::audit::anchor::check(&journal, &audit.path, audit.new_trail)
+        .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -16,9 +16,11 @@
 //! world starts; a trail that cannot be written stops the run.
 //! Invariant: no secret value reaches a line: details come from the journal (ids,
 //! versions), and the journal's fingerprints are replaced by the trail's HMAC.
-//! Invariant: rekey never appends to a trail whose chain does not verify.
+//! Invariant: rekey never appends to a trail whose chain does not verify, nor to
+//! one that disagrees with what its journal recorded of it (`anchor`).
 //! Invariant: the reader (`chain::verify`, `report`) never panics on any bytes.
 
+pub mod anchor;
 pub mod chain;
 pub mod report;
 pub mod sink;

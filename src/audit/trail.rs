@@ -489,6 +489,19 @@ impl Mirror for Trail {
         Ok(files)
     }
 
+    fn position(&mut self) -> Result<Option<(PathBuf, u64, String)>, String> {
+        let Some((_, lines, last)) = self.tail.clone().filter(|(_, lines, _)| *lines > 0) else {
+            return Ok(None);
+        };
+        // On disk before the journal records it (under group commit the lines may
+        // not be synced yet).
+        self.file
+            .sync_data()
+            .and_then(|()| self.head_writer.sync_data())
+            .map_err(|e| format!("cannot sync the audit trail {}: {e}", self.path.display()))?;
+        Ok(Some((self.path.clone(), lines, last)))
+    }
+
     fn record(&mut self, event: Event<'_>) -> Result<(), String> {
         let mut fields = self.fields_for(&event);
         match event {

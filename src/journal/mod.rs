@@ -28,11 +28,13 @@
 //! readers run beside a writer, writers queue for up to the busy timeout (5 s by default),
 //! and then fail with [`JournalError::Busy`].
 
+mod anchor;
 mod error;
 mod file;
 mod mirror;
 mod schema;
 
+pub use anchor::TrailAnchor;
 pub use error::JournalError;
 pub use mirror::{Event, Mirror};
 
@@ -437,6 +439,7 @@ impl Journal {
                             new_run: run,
                         },
                     )?;
+                    self.record_anchor()?;
                     return Ok(id);
                 }
                 Err(e)
@@ -492,7 +495,8 @@ impl Journal {
             return Err(self.unknown_run(id));
         }
         info!(run = %id, %status, "Run finished.");
-        self.mirror("the end of a run", Event::RunFinished { run: id, status })
+        self.mirror("the end of a run", Event::RunFinished { run: id, status })?;
+        self.record_anchor()
     }
 
     /// Marks run `id` as `running` again (and clears `finished_at`): `rekey resume`
@@ -509,7 +513,8 @@ impl Journal {
             return Err(self.unknown_run(id));
         }
         info!(run = %id, "Run reopened.");
-        self.mirror("a resumed run", Event::RunReopened { run: id })
+        self.mirror("a resumed run", Event::RunReopened { run: id })?;
+        self.record_anchor()
     }
 
     /// Sets `credential`'s state machine position in `run` (e.g. `staged`, `promoted`,

@@ -11,7 +11,7 @@ pub(super) const APPLICATION_ID: i64 = 0x726b_796a;
 
 /// Migration `n` (0-based) takes a journal from version `n` to `n + 1`. Append only: a
 /// released migration is never edited, because journals in the field already ran it.
-pub(super) const MIGRATIONS: &[&str] = &[V1];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes and understands.
 pub(super) const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -75,5 +75,18 @@ CREATE TABLE leases (
     holder        TEXT NOT NULL,
     expires_at_ms INTEGER NOT NULL,
     taken_at      TEXT NOT NULL
+) STRICT;
+";
+
+/// Version 2. The audit trail as the journal last saw it, per trail (its file name
+/// when it lies beside the journal, else its absolute path): the number of lines
+/// and the SHA-256 of the last one, recorded at each run's start and end once the
+/// trail is on disk. A trail deleted, cut back or replaced is noticed against it.
+const V2: &str = "
+CREATE TABLE trail_anchors (
+    trail       TEXT PRIMARY KEY,
+    lines       INTEGER NOT NULL,
+    last        TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
 ) STRICT;
 ";

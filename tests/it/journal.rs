@@ -675,7 +675,7 @@ fn journal_from_a_newer_rekey_is_refused() {
             err,
             JournalError::NewerSchema {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),

@@ -555,3 +555,103 @@ fn files_owned_by_another_user_are_refused() {
         std::os::unix::fs::chown(&path, Some(0), None).unwrap();
     }
 }
+
+// ------------------------------------------------------------ the trail beside its journal
+
+/// Cuts `trail` to its first `keep` lines and writes a head record that agrees,
+/// as someone with write access to the directory could: the chain still holds.
+fn cut_trail(trail: &Path, keep: usize) {
+    let text = std::fs::read_to_string(trail).unwrap();
+    let lines: Vec<&str> = text.lines().take(keep).collect();
+    std::fs::write(trail, lines.join("\n") + "\n").unwrap();
+    let last = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(lines[keep - 1]));
+    let head = format!("{{\"lines\":{keep},\"last\":\"{last}\"}}");
+    std::fs::write(trail.with_extension("jsonl.head"), format!("{head:<127}\n")).unwrap();
+}
+
+/// A trail deleted beside a journal that has runs is noticed: `run` refuses
+/// (naming what the journal last recorded of it) unless `--new-trail` says to
+/// start a new one.
+#[test]
+fn a_trail_deleted_beside_a_journal_with_runs_is_refused_unless_a_new_one_is_asked_for() {
+    let top = tempfile::tempdir().unwrap();
+    let dir = private_dir(top.path(), "d");
+    let journal = dir.join("journal.db");
+    let args = ["--journal", journal.to_str().unwrap()];
+    let (code, stderr) = run_in(&dir, &args);
+    assert_eq!(code, 0, "{stderr}");
+    for file in ["audit.jsonl", "audit.jsonl.head", "audit.jsonl.key"] {
+        std::fs::remove_file(dir.join(file)).unwrap();
+    }
+    let (code, stderr) = run_in(&dir, &args);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} does not exist",
+            dir.join("audit.jsonl").display()
+        )) && stderr.contains("--new-trail")
+            && stderr.contains("lines, last line sha256"),
+        "{stderr}"
+    );
+    assert!(!dir.join("audit.jsonl").exists(), "no trail was started");
+    let (code, stderr) = run_in(&dir, &[args[0], args[1], "--new-trail"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("new audit trail"), "{stderr}");
+    assert!(dir.join("audit.jsonl").exists());
+}
+
+/// The journal records the trail's length and last hash: a trail cut back (its
+/// head rewritten to agree) or replaced by another valid trail is refused.
+#[test]
+fn a_trail_cut_or_replaced_beside_its_journal_is_refused() {
+    let top = tempfile::tempdir().unwrap();
+    let dir = private_dir(top.path(), "d");
+    let journal = dir.join("journal.db");
+    let args = ["--journal", journal.to_str().unwrap()];
+    for _ in 0..2 {
+        let (code, stderr) = run_in(&dir, &args);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let trail = dir.join("audit.jsonl");
+    let saved: Vec<(PathBuf, Vec<u8>)> = ["audit.jsonl", "audit.jsonl.head", "audit.jsonl.key"]
+        .iter()
+        .map(|f| (dir.join(f), std::fs::read(dir.join(f)).unwrap()))
+        .collect();
+    let total = String::from_utf8_lossy(&saved[0].1).lines().count();
+    // Cut back to the first run: the chain and head agree, the journal does not.
+    cut_trail(&trail, total / 2);
+    let out = rekey()
+        .args(["audit", "verify", trail.to_str().unwrap()])
+        .run();
+    assert_eq!(
+        out.code, 0,
+        "the cut trail verifies on its own: {}",
+        out.stderr
+    );
+    let (code, stderr) = run_in(&dir, &args);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} has {} lines", trail.display(), total / 2))
+            && stderr.contains(&format!("recorded {total}")),
+        "{stderr}"
+    );
+    // Replaced by another trail of the same length: the recorded hash differs.
+    let other = private_dir(top.path(), "other");
+    let other_journal = other.join("journal.db");
+    for _ in 0..2 {
+        let (code, stderr) = run_in(&other, &["--journal", other_journal.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    for file in ["audit.jsonl", "audit.jsonl.head", "audit.jsonl.key"] {
+        std::fs::copy(other.join(file), dir.join(file)).unwrap();
+    }
+    let (code, stderr) = run_in(&dir, &args);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("was replaced"), "{stderr}");
+    // Restored as it was: accepted.
+    for (path, bytes) in &saved {
+        std::fs::write(path, bytes).unwrap();
+    }
+    let (code, stderr) = run_in(&dir, &args);
+    assert_eq!(code, 0, "{stderr}");
+}
