@@ -118,29 +118,49 @@ pub fn head_path(trail: &Path) -> PathBuf {
 
 /// Reads the trail at `path` (and its head record when present) and verifies it,
 /// calling `each` with every line that holds.
+///
+/// A trail rekey keeps has its key file and its head record beside it: with the
+/// key there and the head gone, the head was deleted, and that is a problem (the
+/// end can no longer be checked). A trail alone (a collector's copy) verifies
+/// with a note.
 pub fn verify_file(
     path: &Path,
     each: impl FnMut(u64, serde_json::Map<String, serde_json::Value>),
 ) -> std::io::Result<Verdict> {
     let bytes = std::fs::read(path)?;
+    let unchecked_end = |reason: String, each| {
+        let mut v = chain::verify(&bytes, None, each);
+        v.notes.clear();
+        if v.problem.is_none() {
+            v.problem = Some(Problem {
+                line: v.lines,
+                reason,
+            });
+        }
+        v
+    };
     let head = match std::fs::read(head_path(path)) {
         Ok(b) => match chain::parse_head(&b) {
             Some(h) => Some(h),
             None => {
-                let mut v = chain::verify(&bytes, None, each);
-                v.notes.clear();
-                if v.problem.is_none() {
-                    v.problem = Some(Problem {
-                        line: v.lines,
-                        reason: format!(
-                            "the head record {} is unreadable, so the end of the trail cannot be checked",
-                            head_path(path).display()
-                        ),
-                    });
-                }
-                return Ok(v);
+                return Ok(unchecked_end(
+                    format!(
+                        "the head record {} is unreadable, so the end of the trail cannot be checked",
+                        head_path(path).display()
+                    ),
+                    each,
+                ));
             }
         },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && key_path(path).exists() => {
+            return Ok(unchecked_end(
+                format!(
+                    "the head record {} is missing (rekey writes it beside every trail it keeps, with the key file), so lines removed from the end cannot be detected; restore it from a backup",
+                    head_path(path).display()
+                ),
+                each,
+            ));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };

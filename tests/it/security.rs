@@ -655,3 +655,34 @@ fn a_trail_cut_or_replaced_beside_its_journal_is_refused() {
     let (code, stderr) = run_in(&dir, &args);
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// `audit verify` of a trail rekey wrote (its key file beside it) whose head
+/// record is gone fails: the end of the trail can no longer be checked. A copy
+/// of the trail alone (from a collector) still verifies, with a note.
+#[test]
+fn audit_verify_fails_when_the_head_record_of_a_trail_rekey_wrote_is_missing() {
+    let top = tempfile::tempdir().unwrap();
+    let dir = private_dir(top.path(), "d");
+    let journal = dir.join("journal.db");
+    let (code, stderr) = run_in(&dir, &["--journal", journal.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let trail = dir.join("audit.jsonl");
+    std::fs::remove_file(dir.join("audit.jsonl.head")).unwrap();
+    let out = rekey()
+        .args(["audit", "verify", trail.to_str().unwrap()])
+        .run();
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("audit.jsonl.head is missing"),
+        "{}",
+        out.stderr
+    );
+    let copy_dir = private_dir(top.path(), "copy");
+    let copy = copy_dir.join("collected.jsonl");
+    std::fs::copy(&trail, &copy).unwrap();
+    let out = rekey()
+        .args(["audit", "verify", copy.to_str().unwrap()])
+        .run();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("no head record"), "{}", out.stderr);
+}
