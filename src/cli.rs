@@ -118,7 +118,7 @@ pub struct SelectionArgs {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// The playbook file.
+    /// The playbook file (`-`: read it from stdin).
     pub playbook: PathBuf,
     #[command(flatten)]
     pub selection: SelectionArgs,
@@ -143,7 +143,7 @@ pub struct ProvidersArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The playbook file.
+    /// The playbook file (a file: `resume` and `rollback` read it again).
     pub playbook: PathBuf,
     #[command(flatten)]
     pub selection: SelectionArgs,

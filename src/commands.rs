@@ -239,6 +239,13 @@ fn load_for_run(
     io: &mut Io,
 ) -> Result<std::result::Result<(playbook::Loaded, Selection), ExitStatus>> {
     let file = path.display().to_string();
+    if path == std::path::Path::new(playbook::STDIN) {
+        writeln!(
+            io.stderr,
+            "error: `rekey run` needs a playbook file, not stdin: `resume` and `rollback` read it again\nhelp: save the playbook to a file and run that"
+        )?;
+        return Ok(Err(ExitStatus::Invalid));
+    }
     let loaded = match playbook::load_file(path, &env) {
         Ok(l) => l,
         Err(report) => {

@@ -686,3 +686,84 @@ fn audit_verify_fails_when_the_head_record_of_a_trail_rekey_wrote_is_missing() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("no head record"), "{}", out.stderr);
 }
+
+// ------------------------------------------------------------ the playbook file
+
+/// A playbook path that names a FIFO is refused at once (opening it used to
+/// wait for a writer forever); `-` reads the playbook from stdin; a file over
+/// the size limit is refused before it is read, with its size and the limit.
+#[test]
+fn playbooks_are_checked_for_type_and_size_before_they_are_read_and_dash_is_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pb.fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) on a path in our own temporary directory.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["plan", fifo.to_str().unwrap()])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rekey plan hangs on a FIFO"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+
+    let text = "version: 1\nname: from-stdin\nvault: { address: 'http://127.0.0.1:8200' }\nproviders:\n  keys: { type: sandbox }\ncredentials:\n  - { id: a, provider: keys, account: a, vault_path: apps/a }\n";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["plan", "-"])
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("from-stdin"), "{stdout}");
+    // `run` needs a file: resume and rollback read it again.
+    let out = rekey().args(["run", "-"]).run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("needs a playbook file"),
+        "{}",
+        out.stderr
+    );
+
+    let big = dir.path().join("big.yaml");
+    let file = std::fs::File::create(&big).unwrap();
+    file.set_len(65 << 20).unwrap();
+    let out = rekey().args(["plan", big.to_str().unwrap()]).run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the playbook is 65.0 MiB; the limit is 64 MiB"),
+        "{}",
+        out.stderr
+    );
+}
