@@ -200,13 +200,31 @@ fn refuse_secret_env(
     }
 }
 
+/// Longest credential id or provider instance name: ids name credentials in the
+/// journal, Vault metadata, tags at providers and `--only`.
+pub const MAX_ID_LEN: usize = 128;
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 128
+        && id.len() <= MAX_ID_LEN
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// An id or name over [`MAX_ID_LEN`]: its length and the limit, not the value.
+fn too_long(what: &str, value: &str, pos: Option<super::yaml::Pos>) -> Diagnostic {
+    Diagnostic::error(
+        format!(
+            "{what} is {} characters long; the limit is {MAX_ID_LEN}",
+            value.chars().count()
+        ),
+        pos,
+    )
+    .help(format!(
+        "shorten it to {MAX_ID_LEN} characters or fewer (letters, digits, `-`, `_` and `.`): it names the credential in the journal, the audit trail and `--only`"
+    ))
 }
 
 fn valid_env_name(name: &str) -> bool {
@@ -758,7 +776,9 @@ fn validate_providers(
     let secret_sources = secret_sources(raw);
     for (name, p) in &raw.providers {
         let base = format!("/providers/{}", escape(name));
-        if !valid_id(name) {
+        if name.chars().count() > MAX_ID_LEN {
+            cx.push(too_long("provider instance name", name, cx.key_at(&base)));
+        } else if !valid_id(name) {
             cx.push(
                 Diagnostic::error(
                     format!("`{name}` is not a valid provider instance name"),
@@ -897,7 +917,13 @@ fn validate_credentials<'c>(
     }
     for (i, c) in raw.credentials.iter().enumerate() {
         let base = format!("/credentials/{i}");
-        if !valid_id(&c.id) {
+        if c.id.chars().count() > MAX_ID_LEN {
+            cx.push(too_long(
+                "credential id",
+                &c.id,
+                cx.at(&format!("{base}/id")),
+            ));
+        } else if !valid_id(&c.id) {
             cx.push(
                 Diagnostic::error(
                     format!("`{}` is not a valid credential id", c.id),

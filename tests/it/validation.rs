@@ -428,3 +428,35 @@ fn interpolating_rekeys_own_secret_variables_is_refused() {
     );
     assert!(!stderr.contains("Splunk abc"), "{stderr}");
 }
+
+/// An id longer than the limit gets a diagnostic of its own that says the limit,
+/// and no diagnostic quotes a long value whole (a pasted blob must not come back
+/// in full on a terminal or in CI logs).
+#[test]
+fn an_over_long_id_gets_its_own_diagnostic_with_the_limit_and_long_values_are_not_echoed() {
+    for len in [300, 5000] {
+        let long = "a".repeat(len);
+        let text = BASE
+            .replace("  - id: b\n", &format!("  - id: {long}\n"))
+            .replace(
+                "'http://127.0.0.1:8200'",
+                &format!("'https://{long}.example'"),
+            );
+        let stderr = assert_invalid(
+            &text,
+            &[&format!(
+                "PLAYBOOK:14:9: credential id is {len} characters long; the limit is 128"
+            )],
+        );
+        let messages: Vec<&str> = stderr.lines().filter(|l| l.contains('×')).collect();
+        assert!(
+            messages.iter().all(|m| !m.contains(&long)),
+            "{len}: a message quotes the whole value: {messages:?}"
+        );
+        if len > 400 {
+            assert!(!stderr.contains(&long), "{len}: echoed in full");
+        }
+        let (_, stdout, _) = crate::support::plan_text(&text, &["--format", "json"], &[]);
+        assert!(!stdout.contains(&long), "{len}: echoed in full in JSON");
+    }
+}
