@@ -89,11 +89,8 @@ pub async fn relay_lines(stream: impl AsyncRead + Unpin, mut each: impl FnMut(&s
     let mut reader = BufReader::new(stream);
     let mut line = Vec::with_capacity(256);
     let mut cut = 0usize;
-    loop {
-        let chunk = match reader.fill_buf().await {
-            Ok(c) => c,
-            Err(_) => break,
-        };
+    // A read error ends the relay like the end of the stream.
+    while let Ok(chunk) = reader.fill_buf().await {
         if chunk.is_empty() {
             if !line.is_empty() || cut > 0 {
                 emit(&line, cut, &mut each);
