@@ -53,7 +53,7 @@ pub fn secret_env(name: &str) -> Option<Zeroizing<String>> {
     if let Some(v) = taken().lock().ok()?.get(name) {
         return Some(v.clone());
     }
-    std::env::var(name).ok().map(Zeroizing::new)
+    crate::env_vars::get(name).map(Zeroizing::new)
 }
 
 /// Moves each of `names` that is set from the environment into rekey's memory,
@@ -70,7 +70,7 @@ pub fn take_env<'a>(names: impl IntoIterator<Item = &'a str>) {
         if taken.contains_key(name) || name.is_empty() || name.contains(['=', '\0']) {
             continue;
         }
-        let Some(value) = std::env::var_os(name) else {
+        let Some(value) = crate::env_vars::get_os(name) else {
             continue;
         };
         let value = Zeroizing::new(value.to_string_lossy().into_owned());
