@@ -203,22 +203,60 @@ pub fn open(path: &Path, how: How) -> Result<(File, bool), FileError> {
 
 /// The 32-byte HMAC key in file `path`, created (random, 0600, synced) when
 /// missing. Whoever holds the key can test guesses against the fingerprints, so
-/// the file gets every check of this module.
+/// the file gets every check of this module. A new key is written to a private
+/// temporary file and linked into place whole: two processes starting at once
+/// (two runs sharing a trail) agree on one key, and neither reads a file the
+/// other has created but not yet written.
 pub fn key_file(path: &Path) -> Result<Vec<u8>, String> {
-    let how = How {
+    let read_only = How {
         read: true,
+        write: false,
+        append: false,
+        create: false,
+    };
+    match open(path, read_only) {
+        Ok((file, _)) => return read_key(path, file),
+        Err(FileError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let dir = dir_of(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = dir.join(format!(
+        ".{name}.{}.{:08x}.new",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let how = How {
+        read: false,
         write: true,
         append: false,
         create: true,
     };
-    let (mut file, created) = open(path, how).map_err(|e| e.to_string())?;
-    if created {
-        let key: [u8; 32] = rand::random();
-        file.write_all(&key)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        return Ok(key.to_vec());
+    let (mut file, _) = open(&temporary, how).map_err(|e| e.to_string())?;
+    let key: [u8; 32] = rand::random();
+    let written = file.write_all(&key).and_then(|()| file.sync_all());
+    let linked = written.and_then(|()| std::fs::hard_link(&temporary, path));
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            Ok(key.to_vec())
+        }
+        // Another process linked its key first: use that one.
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            let (file, _) = open(path, read_only).map_err(|e| e.to_string())?;
+            read_key(path, file)
+        }
+        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
     }
+}
+
+fn read_key(path: &Path, file: File) -> Result<Vec<u8>, String> {
     let mut key = Vec::new();
     file.take(64)
         .read_to_end(&mut key)
