@@ -30,6 +30,12 @@ pub const LOGNAME: &str = "LOGNAME";
 /// Handed on to a file sink's reload command, the only variable it gets.
 pub const PATH: &str = "PATH";
 
+/// rekey's own variables that hold secrets: never interpolated with `${VAR}`,
+/// never passed to an exec plugin, removed from the environment once read
+/// (`harden.rs`), whatever the playbook says. Read them with
+/// `harden::secret_env`, not [`get`].
+pub const SECRETS: &[&str] = &[VAULT_TOKEN, VAULT_SECRET_ID, REKEY_AUDIT_AUTHORIZATION];
+
 /// The value of variable `name`: one of the constants above, or a name the
 /// playbook gives. `None` when unset or not Unicode.
 pub fn get(name: &str) -> Option<String> {

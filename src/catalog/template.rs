@@ -335,25 +335,7 @@ pub fn dry_render(source: &str, t: &ProviderType, base_url: bool) -> Result<Stri
 /// fragment; plain http only to a loopback address (a local stub), so an admin
 /// credential never crosses a network in clear.
 pub fn parse_base_url(s: &str) -> Result<url::Url, String> {
-    let u = url::Url::parse(s).map_err(|e| format!("not an absolute URL ({e})"))?;
-    match u.scheme() {
-        "https" => {}
-        "http" => {
-            let loopback = match u.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d == "localhost",
-                None => false,
-            };
-            if !loopback {
-                return Err("plain http is allowed only to a loopback address; use https".into());
-            }
-        }
-        other => return Err(format!("scheme `{other}` is not http(s)")),
-    }
-    if u.host_str().is_none_or(str::is_empty) {
-        return Err("it has no host".into());
-    }
+    let u = crate::net::parse_endpoint(s)?;
     if !u.username().is_empty() || u.password().is_some() {
         return Err(
             "it holds a user name or password; credentials go in the admin credential".into(),

@@ -68,6 +68,7 @@ pub async fn put_secret(
     value: &Secret,
 ) -> Result<(), ProviderError> {
     let client = reqwest::Client::builder()
+        .redirect(crate::net::redirect_policy())
         .timeout(Duration::from_secs(30))
         .user_agent(concat!("rekey/", env!("CARGO_PKG_VERSION")))
         .build()

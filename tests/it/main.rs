@@ -20,6 +20,7 @@ mod providers_aws;
 mod providers_hosts;
 mod providers_sql;
 mod providers_vault;
+mod security;
 mod services;
 mod sinks;
 mod store_vault;
