@@ -315,6 +315,24 @@ impl Ticket<'_> {
     }
 }
 
+/// The probe role while its request waits for a permit.
+struct ProbeRole<'a> {
+    limit: &'a InstanceLimit,
+    armed: bool,
+}
+
+impl Drop for ProbeRole<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut state = self.limit.lock();
+            state.probe_in_flight = false;
+            state.probe_pending = true;
+            drop(state);
+            self.limit.probe_done.notify_waiters();
+        }
+    }
+}
+
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if !self.reported && self.probe {
@@ -418,6 +436,12 @@ impl InstanceLimit {
                     Next::Go(limiter, probe) => break (limiter, probe),
                 }
             };
+            // A probe that does not leave (its task cancelled, or sent back to
+            // wait below) hands the role on.
+            let mut role = ProbeRole {
+                limit: self,
+                armed: probe,
+            };
             let permitted = loop {
                 match limiter.check() {
                     Ok(()) => break true,
@@ -438,11 +462,6 @@ impl InstanceLimit {
             };
             let now = Instant::now();
             if !permitted {
-                if probe {
-                    let mut state = self.lock();
-                    state.probe_in_flight = false;
-                    state.probe_pending = true;
-                }
                 continue;
             }
             let mut state = self.lock();
@@ -450,12 +469,10 @@ impl InstanceLimit {
             // waited for its permit: it waits again, under the new rules.
             if state.paused_until.is_some_and(|t| t > now) || !Arc::ptr_eq(&limiter, &state.limiter)
             {
-                if probe {
-                    state.probe_in_flight = false;
-                    state.probe_pending = true;
-                }
+                drop(state);
                 continue;
             }
+            role.armed = false;
             if !probe && (state.probe_in_flight || state.probe_pending) {
                 continue;
             }
@@ -1210,6 +1227,26 @@ mod tests {
             limit.stats().retries_refused,
             2000 - (allowed + later) as u64
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_cancelled_while_it_waits_for_its_permit_hands_the_role_on() {
+        let limit = Arc::new(InstanceLimit::new("i", rate(1.0, 1)));
+        limit
+            .acquire()
+            .await
+            .throttled(Some(Duration::from_millis(10)));
+        // The probe waits about a second for its permit; its task is cancelled.
+        let probe = {
+            let limit = limit.clone();
+            tokio::spawn(async move {
+                limit.acquire().await.succeeded();
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        probe.abort();
+        let next = tokio::time::timeout(Duration::from_secs(5), limit.acquire()).await;
+        assert!(next.is_ok(), "nobody may send after a cancelled probe");
     }
 
     #[tokio::test(start_paused = true)]
