@@ -708,11 +708,11 @@ fn print_summary(
         writeln!(
             io.stdout,
             "{} rotated, {} rolled back, {} quarantined, {} skipped, {} awaiting an operator",
-            summary.count("rotated"),
-            summary.count("rolled_back"),
-            summary.count("quarantined"),
-            summary.count("skipped"),
-            summary.count("awaiting_operator")
+            summary.count(crate::journal::CredentialState::Rotated),
+            summary.count(crate::journal::CredentialState::RolledBack),
+            summary.count(crate::journal::CredentialState::Quarantined),
+            summary.count(crate::journal::CredentialState::Skipped),
+            summary.count(crate::journal::CredentialState::AwaitingOperator)
         )?;
         for i in &summary.instances {
             writeln!(io.stdout, "  {}", instance_line(i))?;
@@ -728,7 +728,7 @@ fn print_summary(
     let waiting: Vec<&str> = summary
         .results
         .iter()
-        .filter(|r| r.outcome.state() == "awaiting_operator")
+        .filter(|r| r.outcome.state() == crate::journal::CredentialState::AwaitingOperator)
         .map(|r| r.id.as_str())
         .collect();
     for id in &waiting {
@@ -937,7 +937,10 @@ pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStat
     let status = print_summary(&summary, args.format, io)?;
     // For a rollback, "rolled back" is success.
     Ok(
-        if summary.count("skipped") + summary.count("quarantined") == 0 {
+        if summary.count(crate::journal::CredentialState::Skipped)
+            + summary.count(crate::journal::CredentialState::Quarantined)
+            == 0
+        {
             ExitStatus::Success
         } else {
             status
@@ -985,7 +988,7 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
     )?;
     for s in &states {
         writeln!(io.stdout, "  {:<24} {}", s.credential, s.state)?;
-        if s.state == "quarantined"
+        if s.state == crate::journal::CredentialState::Quarantined
             && let (Some(reason), Some(action)) = (
                 s.detail.get("reason").and_then(|v| v.as_str()),
                 s.detail.get("action").and_then(|v| v.as_str()),
@@ -993,7 +996,7 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
         {
             writeln!(io.stdout, "      why: {reason}\n      to do: {action}")?;
         }
-        if s.state == "awaiting_operator"
+        if s.state == crate::journal::CredentialState::AwaitingOperator
             && let Some(instructions) = s.detail.get("instructions").and_then(|v| v.as_str())
         {
             writeln!(
@@ -1180,7 +1183,7 @@ fn resume_operator(
     let waiting: Vec<String> = journal
         .states(run)?
         .into_iter()
-        .filter(|s| s.state == "awaiting_operator")
+        .filter(|s| s.state == crate::journal::CredentialState::AwaitingOperator)
         .map(|s| s.credential)
         .collect();
     let target = match &args.credential {

@@ -11,7 +11,9 @@ pub mod durable;
 pub mod limits;
 mod rotate;
 
-use crate::journal::{Journal, JournalError, NewRun, RunStatus};
+pub use rotate::step::{Checkpoint, PlannedStep, Step};
+
+use crate::journal::{CredentialState, Journal, JournalError, NewRun, RunStatus};
 use crate::playbook::{Mode, Playbook};
 use crate::provider::Provider;
 use crate::store::SecretStore;
@@ -41,13 +43,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn state(&self) -> &'static str {
+    pub fn state(&self) -> CredentialState {
         match self {
-            Outcome::Rotated { .. } => "rotated",
-            Outcome::RolledBack { .. } => "rolled_back",
-            Outcome::Quarantined { .. } => "quarantined",
-            Outcome::Skipped { .. } => "skipped",
-            Outcome::AwaitingOperator { .. } => "awaiting_operator",
+            Outcome::Rotated { .. } => CredentialState::Rotated,
+            Outcome::RolledBack { .. } => CredentialState::RolledBack,
+            Outcome::Quarantined { .. } => CredentialState::Quarantined,
+            Outcome::Skipped { .. } => CredentialState::Skipped,
+            Outcome::AwaitingOperator { .. } => CredentialState::AwaitingOperator,
         }
     }
 }
@@ -71,7 +73,7 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    pub fn count(&self, state: &str) -> usize {
+    pub fn count(&self, state: CredentialState) -> usize {
         self.results
             .iter()
             .filter(|r| r.outcome.state() == state)
@@ -80,12 +82,13 @@ impl RunSummary {
     pub fn status(&self) -> RunStatus {
         if self.interrupted {
             RunStatus::Interrupted
-        } else if self.count("quarantined") > 0 {
+        } else if self.count(CredentialState::Quarantined) > 0 {
             RunStatus::Quarantined
-        } else if self.count("awaiting_operator") > 0 {
+        } else if self.count(CredentialState::AwaitingOperator) > 0 {
             // Unfinished: `rekey resume` picks it up once an operator can answer.
             RunStatus::Interrupted
-        } else if self.count("rolled_back") + self.count("skipped") > 0 {
+        } else if self.count(CredentialState::RolledBack) + self.count(CredentialState::Skipped) > 0
+        {
             RunStatus::Failed
         } else {
             RunStatus::Succeeded
@@ -422,18 +425,21 @@ impl Engine {
                 else {
                     continue;
                 };
-                // The old key id was recorded in the intermediate states of the run.
-                let detail = self
+                // The old key id was recorded by the step that retired it.
+                let old_key_id = self
                     .journal
                     .lock()
                     .map_err(poisoned)?
                     .intents(run_id, &credential.id)?
                     .iter()
-                    .find(|i| i.step == "deactivate" || i.step == "revoke")
-                    .map(|i| serde_json::json!({ "old_key_id": i.detail.get("key_id") }))
-                    .unwrap_or_default();
+                    .find(|i| i.step.parse::<Step>().is_ok_and(Step::retires))
+                    .and_then(|i| i.detail.get("key_id")?.as_str().map(str::to_owned));
+                let checkpoint = Checkpoint {
+                    old_key_id,
+                    ..Checkpoint::default()
+                };
                 let outcome =
-                    rotate::roll_back(self, &rollback_run, index, version, &detail).await?;
+                    rotate::roll_back(self, &rollback_run, index, version, &checkpoint).await?;
                 self.record_final(&rollback_run, &credential.id, &outcome)
                     .await?;
                 results.push(CredentialResult {
@@ -448,9 +454,9 @@ impl Engine {
             interrupted: false,
             instances: self.limit_stats(),
         };
-        let status = if summary.count("quarantined") > 0 {
+        let status = if summary.count(CredentialState::Quarantined) > 0 {
             RunStatus::Quarantined
-        } else if summary.count("skipped") > 0 {
+        } else if summary.count(CredentialState::Skipped) > 0 {
             RunStatus::Failed
         } else {
             RunStatus::Succeeded
