@@ -11,12 +11,15 @@
 //! rate × active time`. The time spent paused only refills the bucket up to its
 //! burst; it is not the provider's rate, which is why a whole-second Retry-After
 //! (a 25 ms wait rounded up to 1 s) does not make rekey believe the provider is
-//! slow. rekey fits rate and burst to the latest segments (least squares) and:
+//! slow. A refused segment is weighed once the probe after the pause gets through
+//! (a refused probe means a block, and the segment teaches nothing):
 //!
-//! - a refusal that the fit explains at the rate rekey sends (jitter: a request
-//!   that arrived early, another client of the same account) dips the rate by 1%
-//!   until the instance has been quiet for a while; it does not teach a lower limit;
-//! - a refusal that shows the provider admits less drops the rate to just under
+//! - a refusal that the segment alone, with the model's burst, explains at the rate
+//!   rekey sends (jitter: a request that arrived early, another client of the same
+//!   account) dips the rate by 1% until the instance has been quiet for 10 s; it
+//!   does not teach a lower limit;
+//! - a refusal that shows the provider admits less: rekey fits rate and burst to
+//!   the latest such segments (least squares) and drops the rate to just under
 //!   the fitted one at once (at most 4x in one step), so an overstated `rate`
 //!   converges in a few refusals and stays there; after 30 s without a refusal
 //!   rekey tries 5% more (twice the step after each try that passes, half as often
