@@ -1,17 +1,15 @@
 //! Semantic validation: pure (no I/O), reports every problem at once, and builds the
 //! resolved `Playbook` only when there is none. Nothing downstream validates again.
 
-use super::diagnostic::{Diagnostic, did_you_mean};
-use super::model::{
-    DurationText, Mode, RawAdmin, RawCredential, RawPasswordPolicy, RawPlaybook, RawRate,
-};
-use super::rate::{DURATION_HELP, Rate};
-use super::yaml::{Node, Pos, escape};
+use super::model::{Mode, RawAdmin, RawCredential, RawPasswordPolicy, RawPlaybook};
 use super::{
     AdminSource, Credential, Defaults, Incident, PasswordPolicy, Playbook, ProviderInstance,
     RateOrigin, Sink, Vault, VaultAuth,
 };
-use crate::provider::catalog::{Catalog, Kind, Need, Setting};
+use crate::catalog::{Catalog, Kind, Need, Setting};
+use crate::doc::diagnostic::{Diagnostic, did_you_mean};
+use crate::doc::rate::{DURATION_HELP, DurationText, Rate, RawRate};
+use crate::doc::yaml::{Node, Pos, escape};
 use indexmap::IndexMap;
 use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;
@@ -75,6 +73,7 @@ impl Validated {
                 password: r.password,
                 settings: r.settings.unwrap_or(c.settings),
                 instructions: c.instructions,
+                keep: c.keep,
                 sinks: r.sinks,
             })
             .collect();
@@ -804,6 +803,7 @@ fn validate_providers(
                 concurrency,
                 latency: t.latency(),
                 requests: t.requests.clone(),
+                quota: t.quota,
             },
         );
     }
@@ -882,6 +882,7 @@ fn validate_credentials<'c>(
                         concurrency: t.default_concurrency,
                         latency: t.latency(),
                         requests: t.requests.clone(),
+                        quota: None,
                     });
                 (MANUAL, Kind::Manual)
             })
@@ -1054,6 +1055,27 @@ fn validate_credentials<'c>(
                         cx.at(&format!("{base}/depends_on/{j}")),
                     )
                     .help("remove it from its own depends_on"),
+                );
+            }
+        }
+        let kind = instance.map(|(_, k)| k).unwrap_or(Kind::Manual);
+        if !c.keep.is_empty() && kind != Kind::Dual {
+            cx.push(
+                Diagnostic::error(
+                    "`keep` names keys to leave alone, and only dual kinds (API keys, tokens) have several",
+                    cx.key_at(&format!("{base}/keep")),
+                )
+                .help("remove `keep`: a password changed in place has no other key to keep"),
+            );
+        }
+        for (j, key) in c.keep.iter().enumerate() {
+            if key.trim().is_empty() || c.keep[..j].contains(key) {
+                cx.push(
+                    Diagnostic::error(
+                        format!("`{key}` is empty or listed twice in keep"),
+                        cx.at(&format!("{base}/keep/{j}")),
+                    )
+                    .help("list each key id to keep once"),
                 );
             }
         }

@@ -5,7 +5,8 @@
 
 pub mod admin;
 pub mod aws_iam;
-pub mod catalog;
+/// `crate::catalog`, where the engine still imports `Kind` from.
+pub use crate::catalog;
 pub mod exec;
 pub mod http;
 pub mod ldap;
@@ -124,6 +125,18 @@ pub trait Provider: Send + Sync {
     /// the new value must be kept.
     fn replaces_old_on_create(&self) -> bool {
         false
+    }
+
+    /// Whether `create` reuses one of a fixed set of keys (two roles taking
+    /// turns) instead of adding one: no room has to be made for it.
+    fn reuses_keys(&self) -> bool {
+        false
+    }
+
+    /// Whether `list` can tell which keys an account holds (dual kinds). Without
+    /// it, a rotation cannot confirm that no old key is left: it ends quarantined.
+    fn lists_keys(&self) -> bool {
+        true
     }
 
     /// The provider's rate-limit headers on its latest answer, where it sends them.

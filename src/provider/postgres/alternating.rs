@@ -40,8 +40,8 @@
 use super::client::PgClient;
 use super::config::PgConfig;
 use super::{account, alter_password, check_role_can_login, role_missing, verify_database};
+use crate::catalog::Kind;
 use crate::provider::admin::Admin;
-use crate::provider::catalog::Kind;
 use crate::provider::{Issued, KeyInfo, Provider, ProviderError, Target};
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -295,6 +295,12 @@ impl PostgresAlternating {
 
 #[async_trait]
 impl Provider for PostgresAlternating {
+    /// Create changes the password of the role not in use: the two roles are
+    /// always there.
+    fn reuses_keys(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> Kind {
         Kind::Dual
     }
