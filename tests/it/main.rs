@@ -20,6 +20,8 @@ mod providers_aws;
 mod providers_hosts;
 mod providers_sql;
 mod providers_vault;
+mod rate_limits;
+mod rate_servers;
 mod security;
 mod services;
 mod sinks;
