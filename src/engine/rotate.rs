@@ -593,7 +593,7 @@ impl<'a> Ctx<'a> {
         let tag = format!("rekey:{}:{id}", self.run);
         let issued = match self
             .pstep("create", json!({ "tag": tag }), || {
-                provider.create(target, &tag)
+                provider.create_replacing(target, &tag, old_key.as_deref())
             })
             .await?
         {
