@@ -103,7 +103,8 @@ fn datadog_api_variants() -> BTreeSet<String> {
         }
         let old_id = stub.seed_key("dd-api", OLD, "agents");
         stub.with(|s| s.refuse_new = refuse);
-        let c = case("datadog_api_key", &stub, datadog_admin());
+        // Routine mode: the org's other keys stay (breach mode retires them all).
+        let c = case("datadog_api_key", &stub, datadog_admin()).routine();
         c.seed_vault(OLD, Some(&old_id));
         if refuse {
             expect(&c, (1, "rolled_back"), what);
@@ -188,8 +189,10 @@ fn twilio_variants() -> BTreeSet<String> {
             json!({ "password": TWILIO_AUTH_TOKEN })
         };
         stub.with(|s| s.refuse_new = refuse);
+        // Routine mode: the other keys (and a Main key used as admin) stay.
         let c = case("twilio_api_key", &stub, admin)
-            .settings(&format!("account_sid: {TWILIO_ACCOUNT}"));
+            .settings(&format!("account_sid: {TWILIO_ACCOUNT}"))
+            .routine();
         c.seed_vault(OLD, Some(&old_id));
         if refuse {
             expect(&c, (1, "rolled_back"), what);
@@ -276,7 +279,9 @@ fn github_variants() -> BTreeSet<String> {
         }
         let old_id = stub.seed_key("acme/infra", OLD_PUBLIC, "ci deploy key");
         stub.with(|s| s.disable_new = refuse);
-        let c = case("github_deploy_key", &stub, token_admin()).credential(credential);
+        let c = case("github_deploy_key", &stub, token_admin())
+            .credential(credential)
+            .routine();
         c.seed_vault(
             "-----BEGIN OPENSSH PRIVATE KEY-----\nold\n-----END OPENSSH PRIVATE KEY-----\n",
             Some(&old_id),
@@ -749,7 +754,10 @@ fn twilio_api_key_rotates_with_a_main_key_as_admin() {
         &stub,
         json!({ "username": main, "password": "main-key-secret-5" }),
     )
-    .settings(&format!("account_sid: {TWILIO_ACCOUNT}"));
+    .settings(&format!("account_sid: {TWILIO_ACCOUNT}"))
+    // Routine mode: breach mode retires every key the account held, the Main
+    // key included (see the limitation in providers/twilio_api_key.yaml).
+    .routine();
     c.seed_vault(OLD, Some(&old_id));
     let stderr = expect(&c, (0, "rotated"), "main key admin");
     assert!(!stub.exists(&old_id));
