@@ -1111,3 +1111,69 @@ fn rate_limit_headers_pace_the_instance_before_the_vendor_refuses() {
         );
     }
 }
+
+#[test]
+fn mistakes_in_the_new_definition_keys_are_reported_where_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"name: chained_keys
+summary: A definition with mistakes in lookup chains, read_old and auth entries.
+kind: dual
+implementation: http
+available: true
+default_rate: { per_second: 1 }
+default_concurrency: 1
+typical_latency: 100ms
+requests: { create: 1 }
+admin: required
+account: none
+http:
+  base_url: "https://api.example.com"
+  auth:
+    - { scheme: bearer, secret: admin.token, username_from: admin.user }
+  lookup:
+    - { method: GET, path: /me, expect: [200], items: "", bind: { me: /id } }
+    - { method: GET, path: "/users/{{ found.me | urlencode_segment }}/keys", expect: [200], items: "" }
+  read_old:
+    method: GET
+    path: "/keys/{{ old_key_id | urlencode_segment }}"
+    expect: [200]
+  list: { method: GET, path: /keys, expect: [200], items: "", key_id: /id, refused_when: { /enabled: "false" } }
+  create:
+    method: POST
+    path: /keys
+    body: { scopes: "{{ old.scopes or fail('no scopes') }}" }
+    expect: [201]
+    secret: /key
+    key_id: /id
+  verify:
+    method: GET
+    path: /me
+    auth:
+      - { scheme: form, name: secret, secret: new }
+    expect: [200]
+    refused: [401]
+  revoke: { method: DELETE, path: "/keys/{{ key_id | urlencode_segment }}", expect: [204] }
+"#;
+    std::fs::write(dir.path().join("chained_keys.yaml"), text).unwrap();
+    let out = crate::support::rekey()
+        .args(["--providers", dir.path().to_str().unwrap(), "providers"])
+        .run();
+    assert_ne!(out.code, 0);
+    let file = dir.path().join("chained_keys.yaml").display().to_string();
+    for expected in [
+        format!("{file}:15:"),
+        "`username_from` names a field of the admin credential for a `basic` auth".to_owned(),
+        format!("{file}:18:"),
+        "a lookup that binds nothing is useless".to_owned(),
+        format!("{file}:20:"),
+        "read_old binds nothing".to_owned(),
+        "`refused_when` does not apply to `list`".to_owned(),
+        "a `form` auth needs the call to send a `form`".to_owned(),
+    ] {
+        assert!(
+            out.stderr.contains(&expected),
+            "missing `{expected}` in:\n{}",
+            out.stderr
+        );
+    }
+}
