@@ -40,8 +40,8 @@
 use super::client::PgClient;
 use super::config::PgConfig;
 use super::{account, alter_password, check_role_can_login, role_missing, verify_database};
+use crate::catalog::Kind;
 use crate::provider::admin::Admin;
-use crate::provider::catalog::Kind;
 use crate::provider::{Issued, KeyInfo, Provider, ProviderError, Target};
 use crate::secret::Secret;
 use async_trait::async_trait;
