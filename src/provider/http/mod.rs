@@ -561,8 +561,8 @@ impl HttpProvider {
         Ok(())
     }
 
-    /// Reads the key `old` is about to be replaced by a new one (`read_old`),
-    /// binding `old.*` for the create call. Nothing is bound when the definition
+    /// Reads the key `old` that the new key replaces (`read_old`), binding
+    /// `old.*` for the create call. Nothing is bound when the definition
     /// has no `read_old`, rekey does not know the old key, or it is gone.
     async fn read_old(&self, cx: &mut Context, old: Option<&str>) -> Result<(), ProviderError> {
         let (Some(call), Some(old)) = (&self.def.http.read_old, old) else {
