@@ -670,7 +670,22 @@ fn validate_settings(
 ) -> IndexMap<String, serde_json::Value> {
     let mut out = IndexMap::new();
     for (key, value) in given {
-        if known.contains_key(key) {
+        if let Some(setting) = known.get(key) {
+            if !setting.one_of.is_empty() && !setting.one_of.contains(value) {
+                let allowed: Vec<String> = setting.one_of.iter().map(|v| v.to_string()).collect();
+                cx.push(
+                    Diagnostic::error(
+                        format!("`{type_name}` setting `{key}` cannot be {value}"),
+                        cx.at(&format!("{pointer}/{}", escape(key))),
+                    )
+                    .label("not an accepted value")
+                    .help(format!(
+                        "use one of {} ({})",
+                        allowed.join(", "),
+                        setting.description.trim_end_matches('.')
+                    )),
+                );
+            }
             out.insert(key.clone(), value.clone());
             continue;
         }
@@ -1504,8 +1519,10 @@ fn validate_sinks(cx: &mut Ctx, c: &RawCredential, base: &str, vault: &Vault) ->
                         .help("letters, digits and `_`, not starting with a digit or `GITHUB_`"),
                     );
                 }
+                // GitHub environment names may hold `/` (the sink encodes the name
+                // as one path segment); an empty one or a control character cannot be.
                 if let Some(e) = &raw.environment
-                    && (e.trim().is_empty() || e.contains('/'))
+                    && (e.trim().is_empty() || e.chars().any(char::is_control))
                 {
                     ok = false;
                     cx.push(

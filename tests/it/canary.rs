@@ -303,7 +303,40 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
             "killed mid-rotation (SIGKILL), then resumed",
             killed_then_resumed,
         ),
+        (
+            "HTTP provider sending the new secret in a form field (Okta client_secret_post)",
+            http_secret_in_a_form_field,
+        ),
     ]
+}
+
+fn http_secret_in_a_form_field(lab: &mut Lab) {
+    use crate::http_stubs::{ADMIN_TOKEN, Api, Stub};
+    let stub = Stub::start(Api::Okta);
+    stub.with(|s| {
+        s.okta_auth_method
+            .insert("0oaCANARY".into(), "client_secret_post".into());
+    });
+    let old = "CANARYoktaoldsecret6";
+    let old_id = stub.seed_key("0oaCANARY", old, "console");
+    lab.canaries.push(ADMIN_TOKEN.into());
+    lab.seed("http/okta", json!({ "value": old, "key_id": old_id }));
+    let pb = lab.playbook(
+        "http",
+        "breach",
+        &format!("  okta: {{ type: okta_client_secret, admin: {{ env: OKTA_ADMIN }}, settings: {{ domain: example.okta.com, base_url: \"{}\" }} }}", stub.url),
+        "  - { id: okta, provider: okta, vault_path: PREFIX/http/okta, settings: { app_id: 0oaCANARY, scope: s, token_auth: client_secret_post } }\n",
+    );
+    let journal = journal_of(lab);
+    let admin = json!({ "token": ADMIN_TOKEN }).to_string();
+    let (code, out, err) = lab.rekey(
+        &["run", &pb, "--journal", &journal, "--format", "json"],
+        &[("OKTA_ADMIN", &admin)],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let new = stub.keys("0oaCANARY");
+    assert_eq!(new.len(), 1, "{new:?}");
+    lab.canaries.push(new[0].secret.clone());
 }
 
 fn journal_of(lab: &Lab) -> String {

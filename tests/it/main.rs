@@ -5,9 +5,11 @@
 mod audit;
 mod canary;
 mod cli_plan;
+mod contract;
 mod engine;
 mod exec;
 mod hostile;
+mod http_contracts;
 mod http_providers;
 mod http_stubs;
 mod infra_common;
