@@ -187,15 +187,18 @@ impl<'a> Ctx<'a> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Failure> + RetryHint,
     {
-        self.limited_step(step, detail, None, call).await
+        self.limited_step(step, detail, None, |_| Value::Null, call)
+            .await
     }
 
-    /// [`Ctx::step`], with transient retries drawn from `limit`'s retry budget.
+    /// [`Ctx::step`], with transient retries drawn from `limit`'s retry budget, and
+    /// `describe`'s account of a result (an object) added to the outcome record.
     async fn limited_step<T, F, Fut, E>(
         &self,
         step: Step,
         detail: Value,
         limit: Option<&InstanceLimit>,
+        describe: impl Fn(&T) -> Value,
         mut call: F,
     ) -> Result<Result<T, Failure>, EngineError>
     where
@@ -261,13 +264,14 @@ impl<'a> Ctx<'a> {
                 message: f.message.clone(),
             },
         };
-        self.engine.journal(|j| {
-            j.outcome(
-                intent,
-                recorded,
-                &json!({ "attempts": attempt, "rate_limited": rate_limited }),
-            )
-        })?;
+        let mut outcome = json!({ "attempts": attempt, "rate_limited": rate_limited });
+        if let (Ok(v), Some(o)) = (&result, outcome.as_object_mut())
+            && let Value::Object(found) = describe(v)
+        {
+            o.extend(found);
+        }
+        self.engine
+            .journal(|j| j.outcome(intent, recorded, &outcome))?;
         Ok(result)
     }
 
@@ -277,6 +281,23 @@ impl<'a> Ctx<'a> {
         &self,
         step: Step,
         detail: Value,
+        call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        self.pstep_described(step, detail, |_| Value::Null, call)
+            .await
+    }
+
+    /// [`Ctx::pstep`], with `describe`'s account of the result (a JSON object: what
+    /// the step found or did) in its outcome record, for the journal and the trail.
+    pub(super) async fn pstep_described<T, F, Fut>(
+        &self,
+        step: Step,
+        detail: Value,
+        describe: impl Fn(&T) -> Value,
         mut call: F,
     ) -> Result<Result<T, Failure>, EngineError>
     where
@@ -286,7 +307,7 @@ impl<'a> Ctx<'a> {
         let limit = self.engine.limits.get(&self.credential.provider).cloned();
         let shared = limit.clone();
         let provider = self.provider.clone();
-        self.limited_step(step, detail, limit.as_deref(), move || {
+        self.limited_step(step, detail, limit.as_deref(), describe, move || {
             let request = call();
             let limit = shared.clone();
             let provider = provider.clone();

@@ -304,6 +304,7 @@ impl Ctx<'_> {
                 });
             }
         }
+        let sessions = self.end_old_sessions(&Vec::from_iter(old_key)).await?;
         self.clear_staging().await?;
         self.state(
             CredentialState::Retired,
@@ -313,10 +314,10 @@ impl Ctx<'_> {
                 ..Checkpoint::default()
             },
         )?;
-        Ok(Outcome::Rotated {
+        Ok(sessions.apply(Outcome::Rotated {
             key_id: Some(new_key.to_owned()),
             version,
-        })
+        }))
     }
 
     /// Before promotion nothing visible changed: revoking the new key and clearing
