@@ -1450,3 +1450,574 @@ fn redis_run_killed_mid_rotation_is_finished_by_resume() {
         );
     }
 }
+
+// ---------------------------------------------------------------- Sessions (breach mode)
+//
+// A session opened with the old password before the run (the attacker's) is held
+// by the server's own client; afterwards it is checked from outside with the
+// server's own view (pg_stat_activity, SHOW PROCESSLIST, CLIENT LIST), and the
+// passwords with the server's own client (psql, mariadb, redis-cli).
+
+impl KillOnDrop {
+    /// Whether the held client process has ended.
+    fn exited(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_some()
+    }
+}
+
+/// Waits (up to 15 s) until `ready` holds.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The audit trail's outcome records of `step` (beside the journal).
+fn trail_outcomes(w: &World, step: &str) -> Vec<Value> {
+    std::fs::read_to_string(w.dir.path().join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["event"] == "outcome" && l["action"] == step)
+        .collect()
+}
+
+/// Everything the run left that could hold a password: its output, the journal
+/// and the audit trail, for the leak scanner.
+fn run_places(w: &World, output: &str) -> Vec<(String, Vec<u8>)> {
+    let mut places = vec![("output".to_owned(), output.as_bytes().to_vec())];
+    for entry in std::fs::read_dir(w.dir.path()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") && !name.ends_with(".key") {
+            places.push((name, std::fs::read(entry.path()).unwrap()));
+        }
+    }
+    places
+}
+
+/// The result detail of `credential`'s quarantine in a run summary.
+fn quarantine(summary: &Value, id: &str) -> (String, String) {
+    let r = summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap();
+    assert_eq!(r["outcome"], "quarantined", "{summary}");
+    (
+        r["reason"].as_str().unwrap().to_owned(),
+        r["action"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// PostgreSQL's own client as `role` with `password`, running `sql`.
+fn psql(w: &World, role: &str, password: &str, sql: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("psql");
+    c.arg(format!(
+        "host={} port={} user={role} dbname=postgres connect_timeout=5",
+        w.env["REKEY_PG_HOST"], w.env["REKEY_PG_PORT"]
+    ))
+    .args(["-X", "-q", "-t", "-A", "-c", sql])
+    .env("PGPASSWORD", password)
+    .stdin(std::process::Stdio::null());
+    c
+}
+
+/// Whether psql logs in as `role` with `password`.
+fn psql_login(w: &World, role: &str, password: &str) -> bool {
+    let out = psql(w, role, password, "SELECT current_user")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    if out.status.success() {
+        assert_eq!(stdout.trim(), role);
+        return true;
+    }
+    assert!(
+        stderr.contains("password authentication failed"),
+        "psql failed for another reason: {stderr}"
+    );
+    false
+}
+
+/// The role's backends, as PostgreSQL shows them.
+fn pg_backends(w: &World, role: &str) -> i64 {
+    block(async {
+        pg_admin_session(w)
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+}
+
+/// A psql session logged in as `role`, held open by a long query.
+fn psql_session(w: &World, role: &str, password: &str) -> KillOnDrop {
+    let before = pg_backends(w, role);
+    let held = KillOnDrop(
+        psql(w, role, password, "SELECT pg_sleep(600)")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the psql session is open", || pg_backends(w, role) > before);
+    held
+}
+
+#[test]
+fn postgres_breach_run_ends_the_sessions_opened_with_the_old_password() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_ses", "db");
+    let mut attacker = psql_session(&w, &role, &old);
+    assert_eq!(pg_backends(&w, &role), 1);
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        "",
+        &format!("  - {{ id: db, provider: pg, account: {role}, vault_path: PREFIX/db }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated", "{output}");
+    assert_eq!(
+        pg_backends(&w, &role),
+        0,
+        "pg_stat_activity shows no session"
+    );
+    wait_until("psql notices its session ended", || attacker.exited());
+    let new = w.vault_value("db");
+    assert!(!psql_login(&w, &role, &old), "the old password is refused");
+    assert!(psql_login(&w, &role, &new), "Vault's password logs in");
+    // The journal and the audit trail record how many were ended.
+    let ended = trail_outcomes(&w, "end_sessions");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["outcome"], "ok");
+    assert_eq!(ended[0]["detail"]["ended"], 1, "{}", ended[0]);
+    let leaks = crate::canary::leaks(&[old, new], &run_places(&w, &output));
+    assert!(leaks.is_empty(), "passwords leaked:\n{}", leaks.join("\n"));
+}
+
+#[test]
+fn postgres_end_sessions_false_leaves_the_session_open_and_the_run_says_so() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_keep", "db");
+    let mut attacker = psql_session(&w, &role, &old);
+    let e = &w.env;
+    let extra = format!(
+        "  pg_keep: {{ type: postgres, admin: {{ env: REKEY_IT_PG_ADMIN }}, settings: {{ host: \"{}\", port: {}, sslmode: disable, end_sessions: false }} }}\n",
+        e["REKEY_PG_HOST"], e["REKEY_PG_PORT"]
+    );
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &extra,
+        &format!("  - {{ id: db, provider: pg_keep, account: {role}, vault_path: PREFIX/db }}\n"),
+    );
+    let plan = w.command(&["plan", pb.to_str().unwrap()]);
+    assert!(
+        plan.stdout.contains("promote > clear_staging") && !plan.stdout.contains("end_sessions"),
+        "{}",
+        plan.stdout
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated");
+    assert_eq!(pg_backends(&w, &role), 1, "the session is still open");
+    assert!(!attacker.exited());
+    let warning = output
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("credential=db"))
+        .unwrap_or_else(|| panic!("no warning naming the credential: {output}"));
+    assert!(
+        warning.contains("end_sessions: false")
+            && warning.contains(&format!(
+                "pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename IN ('{role}')"
+            )),
+        "{warning}"
+    );
+    let skipped = trail_outcomes(&w, "end_sessions");
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(
+        skipped[0]["detail"]["skipped"].is_string(),
+        "{}",
+        skipped[0]
+    );
+}
+
+#[test]
+fn postgres_routine_run_leaves_sessions_alone() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_rout", "db");
+    let mut session = psql_session(&w, &role, &old);
+    let pb = w.playbook(
+        "p.yaml",
+        "routine",
+        "",
+        &format!("  - {{ id: db, provider: pg, account: {role}, vault_path: PREFIX/db }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated");
+    assert_eq!(pg_backends(&w, &role), 1);
+    assert!(!session.exited());
+    assert!(trail_outcomes(&w, "end_sessions").is_empty());
+    assert!(!output.contains("WARN"), "{output}");
+}
+
+/// An admin role that may change passwords (CREATEROLE) but not end other roles'
+/// sessions (no superuser, no pg_signal_backend): `plan --live` says so, and the
+/// run promotes the new password but quarantines the credential with the
+/// statement to run, never "rotated".
+#[test]
+fn postgres_breach_run_quarantines_when_the_admin_may_not_end_sessions() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_nosig", "db");
+    let admin = w.name("rk_weak_admin");
+    let admin_pw = random_hex(12);
+    pg_admin(
+        &w,
+        &format!("CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{admin_pw}'"),
+    );
+    let _attacker = psql_session(&w, &role, &old);
+    let e = &w.env;
+    let extra = format!(
+        "  pg_weak: {{ type: postgres, admin: {{ env: REKEY_IT_WEAK_ADMIN }}, settings: {{ host: \"{}\", port: {}, sslmode: disable }} }}\n",
+        e["REKEY_PG_HOST"], e["REKEY_PG_PORT"]
+    );
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &extra,
+        &format!("  - {{ id: db, provider: pg_weak, account: {role}, vault_path: PREFIX/db }}\n"),
+    );
+    let weak = json!({ "username": admin, "password": admin_pw }).to_string();
+    let plan = rekey()
+        .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+        .env("REKEY_IT_WEAK_ADMIN", &weak)
+        .env("REKEY_IT_PG_ADMIN", "{}")
+        .env("REKEY_IT_MY_ADMIN", "{}")
+        .args(["plan", pb.to_str().unwrap(), "--live"])
+        .run();
+    assert_eq!(plan.code, 1, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout
+            .contains("promote > end_sessions > clear_staging"),
+        "{}",
+        plan.stdout
+    );
+    let line = preflight_line(&plan.stdout, "db");
+    assert!(line.starts_with("ok"), "the provider check passes: {line}");
+    let sessions = plan
+        .stdout
+        .lines()
+        .find(|l| l.contains(" db sessions"))
+        .unwrap_or_else(|| panic!("no sessions check: {}", plan.stdout));
+    assert!(
+        sessions.trim().starts_with("FAIL") && sessions.contains("pg_signal_backend"),
+        "{sessions}"
+    );
+    let out = rekey()
+        .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+        .env("REKEY_IT_WEAK_ADMIN", &weak)
+        .args([
+            "run",
+            pb.to_str().unwrap(),
+            "--journal",
+            w.journal().to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .run();
+    pg_admin(&w, &format!("DROP ROLE {admin}"));
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let summary: Value = serde_json::from_str(&out.stdout).unwrap();
+    let (reason, action) = quarantine(&summary, "db");
+    assert!(
+        reason.contains("could not be ended") && reason.contains("pg_signal_backend"),
+        "{reason}"
+    );
+    assert!(
+        action.contains(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename IN ('{role}')"
+        )),
+        "{action}"
+    );
+    assert_eq!(pg_backends(&w, &role), 1, "the session is still there");
+    // The password itself was changed and promoted: only the sessions are left.
+    let new = w.vault_value("db");
+    assert!(psql_login(&w, &role, &new) && !psql_login(&w, &role, &old));
+    let failed = trail_outcomes(&w, "end_sessions");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["outcome"], "failed");
+}
+
+#[test]
+fn postgres_alternating_breach_run_ends_the_retired_role_s_sessions_only() {
+    let w = World::new();
+    let ((blue, blue_pw), (green, green_pw)) = pga_pair(&w, "rk_altses", "db");
+    let mut attacker = psql_session(&w, &blue, &blue_pw);
+    let mut other = psql_session(&w, &green, &green_pw);
+    let pb = pga_playbook(&w, "p.yaml", "breach", "", (&blue, &green), "");
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated", "{output}");
+    // blue was retired: its session is gone. green (the role now in use) got a
+    // new password, and its session, whatever opened it, is not rekey's to end.
+    assert_eq!(pg_backends(&w, &blue), 0);
+    wait_until("psql notices its session ended", || attacker.exited());
+    assert_eq!(pg_backends(&w, &green), 1);
+    assert!(!other.exited());
+    assert!(!psql_login(&w, &blue, &blue_pw));
+    let ended = trail_outcomes(&w, "end_sessions");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["detail"]["ended"], 1, "{}", ended[0]);
+}
+
+/// MariaDB's own client as `user` with `password` (TCP, as consumers connect).
+fn mariadb(w: &World, user: &str, password: &str, sql: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("mariadb");
+    c.args([
+        "--protocol=TCP",
+        "-h",
+        &w.env["REKEY_MYSQL_HOST"],
+        "-P",
+        &w.env["REKEY_MYSQL_PORT"],
+        "-u",
+        user,
+        "--connect-timeout=5",
+        "-N",
+        "-B",
+        "-e",
+        sql,
+    ])
+    .env("MYSQL_PWD", password)
+    .stdin(std::process::Stdio::null());
+    c
+}
+
+/// Whether the mariadb client logs in as `user` with `password`.
+fn mariadb_login(w: &World, user: &str, password: &str) -> bool {
+    let out = mariadb(w, user, password, "SELECT CURRENT_USER()")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    if out.status.success() {
+        assert!(stdout.trim().starts_with(&format!("{user}@")), "{stdout}");
+        return true;
+    }
+    assert!(stderr.contains("Access denied"), "mariadb failed: {stderr}");
+    false
+}
+
+/// The user's connections, as SHOW PROCESSLIST shows them to the admin.
+fn my_processes(w: &World, user: &str) -> usize {
+    use mysql_async::prelude::Queryable;
+    block(async {
+        let mut c = mysql_async::Conn::new(my_opts(
+            w,
+            &w.env["REKEY_MYSQL_ADMIN_USER"],
+            &w.env["REKEY_MYSQL_ADMIN_PASSWORD"],
+        ))
+        .await
+        .unwrap();
+        let rows: Vec<mysql_async::Row> = c.query("SHOW PROCESSLIST").await.unwrap();
+        c.disconnect().await.unwrap();
+        rows.iter()
+            .filter(|r| r.get::<Option<String>, _>("User").flatten().as_deref() == Some(user))
+            .count()
+    })
+}
+
+#[test]
+fn mysql_breach_run_kills_the_connections_opened_with_the_old_password() {
+    let w = World::new();
+    let (user, old) = my_user(&w, "rk_ses", "db");
+    let held = |w: &World| {
+        let before = my_processes(w, &user);
+        let child = KillOnDrop(
+            mariadb(w, &user, &old, "SELECT SLEEP(600)")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_until("the mariadb session is open", || {
+            my_processes(w, &user) > before
+        });
+        child
+    };
+    let (mut first, mut second) = (held(&w), held(&w));
+    assert_eq!(my_processes(&w, &user), 2);
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        "",
+        &format!("  - {{ id: db, provider: my, account: {user}, vault_path: PREFIX/db }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated", "{output}");
+    assert_eq!(my_processes(&w, &user), 0, "SHOW PROCESSLIST shows none");
+    wait_until("the mariadb clients notice", || {
+        first.exited() && second.exited()
+    });
+    let new = w.vault_value("db");
+    assert!(
+        !mariadb_login(&w, &user, &old),
+        "the old password is refused"
+    );
+    assert!(mariadb_login(&w, &user, &new), "Vault's password logs in");
+    let ended = trail_outcomes(&w, "end_sessions");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["detail"]["ended"], 2, "{}", ended[0]);
+    let leaks = crate::canary::leaks(&[old, new], &run_places(&w, &output));
+    assert!(leaks.is_empty(), "passwords leaked:\n{}", leaks.join("\n"));
+}
+
+/// redis-cli (Redis's own client) as `user`, password from the environment.
+/// redis-cli falls back to `default` when AUTH fails and still exits 0: what it
+/// prints tells, not its exit code.
+fn redis_cli(w: &World, user: &str, password: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("redis-cli");
+    c.args([
+        "-h",
+        &w.env["REKEY_REDIS_HOST"],
+        "-p",
+        &w.env["REKEY_REDIS_PORT"],
+        "--user",
+        user,
+    ])
+    .args(args)
+    .env("REDISCLI_AUTH", password)
+    .stdin(std::process::Stdio::null());
+    c
+}
+
+/// Whether redis-cli is logged in as `user` with `password` (ACL WHOAMI).
+fn redis_cli_login(w: &World, user: &str, password: &str) -> bool {
+    let out = redis_cli(w, user, password, &["ACL", "WHOAMI"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == user
+}
+
+/// The user's connections, as CLIENT LIST shows them.
+fn rd_clients(w: &World, user: &str) -> usize {
+    let redis::Value::BulkString(list) = rd(w, &["CLIENT", "LIST"]) else {
+        panic!("CLIENT LIST")
+    };
+    String::from_utf8_lossy(&list)
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == format!("user={user}")))
+        .count()
+}
+
+/// A redis-cli connection as `user`, held open by a blocking pop.
+fn redis_cli_session(w: &World, user: &str, password: &str) -> KillOnDrop {
+    let before = rd_clients(w, user);
+    let held = KillOnDrop(
+        redis_cli(
+            w,
+            user,
+            password,
+            &["BLPOP", &format!("rekey-it:{user}"), "600"],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    wait_until("the redis-cli connection is open", || {
+        rd_clients(w, user) > before
+    });
+    held
+}
+
+#[test]
+fn redis_breach_run_kills_the_connections_opened_with_the_old_password() {
+    let w = World::new();
+    let (user, old) = rd_user(&w, "rk_ses", "cache", "on");
+    let mut attacker = redis_cli_session(&w, &user, &old);
+    assert_eq!(rd_clients(&w, &user), 1);
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        "",
+        &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "cache"), "rotated", "{output}");
+    assert_eq!(rd_clients(&w, &user), 0, "CLIENT LIST shows none");
+    wait_until("redis-cli notices", || attacker.exited());
+    let new = w.vault_value("cache");
+    assert!(
+        !redis_cli_login(&w, &user, &old),
+        "the old password is refused"
+    );
+    assert!(redis_cli_login(&w, &user, &new), "Vault's password logs in");
+    let ended = trail_outcomes(&w, "end_sessions");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["detail"]["ended"], 1, "{}", ended[0]);
+    let leaks = crate::canary::leaks(&[old, new], &run_places(&w, &output));
+    assert!(leaks.is_empty(), "passwords leaked:\n{}", leaks.join("\n"));
+}
+
+/// The first day rekey is used is usually a breach day: the user holds the
+/// password the attacker knows and a stray one, Vault holds the first by hand
+/// with no `key_id`. After the run only the new password works, and the
+/// attacker's connection is gone.
+#[test]
+fn redis_first_adoption_during_a_breach_leaves_only_the_new_password() {
+    let w = World::new();
+    let user = w.name("rk_adopt");
+    let (known, stray) = (random_hex(16), random_hex(16));
+    rd(
+        &w,
+        &[
+            "ACL",
+            "SETUSER",
+            &user,
+            "on",
+            &format!(">{known}"),
+            &format!(">{stray}"),
+            "~*",
+            "+@all",
+        ],
+    );
+    w.vault_put("cache", json!({ "value": known }));
+    let mut attacker = redis_cli_session(&w, &user, &stray);
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        "",
+        &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "cache"), "rotated", "{output}");
+    let new = w.vault_value("cache");
+    assert_eq!(rd_passwords(&w, &user), vec![sha256_hex(&new)], "{output}");
+    for old in [&known, &stray] {
+        assert!(
+            !redis_cli_login(&w, &user, old),
+            "an old password still works"
+        );
+    }
+    assert!(redis_cli_login(&w, &user, &new));
+    assert_eq!(rd_clients(&w, &user), 0);
+    wait_until("redis-cli notices", || attacker.exited());
+}
