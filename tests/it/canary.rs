@@ -8,7 +8,7 @@
 //! Scenarios are a list: a provider or sink added later adds one entry to
 //! `scenarios()` (its playbook lines, what to seed, which commands to run).
 
-use crate::support::rekey;
+use crate::support::{KillOnDrop, rekey};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -477,26 +477,17 @@ fn client(program: &str, args: &[&str], env: (&str, &str)) -> String {
 }
 
 /// Starts a server's own client holding a session open; killed when dropped.
-struct Held(std::process::Child);
-impl Held {
-    fn start(program: &str, args: &[&str], env: (&str, &str)) -> Held {
-        Held(
-            std::process::Command::new(program)
-                .args(args)
-                .env(env.0, env.1)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn hold(program: &str, args: &[&str], env: (&str, &str)) -> KillOnDrop {
+    KillOnDrop(
+        std::process::Command::new(program)
+            .args(args)
+            .env(env.0, env.1)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// A PostgreSQL role, a MariaDB user and a Redis user with canary passwords, each
@@ -569,21 +560,17 @@ fn database_sessions_ended(lab: &mut Lab) {
         "sessions/rd",
         json!({ "value": rd_old, "key_id": &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&rd_old))[..16] }),
     );
-    let mut held = vec![Held::start(
+    let mut held = vec![hold(
         "psql",
         &[&pg(&name), "-c", "SELECT pg_sleep(600)"],
         ("PGPASSWORD", &pg_old),
     )];
     let mut args = my(&name);
     args.push("SELECT SLEEP(600)".into());
-    held.push(Held::start("mariadb", &strs(&args), ("MYSQL_PWD", &my_old)));
+    held.push(hold("mariadb", &strs(&args), ("MYSQL_PWD", &my_old)));
     let mut args = rd.clone();
     args.extend(["--user", &name, "BLPOP", &format!("canary:{name}"), "600"].map(str::to_owned));
-    held.push(Held::start(
-        "redis-cli",
-        &strs(&args),
-        ("REDISCLI_AUTH", &rd_old),
-    ));
+    held.push(hold("redis-cli", &strs(&args), ("REDISCLI_AUTH", &rd_old)));
     // Each server shows its session before the run starts.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let mut args = my(&e["REKEY_MYSQL_ADMIN_USER"]);
@@ -651,7 +638,7 @@ fn database_sessions_ended(lab: &mut Lab) {
     assert_eq!(ended, 3, "one session ended per credential: {err}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     for h in &mut held {
-        while h.0.try_wait().unwrap().is_none() {
+        while !h.exited() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "a session was not ended: {err}"

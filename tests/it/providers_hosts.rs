@@ -6,7 +6,7 @@
 //! entries and Vault prefix; SSH tests each lease one of the test accounts
 //! `scripts/services` made (a lock file each), so tests run in parallel.
 
-use crate::support::{Output, rekey};
+use crate::support::{KillOnDrop, Output, rekey};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -1148,15 +1148,6 @@ fn sshd_sessions(account: &str) -> usize {
         .count()
 }
 
-/// Kills a child process even when the test fails first.
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// An SSH login as `account` with `key` held open (`ssh -N`: no shell, which the
 /// test accounts do not have).
 fn ssh_session(env: &HashMap<String, String>, account: &str, key: &Path) -> KillOnDrop {
@@ -1194,7 +1185,7 @@ fn ssh_session(env: &HashMap<String, String>, account: &str, key: &Path) -> Kill
     let mut held = KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(15);
     while sshd_sessions(account) <= before {
-        assert!(held.0.try_wait().unwrap().is_none(), "ssh gave up");
+        assert!(!held.exited(), "ssh gave up");
         assert!(Instant::now() < deadline, "the ssh session never opened");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1220,7 +1211,7 @@ fn ssh_breach_run_ends_the_account_s_sessions_when_rekey_is_root() {
     if case.env["REKEY_SSH_ADMIN_USER"] == "root" {
         assert_eq!(sshd_sessions(&account), 0, "the login is gone");
         let deadline = Instant::now() + Duration::from_secs(15);
-        while attacker.0.try_wait().unwrap().is_none() {
+        while !attacker.exited() {
             assert!(Instant::now() < deadline, "ssh did not notice");
             std::thread::sleep(Duration::from_millis(50));
         }

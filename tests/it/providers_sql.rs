@@ -4,11 +4,12 @@
 //! `plan --live`, and a run killed mid-rotation and finished by `rekey resume`.
 //! Each test makes its own roles/users (random suffix) so tests run in parallel.
 
-use crate::support::rekey;
+use crate::support::{KillOnDrop, rekey};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use crate::support::services;
 
@@ -254,15 +255,6 @@ fn outcome(summary: &Value, id: &str) -> String {
         .find(|r| r["id"] == id)
         .map(|r| r["outcome"].as_str().unwrap().to_owned())
         .unwrap_or_default()
-}
-
-/// Kills a child process even when the test fails first.
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ---------------------------------------------------------------- PostgreSQL
@@ -1458,13 +1450,6 @@ fn redis_run_killed_mid_rotation_is_finished_by_resume() {
 // server's own view (pg_stat_activity, SHOW PROCESSLIST, CLIENT LIST), and the
 // passwords with the server's own client (psql, mariadb, redis-cli).
 
-impl KillOnDrop {
-    /// Whether the held client process has ended.
-    fn exited(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_some()
-    }
-}
-
 /// Waits (up to 15 s) until `ready` holds.
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -1472,6 +1457,59 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
         assert!(std::time::Instant::now() < deadline, "timed out: {what}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Starts `client` (a server's own client running a long command) and waits
+/// until `sessions` (the server's count of the account's sessions) shows it.
+fn hold_session(mut client: Command, sessions: impl Fn() -> usize) -> KillOnDrop {
+    let before = sessions();
+    let held = KillOnDrop(
+        client
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the client's session is open", || sessions() > before);
+    held
+}
+
+/// Runs `client` (a server's own client that logs in and prints who it is):
+/// `true` when it is logged in as `who`, `false` when the server refused the
+/// password (`refused` in what it printed); anything else fails the test.
+fn client_login(mut client: Command, who: &str, refused: &str) -> bool {
+    let out = client.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // psql prints the role, mariadb `user@host`.
+        assert_eq!(stdout.trim().split('@').next(), Some(who), "{stdout}");
+        return true;
+    }
+    assert!(
+        stderr.contains(refused),
+        "the client failed otherwise: {stderr}"
+    );
+    false
+}
+
+/// After a breach run: the audit trail recorded one `end_sessions` step that
+/// ended `count` sessions, and neither password reached the output, the journal
+/// or the trail.
+fn assert_ended_and_not_leaked(w: &World, output: &str, count: u64, passwords: [String; 2]) {
+    let ended = trail_outcomes(w, "end_sessions");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["outcome"], "ok", "{}", ended[0]);
+    assert_eq!(ended[0]["detail"]["ended"], count, "{}", ended[0]);
+    let mut places = vec![("output".to_owned(), output.as_bytes().to_vec())];
+    for entry in std::fs::read_dir(w.dir.path()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") && !name.ends_with(".key") {
+            places.push((name, std::fs::read(entry.path()).unwrap()));
+        }
+    }
+    let leaks = crate::canary::leaks(&passwords, &places);
+    assert!(leaks.is_empty(), "passwords leaked:\n{}", leaks.join("\n"));
 }
 
 /// The audit trail's outcome records of `step` (beside the journal).
@@ -1484,71 +1522,49 @@ fn trail_outcomes(w: &World, step: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Everything the run left that could hold a password: its output, the journal
-/// and the audit trail, for the leak scanner.
-fn run_places(w: &World, output: &str) -> Vec<(String, Vec<u8>)> {
-    let mut places = vec![("output".to_owned(), output.as_bytes().to_vec())];
-    for entry in std::fs::read_dir(w.dir.path()).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".yaml") && !name.ends_with(".key") {
-            places.push((name, std::fs::read(entry.path()).unwrap()));
-        }
-    }
-    places
-}
-
-/// The result detail of `credential`'s quarantine in a run summary.
-fn quarantine(summary: &Value, id: &str) -> (String, String) {
-    let r = summary["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == id)
-        .unwrap();
-    assert_eq!(r["outcome"], "quarantined", "{summary}");
-    (
-        r["reason"].as_str().unwrap().to_owned(),
-        r["action"].as_str().unwrap().to_owned(),
+/// A breach-mode playbook of one credential `id` (Vault path `PREFIX/id`).
+fn breach_playbook(w: &World, extra: &str, id: &str, provider: &str, account: &str) -> PathBuf {
+    w.playbook(
+        "p.yaml",
+        "breach",
+        extra,
+        &format!("  - {{ id: {id}, provider: {provider}, account: {account}, vault_path: PREFIX/{id} }}\n"),
     )
 }
 
+/// Runs a breach-mode playbook of one credential `id`, which must end rotated.
+fn breach_run(w: &World, playbook: &Path, id: &str) -> String {
+    let (code, summary, output) = w.run(playbook);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, id), "rotated", "{output}");
+    output
+}
+
 /// PostgreSQL's own client as `role` with `password`, running `sql`.
-fn psql(w: &World, role: &str, password: &str, sql: &str) -> std::process::Command {
-    let mut c = std::process::Command::new("psql");
+fn psql(w: &World, role: &str, password: &str, sql: &str) -> Command {
+    let mut c = Command::new("psql");
     c.arg(format!(
         "host={} port={} user={role} dbname=postgres connect_timeout=5",
         w.env["REKEY_PG_HOST"], w.env["REKEY_PG_PORT"]
     ))
     .args(["-X", "-q", "-t", "-A", "-c", sql])
     .env("PGPASSWORD", password)
-    .stdin(std::process::Stdio::null());
+    .stdin(Stdio::null());
     c
 }
 
-/// Whether psql logs in as `role` with `password`.
 fn psql_login(w: &World, role: &str, password: &str) -> bool {
-    let out = psql(w, role, password, "SELECT current_user")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    if out.status.success() {
-        assert_eq!(stdout.trim(), role);
-        return true;
-    }
-    assert!(
-        stderr.contains("password authentication failed"),
-        "psql failed for another reason: {stderr}"
-    );
-    false
+    client_login(
+        psql(w, role, password, "SELECT current_user"),
+        role,
+        "password authentication failed",
+    )
 }
 
 /// The role's backends, as PostgreSQL shows them.
-fn pg_backends(w: &World, role: &str) -> i64 {
+fn pg_backends(w: &World, role: &str) -> usize {
     block(async {
-        pg_admin_session(w)
+        let n: i64 = pg_admin_session(w)
             .await
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
@@ -1556,22 +1572,24 @@ fn pg_backends(w: &World, role: &str) -> i64 {
             )
             .await
             .unwrap()
-            .get(0)
+            .get(0);
+        n as usize
     })
 }
 
 /// A psql session logged in as `role`, held open by a long query.
 fn psql_session(w: &World, role: &str, password: &str) -> KillOnDrop {
-    let before = pg_backends(w, role);
-    let held = KillOnDrop(
-        psql(w, role, password, "SELECT pg_sleep(600)")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until("the psql session is open", || pg_backends(w, role) > before);
-    held
+    hold_session(psql(w, role, password, "SELECT pg_sleep(600)"), || {
+        pg_backends(w, role)
+    })
+}
+
+/// An instance `name` of `pg` with other admin variable and settings.
+fn pg_instance(w: &World, name: &str, admin_env: &str, settings: &str) -> String {
+    format!(
+        "  {name}: {{ type: postgres, admin: {{ env: {admin_env} }}, settings: {{ host: \"{}\", port: {}, sslmode: disable{settings} }} }}\n",
+        w.env["REKEY_PG_HOST"], w.env["REKEY_PG_PORT"]
+    )
 }
 
 #[test]
@@ -1580,15 +1598,7 @@ fn postgres_breach_run_ends_the_sessions_opened_with_the_old_password() {
     let (role, old) = pg_role(&w, "rk_ses", "db");
     let mut attacker = psql_session(&w, &role, &old);
     assert_eq!(pg_backends(&w, &role), 1);
-    let pb = w.playbook(
-        "p.yaml",
-        "breach",
-        "",
-        &format!("  - {{ id: db, provider: pg, account: {role}, vault_path: PREFIX/db }}\n"),
-    );
-    let (code, summary, output) = w.run(&pb);
-    assert_eq!(code, 0, "{output}");
-    assert_eq!(outcome(&summary, "db"), "rotated", "{output}");
+    let output = breach_run(&w, &breach_playbook(&w, "", "db", "pg", &role), "db");
     assert_eq!(
         pg_backends(&w, &role),
         0,
@@ -1598,13 +1608,7 @@ fn postgres_breach_run_ends_the_sessions_opened_with_the_old_password() {
     let new = w.vault_value("db");
     assert!(!psql_login(&w, &role, &old), "the old password is refused");
     assert!(psql_login(&w, &role, &new), "Vault's password logs in");
-    // The journal and the audit trail record how many were ended.
-    let ended = trail_outcomes(&w, "end_sessions");
-    assert_eq!(ended.len(), 1, "{ended:?}");
-    assert_eq!(ended[0]["outcome"], "ok");
-    assert_eq!(ended[0]["detail"]["ended"], 1, "{}", ended[0]);
-    let leaks = crate::canary::leaks(&[old, new], &run_places(&w, &output));
-    assert!(leaks.is_empty(), "passwords leaked:\n{}", leaks.join("\n"));
+    assert_ended_and_not_leaked(&w, &output, 1, [old, new]);
 }
 
 #[test]
@@ -1612,26 +1616,15 @@ fn postgres_end_sessions_false_leaves_the_session_open_and_the_run_says_so() {
     let w = World::new();
     let (role, old) = pg_role(&w, "rk_keep", "db");
     let mut attacker = psql_session(&w, &role, &old);
-    let e = &w.env;
-    let extra = format!(
-        "  pg_keep: {{ type: postgres, admin: {{ env: REKEY_IT_PG_ADMIN }}, settings: {{ host: \"{}\", port: {}, sslmode: disable, end_sessions: false }} }}\n",
-        e["REKEY_PG_HOST"], e["REKEY_PG_PORT"]
-    );
-    let pb = w.playbook(
-        "p.yaml",
-        "breach",
-        &extra,
-        &format!("  - {{ id: db, provider: pg_keep, account: {role}, vault_path: PREFIX/db }}\n"),
-    );
+    let extra = pg_instance(&w, "pg_keep", "REKEY_IT_PG_ADMIN", ", end_sessions: false");
+    let pb = breach_playbook(&w, &extra, "db", "pg_keep", &role);
     let plan = w.command(&["plan", pb.to_str().unwrap()]);
     assert!(
         plan.stdout.contains("promote > clear_staging") && !plan.stdout.contains("end_sessions"),
         "{}",
         plan.stdout
     );
-    let (code, summary, output) = w.run(&pb);
-    assert_eq!(code, 0, "{output}");
-    assert_eq!(outcome(&summary, "db"), "rotated");
+    let output = breach_run(&w, &pb, "db");
     assert_eq!(pg_backends(&w, &role), 1, "the session is still open");
     assert!(!attacker.exited());
     let warning = output
@@ -1689,25 +1682,20 @@ fn postgres_breach_run_quarantines_when_the_admin_may_not_end_sessions() {
         &format!("CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{admin_pw}'"),
     );
     let _attacker = psql_session(&w, &role, &old);
-    let e = &w.env;
-    let extra = format!(
-        "  pg_weak: {{ type: postgres, admin: {{ env: REKEY_IT_WEAK_ADMIN }}, settings: {{ host: \"{}\", port: {}, sslmode: disable }} }}\n",
-        e["REKEY_PG_HOST"], e["REKEY_PG_PORT"]
-    );
-    let pb = w.playbook(
-        "p.yaml",
-        "breach",
-        &extra,
-        &format!("  - {{ id: db, provider: pg_weak, account: {role}, vault_path: PREFIX/db }}\n"),
-    );
+    let extra = pg_instance(&w, "pg_weak", "REKEY_IT_WEAK_ADMIN", "");
+    let pb = breach_playbook(&w, &extra, "db", "pg_weak", &role);
     let weak = json!({ "username": admin, "password": admin_pw }).to_string();
-    let plan = rekey()
-        .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
-        .env("REKEY_IT_WEAK_ADMIN", &weak)
-        .env("REKEY_IT_PG_ADMIN", "{}")
-        .env("REKEY_IT_MY_ADMIN", "{}")
-        .args(["plan", pb.to_str().unwrap(), "--live"])
-        .run();
+    let e = &w.env;
+    let command = |args: &[&str]| {
+        rekey()
+            .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+            .env("REKEY_IT_WEAK_ADMIN", &weak)
+            .env("REKEY_IT_PG_ADMIN", "{}")
+            .env("REKEY_IT_MY_ADMIN", "{}")
+            .args(args)
+            .run()
+    };
+    let plan = command(&["plan", pb.to_str().unwrap(), "--live"]);
     assert_eq!(plan.code, 1, "{}\n{}", plan.stdout, plan.stderr);
     assert!(
         plan.stdout
@@ -1726,26 +1714,26 @@ fn postgres_breach_run_quarantines_when_the_admin_may_not_end_sessions() {
         sessions.trim().starts_with("FAIL") && sessions.contains("pg_signal_backend"),
         "{sessions}"
     );
-    let out = rekey()
-        .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
-        .env("REKEY_IT_WEAK_ADMIN", &weak)
-        .args([
-            "run",
-            pb.to_str().unwrap(),
-            "--journal",
-            w.journal().to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .run();
+    let journal = w.journal();
+    let out = command(&[
+        "run",
+        pb.to_str().unwrap(),
+        "--journal",
+        journal.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
     pg_admin(&w, &format!("DROP ROLE {admin}"));
     assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
     let summary: Value = serde_json::from_str(&out.stdout).unwrap();
-    let (reason, action) = quarantine(&summary, "db");
+    let result = &summary["results"][0];
+    assert_eq!(result["outcome"], "quarantined", "{summary}");
+    let reason = result["reason"].as_str().unwrap();
     assert!(
         reason.contains("could not be ended") && reason.contains("pg_signal_backend"),
         "{reason}"
     );
+    let action = result["action"].as_str().unwrap();
     assert!(
         action.contains(&format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename IN ('{role}')"
@@ -1778,14 +1766,13 @@ fn postgres_alternating_breach_run_ends_the_retired_role_s_sessions_only() {
     assert_eq!(pg_backends(&w, &green), 1);
     assert!(!other.exited());
     assert!(!psql_login(&w, &blue, &blue_pw));
-    let ended = trail_outcomes(&w, "end_sessions");
-    assert_eq!(ended.len(), 1, "{ended:?}");
-    assert_eq!(ended[0]["detail"]["ended"], 1, "{}", ended[0]);
+    let new = w.vault_value("db");
+    assert_ended_and_not_leaked(&w, &output, 1, [blue_pw, new]);
 }
 
 /// MariaDB's own client as `user` with `password` (TCP, as consumers connect).
-fn mariadb(w: &World, user: &str, password: &str, sql: &str) -> std::process::Command {
-    let mut c = std::process::Command::new("mariadb");
+fn mariadb(w: &World, user: &str, password: &str, sql: &str) -> Command {
+    let mut c = Command::new("mariadb");
     c.args([
         "--protocol=TCP",
         "-h",
@@ -1801,25 +1788,16 @@ fn mariadb(w: &World, user: &str, password: &str, sql: &str) -> std::process::Co
         sql,
     ])
     .env("MYSQL_PWD", password)
-    .stdin(std::process::Stdio::null());
+    .stdin(Stdio::null());
     c
 }
 
-/// Whether the mariadb client logs in as `user` with `password`.
 fn mariadb_login(w: &World, user: &str, password: &str) -> bool {
-    let out = mariadb(w, user, password, "SELECT CURRENT_USER()")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    if out.status.success() {
-        assert!(stdout.trim().starts_with(&format!("{user}@")), "{stdout}");
-        return true;
-    }
-    assert!(stderr.contains("Access denied"), "mariadb failed: {stderr}");
-    false
+    client_login(
+        mariadb(w, user, password, "SELECT CURRENT_USER()"),
+        user,
+        "Access denied",
+    )
 }
 
 /// The user's connections, as SHOW PROCESSLIST shows them to the admin.
@@ -1845,31 +1823,14 @@ fn my_processes(w: &World, user: &str) -> usize {
 fn mysql_breach_run_kills_the_connections_opened_with_the_old_password() {
     let w = World::new();
     let (user, old) = my_user(&w, "rk_ses", "db");
-    let held = |w: &World| {
-        let before = my_processes(w, &user);
-        let child = KillOnDrop(
-            mariadb(w, &user, &old, "SELECT SLEEP(600)")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        wait_until("the mariadb session is open", || {
-            my_processes(w, &user) > before
-        });
-        child
+    let hold = || {
+        hold_session(mariadb(&w, &user, &old, "SELECT SLEEP(600)"), || {
+            my_processes(&w, &user)
+        })
     };
-    let (mut first, mut second) = (held(&w), held(&w));
+    let (mut first, mut second) = (hold(), hold());
     assert_eq!(my_processes(&w, &user), 2);
-    let pb = w.playbook(
-        "p.yaml",
-        "breach",
-        "",
-        &format!("  - {{ id: db, provider: my, account: {user}, vault_path: PREFIX/db }}\n"),
-    );
-    let (code, summary, output) = w.run(&pb);
-    assert_eq!(code, 0, "{output}");
-    assert_eq!(outcome(&summary, "db"), "rotated", "{output}");
+    let output = breach_run(&w, &breach_playbook(&w, "", "db", "my", &user), "db");
     assert_eq!(my_processes(&w, &user), 0, "SHOW PROCESSLIST shows none");
     wait_until("the mariadb clients notice", || {
         first.exited() && second.exited()
@@ -1880,18 +1841,12 @@ fn mysql_breach_run_kills_the_connections_opened_with_the_old_password() {
         "the old password is refused"
     );
     assert!(mariadb_login(&w, &user, &new), "Vault's password logs in");
-    let ended = trail_outcomes(&w, "end_sessions");
-    assert_eq!(ended.len(), 1, "{ended:?}");
-    assert_eq!(ended[0]["detail"]["ended"], 2, "{}", ended[0]);
-    let leaks = crate::canary::leaks(&[old, new], &run_places(&w, &output));
-    assert!(leaks.is_empty(), "passwords leaked:\n{}", leaks.join("\n"));
+    assert_ended_and_not_leaked(&w, &output, 2, [old, new]);
 }
 
 /// redis-cli (Redis's own client) as `user`, password from the environment.
-/// redis-cli falls back to `default` when AUTH fails and still exits 0: what it
-/// prints tells, not its exit code.
-fn redis_cli(w: &World, user: &str, password: &str, args: &[&str]) -> std::process::Command {
-    let mut c = std::process::Command::new("redis-cli");
+fn redis_cli(w: &World, user: &str, password: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("redis-cli");
     c.args([
         "-h",
         &w.env["REKEY_REDIS_HOST"],
@@ -1902,11 +1857,13 @@ fn redis_cli(w: &World, user: &str, password: &str, args: &[&str]) -> std::proce
     ])
     .args(args)
     .env("REDISCLI_AUTH", password)
-    .stdin(std::process::Stdio::null());
+    .stdin(Stdio::null());
     c
 }
 
-/// Whether redis-cli is logged in as `user` with `password` (ACL WHOAMI).
+/// Whether redis-cli is logged in as `user` with `password`. redis-cli falls
+/// back to `default` when AUTH fails and still exits 0: ACL WHOAMI tells, not
+/// its exit code.
 fn redis_cli_login(w: &World, user: &str, password: &str) -> bool {
     let out = redis_cli(w, user, password, &["ACL", "WHOAMI"])
         .output()
@@ -1927,23 +1884,11 @@ fn rd_clients(w: &World, user: &str) -> usize {
 
 /// A redis-cli connection as `user`, held open by a blocking pop.
 fn redis_cli_session(w: &World, user: &str, password: &str) -> KillOnDrop {
-    let before = rd_clients(w, user);
-    let held = KillOnDrop(
-        redis_cli(
-            w,
-            user,
-            password,
-            &["BLPOP", &format!("rekey-it:{user}"), "600"],
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
-    wait_until("the redis-cli connection is open", || {
-        rd_clients(w, user) > before
-    });
-    held
+    let key = format!("rekey-it:{user}");
+    hold_session(
+        redis_cli(w, user, password, &["BLPOP", &key, "600"]),
+        || rd_clients(w, user),
+    )
 }
 
 #[test]
@@ -1952,15 +1897,7 @@ fn redis_breach_run_kills_the_connections_opened_with_the_old_password() {
     let (user, old) = rd_user(&w, "rk_ses", "cache", "on");
     let mut attacker = redis_cli_session(&w, &user, &old);
     assert_eq!(rd_clients(&w, &user), 1);
-    let pb = w.playbook(
-        "p.yaml",
-        "breach",
-        "",
-        &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"),
-    );
-    let (code, summary, output) = w.run(&pb);
-    assert_eq!(code, 0, "{output}");
-    assert_eq!(outcome(&summary, "cache"), "rotated", "{output}");
+    let output = breach_run(&w, &breach_playbook(&w, "", "cache", "rd", &user), "cache");
     assert_eq!(rd_clients(&w, &user), 0, "CLIENT LIST shows none");
     wait_until("redis-cli notices", || attacker.exited());
     let new = w.vault_value("cache");
@@ -1969,11 +1906,7 @@ fn redis_breach_run_kills_the_connections_opened_with_the_old_password() {
         "the old password is refused"
     );
     assert!(redis_cli_login(&w, &user, &new), "Vault's password logs in");
-    let ended = trail_outcomes(&w, "end_sessions");
-    assert_eq!(ended.len(), 1, "{ended:?}");
-    assert_eq!(ended[0]["detail"]["ended"], 1, "{}", ended[0]);
-    let leaks = crate::canary::leaks(&[old, new], &run_places(&w, &output));
-    assert!(leaks.is_empty(), "passwords leaked:\n{}", leaks.join("\n"));
+    assert_ended_and_not_leaked(&w, &output, 1, [old, new]);
 }
 
 /// The first day rekey is used is usually a breach day: the user holds the
@@ -2000,15 +1933,7 @@ fn redis_first_adoption_during_a_breach_leaves_only_the_new_password() {
     );
     w.vault_put("cache", json!({ "value": known }));
     let mut attacker = redis_cli_session(&w, &user, &stray);
-    let pb = w.playbook(
-        "p.yaml",
-        "breach",
-        "",
-        &format!("  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n"),
-    );
-    let (code, summary, output) = w.run(&pb);
-    assert_eq!(code, 0, "{output}");
-    assert_eq!(outcome(&summary, "cache"), "rotated", "{output}");
+    let output = breach_run(&w, &breach_playbook(&w, "", "cache", "rd", &user), "cache");
     let new = w.vault_value("cache");
     assert_eq!(rd_passwords(&w, &user), vec![sha256_hex(&new)], "{output}");
     for old in [&known, &stray] {

@@ -106,3 +106,21 @@ pub fn services() -> std::collections::HashMap<String, String> {
         .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
         .collect()
 }
+
+/// A child process (a server's client, a `rekey run`) killed and reaped when
+/// dropped, even when the test fails first.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Whether the process has ended.
+    pub fn exited(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_some()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
