@@ -187,17 +187,19 @@ impl<'a> Ctx<'a> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Failure> + RetryHint,
     {
-        self.limited_step(step, detail, None, |_| Value::Null, call)
+        self.limited_step(step, detail, None, true, |_| Value::Null, call)
             .await
     }
 
-    /// [`Ctx::step`], with transient retries drawn from `limit`'s retry budget, and
-    /// `describe`'s account of a result (an object) added to the outcome record.
+    /// [`Ctx::step`], with transient retries drawn from `limit`'s retry budget (none
+    /// unless `retry_transient`), and `describe`'s account of a result (an object)
+    /// added to the outcome record.
     async fn limited_step<T, F, Fut, E>(
         &self,
         step: Step,
         detail: Value,
         limit: Option<&InstanceLimit>,
+        retry_transient: bool,
         describe: impl Fn(&T) -> Value,
         mut call: F,
     ) -> Result<Result<T, Failure>, EngineError>
@@ -243,7 +245,8 @@ impl<'a> Ctx<'a> {
                             }
                         }
                         Retry::Transient
-                            if attempt < tuning.attempts
+                            if retry_transient
+                                && attempt < tuning.attempts
                                 && limit.is_none_or(InstanceLimit::allow_retry) =>
                         {
                             let wait = jitter(delay);
@@ -287,7 +290,7 @@ impl<'a> Ctx<'a> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
-        self.pstep_described(step, detail, |_| Value::Null, call)
+        self.provider_step(step, detail, true, |_| Value::Null, call)
             .await
     }
 
@@ -298,6 +301,38 @@ impl<'a> Ctx<'a> {
         step: Step,
         detail: Value,
         describe: impl Fn(&T) -> Value,
+        call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        self.provider_step(step, detail, true, describe, call).await
+    }
+
+    /// [`Ctx::pstep`] with a single attempt for transient errors (rate-limited
+    /// answers are still retried: a refused request changed nothing). For calls
+    /// whose retry is not safe as such: a create whose answer was lost made a key.
+    pub(super) async fn pstep_once<T, F, Fut>(
+        &self,
+        step: Step,
+        detail: Value,
+        call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        self.provider_step(step, detail, false, |_| Value::Null, call)
+            .await
+    }
+
+    async fn provider_step<T, F, Fut>(
+        &self,
+        step: Step,
+        detail: Value,
+        retry_transient: bool,
+        describe: impl Fn(&T) -> Value,
         mut call: F,
     ) -> Result<Result<T, Failure>, EngineError>
     where
@@ -307,26 +342,34 @@ impl<'a> Ctx<'a> {
         let limit = self.engine.limits.get(&self.credential.provider).cloned();
         let shared = limit.clone();
         let provider = self.provider.clone();
-        self.limited_step(step, detail, limit.as_deref(), describe, move || {
-            let request = call();
-            let limit = shared.clone();
-            let provider = provider.clone();
-            async move {
-                let Some(limit) = limit else {
-                    return request.await;
-                };
-                let ticket = limit.acquire().await;
-                let result = request.await;
-                match &result {
-                    Ok(_) => ticket.succeeded_with(provider.rate_hint()),
-                    Err(ProviderError::RateLimited { retry_after, .. }) => {
-                        ticket.throttled(*retry_after)
+        let limit_ref = limit.as_deref();
+        self.limited_step(
+            step,
+            detail,
+            limit_ref,
+            retry_transient,
+            describe,
+            move || {
+                let request = call();
+                let limit = shared.clone();
+                let provider = provider.clone();
+                async move {
+                    let Some(limit) = limit else {
+                        return request.await;
+                    };
+                    let ticket = limit.acquire().await;
+                    let result = request.await;
+                    match &result {
+                        Ok(_) => ticket.succeeded_with(provider.rate_hint()),
+                        Err(ProviderError::RateLimited { retry_after, .. }) => {
+                            ticket.throttled(*retry_after)
+                        }
+                        Err(_) => drop(ticket),
                     }
-                    Err(_) => drop(ticket),
+                    result
                 }
-                result
-            }
-        })
+            },
+        )
         .await
     }
 
