@@ -346,7 +346,8 @@ fn rekey_round_with(
         color: false,
     };
     let t = Instant::now();
-    let status = rekey::commands::run(args, &mut io).expect("rekey run");
+    let catalog = rekey::catalog::Catalog::load(None).unwrap();
+    let status = rekey::commands::run(args, &catalog, &mut io).expect("rekey run");
     let elapsed = t.elapsed();
     let summary: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
     let rotated = summary["results"]

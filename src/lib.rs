@@ -3,8 +3,10 @@
 //! See ARCHITECTURE.md for the map of this crate.
 
 pub mod audit;
+pub mod catalog;
 pub mod cli;
 pub mod commands;
+pub mod doc;
 pub mod engine;
 pub mod env_vars;
 pub mod exit;

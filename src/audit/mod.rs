@@ -28,13 +28,15 @@ pub use chain::{Head, Problem, Verdict};
 pub use sink::Sink;
 pub use trail::{CredentialInfo, Trail};
 
+use crate::env_vars;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// How `secret_hmac` values start, as in Vault's audit log.
 pub const HMAC_PREFIX: &str = "hmac-sha256:";
 
-/// Who is acting: on every line.
+/// Who is acting: on every line, and (the OS user) on the journal's run. The one
+/// definition of who ran rekey.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Actor {
     /// The OS user running rekey.
@@ -50,10 +52,9 @@ pub struct Actor {
 impl Actor {
     /// The OS user from the environment (`USER`, then `LOGNAME`), else the uid.
     pub fn from_os() -> Actor {
-        let user = std::env::var("USER")
-            .ok()
+        let user = env_vars::get(env_vars::USER)
             .filter(|u| !u.is_empty())
-            .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()))
+            .or_else(|| env_vars::get(env_vars::LOGNAME).filter(|u| !u.is_empty()))
             .or_else(|| {
                 let status = std::fs::read_to_string("/proc/self/status").ok()?;
                 let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;

@@ -9,8 +9,8 @@
 //! person and are left out.
 
 use super::{CredentialPlan, Plan, ProviderPlan};
+use crate::catalog::Kind;
 use crate::playbook::{Credential, Playbook};
-use crate::provider::catalog::Kind;
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
 use std::time::Duration;

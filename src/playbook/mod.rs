@@ -1,21 +1,22 @@
-//! Playbooks: the model as written (`model`), loading with positions (`yaml`,
-//! `interpolate`, `schema`) and pure validation into a resolved `Playbook`
-//! (`validate`). Nothing here does network I/O.
+//! Playbooks: the model as written (`model`), loading with positions (the YAML
+//! tree of `crate::doc::yaml`, `interpolate`, `schema`) and pure validation against
+//! the provider catalog into a resolved `Playbook` (`validate`). The only I/O here
+//! is reading the playbook file; the catalog comes in as a value.
 
-pub mod de;
-pub mod diagnostic;
 pub mod interpolate;
 pub mod model;
-pub mod rate;
 pub mod schema;
 pub mod validate;
-pub mod yaml;
 
-use crate::provider::catalog::{Catalog, Kind, Requests};
-use diagnostic::{Diagnostic, Report};
+/// `crate::doc::rate`, where the engine's limiter still imports it from.
+pub use crate::doc::rate;
+
+use crate::catalog::{Catalog, Kind, Requests};
+use crate::doc::diagnostic::{Diagnostic, Report};
+use crate::doc::rate::Rate;
+use crate::doc::{de, yaml};
 use indexmap::IndexMap;
 pub use model::Mode;
-use rate::Rate;
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -199,10 +200,11 @@ pub struct Loaded {
     pub report: Report,
 }
 
-/// Reads, parses and validates a playbook file.
+/// Reads, parses and validates a playbook file against `catalog`.
 pub fn load_file(
     path: &Path,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
+    catalog: &Catalog,
 ) -> Result<Loaded, Report> {
     let file = path.display().to_string();
     let cannot_read = |message: String, help: &str| Report {
@@ -243,7 +245,7 @@ pub fn load_file(
             return Err(cannot_read(format!("cannot read the playbook: {e}"), help));
         }
     };
-    load_bytes(&file, &bytes, env)
+    load_bytes(&file, &bytes, env, catalog)
 }
 
 /// Parses and validates playbook bytes (`file` names them in messages).
@@ -252,9 +254,10 @@ pub fn load_bytes(
     file: &str,
     bytes: &[u8],
     env: &(dyn Fn(&str) -> Option<String> + Sync),
+    catalog: &Catalog,
 ) -> Result<Loaded, Report> {
     match std::str::from_utf8(bytes) {
-        Ok(text) => load_str(file, text, env),
+        Ok(text) => load_str(file, text, env, catalog),
         Err(e) => {
             let lossy = String::from_utf8_lossy(bytes).into_owned();
             let offset = e.valid_up_to();
@@ -294,18 +297,19 @@ pub fn load_str(
     file: &str,
     text: &str,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
+    catalog: &Catalog,
 ) -> Result<Loaded, Report> {
     let spawned = std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("playbook-loader".into())
             .stack_size(LOADER_STACK)
-            .spawn_scoped(scope, || load_str_here(file, text, env))
+            .spawn_scoped(scope, || load_str_here(file, text, env, catalog))
             .map(|handle| handle.join())
     });
     match spawned {
         Ok(Ok(result)) => result,
         // No thread could be started (or it died): load here, on the caller's stack.
-        Ok(Err(_)) | Err(_) => load_str_here(file, text, env),
+        Ok(Err(_)) | Err(_) => load_str_here(file, text, env, catalog),
     }
 }
 
@@ -313,6 +317,7 @@ fn load_str_here(
     file: &str,
     text: &str,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
+    catalog: &Catalog,
 ) -> Result<Loaded, Report> {
     // A byte-order mark is an encoding artefact, not content: positions and
     // snippets are about what follows it.
@@ -327,9 +332,6 @@ fn load_str_here(
             diagnostics,
         }
     };
-    let catalog =
-        Catalog::builtin().map_err(|e| fail(vec![Diagnostic::error(e.to_string(), None)]))?;
-
     let mut root = match yaml::parse(text) {
         Ok(root) => root,
         Err(e) => {

@@ -1,17 +1,15 @@
 //! Semantic validation: pure (no I/O), reports every problem at once, and builds the
 //! resolved `Playbook` only when there is none. Nothing downstream validates again.
 
-use super::diagnostic::{Diagnostic, did_you_mean};
-use super::model::{
-    DurationText, Mode, RawAdmin, RawCredential, RawPasswordPolicy, RawPlaybook, RawRate,
-};
-use super::rate::{DURATION_HELP, Rate};
-use super::yaml::{Node, Pos, escape};
+use super::model::{Mode, RawAdmin, RawCredential, RawPasswordPolicy, RawPlaybook};
 use super::{
     AdminSource, Credential, Defaults, Incident, PasswordPolicy, Playbook, ProviderInstance,
     RateOrigin, Sink, Vault, VaultAuth,
 };
-use crate::provider::catalog::{Catalog, Kind, Need, Setting};
+use crate::catalog::{Catalog, Kind, Need, Setting};
+use crate::doc::diagnostic::{Diagnostic, did_you_mean};
+use crate::doc::rate::{DURATION_HELP, DurationText, Rate, RawRate};
+use crate::doc::yaml::{Node, Pos, escape};
 use indexmap::IndexMap;
 use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;

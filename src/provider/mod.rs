@@ -5,7 +5,8 @@
 
 pub mod admin;
 pub mod aws_iam;
-pub mod catalog;
+/// `crate::catalog`, where the engine still imports `Kind` from.
+pub use crate::catalog;
 pub mod exec;
 pub mod http;
 pub mod ldap;

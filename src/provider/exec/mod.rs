@@ -12,8 +12,8 @@
 pub mod protocol;
 
 use super::admin::Admin;
-use super::catalog::Kind;
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use indexmap::IndexMap;
@@ -129,8 +129,9 @@ impl Exec {
         }
         let timeout = match settings.get("timeout") {
             None => Duration::from_secs(30),
-            Some(Value::String(t)) => crate::playbook::rate::parse_duration(t)
-                .map_err(|e| bad(&format!("`timeout`: {e}")))?,
+            Some(Value::String(t)) => {
+                crate::doc::rate::parse_duration(t).map_err(|e| bad(&format!("`timeout`: {e}")))?
+            }
             Some(_) => return Err(bad("`timeout` is a duration such as `30s`")),
         };
         let kind = match settings.get("kind").and_then(Value::as_str) {
@@ -169,7 +170,7 @@ impl Exec {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         for name in &self.env {
-            if let Some(value) = std::env::var_os(name) {
+            if let Some(value) = crate::env_vars::get_os(name) {
                 cmd.env(name, value);
             }
         }

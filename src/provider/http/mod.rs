@@ -1,8 +1,10 @@
 //! Declarative HTTP providers: a provider file's `http:` section (see
 //! providers/README.md) drives a provider's REST API with templated requests.
 //!
-//! - `definition`: the section's types and its validation (positions and hints).
-//! - `template`: minijinja rendering, secrets as opaque values, the base-URL fence.
+//! - `crate::catalog::http`: the section's types and its validation (positions and
+//!   hints), done when the catalog loads the file.
+//! - `crate::catalog::template`: minijinja rendering, secrets as opaque values, the
+//!   base-URL fence.
 //! - `sshkey`: Ed25519 key pairs for providers that take a public key.
 //!
 //! Every request goes under the instance's base URL (no redirects followed, no
@@ -10,22 +12,22 @@
 //! their status and rate-limit headers, never from their bodies, so no message
 //! can echo a secret.
 
-pub mod definition;
 pub mod sshkey;
-pub mod template;
 
 use super::admin::Admin;
-use super::catalog::{Kind, ProviderType};
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
+use crate::catalog::http::{
+    self as definition, AuthDef, CallDef, Definition, Generate, Paginate, ResetFormat, Scheme,
+};
+use crate::catalog::template::{self, Context};
+use crate::catalog::{Kind, Need, ProviderType};
 use crate::playbook::ProviderInstance;
 use crate::secret::Secret;
 use async_trait::async_trait;
-use definition::{AuthDef, CallDef, Definition, Generate, Paginate, ResetFormat, Scheme};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use template::Context;
 
 /// Most pages a list or lookup follows: far above any real account's keys, and a
 /// guard against a provider (or stub) that always says there is a next page.
@@ -114,7 +116,7 @@ impl HttpProvider {
         };
         let base = template::parse_base_url(&base_text)
             .map_err(|e| fatal(format!("base_url `{base_text}` is not usable: {e}")))?;
-        if t.admin == super::catalog::Need::Required && admin.is_none() {
+        if t.admin == Need::Required && admin.is_none() {
             return Err(fatal(format!(
                 "type `{}` needs an admin credential; add `admin: {{ vault_path: ... }}` or `admin: {{ env: VAR }}`",
                 t.name
@@ -149,7 +151,7 @@ impl HttpProvider {
             settings,
             credential: target.credential.to_owned(),
             account: target.account.map(str::to_owned),
-            admin: self.admin.clone(),
+            admin: self.admin.as_ref().map(|a| a.secrets().clone()),
             ..Context::default()
         }
     }

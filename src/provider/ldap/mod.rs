@@ -19,7 +19,7 @@
 use super::admin::Admin;
 use super::settings::text;
 use super::{Provider, ProviderError, SessionsEnded, Target};
-use crate::provider::catalog::Kind;
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use indexmap::IndexMap;

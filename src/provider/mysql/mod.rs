@@ -11,8 +11,8 @@ mod client;
 mod config;
 
 use super::admin::Admin;
-use super::catalog::Kind;
 use super::{Provider, ProviderError, SessionsEnded, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::{LoginError, MysqlClient, quote};

@@ -42,8 +42,8 @@ use super::config::PgConfig;
 use super::{
     account, alter_password, check_role_can_login, role_missing, terminate_by_hand, verify_database,
 };
+use crate::catalog::Kind;
 use crate::provider::admin::Admin;
-use crate::provider::catalog::Kind;
 use crate::provider::{Issued, KeyInfo, Provider, ProviderError, SessionsEnded, Target};
 use crate::secret::Secret;
 use async_trait::async_trait;

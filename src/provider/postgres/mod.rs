@@ -17,8 +17,8 @@ mod config;
 pub use alternating::PostgresAlternating;
 
 use super::admin::Admin;
-use super::catalog::Kind;
 use super::{Provider, ProviderError, SessionsEnded, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::PgClient;

@@ -20,8 +20,8 @@ mod client;
 mod config;
 
 use super::admin::Admin;
-use super::catalog::Kind;
 use super::{Issued, KeyInfo, Provider, ProviderError, SessionsEnded, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use ::redis::Value;
 use async_trait::async_trait;

@@ -21,7 +21,7 @@ mod client;
 use super::admin::Admin;
 use super::settings::text;
 use super::{Issued, KeyInfo, Provider, ProviderError, SessionsEnded, Target};
-use crate::provider::catalog::Kind;
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::{HostAddr, HostKeyPolicy, Login, Session};

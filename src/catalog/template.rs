@@ -6,9 +6,8 @@
 //! `change` call. A rendered text that still holds the marker is refused, so a
 //! definition cannot send (or log) a secret by accident.
 
-use crate::provider::admin::Admin;
-use crate::provider::catalog::ProviderType;
-use crate::secret::Secret;
+use super::ProviderType;
+use crate::secret::{Secret, SecretMap};
 use minijinja::value::{Object, Value};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use std::collections::BTreeMap;
@@ -39,7 +38,7 @@ impl Object for SecretValue {
 
 /// The admin credential's fields, each a [`SecretValue`].
 #[derive(Debug)]
-struct AdminValues(Option<Admin>);
+struct AdminValues(Option<SecretMap>);
 
 impl Object for AdminValues {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
@@ -126,7 +125,7 @@ pub struct Context {
     pub public_key: Option<String>,
     pub found: BTreeMap<String, serde_json::Value>,
     pub new_secret: Option<Secret>,
-    pub admin: Option<Admin>,
+    pub admin: Option<SecretMap>,
 }
 
 impl Context {

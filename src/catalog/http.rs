@@ -3,10 +3,10 @@
 //! problem is reported with its file, line, column, a snippet and a fix, all at once.
 
 use super::template;
-use crate::playbook::de::NodeDe;
-use crate::playbook::diagnostic::{Diagnostic, Report, did_you_mean};
-use crate::playbook::yaml::{self, Node, Pos};
-use crate::provider::catalog::{Kind, ProviderType};
+use super::{Kind, ProviderType};
+use crate::doc::de::NodeDe;
+use crate::doc::diagnostic::{Diagnostic, Report, did_you_mean};
+use crate::doc::yaml::{self, Node, Pos};
 use indexmap::IndexMap;
 use serde::Deserialize;
 use std::sync::Arc;
