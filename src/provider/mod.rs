@@ -117,7 +117,7 @@ impl Issued {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionsEnded {
     /// The sessions and connections opened with the credential were ended: how
-    /// many (0 when none was open). Rekey's own are never among them.
+    /// many (0 when none was open). rekey's own are never among them.
     Ended { count: u64 },
     /// This provider cannot end them, and why. Not an error: the rotation stands,
     /// and the run warns with what a human can do (`end_sessions_by_hand`).

@@ -1088,12 +1088,7 @@ fn ssh_run_killed_midway_is_finished_by_resume_without_orphan_keys() {
 
 /// The audit trail's outcome records of `step` (beside the journal).
 fn trail_outcomes(case: &Case, step: &str) -> Vec<Value> {
-    std::fs::read_to_string(case.dir.path().join("audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["event"] == "outcome" && l["action"] == step)
-        .collect()
+    crate::support::trail_outcomes(case.dir.path(), step)
 }
 
 /// LDAP cannot end another client's bind: a connection bound with the old

@@ -1514,12 +1514,7 @@ fn assert_ended_and_not_leaked(w: &World, output: &str, count: u64, passwords: [
 
 /// The audit trail's outcome records of `step` (beside the journal).
 fn trail_outcomes(w: &World, step: &str) -> Vec<Value> {
-    std::fs::read_to_string(w.dir.path().join("audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["event"] == "outcome" && l["action"] == step)
-        .collect()
+    crate::support::trail_outcomes(w.dir.path(), step)
 }
 
 /// A breach-mode playbook of one credential `id` (Vault path `PREFIX/id`).

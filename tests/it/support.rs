@@ -124,3 +124,14 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The outcome records of `step` in the audit trail rekey keeps beside the
+/// journal in `dir` (`audit.jsonl`).
+pub fn trail_outcomes(dir: &Path, step: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["event"] == "outcome" && l["action"] == step)
+        .collect()
+}
