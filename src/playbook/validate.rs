@@ -759,10 +759,14 @@ fn validate_providers(
             &t.name,
         );
         let admin = validate_admin(cx, &p.admin, t.admin, &format!("{base}/admin"), &t.name);
-        // An exec plugin says in its settings which protocol it follows.
-        let kind = match (t.name.as_str(), settings.get("kind")) {
-            ("exec", Some(k)) if k == "single" => Kind::Single,
-            ("exec", Some(k)) if k != "dual" => {
+        // A type with a `kind` setting (an exec plugin) lets each instance say
+        // which protocol it follows.
+        let kind = match settings
+            .get("kind")
+            .filter(|_| t.settings.contains_key("kind"))
+        {
+            Some(k) if k == "single" => Kind::Single,
+            Some(k) if k != "dual" => {
                 cx.push(
                     Diagnostic::error(
                         "an exec plugin's `kind` is `dual` or `single`",
@@ -941,26 +945,20 @@ fn validate_credentials<'c>(
                 cx.push(Diagnostic::warning(format!("`instructions` only apply to manual credentials; `{}` is rotated by `{}`", c.id, type_name), cx.key_at(&format!("{base}/instructions"))).help("remove `instructions`, or use `provider: manual`"));
             }
         }
-        let settings = match instance.and_then(|(type_name, _)| catalog.get(type_name)) {
-            // An exec plugin defines its own credential settings; rekey hands
-            // them on as written.
-            Some(t) if t.name == "exec" => IndexMap::new(),
-            Some(t)
+        let declared = instance
+            .and_then(|(type_name, _)| catalog.get(type_name))
+            .and_then(|t| Some((t, t.credential_settings.declared()?)));
+        let settings = match declared {
+            // Open credential settings (an exec plugin defines its own): none
+            // declared, so they are handed on as written.
+            None => IndexMap::new(),
+            Some((t, known))
                 if !c.settings.is_empty()
-                    || t.credential_settings
-                        .values()
-                        .any(|s| s.required || s.default.is_some()) =>
+                    || known.values().any(|s| s.required || s.default.is_some()) =>
             {
-                validate_settings(
-                    cx,
-                    &c.settings,
-                    &t.credential_settings,
-                    &format!("{base}/settings"),
-                    &t.name,
-                )
+                validate_settings(cx, &c.settings, known, &format!("{base}/settings"), &t.name)
             }
             Some(_) => IndexMap::new(),
-            None => IndexMap::new(),
         };
         let settings = (!settings.is_empty() && settings != c.settings).then_some(settings);
 

@@ -40,7 +40,6 @@
 use super::client::PgClient;
 use super::config::PgConfig;
 use super::{account, alter_password, check_role_can_login, role_missing, verify_database};
-use crate::catalog::Kind;
 use crate::provider::admin::Admin;
 use crate::provider::{Issued, KeyInfo, Provider, ProviderError, Target};
 use crate::secret::Secret;
@@ -295,10 +294,6 @@ impl PostgresAlternating {
 
 #[async_trait]
 impl Provider for PostgresAlternating {
-    fn kind(&self) -> Kind {
-        Kind::Dual
-    }
-
     /// Admin login works and may change passwords; both roles exist, differ and
     /// can log in; their marks say which one the next rotation changes.
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {

@@ -18,7 +18,6 @@ pub use alternating::PostgresAlternating;
 
 use super::admin::Admin;
 use super::{Provider, ProviderError, Target};
-use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::PgClient;
@@ -151,10 +150,6 @@ async fn check_role_can_login(
 
 #[async_trait]
 impl Provider for Postgres {
-    fn kind(&self) -> Kind {
-        Kind::Single
-    }
-
     /// Admin login works, the admin may change passwords, the role exists and can log in.
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
         let role = account(target)?;
