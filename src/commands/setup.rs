@@ -382,39 +382,19 @@ pub(super) fn with_engine<T>(
         if !refused.is_empty() {
             anyhow::bail!("{}; nothing was changed", refused.join("; "));
         }
-        let limits: indexmap::IndexMap<_, _> = prepared
-            .playbook
-            .providers
-            .iter()
-            .map(|(name, p)| {
-                (
-                    name.clone(),
-                    Arc::new(crate::engine::limits::InstanceLimit::new(
-                        name.clone(),
-                        p.rate,
-                    )),
-                )
-            })
-            .collect();
-        // Group commit: one sync for the records of all credentials in flight.
-        let durable = Arc::new(crate::engine::durable::GroupSync::new(
-            journal.defer_sync()?,
-        ));
-        let engine = crate::engine::Engine {
-            playbook: prepared.playbook.clone(),
-            store: Arc::new(store),
-            journal: Arc::new(std::sync::Mutex::new(journal)),
-            durable: Some(durable),
-            providers,
-            tuning: crate::engine::Tuning::default(),
-            fingerprint_key: key,
-            holder: crate::journal::Journal::new_lease_holder(),
-            stop,
-            progress: progress_for(&prepared.playbook, &prepared.waves, &limits),
-            pending: std::sync::Mutex::new(Vec::new()),
-            limits,
-            operator,
-        };
+        let mut builder = crate::engine::Engine::builder(
+            prepared.playbook.clone(),
+            Arc::new(store),
+            journal,
+            key,
+        )
+        .stop_flag(stop)
+        .operator(operator);
+        for (name, provider) in providers {
+            builder = builder.provider(name, provider);
+        }
+        let progress = progress_for(&prepared.playbook, &prepared.waves, builder.limits());
+        let engine = builder.progress(progress).build()?;
         work(&engine, &prepared.waves).await
     })
 }

@@ -9,8 +9,10 @@
 //! are built here from status codes and the paths involved, never from the text of a
 //! client-library error (those can echo request and response bodies).
 
+pub mod memory;
 mod vault;
 
+pub use memory::MemoryStore;
 pub use vault::{VaultConfig, VaultLogin, VaultStore};
 
 use crate::secret::Secret;

@@ -187,7 +187,7 @@ impl<'a> Ctx<'a> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Failure> + RetryHint,
     {
-        self.limited_step(step, detail, None, call).await
+        self.limited_step(step, detail, None, true, call).await
     }
 
     /// [`Ctx::step`], with transient retries drawn from `limit`'s retry budget.
@@ -196,6 +196,7 @@ impl<'a> Ctx<'a> {
         step: Step,
         detail: Value,
         limit: Option<&InstanceLimit>,
+        retry_transient: bool,
         mut call: F,
     ) -> Result<Result<T, Failure>, EngineError>
     where
@@ -240,7 +241,8 @@ impl<'a> Ctx<'a> {
                             }
                         }
                         Retry::Transient
-                            if attempt < tuning.attempts
+                            if retry_transient
+                                && attempt < tuning.attempts
                                 && limit.is_none_or(InstanceLimit::allow_retry) =>
                         {
                             let wait = jitter(delay);
@@ -277,6 +279,36 @@ impl<'a> Ctx<'a> {
         &self,
         step: Step,
         detail: Value,
+        call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        self.provider_step(step, detail, true, call).await
+    }
+
+    /// [`Ctx::pstep`] with a single attempt for transient errors (rate-limited
+    /// answers are still retried: a refused request changed nothing). For calls
+    /// whose retry is not safe as such: a create whose answer was lost made a key.
+    pub(super) async fn pstep_once<T, F, Fut>(
+        &self,
+        step: Step,
+        detail: Value,
+        call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        self.provider_step(step, detail, false, call).await
+    }
+
+    async fn provider_step<T, F, Fut>(
+        &self,
+        step: Step,
+        detail: Value,
+        retry_transient: bool,
         mut call: F,
     ) -> Result<Result<T, Failure>, EngineError>
     where
@@ -286,7 +318,7 @@ impl<'a> Ctx<'a> {
         let limit = self.engine.limits.get(&self.credential.provider).cloned();
         let shared = limit.clone();
         let provider = self.provider.clone();
-        self.limited_step(step, detail, limit.as_deref(), move || {
+        self.limited_step(step, detail, limit.as_deref(), retry_transient, move || {
             let request = call();
             let limit = shared.clone();
             let provider = provider.clone();

@@ -15,6 +15,7 @@ mod sinks;
 pub mod step;
 mod vault;
 
+pub(crate) use dual::OldKeys;
 pub(super) use rollback::roll_back;
 
 use super::{Engine, EngineError, Outcome};
@@ -74,11 +75,10 @@ pub(super) async fn resume(
     last: Option<&crate::journal::CredentialRow>,
 ) -> Result<Outcome, EngineError> {
     let credential = &engine.playbook.credentials[index];
-    let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
-        return rotate(engine, run, index).await;
-    };
     {
         // The process that held the lease is gone (this is a resume): take it over.
+        // Before anything else: a manual step, which has no provider, takes the
+        // lease again in `rotate`.
         let journal = engine.journal.lock().map_err(super::poisoned)?;
         if let Some((_, holder)) = journal.lease_holder(&credential.id)? {
             let pid = holder.split('-').next().and_then(|p| p.parse::<u32>().ok());
@@ -90,6 +90,9 @@ pub(super) async fn resume(
             }
         }
     }
+    let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
+        return rotate(engine, run, index).await;
+    };
     let ctx = Ctx::new(engine, run, index, provider, false);
     let checkpoint = last
         .map(|r| Checkpoint::from_detail(&r.detail))
@@ -120,8 +123,6 @@ pub(super) async fn retire(
         });
     };
     let ctx = Ctx::new(engine, run, r.index, provider, false);
-    let outcome = ctx
-        .retire(r.old_key.as_deref(), &r.new_key, r.version)
-        .await?;
+    let outcome = ctx.retire(&r.old, &r.new_key, r.version, None).await?;
     Ok(ctx.with_sinks(outcome, r.sink_failures.clone()))
 }

@@ -12,6 +12,7 @@
 //! ```
 
 use super::ctx::Ctx;
+use super::dual::OldKeys;
 use super::step::{Checkpoint, Step};
 use crate::engine::{EngineError, Outcome};
 use crate::secret::Secret;
@@ -65,7 +66,7 @@ impl Ctx<'_> {
             .iter()
             .filter(|k| k.tag.as_deref() == Some(tag.as_str()))
             .collect();
-        let old_key = checkpoint.old_key_id.clone();
+        let old = OldKeys::from_checkpoint(checkpoint);
         let recorded_version = checkpoint.vault_version;
 
         // Promoted already: only the old key's retirement may be missing, once the
@@ -92,7 +93,7 @@ impl Ctx<'_> {
                 .finish_promoted(
                     &ours,
                     &keys,
-                    old_key.as_deref(),
+                    &old,
                     &promoted,
                     current.version,
                     current.value.as_ref(),
@@ -125,14 +126,7 @@ impl Ctx<'_> {
             {
                 Ok(version) => {
                     return self
-                        .finish_promoted(
-                            &ours,
-                            &keys,
-                            old_key.as_deref(),
-                            &key_id,
-                            version,
-                            Some(&value),
-                        )
+                        .finish_promoted(&ours, &keys, &old, &key_id, version, Some(&value))
                         .await
                         .map(Some);
                 }
@@ -186,12 +180,12 @@ impl Ctx<'_> {
     }
 
     /// After a resumed promotion: other keys this run created are orphans; the old
-    /// key (if the provider still has it) is retired as in a normal run.
+    /// keys (those the provider still has) are retired as in a normal run.
     pub(super) async fn finish_promoted(
         &self,
         ours: &[&crate::provider::KeyInfo],
         keys: &[crate::provider::KeyInfo],
-        old_key: Option<&str>,
+        old: &OldKeys,
         promoted: &str,
         version: u64,
         value: Option<&Secret>,
@@ -211,8 +205,17 @@ impl Ctx<'_> {
             Some(v) => self.propagate(v).await?,
             None => Vec::new(),
         };
-        let old_key = old_key.filter(|o| keys.iter().any(|k| k.id == *o));
-        let outcome = self.retire(old_key, promoted, version).await?;
+        // Only keys the provider still has are left to retire.
+        let old = OldKeys {
+            retire: old
+                .retire
+                .iter()
+                .filter(|o| keys.iter().any(|k| &k.id == *o))
+                .cloned()
+                .collect(),
+            ..old.clone()
+        };
+        let outcome = self.retire(&old, promoted, version, None).await?;
         Ok(self.with_sinks(outcome, sink_failures))
     }
 

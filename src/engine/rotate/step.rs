@@ -214,6 +214,12 @@ pub struct Checkpoint {
     /// and is not kept; all of them are retired after promotion.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retire: Vec<String>,
+    /// Routine mode: active keys rekey could not tie to Vault's value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unidentified: Vec<String>,
+    /// Breach mode: the provider could not list the account's keys.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlisted: bool,
 }
 
 impl Checkpoint {

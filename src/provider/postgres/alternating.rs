@@ -294,6 +294,12 @@ impl PostgresAlternating {
 
 #[async_trait]
 impl Provider for PostgresAlternating {
+    /// Create changes the password of the role not in use: the two roles are
+    /// always there.
+    fn reuses_keys(&self) -> bool {
+        true
+    }
+
     /// Admin login works and may change passwords; both roles exist, differ and
     /// can log in; their marks say which one the next rotation changes.
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
