@@ -15,7 +15,8 @@ use anyhow::Result;
 use std::path::PathBuf;
 
 pub fn run(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatus> {
-    let (loaded, selection) = load_for_run(&args.playbook, &args.selection, catalog, io)?;
+    let (loaded, selection, expanded_sha256) =
+        load_for_run(&args.playbook, &args.selection, catalog, io)?;
     let prepared = prepare(&args.playbook, loaded, &selection, catalog)?;
     let (journal, key) = open_journal(&args.journal.path)?;
     let actor = crate::audit::Actor::from_os();
@@ -32,6 +33,7 @@ pub fn run(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Result
         },
         selection: serde_json::json!({ "compromised": selection.compromised, "tags": selection.tags, "only": selection.only }),
         actor: actor.user.clone(),
+        expanded_sha256: Some(expanded_sha256),
     };
     let audit = AuditSetup::from_args(&args.journal);
     let operator = terminal_operator();
@@ -122,7 +124,9 @@ pub fn rollback(
     }
     if matches!(
         run.status,
-        crate::journal::RunStatus::Running | crate::journal::RunStatus::Interrupted
+        crate::journal::RunStatus::Running
+            | crate::journal::RunStatus::Interrupted
+            | crate::journal::RunStatus::AwaitingOperator
     ) {
         return Err(Refusal::new(format!(
             "run {} is {}; finish it with `rekey resume` before rolling it back",
@@ -194,7 +198,18 @@ fn reload_run<'c>(
         tags: strings("tags"),
         only: strings("only"),
     };
-    let (loaded, selection) = load_for_run(&path, &selection_args, catalog, io)?;
+    let (loaded, selection, expanded) = load_for_run(&path, &selection_args, catalog, io)?;
+    if let Some(recorded) = &run.expanded_sha256
+        && *recorded != expanded
+    {
+        return Err(Refusal::new(format!(
+            "{} expands differently than when run {} started: a `${{VAR}}` it uses has another value now",
+            path.display(),
+            run.id
+        ))
+        .help("set the variables the playbook uses (VAULT_ADDR, ...) as they were when the run started; rekey acts on a run only with the instructions it started with")
+        .into());
+    }
     prepare(&path, loaded, &selection, catalog)
 }
 
@@ -253,25 +268,30 @@ fn print_summary(
                         .unwrap_or_default()
                 ),
                 crate::engine::Outcome::RolledBack { reason } => format!("rolled back: {reason}"),
-                crate::engine::Outcome::Quarantined { reason, action } => {
+                crate::engine::Outcome::Quarantined { reason, action, .. } => {
                     format!("QUARANTINED: {reason}\n      to do: {action}")
                 }
                 crate::engine::Outcome::Skipped { reason } => format!("skipped: {reason}"),
                 crate::engine::Outcome::AwaitingOperator { .. } => {
                     "awaiting operator (manual step)".into()
                 }
+                crate::engine::Outcome::NotStarted { reason } => format!("not started: {reason}"),
             };
             writeln!(io.stdout, "  {:<24} {detail}", r.id)?;
         }
-        writeln!(
-            io.stdout,
+        let mut counts = format!(
             "{} rotated, {} rolled back, {} quarantined, {} skipped, {} awaiting an operator",
             summary.count(CredentialState::Rotated),
             summary.count(CredentialState::RolledBack),
             summary.count(CredentialState::Quarantined),
             summary.count(CredentialState::Skipped),
             summary.count(CredentialState::AwaitingOperator)
-        )?;
+        );
+        let not_started = summary.count(CredentialState::NotStarted);
+        if not_started > 0 {
+            counts += &format!(", {not_started} not started");
+        }
+        writeln!(io.stdout, "{counts}")?;
         for i in &summary.instances {
             writeln!(io.stdout, "  {}", instance_line(i))?;
         }
@@ -281,6 +301,12 @@ fn print_summary(
             io.stderr,
             "run {} was interrupted; `rekey resume` finishes it",
             summary.run_id
+        )?;
+    } else if summary.status() == crate::journal::RunStatus::Interrupted {
+        writeln!(
+            io.stderr,
+            "run {} is unfinished: Vault did not answer; `rekey resume {}` finishes it once Vault answers",
+            summary.run_id, summary.run_id
         )?;
     }
     let waiting: Vec<&str> = summary
@@ -296,16 +322,17 @@ fn print_summary(
             run = summary.run_id
         )?;
     }
-    if !summary.interrupted
-        && !waiting.is_empty()
-        && summary.status() == crate::journal::RunStatus::Interrupted
-    {
-        return Ok(ExitStatus::AwaitingOperator);
+    // A credential a human must act on says so first, whatever else is left.
+    if summary.needs_a_human() > 0 {
+        return Ok(ExitStatus::Quarantined);
     }
     Ok(match summary.status() {
         crate::journal::RunStatus::Succeeded => ExitStatus::Success,
         crate::journal::RunStatus::Quarantined => ExitStatus::Quarantined,
         crate::journal::RunStatus::Interrupted => ExitStatus::Interrupted,
-        _ => ExitStatus::Failure,
+        crate::journal::RunStatus::AwaitingOperator => ExitStatus::AwaitingOperator,
+        crate::journal::RunStatus::Running | crate::journal::RunStatus::Failed => {
+            ExitStatus::Failure
+        }
     })
 }

@@ -19,9 +19,19 @@ pub(super) fn load_for_run(
     args: &crate::cli::SelectionArgs,
     catalog: &Catalog,
     io: &mut Io,
-) -> Result<(playbook::Loaded, Selection)> {
+) -> Result<(playbook::Loaded, Selection, String)> {
     let file = path.display().to_string();
-    let loaded = match playbook::load_file(path, &crate::env_vars::get, catalog) {
+    // Every `${VAR}` the playbook expands, with its value: a run is resumed only
+    // with the same expansion (another VAULT_ADDR would be another run).
+    let expanded = std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let env = |name: &str| {
+        let value = crate::env_vars::get(name);
+        if let Ok(mut e) = expanded.lock() {
+            e.insert(name.to_owned(), value.clone());
+        }
+        value
+    };
+    let loaded = match playbook::load_file(path, &env, catalog) {
         Ok(l) => l,
         Err(report) => {
             report_problems(io, &report, Format::Text)?;
@@ -37,7 +47,32 @@ pub(super) fn load_for_run(
     if let Err(errors) = plan::select::check(&loaded.playbook, &selection) {
         return Err(Refusal::many(errors.iter().map(|e| format!("{file}: {e}"))).into());
     }
-    Ok((loaded, selection))
+    let expanded = expanded.into_inner().unwrap_or_default();
+    Ok((loaded, selection, expanded_sha256(path, &expanded)))
+}
+
+/// SHA-256 of the playbook file and of each variable it expanded (name and value,
+/// or unset), hex. Values are hashed, never kept: `${VAR}` refuses secret-looking
+/// names, but a hash is all `resume` needs.
+fn expanded_sha256(
+    path: &Path,
+    vars: &std::collections::BTreeMap<String, Option<String>>,
+) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(std::fs::read(path).unwrap_or_default());
+    for (name, value) in vars {
+        hash.update([0u8]);
+        hash.update(name.as_bytes());
+        match value {
+            Some(v) => {
+                hash.update([1u8]);
+                hash.update(v.as_bytes());
+            }
+            None => hash.update([2u8]),
+        }
+    }
+    hex::encode(hash.finalize())
 }
 
 /// The key for the journal's HMAC fingerprints, kept beside the journal (0600) so
@@ -334,6 +369,39 @@ pub(super) async fn build_provider(
 
 /// Runs `work` with an engine built from `prepared`; `actor` (with the Vault
 /// token's identity added once Vault answers) is named on every audit line.
+/// How long the checks of Vault before a run may take: a server that does not
+/// answer in this time ends the command before anything changes.
+const VAULT_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Vault before anything is touched: it answers (within `VAULT_CHECK_TIMEOUT`),
+/// the token is good, the mount is KV version 2, and the token may read and write
+/// the selected credentials' paths and the staging prefix. One clear error, not one
+/// failure per credential.
+async fn check_vault(store: &crate::store::VaultStore, prepared: &Prepared<'_>) -> Result<()> {
+    use crate::store::SecretStore;
+    let paths: Vec<String> = prepared
+        .waves
+        .iter()
+        .flatten()
+        .map(|&i| prepared.playbook.credentials[i].vault_path.clone())
+        .collect();
+    let checks = async {
+        store.preflight().await?;
+        store
+            .check_access(&paths, &prepared.playbook.vault.staging_prefix)
+            .await
+    };
+    match tokio::time::timeout(VAULT_CHECK_TIMEOUT, checks).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::anyhow!("{e}; nothing was changed")),
+        Err(_) => Err(anyhow::anyhow!(
+            "Vault at {} did not answer within {} s; nothing was changed: check `vault.address` and that the server is up and unsealed, then run again",
+            prepared.playbook.vault.address,
+            VAULT_CHECK_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 pub(super) fn with_engine<T>(
     prepared: Prepared<'_>,
     mut journal: crate::journal::Journal,
@@ -363,6 +431,7 @@ pub(super) fn with_engine<T>(
             }
         });
         let store = crate::store::VaultStore::connect(&prepared.vault).await?;
+        check_vault(&store, &prepared).await?;
         if let Some((entity, name)) = store.identity().await {
             actor.vault_entity_id = entity;
             actor.vault_display_name = name;
@@ -382,14 +451,10 @@ pub(super) fn with_engine<T>(
         if !refused.is_empty() {
             anyhow::bail!("{}; nothing was changed", refused.join("; "));
         }
-        let mut builder = crate::engine::Engine::builder(
-            prepared.playbook.clone(),
-            Arc::new(store),
-            journal,
-            key,
-        )
-        .stop_flag(stop)
-        .operator(operator);
+        let mut builder =
+            crate::engine::Engine::builder(prepared.playbook.clone(), Arc::new(store), journal, key)
+                .stop_flag(stop)
+                .operator(operator);
         for (name, provider) in providers {
             builder = builder.provider(name, provider);
         }

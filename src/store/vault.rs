@@ -35,7 +35,10 @@ use zeroize::Zeroizing;
 /// Longest wait for one request, connection included: long enough for a loaded
 /// server, short enough that a black-holed address becomes a retryable error
 /// instead of a hung rotation.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one Vault request may take. Vault answers in milliseconds; a request
+/// that takes longer is stuck (a hung server, a dead proxy), and the engine's
+/// retries and circuit breaker take it from there.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many times `read` re-reads an entry that changes between its data and
 /// metadata reads (see `read`).
@@ -367,6 +370,7 @@ impl VaultStore {
             Verb::Patch => http
                 .patch(&url)
                 .header("Content-Type", "application/merge-patch+json"),
+            Verb::Post => http.post(&url).header("Content-Type", "application/json"),
         };
         request = request.header("X-Vault-Request", "true");
         if authenticated {
@@ -700,6 +704,81 @@ impl SecretStore for VaultStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(address = %self.address, mount = %self.mount))]
+    async fn check_access(&self, paths: &[String], staging_prefix: &str) -> Result<(), StoreError> {
+        // What the token may do on each API path (`sys/capabilities-self`, any token
+        // may ask about itself). A probe path under the staging prefix stands for
+        // every staging entry a run writes and deletes.
+        let staging = staging_prefix.trim_matches('/');
+        let probe = format!("{staging}/rekey-access-check");
+        let mut wanted: Vec<(String, &[&str])> = vec![
+            (
+                format!("{}/data/{probe}", self.mount),
+                &["create", "update", "read"],
+            ),
+            (format!("{}/metadata/{probe}", self.mount), &["delete"]),
+        ];
+        for path in paths {
+            wanted.push((format!("{}/data/{path}", self.mount), &["read", "update"]));
+        }
+        let mut missing = Vec::new();
+        for chunk in wanted.chunks(200) {
+            let body =
+                serde_json::json!({ "paths": chunk.iter().map(|(p, _)| p).collect::<Vec<_>>() });
+            let call = Call {
+                store: self,
+                action: Action::CheckToken,
+                target: "sys/capabilities-self".into(),
+                policy: None,
+            };
+            let answer = self
+                .raw(Verb::Post, "sys/capabilities-self", Some(&body), true)
+                .await
+                .map_err(|t| call.fail_with(Failure::Transport(t)))?;
+            if answer.status != 200 {
+                return Err(call.fail_with(Failure::Status {
+                    code: answer.status,
+                }));
+            }
+            let granted: Value =
+                serde_json::from_slice(&answer.body).map_err(|_| call.unreadable())?;
+            // OpenBao and Vault answer at the top level and under `data`.
+            let granted = granted
+                .get("data")
+                .filter(|d| d.is_object())
+                .unwrap_or(&granted);
+            for (path, needs) in chunk {
+                let has: Vec<&str> = granted
+                    .get(path)
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if has.contains(&"root") {
+                    continue;
+                }
+                let lacking: Vec<&str> =
+                    needs.iter().copied().filter(|n| !has.contains(n)).collect();
+                if !lacking.is_empty() {
+                    missing.push(format!("{} on `{path}`", lacking.join("+")));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let shown = missing.len().min(5);
+        Err(StoreError::Unauthorized(format!(
+            "the Vault token at {} may not do what the run needs: it lacks {}{}; give its policy those capabilities (or run with another token), then run again: nothing was changed",
+            self.address,
+            missing[..shown].join(", "),
+            if missing.len() > shown {
+                format!(" and {} more", missing.len() - shown)
+            } else {
+                String::new()
+            }
+        )))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(address = %self.address, mount = %self.mount))]
     async fn preflight(&self) -> Result<(), StoreError> {
         // In this order so each failure is explained by the first thing that is wrong:
         // an unreachable server is not a bad token, and a bad token is not a bad mount.
@@ -838,6 +917,7 @@ async fn check_ca_file(path: &std::path::Path) -> Result<String, StoreError> {
 enum Verb {
     Get,
     Patch,
+    Post,
 }
 
 struct RawAnswer {

@@ -95,7 +95,33 @@ impl From<StoreError> for Failure {
     }
 }
 
+impl Failure {
+    /// Whether the store (or provider) could not be reached: worth trying again
+    /// later rather than a reason to give up on the credential.
+    pub(super) fn transient(&self) -> bool {
+        self.kind == FailureKind::Transient
+    }
+}
+
 impl<'a> Ctx<'a> {
+    /// The outcome of a rotation that stopped at a Vault step before anything
+    /// visible changed: not started when Vault did not answer (`resume` starts
+    /// it), rolled back otherwise.
+    pub(super) fn nothing_changed(&self, what: &str, f: &Failure) -> crate::engine::Outcome {
+        if f.transient() {
+            crate::engine::Outcome::NotStarted {
+                reason: format!(
+                    "Vault did not answer ({what}: {}); nothing changed, and `rekey resume` starts it once Vault answers",
+                    f.message
+                ),
+            }
+        } else {
+            crate::engine::Outcome::RolledBack {
+                reason: format!("{what}: {}", f.message),
+            }
+        }
+    }
+
     /// A context for credential `index` of run `run`. `leased`: the caller took the
     /// journal lease on the credential (rotate), and steps renew it as they go.
     pub(super) fn new(
@@ -188,6 +214,28 @@ impl<'a> Ctx<'a> {
         E: Into<Failure> + RetryHint,
     {
         self.limited_step(step, detail, None, true, call).await
+    }
+
+    /// [`Ctx::step`] for a call to Vault: when it still fails as unreachable after
+    /// its retries, the engine stops starting new credentials until Vault answers
+    /// again (see `Engine::vault_unreachable`).
+    pub(super) async fn vstep<T, F, Fut>(
+        &self,
+        step: Step,
+        detail: Value,
+        call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let result = self.step(step, detail, call).await?;
+        if let Err(f) = &result
+            && f.transient()
+        {
+            self.engine.vault_unreachable(&f.message);
+        }
+        Ok(result)
     }
 
     /// [`Ctx::step`], with transient retries drawn from `limit`'s retry budget.

@@ -78,9 +78,8 @@ impl Ctx<'_> {
         let current = match self.read_current().await? {
             Ok(c) => c,
             Err(f) => {
-                return Ok(Outcome::RolledBack {
-                    reason: format!("cannot read {}: {}", self.credential.vault_path, f.message),
-                });
+                let what = format!("cannot read {}", self.credential.vault_path);
+                return Ok(self.nothing_changed(&what, &f));
             }
         };
         let provider = self.provider.clone();
@@ -140,12 +139,18 @@ impl Ctx<'_> {
         // Stored at once: until the staging write succeeds the new key exists only
         // in memory, and a crash here leaves an orphan that resume finds by its tag.
         if let Err(f) = self.stage(&issued.secret, &fields).await? {
-            return self
+            let undone = self
                 .undo_new_key(
                     &issued.key_id,
                     format!("could not stage the new key in Vault: {}", f.message),
                 )
-                .await;
+                .await?;
+            return Ok(match undone {
+                Outcome::RolledBack { .. } if f.transient() => {
+                    self.nothing_changed("could not stage the new key in Vault", &f)
+                }
+                other => other,
+            });
         }
         checkpoint.new_key_id = Some(issued.key_id.clone());
         self.state(CredentialState::Staged, &checkpoint)?;
@@ -513,6 +518,7 @@ impl Ctx<'_> {
         if old.vault_key.as_deref() == Some(new_key) && !in_place {
             self.clear_staging().await?;
             return Ok(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "the provider issued key {new_key} again, the key Vault already named: it was changed in place while in use, and there is no other key to retire (not retiring {new_key}, which holds the promoted value)"
                 ),
@@ -612,6 +618,7 @@ impl Ctx<'_> {
         let account = self.credential.account.as_deref().unwrap_or(id);
         if !alive.is_empty() {
             return Ok(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "the new key {new_key} is promoted (Vault version {version}), but old keys may still work: {}",
                     why.join("; ")
@@ -624,6 +631,7 @@ impl Ctx<'_> {
         }
         if old.unlisted {
             return Ok(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "the new key {new_key} is promoted (Vault version {version}){}, but the provider could not list the account's keys, so others may still be active",
                     match old.retire.as_slice() {
@@ -638,6 +646,7 @@ impl Ctx<'_> {
         }
         if !old.unidentified.is_empty() {
             return Ok(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "the new key {new_key} is promoted (Vault version {version}), but Vault named no old key and rekey could not tell which of {} its value belonged to: they are still active",
                     old.unidentified.join(", ")
@@ -673,6 +682,7 @@ impl Ctx<'_> {
     ) -> Result<Outcome, EngineError> {
         let id = &self.credential.id;
         let conflict = f.conflict;
+        let unreachable = f.transient();
         let undone = self.undo_new_key(new_key, String::new()).await?;
         let reason = if conflict {
             format!(
@@ -684,12 +694,16 @@ impl Ctx<'_> {
         };
         Ok(match undone {
             Outcome::RolledBack { .. } if conflict => Outcome::Quarantined {
+                resumable: false,
                 reason,
                 action: format!(
                     "find out who wrote {} and why, then run rekey again for `{id}`; the old key still works",
                     self.credential.vault_path
                 ),
             },
+            Outcome::RolledBack { .. } if unreachable => {
+                self.nothing_changed("could not promote", &f)
+            }
             Outcome::RolledBack { .. } => Outcome::RolledBack { reason },
             other => other,
         })
@@ -711,6 +725,7 @@ impl Ctx<'_> {
                 reason
             };
             return Ok(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "{reason}; `{}` retired the old value when it issued new key {key_id}",
                     self.credential.provider
@@ -733,6 +748,7 @@ impl Ctx<'_> {
         Ok(match revoked {
             Ok(()) => Outcome::RolledBack { reason },
             Err(f) => Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "{reason}; and the new key {key_id} could not be deleted: {}",
                     f.message
