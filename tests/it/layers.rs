@@ -220,7 +220,9 @@ fn no_module_uses_a_higher_layer_and_no_imports_make_a_circle() {
     let files = sources();
     let edges = edges(&files);
     assert!(
-        edges.iter().any(|e| e.from == "engine" && e.to == "journal"),
+        edges
+            .iter()
+            .any(|e| e.from == "engine" && e.to == "journal"),
         "the scan finds the engine's use of the journal"
     );
     let problems = violations(&edges, LAYERS);
@@ -245,8 +247,14 @@ fn no_module_uses_a_higher_layer_and_no_imports_make_a_circle() {
 fn the_layering_check_finds_upward_uses_circles_and_unknown_modules() {
     let file = |path: &str, text: &str| (PathBuf::from(path), text.to_owned());
     let files = [
-        file("low.rs", "use crate::high::Thing; // crate::ignored in a comment\n"),
-        file("high/mod.rs", "let x = crate::low::f(\"crate::not_code\");\n"),
+        file(
+            "low.rs",
+            "use crate::high::Thing; // crate::ignored in a comment\n",
+        ),
+        file(
+            "high/mod.rs",
+            "let x = crate::low::f(\"crate::not_code\");\n",
+        ),
         file("high/deep/mod.rs", "use super::super::side::Y;\n"),
         file("side.rs", "use crate::high::Z;\n"),
         file("lib.rs", "pub use crate::anything;\n"),
@@ -258,7 +266,12 @@ fn the_layering_check_finds_upward_uses_circles_and_unknown_modules() {
         .collect();
     assert_eq!(
         shown,
-        [("low", "high"), ("high", "low"), ("high", "side"), ("side", "high")]
+        [
+            ("low", "high"),
+            ("high", "low"),
+            ("high", "side"),
+            ("side", "high")
+        ]
     );
     let problems = violations(&edges, &[&["low"], &["high", "side"]]);
     assert!(
