@@ -1,7 +1,9 @@
 //! Every environment variable rekey reads, in one place: the constants below, and
 //! the variables a playbook names (`vault.auth.token_env`, `secret_id_env`, an
 //! admin credential's `env`, `${VAR}` in its text, an exec plugin's `env:` list),
-//! all read through [`get`] and [`get_os`]; nothing else in rekey calls `std::env`.
+//! all read through [`get`] and [`get_os`]; nothing else in rekey reads the
+//! environment (`harden` takes the secret ones out of it, through `get`;
+//! `tests/it/layers.rs` checks it).
 
 /// Default variable holding the Vault token (`vault.auth.token_env` changes it).
 pub const VAULT_TOKEN: &str = "VAULT_TOKEN";
@@ -29,6 +31,12 @@ pub const USER: &str = "USER";
 pub const LOGNAME: &str = "LOGNAME";
 /// Handed on to a file sink's reload command, the only variable it gets.
 pub const PATH: &str = "PATH";
+
+/// rekey's own variables that hold secrets: never interpolated with `${VAR}`,
+/// never passed to an exec plugin, removed from the environment once read
+/// (`harden.rs`), whatever the playbook says. Read them with
+/// `harden::secret_env`, not [`get`].
+pub const SECRETS: &[&str] = &[VAULT_TOKEN, VAULT_SECRET_ID, REKEY_AUDIT_AUTHORIZATION];
 
 /// The value of variable `name`: one of the constants above, or a name the
 /// playbook gives. `None` when unset or not Unicode.

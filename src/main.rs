@@ -5,10 +5,13 @@ use clap::Parser;
 use rekey::cli::{Cli, Color, Command};
 use rekey::{ExitStatus, commands, env_vars};
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    rekey::harden::process();
     let cli = Cli::parse();
+    // Still the only thread: the secret variables rekey itself reads leave the
+    // environment now (those a playbook names, once it is loaded).
+    rekey::harden::take_env(env_vars::SECRETS.iter().copied());
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,
@@ -74,12 +77,5 @@ fn init_logging(cli: &Cli, color: bool) {
             _ => "trace",
         }
     };
-    let filter = EnvFilter::try_from_env(env_vars::RUST_LOG)
-        .unwrap_or_else(|_| EnvFilter::new(format!("rekey={level}")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(color)
-        .with_target(false)
-        .init();
+    rekey::logging::init(level, color);
 }

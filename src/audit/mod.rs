@@ -16,9 +16,11 @@
 //! world starts; a trail that cannot be written stops the run.
 //! Invariant: no secret value reaches a line: details come from the journal (ids,
 //! versions), and the journal's fingerprints are replaced by the trail's HMAC.
-//! Invariant: rekey never appends to a trail whose chain does not verify.
+//! Invariant: rekey never appends to a trail whose chain does not verify, nor to
+//! one that disagrees with what its journal recorded of it (`anchor`).
 //! Invariant: the reader (`chain::verify`, `report`) never panics on any bytes.
 
+pub mod anchor;
 pub mod chain;
 pub mod report;
 pub mod sink;
@@ -70,6 +72,10 @@ impl Actor {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The file or its directory failed a check of `crate::files` (a link,
+    /// another owner, a directory others can write).
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     #[error("cannot {action} the audit trail at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -113,29 +119,49 @@ pub fn head_path(trail: &Path) -> PathBuf {
 
 /// Reads the trail at `path` (and its head record when present) and verifies it,
 /// calling `each` with every line that holds.
+///
+/// A trail rekey keeps has its key file and its head record beside it: with the
+/// key there and the head gone, the head was deleted, and that is a problem (the
+/// end can no longer be checked). A trail alone (a collector's copy) verifies
+/// with a note.
 pub fn verify_file(
     path: &Path,
     each: impl FnMut(u64, serde_json::Map<String, serde_json::Value>),
 ) -> std::io::Result<Verdict> {
     let bytes = std::fs::read(path)?;
+    let unchecked_end = |reason: String, each| {
+        let mut v = chain::verify(&bytes, None, each);
+        v.notes.clear();
+        if v.problem.is_none() {
+            v.problem = Some(Problem {
+                line: v.lines,
+                reason,
+            });
+        }
+        v
+    };
     let head = match std::fs::read(head_path(path)) {
         Ok(b) => match chain::parse_head(&b) {
             Some(h) => Some(h),
             None => {
-                let mut v = chain::verify(&bytes, None, each);
-                v.notes.clear();
-                if v.problem.is_none() {
-                    v.problem = Some(Problem {
-                        line: v.lines,
-                        reason: format!(
-                            "the head record {} is unreadable, so the end of the trail cannot be checked",
-                            head_path(path).display()
-                        ),
-                    });
-                }
-                return Ok(v);
+                return Ok(unchecked_end(
+                    format!(
+                        "the head record {} is unreadable, so the end of the trail cannot be checked",
+                        head_path(path).display()
+                    ),
+                    each,
+                ));
             }
         },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && key_path(path).exists() => {
+            return Ok(unchecked_end(
+                format!(
+                    "the head record {} is missing (rekey writes it beside every trail it keeps, with the key file), so lines removed from the end cannot be detected; restore it from a backup",
+                    head_path(path).display()
+                ),
+                each,
+            ));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };

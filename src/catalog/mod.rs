@@ -57,6 +57,10 @@ pub struct Setting {
     pub required: bool,
     #[serde(default)]
     pub default: Option<serde_json::Value>,
+    /// The values the setting may take, when the provider accepts only some
+    /// (checked when the playbook is validated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub one_of: Vec<serde_json::Value>,
     pub description: String,
 }
 
@@ -123,6 +127,10 @@ pub struct ProviderType {
     /// What the provider's API cannot do, and what rekey does instead.
     #[serde(default)]
     pub limitations: Vec<String>,
+    /// What the vendor requires and allows, as its documentation says (HTTP
+    /// definitions): checked against its published API description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<VendorFacts>,
     /// Declarative HTTP definition (`implementation: http`), checked by `http::load`
     /// and kept in `definition`.
     #[serde(default, skip_serializing)]
@@ -269,6 +277,28 @@ impl<'de> Deserialize<'de> for CredentialSettings {
         }
         d.deserialize_any(Either)
     }
+}
+
+/// What a vendor requires of rekey and what its credentials allow, from its
+/// documentation; every HTTP definition states them (providers/README.md).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorFacts {
+    /// The admin credential: which kind, which permission or scope it needs.
+    pub admin: String,
+    /// Which kinds of credential the definition rotates.
+    pub covers: Vec<String>,
+    /// Which kinds it cannot, and what to do about them.
+    pub cannot: Vec<String>,
+    /// How many credentials an account may hold.
+    pub quota: String,
+    /// Expiry rules (lifetimes, maximums).
+    pub expiry: String,
+    /// How long a new credential may take to work, and how verify covers it.
+    pub propagation: String,
+    /// The contract file (tests/contracts/<name>.json) extracted from the
+    /// vendor's published API description.
+    pub contract: String,
 }
 
 type Loaded = Result<Option<std::sync::Arc<http::Definition>>, String>;
@@ -646,5 +676,42 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 10, "only {checked} HTTP definitions");
+    }
+
+    #[test]
+    fn every_http_definition_states_what_its_vendor_requires() {
+        let catalog = Catalog::load(None).unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut http = 0;
+        for t in catalog
+            .types
+            .values()
+            .filter(|t| t.implementation == "http")
+        {
+            http += 1;
+            let v = t
+                .vendor
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} has no `vendor:` facts", t.name));
+            for (what, text) in [
+                ("admin", &v.admin),
+                ("quota", &v.quota),
+                ("expiry", &v.expiry),
+                ("propagation", &v.propagation),
+            ] {
+                assert!(
+                    !text.trim().is_empty(),
+                    "{}: vendor.{what} is empty",
+                    t.name
+                );
+            }
+            assert!(!v.covers.is_empty(), "{}: vendor.covers", t.name);
+            assert!(!v.cannot.is_empty(), "{}: vendor.cannot", t.name);
+            let contract = root
+                .join("tests/contracts")
+                .join(format!("{}.json", v.contract));
+            assert!(contract.is_file(), "{}: no {}", t.name, contract.display());
+        }
+        assert_eq!(http, 10, "the ten shipped HTTP definitions");
     }
 }

@@ -19,6 +19,7 @@ pub fn plan(args: &PlanArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatu
             return Err(Refusal::reported().into());
         }
     };
+    crate::harden::take_playbook_env(&loaded.playbook);
     report_problems(io, &loaded.report, args.format)?;
     let selection = Selection {
         compromised: args.selection.compromised.clone(),

@@ -235,8 +235,12 @@ fn instance_line(i: &crate::engine::limits::LimitStats) -> String {
     }
     match i.learned_per_second {
         Some(l) => {
+            let burst = i
+                .learned_burst
+                .map(|b| format!(", burst {b}"))
+                .unwrap_or_default();
             line += &format!(
-                "; the provider admits about {} (configured {}): ended at {}, set `rate` in the playbook to match",
+                "; the provider admits about {}{burst} (configured {}): ended at {}, set `rate` in the playbook to match",
                 rate(l),
                 rate(i.configured_per_second),
                 rate(i.final_per_second)

@@ -8,7 +8,6 @@ use crate::cli::Format;
 use crate::plan::{self, select::Selection};
 use crate::playbook;
 use anyhow::{Context, Result};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,6 +20,13 @@ pub(super) fn load_for_run(
     io: &mut Io,
 ) -> Result<(playbook::Loaded, Selection, String)> {
     let file = path.display().to_string();
+    if path == Path::new(playbook::STDIN) {
+        return Err(Refusal::new(
+            "`rekey run` needs a playbook file, not stdin: `resume` and `rollback` read it again",
+        )
+        .help("save the playbook to a file and run that")
+        .into());
+    }
     // Every `${VAR}` the playbook expands, with its value: a run is resumed only
     // with the same expansion (another VAULT_ADDR would be another run).
     let expanded = std::sync::Mutex::new(std::collections::BTreeMap::new());
@@ -38,6 +44,7 @@ pub(super) fn load_for_run(
             return Err(Refusal::reported().into());
         }
     };
+    crate::harden::take_playbook_env(&loaded.playbook);
     report_problems(io, &loaded.report, Format::Text)?;
     let selection = Selection {
         compromised: args.compromised.clone(),
@@ -81,47 +88,16 @@ fn fingerprint_key(journal: &Path) -> Result<Vec<u8>> {
     key_file(&journal.with_extension("key"))
 }
 
-/// A 32-byte HMAC key in file `path`, created (O_CREAT|O_EXCL, 0600, synced) when
-/// missing. An existing key file others can read is refused: whoever holds the
-/// key can test guesses against the fingerprints.
+/// A 32-byte HMAC key in file `path`, created when missing (see `files::key_file`).
 pub(super) fn key_file(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let mode = f.metadata()?.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            anyhow::bail!(
-                "the key file {} is accessible by group or others (mode {mode:04o}): run `chmod 600 {}` and check who changed it",
-                path.display(),
-                path.display()
-            );
-        }
-        let mut key = Vec::new();
-        f.read_to_end(&mut key)?;
-        if key.len() == 32 {
-            return Ok(key);
-        }
-        anyhow::bail!(
-            "the key file {} is not a rekey key (32 bytes); restore it from a backup: without it, recorded fingerprints cannot be checked",
-            path.display()
-        );
-    }
-    let key: [u8; 32] = rand::random();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(&key)?;
-    f.sync_all()?;
-    Ok(key.to_vec())
+    crate::files::key_file(path).map_err(anyhow::Error::msg)
 }
 
 /// Where the audit trail goes for `run`, `resume` and `rollback`.
 pub(super) struct AuditSetup {
     path: PathBuf,
     sinks: Vec<String>,
+    new_trail: bool,
 }
 
 impl AuditSetup {
@@ -132,6 +108,7 @@ impl AuditSetup {
                 .clone()
                 .unwrap_or_else(|| crate::audit::default_path(&args.path)),
             sinks: args.audit_sinks.clone(),
+            new_trail: args.new_trail,
         }
     }
 
@@ -148,8 +125,8 @@ impl AuditSetup {
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let key = key_file(&crate::audit::key_path(&self.path))?;
-        let authorization = crate::env_vars::get(crate::env_vars::REKEY_AUDIT_AUTHORIZATION)
-            .map(|v| crate::secret::Secret::new(zeroize::Zeroizing::new(v).trim()));
+        let authorization = crate::harden::secret_env(crate::env_vars::REKEY_AUDIT_AUTHORIZATION)
+            .map(|v| crate::secret::Secret::new(v.trim()));
         let mut sinks = Vec::new();
         for spec in &self.sinks {
             sinks.push(
@@ -266,27 +243,25 @@ pub(super) fn prepare<'c>(
 pub(super) fn vault_config(pb: &playbook::Playbook) -> Result<crate::store::VaultConfig> {
     use crate::store::{VaultConfig, VaultLogin};
     let login = match &pb.vault.auth {
-        playbook::VaultAuth::Token { env: var } => {
-            match crate::env_vars::get(var).map(zeroize::Zeroizing::new) {
-                Some(t) if !t.trim().is_empty() => {
-                    VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned()))
-                }
-                _ => {
-                    return Err(Refusal::new(format!(
+        playbook::VaultAuth::Token { env: var } => match crate::harden::secret_env(var) {
+            Some(t) if !t.trim().is_empty() => {
+                VaultLogin::Token(crate::secret::Secret::new(t.trim().to_owned()))
+            }
+            _ => {
+                return Err(Refusal::new(format!(
                         "the Vault token variable `{var}` is not set"
                     ))
                     .help(format!(
                         "export {var}=... (a token allowed to read and write the playbook's paths)"
                     ))
                     .into());
-                }
             }
-        }
+        },
         playbook::VaultAuth::AppRole {
             role_id,
             secret_id_env,
             mount,
-        } => match crate::env_vars::get(secret_id_env).map(zeroize::Zeroizing::new) {
+        } => match crate::harden::secret_env(secret_id_env) {
             Some(s) if !s.trim().is_empty() => VaultLogin::AppRole {
                 mount: mount.clone(),
                 role_id: role_id.clone(),
@@ -411,6 +386,8 @@ pub(super) fn with_engine<T>(
     operator: Arc<dyn crate::provider::manual::Operator>,
     work: impl AsyncFnOnce(&crate::engine::Engine, &[Vec<usize>]) -> Result<T>,
 ) -> Result<T> {
+    crate::audit::anchor::check(&journal, &audit.path, audit.new_trail)
+        .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

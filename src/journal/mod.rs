@@ -28,11 +28,13 @@
 //! readers run beside a writer, writers queue for up to the busy timeout (5 s by default),
 //! and then fail with [`JournalError::Busy`].
 
+mod anchor;
 mod error;
 mod file;
 mod mirror;
 mod schema;
 
+pub use anchor::TrailAnchor;
 pub use error::JournalError;
 pub use mirror::{Event, Mirror};
 
@@ -340,7 +342,10 @@ impl Journal {
         file::ensure_private_file(path)?;
         // No SQLITE_OPEN_CREATE: the file exists, made private above, and if it vanished
         // in between we would rather fail than have SQLite create a 0644 one.
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // NOFOLLOW: SQLite refuses a path that is (or passes through) a link.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| map_sql(path, "opening the database", e))?;
         let journal = Journal {
@@ -472,6 +477,7 @@ impl Journal {
                             new_run: run,
                         },
                     )?;
+                    self.record_anchor()?;
                     return Ok(id);
                 }
                 Err(e)
@@ -527,7 +533,8 @@ impl Journal {
             return Err(self.unknown_run(id));
         }
         info!(run = %id, %status, "Run finished.");
-        self.mirror("the end of a run", Event::RunFinished { run: id, status })
+        self.mirror("the end of a run", Event::RunFinished { run: id, status })?;
+        self.record_anchor()
     }
 
     /// Marks run `id` as `running` again (and clears `finished_at`): `rekey resume`
@@ -544,7 +551,8 @@ impl Journal {
             return Err(self.unknown_run(id));
         }
         info!(run = %id, "Run reopened.");
-        self.mirror("a resumed run", Event::RunReopened { run: id })
+        self.mirror("a resumed run", Event::RunReopened { run: id })?;
+        self.record_anchor()
     }
 
     /// Records that the process `holder` (`<pid>-<nonce>`) on this host works on

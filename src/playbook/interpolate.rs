@@ -51,7 +51,13 @@ const NOT_SECRET_SUFFIXES: &[&str] = &[
     "ID", "NAME", "URL", "ADDR", "HOST", "PORT", "PATH", "FILE", "USER", "ENV", "TYPE",
 ];
 
+/// Whether variable `name` holds a secret by its name alone: a secret word in it,
+/// or one of rekey's own secret variables (`REKEY_AUDIT_AUTHORIZATION` has no
+/// secret word).
 pub fn looks_secret(name: &str) -> bool {
+    if crate::env_vars::SECRETS.contains(&name) {
+        return true;
+    }
     let upper = name.to_ascii_uppercase();
     if upper.ends_with("SECRET_ID") {
         return true;

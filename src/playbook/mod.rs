@@ -189,36 +189,38 @@ pub struct Loaded {
     pub report: Report,
 }
 
-/// Reads, parses and validates a playbook file against `catalog`.
+/// Reads, parses and validates a playbook file (`-`: stdin) against `catalog`.
 pub fn load_file(
     path: &Path,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
     catalog: &Catalog,
 ) -> Result<Loaded, Report> {
-    let file = path.display().to_string();
+    let file = if path == Path::new(STDIN) {
+        "<stdin>".to_owned()
+    } else {
+        path.display().to_string()
+    };
     let cannot_read = |message: String, help: &str| Report {
         file: file.clone(),
         source: Arc::new(String::new()),
         diagnostics: vec![Diagnostic::error(message, None).help(help)],
     };
-    let read = || -> std::io::Result<Option<Vec<u8>>> {
-        use std::io::Read;
-        let f = std::fs::File::open(path)?;
-        // Only regular files: a FIFO would block, /dev/zero would never end.
-        if !f.metadata()?.is_file() {
-            return Ok(None);
-        }
-        let mut bytes = Vec::new();
-        f.take(yaml::MAX_INPUT_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)?;
-        Ok(Some(bytes))
-    };
-    let bytes = match read() {
-        Ok(Some(b)) => b,
-        Ok(None) => {
+    let bytes = match read_playbook(path) {
+        Ok(Ok(b)) => b,
+        Ok(Err(Refused::NotAFile)) => {
             return Err(cannot_read(
                 "the playbook is not a regular file".into(),
-                "give the path of a YAML file",
+                "give the path of a YAML file, or `-` to read it from stdin",
+            ));
+        }
+        Ok(Err(Refused::TooLarge(size))) => {
+            return Err(cannot_read(
+                format!(
+                    "the playbook is {:.1} MiB; the limit is {} MiB",
+                    size as f64 / f64::from(1 << 20),
+                    yaml::MAX_INPUT_BYTES >> 20
+                ),
+                "split it into several playbooks (each is planned and run on its own)",
             ));
         }
         Err(e) => {
@@ -236,6 +238,45 @@ pub fn load_file(
     };
     load_bytes(&file, &bytes, env, catalog)
 }
+
+/// Why a playbook path was refused before its bytes were read.
+enum Refused {
+    /// A FIFO, a device, a directory: it could block or never end.
+    NotAFile,
+    /// Larger than the parser's budget, in bytes.
+    TooLarge(u64),
+}
+
+/// The bytes of the playbook at `path`, or of stdin for `-`, at most
+/// `MAX_INPUT_BYTES` (+1, so the parser sees a stream that was too long). A path
+/// is opened without blocking (a FIFO with no writer would wait forever) and
+/// checked for its type and size before anything is read.
+fn read_playbook(path: &Path) -> std::io::Result<Result<Vec<u8>, Refused>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let limit = yaml::MAX_INPUT_BYTES as u64;
+    let mut bytes = Vec::new();
+    if path == Path::new(STDIN) {
+        std::io::stdin().take(limit + 1).read_to_end(&mut bytes)?;
+        return Ok(Ok(bytes));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Ok(Err(Refused::NotAFile));
+    }
+    if meta.len() > limit {
+        return Ok(Err(Refused::TooLarge(meta.len())));
+    }
+    f.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok(Ok(bytes))
+}
+
+/// The playbook path that means stdin.
+pub const STDIN: &str = "-";
 
 /// Parses and validates playbook bytes (`file` names them in messages).
 /// Never panics, whatever the bytes.

@@ -82,7 +82,7 @@ impl Admin {
 /// to do; they never hold a value.
 pub async fn resolve(source: &AdminSource, store: &dyn SecretStore) -> Result<Admin, String> {
     match source {
-        AdminSource::Env(var) => match crate::env_vars::get(var) {
+        AdminSource::Env(var) => match crate::harden::secret_env(var) {
             Some(v) if !v.trim().is_empty() => Ok(Admin::from_env_value(var, &v)),
             _ => Err(format!(
                 "the admin credential variable `{var}` is not set; export it before running rekey"

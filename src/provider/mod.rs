@@ -170,6 +170,19 @@ pub trait Provider: Send + Sync {
         ))
     }
 
+    /// Issues a new key to replace `old_key` (the key Vault names, when rekey
+    /// knows it), so that the provider can give the new key what the old one was
+    /// allowed to do (its scopes). Defaults to `create`.
+    async fn create_replacing(
+        &self,
+        target: Target<'_>,
+        tag: &str,
+        old_key: Option<&str>,
+    ) -> Result<Issued, ProviderError> {
+        let _ = old_key;
+        self.create(target, tag).await
+    }
+
     /// Sets a new value in place (single kinds).
     async fn change(&self, target: Target<'_>, new: &Secret) -> Result<(), ProviderError> {
         let _ = (target, new);

@@ -26,7 +26,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::OnceCell;
-use tracing::{debug, warn};
+use tracing::debug;
 use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretRequest, SetSecretRequestOptions};
 use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
@@ -108,12 +108,12 @@ impl VaultStore {
     /// request is made): `preflight` does that.
     pub async fn connect(config: &VaultConfig) -> Result<VaultStore, StoreError> {
         let address = config.address.trim().trim_end_matches('/').to_owned();
-        let is_https = address.starts_with("https://");
-        if !is_https && !address.starts_with("http://") {
-            return Err(StoreError::Invalid(format!(
-                "`{address}` is not a Vault address: write it with its scheme, e.g. `https://vault.example.com:8200`"
-            )));
-        }
+        let parsed = crate::net::parse_endpoint(&address).map_err(|why| {
+            StoreError::Invalid(format!(
+                "`{address}` is not a Vault address rekey may send a token to: {why}"
+            ))
+        })?;
+        let is_https = parsed.scheme() == "https";
         let mount = config.mount.trim_matches('/').to_owned();
         if let Some(why) = path_problem(&mount) {
             return Err(StoreError::Invalid(format!(
@@ -151,9 +151,6 @@ impl VaultStore {
             }
             ca_certs.push(check_ca_file(ca_file).await?);
         }
-        if !is_https && !is_loopback(&address) {
-            warn!(address = %address, "The Vault address is plain http: the token and every value cross the network unencrypted.");
-        }
 
         // Every setting is given explicitly: the builder's defaults read VAULT_ADDR,
         // VAULT_TOKEN, VAULT_CACERT, VAULT_CAPATH, VAULT_SKIP_VERIFY and
@@ -176,7 +173,7 @@ impl VaultStore {
         settings.address = address.parse().map_err(|_| {
             StoreError::Invalid(format!("`{address}` is not a valid URL: write it as `https://host:port`, e.g. `https://vault.example.com:8200`"))
         })?;
-        let client = VaultClient::new(settings).map_err(|e| match e {
+        let mut client = VaultClient::new(settings).map_err(|e| match e {
             ClientError::FileReadError { path, .. } | ClientError::ParseCertificateError { path, .. } => {
                 StoreError::Invalid(format!("cannot use `{path}` as CA file: it must be readable PEM certificates; check `vault.ca_file`"))
             }
@@ -184,6 +181,13 @@ impl VaultStore {
             // problem (e.g. the TLS backend), not the server's.
             _ => StoreError::Invalid(format!("cannot build an HTTP client for `{address}`: {e}")),
         })?;
+        // vaultrs's HTTP client follows redirects anywhere, with the token header
+        // (reqwest keeps custom headers across origins): the same client with the
+        // same-origin redirect policy replaces it.
+        client.http.http =
+            same_origin_client(is_https, &client.settings.ca_certs).map_err(|e| {
+                StoreError::Invalid(format!("cannot build an HTTP client for `{address}`: {e}"))
+            })?;
 
         let mut store = VaultStore {
             client,
@@ -859,13 +863,6 @@ fn is_header_safe(value: &str) -> bool {
     !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn is_loopback(address: &str) -> bool {
-    let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
-    ["127.", "localhost", "[::1]"]
-        .iter()
-        .any(|p| rest.starts_with(p))
-}
-
 /// Why `path` cannot be a KV path (or mount), if it cannot: emptiness, empty or dot
 /// segments, and the characters Vault paths and policies treat specially. The same
 /// rules as the playbook's, applied strictly (paths reach the store normalised).
@@ -891,6 +888,26 @@ fn path_problem(path: &str) -> Option<&'static str> {
 
 /// Reads the CA file once to fail early with a clear message (vaultrs reads it again
 /// when building the client) and returns the path as vaultrs wants it.
+/// The HTTP client vaultrs would build for these settings (timeout, the system's
+/// roots plus `ca_files`, verification on), with [`crate::net::redirect_policy`].
+fn same_origin_client(is_https: bool, ca_files: &[String]) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(crate::net::redirect_policy());
+    if is_https {
+        for path in ca_files {
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|_| format!("{path} holds no readable PEM certificate"))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+    } else {
+        // As vaultrs does for http:// (reqwest issue 2988): no root store to load.
+        builder = builder.tls_certs_only(Vec::new());
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 async fn check_ca_file(path: &std::path::Path) -> Result<String, StoreError> {
     let shown = path.display();
     let bytes = tokio::fs::read(path).await.map_err(|e| {
@@ -1033,6 +1050,9 @@ impl Call<'_> {
                     "{address} has no AppRole auth at `{target}` (HTTP 404): check `vault.auth.mount`"
                 ))
             }
+            Failure::Status { code } if (300..400).contains(&code) => StoreError::Invalid(format!(
+                "{address} answered the request to {verb} `{target}` with a redirect (HTTP {code}) to another address; rekey does not send the token there: set `vault.address` to the server that answers (a standby redirects to the active node)"
+            )),
             Failure::Status { code } => StoreError::Invalid(format!(
                 "{address} rejected the request to {verb} `{target}` (HTTP {code}): check that `{mount}` is a KV version 2 mount and that the path is right (`rekey plan` checks the mount)"
             )),

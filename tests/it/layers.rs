@@ -11,22 +11,26 @@ use std::path::{Path, PathBuf};
 /// of lower layers, and of its own layer as long as that makes no circle; never
 /// one above it.
 const LAYERS: &[&[&str]] = &[
-    // Leaves: no crate imports at all.
-    &["secret", "env_vars", "exit"],
+    // Leaves: no crate imports at all (secrets, the environment, exit codes, the
+    // file checks, the rule for HTTP endpoints).
+    &["secret", "env_vars", "exit", "files", "net"],
     // The positioned-document toolkit: YAML with positions, diagnostics, rates.
     &["doc"],
     // What provider types exist and how their HTTP definitions read.
     &["catalog"],
     // Playbooks (load, validate), and the stores of state: Vault, the journal.
     &["playbook", "store", "journal"],
-    // What the plan computes; the audit trail (the journal's mirror); providers.
-    &["plan", "audit", "provider"],
+    // What the plan computes; the audit trail (the journal's mirror); the
+    // process hardening that takes the playbook's secret variables.
+    &["plan", "audit", "harden"],
+    // The providers.
+    &["provider"],
     // Where a promoted value is copied (borrows the provider error type).
     &["sink"],
     // The rotation engine.
     &["engine"],
-    // What drives the engine from a terminal: progress, the command line.
-    &["progress", "cli"],
+    // What drives the engine from a terminal: progress, the command line, logs.
+    &["progress", "cli", "logging"],
     // One function per command; `main.rs` and `lib.rs` sit above everything.
     &["commands"],
 ];

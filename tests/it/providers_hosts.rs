@@ -52,10 +52,16 @@ impl Case {
     }
 
     fn rekey(&self, args: &[&str]) -> Output {
-        rekey()
-            .env("VAULT_TOKEN", &self.env["VAULT_TOKEN"])
-            .args(args)
-            .run()
+        self.rekey_env(args, &[])
+    }
+
+    /// `rekey` with extra environment variables (e.g. `RUST_LOG`).
+    fn rekey_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        let mut cmd = rekey().env("VAULT_TOKEN", &self.env["VAULT_TOKEN"]);
+        for (k, v) in extra {
+            cmd = cmd.env(k, v);
+        }
+        cmd.args(args).run()
     }
 
     fn run(&self, playbook: &Path) -> (Output, Value) {
@@ -294,6 +300,41 @@ mod ldap_oracle {
             let _ = ldap.unbind().await;
             assert!(rc == 0 || rc == 49, "bind answered {rc}");
             rc == 0
+        })
+    }
+
+    /// The `userPassword` values of `dn` (hashes, as slapd stores them), read as
+    /// the admin.
+    pub fn stored_passwords(env: &super::HashMap<String, String>, dn: &str) -> Vec<String> {
+        block_on(async {
+            let mut ldap = admin(env).await;
+            let (entries, _) = ldap
+                .search(
+                    dn,
+                    ldap3::Scope::Base,
+                    "(objectClass=*)",
+                    vec!["userPassword"],
+                )
+                .await
+                .unwrap()
+                .success()
+                .unwrap();
+            let _ = ldap.unbind().await;
+            entries
+                .into_iter()
+                .flat_map(|e| {
+                    let e = ldap3::SearchEntry::construct(e);
+                    let text = e.attrs.get("userPassword").cloned().unwrap_or_default();
+                    let binary = e.bin_attrs.get("userPassword").cloned().unwrap_or_default();
+                    text.into_iter()
+                        .chain(
+                            binary
+                                .into_iter()
+                                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                        )
+                        .collect::<Vec<_>>()
+                })
+                .collect()
         })
     }
 
@@ -1044,4 +1085,80 @@ fn ssh_run_killed_midway_is_finished_by_resume_without_orphan_keys() {
         let left = case.staging_left();
         assert!(left.is_empty(), "{round}: staging left: {left:?}");
     }
+}
+
+/// `ldap` and `ssh` rotate at `RUST_LOG=trace` (ldap3, rustls and russh logs
+/// too): no password, stored password hash or private key (old, new or the
+/// admin's) reaches stdout, stderr, the journal or the audit trail, in any
+/// encoding.
+#[test]
+fn ldap_and_ssh_at_rust_log_trace_leak_no_password_hash_or_private_key() {
+    let case = Case::new("trace");
+    let traced_run = |name: &str, pb: &Path, printed: &mut Vec<(String, String)>| {
+        let out = case.rekey_env(
+            &[
+                "-vv",
+                "run",
+                pb.to_str().unwrap(),
+                "--journal",
+                case.journal().to_str().unwrap(),
+            ],
+            &[("RUST_LOG", "trace")],
+        );
+        assert_eq!(out.code, 0, "{name}: {}\n{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("DEBUG"), "verbose logging was on");
+        printed.push((format!("stdout of {name}"), out.stdout));
+        printed.push((format!("stderr of {name}"), out.stderr));
+    };
+    // Private keys: each line of their base64 body but the first (the format's
+    // header, the same in every key).
+    let key_lines = |pem: &str| -> Vec<String> {
+        pem.lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+            .skip(1)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut printed = Vec::new();
+
+    let user = ldap_user(&case, "people");
+    let base = case.env["REKEY_LDAP_BASE_DN"].clone();
+    let ldap_pb = case.playbook(
+        "ldap.yaml",
+        &ldap_playbook(
+            &case,
+            "breach",
+            &base,
+            &format!(
+                "  - {{ id: user, provider: dir, account: {}, vault_path: PREFIX/user }}\n",
+                user.uid
+            ),
+            "",
+        ),
+    );
+    let mut canaries = vec![
+        user.old.clone(),
+        case.env["REKEY_LDAP_ADMIN_PASSWORD"].clone(),
+    ];
+    canaries.extend(ldap_oracle::stored_passwords(&case.env, &user.dn));
+    traced_run("ldap", &ldap_pb, &mut printed);
+    canaries.extend(ldap_oracle::stored_passwords(&case.env, &user.dn));
+    canaries.push(case.vault_get("user")["value"].as_str().unwrap().to_owned());
+
+    // The ssh setup replaces the admin entry in Vault with the ssh admin's.
+    let setup = ssh_setup(&case);
+    let ssh_pb = case.playbook(
+        "ssh.yaml",
+        &ssh_playbook(&case, &setup.account.name, "", ""),
+    );
+    canaries.extend(key_lines(&std::fs::read_to_string(&setup.old_key).unwrap()));
+    canaries.extend(key_lines(
+        &std::fs::read_to_string(&case.env["REKEY_SSH_ADMIN_KEY_FILE"]).unwrap(),
+    ));
+    traced_run("ssh", &ssh_pb, &mut printed);
+    canaries.extend(key_lines(case.vault_get("key")["value"].as_str().unwrap()));
+
+    let places = crate::canary::places_in(case.dir.path(), &printed);
+    let leaks = crate::canary::leaks(&canaries, &places);
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
 }

@@ -101,9 +101,17 @@ impl World {
     }
 
     fn command(&self, args: &[&str]) -> crate::support::Output {
+        self.command_env(args, &[])
+    }
+
+    /// `command` with extra environment variables (e.g. `RUST_LOG`).
+    fn command_env(&self, args: &[&str], extra: &[(&str, &str)]) -> crate::support::Output {
         let e = &self.env;
-        rekey()
-            .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+        let mut cmd = rekey();
+        for (k, v) in extra {
+            cmd = cmd.env(k, v);
+        }
+        cmd.env("VAULT_TOKEN", &e["VAULT_TOKEN"])
             .env(
                 "REKEY_IT_PG_ADMIN",
                 &json!({ "username": e["REKEY_PG_ADMIN_USER"], "password": e["REKEY_PG_ADMIN_PASSWORD"] }).to_string(),
@@ -1449,4 +1457,84 @@ fn redis_run_killed_mid_rotation_is_finished_by_resume() {
             "c{i}: orphan or leftover passwords"
         );
     }
+}
+
+// ---------------------------------------------------------------- canaries at trace level
+
+/// The SCRAM verifier PostgreSQL stores for `role`.
+fn pg_verifier(w: &World, role: &str) -> String {
+    block(async {
+        let admin = pg_admin_session(w).await;
+        admin
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+}
+
+/// Every SQL provider rotates at `RUST_LOG=trace` (every crate's logs, the
+/// database drivers' too): no password, SCRAM verifier, MySQL hash or Redis ACL
+/// hash reaches stdout, stderr, the journal or the audit trail, in any encoding.
+#[test]
+fn sql_providers_at_rust_log_trace_leak_no_password_verifier_or_hash() {
+    let w = World::new();
+    let (role, role_pw) = pg_role(&w, "rk_trace", "pg");
+    let ((blue, blue_pw), (green, green_pw)) = pga_pair(&w, "rk_tracealt", "pga");
+    let (my_user_name, my_pw) = my_user(&w, "rk_trace", "my");
+    let (rd_user_name, rd_pw) = rd_user(&w, "rk_trace", "rd", "on");
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &pga_instance(&w, "pga", ""),
+        &format!(
+            "  - {{ id: pg, provider: pg, account: {role}, vault_path: PREFIX/pg }}\n  - {{ id: pga, provider: pga, account: {blue}, vault_path: PREFIX/pga, settings: {{ alternate_role: {green} }} }}\n  - {{ id: my, provider: my, account: {my_user_name}, vault_path: PREFIX/my }}\n  - {{ id: rd, provider: rd, account: {rd_user_name}, vault_path: PREFIX/rd }}\n"
+        ),
+    );
+    let journal = w.journal();
+    let out = w.command_env(
+        &[
+            "-vv",
+            "run",
+            pb.to_str().unwrap(),
+            "--journal",
+            journal.to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "trace")],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("DEBUG"), "verbose logging was on");
+    let mut canaries = vec![
+        role_pw,
+        blue_pw,
+        green_pw,
+        my_pw,
+        rd_pw.clone(),
+        sha256_hex(&rd_pw),
+        w.env["REKEY_PG_ADMIN_PASSWORD"].clone(),
+        w.env["REKEY_MYSQL_ADMIN_PASSWORD"].clone(),
+    ];
+    for path in ["pg", "pga", "my", "rd"] {
+        let value = w.vault_value(path);
+        canaries.push(sha256_hex(&value));
+        canaries.push(value);
+    }
+    for r in [&role, &blue, &green] {
+        canaries.extend(crate::canary::verifier_parts(&pg_verifier(&w, r)));
+    }
+    for (_, hash) in my_hashes(&w, &my_user_name) {
+        canaries.push(hash.trim_start_matches('*').to_owned());
+    }
+    let places = crate::canary::places_in(
+        w.dir.path(),
+        &[
+            ("stdout".into(), out.stdout.clone()),
+            ("stderr".into(), out.stderr.clone()),
+        ],
+    );
+    let leaks = crate::canary::leaks(&canaries, &places);
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
 }

@@ -125,7 +125,7 @@ impl Ctx<'_> {
         let mut checkpoint = old.checkpoint(current.version);
         self.state(CredentialState::Creating, &checkpoint)?;
         let tag = self.tag();
-        let issued = match self.create_key(&tag).await? {
+        let issued = match self.create_key(&tag, old.vault_key.as_deref()).await? {
             Ok(i) => i,
             Err(message) => {
                 return Ok(Outcome::RolledBack {
@@ -374,11 +374,16 @@ impl Ctx<'_> {
         Ok(None)
     }
 
-    /// Creates the new key. A transient failure may hide a key that was created
-    /// though its answer was lost: nobody holds its secret, so before trying again
-    /// every key carrying this attempt's tag is revoked (it is an orphan, and it
-    /// would use up the quota).
-    async fn create_key(&self, tag: &str) -> Result<Result<Issued, String>, EngineError> {
+    /// Creates the new key, replacing `old_key` (the key Vault names, when known:
+    /// the provider may copy its scopes). A transient failure may hide a key that
+    /// was created though its answer was lost: nobody holds its secret, so before
+    /// trying again every key carrying this attempt's tag is revoked (it is an
+    /// orphan, and it would use up the quota).
+    async fn create_key(
+        &self,
+        tag: &str,
+        old_key: Option<&str>,
+    ) -> Result<Result<Issued, String>, EngineError> {
         let provider = self.provider.clone();
         let target = self.target();
         let attempts = self.engine.tuning.attempts.max(1);
@@ -388,7 +393,7 @@ impl Ctx<'_> {
                 .pstep_once(
                     Step::Create,
                     json!({ "tag": tag, "attempt": attempt }),
-                    || provider.create(target, tag),
+                    || provider.create_replacing(target, tag, old_key),
                 )
                 .await?;
             match created {

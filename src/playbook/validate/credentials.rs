@@ -7,7 +7,7 @@ use super::graph::unknown_dependencies;
 use super::providers::validate_settings;
 use super::sinks::validate_sinks;
 use super::vault::normalize_vault_path;
-use super::{Ctx, MANUAL, Resolved, valid_id, validate_password};
+use super::{Ctx, MANUAL, MAX_ID_LEN, Resolved, too_long, valid_id, validate_password};
 use crate::catalog::{Catalog, Kind, Need, ProviderType};
 use crate::doc::diagnostic::{Diagnostic, did_you_mean};
 use crate::playbook::model::{Mode, RawCredential, RawPlaybook};
@@ -134,7 +134,13 @@ impl<'a> Credentials<'a> {
     /// A well-formed id, used once.
     fn identity(&self, cx: &mut Ctx, seen: &mut Seen<'a>, e: &Entry<'a>) {
         let (c, base) = (e.c, &e.base);
-        if !valid_id(&c.id) {
+        if c.id.chars().count() > MAX_ID_LEN {
+            cx.push(too_long(
+                "credential id",
+                &c.id,
+                cx.at(&format!("{base}/id")),
+            ));
+        } else if !valid_id(&c.id) {
             cx.push(
                 Diagnostic::error(
                     format!("`{}` is not a valid credential id", c.id),

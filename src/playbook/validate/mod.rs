@@ -165,13 +165,31 @@ impl Ctx<'_> {
     }
 }
 
+/// Longest credential id or provider instance name: ids name credentials in the
+/// journal, Vault metadata, tags at providers and `--only`.
+pub const MAX_ID_LEN: usize = 128;
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 128
+        && id.len() <= MAX_ID_LEN
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// An id or name over [`MAX_ID_LEN`]: its length and the limit, not the value.
+fn too_long(what: &str, value: &str, pos: Option<Pos>) -> Diagnostic {
+    Diagnostic::error(
+        format!(
+            "{what} is {} characters long; the limit is {MAX_ID_LEN}",
+            value.chars().count()
+        ),
+        pos,
+    )
+    .help(format!(
+        "shorten it to {MAX_ID_LEN} characters or fewer (letters, digits, `-`, `_` and `.`): it names the credential in the journal, the audit trail and `--only`"
+    ))
 }
 
 fn valid_env_name(name: &str) -> bool {

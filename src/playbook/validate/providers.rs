@@ -2,14 +2,67 @@
 //! rate, concurrency), plus the implicit `manual` instance credentials may use.
 
 use super::vault::normalize_vault_path;
-use super::{Ctx, MANUAL, valid_env_name, valid_id};
-use crate::catalog::{Catalog, Kind, Need, Setting};
+use super::{Ctx, MANUAL, MAX_ID_LEN, too_long, valid_env_name, valid_id};
+use crate::catalog::{Catalog, Kind, Native, Need, Setting};
 use crate::doc::diagnostic::{Diagnostic, did_you_mean};
 use crate::doc::rate::{Rate, RawRate};
 use crate::doc::yaml::escape;
 use crate::playbook::model::{RawAdmin, RawPlaybook};
 use crate::playbook::{AdminSource, ProviderInstance, RateOrigin};
 use indexmap::IndexMap;
+
+/// The environment variables this playbook reads a secret from: the Vault
+/// token's or secret-id's, every admin credential's and sink token's `env`.
+fn secret_sources(raw: &RawPlaybook) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    if let Some(a) = &raw.vault.auth {
+        names.extend(a.token_env.as_deref());
+        names.extend(a.secret_id_env.as_deref());
+    }
+    names.extend(
+        raw.providers
+            .values()
+            .filter_map(|p| p.admin.as_ref()?.env.as_deref()),
+    );
+    names.extend(
+        raw.credentials
+            .iter()
+            .flat_map(|c| &c.sinks)
+            .filter_map(|s| s.token.as_ref()?.env.as_deref()),
+    );
+    names
+}
+
+/// An exec plugin gets the variables its `env` lists; none may hold a secret
+/// (secrets reach a plugin only inside the protocol), refused as `${VAR}` is.
+fn refuse_secret_env(
+    cx: &mut Ctx,
+    instance: &str,
+    settings: &IndexMap<String, serde_json::Value>,
+    base: &str,
+    sources: &[&str],
+) {
+    let Some(serde_json::Value::Array(names)) = settings.get("env") else {
+        return;
+    };
+    for (i, name) in names.iter().enumerate() {
+        let Some(name) = name.as_str() else { continue };
+        let why = if sources.contains(&name) {
+            "this playbook reads a secret from it"
+        } else if crate::playbook::interpolate::looks_secret(name) {
+            "its name says it holds a secret"
+        } else {
+            continue;
+        };
+        cx.push(
+            Diagnostic::error(
+                format!("exec instance `{instance}` may not pass `{name}` to its plugin: {why}"),
+                cx.at(&format!("{base}/settings/env/{i}")),
+            )
+            .help("remove it from `env`: the plugin gets its admin credential in the hello (`admin: { env: ... }` or `admin: { vault_path: ... }`), never in its environment"),
+        );
+    }
+}
 
 /// The declared provider instances (each checked against its catalog type), then
 /// the implicit `manual` one when a credential uses it.
@@ -19,9 +72,12 @@ pub(super) fn validate_providers(
     catalog: &Catalog,
 ) -> IndexMap<String, ProviderInstance> {
     let mut out = IndexMap::new();
+    let secret_sources = secret_sources(raw);
     for (name, p) in &raw.providers {
         let base = format!("/providers/{}", escape(name));
-        if !valid_id(name) {
+        if name.chars().count() > MAX_ID_LEN {
+            cx.push(too_long("provider instance name", name, cx.key_at(&base)));
+        } else if !valid_id(name) {
             cx.push(
                 Diagnostic::error(
                     format!("`{name}` is not a valid provider instance name"),
@@ -78,6 +134,9 @@ pub(super) fn validate_providers(
             &t.name,
         );
         let admin = validate_admin(cx, &p.admin, t.admin, &format!("{base}/admin"), &t.name);
+        if t.name.parse() == Ok(Native::Exec) {
+            refuse_secret_env(cx, name, &p.settings, &base, &secret_sources);
+        }
         // A type with a `kind` setting (an exec plugin) lets each instance say
         // which protocol it follows.
         let kind = match settings
@@ -271,7 +330,22 @@ pub(super) fn validate_settings(
 ) -> IndexMap<String, serde_json::Value> {
     let mut out = IndexMap::new();
     for (key, value) in given {
-        if known.contains_key(key) {
+        if let Some(setting) = known.get(key) {
+            if !setting.one_of.is_empty() && !setting.one_of.contains(value) {
+                let allowed: Vec<String> = setting.one_of.iter().map(|v| v.to_string()).collect();
+                cx.push(
+                    Diagnostic::error(
+                        format!("`{type_name}` setting `{key}` cannot be {value}"),
+                        cx.at(&format!("{pointer}/{}", escape(key))),
+                    )
+                    .label("not an accepted value")
+                    .help(format!(
+                        "use one of {} ({})",
+                        allowed.join(", "),
+                        setting.description.trim_end_matches('.')
+                    )),
+                );
+            }
             out.insert(key.clone(), value.clone());
             continue;
         }

@@ -197,8 +197,10 @@ pub(super) fn validate_sinks(
                         .help("letters, digits and `_`, not starting with a digit or `GITHUB_`"),
                     );
                 }
+                // GitHub environment names may hold `/` (the sink encodes the name
+                // as one path segment); an empty one or a control character cannot be.
                 if let Some(e) = &raw.environment
-                    && (e.trim().is_empty() || e.contains('/'))
+                    && (e.trim().is_empty() || e.chars().any(char::is_control))
                 {
                     ok = false;
                     cx.push(
@@ -213,12 +215,9 @@ pub(super) fn validate_sinks(
                     .base_url
                     .clone()
                     .unwrap_or_else(|| "https://api.github.com".into());
-                if !(base_url.starts_with("https://")
-                    || base_url.starts_with("http://127.0.0.1")
-                    || base_url.starts_with("http://localhost"))
-                {
+                if let Err(why) = crate::net::parse_endpoint(&base_url) {
                     ok = false;
-                    cx.push(Diagnostic::error(format!("`{base_url}` is not an https URL"), cx.at(&format!("{at}/base_url"))).help("the token travels with every request: use https (plain http only to loopback, for tests)"));
+                    cx.push(Diagnostic::error(format!("`{base_url}`: {why}"), cx.at(&format!("{at}/base_url"))).help("the token travels with every request: use https (plain http only to loopback, for tests)"));
                 }
                 let token = if raw.token.is_some() {
                     validate_admin(

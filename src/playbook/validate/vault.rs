@@ -40,10 +40,10 @@ pub fn normalize_vault_path(path: &str) -> Result<Cow<'_, str>, String> {
 pub(super) fn validate_vault(cx: &mut Ctx, raw: &RawPlaybook) -> Vault {
     let v = &raw.vault;
     let address = v.address.trim().trim_end_matches('/').to_owned();
-    if !(address.starts_with("https://") || address.starts_with("http://")) || address.len() < 10 {
+    if let Err(why) = crate::net::parse_endpoint(&address) {
         cx.push(
-            Diagnostic::error(format!("`{}` is not a Vault address", v.address), cx.at("/vault/address"))
-                .help("write the URL with its scheme, e.g. `https://vault.example.com:8200` or `${VAULT_ADDR}`"),
+            Diagnostic::error(format!("`{}` is not a Vault address rekey may send a token to: {why}", v.address), cx.at("/vault/address"))
+                .help("write the URL with its scheme, e.g. `https://vault.example.com:8200` or `${VAULT_ADDR}` (plain http only to a loopback address)"),
         );
     }
     let mount = v
