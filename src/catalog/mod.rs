@@ -80,6 +80,10 @@ pub struct Requests {
     pub deactivate: u32,
     #[serde(default)]
     pub revoke: u32,
+    /// Breach mode only: ending the sessions opened with the old credential. A
+    /// type that lists it ends them (`rekey plan` shows the `end_sessions` step).
+    #[serde(default)]
+    pub end_sessions: u32,
 }
 
 impl Requests {

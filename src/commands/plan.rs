@@ -154,6 +154,17 @@ fn live_checks(
                 Ok(()) => rows.push((format!("{} provider", c.id), true, format!("{} ready", c.provider))),
                 Err(e) => rows.push((format!("{} provider", c.id), false, e.to_string())),
             }
+            // Breach mode ends the sessions opened with the old credential: may the admin?
+            if pb.incident.mode == playbook::Mode::Breach
+                && provider.has_sessions()
+                && pb.providers.get(&c.provider).is_some_and(playbook::ProviderInstance::ends_sessions)
+            {
+                match provider.preflight_end_sessions(target).await {
+                    Ok(Some(what)) => rows.push((format!("{} sessions", c.id), true, what)),
+                    Ok(None) => {}
+                    Err(e) => rows.push((format!("{} sessions", c.id), false, e.to_string())),
+                }
+            }
         }
         rows
     });

@@ -112,6 +112,17 @@ pub struct ProviderInstance {
     pub quota: Option<u32>,
 }
 
+impl ProviderInstance {
+    /// Whether breach mode ends the sessions opened with its old credentials: the
+    /// `end_sessions` setting (a boolean once validated), on unless `false`.
+    pub fn ends_sessions(&self) -> bool {
+        self.settings
+            .get("end_sessions")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Credential {
     pub id: String,

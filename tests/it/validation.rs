@@ -460,3 +460,41 @@ fn an_over_long_id_gets_its_own_diagnostic_with_the_limit_and_long_values_are_no
         assert!(!stdout.contains(&long), "{len}: echoed in full in JSON");
     }
 }
+
+#[test]
+fn end_sessions_is_a_boolean_of_types_that_end_sessions() {
+    let text = BASE.replace(
+        "settings: { host: db }",
+        "settings: { host: db, end_sessions: sometimes }",
+    );
+    assert_invalid(
+        &text,
+        &[
+            "`end_sessions` must be true or false",
+            "leaves the sessions opened with an old credential open",
+        ],
+    );
+    // A `${VAR}` gives text: "true" and "false" are read as booleans, and a
+    // breach-mode plan shows the step only when it is on.
+    let text = BASE
+        .replace("name: t\n", "name: t\nincident: { mode: breach }\n")
+        .replace(
+            "settings: { host: db }",
+            "settings: { host: db, end_sessions: \"${END}\" }",
+        );
+    for (end, shown) in [("true", true), ("false", false)] {
+        let (code, stdout, stderr) = crate::support::plan_text(&text, &[], &[("END", end)]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            stdout.contains("promote > end_sessions > clear_staging"),
+            shown,
+            "{stdout}"
+        );
+    }
+    // A type whose sessions rekey cannot end has no such setting.
+    let text = BASE.replace("type: postgres", "type: ldap").replace(
+        "settings: { host: db }",
+        "settings: { url: 'ldaps://db', base_dn: 'dc=x', end_sessions: false }",
+    );
+    assert_invalid(&text, &["`ldap` has no setting `end_sessions`"]);
+}

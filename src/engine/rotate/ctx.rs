@@ -213,7 +213,8 @@ impl<'a> Ctx<'a> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Failure> + RetryHint,
     {
-        self.limited_step(step, detail, None, true, call).await
+        self.limited_step(step, detail, None, true, |_| Value::Null, call)
+            .await
     }
 
     /// [`Ctx::step`] for a call to Vault: when it still fails as unreachable after
@@ -238,13 +239,16 @@ impl<'a> Ctx<'a> {
         Ok(result)
     }
 
-    /// [`Ctx::step`], with transient retries drawn from `limit`'s retry budget.
+    /// [`Ctx::step`], with transient retries drawn from `limit`'s retry budget (none
+    /// unless `retry_transient`), and `describe`'s account of a result (an object)
+    /// added to the outcome record.
     async fn limited_step<T, F, Fut, E>(
         &self,
         step: Step,
         detail: Value,
         limit: Option<&InstanceLimit>,
         retry_transient: bool,
+        describe: impl Fn(&T) -> Value,
         mut call: F,
     ) -> Result<Result<T, Failure>, EngineError>
     where
@@ -311,13 +315,14 @@ impl<'a> Ctx<'a> {
                 message: f.message.clone(),
             },
         };
-        self.engine.journal(|j| {
-            j.outcome(
-                intent,
-                recorded,
-                &json!({ "attempts": attempt, "rate_limited": rate_limited }),
-            )
-        })?;
+        let mut outcome = json!({ "attempts": attempt, "rate_limited": rate_limited });
+        if let (Ok(v), Some(o)) = (&result, outcome.as_object_mut())
+            && let Value::Object(found) = describe(v)
+        {
+            o.extend(found);
+        }
+        self.engine
+            .journal(|j| j.outcome(intent, recorded, &outcome))?;
         Ok(result)
     }
 
@@ -333,7 +338,24 @@ impl<'a> Ctx<'a> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
-        self.provider_step(step, detail, true, call).await
+        self.provider_step(step, detail, true, |_| Value::Null, call)
+            .await
+    }
+
+    /// [`Ctx::pstep`], with `describe`'s account of the result (a JSON object: what
+    /// the step found or did) in its outcome record, for the journal and the trail.
+    pub(super) async fn pstep_described<T, F, Fut>(
+        &self,
+        step: Step,
+        detail: Value,
+        describe: impl Fn(&T) -> Value,
+        call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        self.provider_step(step, detail, true, describe, call).await
     }
 
     /// [`Ctx::pstep`] with a single attempt for transient errors (rate-limited
@@ -349,7 +371,8 @@ impl<'a> Ctx<'a> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
-        self.provider_step(step, detail, false, call).await
+        self.provider_step(step, detail, false, |_| Value::Null, call)
+            .await
     }
 
     async fn provider_step<T, F, Fut>(
@@ -357,6 +380,7 @@ impl<'a> Ctx<'a> {
         step: Step,
         detail: Value,
         retry_transient: bool,
+        describe: impl Fn(&T) -> Value,
         mut call: F,
     ) -> Result<Result<T, Failure>, EngineError>
     where
@@ -366,26 +390,34 @@ impl<'a> Ctx<'a> {
         let limit = self.engine.limits.get(&self.credential.provider).cloned();
         let shared = limit.clone();
         let provider = self.provider.clone();
-        self.limited_step(step, detail, limit.as_deref(), retry_transient, move || {
-            let request = call();
-            let limit = shared.clone();
-            let provider = provider.clone();
-            async move {
-                let Some(limit) = limit else {
-                    return request.await;
-                };
-                let ticket = limit.acquire().await;
-                let result = request.await;
-                match &result {
-                    Ok(_) => ticket.succeeded_with(provider.rate_hint()),
-                    Err(ProviderError::RateLimited { retry_after, .. }) => {
-                        ticket.throttled(*retry_after)
+        let limit_ref = limit.as_deref();
+        self.limited_step(
+            step,
+            detail,
+            limit_ref,
+            retry_transient,
+            describe,
+            move || {
+                let request = call();
+                let limit = shared.clone();
+                let provider = provider.clone();
+                async move {
+                    let Some(limit) = limit else {
+                        return request.await;
+                    };
+                    let ticket = limit.acquire().await;
+                    let result = request.await;
+                    match &result {
+                        Ok(_) => ticket.succeeded_with(provider.rate_hint()),
+                        Err(ProviderError::RateLimited { retry_after, .. }) => {
+                            ticket.throttled(*retry_after)
+                        }
+                        Err(_) => drop(ticket),
                     }
-                    Err(_) => drop(ticket),
+                    result
                 }
-                result
-            }
-        })
+            },
+        )
         .await
     }
 

@@ -618,11 +618,18 @@ impl Ctx<'_> {
                 }
             }
         }
+        let dead: Vec<&str> = old
+            .retire
+            .iter()
+            .filter(|k| k.as_str() != new_key && !alive.contains(k))
+            .map(String::as_str)
+            .collect();
+        let sessions = self.end_old_sessions(&dead).await?;
         self.clear_staging().await?;
         let at = &self.credential.provider;
         let account = self.credential.account.as_deref().unwrap_or(id);
         if !alive.is_empty() {
-            return Ok(Outcome::Quarantined {
+            return Ok(sessions.apply(Outcome::Quarantined {
                 resumable: false,
                 reason: format!(
                     "the new key {new_key} is promoted (Vault version {version}), but old keys may still work: {}",
@@ -632,10 +639,10 @@ impl Ctx<'_> {
                     "delete key(s) {} of account `{account}` at `{at}` by hand, then check the provider lists only {new_key}",
                     alive.join(", ")
                 ),
-            });
+            }));
         }
         if old.unlisted {
-            return Ok(Outcome::Quarantined {
+            return Ok(sessions.apply(Outcome::Quarantined {
                 resumable: false,
                 reason: format!(
                     "the new key {new_key} is promoted (Vault version {version}){}, but the provider could not list the account's keys, so others may still be active",
@@ -647,10 +654,10 @@ impl Ctx<'_> {
                 action: format!(
                     "list the keys of account `{account}` at `{at}` and delete every key other than {new_key}"
                 ),
-            });
+            }));
         }
         if !old.unidentified.is_empty() {
-            return Ok(Outcome::Quarantined {
+            return Ok(sessions.apply(Outcome::Quarantined {
                 resumable: false,
                 reason: format!(
                     "the new key {new_key} is promoted (Vault version {version}), but Vault named no old key and rekey could not tell which of {} its value belonged to: they are still active",
@@ -660,7 +667,7 @@ impl Ctx<'_> {
                     "delete the key(s) of account `{account}` at `{at}` that nothing uses any more ({}); list a key that must stay under `keep:`, and put `key_id` in Vault entries written by hand",
                     old.unidentified.join(", ")
                 ),
-            });
+            }));
         }
         self.state(
             CredentialState::Retired,
@@ -671,10 +678,10 @@ impl Ctx<'_> {
                 ..Checkpoint::default()
             },
         )?;
-        Ok(Outcome::Rotated {
+        Ok(sessions.apply(Outcome::Rotated {
             key_id: Some(new_key.to_owned()),
             version,
-        })
+        }))
     }
 
     /// Promote failed: the new key is revoked; a check-and-set conflict (someone

@@ -267,11 +267,12 @@ impl Ctx<'_> {
                 }
             };
             if current.value.as_ref() == Some(&value) {
+                let sessions = self.end_old_sessions(&[]).await?;
                 self.clear_staging().await?;
-                return Ok(Some(Outcome::Rotated {
+                return Ok(Some(sessions.apply(Outcome::Rotated {
                     key_id: None,
                     version: current.version,
-                }));
+                })));
             }
             let cas = checkpoint.vault_version.unwrap_or(current.version);
             return Ok(Some(
@@ -279,7 +280,10 @@ impl Ctx<'_> {
                     .promote(&value, &self.fields(None), cas, &current.custom_metadata)
                     .await?
                 {
-                    Ok(version) => self.finish_single(&value, version).await?,
+                    Ok(version) => {
+                        let sessions = self.end_old_sessions(&[]).await?;
+                        sessions.apply(self.finish_single(&value, version).await?)
+                    }
                     Err(f) => Outcome::Quarantined {
                         resumable: false,
                         reason: format!(

@@ -108,7 +108,8 @@ impl Ctx<'_> {
                 });
             }
         };
-        self.finish_single(&new, version).await
+        let sessions = self.end_old_sessions(&[]).await?;
+        Ok(sessions.apply(self.finish_single(&new, version).await?))
     }
 
     /// The changed value does not work. Routine mode puts the old value back;

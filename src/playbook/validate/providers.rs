@@ -126,13 +126,14 @@ pub(super) fn validate_providers(
             );
             continue;
         }
-        let settings = validate_settings(
+        let mut settings = validate_settings(
             cx,
             &p.settings,
             &t.settings,
             &format!("{base}/settings"),
             &t.name,
         );
+        end_sessions_flag(cx, &mut settings, &format!("{base}/settings/end_sessions"));
         let admin = validate_admin(cx, &p.admin, t.admin, &format!("{base}/admin"), &t.name);
         if t.name.parse() == Ok(Native::Exec) {
             refuse_secret_env(cx, name, &p.settings, &base, &secret_sources);
@@ -384,6 +385,31 @@ pub(super) fn validate_settings(
         }
     }
     out
+}
+
+/// The `end_sessions` setting (types that end sessions in breach mode declare it),
+/// which the engine and the plan read: `true` or `false`, also as the text a
+/// `${VAR}` gives; stored as a boolean.
+fn end_sessions_flag(
+    cx: &mut Ctx,
+    settings: &mut IndexMap<String, serde_json::Value>,
+    pointer: &str,
+) {
+    let Some(value) = settings.get_mut("end_sessions") else {
+        return;
+    };
+    let flag = match &*value {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::String(s) => s.trim().parse::<bool>().ok(),
+        _ => None,
+    };
+    match flag {
+        Some(b) => *value = serde_json::Value::Bool(b),
+        None => cx.push(
+            Diagnostic::error("`end_sessions` must be true or false", cx.at(pointer))
+                .help("`false` leaves the sessions opened with an old credential open in breach mode (the run warns); the default `true` ends them"),
+        ),
+    }
 }
 
 pub(super) fn validate_admin(
