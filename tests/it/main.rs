@@ -15,6 +15,7 @@ mod http_stubs;
 mod infra_common;
 mod journal;
 mod lab;
+mod layers;
 mod loader_props;
 mod manual;
 mod protocol;

@@ -14,7 +14,6 @@ pub mod config;
 
 use super::admin::Admin;
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
-use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::{Answer, AwsError, QueryClient, Service};
@@ -236,10 +235,6 @@ fn quota_full(user: &str) -> String {
 
 #[async_trait]
 impl Provider for AwsIam {
-    fn kind(&self) -> Kind {
-        Kind::Dual
-    }
-
     /// Read-only: GetUser proves the admin credential and the user, ListAccessKeys
     /// that a slot is free or can be freed (an inactive key rekey may delete).
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {

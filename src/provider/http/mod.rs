@@ -20,7 +20,7 @@ use crate::catalog::http::{
     self as definition, AuthDef, CallDef, Definition, Generate, Paginate, ResetFormat, Scheme,
 };
 use crate::catalog::template::{self, Context};
-use crate::catalog::{Kind, Need, ProviderType};
+use crate::catalog::{Need, ProviderType};
 use crate::playbook::ProviderInstance;
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -818,10 +818,6 @@ impl Provider for HttpProvider {
 
     fn replaces_old_on_create(&self) -> bool {
         self.def.http.in_place
-    }
-
-    fn kind(&self) -> Kind {
-        self.def.kind
     }
 
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
