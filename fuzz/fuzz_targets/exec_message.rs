@@ -1,0 +1,75 @@
+//! A line an exec plugin writes on stdout, read as rekey reads it
+//! (`provider/exec/mod.rs`): a `FromPlugin` message, then the `result` of a
+//! response as each operation's result type, and an `error` as a provider error.
+//!
+//! Oracle beyond "no panic": an error description never quotes a value from the
+//! line (it may be a secret): no string of the line, and no long number, appears
+//! in it unless it is one of rekey's own words.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rekey::provider::exec::protocol::{self, Created, FromPlugin, Listed, Verified};
+use serde_json::Value;
+
+/// Words rekey's descriptions may hold: serde's phrases, rekey's field and type names.
+const VOCABULARY: &str = "not JSON unreadable missing field duplicate invalid type value length \
+    expected a string boolean u64 u32 u8 map sequence struct Created Listed ListedKey Verified \
+    WireError ErrorKind internally tagged enum FromPlugin integer floating point option null \
+    unit type id result error kind message retry_after_ms protocol_version name key_id secret \
+    keys active created_at tag valid hello response variant identifier newtype tuple char \
+    unsigned signed float bytes byte array any valid";
+
+fn leaves(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Number(n) => out.push(n.to_string()),
+        Value::Array(a) => a.iter().for_each(|x| leaves(x, out)),
+        Value::Object(m) => m.values().for_each(|x| leaves(x, out)),
+        _ => {}
+    }
+}
+
+fn check(description: &str, line: &[u8]) {
+    let Ok(value) = serde_json::from_slice::<Value>(line) else {
+        assert!(
+            ["not JSON", "unreadable"].contains(&description) || !description.contains('"'),
+            "{description}"
+        );
+        return;
+    };
+    let mut found = Vec::new();
+    leaves(&value, &mut found);
+    for leaf in found {
+        if leaf.len() >= 4 && !VOCABULARY.contains(leaf.as_str()) {
+            assert!(
+                !description.contains(&leaf),
+                "the description quotes {leaf:?}: {description}"
+            );
+        }
+    }
+}
+
+fn as_result<T: serde::de::DeserializeOwned>(v: &Value, line: &[u8]) {
+    if let Err(e) = serde_json::from_value::<T>(v.clone()) {
+        check(&protocol::describe_error(&e), line);
+    }
+}
+
+fuzz_target!(|line: &[u8]| {
+    match serde_json::from_slice::<FromPlugin>(line) {
+        Err(e) => check(&protocol::describe_error(&e), line),
+        Ok(FromPlugin::Response { result, error, .. }) => {
+            if let Some(v) = result {
+                as_result::<Created>(&v, line);
+                as_result::<Listed>(&v, line);
+                as_result::<Verified>(&v, line);
+            }
+            if let Some(e) = error {
+                // What the engine gets: the message cut to 500 characters, the delay.
+                let _: String = e.message.chars().take(500).collect();
+                let _ = e.retry_after_ms.map(std::time::Duration::from_millis);
+            }
+        }
+        Ok(_) => {}
+    }
+});
