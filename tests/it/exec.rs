@@ -203,10 +203,10 @@ fn garbage_on_a_plugins_stdout_is_a_protocol_error_that_is_not_quoted() {
     assert!(no_plugin_left(&lab));
 }
 
-/// Found by fuzzing (fuzz/fuzz_targets/exec_message.rs): serde's "invalid type"
-/// errors quote the value they met, so a plugin that answered `verify` with the
-/// secret where the boolean goes had that secret copied into the error, the journal
-/// and the run's JSON.
+/// Found while writing the oracle of the fuzz target `exec_message` (which now
+/// checks it): serde's "invalid type" errors quote the value they met, so a plugin
+/// that answered `verify` with the secret where the boolean goes had that secret
+/// copied into the error, the journal and the run's JSON.
 #[test]
 fn a_result_of_the_wrong_shape_is_refused_without_quoting_the_value() {
     let lab = Lab::new();
