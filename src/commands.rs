@@ -601,39 +601,19 @@ fn with_engine<T>(
         if !refused.is_empty() {
             anyhow::bail!("{}; nothing was changed", refused.join("; "));
         }
-        let limits: indexmap::IndexMap<_, _> = prepared
-            .playbook
-            .providers
-            .iter()
-            .map(|(name, p)| {
-                (
-                    name.clone(),
-                    std::sync::Arc::new(crate::engine::limits::InstanceLimit::new(
-                        name.clone(),
-                        p.rate,
-                    )),
-                )
-            })
-            .collect();
-        // Group commit: one sync for the records of all credentials in flight.
-        let durable = std::sync::Arc::new(crate::engine::durable::GroupSync::new(
-            journal.defer_sync()?,
-        ));
-        let engine = crate::engine::Engine {
-            playbook: prepared.playbook.clone(),
-            store: std::sync::Arc::new(store),
-            journal: std::sync::Arc::new(std::sync::Mutex::new(journal)),
-            durable: Some(durable),
-            providers,
-            tuning: crate::engine::Tuning::default(),
-            fingerprint_key: key,
-            holder: crate::journal::Journal::new_lease_holder(),
-            stop,
-            progress: progress_for(&prepared.playbook, &prepared.waves, &limits),
-            pending: std::sync::Mutex::new(Vec::new()),
-            limits,
-            operator,
-        };
+        let mut builder = crate::engine::Engine::builder(
+            prepared.playbook.clone(),
+            std::sync::Arc::new(store),
+            journal,
+            key,
+        )
+        .stop_flag(stop)
+        .operator(operator);
+        for (name, provider) in providers {
+            builder = builder.provider(name, provider);
+        }
+        let progress = progress_for(&prepared.playbook, &prepared.waves, builder.limits());
+        let engine = builder.progress(progress).build()?;
         work(&engine, &prepared.waves).await
     })
 }
@@ -704,11 +684,11 @@ fn print_summary(
         writeln!(
             io.stdout,
             "{} rotated, {} rolled back, {} quarantined, {} skipped, {} awaiting an operator",
-            summary.count("rotated"),
-            summary.count("rolled_back"),
-            summary.count("quarantined"),
-            summary.count("skipped"),
-            summary.count("awaiting_operator")
+            summary.count(crate::journal::CredentialState::Rotated),
+            summary.count(crate::journal::CredentialState::RolledBack),
+            summary.count(crate::journal::CredentialState::Quarantined),
+            summary.count(crate::journal::CredentialState::Skipped),
+            summary.count(crate::journal::CredentialState::AwaitingOperator)
         )?;
         for i in &summary.instances {
             writeln!(io.stdout, "  {}", instance_line(i))?;
@@ -724,7 +704,7 @@ fn print_summary(
     let waiting: Vec<&str> = summary
         .results
         .iter()
-        .filter(|r| r.outcome.state() == "awaiting_operator")
+        .filter(|r| r.outcome.state() == crate::journal::CredentialState::AwaitingOperator)
         .map(|r| r.id.as_str())
         .collect();
     for id in &waiting {
@@ -933,7 +913,10 @@ pub fn rollback(args: &crate::cli::RollbackArgs, io: &mut Io) -> Result<ExitStat
     let status = print_summary(&summary, args.format, io)?;
     // For a rollback, "rolled back" is success.
     Ok(
-        if summary.count("skipped") + summary.count("quarantined") == 0 {
+        if summary.count(crate::journal::CredentialState::Skipped)
+            + summary.count(crate::journal::CredentialState::Quarantined)
+            == 0
+        {
             ExitStatus::Success
         } else {
             status
@@ -981,7 +964,7 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
     )?;
     for s in &states {
         writeln!(io.stdout, "  {:<24} {}", s.credential, s.state)?;
-        if s.state == "quarantined"
+        if s.state == crate::journal::CredentialState::Quarantined
             && let (Some(reason), Some(action)) = (
                 s.detail.get("reason").and_then(|v| v.as_str()),
                 s.detail.get("action").and_then(|v| v.as_str()),
@@ -989,7 +972,7 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
         {
             writeln!(io.stdout, "      why: {reason}\n      to do: {action}")?;
         }
-        if s.state == "awaiting_operator"
+        if s.state == crate::journal::CredentialState::AwaitingOperator
             && let Some(instructions) = s.detail.get("instructions").and_then(|v| v.as_str())
         {
             writeln!(
@@ -1176,7 +1159,7 @@ fn resume_operator(
     let waiting: Vec<String> = journal
         .states(run)?
         .into_iter()
-        .filter(|s| s.state == "awaiting_operator")
+        .filter(|s| s.state == crate::journal::CredentialState::AwaitingOperator)
         .map(|s| s.credential)
         .collect();
     let target = match &args.credential {

@@ -11,12 +11,16 @@ pub mod durable;
 pub mod limits;
 mod rotate;
 
-use crate::journal::{Journal, JournalError, NewRun, RunStatus};
+pub use rotate::step::{Checkpoint, PlannedStep, Step};
+
+use crate::journal::{CredentialState, Journal, JournalError, NewRun, RunStatus};
 use crate::playbook::{Mode, Playbook};
 use crate::provider::Provider;
+use crate::provider::manual::Operator;
 use crate::store::SecretStore;
 use indexmap::IndexMap;
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -41,13 +45,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn state(&self) -> &'static str {
+    pub fn state(&self) -> CredentialState {
         match self {
-            Outcome::Rotated { .. } => "rotated",
-            Outcome::RolledBack { .. } => "rolled_back",
-            Outcome::Quarantined { .. } => "quarantined",
-            Outcome::Skipped { .. } => "skipped",
-            Outcome::AwaitingOperator { .. } => "awaiting_operator",
+            Outcome::Rotated { .. } => CredentialState::Rotated,
+            Outcome::RolledBack { .. } => CredentialState::RolledBack,
+            Outcome::Quarantined { .. } => CredentialState::Quarantined,
+            Outcome::Skipped { .. } => CredentialState::Skipped,
+            Outcome::AwaitingOperator { .. } => CredentialState::AwaitingOperator,
         }
     }
 }
@@ -71,7 +75,7 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    pub fn count(&self, state: &str) -> usize {
+    pub fn count(&self, state: CredentialState) -> usize {
         self.results
             .iter()
             .filter(|r| r.outcome.state() == state)
@@ -80,12 +84,13 @@ impl RunSummary {
     pub fn status(&self) -> RunStatus {
         if self.interrupted {
             RunStatus::Interrupted
-        } else if self.count("quarantined") > 0 {
+        } else if self.count(CredentialState::Quarantined) > 0 {
             RunStatus::Quarantined
-        } else if self.count("awaiting_operator") > 0 {
+        } else if self.count(CredentialState::AwaitingOperator) > 0 {
             // Unfinished: `rekey resume` picks it up once an operator can answer.
             RunStatus::Interrupted
-        } else if self.count("rolled_back") + self.count("skipped") > 0 {
+        } else if self.count(CredentialState::RolledBack) + self.count(CredentialState::Skipped) > 0
+        {
             RunStatus::Failed
         } else {
             RunStatus::Succeeded
@@ -154,39 +159,202 @@ impl Progress for Silent {
 
 /// A promoted credential whose old key is retired when its grace period ends.
 #[derive(Debug, Clone)]
-pub struct Retirement {
-    pub index: usize,
-    pub old_key: Option<String>,
-    pub new_key: String,
-    pub version: u64,
-    pub due: tokio::time::Instant,
+pub(crate) struct Retirement {
+    pub(crate) index: usize,
+    /// The old keys to retire (see `rotate/dual.rs`).
+    pub(crate) old: rotate::OldKeys,
+    pub(crate) new_key: String,
+    pub(crate) version: u64,
+    pub(crate) due: tokio::time::Instant,
     /// Sinks that failed at promotion: the credential ends quarantined.
-    pub sink_failures: Vec<String>,
+    pub(crate) sink_failures: Vec<String>,
 }
 
-/// Everything a run needs, built by the command layer.
+/// Everything a run needs. Built with [`Engine::builder`] by the command layer
+/// (with Vault and the real providers) or by tests (with an in-memory store).
 pub struct Engine {
-    pub playbook: Arc<Playbook>,
-    pub store: Arc<dyn SecretStore>,
-    pub journal: Arc<Mutex<Journal>>,
-    /// Group commit for the journal (see `durable`); `None`: every commit syncs.
-    pub durable: Option<Arc<durable::GroupSync>>,
+    pub(crate) playbook: Arc<Playbook>,
+    pub(crate) store: Arc<dyn SecretStore>,
+    pub(crate) journal: Arc<Mutex<Journal>>,
+    /// Group commit for the journal (see `durable`).
+    durable: Arc<durable::GroupSync>,
     /// Provider per instance name.
-    pub providers: IndexMap<String, Arc<dyn Provider>>,
-    pub tuning: Tuning,
+    pub(crate) providers: IndexMap<String, Arc<dyn Provider>>,
+    pub(crate) tuning: Tuning,
     /// Key for the HMAC fingerprints of values in the journal.
-    pub fingerprint_key: Vec<u8>,
-    pub holder: String,
+    pub(crate) fingerprint_key: Vec<u8>,
+    pub(crate) holder: String,
     /// Set on the first Ctrl-C: no new credential starts; those in flight finish
     /// their protocol (reaching a safe state), and the run ends as interrupted.
-    pub stop: Arc<std::sync::atomic::AtomicBool>,
-    pub progress: Arc<dyn Progress>,
+    stop: Arc<AtomicBool>,
+    pub(crate) progress: Arc<dyn Progress>,
     /// Old keys waiting for their grace period to end.
-    pub pending: Mutex<Vec<Retirement>>,
+    pub(crate) pending: Mutex<Vec<Retirement>>,
     /// Rate limit per provider instance (see `limits`).
-    pub limits: IndexMap<String, Arc<limits::InstanceLimit>>,
+    pub(crate) limits: IndexMap<String, Arc<limits::InstanceLimit>>,
     /// Who answers manual steps (a terminal, a value given to resume, nobody).
-    pub operator: Arc<dyn crate::provider::manual::Operator>,
+    pub(crate) operator: Arc<dyn Operator>,
+    /// Per provider instance: the key ids its credentials' Vault entries name,
+    /// read once (see [`Engine::sibling_keys`]).
+    siblings: Mutex<IndexMap<String, Arc<tokio::sync::OnceCell<Arc<SiblingKeys>>>>>,
+}
+
+/// Key id → the credential (index) whose Vault entry names it.
+pub(crate) type SiblingKeys = rustc_hash::FxHashMap<String, usize>;
+
+/// Builds an [`Engine`]: the playbook, the store, the journal and the fingerprint
+/// key are required; everything else has a default (no providers, default tuning,
+/// a fresh lease holder and stop flag, no progress display, nobody to answer
+/// manual steps, one limiter per provider instance from the playbook's rates).
+pub struct EngineBuilder {
+    playbook: Arc<Playbook>,
+    store: Arc<dyn SecretStore>,
+    journal: Journal,
+    fingerprint_key: Vec<u8>,
+    providers: IndexMap<String, Arc<dyn Provider>>,
+    tuning: Tuning,
+    holder: String,
+    stop: Arc<AtomicBool>,
+    progress: Option<Arc<dyn Progress>>,
+    limits: IndexMap<String, Arc<limits::InstanceLimit>>,
+    operator: Arc<dyn Operator>,
+}
+
+impl EngineBuilder {
+    /// The provider of instance `name`.
+    pub fn provider(mut self, name: impl Into<String>, provider: Arc<dyn Provider>) -> Self {
+        self.providers.insert(name.into(), provider);
+        self
+    }
+    pub fn tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+    /// The flag the first Ctrl-C sets.
+    pub fn stop_flag(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = stop;
+        self
+    }
+    pub fn progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+    pub fn operator(mut self, operator: Arc<dyn Operator>) -> Self {
+        self.operator = operator;
+        self
+    }
+    /// The limiter of each provider instance (a progress display shows them).
+    pub fn limits(&self) -> &IndexMap<String, Arc<limits::InstanceLimit>> {
+        &self.limits
+    }
+    /// The engine, with group commit on the journal: one sync for the records of
+    /// every credential in flight.
+    pub fn build(mut self) -> Result<Engine, EngineError> {
+        let durable = Arc::new(durable::GroupSync::new(self.journal.defer_sync()?));
+        Ok(Engine {
+            playbook: self.playbook,
+            store: self.store,
+            journal: Arc::new(Mutex::new(self.journal)),
+            durable,
+            providers: self.providers,
+            tuning: self.tuning,
+            fingerprint_key: self.fingerprint_key,
+            holder: self.holder,
+            stop: self.stop,
+            progress: self.progress.unwrap_or_else(|| Arc::new(Silent)),
+            pending: Mutex::new(Vec::new()),
+            limits: self.limits,
+            operator: self.operator,
+            siblings: Mutex::new(IndexMap::new()),
+        })
+    }
+}
+
+impl Engine {
+    pub fn builder(
+        playbook: Arc<Playbook>,
+        store: Arc<dyn SecretStore>,
+        journal: Journal,
+        fingerprint_key: Vec<u8>,
+    ) -> EngineBuilder {
+        let limits = playbook
+            .providers
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    Arc::new(limits::InstanceLimit::new(name.clone(), p.rate)),
+                )
+            })
+            .collect();
+        EngineBuilder {
+            playbook,
+            store,
+            journal,
+            fingerprint_key,
+            providers: IndexMap::new(),
+            tuning: Tuning::default(),
+            holder: Journal::new_lease_holder(),
+            stop: Arc::new(AtomicBool::new(false)),
+            progress: None,
+            limits,
+            operator: Arc::new(crate::provider::manual::Nobody),
+        }
+    }
+
+    /// Runs `f` on the journal the engine records in (for states, intents, runs).
+    pub fn with_journal<T>(&self, f: impl FnOnce(&Journal) -> T) -> T {
+        f(&self.journal.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The key ids that the Vault entries of `instance`'s dual credentials name,
+    /// read once per run and instance. Breach retirement leaves another
+    /// credential's key to that credential's own rotation: one account's list can
+    /// hold the keys of several credentials of the playbook (a Twilio account, a
+    /// repository's deploy keys). Empty when the instance has one credential.
+    pub(crate) async fn sibling_keys(&self, instance: &str) -> Arc<SiblingKeys> {
+        let cell = {
+            let mut map = self.siblings.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(instance.to_owned()).or_default().clone()
+        };
+        cell.get_or_init(|| async {
+            let members: Vec<&crate::playbook::Credential> = self
+                .playbook
+                .credentials
+                .iter()
+                .filter(|c| {
+                    c.provider == instance && c.kind == crate::provider::catalog::Kind::Dual
+                })
+                .collect();
+            let mut keys = SiblingKeys::default();
+            if members.len() < 2 {
+                return Arc::new(keys);
+            }
+            let reads = members
+                .iter()
+                .map(|c| async move { (c.index, self.store.read(&c.vault_path).await) });
+            for (index, read) in futures::future::join_all(reads).await {
+                match read {
+                    Ok(entry) => {
+                        if let Some(k) = entry.fields.get("key_id") {
+                            keys.insert(k.clone(), index);
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        instance,
+                        "Could not read a Vault entry to tell credentials' keys apart: {e}"
+                    ),
+                }
+            }
+            Arc::new(keys)
+        })
+        .await
+        .clone()
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
 }
 
 impl Engine {
@@ -265,7 +433,7 @@ impl Engine {
                         Some(s) => Some(s.acquire_owned().await),
                         None => None,
                     };
-                    if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if self.stopping() {
                         return (index, Ok(None));
                     }
                     let credential = &self.playbook.credentials[index];
@@ -296,7 +464,7 @@ impl Engine {
                 let Some(outcome) = outcome? else { continue };
                 results.push(CredentialResult { id, outcome });
             }
-            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.stopping() {
                 break;
             }
         }
@@ -304,7 +472,7 @@ impl Engine {
         let mut pending = std::mem::take(&mut *self.pending.lock().map_err(poisoned)?);
         pending.sort_by_key(|r| r.due);
         for r in &pending {
-            if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.stopping() {
                 break; // `rekey resume` retires the rest.
             }
             tokio::time::sleep_until(r.due).await;
@@ -315,7 +483,7 @@ impl Engine {
                 slot.outcome = outcome;
             }
         }
-        let interrupted = self.stop.load(std::sync::atomic::Ordering::SeqCst);
+        let interrupted = self.stopping();
         let summary = RunSummary {
             run_id: run_id.clone(),
             results: results.list,
@@ -422,18 +590,21 @@ impl Engine {
                 else {
                     continue;
                 };
-                // The old key id was recorded in the intermediate states of the run.
-                let detail = self
+                // The old key id was recorded by the step that retired it.
+                let old_key_id = self
                     .journal
                     .lock()
                     .map_err(poisoned)?
                     .intents(run_id, &credential.id)?
                     .iter()
-                    .find(|i| i.step == "deactivate" || i.step == "revoke")
-                    .map(|i| serde_json::json!({ "old_key_id": i.detail.get("key_id") }))
-                    .unwrap_or_default();
+                    .find(|i| i.step.parse::<Step>().is_ok_and(Step::retires))
+                    .and_then(|i| i.detail.get("key_id")?.as_str().map(str::to_owned));
+                let checkpoint = Checkpoint {
+                    old_key_id,
+                    ..Checkpoint::default()
+                };
                 let outcome =
-                    rotate::roll_back(self, &rollback_run, index, version, &detail).await?;
+                    rotate::roll_back(self, &rollback_run, index, version, &checkpoint).await?;
                 self.record_final(&rollback_run, &credential.id, &outcome)
                     .await?;
                 results.push(CredentialResult {
@@ -448,9 +619,9 @@ impl Engine {
             interrupted: false,
             instances: self.limit_stats(),
         };
-        let status = if summary.count("quarantined") > 0 {
+        let status = if summary.count(CredentialState::Quarantined) > 0 {
             RunStatus::Quarantined
-        } else if summary.count("skipped") > 0 {
+        } else if summary.count(CredentialState::Skipped) > 0 {
             RunStatus::Failed
         } else {
             RunStatus::Succeeded
@@ -491,10 +662,10 @@ impl Engine {
     fn commit<T>(
         &self,
         f: impl FnOnce(&Journal) -> Result<T, JournalError>,
-    ) -> Result<(T, Option<u64>), EngineError> {
+    ) -> Result<(T, u64), EngineError> {
         let journal = self.journal.lock().map_err(poisoned)?;
         let value = f(&journal)?;
-        Ok((value, self.durable.as_ref().map(|d| d.committed())))
+        Ok((value, self.durable.committed()))
     }
 
     /// Runs `f` on the journal and returns once its record, and every record before
@@ -508,9 +679,10 @@ impl Engine {
     ) -> Result<T, EngineError> {
         let (value, ticket) = self.commit(f)?;
         // On disk before the caller goes on (to the step an intent announces).
-        if let (Some(durable), Some(ticket)) = (&self.durable, ticket) {
-            durable.wait(ticket).await.map_err(EngineError::Setup)?;
-        }
+        self.durable
+            .wait(ticket)
+            .await
+            .map_err(EngineError::Setup)?;
         Ok(value)
     }
 

@@ -127,6 +127,103 @@ impl FromStr for RunStatus {
     }
 }
 
+/// A credential's place in the rotation state machine, as the journal records it.
+/// The first six are where a rotation is while it runs (their detail is the
+/// engine's resume checkpoint); the rest are how it ended. Stored as snake_case text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialState {
+    /// Dual: about to create the new key.
+    Creating,
+    /// The new value is in the Vault staging entry.
+    Staged,
+    /// Single: the provider holds the new value.
+    Changed,
+    /// Dual: the new key works.
+    Verified,
+    /// The new value is at the consumers' path.
+    Promoted,
+    /// Dual: the old key is gone.
+    Retired,
+    Rotated,
+    RolledBack,
+    Quarantined,
+    Skipped,
+    AwaitingOperator,
+    /// Never started (Ctrl-C, Vault down, lock held elsewhere): `resume` starts it.
+    NotStarted,
+}
+
+impl CredentialState {
+    pub const ALL: [CredentialState; 12] = [
+        CredentialState::Creating,
+        CredentialState::Staged,
+        CredentialState::Changed,
+        CredentialState::Verified,
+        CredentialState::Promoted,
+        CredentialState::Retired,
+        CredentialState::Rotated,
+        CredentialState::RolledBack,
+        CredentialState::Quarantined,
+        CredentialState::Skipped,
+        CredentialState::AwaitingOperator,
+        CredentialState::NotStarted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialState::Creating => "creating",
+            CredentialState::Staged => "staged",
+            CredentialState::Changed => "changed",
+            CredentialState::Verified => "verified",
+            CredentialState::Promoted => "promoted",
+            CredentialState::Retired => "retired",
+            CredentialState::Rotated => "rotated",
+            CredentialState::RolledBack => "rolled_back",
+            CredentialState::Quarantined => "quarantined",
+            CredentialState::Skipped => "skipped",
+            CredentialState::AwaitingOperator => "awaiting_operator",
+            CredentialState::NotStarted => "not_started",
+        }
+    }
+
+    /// Whether the rotation ended (a final outcome is recorded with it).
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            CredentialState::Creating
+                | CredentialState::Staged
+                | CredentialState::Changed
+                | CredentialState::Verified
+                | CredentialState::Promoted
+                | CredentialState::Retired
+        )
+    }
+}
+
+impl fmt::Display for CredentialState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `state == "quarantined"`: the stored name, for tests and readers of JSON.
+impl PartialEq<&str> for CredentialState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl FromStr for CredentialState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CredentialState::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown credential state `{s}`"))
+    }
+}
+
 /// How a step ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -162,7 +259,7 @@ pub struct RunRow {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CredentialRow {
     pub credential: String,
-    pub state: String,
+    pub state: CredentialState,
     pub detail: Value,
     pub updated_at: String,
 }
@@ -422,9 +519,10 @@ impl Journal {
         &self,
         run: &str,
         credential: &str,
-        state: &str,
+        state: CredentialState,
         detail: &Value,
     ) -> Result<(), JournalError> {
+        let state = state.as_str();
         self.conn
             .prepare_cached(UPSERT_STATE)
             .and_then(|mut stmt| {
@@ -473,8 +571,10 @@ impl Journal {
         raw.into_iter()
             .map(|(credential, state, detail, updated_at)| {
                 Ok(CredentialRow {
+                    state: state.parse().map_err(|e: String| {
+                        self.corrupt(format!("credential `{credential}`: {e}"))
+                    })?,
                     credential,
-                    state,
                     detail: self.json(&detail, "a credential state's detail")?,
                     updated_at,
                 })
@@ -556,9 +656,10 @@ impl Journal {
         intent: IntentId,
         outcome: Outcome,
         detail: &Value,
-        state: &str,
+        state: CredentialState,
         state_detail: &Value,
     ) -> Result<(), JournalError> {
+        let state = state.as_str();
         let doing = "recording an outcome and a credential state";
         let tx = self.immediate(doing)?;
         let (run, credential, step) = self.insert_outcome(&tx, intent, &outcome, detail)?;

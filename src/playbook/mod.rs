@@ -107,6 +107,8 @@ pub struct ProviderInstance {
     /// Typical duration of one request (from the catalog), for estimates.
     pub latency: Duration,
     pub requests: Requests,
+    /// Live keys an account may hold at once (dual kinds), from the catalog.
+    pub quota: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -134,6 +136,8 @@ pub struct Credential {
     pub password: Arc<PasswordPolicy>,
     pub settings: IndexMap<String, serde_json::Value>,
     pub instructions: Option<String>,
+    /// Key ids the breach retirement leaves alone (dual kinds).
+    pub keep: Vec<String>,
     /// Where the promoted value is copied too, in order.
     pub sinks: Vec<Sink>,
 }

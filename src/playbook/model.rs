@@ -282,6 +282,11 @@ pub struct RawCredential {
     /// For `provider: manual`: what the operator must do.
     #[serde(default)]
     pub instructions: Option<String>,
+    /// Dual kinds, breach mode: key ids at the provider that the rotation must not
+    /// retire (a key of the same account used by something else, known safe).
+    /// Every other key that exists before the run is retired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
     /// More places the new value is pushed to once promoted (other Vault paths,
     /// files, GitHub Actions secrets), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -75,6 +75,7 @@ impl Validated {
                 password: r.password,
                 settings: r.settings.unwrap_or(c.settings),
                 instructions: c.instructions,
+                keep: c.keep,
                 sinks: r.sinks,
             })
             .collect();
@@ -804,6 +805,7 @@ fn validate_providers(
                 concurrency,
                 latency: t.latency(),
                 requests: t.requests.clone(),
+                quota: t.quota,
             },
         );
     }
@@ -882,6 +884,7 @@ fn validate_credentials<'c>(
                         concurrency: t.default_concurrency,
                         latency: t.latency(),
                         requests: t.requests.clone(),
+                        quota: None,
                     });
                 (MANUAL, Kind::Manual)
             })
@@ -1054,6 +1057,27 @@ fn validate_credentials<'c>(
                         cx.at(&format!("{base}/depends_on/{j}")),
                     )
                     .help("remove it from its own depends_on"),
+                );
+            }
+        }
+        let kind = instance.map(|(_, k)| k).unwrap_or(Kind::Manual);
+        if !c.keep.is_empty() && kind != Kind::Dual {
+            cx.push(
+                Diagnostic::error(
+                    "`keep` names keys to leave alone, and only dual kinds (API keys, tokens) have several",
+                    cx.key_at(&format!("{base}/keep")),
+                )
+                .help("remove `keep`: a password changed in place has no other key to keep"),
+            );
+        }
+        for (j, key) in c.keep.iter().enumerate() {
+            if key.trim().is_empty() || c.keep[..j].contains(key) {
+                cx.push(
+                    Diagnostic::error(
+                        format!("`{key}` is empty or listed twice in keep"),
+                        cx.at(&format!("{base}/keep/{j}")),
+                    )
+                    .help("list each key id to keep once"),
                 );
             }
         }

@@ -126,6 +126,18 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// Whether `create` reuses one of a fixed set of keys (two roles taking
+    /// turns) instead of adding one: no room has to be made for it.
+    fn reuses_keys(&self) -> bool {
+        false
+    }
+
+    /// Whether `list` can tell which keys an account holds (dual kinds). Without
+    /// it, a rotation cannot confirm that no old key is left: it ends quarantined.
+    fn lists_keys(&self) -> bool {
+        true
+    }
+
     /// The provider's rate-limit headers on its latest answer, where it sends them.
     fn rate_hint(&self) -> Option<RateHint> {
         None

@@ -10,8 +10,10 @@
 //! client-library error (those can echo request and response bodies).
 
 pub mod answer;
+pub mod memory;
 mod vault;
 
+pub use memory::MemoryStore;
 pub use vault::{VaultConfig, VaultLogin, VaultStore};
 
 use crate::secret::Secret;

@@ -872,17 +872,20 @@ fn a_limit_above_the_providers_is_learned_and_reported() {
 }
 
 #[test]
-fn a_vault_entry_without_key_id_has_its_key_found_and_retired() {
-    // An entry written before rekey managed it: a value and no `key_id`. The key the
-    // value belongs to is found by verifying the value against each active key, and
-    // retired. A value that belongs to no key (stale) leaves the keys rekey did not
-    // issue alone, and the run says why on stderr.
+fn a_vault_entry_without_key_id_has_its_old_key_retired_or_named() {
+    // An entry written before rekey managed it: a value and no `key_id`. Breach
+    // mode retires every key that existed before the run, whatever Vault holds.
+    // Routine mode retires the key the value belongs to (found by verifying the
+    // value against each active key); a value that belongs to no key (stale) leaves
+    // the key alive, and the credential is quarantined naming it, never "rotated".
     let s = Scenario::new();
     let cases = [
-        ("a", "old-secret-written-by-hand", 1, ""),
-        ("b", "stale", 2, "cannot tell which active key"),
+        ("breach", "a", "old-secret-written-by-hand", 1, "rotated"),
+        ("breach", "b", "stale", 1, "rotated"),
+        ("routine", "c", "old-secret-written-by-hand", 1, "rotated"),
+        ("routine", "d", "stale", 2, "quarantined"),
     ];
-    for (account, in_vault, left, says) in cases {
+    for (mode, account, in_vault, left, expected) in cases {
         let state = json!({ "accounts": { account: { "keys": [{
             "id": "k-old", "secret_sha256": digest("old-secret-written-by-hand"),
             "active": true, "created_at": 1, "tag": "" }] } } });
@@ -895,13 +898,13 @@ fn a_vault_entry_without_key_id_has_its_key_found_and_retired() {
             Some(&json!({ "data": { "value": in_vault } })),
         );
         let pb = s.playbook(
-            "breach",
+            mode,
             &format!("  - {{ id: c{account}, provider: keys, account: {account}, vault_path: PREFIX/{account} }}\n"),
         );
         let (code, summary, stderr) = s.run(&pb, &[]);
-        assert_eq!(code, 0, "{stderr}");
-        assert_eq!(outcome(&summary, &format!("c{account}")), "rotated");
-        assert!(stderr.contains(says), "{stderr}");
+        let id = format!("c{account}");
+        assert_eq!(outcome(&summary, &id), expected, "{account}: {stderr}");
+        assert_eq!(code, if expected == "rotated" { 0 } else { 3 }, "{stderr}");
         let keys = s.state("keys.json")["accounts"][account]["keys"]
             .as_array()
             .unwrap()
@@ -910,5 +913,18 @@ fn a_vault_entry_without_key_id_has_its_key_found_and_retired() {
         let promoted = s.vault(account)["data"]["data"]["key_id"].clone();
         assert!(keys.iter().any(|k| k["id"] == promoted), "{keys:?}");
         assert_eq!(keys.iter().any(|k| k["id"] == "k-old"), left == 2);
+        if expected == "quarantined" {
+            let result = summary["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["id"] == id.as_str())
+                .unwrap()
+                .clone();
+            assert!(
+                result["action"].as_str().unwrap().contains("k-old"),
+                "{result}"
+            );
+        }
     }
 }

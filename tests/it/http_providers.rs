@@ -36,6 +36,7 @@ struct Case {
     instance_settings: String,
     credential: String,
     admin: String,
+    mode: &'static str,
 }
 
 impl Case {
@@ -48,7 +49,15 @@ impl Case {
             instance_settings: format!("base_url: \"{}{base_path}\"", stub.url),
             credential: String::new(),
             admin: admin.to_string(),
+            mode: "breach",
         }
+    }
+
+    /// Routine mode: only the key Vault names is retired (breach mode retires
+    /// every key the account held before the run).
+    fn routine(mut self) -> Case {
+        self.mode = "routine";
+        self
     }
 
     fn settings(mut self, extra: &str) -> Case {
@@ -64,7 +73,8 @@ impl Case {
 
     fn playbook(&self) -> std::path::PathBuf {
         let text = format!(
-            "version: 1\nname: http-test\nincident: {{ mode: breach }}\nvault: {{ address: \"{}\" }}\nproviders:\n  p:\n    type: {}\n    settings: {{ {} }}\n    admin: {{ env: REKEY_IT_PROVIDER_ADMIN }}\n    rate: {{ per_second: 50 }}\ncredentials:\n  - {{ id: c1, provider: p, vault_path: {}/c1{}{} }}\n",
+            "version: 1\nname: http-test\nincident: {{ mode: {} }}\nvault: {{ address: \"{}\" }}\nproviders:\n  p:\n    type: {}\n    settings: {{ {} }}\n    admin: {{ env: REKEY_IT_PROVIDER_ADMIN }}\n    rate: {{ per_second: 50 }}\ncredentials:\n  - {{ id: c1, provider: p, vault_path: {}/c1{}{} }}\n",
+            self.mode,
             self.env["VAULT_ADDR"],
             self.type_name,
             self.instance_settings,
@@ -259,6 +269,9 @@ fn twilio_api_key_rotates_through_its_stub_across_pages() {
         "",
         json!({ "password": TWILIO_AUTH_TOKEN }),
     )
+    // The account's other keys belong to other applications: routine mode leaves
+    // them (breach mode retires every key the account held).
+    .routine()
     .settings(&format!("account_sid: {TWILIO_ACCOUNT}"));
     case.seed_vault(old, Some(&old_id));
     let (code, outcome, stderr) = case.run();
@@ -339,6 +352,9 @@ fn github_deploy_key_rotates_with_a_generated_key_pair() {
         "",
         json!({ "token": ADMIN_TOKEN }),
     )
+    // The repository's other deploy keys belong to other systems: routine mode
+    // leaves them (breach mode retires every key the account held).
+    .routine()
     .credential("settings: { owner: acme, repo: infra }");
     case.seed_vault(
         "-----BEGIN OPENSSH PRIVATE KEY-----\nold\n-----END OPENSSH PRIVATE KEY-----\n",

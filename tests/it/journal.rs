@@ -3,7 +3,7 @@
 //! promise that no secret value reaches the database or its write-ahead log.
 
 use rekey::journal::{
-    IntentId, Journal, JournalError, NewRun, Outcome, RecordedOutcome, RunStatus,
+    CredentialState, IntentId, Journal, JournalError, NewRun, Outcome, RecordedOutcome, RunStatus,
 };
 use rekey::secret::Secret;
 use serde_json::json;
@@ -159,7 +159,7 @@ fn reopening_the_journal_keeps_runs_states_and_intents() {
             .set_state(
                 &run,
                 "billing-db",
-                "staged",
+                CredentialState::Staged,
                 &json!({ "staging_version": 3 }),
             )
             .unwrap();
@@ -471,11 +471,16 @@ fn states_keep_first_insertion_order_and_intents_their_sequence() {
     let run = journal.create_run(&new_run("idp")).unwrap();
     for credential in ["zeta", "alpha", "mid"] {
         journal
-            .set_state(&run, credential, "pending", &json!({}))
+            .set_state(&run, credential, CredentialState::Creating, &json!({}))
             .unwrap();
     }
     journal
-        .set_state(&run, "alpha", "staged", &json!({ "key_id": "AKIA1" }))
+        .set_state(
+            &run,
+            "alpha",
+            CredentialState::Staged,
+            &json!({ "key_id": "AKIA1" }),
+        )
         .unwrap();
     let states = journal.states(&run).unwrap();
     let order: Vec<_> = states
@@ -484,7 +489,11 @@ fn states_keep_first_insertion_order_and_intents_their_sequence() {
         .collect();
     assert_eq!(
         order,
-        [("zeta", "pending"), ("alpha", "staged"), ("mid", "pending")]
+        [
+            ("zeta", "creating"),
+            ("alpha", "staged"),
+            ("mid", "creating")
+        ]
     );
     assert_eq!(states[1].detail, json!({ "key_id": "AKIA1" }));
 
@@ -550,7 +559,12 @@ fn outcome_is_recorded_once_and_only_for_a_known_intent() {
         .unwrap_err();
     assert!(matches!(err, JournalError::UnknownRun { .. }), "{err:?}");
     let err = journal
-        .set_state("r-20000101-0000-0000", "billing-db", "pending", &json!({}))
+        .set_state(
+            "r-20000101-0000-0000",
+            "billing-db",
+            CredentialState::Creating,
+            &json!({}),
+        )
         .unwrap_err();
     assert!(matches!(err, JournalError::UnknownRun { .. }), "{err:?}");
     let err = journal.open_intents("r-20000101-0000-0000").unwrap_err();
@@ -566,7 +580,7 @@ fn outcome_and_state_are_recorded_together_or_not_at_all() {
     let journal = Journal::open(&path).unwrap();
     let run = journal.create_run(&new_run("idp")).unwrap();
     journal
-        .set_state(&run, "billing-db", "pending", &json!({}))
+        .set_state(&run, "billing-db", CredentialState::Creating, &json!({}))
         .unwrap();
     let intent = journal
         .intent(&run, "billing-db", "stage", &json!({}))
@@ -577,7 +591,7 @@ fn outcome_and_state_are_recorded_together_or_not_at_all() {
             intent,
             Outcome::Ok,
             &json!({ "version": 2 }),
-            "staged",
+            CredentialState::Staged,
             &json!({ "version": 2 }),
         )
         .unwrap();
@@ -590,7 +604,13 @@ fn outcome_and_state_are_recorded_together_or_not_at_all() {
 
     // The second outcome is refused, and the state change that came with it is rolled back.
     let err = journal
-        .outcome_and_state(intent, Outcome::Ok, &json!({}), "verified", &json!({}))
+        .outcome_and_state(
+            intent,
+            Outcome::Ok,
+            &json!({}),
+            CredentialState::Verified,
+            &json!({}),
+        )
         .unwrap_err();
     assert!(
         matches!(err, JournalError::OutcomeAlreadyRecorded { .. }),
@@ -696,7 +716,7 @@ fn second_connection_waits_for_a_writer_then_reports_busy_when_it_never_ends() {
     let run = first.create_run(&new_run("idp")).unwrap();
     // WAL: each connection sees the other's commits.
     second
-        .set_state(&run, "billing-db", "pending", &json!({}))
+        .set_state(&run, "billing-db", CredentialState::Creating, &json!({}))
         .unwrap();
     assert_eq!(first.states(&run).unwrap().len(), 1);
 
@@ -762,7 +782,12 @@ fn concurrent_writers_on_separate_connections_all_land() {
                         .unwrap();
                     journal.outcome(id, Outcome::Ok, &json!({})).unwrap();
                     journal
-                        .set_state(&run, &format!("cred-{w}"), "staged", &json!({ "n": n }))
+                        .set_state(
+                            &run,
+                            &format!("cred-{w}"),
+                            CredentialState::Staged,
+                            &json!({ "n": n }),
+                        )
                         .unwrap();
                 }
             })
@@ -816,7 +841,7 @@ fn journal_holds_fingerprints_never_the_secret_behind_them() {
         .set_state(
             &run,
             "deploy-bot-aws",
-            "staged",
+            CredentialState::Staged,
             &json!({ "fingerprint": fingerprint, "version": 4 }),
         )
         .unwrap();

@@ -16,6 +16,7 @@ mod journal;
 mod lab;
 mod loader_props;
 mod manual;
+mod protocol;
 mod providers_aws;
 mod providers_hosts;
 mod providers_sql;

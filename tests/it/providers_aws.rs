@@ -352,10 +352,11 @@ fn aws_iam_full_quota_deletes_an_inactive_stray_but_never_an_active_key() {
     let (other_active, _) = moto.create_key(&full);
     case.seed("full", &full_secret, Some(&full_old));
 
+    // Routine mode: an active key is never deleted before the new one is promoted.
     let pb = playbook(
         &case,
         moto,
-        "breach",
+        "routine",
         "",
         &format!(
             "  - {{ id: stray, provider: aws, account: {user}, vault_path: PREFIX/stray }}\n  - {{ id: full, provider: aws, account: {full}, vault_path: PREFIX/full }}\n"
@@ -402,6 +403,39 @@ fn aws_iam_full_quota_deletes_an_inactive_stray_but_never_an_active_key() {
     assert_eq!(moto.keys(&full), both, "no active key was touched");
     assert_eq!(case.vault("full")["data"]["key_id"], full_old.as_str());
     assert_ne!(ran.code, 0);
+}
+
+/// The first day rekey is used is usually a breach day: the user holds the key
+/// the attacker copied (Vault's value, written by hand without `key_id`) and a
+/// second active key nobody tracks (the quota is full). After a breach run only
+/// the new key exists, as IAM itself lists it.
+#[test]
+fn aws_iam_first_adoption_during_a_breach_retires_the_copied_key_and_the_stray() {
+    let moto = moto();
+    let case = case_with_admin(moto.admin_json());
+    let (user, copied, copied_secret) = moto.user_with_key("adopt");
+    let (stray, _) = moto.create_key(&user);
+    case.seed("adopt", &copied_secret, None);
+    let pb = playbook(
+        &case,
+        moto,
+        "breach",
+        "",
+        &format!("  - {{ id: adopt, provider: aws, account: {user}, vault_path: PREFIX/adopt }}\n"),
+    );
+    let ran = case.run(&pb);
+    assert_eq!(ran.outcome("adopt"), "rotated", "{}", ran.summary);
+    assert_eq!(ran.code, 0, "{}", ran.summary);
+    let new_id = case.vault("adopt")["data"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(new_id != copied && new_id != stray);
+    assert_eq!(
+        moto.keys(&user),
+        vec![(new_id, "Active".to_owned())],
+        "the copied key and the stray are deleted"
+    );
 }
 
 #[test]

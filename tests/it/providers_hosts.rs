@@ -685,13 +685,17 @@ struct SshSetup {
     old_fingerprint: String,
     /// The file's lines that are not the old key, exactly.
     others: String,
+    /// Someone else's key in the same file: breach mode retires it unless kept.
+    foreign_fingerprint: String,
+    foreign_key: PathBuf,
 }
 
 fn ssh_setup(case: &Case) -> SshSetup {
     use std::os::unix::fs::PermissionsExt;
     let account = take_account(&case.env);
     let (old_key, old_public, old_fingerprint) = keygen(case.dir.path(), "old", "deploy@laptop");
-    let (_, foreign_public, _) = keygen(case.dir.path(), "foreign", "someone-else");
+    let (foreign_key, foreign_public, foreign_fingerprint) =
+        keygen(case.dir.path(), "foreign", "someone-else");
     let mut others =
         format!("# managed by hand\r\nfrom=\"10.0.0.0/8\",no-pty {foreign_public}\n\n");
     // Not root: the only test account is the admin itself, whose own key must stay.
@@ -723,6 +727,8 @@ fn ssh_setup(case: &Case) -> SshSetup {
         old_key,
         old_fingerprint,
         others,
+        foreign_fingerprint,
+        foreign_key,
     }
 }
 
@@ -757,7 +763,10 @@ fn ssh_rotation_installs_a_new_key_and_removes_the_old_one() {
         &ssh_playbook(
             &case,
             &setup.account.name,
-            ", settings: { options: \"no-port-forwarding,no-agent-forwarding\" }",
+            &format!(
+                ", settings: {{ options: \"no-port-forwarding,no-agent-forwarding\" }}, keep: [\"{}\"]",
+                setup.foreign_fingerprint
+            ),
             "",
         ),
     );
@@ -801,6 +810,41 @@ fn ssh_rotation_installs_a_new_key_and_removes_the_old_one() {
             &std::fs::read_to_string(&setup.old_key).unwrap(),
             &std::fs::read_to_string(&case.env["REKEY_SSH_ADMIN_KEY_FILE"]).unwrap(),
         ],
+    );
+}
+
+/// An attacker who reached the account leaves a key of their own in
+/// authorized_keys. Breach mode retires every key that was there before the run
+/// (unless the playbook keeps it): the file sshd reads no longer holds it.
+#[test]
+fn ssh_breach_rotation_removes_a_planted_key_that_is_not_kept() {
+    let case = Case::new("ssh-plant");
+    let setup = ssh_setup(&case);
+    let planted = std::fs::read_to_string(setup.foreign_key.with_extension("pub")).unwrap();
+    let planted_blob = planted.split_whitespace().nth(1).unwrap().to_owned();
+    let pb = case.playbook(
+        "ssh.yaml",
+        &ssh_playbook(&case, &setup.account.name, "", ""),
+    );
+    let (out, summary) = case.run(&pb);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(outcome(&summary, "key"), "rotated", "{summary}");
+    let data = case.vault_get("key");
+    let new_key = key_file(case.dir.path(), "new", data["value"].as_str().unwrap());
+    assert!(ssh_login_works(&case.env, &setup.account.name, &new_key));
+    assert!(!ssh_login_works(
+        &case.env,
+        &setup.account.name,
+        &setup.old_key
+    ));
+    let content = std::fs::read_to_string(&setup.account.keys_file).unwrap();
+    assert!(
+        !content.contains(&planted_blob),
+        "the planted key is still authorized: {content}"
+    );
+    assert!(
+        content.starts_with("# managed by hand"),
+        "comments are kept: {content}"
     );
 }
 
@@ -964,7 +1008,7 @@ fn ssh_run_killed_midway_is_finished_by_resume_without_orphan_keys() {
             &ssh_playbook(
                 &case,
                 &setup.account.name,
-                "",
+                &format!(", keep: [\"{}\"]", setup.foreign_fingerprint),
                 "    rate: { per_second: 3 }\n",
             ),
         );

@@ -4,7 +4,10 @@
 //! with check-and-set, clear staging. Without an operator the credential waits as
 //! `awaiting operator` and `rekey resume` finishes it.
 
-use super::{Ctx, EngineError, Outcome};
+use super::ctx::Ctx;
+use super::step::{Checkpoint, Step};
+use crate::engine::{EngineError, Outcome};
+use crate::journal::CredentialState;
 use crate::provider::catalog::Kind;
 use crate::provider::manual::{Answer, Request};
 use crate::provider::{Provider, ProviderError, Target};
@@ -103,7 +106,7 @@ impl Ctx<'_> {
                             j.intent(
                                 self.run,
                                 id,
-                                "operator_confirmed",
+                                Step::OperatorConfirmed.as_str(),
                                 &json!({ "confirm_only": true }),
                             )
                         })?;
@@ -134,8 +137,12 @@ impl Ctx<'_> {
             }
         };
         self.state(
-            "staged",
-            json!({ "fingerprint": self.fingerprint(&value), "vault_version": current.version }),
+            CredentialState::Staged,
+            &Checkpoint {
+                fingerprint: Some(self.fingerprint(&value)),
+                vault_version: Some(current.version),
+                ..Checkpoint::default()
+            },
         )?;
 
         if self.credential.verify
@@ -143,7 +150,7 @@ impl Ctx<'_> {
         {
             let target = self.target();
             let verified = self
-                .pstep("verify", json!({ "manual": true }), || {
+                .pstep(Step::Verify, json!({ "manual": true }), || {
                     verifier.verify(target, None, &value)
                 })
                 .await?;

@@ -9,7 +9,9 @@
 //! same runs on `rekey rollback` with the previous value, so sinks follow the
 //! consumers' path back.
 
-use super::{Ctx, EngineError, Outcome};
+use super::ctx::Ctx;
+use super::step::Step;
+use crate::engine::{EngineError, Outcome};
 use crate::playbook::Sink;
 use crate::provider::ProviderError;
 use crate::secret::Secret;
@@ -28,7 +30,7 @@ impl Ctx<'_> {
             let result = match sink {
                 Sink::Vault { path } => {
                     let store = self.engine.store.clone();
-                    self.step("sink", detail, || {
+                    self.step(Step::Sink, detail, || {
                         let store = store.clone();
                         async move {
                             // Check-and-set on the version just read: a concurrent
@@ -47,12 +49,12 @@ impl Ctx<'_> {
                 }
                 Sink::File { path, reload } => {
                     let written = self
-                        .step("sink", detail, || file::write(path, value))
+                        .step(Step::Sink, detail, || file::write(path, value))
                         .await?;
                     match (written, reload.first()) {
                         (Ok(()), Some(program)) => {
                             self.step(
-                                "sink_reload",
+                                Step::SinkReload,
                                 json!({ "sink": name, "program": program }),
                                 || file::reload(reload),
                             )
@@ -76,7 +78,7 @@ impl Ctx<'_> {
                         secret_name,
                     };
                     let target = &target;
-                    self.step("sink", detail, || {
+                    self.step(Step::Sink, detail, || {
                         let store = store.clone();
                         async move {
                             let admin = crate::provider::admin::resolve(token, &*store)

@@ -295,6 +295,12 @@ impl PostgresAlternating {
 
 #[async_trait]
 impl Provider for PostgresAlternating {
+    /// Create changes the password of the role not in use: the two roles are
+    /// always there.
+    fn reuses_keys(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> Kind {
         Kind::Dual
     }

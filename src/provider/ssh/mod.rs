@@ -492,13 +492,17 @@ impl Provider for SshProvider {
         let account = self.account(target)?;
         let path = self.path(target, account)?;
         let mut keys: Vec<KeyInfo> = Vec::new();
+        // rekey's own admin key is never one of the account's keys to rotate or
+        // retire (an account that is the admin user holds it): listing it would
+        // let a breach rotation lock rekey out.
+        let admin_id = fingerprint(self.admin_key.public_key());
         for addr in self.hosts(target)? {
             let session = self.admin_session(&addr).await?;
             let read = self.read(&session, &addr, account, &path).await;
             session.close().await;
             for key in line_keys(&read?.content).into_iter().flatten() {
                 let id = fingerprint(&key);
-                if keys.iter().any(|k| k.id == id) {
+                if id == admin_id || keys.iter().any(|k| k.id == id) {
                     continue;
                 }
                 let comment: &str = key.comment().as_ref();

@@ -1,0 +1,128 @@
+//! One credential through the rotation protocol (DESIGN.md's, summarised in
+//! ARCHITECTURE.md). Each entry point returns the credential's `Outcome`; `Err`
+//! only for the journal failing (then nothing can be recorded safely and the run
+//! stops). One file per protocol: `dual.rs`, `single.rs`, `manual.rs`; resume's
+//! `reconcile.rs`; `rollback.rs`; the step machinery in `ctx.rs`; the vocabulary
+//! in `step.rs`.
+
+mod ctx;
+mod dual;
+mod manual;
+mod reconcile;
+mod rollback;
+mod single;
+mod sinks;
+pub mod step;
+mod vault;
+
+pub(crate) use dual::OldKeys;
+pub(super) use rollback::roll_back;
+
+use super::{Engine, EngineError, Outcome};
+use crate::provider::catalog::Kind;
+use ctx::Ctx;
+use step::Checkpoint;
+
+pub(super) async fn rotate(
+    engine: &Engine,
+    run: &str,
+    index: usize,
+) -> Result<Outcome, EngineError> {
+    let credential = &engine.playbook.credentials[index];
+    let provider = match engine.providers.get(&credential.provider).cloned() {
+        Some(p) => p,
+        None if credential.kind == Kind::Manual => manual::no_provider(),
+        None => {
+            return Ok(Outcome::Skipped {
+                reason: format!(
+                    "provider instance `{}` cannot run in this build",
+                    credential.provider
+                ),
+            });
+        }
+    };
+    let holder = engine.holder.clone();
+    // The lease outlives the grace period: the old key is retired at its end.
+    if !engine.journal(|j| {
+        j.lease(
+            run,
+            &credential.id,
+            &holder,
+            engine.tuning.lease + credential.grace,
+        )
+    })? {
+        return Ok(Outcome::Skipped {
+            reason: "another rekey process holds this credential".into(),
+        });
+    }
+    let ctx = Ctx::new(engine, run, index, provider, true);
+    let outcome = match credential.kind {
+        Kind::Dual => ctx.dual().await,
+        Kind::Single => ctx.single().await,
+        Kind::Manual => ctx.manual().await,
+    };
+    engine.journal(|j| j.release(run, &credential.id, &holder))?;
+    outcome
+}
+
+/// After a crash: brings one credential of run `run` to a known state from what
+/// the journal says it was doing and what the world really holds (provider keys,
+/// Vault versions, the staging entry), then finishes or restarts its rotation.
+pub(super) async fn resume(
+    engine: &Engine,
+    run: &str,
+    index: usize,
+    last: Option<&crate::journal::CredentialRow>,
+) -> Result<Outcome, EngineError> {
+    let credential = &engine.playbook.credentials[index];
+    {
+        // The process that held the lease is gone (this is a resume): take it over.
+        // Before anything else: a manual step, which has no provider, takes the
+        // lease again in `rotate`.
+        let journal = engine.journal.lock().map_err(super::poisoned)?;
+        if let Some((_, holder)) = journal.lease_holder(&credential.id)? {
+            let pid = holder.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| {
+                p != std::process::id() && std::path::Path::new(&format!("/proc/{p}")).exists()
+            });
+            if !alive {
+                journal.break_lease(&credential.id, &holder)?;
+            }
+        }
+    }
+    let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
+        return rotate(engine, run, index).await;
+    };
+    let ctx = Ctx::new(engine, run, index, provider, false);
+    let checkpoint = last
+        .map(|r| Checkpoint::from_detail(&r.detail))
+        .unwrap_or_default();
+    let reconciled = match credential.kind {
+        Kind::Dual => ctx.reconcile_dual(&checkpoint).await?,
+        Kind::Single => ctx.reconcile_single(&checkpoint).await?,
+        Kind::Manual => None,
+    };
+    match reconciled {
+        Some(outcome) => Ok(outcome),
+        // Nothing was half done (or it was undone): rotate from the start.
+        None => rotate(engine, run, index).await,
+    }
+}
+
+/// Retires the old key of a credential whose grace period is over.
+pub(super) async fn retire(
+    engine: &Engine,
+    run: &str,
+    r: &super::Retirement,
+) -> Result<Outcome, EngineError> {
+    let credential = &engine.playbook.credentials[r.index];
+    let Some(provider) = engine.providers.get(&credential.provider).cloned() else {
+        return Ok(Outcome::Rotated {
+            key_id: Some(r.new_key.clone()),
+            version: r.version,
+        });
+    };
+    let ctx = Ctx::new(engine, run, r.index, provider, false);
+    let outcome = ctx.retire(&r.old, &r.new_key, r.version, None).await?;
+    Ok(ctx.with_sinks(outcome, r.sink_failures.clone()))
+}
