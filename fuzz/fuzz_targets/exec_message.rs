@@ -18,8 +18,22 @@ fn vocabulary() -> &'static str {
     static WORDS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     WORDS.get_or_init(|| {
         let fields = [
-            "type", "protocol_version", "name", "id", "result", "error", "kind", "message",
-            "retry_after_ms", "key_id", "secret", "keys", "active", "created_at", "tag", "valid",
+            "type",
+            "protocol_version",
+            "name",
+            "id",
+            "result",
+            "error",
+            "kind",
+            "message",
+            "retry_after_ms",
+            "key_id",
+            "secret",
+            "keys",
+            "active",
+            "created_at",
+            "tag",
+            "valid",
         ];
         let mut words = String::from(
             "not JSON; unreadable; invalid type; invalid value; invalid length; unknown variant; \
@@ -47,11 +61,12 @@ fn leaves(v: &Value, out: &mut Vec<String>) {
 }
 
 fn check(description: &str, line: &[u8]) {
-    let Ok(value) = serde_json::from_slice::<Value>(line) else {
-        assert!(
-            ["not JSON", "unreadable"].contains(&description) || !description.contains('"'),
-            "{description}"
-        );
+    // serde reads the line's first JSON value before it sees what follows.
+    let Some(Ok(value)) = serde_json::Deserializer::from_slice(line)
+        .into_iter::<Value>()
+        .next()
+    else {
+        assert!(!description.contains('"'), "{description}");
         return;
     };
     let mut found = Vec::new();

@@ -181,6 +181,9 @@ fn exec_error_descriptions_never_quote_the_value_they_met() {
         json!({"type": "response", "id": canary}),
         json!({"type": "hello", "protocol_version": canary}),
         json!({"type": "response", "id": 1, "error": {"kind": "fatal", "retry_after_ms": canary}}),
+        // Found by fuzzing: a value holding serde's own `, expected ` separator.
+        json!(format!("x, expected {canary}")),
+        json!({"type": "response", "id": 1, "result": {"valid": format!("{canary}, expected a boolean, expected {canary}")}}),
     ] {
         let descriptions = exec_descriptions(line.to_string().as_bytes());
         assert!(!descriptions.is_empty(), "{line}");

@@ -113,7 +113,9 @@ pub fn describe_error(e: &serde_json::Error) -> String {
         Category::Data => {
             let text = e.to_string();
             let text = text.split(" at line ").next().unwrap_or(&text);
-            let (what, expected) = match text.split_once(", expected ") {
+            // serde writes the value it met before the last `, expected `; the value
+            // may itself hold `, expected ` (found by fuzzing), so split at the last.
+            let (what, expected) = match text.rsplit_once(", expected ") {
                 Some((what, expected)) => (what, Some(expected)),
                 None => (text, None),
             };
