@@ -316,7 +316,7 @@ fn rekey_round_with(
     provider: &str,
 ) -> Duration {
     let mut text = format!(
-        "version: 1\nname: pg-bench\nincident: {{ mode: breach }}\nvault: {{ address: \"{}\" }}\ndefaults: {{ verify: {verify}, concurrency: {CONCURRENCY} }}\nproviders:\n  pg: {{ type: postgres, admin: {{ env: REKEY_BENCH_PG_ADMIN }}, concurrency: {CONCURRENCY}, rate: {{ per_second: 100000, burst: 1000 }}, settings: {{ host: \"{}\", port: {}, sslmode: disable }} }}\n  noop: {{ type: sandbox_password, concurrency: {CONCURRENCY}, rate: {{ per_second: 100000, burst: 1000 }}, settings: {{ state_file: memory, latency: 0ms }} }}\ncredentials:\n",
+        "version: 1\nname: pg-bench\nincident: {{ mode: breach }}\nvault: {{ address: \"{}\" }}\ndefaults: {{ verify: {verify}, concurrency: {CONCURRENCY} }}\nproviders:\n  pg: {{ type: postgres, admin: {{ env: REKEY_BENCH_PG_ADMIN }}, concurrency: {CONCURRENCY}, rate: {{ per_second: 100000, burst: 1000 }}, settings: {{ host: \"{}\", port: {}, sslmode: disable, end_sessions: false }} }}\n  noop: {{ type: sandbox_password, concurrency: {CONCURRENCY}, rate: {{ per_second: 100000, burst: 1000 }}, settings: {{ state_file: memory, latency: 0ms }} }}\ncredentials:\n",
         env["VAULT_ADDR"], env["REKEY_PG_HOST"], env["REKEY_PG_PORT"],
     );
     for i in 0..roles {
@@ -346,7 +346,8 @@ fn rekey_round_with(
         color: false,
     };
     let t = Instant::now();
-    let status = rekey::commands::run(args, &mut io).expect("rekey run");
+    let catalog = rekey::catalog::Catalog::load(None).unwrap();
+    let status = rekey::commands::run(args, &catalog, &mut io).expect("rekey run");
     let elapsed = t.elapsed();
     let summary: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
     let rotated = summary["results"]

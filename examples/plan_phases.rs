@@ -9,7 +9,7 @@ fn main() {
     };
     let text = std::fs::read_to_string(&path).unwrap();
     let t = std::time::Instant::now();
-    let mut root = rekey::playbook::yaml::parse(&text).unwrap();
+    let mut root = rekey::doc::yaml::parse(&text).unwrap();
     println!("parse {:?}", t.elapsed());
     let t = std::time::Instant::now();
     let env = |name: &str| std::env::var(name).ok();
@@ -17,7 +17,7 @@ fn main() {
     println!("interpolate {:?} {}", t.elapsed(), p.len());
     let t = std::time::Instant::now();
     let raw = <rekey::playbook::model::RawPlaybook as serde::Deserialize>::deserialize(
-        rekey::playbook::de::NodeDe(&root),
+        rekey::doc::de::NodeDe(&root),
     )
     .unwrap();
     println!("deserialize {:?}", t.elapsed());
@@ -26,7 +26,7 @@ fn main() {
         &raw,
         None,
         &[],
-        rekey::provider::catalog::Catalog::builtin().unwrap(),
+        &rekey::catalog::Catalog::load(None).unwrap(),
     )
     .unwrap()
     .build(raw);

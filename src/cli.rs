@@ -118,7 +118,7 @@ pub struct SelectionArgs {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// The playbook file.
+    /// The playbook file (`-`: read it from stdin).
     pub playbook: PathBuf,
     #[command(flatten)]
     pub selection: SelectionArgs,
@@ -143,7 +143,7 @@ pub struct ProvidersArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The playbook file.
+    /// The playbook file (a file: `resume` and `rollback` read it again).
     pub playbook: PathBuf,
     #[command(flatten)]
     pub selection: SelectionArgs,
@@ -202,6 +202,10 @@ pub struct JournalArgs {
     /// The file is always written first; a collector that fails never stops a run.
     #[arg(long = "audit-sink", value_name = "stdout|URL")]
     pub audit_sinks: Vec<String>,
+    /// Start a new audit trail although the journal has runs and the trail is gone
+    /// (`run`, `resume`, `rollback`); without it rekey refuses.
+    #[arg(long)]
+    pub new_trail: bool,
 }
 
 /// The answer to a manual step waiting for an operator. Never a value on the

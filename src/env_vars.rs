@@ -1,4 +1,7 @@
-//! Every environment variable rekey reads, in one place.
+//! Every environment variable rekey reads, in one place: the constants below, and
+//! the variables a playbook names (`vault.auth.token_env`, `secret_id_env`, an
+//! admin credential's `env`, `${VAR}` in its text, an exec plugin's `env:` list),
+//! all read through [`get`] and [`get_os`]; nothing else in rekey calls `std::env`.
 
 /// Default variable holding the Vault token (`vault.auth.token_env` changes it).
 pub const VAULT_TOKEN: &str = "VAULT_TOKEN";
@@ -19,3 +22,28 @@ pub const REKEY_AUDIT: &str = "REKEY_AUDIT";
 pub const REKEY_AUDIT_AUTHORIZATION: &str = "REKEY_AUDIT_AUTHORIZATION";
 /// Directory of extra provider files, like `--providers DIR` (which overrides it).
 pub const REKEY_PROVIDERS: &str = "REKEY_PROVIDERS";
+/// The OS user running rekey, named on every audit line and journal run
+/// (`audit::Actor::from_os`); `LOGNAME` when unset.
+pub const USER: &str = "USER";
+/// The OS user, when `USER` is unset.
+pub const LOGNAME: &str = "LOGNAME";
+/// Handed on to a file sink's reload command, the only variable it gets.
+pub const PATH: &str = "PATH";
+
+/// rekey's own variables that hold secrets: never interpolated with `${VAR}`,
+/// never passed to an exec plugin, removed from the environment once read
+/// (`harden.rs`), whatever the playbook says. Read them with
+/// `harden::secret_env`, not [`get`].
+pub const SECRETS: &[&str] = &[VAULT_TOKEN, VAULT_SECRET_ID, REKEY_AUDIT_AUTHORIZATION];
+
+/// The value of variable `name`: one of the constants above, or a name the
+/// playbook gives. `None` when unset or not Unicode.
+pub fn get(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The value of variable `name` as the OS holds it (for values passed on to a
+/// child process unchanged).
+pub fn get_os(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name)
+}

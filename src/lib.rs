@@ -3,12 +3,18 @@
 //! See ARCHITECTURE.md for the map of this crate.
 
 pub mod audit;
+pub mod catalog;
 pub mod cli;
 pub mod commands;
+pub mod doc;
 pub mod engine;
 pub mod env_vars;
 pub mod exit;
+pub mod files;
+pub mod harden;
 pub mod journal;
+pub mod logging;
+pub mod net;
 pub mod plan;
 pub mod playbook;
 pub mod progress;

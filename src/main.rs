@@ -5,22 +5,22 @@ use clap::Parser;
 use rekey::cli::{Cli, Color, Command};
 use rekey::{ExitStatus, commands, env_vars};
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    rekey::harden::process();
     let cli = Cli::parse();
+    // Still the only thread: the secret variables rekey itself reads leave the
+    // environment now (those a playbook names, once it is loaded).
+    rekey::harden::take_env(env_vars::SECRETS.iter().copied());
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,
         Color::Auto => {
             std::io::stderr().is_terminal()
-                && std::env::var_os(env_vars::NO_COLOR).is_none_or(|v| v.is_empty())
+                && env_vars::get_os(env_vars::NO_COLOR).is_none_or(|v| v.is_empty())
         }
     };
     init_logging(&cli, color);
-    if let Some(dir) = &cli.providers {
-        rekey::provider::catalog::use_directory(dir.clone());
-    }
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
     let mut io = commands::Io {
@@ -28,14 +28,17 @@ fn main() -> std::process::ExitCode {
         stderr: &mut stderr,
         color,
     };
+    // The provider catalog (the shipped files and those of `--providers DIR`),
+    // read once, here, for the commands that use it.
+    let catalog = || commands::load_catalog(cli.providers.as_deref());
     let result = match &cli.command {
-        Command::Plan(args) => commands::plan(args, &mut io),
-        Command::Run(args) => commands::run(args, &mut io),
-        Command::Resume(args) => commands::resume(args, &mut io),
-        Command::Rollback(args) => commands::rollback(args, &mut io),
+        Command::Plan(args) => catalog().and_then(|c| commands::plan(args, &c, &mut io)),
+        Command::Run(args) => catalog().and_then(|c| commands::run(args, &c, &mut io)),
+        Command::Resume(args) => catalog().and_then(|c| commands::resume(args, &c, &mut io)),
+        Command::Rollback(args) => catalog().and_then(|c| commands::rollback(args, &c, &mut io)),
         Command::Status(args) => commands::status(args, &mut io),
         Command::Schema => commands::schema(&mut io),
-        Command::Providers(args) => commands::providers(args, &mut io),
+        Command::Providers(args) => catalog().and_then(|c| commands::providers(args, &c, &mut io)),
         Command::Audit(cmd) => commands::audit(cmd, &mut io),
     };
     let status = match result {
@@ -48,8 +51,17 @@ fn main() -> std::process::ExitCode {
             {
                 return std::process::ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
-            ExitStatus::Failure
+            match err.downcast_ref::<commands::Refusal>() {
+                // Refused input: nothing was changed, and the message says why.
+                Some(refusal) => {
+                    let _ = refusal.print(io.stderr);
+                    ExitStatus::Invalid
+                }
+                None => {
+                    eprintln!("error: {err:#}");
+                    ExitStatus::Failure
+                }
+            }
         }
     };
     std::process::ExitCode::from(status.code())
@@ -65,12 +77,5 @@ fn init_logging(cli: &Cli, color: bool) {
             _ => "trace",
         }
     };
-    let filter = EnvFilter::try_from_env(env_vars::RUST_LOG)
-        .unwrap_or_else(|_| EnvFilter::new(format!("rekey={level}")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(color)
-        .with_target(false)
-        .init();
+    rekey::logging::init(level, color);
 }

@@ -2,6 +2,7 @@
 //! an explicit, greppable `expose()` wherever the value must leave.
 
 use hmac::{KeyInit, Mac};
+use std::collections::BTreeMap;
 use std::fmt;
 use zeroize::Zeroizing;
 
@@ -49,6 +50,29 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Named secrets: the fields of an admin credential, as providers and request
+/// templates read them. Its `Debug` redacts every value (each is a [`Secret`]).
+#[derive(Clone, Debug, Default)]
+pub struct SecretMap(BTreeMap<String, Secret>);
+
+impl SecretMap {
+    /// The field `name`, unless it is missing or empty.
+    pub fn get(&self, name: &str) -> Option<&Secret> {
+        self.0.get(name).filter(|s| !s.is_empty())
+    }
+
+    /// Every field, empty ones included, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Secret)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+impl From<BTreeMap<String, Secret>> for SecretMap {
+    fn from(fields: BTreeMap<String, Secret>) -> SecretMap {
+        SecretMap(fields)
     }
 }
 
@@ -102,8 +126,15 @@ mod tests {
         assert!(Probe(&"text").displays());
         assert!(SerProbe(&"text").serializes());
         // Admin credentials are maps of secrets: their Debug is redacted too.
-        let admin = crate::provider::admin::Admin::from_env_value("X", "canary-admin-9");
+        let admin = SecretMap::from(BTreeMap::from([(
+            "password".to_owned(),
+            Secret::new("canary-admin-9"),
+        )]));
         assert!(!format!("{admin:?}").contains("canary-admin-9"));
+        assert_eq!(
+            admin.get("password").map(Secret::expose),
+            Some("canary-admin-9")
+        );
     }
 
     #[test]

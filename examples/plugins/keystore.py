@@ -19,7 +19,10 @@ a message of an unknown kind first, then answers normally), `transient` (answers
 with a transient error), `wrong_shape` (answers with the request's secret where the
 result's boolean goes: a plugin bug whose error must not quote the value); `version` answers the hello with protocol version 99; `rate_limited` answers the first OP with a
 rate-limited error (retry after 50 ms), then normally; `env`
-logs the names of the environment variables it got.
+logs the names of the environment variables it got; `fds` logs the file
+descriptors it inherited; `long_line` logs one 4 MiB line; `spawn` starts a
+helper process (it sleeps) and never answers OP; `daemon` starts such a helper
+at the hello and then works normally (rekey must stop both with the plugin).
 
 Logs go to stderr (rekey relays them to its log as is: never print a secret).
 """
@@ -29,6 +32,7 @@ import hashlib
 import json
 import os
 import secrets
+import subprocess
 import sys
 import time
 
@@ -107,6 +111,26 @@ def handle(store, req):
     raise Failure("fatal", f"keystore does not know the operation {op!r}")
 
 
+def open_fds():
+    """The descriptors open now (the listing's own is closed by the time its
+    entries are checked, so it drops out)."""
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.readlink("/proc/self/fd/" + name)
+            fds.append(int(name))
+        except OSError:
+            pass
+    return sorted(fds)
+
+
+def helper(state):
+    """A helper process of the plugin's own (its argv names the state file, so
+    tests can find it); it outlives the plugin unless rekey stops the group."""
+    subprocess.Popen([os.readlink("/proc/self/exe"), "-c", "import time; time.sleep(3600)", state],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def send(message):
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
@@ -127,6 +151,12 @@ def main():
         msg = json.loads(line)
         kind = msg.get("type")
         if kind == "hello":
+            if args.misbehave == "fds":
+                print("keystore fds: " + ",".join(str(fd) for fd in open_fds()), file=sys.stderr, flush=True)
+            if args.misbehave == "long_line":
+                print("keystore: " + "x" * (4 << 20), file=sys.stderr, flush=True)
+            if args.misbehave == "daemon":
+                helper(args.state)
             if args.misbehave == "env":
                 # Names only: what the plugin was given, never values.
                 print("keystore env: " + ",".join(sorted(os.environ)), file=sys.stderr, flush=True)
@@ -152,6 +182,9 @@ def main():
                 send({"type": "response", "id": msg["id"], "error": {"kind": "rate_limited", "message": "429", "retry_after_ms": 50}})
                 continue
             if args.misbehave == "timeout":
+                time.sleep(3600)
+            elif args.misbehave == "spawn":
+                helper(args.state)
                 time.sleep(3600)
             elif args.misbehave == "crash":
                 return 3

@@ -16,9 +16,11 @@
 //! world starts; a trail that cannot be written stops the run.
 //! Invariant: no secret value reaches a line: details come from the journal (ids,
 //! versions), and the journal's fingerprints are replaced by the trail's HMAC.
-//! Invariant: rekey never appends to a trail whose chain does not verify.
+//! Invariant: rekey never appends to a trail whose chain does not verify, nor to
+//! one that disagrees with what its journal recorded of it (`anchor`).
 //! Invariant: the reader (`chain::verify`, `report`) never panics on any bytes.
 
+pub mod anchor;
 pub mod chain;
 pub mod report;
 pub mod sink;
@@ -28,13 +30,15 @@ pub use chain::{Head, Problem, Verdict};
 pub use sink::Sink;
 pub use trail::{CredentialInfo, Trail};
 
+use crate::env_vars;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// How `secret_hmac` values start, as in Vault's audit log.
 pub const HMAC_PREFIX: &str = "hmac-sha256:";
 
-/// Who is acting: on every line.
+/// Who is acting: on every line, and (the OS user) on the journal's run. The one
+/// definition of who ran rekey.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Actor {
     /// The OS user running rekey.
@@ -50,10 +54,9 @@ pub struct Actor {
 impl Actor {
     /// The OS user from the environment (`USER`, then `LOGNAME`), else the uid.
     pub fn from_os() -> Actor {
-        let user = std::env::var("USER")
-            .ok()
+        let user = env_vars::get(env_vars::USER)
             .filter(|u| !u.is_empty())
-            .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()))
+            .or_else(|| env_vars::get(env_vars::LOGNAME).filter(|u| !u.is_empty()))
             .or_else(|| {
                 let status = std::fs::read_to_string("/proc/self/status").ok()?;
                 let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
@@ -69,6 +72,10 @@ impl Actor {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// The file or its directory failed a check of `crate::files` (a link,
+    /// another owner, a directory others can write).
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     #[error("cannot {action} the audit trail at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -112,29 +119,49 @@ pub fn head_path(trail: &Path) -> PathBuf {
 
 /// Reads the trail at `path` (and its head record when present) and verifies it,
 /// calling `each` with every line that holds.
+///
+/// A trail rekey keeps has its key file and its head record beside it: with the
+/// key there and the head gone, the head was deleted, and that is a problem (the
+/// end can no longer be checked). A trail alone (a collector's copy) verifies
+/// with a note.
 pub fn verify_file(
     path: &Path,
     each: impl FnMut(u64, serde_json::Map<String, serde_json::Value>),
 ) -> std::io::Result<Verdict> {
     let bytes = std::fs::read(path)?;
+    let unchecked_end = |reason: String, each| {
+        let mut v = chain::verify(&bytes, None, each);
+        v.notes.clear();
+        if v.problem.is_none() {
+            v.problem = Some(Problem {
+                line: v.lines,
+                reason,
+            });
+        }
+        v
+    };
     let head = match std::fs::read(head_path(path)) {
         Ok(b) => match chain::parse_head(&b) {
             Some(h) => Some(h),
             None => {
-                let mut v = chain::verify(&bytes, None, each);
-                v.notes.clear();
-                if v.problem.is_none() {
-                    v.problem = Some(Problem {
-                        line: v.lines,
-                        reason: format!(
-                            "the head record {} is unreadable, so the end of the trail cannot be checked",
-                            head_path(path).display()
-                        ),
-                    });
-                }
-                return Ok(v);
+                return Ok(unchecked_end(
+                    format!(
+                        "the head record {} is unreadable, so the end of the trail cannot be checked",
+                        head_path(path).display()
+                    ),
+                    each,
+                ));
             }
         },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && key_path(path).exists() => {
+            return Ok(unchecked_end(
+                format!(
+                    "the head record {} is missing (rekey writes it beside every trail it keeps, with the key file), so lines removed from the end cannot be detected; restore it from a backup",
+                    head_path(path).display()
+                ),
+                each,
+            ));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };

@@ -29,6 +29,10 @@ impl Sink {
             return Ok(Sink::Stdout);
         }
         if spec.starts_with("https://") || spec.starts_with("http://") {
+            // The lines name what was rotated, and the Authorization header rides
+            // along: the same rule as every endpoint that gets a credential.
+            crate::net::parse_endpoint(spec)
+                .map_err(|why| format!("audit sink `{spec}`: {why}"))?;
             return HttpSink::start(spec, authorization).map(Sink::Http);
         }
         Err(format!(
@@ -64,16 +68,10 @@ pub struct HttpSink {
 impl HttpSink {
     fn start(url: &str, authorization: Option<Secret>) -> Result<HttpSink, String> {
         let client = reqwest::Client::builder()
+            .redirect(crate::net::redirect_policy())
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|_| format!("cannot build an HTTP client for the audit sink `{url}`"))?;
-        if url.starts_with("http://")
-            && !(url.starts_with("http://127.")
-                || url.starts_with("http://localhost")
-                || url.starts_with("http://[::1]"))
-        {
-            tracing::warn!(sink = %url, "The audit sink is plain http: audit lines cross the network unencrypted.");
-        }
         let (tx, rx) = mpsc::channel::<Message>();
         let (done_tx, done) = mpsc::channel();
         let target = url.to_owned();

@@ -4,13 +4,14 @@
 use super::chain::{self, GENESIS, Head};
 use super::sink::Sink;
 use super::{Actor, AuditError, HMAC_PREFIX};
+use crate::files;
 use crate::journal::{Event, Mirror, Outcome};
 use crate::secret::Secret;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -69,16 +70,9 @@ pub fn side_file(trail: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Opens `path` for appending (mode 0600, created with O_CREAT|O_EXCL when new, its
-/// directory 0700), refusing a file others can read and a trail whose chain does
-/// not hold: rekey never extends a broken trail.
+/// directory 0700), refusing a link, a file of another user or one others can
+/// read, and a directory others can write (`crate::files`).
 pub(super) fn open_private(path: &Path) -> Result<File, AuditError> {
-    let io = |action: &'static str| {
-        move |source| AuditError::Io {
-            path: path.to_path_buf(),
-            action,
-            source,
-        }
-    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
@@ -86,46 +80,39 @@ pub(super) fn open_private(path: &Path) -> Result<File, AuditError> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(io("create the directory of"))?;
+            .map_err(|source| AuditError::Io {
+                path: path.to_path_buf(),
+                action: "create the directory of",
+                source,
+            })?;
     }
-    match OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => {
-            f.sync_all().map_err(io("create"))?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io("create"))?;
-            }
-            Ok(f)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let f = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .open(path)
-                .map_err(io("open"))?;
-            let meta = f.metadata().map_err(io("check the permissions of"))?;
-            if !meta.is_file() {
-                return Err(AuditError::NotAFile {
-                    path: path.to_path_buf(),
-                });
-            }
-            let mode = meta.permissions().mode() & 0o7777;
-            if mode & 0o077 != 0 {
-                return Err(AuditError::Permissions {
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-            Ok(f)
-        }
-        Err(e) => Err(io("create")(e)),
+    let how = files::How {
+        read: true,
+        write: true,
+        append: true,
+        create: true,
+    };
+    files::open(path, how).map(|(f, _)| f).map_err(audit_error)
+}
+
+/// The head file again, for positioned writes (the trail's handle appends).
+fn open_head_writer(path: &Path) -> Result<File, AuditError> {
+    let how = files::How {
+        read: false,
+        write: true,
+        append: false,
+        create: false,
+    };
+    files::open(path, how).map(|(f, _)| f).map_err(audit_error)
+}
+
+/// The trail's own words for a file that is not private; the rest as
+/// `crate::files` says it.
+fn audit_error(e: files::FileError) -> AuditError {
+    match e {
+        files::FileError::Mode { path, mode } => AuditError::Permissions { path, mode },
+        files::FileError::NotAFile { path } => AuditError::NotAFile { path },
+        other => AuditError::File(other),
     }
 }
 
@@ -142,14 +129,7 @@ impl Trail {
         let file = open_private(path)?;
         let head_path = side_file(path, ".head");
         let head = open_private(&head_path)?;
-        let head_writer = OpenOptions::new()
-            .write(true)
-            .open(&head_path)
-            .map_err(|source| AuditError::Io {
-                path: head_path.clone(),
-                action: "open",
-                source,
-            })?;
+        let head_writer = open_head_writer(&head_path)?;
         let mut trail = Trail {
             path: path.to_path_buf(),
             file,
@@ -494,8 +474,8 @@ impl Mirror for Trail {
     fn defer_sync(&mut self) -> Result<Vec<File>, String> {
         let head_path = side_file(&self.path, ".head");
         let files = [
-            self.file.try_clone(),
-            OpenOptions::new().write(true).open(&head_path),
+            self.file.try_clone().map_err(|e| e.to_string()),
+            open_head_writer(&head_path).map_err(|e| e.to_string()),
         ]
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
@@ -507,6 +487,19 @@ impl Mirror for Trail {
         })?;
         self.sync_each = false;
         Ok(files)
+    }
+
+    fn position(&mut self) -> Result<Option<(PathBuf, u64, String)>, String> {
+        let Some((_, lines, last)) = self.tail.clone().filter(|(_, lines, _)| *lines > 0) else {
+            return Ok(None);
+        };
+        // On disk before the journal records it (under group commit the lines may
+        // not be synced yet).
+        self.file
+            .sync_data()
+            .and_then(|()| self.head_writer.sync_data())
+            .map_err(|e| format!("cannot sync the audit trail {}: {e}", self.path.display()))?;
+        Ok(Some((self.path.clone(), lines, last)))
     }
 
     fn record(&mut self, event: Event<'_>) -> Result<(), String> {

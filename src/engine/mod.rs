@@ -37,11 +37,21 @@ pub enum Outcome {
     /// Something failed before anything visible changed; the old credential still works.
     RolledBack { reason: String },
     /// Not brought to a known-good state automatically: a human must act.
-    Quarantined { reason: String, action: String },
+    /// `resumable`: what is missing is Vault (it did not answer), and `rekey resume`
+    /// finishes the credential once it does.
+    Quarantined {
+        reason: String,
+        action: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resumable: bool,
+    },
     /// Not attempted (a dependency failed, or the type cannot run yet).
     Skipped { reason: String },
     /// A manual step waiting for an operator.
     AwaitingOperator { instructions: String },
+    /// Not rotated and nothing changed, because the run stopped before it or Vault
+    /// did not answer: `rekey resume` starts it.
+    NotStarted { reason: String },
 }
 
 impl Outcome {
@@ -52,7 +62,32 @@ impl Outcome {
             Outcome::Quarantined { .. } => CredentialState::Quarantined,
             Outcome::Skipped { .. } => CredentialState::Skipped,
             Outcome::AwaitingOperator { .. } => CredentialState::AwaitingOperator,
+            Outcome::NotStarted { .. } => CredentialState::NotStarted,
         }
+    }
+
+    /// A credential a human must act on, with what to do.
+    pub fn quarantined(reason: impl Into<String>, action: impl Into<String>) -> Outcome {
+        Outcome::Quarantined {
+            reason: reason.into(),
+            action: action.into(),
+            resumable: false,
+        }
+    }
+
+    /// Whether `rekey resume` takes this credential up again: it never started,
+    /// waits for an operator or for a dependency, or waits for Vault to answer.
+    pub fn resumable(&self) -> bool {
+        matches!(
+            self,
+            Outcome::AwaitingOperator { .. }
+                | Outcome::Skipped { .. }
+                | Outcome::NotStarted { .. }
+                | Outcome::Quarantined {
+                    resumable: true,
+                    ..
+                }
+        )
     }
 }
 
@@ -81,20 +116,48 @@ impl RunSummary {
             .filter(|r| r.outcome.state() == state)
             .count()
     }
+    /// How the run ended. Unfinished (`resume` picks it up) while anything did
+    /// not start or waits for Vault; then quarantined while a human must act; then
+    /// waiting for an operator's manual step; failed when something rolled back.
     pub fn status(&self) -> RunStatus {
-        if self.interrupted {
+        let waits_for_vault = self.results.iter().any(|r| {
+            matches!(
+                r.outcome,
+                Outcome::NotStarted { .. }
+                    | Outcome::Quarantined {
+                        resumable: true,
+                        ..
+                    }
+            )
+        });
+        if self.interrupted || waits_for_vault {
             RunStatus::Interrupted
         } else if self.count(CredentialState::Quarantined) > 0 {
             RunStatus::Quarantined
         } else if self.count(CredentialState::AwaitingOperator) > 0 {
-            // Unfinished: `rekey resume` picks it up once an operator can answer.
-            RunStatus::Interrupted
+            RunStatus::AwaitingOperator
         } else if self.count(CredentialState::RolledBack) + self.count(CredentialState::Skipped) > 0
         {
             RunStatus::Failed
         } else {
             RunStatus::Succeeded
         }
+    }
+
+    /// Credentials a human must act on now (not those `resume` finishes alone).
+    pub fn needs_a_human(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.outcome,
+                    Outcome::Quarantined {
+                        resumable: false,
+                        ..
+                    }
+                )
+            })
+            .count()
     }
 }
 
@@ -113,6 +176,11 @@ pub struct Tuning {
     /// How long one step keeps retrying rate-limited answers (a provider's block
     /// can last minutes: Cloudflare blocks for five) before it counts as failed.
     pub rate_limit_patience: Duration,
+    /// How long the run waits for Vault to answer again, once it stopped
+    /// answering, before the credentials not started yet are left for `resume`.
+    pub vault_patience: Duration,
+    /// How often Vault is asked whether it answers again meanwhile.
+    pub vault_probe_every: Duration,
 }
 
 impl Default for Tuning {
@@ -124,6 +192,8 @@ impl Default for Tuning {
             verify_attempts: 5,
             lease: Duration::from_secs(600),
             rate_limit_patience: Duration::from_secs(15 * 60),
+            vault_patience: Duration::from_secs(5 * 60),
+            vault_probe_every: Duration::from_secs(2),
         }
     }
 }
@@ -197,6 +267,10 @@ pub struct Engine {
     /// Per provider instance: the key ids its credentials' Vault entries name,
     /// read once (see [`Engine::sibling_keys`]).
     siblings: Mutex<IndexMap<String, Arc<tokio::sync::OnceCell<Arc<SiblingKeys>>>>>,
+    /// Set when a Vault call still failed as unreachable after its retries: no new
+    /// credential starts until Vault answers again (the circuit breaker).
+    vault_down: AtomicBool,
+    vault_probe: tokio::sync::Mutex<()>,
 }
 
 /// Key id → the credential (index) whose Vault entry names it.
@@ -266,6 +340,8 @@ impl EngineBuilder {
             limits: self.limits,
             operator: self.operator,
             siblings: Mutex::new(IndexMap::new()),
+            vault_down: AtomicBool::new(false),
+            vault_probe: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -352,6 +428,44 @@ impl Engine {
         .clone()
     }
 
+    /// A Vault call failed as unreachable after its retries: new credentials wait
+    /// (see [`Engine::wait_for_vault`]); those in flight finish their protocol.
+    pub(crate) fn vault_unreachable(&self, why: &str) {
+        if !self.vault_down.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                "Vault does not answer ({why}); no new credential starts until it does."
+            );
+        }
+    }
+
+    /// Returns once Vault answers again (`true`), or `false` when it has not
+    /// within `Tuning::vault_patience` or the run is stopping. Immediate when Vault
+    /// was not seen down.
+    async fn wait_for_vault(&self) -> bool {
+        if !self.vault_down.load(Ordering::SeqCst) {
+            return true;
+        }
+        // One waiter probes at a time; the others see the flag it clears.
+        let _probe = self.vault_probe.lock().await;
+        let deadline = tokio::time::Instant::now() + self.tuning.vault_patience;
+        while self.vault_down.load(Ordering::SeqCst) {
+            if self.stopping() || tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(self.tuning.vault_probe_every).await;
+            let probe = tokio::time::timeout(
+                self.tuning.vault_probe_every.max(Duration::from_secs(5)),
+                self.store.preflight(),
+            )
+            .await;
+            if matches!(probe, Ok(Ok(()))) {
+                tracing::info!("Vault answers again; credentials start again.");
+                self.vault_down.store(false, Ordering::SeqCst);
+            }
+        }
+        true
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
@@ -389,7 +503,13 @@ impl Engine {
         new_run: &NewRun,
         waves: &[Vec<usize>],
     ) -> Result<RunSummary, EngineError> {
-        let run_id = self.journal_durable(|j| j.create_run(new_run)).await?;
+        let run_id = self
+            .journal_durable(|j| {
+                let id = j.create_run(new_run)?;
+                j.claim_run(&id, &self.holder)?;
+                Ok(id)
+            })
+            .await?;
         tracing::info!(run = %run_id, credentials = waves.iter().map(Vec::len).sum::<usize>(), "Run started.");
         let global = Arc::new(Semaphore::new(
             self.playbook.defaults.concurrency.max(1) as usize
@@ -433,10 +553,23 @@ impl Engine {
                         Some(s) => Some(s.acquire_owned().await),
                         None => None,
                     };
-                    if self.stopping() {
-                        return (index, Ok(None));
-                    }
                     let credential = &self.playbook.credentials[index];
+                    let not_started = if self.stopping() {
+                        Some("the run was interrupted before it started")
+                    } else if !self.wait_for_vault().await {
+                        Some("Vault did not answer, so it was not started")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = not_started {
+                        let outcome = Outcome::NotStarted {
+                            reason: format!("{why}; `rekey resume` starts it"),
+                        };
+                        if let Err(e) = self.record_final(&run_id, &credential.id, &outcome).await {
+                            return (index, Err(e));
+                        }
+                        return (index, Ok(Some(outcome)));
+                    }
                     self.progress.started(&credential.provider, &credential.id);
                     let outcome = rotate::rotate(self, &run_id, index).await;
                     if let Ok(o) = &outcome {
@@ -460,13 +593,37 @@ impl Engine {
             }
             for (index, outcome) in futures::future::join_all(tasks).await {
                 let id = self.playbook.credentials[index].id.clone();
-                // Not started because of Ctrl-C: left for `rekey resume`.
                 let Some(outcome) = outcome? else { continue };
                 results.push(CredentialResult { id, outcome });
             }
             if self.stopping() {
                 break;
             }
+        }
+        // The waves Ctrl-C kept from starting: reported, and left for `resume`.
+        let missing: Vec<usize> = if self.stopping() {
+            let done: rustc_hash::FxHashSet<&str> =
+                results.list.iter().map(|r| r.id.as_str()).collect();
+            waves
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|&i| !done.contains(self.playbook.credentials[i].id.as_str()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for index in missing {
+            let id = &self.playbook.credentials[index].id;
+            let outcome = Outcome::NotStarted {
+                reason: "the run was interrupted before it started; `rekey resume` starts it"
+                    .into(),
+            };
+            self.record_final(&run_id, id, &outcome).await?;
+            results.push(CredentialResult {
+                id: id.clone(),
+                outcome,
+            });
         }
         // Grace periods end: retire old keys, earliest first.
         let mut pending = std::mem::take(&mut *self.pending.lock().map_err(poisoned)?);
@@ -507,6 +664,7 @@ impl Engine {
         let rows = {
             let journal = self.journal.lock().map_err(poisoned)?;
             journal.reopen_run(run_id)?;
+            journal.claim_run(run_id, &self.holder)?;
             journal.states(run_id)?
         };
         tracing::info!(run = %run_id, "Resuming run.");
@@ -518,8 +676,9 @@ impl Engine {
                 if let Some(done) =
                     last.and_then(|r| serde_json::from_value::<Outcome>(r.detail.clone()).ok())
                     // Waiting and never-attempted credentials are taken up again:
-                    // a dependency may have rotated since (a manual step finished).
-                    && !matches!(done, Outcome::AwaitingOperator { .. } | Outcome::Skipped { .. })
+                    // a dependency may have rotated since (a manual step finished),
+                    // Vault may answer again.
+                    && !done.resumable()
                 {
                     results.push(CredentialResult {
                         id: credential.id.clone(),
@@ -575,6 +734,7 @@ impl Engine {
                     mode: original.mode,
                     selection: serde_json::Value::Null,
                     actor: original.actor,
+                    expanded_sha256: original.expanded_sha256,
                 }
             })?
         };

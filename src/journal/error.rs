@@ -8,6 +8,11 @@ use std::path::PathBuf;
 /// mid-incident may have several (one per state directory) and needs to know which.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    /// The file or its directory failed a check of `crate::files` (a link,
+    /// another owner, a directory others can write).
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+
     #[error("cannot {action} the journal at {path}: {source}")]
     Io {
         path: PathBuf,

@@ -60,6 +60,13 @@ pub trait Mirror: Send {
     /// names values its own way (the trail's HMAC key) learns the mapping here.
     fn note_secret(&mut self, _fingerprint: &str, _secret: &Secret) {}
 
+    /// Where the mirror stands, on disk: its file, its number of lines and the
+    /// SHA-256 of the last one, after syncing what it wrote. The journal records
+    /// it (`trail_anchors`) so a mirror deleted, cut or replaced is noticed.
+    fn position(&mut self) -> Result<Option<(std::path::PathBuf, u64, String)>, String> {
+        Ok(None)
+    }
+
     /// From now on, records are written but not synced one by one: the caller
     /// syncs the returned files (group commit) before relying on them.
     fn defer_sync(&mut self) -> Result<Vec<std::fs::File>, String> {
@@ -92,6 +99,16 @@ impl Slot {
                 Err(_) => Err("the audit trail was re-entered (a bug)".into()),
             },
             None => Ok(Vec::new()),
+        }
+    }
+
+    pub(super) fn position(&self) -> Result<Option<(std::path::PathBuf, u64, String)>, String> {
+        match &self.0 {
+            Some(cell) => match cell.try_borrow_mut() {
+                Ok(mut mirror) => mirror.position(),
+                Err(_) => Err("the audit trail was re-entered (a bug)".into()),
+            },
+            None => Ok(None),
         }
     }
 

@@ -28,11 +28,13 @@
 //! readers run beside a writer, writers queue for up to the busy timeout (5 s by default),
 //! and then fail with [`JournalError::Busy`].
 
+mod anchor;
 mod error;
 mod file;
 mod mirror;
 mod schema;
 
+pub use anchor::TrailAnchor;
 pub use error::JournalError;
 pub use mirror::{Event, Mirror};
 
@@ -79,6 +81,10 @@ pub struct NewRun {
     pub mode: String,
     pub selection: Value,
     pub actor: String,
+    /// SHA-256 of the playbook as expanded (`${VAR}` values included), hex:
+    /// `resume` refuses an expansion that differs (another `VAULT_ADDR`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expanded_sha256: Option<String>,
 }
 
 /// Where a run stands. Stored as lowercase text.
@@ -93,6 +99,9 @@ pub enum RunStatus {
     Interrupted,
     /// Ended with at least one credential a human must look at.
     Quarantined,
+    /// Everything else ended; manual steps wait for an operator: `rekey resume`
+    /// with the value finishes them.
+    AwaitingOperator,
 }
 
 impl RunStatus {
@@ -103,6 +112,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Interrupted => "interrupted",
             RunStatus::Quarantined => "quarantined",
+            RunStatus::AwaitingOperator => "awaiting_operator",
         }
     }
 }
@@ -122,6 +132,7 @@ impl FromStr for RunStatus {
             "failed" => RunStatus::Failed,
             "interrupted" => RunStatus::Interrupted,
             "quarantined" => RunStatus::Quarantined,
+            "awaiting_operator" => RunStatus::AwaitingOperator,
             other => return Err(format!("unknown run status `{other}`")),
         })
     }
@@ -253,6 +264,34 @@ pub struct RunRow {
     /// When a process last stopped working on the run; `None` while it is running (or
     /// since it was reopened). An interrupted run has one, and is still unfinished.
     pub finished_at: Option<String>,
+    /// See [`NewRun::expanded_sha256`] (`None` for runs of an older rekey).
+    pub expanded_sha256: Option<String>,
+    /// The process that last worked on the run, `<pid>-<nonce>@<host>`.
+    pub holder: Option<String>,
+}
+
+impl RunRow {
+    /// Whether the process that last worked on a `running` run is known to be gone:
+    /// it ran on this host and its pid no longer exists (or belongs to a process
+    /// started since, which `holder` cannot tell; the pid is what the kernel says).
+    pub fn process_gone(&self) -> bool {
+        let Some((pid, host)) = self
+            .holder
+            .as_deref()
+            .and_then(|h| h.split_once('@'))
+            .and_then(|(who, host)| Some((who.split('-').next()?.parse::<u32>().ok()?, host)))
+        else {
+            return false;
+        };
+        host == this_host() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+}
+
+/// This machine's host name, for run holders (`/proc/sys/kernel/hostname`).
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// A credential's position in the rotation state machine within one run.
@@ -303,7 +342,10 @@ impl Journal {
         file::ensure_private_file(path)?;
         // No SQLITE_OPEN_CREATE: the file exists, made private above, and if it vanished
         // in between we would rather fail than have SQLite create a 0644 one.
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // NOFOLLOW: SQLite refuses a path that is (or passes through) a link.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| map_sql(path, "opening the database", e))?;
         let journal = Journal {
@@ -409,8 +451,8 @@ impl Journal {
                 .conn
                 .prepare_cached(
                     "INSERT INTO runs (id, playbook_name, playbook_path, playbook_sha256, mode, selection, actor,
-                                       status, started_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running', ?8)",
+                                       status, started_at, expanded_sha256)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running', ?8, ?9)",
                 )
                 .and_then(|mut stmt| {
                     stmt.execute(params![
@@ -422,6 +464,7 @@ impl Journal {
                         run.selection.to_string(),
                         run.actor,
                         started_at,
+                        run.expanded_sha256,
                     ])
                 });
             match inserted {
@@ -434,6 +477,7 @@ impl Journal {
                             new_run: run,
                         },
                     )?;
+                    self.record_anchor()?;
                     return Ok(id);
                 }
                 Err(e)
@@ -463,7 +507,7 @@ impl Journal {
     pub fn latest_unfinished(&self) -> Result<Option<RunRow>, JournalError> {
         Ok(self
             .query_runs(
-                "WHERE status IN ('running', 'interrupted') ORDER BY seq DESC LIMIT 1",
+                "WHERE status IN ('running', 'interrupted', 'awaiting_operator') ORDER BY seq DESC LIMIT 1",
                 [],
             )?
             .pop())
@@ -489,7 +533,8 @@ impl Journal {
             return Err(self.unknown_run(id));
         }
         info!(run = %id, %status, "Run finished.");
-        self.mirror("the end of a run", Event::RunFinished { run: id, status })
+        self.mirror("the end of a run", Event::RunFinished { run: id, status })?;
+        self.record_anchor()
     }
 
     /// Marks run `id` as `running` again (and clears `finished_at`): `rekey resume`
@@ -506,7 +551,21 @@ impl Journal {
             return Err(self.unknown_run(id));
         }
         info!(run = %id, "Run reopened.");
-        self.mirror("a resumed run", Event::RunReopened { run: id })
+        self.mirror("a resumed run", Event::RunReopened { run: id })?;
+        self.record_anchor()
+    }
+
+    /// Records that the process `holder` (`<pid>-<nonce>`) on this host works on
+    /// run `id` now (at its start and when it is resumed).
+    pub fn claim_run(&self, id: &str, holder: &str) -> Result<(), JournalError> {
+        let holder = format!("{holder}@{}", this_host());
+        self.conn
+            .execute(
+                "UPDATE runs SET holder = ?2 WHERE id = ?1",
+                params![id, holder],
+            )
+            .map_err(|e| self.sql("recording who works on a run", e))?;
+        Ok(())
     }
 
     /// Sets `credential`'s state machine position in `run` (e.g. `staged`, `promoted`,
@@ -912,6 +971,20 @@ impl Journal {
         if version == schema::CURRENT_VERSION {
             return Ok(());
         }
+        // Migrations may copy a table that others reference (SQLite cannot change a
+        // CHECK in place): foreign keys are off meanwhile (the pragma is ignored
+        // inside a transaction) and checked before the commit.
+        self.conn
+            .pragma_update(None, "foreign_keys", "OFF")
+            .map_err(|e| self.sql(doing, e))?;
+        let migrated = self.migrate_without_foreign_keys(doing);
+        self.conn
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| self.sql(doing, e))?;
+        migrated
+    }
+
+    fn migrate_without_foreign_keys(&self, doing: &'static str) -> Result<(), JournalError> {
         let tx = self.immediate(doing)?;
         // Read again under the write lock: another process may have migrated meanwhile.
         let version = self.user_version()?;
@@ -934,6 +1007,16 @@ impl Journal {
         for migration in &schema::MIGRATIONS[version as usize..] {
             tx.execute_batch(migration)
                 .map_err(|e| self.sql(doing, e))?;
+        }
+        let broken: i64 = tx
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+                row.get(0)
+            })
+            .map_err(|e| self.sql(doing, e))?;
+        if broken > 0 {
+            return Err(self.corrupt(format!(
+                "{broken} rows refer to records that do not exist after the schema migration"
+            )));
         }
         tx.pragma_update(None, "application_id", schema::APPLICATION_ID)
             .map_err(|e| self.sql(doing, e))?;
@@ -965,7 +1048,7 @@ impl Journal {
         let doing = "reading runs";
         let sql = format!(
             "SELECT id, playbook_name, playbook_path, playbook_sha256, mode, selection, actor, status, started_at,
-                    finished_at
+                    finished_at, expanded_sha256, holder
              FROM runs {tail}"
         );
         let mut stmt = self
@@ -986,6 +1069,8 @@ impl Journal {
                         status: RunStatus::Running,
                         started_at: row.get(8)?,
                         finished_at: row.get(9)?,
+                        expanded_sha256: row.get(10)?,
+                        holder: row.get(11)?,
                     },
                     row.get::<_, String>(5)?,
                     row.get::<_, String>(7)?,

@@ -11,7 +11,7 @@ pub(super) const APPLICATION_ID: i64 = 0x726b_796a;
 
 /// Migration `n` (0-based) takes a journal from version `n` to `n + 1`. Append only: a
 /// released migration is never edited, because journals in the field already ran it.
-pub(super) const MIGRATIONS: &[&str] = &[V1];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes and understands.
 pub(super) const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -76,4 +76,49 @@ CREATE TABLE leases (
     expires_at_ms INTEGER NOT NULL,
     taken_at      TEXT NOT NULL
 ) STRICT;
+";
+
+/// Version 2. The audit trail as the journal last saw it, per trail (its file name
+/// when it lies beside the journal, else its absolute path): the number of lines
+/// and the SHA-256 of the last one, recorded at each run's start and end once the
+/// trail is on disk. A trail deleted, cut back or replaced is noticed against it.
+const V2: &str = "
+CREATE TABLE trail_anchors (
+    trail       TEXT PRIMARY KEY,
+    lines       INTEGER NOT NULL,
+    last        TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+) STRICT;
+";
+
+/// Version 3. Runs gain the `awaiting_operator` status, the SHA-256 of the
+/// playbook as it was expanded (`${VAR}` values included: `resume` refuses another
+/// expansion) and the process working on the run (`pid-nonce@host`: `status` tells
+/// a run whose process is gone from one still running). SQLite cannot change a
+/// CHECK in place, so the table is copied (`Journal::migrate` turns foreign keys off
+/// around it and checks them before committing).
+const V3: &str = "
+CREATE TABLE runs_v3 (
+    seq             INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL UNIQUE,
+    playbook_name   TEXT NOT NULL,
+    playbook_path   TEXT NOT NULL,
+    playbook_sha256 TEXT NOT NULL,
+    mode            TEXT NOT NULL,
+    selection       TEXT NOT NULL,
+    actor           TEXT NOT NULL,
+    status          TEXT NOT NULL
+                    CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted', 'quarantined',
+                                      'awaiting_operator')),
+    started_at      TEXT NOT NULL,
+    finished_at     TEXT,
+    expanded_sha256 TEXT,
+    holder          TEXT
+) STRICT;
+INSERT INTO runs_v3 (seq, id, playbook_name, playbook_path, playbook_sha256, mode, selection, actor,
+                     status, started_at, finished_at)
+    SELECT seq, id, playbook_name, playbook_path, playbook_sha256, mode, selection, actor,
+           status, started_at, finished_at FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v3 RENAME TO runs;
 ";

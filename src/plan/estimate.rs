@@ -9,8 +9,8 @@
 //! person and are left out.
 
 use super::{CredentialPlan, Plan, ProviderPlan};
+use crate::catalog::Kind;
 use crate::playbook::{Credential, Playbook};
-use crate::provider::catalog::Kind;
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
 use std::time::Duration;
@@ -22,7 +22,13 @@ pub const VAULT_REQUESTS_PER_CREDENTIAL: u32 = 5;
 pub const VAULT_LATENCY: Duration = Duration::from_millis(5);
 
 /// The steps of one rotation, from a fixed vocabulary (docs/plan-json.md).
-pub fn steps(c: &Credential, deactivates: bool, lists: bool) -> Vec<&'static str> {
+/// `ends_sessions`: breach mode ends the sessions opened with the old credential.
+pub fn steps(
+    c: &Credential,
+    deactivates: bool,
+    lists: bool,
+    ends_sessions: bool,
+) -> Vec<&'static str> {
     let mut steps = vec!["lock"];
     match c.kind {
         Kind::Dual => {
@@ -38,6 +44,9 @@ pub fn steps(c: &Credential, deactivates: bool, lists: bool) -> Vec<&'static str
                 steps.push("deactivate");
             }
             steps.push("revoke");
+            if ends_sessions {
+                steps.push("end_sessions");
+            }
         }
         Kind::Single => {
             steps.extend(["generate", "stage", "change"]);
@@ -54,11 +63,21 @@ pub fn steps(c: &Credential, deactivates: bool, lists: bool) -> Vec<&'static str
     {
         steps.insert(at + 1, "propagate");
     }
+    // Single kinds end them right after promotion, before the sinks.
+    if ends_sessions
+        && c.kind == Kind::Single
+        && let Some(at) = steps.iter().position(|s| *s == "promote")
+    {
+        steps.insert(at + 1, "end_sessions");
+    }
     steps
 }
 
 pub fn credential_plan<'a>(playbook: &'a Playbook, c: &'a Credential) -> CredentialPlan<'a> {
-    let requests = playbook.providers.get(&c.provider).map(|p| &p.requests);
+    let instance = playbook.providers.get(&c.provider);
+    let requests = instance.map(|p| &p.requests);
+    let ends_sessions = playbook.incident.mode == crate::playbook::Mode::Breach
+        && instance.is_some_and(|p| p.requests.end_sessions > 0 && p.ends_sessions());
     CredentialPlan {
         id: &c.id,
         provider: &c.provider,
@@ -72,8 +91,11 @@ pub fn credential_plan<'a>(playbook: &'a Playbook, c: &'a Credential) -> Credent
             c,
             requests.is_some_and(|r| r.deactivate > 0),
             requests.is_some_and(|r| r.list > 0),
+            ends_sessions,
         ),
-        provider_requests: requests.map(|r| r.total(c.verify)).unwrap_or(0),
+        provider_requests: requests
+            .map(|r| r.total(c.verify) + if ends_sessions { r.end_sessions } else { 0 })
+            .unwrap_or(0),
         // A Vault sink reads the path, then writes it.
         vault_requests: VAULT_REQUESTS_PER_CREDENTIAL
             + 2 * c

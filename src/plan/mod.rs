@@ -7,9 +7,9 @@ pub mod order;
 pub mod render;
 pub mod select;
 
-use crate::playbook::rate::Rate;
+use crate::catalog::Kind;
+use crate::doc::rate::Rate;
 use crate::playbook::{Mode, Playbook, RateOrigin};
-use crate::provider::catalog::Kind;
 use serde::Serialize;
 
 /// Version of the JSON plan format; bumped only on incompatible changes.

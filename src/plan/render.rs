@@ -3,7 +3,7 @@
 //! 100,000-credential plan is never held as one string.
 
 use super::Plan;
-use crate::playbook::rate::format_duration;
+use crate::doc::rate::format_duration;
 use crate::playbook::{Mode, RateOrigin};
 use std::io::{self, Write};
 use std::time::Duration;

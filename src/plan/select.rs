@@ -1,7 +1,7 @@
 //! Which credentials a run touches: `--compromised`, `--tag`, `--only`.
 
+use crate::doc::diagnostic::did_you_mean;
 use crate::playbook::Playbook;
-use crate::playbook::diagnostic::did_you_mean;
 use serde::Serialize;
 
 /// Selection flags. Within one flag the values are alternatives (any matches);

@@ -5,8 +5,8 @@
 //! refused: a secret interpolated into the playbook could end up in a plan, a log or
 //! a report. Secrets are referenced by name instead (`admin: { env: NAME }`).
 
-use super::diagnostic::Diagnostic;
-use super::yaml::Node;
+use crate::doc::diagnostic::Diagnostic;
+use crate::doc::yaml::Node;
 
 /// Words that mark a variable as holding a secret, matched against the
 /// `_`-separated words of its name (`MYSQL_PWD`, `STRIPE_KEY`, `GITHUB_PAT`).
@@ -51,7 +51,13 @@ const NOT_SECRET_SUFFIXES: &[&str] = &[
     "ID", "NAME", "URL", "ADDR", "HOST", "PORT", "PATH", "FILE", "USER", "ENV", "TYPE",
 ];
 
+/// Whether variable `name` holds a secret by its name alone: a secret word in it,
+/// or one of rekey's own secret variables (`REKEY_AUDIT_AUTHORIZATION` has no
+/// secret word).
 pub fn looks_secret(name: &str) -> bool {
+    if crate::env_vars::SECRETS.contains(&name) {
+        return true;
+    }
     let upper = name.to_ascii_uppercase();
     if upper.ends_with("SECRET_ID") {
         return true;
@@ -107,10 +113,10 @@ fn secret_sources(root: &Node<'_>) -> Vec<String> {
     let mut stack = vec![root];
     while let Some(node) = stack.pop() {
         match &node.value {
-            super::yaml::Value::Seq(items) => stack.extend(items.iter()),
-            super::yaml::Value::Map(entries) => {
+            crate::doc::yaml::Value::Seq(items) => stack.extend(items.iter()),
+            crate::doc::yaml::Value::Map(entries) => {
                 for (key, value) in entries {
-                    if let super::yaml::Value::Str(s) = &value.value
+                    if let crate::doc::yaml::Value::Str(s) = &value.value
                         && matches!(key.name.as_ref(), "token_env" | "secret_id_env" | "env")
                         && !s.contains('$')
                     {
@@ -136,7 +142,7 @@ pub enum Problem {
 }
 
 impl Problem {
-    fn into_diagnostic(self, pos: Option<super::yaml::Pos>) -> Diagnostic {
+    fn into_diagnostic(self, pos: Option<crate::doc::yaml::Pos>) -> Diagnostic {
         match self {
             Problem::Unset(name) => Diagnostic::error(format!("environment variable `{name}` is not set"), pos)
                 .label(format!("uses ${{{name}}}"))
@@ -275,7 +281,7 @@ mod tests {
     #[test]
     fn variables_named_as_secret_sources_are_never_interpolated() {
         let text = "a: { env: STRIPE_ADMIN }\nvault: { auth: { token_env: MY_VT } }\nb: \"${STRIPE_ADMIN}\"\nc: \"x${NOPE:-${MY_VT}}\"\nd: \"${HOST}\"\n";
-        let mut root = super::super::yaml::parse(text).unwrap();
+        let mut root = crate::doc::yaml::parse(text).unwrap();
         let env = |name: &str| (name != "NOPE").then(|| format!("value-of-{name}"));
         let problems = interpolate(&mut root, &env);
         let messages: Vec<String> = problems.iter().map(|d| d.message.clone()).collect();

@@ -1,21 +1,22 @@
-//! Playbooks: the model as written (`model`), loading with positions (`yaml`,
-//! `interpolate`, `schema`) and pure validation into a resolved `Playbook`
-//! (`validate`). Nothing here does network I/O.
+//! Playbooks: the model as written (`model`), loading with positions (the YAML
+//! tree of `crate::doc::yaml`, `interpolate`, `schema`) and pure validation against
+//! the provider catalog into a resolved `Playbook` (`validate`). The only I/O here
+//! is reading the playbook file; the catalog comes in as a value.
 
-pub mod de;
-pub mod diagnostic;
 pub mod interpolate;
 pub mod model;
-pub mod rate;
 pub mod schema;
 pub mod validate;
-pub mod yaml;
 
-use crate::provider::catalog::{Catalog, Kind, Requests};
-use diagnostic::{Diagnostic, Report};
+/// `crate::doc::rate`, where the engine's limiter still imports it from.
+pub use crate::doc::rate;
+
+use crate::catalog::{Catalog, Kind, Requests};
+use crate::doc::diagnostic::{Diagnostic, Report};
+use crate::doc::rate::Rate;
+use crate::doc::{de, yaml};
 use indexmap::IndexMap;
 pub use model::Mode;
-use rate::Rate;
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -111,6 +112,17 @@ pub struct ProviderInstance {
     pub quota: Option<u32>,
 }
 
+impl ProviderInstance {
+    /// Whether breach mode ends the sessions opened with its old credentials: the
+    /// `end_sessions` setting (a boolean once validated), on unless `false`.
+    pub fn ends_sessions(&self) -> bool {
+        self.settings
+            .get("end_sessions")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Credential {
     pub id: String,
@@ -188,35 +200,38 @@ pub struct Loaded {
     pub report: Report,
 }
 
-/// Reads, parses and validates a playbook file.
+/// Reads, parses and validates a playbook file (`-`: stdin) against `catalog`.
 pub fn load_file(
     path: &Path,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
+    catalog: &Catalog,
 ) -> Result<Loaded, Report> {
-    let file = path.display().to_string();
+    let file = if path == Path::new(STDIN) {
+        "<stdin>".to_owned()
+    } else {
+        path.display().to_string()
+    };
     let cannot_read = |message: String, help: &str| Report {
         file: file.clone(),
         source: Arc::new(String::new()),
         diagnostics: vec![Diagnostic::error(message, None).help(help)],
     };
-    let read = || -> std::io::Result<Option<Vec<u8>>> {
-        use std::io::Read;
-        let f = std::fs::File::open(path)?;
-        // Only regular files: a FIFO would block, /dev/zero would never end.
-        if !f.metadata()?.is_file() {
-            return Ok(None);
-        }
-        let mut bytes = Vec::new();
-        f.take(yaml::MAX_INPUT_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)?;
-        Ok(Some(bytes))
-    };
-    let bytes = match read() {
-        Ok(Some(b)) => b,
-        Ok(None) => {
+    let bytes = match read_playbook(path) {
+        Ok(Ok(b)) => b,
+        Ok(Err(Refused::NotAFile)) => {
             return Err(cannot_read(
                 "the playbook is not a regular file".into(),
-                "give the path of a YAML file",
+                "give the path of a YAML file, or `-` to read it from stdin",
+            ));
+        }
+        Ok(Err(Refused::TooLarge(size))) => {
+            return Err(cannot_read(
+                format!(
+                    "the playbook is {:.1} MiB; the limit is {} MiB",
+                    size as f64 / f64::from(1 << 20),
+                    yaml::MAX_INPUT_BYTES >> 20
+                ),
+                "split it into several playbooks (each is planned and run on its own)",
             ));
         }
         Err(e) => {
@@ -232,8 +247,47 @@ pub fn load_file(
             return Err(cannot_read(format!("cannot read the playbook: {e}"), help));
         }
     };
-    load_bytes(&file, &bytes, env)
+    load_bytes(&file, &bytes, env, catalog)
 }
+
+/// Why a playbook path was refused before its bytes were read.
+enum Refused {
+    /// A FIFO, a device, a directory: it could block or never end.
+    NotAFile,
+    /// Larger than the parser's budget, in bytes.
+    TooLarge(u64),
+}
+
+/// The bytes of the playbook at `path`, or of stdin for `-`, at most
+/// `MAX_INPUT_BYTES` (+1, so the parser sees a stream that was too long). A path
+/// is opened without blocking (a FIFO with no writer would wait forever) and
+/// checked for its type and size before anything is read.
+fn read_playbook(path: &Path) -> std::io::Result<Result<Vec<u8>, Refused>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let limit = yaml::MAX_INPUT_BYTES as u64;
+    let mut bytes = Vec::new();
+    if path == Path::new(STDIN) {
+        std::io::stdin().take(limit + 1).read_to_end(&mut bytes)?;
+        return Ok(Ok(bytes));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Ok(Err(Refused::NotAFile));
+    }
+    if meta.len() > limit {
+        return Ok(Err(Refused::TooLarge(meta.len())));
+    }
+    f.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok(Ok(bytes))
+}
+
+/// The playbook path that means stdin.
+pub const STDIN: &str = "-";
 
 /// Parses and validates playbook bytes (`file` names them in messages).
 /// Never panics, whatever the bytes.
@@ -241,9 +295,10 @@ pub fn load_bytes(
     file: &str,
     bytes: &[u8],
     env: &(dyn Fn(&str) -> Option<String> + Sync),
+    catalog: &Catalog,
 ) -> Result<Loaded, Report> {
     match std::str::from_utf8(bytes) {
-        Ok(text) => load_str(file, text, env),
+        Ok(text) => load_str(file, text, env, catalog),
         Err(e) => {
             let lossy = String::from_utf8_lossy(bytes).into_owned();
             let offset = e.valid_up_to();
@@ -283,18 +338,19 @@ pub fn load_str(
     file: &str,
     text: &str,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
+    catalog: &Catalog,
 ) -> Result<Loaded, Report> {
     let spawned = std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("playbook-loader".into())
             .stack_size(LOADER_STACK)
-            .spawn_scoped(scope, || load_str_here(file, text, env))
+            .spawn_scoped(scope, || load_str_here(file, text, env, catalog))
             .map(|handle| handle.join())
     });
     match spawned {
         Ok(Ok(result)) => result,
         // No thread could be started (or it died): load here, on the caller's stack.
-        Ok(Err(_)) | Err(_) => load_str_here(file, text, env),
+        Ok(Err(_)) | Err(_) => load_str_here(file, text, env, catalog),
     }
 }
 
@@ -302,6 +358,7 @@ fn load_str_here(
     file: &str,
     text: &str,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
+    catalog: &Catalog,
 ) -> Result<Loaded, Report> {
     // A byte-order mark is an encoding artefact, not content: positions and
     // snippets are about what follows it.
@@ -316,9 +373,6 @@ fn load_str_here(
             diagnostics,
         }
     };
-    let catalog =
-        Catalog::builtin().map_err(|e| fail(vec![Diagnostic::error(e.to_string(), None)]))?;
-
     let mut root = match yaml::parse(text) {
         Ok(root) => root,
         Err(e) => {

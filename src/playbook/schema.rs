@@ -1,9 +1,9 @@
 //! The playbook's JSON Schema (generated from the model) and the structural check
 //! that uses it: wrong types, missing keys and unknown keys, all reported at once.
 
-use super::diagnostic::{Diagnostic, did_you_mean};
 use super::model::RawPlaybook;
-use super::yaml::{Node, escape};
+use crate::doc::diagnostic::{Diagnostic, did_you_mean};
+use crate::doc::yaml::{Node, escape};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use serde_json::Value;
 use std::sync::OnceLock;
@@ -330,7 +330,7 @@ pub fn describe_path(pointer: &str) -> String {
         return "the playbook".into();
     }
     let mut out = String::new();
-    for seg in super::yaml::pointer_segments(pointer) {
+    for seg in crate::doc::yaml::pointer_segments(pointer) {
         if seg.parse::<usize>().is_ok() {
             out.push_str(&format!("[{seg}]"));
         } else {
@@ -348,7 +348,7 @@ pub fn describe_path(pointer: &str) -> String {
 fn schema_at(pointer: &str) -> Option<&'static Value> {
     let root = playbook_schema();
     let mut schema = resolve(root, root)?;
-    for seg in super::yaml::pointer_segments(pointer) {
+    for seg in crate::doc::yaml::pointer_segments(pointer) {
         let next = if let Some(props) = schema.get("properties").and_then(|p| p.get(&seg)) {
             props
         } else if let Some(items) = schema.get("items") {

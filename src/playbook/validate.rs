@@ -1,17 +1,15 @@
 //! Semantic validation: pure (no I/O), reports every problem at once, and builds the
 //! resolved `Playbook` only when there is none. Nothing downstream validates again.
 
-use super::diagnostic::{Diagnostic, did_you_mean};
-use super::model::{
-    DurationText, Mode, RawAdmin, RawCredential, RawPasswordPolicy, RawPlaybook, RawRate,
-};
-use super::rate::{DURATION_HELP, Rate};
-use super::yaml::{Node, Pos, escape};
+use super::model::{Mode, RawAdmin, RawCredential, RawPasswordPolicy, RawPlaybook};
 use super::{
     AdminSource, Credential, Defaults, Incident, PasswordPolicy, Playbook, ProviderInstance,
     RateOrigin, Sink, Vault, VaultAuth,
 };
-use crate::provider::catalog::{Catalog, Kind, Need, Setting};
+use crate::catalog::{Catalog, Kind, Need, Setting};
+use crate::doc::diagnostic::{Diagnostic, did_you_mean};
+use crate::doc::rate::{DURATION_HELP, DurationText, Rate, RawRate};
+use crate::doc::yaml::{Node, Pos, escape};
 use indexmap::IndexMap;
 use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;
@@ -148,13 +146,84 @@ impl Ctx<'_> {
     }
 }
 
+/// The environment variables this playbook reads a secret from: the Vault
+/// token's or secret-id's, every admin credential's and sink token's `env`.
+fn secret_sources(raw: &RawPlaybook) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    if let Some(a) = &raw.vault.auth {
+        names.extend(a.token_env.as_deref());
+        names.extend(a.secret_id_env.as_deref());
+    }
+    names.extend(
+        raw.providers
+            .values()
+            .filter_map(|p| p.admin.as_ref()?.env.as_deref()),
+    );
+    names.extend(
+        raw.credentials
+            .iter()
+            .flat_map(|c| &c.sinks)
+            .filter_map(|s| s.token.as_ref()?.env.as_deref()),
+    );
+    names
+}
+
+/// An exec plugin gets the variables its `env` lists; none may hold a secret
+/// (secrets reach a plugin only inside the protocol), refused as `${VAR}` is.
+fn refuse_secret_env(
+    cx: &mut Ctx,
+    instance: &str,
+    settings: &IndexMap<String, serde_json::Value>,
+    base: &str,
+    sources: &[&str],
+) {
+    let Some(serde_json::Value::Array(names)) = settings.get("env") else {
+        return;
+    };
+    for (i, name) in names.iter().enumerate() {
+        let Some(name) = name.as_str() else { continue };
+        let why = if sources.contains(&name) {
+            "this playbook reads a secret from it"
+        } else if super::interpolate::looks_secret(name) {
+            "its name says it holds a secret"
+        } else {
+            continue;
+        };
+        cx.push(
+            Diagnostic::error(
+                format!("exec instance `{instance}` may not pass `{name}` to its plugin: {why}"),
+                cx.at(&format!("{base}/settings/env/{i}")),
+            )
+            .help("remove it from `env`: the plugin gets its admin credential in the hello (`admin: { env: ... }` or `admin: { vault_path: ... }`), never in its environment"),
+        );
+    }
+}
+
+/// Longest credential id or provider instance name: ids name credentials in the
+/// journal, Vault metadata, tags at providers and `--only`.
+pub const MAX_ID_LEN: usize = 128;
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 128
+        && id.len() <= MAX_ID_LEN
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// An id or name over [`MAX_ID_LEN`]: its length and the limit, not the value.
+fn too_long(what: &str, value: &str, pos: Option<super::yaml::Pos>) -> Diagnostic {
+    Diagnostic::error(
+        format!(
+            "{what} is {} characters long; the limit is {MAX_ID_LEN}",
+            value.chars().count()
+        ),
+        pos,
+    )
+    .help(format!(
+        "shorten it to {MAX_ID_LEN} characters or fewer (letters, digits, `-`, `_` and `.`): it names the credential in the journal, the audit trail and `--only`"
+    ))
 }
 
 fn valid_env_name(name: &str) -> bool {
@@ -304,10 +373,10 @@ fn validate_incident(cx: &mut Ctx, raw: &RawPlaybook) -> Incident {
 fn validate_vault(cx: &mut Ctx, raw: &RawPlaybook) -> Vault {
     let v = &raw.vault;
     let address = v.address.trim().trim_end_matches('/').to_owned();
-    if !(address.starts_with("https://") || address.starts_with("http://")) || address.len() < 10 {
+    if let Err(why) = crate::net::parse_endpoint(&address) {
         cx.push(
-            Diagnostic::error(format!("`{}` is not a Vault address", v.address), cx.at("/vault/address"))
-                .help("write the URL with its scheme, e.g. `https://vault.example.com:8200` or `${VAULT_ADDR}`"),
+            Diagnostic::error(format!("`{}` is not a Vault address rekey may send a token to: {why}", v.address), cx.at("/vault/address"))
+                .help("write the URL with its scheme, e.g. `https://vault.example.com:8200` or `${VAULT_ADDR}` (plain http only to a loopback address)"),
         );
     }
     let mount = v
@@ -601,7 +670,22 @@ fn validate_settings(
 ) -> IndexMap<String, serde_json::Value> {
     let mut out = IndexMap::new();
     for (key, value) in given {
-        if known.contains_key(key) {
+        if let Some(setting) = known.get(key) {
+            if !setting.one_of.is_empty() && !setting.one_of.contains(value) {
+                let allowed: Vec<String> = setting.one_of.iter().map(|v| v.to_string()).collect();
+                cx.push(
+                    Diagnostic::error(
+                        format!("`{type_name}` setting `{key}` cannot be {value}"),
+                        cx.at(&format!("{pointer}/{}", escape(key))),
+                    )
+                    .label("not an accepted value")
+                    .help(format!(
+                        "use one of {} ({})",
+                        allowed.join(", "),
+                        setting.description.trim_end_matches('.')
+                    )),
+                );
+            }
             out.insert(key.clone(), value.clone());
             continue;
         }
@@ -640,6 +724,31 @@ fn validate_settings(
         }
     }
     out
+}
+
+/// The `end_sessions` setting (types that end sessions in breach mode declare it),
+/// which the engine and the plan read: `true` or `false`, also as the text a
+/// `${VAR}` gives; stored as a boolean.
+fn end_sessions_flag(
+    cx: &mut Ctx,
+    settings: &mut IndexMap<String, serde_json::Value>,
+    pointer: &str,
+) {
+    let Some(value) = settings.get_mut("end_sessions") else {
+        return;
+    };
+    let flag = match &*value {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::String(s) => s.trim().parse::<bool>().ok(),
+        _ => None,
+    };
+    match flag {
+        Some(b) => *value = serde_json::Value::Bool(b),
+        None => cx.push(
+            Diagnostic::error("`end_sessions` must be true or false", cx.at(pointer))
+                .help("`false` leaves the sessions opened with an old credential open in breach mode (the run warns); the default `true` ends them"),
+        ),
+    }
 }
 
 fn validate_admin(
@@ -703,9 +812,12 @@ fn validate_providers(
     catalog: &Catalog,
 ) -> IndexMap<String, ProviderInstance> {
     let mut out = IndexMap::new();
+    let secret_sources = secret_sources(raw);
     for (name, p) in &raw.providers {
         let base = format!("/providers/{}", escape(name));
-        if !valid_id(name) {
+        if name.chars().count() > MAX_ID_LEN {
+            cx.push(too_long("provider instance name", name, cx.key_at(&base)));
+        } else if !valid_id(name) {
             cx.push(
                 Diagnostic::error(
                     format!("`{name}` is not a valid provider instance name"),
@@ -754,14 +866,18 @@ fn validate_providers(
             );
             continue;
         }
-        let settings = validate_settings(
+        let mut settings = validate_settings(
             cx,
             &p.settings,
             &t.settings,
             &format!("{base}/settings"),
             &t.name,
         );
+        end_sessions_flag(cx, &mut settings, &format!("{base}/settings/end_sessions"));
         let admin = validate_admin(cx, &p.admin, t.admin, &format!("{base}/admin"), &t.name);
+        if t.name == "exec" {
+            refuse_secret_env(cx, name, &p.settings, &base, &secret_sources);
+        }
         // An exec plugin says in its settings which protocol it follows.
         let kind = match (t.name.as_str(), settings.get("kind")) {
             ("exec", Some(k)) if k == "single" => Kind::Single,
@@ -842,7 +958,13 @@ fn validate_credentials<'c>(
     }
     for (i, c) in raw.credentials.iter().enumerate() {
         let base = format!("/credentials/{i}");
-        if !valid_id(&c.id) {
+        if c.id.chars().count() > MAX_ID_LEN {
+            cx.push(too_long(
+                "credential id",
+                &c.id,
+                cx.at(&format!("{base}/id")),
+            ));
+        } else if !valid_id(&c.id) {
             cx.push(
                 Diagnostic::error(
                     format!("`{}` is not a valid credential id", c.id),
@@ -1423,8 +1545,10 @@ fn validate_sinks(cx: &mut Ctx, c: &RawCredential, base: &str, vault: &Vault) ->
                         .help("letters, digits and `_`, not starting with a digit or `GITHUB_`"),
                     );
                 }
+                // GitHub environment names may hold `/` (the sink encodes the name
+                // as one path segment); an empty one or a control character cannot be.
                 if let Some(e) = &raw.environment
-                    && (e.trim().is_empty() || e.contains('/'))
+                    && (e.trim().is_empty() || e.chars().any(char::is_control))
                 {
                     ok = false;
                     cx.push(
@@ -1439,12 +1563,9 @@ fn validate_sinks(cx: &mut Ctx, c: &RawCredential, base: &str, vault: &Vault) ->
                     .base_url
                     .clone()
                     .unwrap_or_else(|| "https://api.github.com".into());
-                if !(base_url.starts_with("https://")
-                    || base_url.starts_with("http://127.0.0.1")
-                    || base_url.starts_with("http://localhost"))
-                {
+                if let Err(why) = crate::net::parse_endpoint(&base_url) {
                     ok = false;
-                    cx.push(Diagnostic::error(format!("`{base_url}` is not an https URL"), cx.at(&format!("{at}/base_url"))).help("the token travels with every request: use https (plain http only to loopback, for tests)"));
+                    cx.push(Diagnostic::error(format!("`{base_url}`: {why}"), cx.at(&format!("{at}/base_url"))).help("the token travels with every request: use https (plain http only to loopback, for tests)"));
                 }
                 let token = if raw.token.is_some() {
                     validate_admin(

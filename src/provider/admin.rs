@@ -3,7 +3,7 @@
 //! the playbook text. Every field is a [`Secret`].
 
 use crate::playbook::AdminSource;
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretMap};
 use crate::store::SecretStore;
 use std::collections::BTreeMap;
 
@@ -14,7 +14,7 @@ use super::ProviderError;
 /// of string fields, or any other text as the single field `value`.
 #[derive(Clone, Debug, Default)]
 pub struct Admin {
-    fields: BTreeMap<String, Secret>,
+    fields: SecretMap,
     /// Where it came from, for error messages (`vault:infra/pg-admin`, `env:PG_ADMIN`).
     pub origin: String,
 }
@@ -22,18 +22,23 @@ pub struct Admin {
 impl Admin {
     pub fn from_fields(origin: impl Into<String>, fields: BTreeMap<String, Secret>) -> Admin {
         Admin {
-            fields,
+            fields: SecretMap::from(fields),
             origin: origin.into(),
         }
     }
 
     /// Every field, for providers that hand the whole credential on (exec plugins).
     pub fn fields(&self) -> impl Iterator<Item = (&str, &Secret)> {
-        self.fields.iter().map(|(k, v)| (k.as_str(), v))
+        self.fields.iter()
+    }
+
+    /// The fields as a map (what request templates see as `admin.<field>`).
+    pub fn secrets(&self) -> &SecretMap {
+        &self.fields
     }
 
     pub fn get(&self, name: &str) -> Option<&Secret> {
-        self.fields.get(name).filter(|s| !s.is_empty())
+        self.fields.get(name)
     }
 
     /// The first of `names` that is set, or a fatal error saying which fields the
@@ -77,8 +82,8 @@ impl Admin {
 /// to do; they never hold a value.
 pub async fn resolve(source: &AdminSource, store: &dyn SecretStore) -> Result<Admin, String> {
     match source {
-        AdminSource::Env(var) => match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(Admin::from_env_value(var, &v)),
+        AdminSource::Env(var) => match crate::harden::secret_env(var) {
+            Some(v) if !v.trim().is_empty() => Ok(Admin::from_env_value(var, &v)),
             _ => Err(format!(
                 "the admin credential variable `{var}` is not set; export it before running rekey"
             )),

@@ -5,7 +5,8 @@
 
 pub mod admin;
 pub mod aws_iam;
-pub mod catalog;
+/// `crate::catalog`, where the engine still imports `Kind` from.
+pub use crate::catalog;
 pub mod exec;
 pub mod http;
 pub mod ldap;
@@ -112,6 +113,17 @@ impl Issued {
     }
 }
 
+/// What `end_sessions` did (breach mode, once the old credential is dead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionsEnded {
+    /// The sessions and connections opened with the credential were ended: how
+    /// many (0 when none was open). rekey's own are never among them.
+    Ended { count: u64 },
+    /// This provider cannot end them, and why. Not an error: the rotation stands,
+    /// and the run warns with what a human can do (`end_sessions_by_hand`).
+    Unsupported { reason: String },
+}
+
 /// The contract every provider implements, for one kind of credential. Dual kinds
 /// implement `create`/`deactivate`/`revoke`/`list`; single kinds `change`. Every
 /// method is one logical operation; the engine owns retries, backoff and limits.
@@ -163,6 +175,19 @@ pub trait Provider: Send + Sync {
         ))
     }
 
+    /// Issues a new key to replace `old_key` (the key Vault names, when rekey
+    /// knows it), so that the provider can give the new key what the old one was
+    /// allowed to do (its scopes). Defaults to `create`.
+    async fn create_replacing(
+        &self,
+        target: Target<'_>,
+        tag: &str,
+        old_key: Option<&str>,
+    ) -> Result<Issued, ProviderError> {
+        let _ = old_key;
+        self.create(target, tag).await
+    }
+
     /// Sets a new value in place (single kinds).
     async fn change(&self, target: Target<'_>, new: &Secret) -> Result<(), ProviderError> {
         let _ = (target, new);
@@ -192,5 +217,47 @@ pub trait Provider: Send + Sync {
         Err(ProviderError::Fatal(
             "this provider cannot revoke keys".into(),
         ))
+    }
+
+    /// Whether a login with this provider's credentials opens a session that
+    /// outlives the credential (a database or cache connection, an SSH login, an
+    /// LDAP bind), so that breach mode must end it or say it cannot. `false`:
+    /// every request carries the credential (API keys), nothing to end.
+    fn has_sessions(&self) -> bool {
+        false
+    }
+
+    /// Breach mode, after the old credential is dead (a single kind's change, a
+    /// dual kind's `retired` keys revoked): ends the account's sessions and
+    /// connections, never rekey's own. Safe to repeat.
+    async fn end_sessions(
+        &self,
+        target: Target<'_>,
+        retired: &[&str],
+    ) -> Result<SessionsEnded, ProviderError> {
+        let _ = (target, retired);
+        Ok(SessionsEnded::Unsupported {
+            reason: "this provider cannot end sessions".into(),
+        })
+    }
+
+    /// What a human does to end those sessions when rekey cannot, or could not:
+    /// the exact command where there is one. Holds no secret.
+    fn end_sessions_by_hand(&self, target: Target<'_>, retired: &[&str]) -> String {
+        let _ = retired;
+        format!(
+            "end the sessions of `{}` at the provider by hand",
+            target.account.unwrap_or(target.credential)
+        )
+    }
+
+    /// Read-only check for `plan --live` in breach mode: may the admin end
+    /// sessions? `Ok(Some(what))` says what was checked; `Ok(None)`: nothing to check.
+    async fn preflight_end_sessions(
+        &self,
+        target: Target<'_>,
+    ) -> Result<Option<String>, ProviderError> {
+        let _ = target;
+        Ok(None)
     }
 }

@@ -2,13 +2,13 @@
 //! only place that names concrete providers.
 
 use super::admin::Admin;
-use super::catalog::Kind;
 use super::{Provider, ProviderError};
+use crate::catalog::{Catalog, Kind, ProviderType};
 use crate::playbook::ProviderInstance;
 use std::sync::Arc;
 
 /// Whether this build can rotate credentials of `type_name`.
-pub fn supports(type_name: &str) -> bool {
+pub fn supports(type_name: &str, catalog: &Catalog) -> bool {
     matches!(
         type_name,
         "sandbox"
@@ -23,15 +23,12 @@ pub fn supports(type_name: &str) -> bool {
             | "mysql"
             | "redis"
             | "exec"
-    ) || http_type(type_name).is_some()
+    ) || http_type(type_name, catalog).is_some()
 }
 
 /// The catalog entry of `type_name` when it has a declarative HTTP definition.
-fn http_type(type_name: &str) -> Option<&'static super::catalog::ProviderType> {
-    super::catalog::Catalog::builtin()
-        .ok()?
-        .get(type_name)
-        .filter(|t| t.http.is_some())
+fn http_type<'c>(type_name: &str, catalog: &'c Catalog) -> Option<&'c ProviderType> {
+    catalog.get(type_name).filter(|t| t.http.is_some())
 }
 
 /// Builds the provider for `instance` with its resolved admin credential (when the
@@ -39,6 +36,7 @@ fn http_type(type_name: &str) -> Option<&'static super::catalog::ProviderType> {
 /// providers connect on first use.
 pub fn build(
     instance: &ProviderInstance,
+    catalog: &Catalog,
     admin: Option<Admin>,
 ) -> Result<Arc<dyn Provider>, ProviderError> {
     match instance.type_name.as_str() {
@@ -72,11 +70,13 @@ pub fn build(
             &instance.settings,
             admin,
         )?)),
-        other if http_type(other).is_some() => Ok(Arc::new(super::http::HttpProvider::build(
-            instance,
-            http_type(other).expect("checked by the guard"),
-            admin,
-        )?)),
+        other if http_type(other, catalog).is_some() => {
+            Ok(Arc::new(super::http::HttpProvider::build(
+                instance,
+                http_type(other, catalog).expect("checked by the guard"),
+                admin,
+            )?))
+        }
         "postgres" => Ok(Arc::new(super::postgres::Postgres::new(
             &instance.name,
             &instance.settings,

@@ -56,7 +56,7 @@ impl<'a> Settings<'a> {
     pub fn duration(&self, key: &str, default: Duration) -> Result<Duration, ProviderError> {
         match self.text(key) {
             None => Ok(default),
-            Some(t) => crate::playbook::rate::parse_duration(&t).map_err(|m| self.fatal(m)),
+            Some(t) => crate::doc::rate::parse_duration(&t).map_err(|m| self.fatal(m)),
         }
     }
 }
@@ -79,7 +79,7 @@ pub fn duration_or(
     default: Duration,
 ) -> Result<Duration, String> {
     match text(settings, key) {
-        Some(t) => crate::playbook::rate::parse_duration(t).map_err(|e| format!("`{key}`: {e}")),
+        Some(t) => crate::doc::rate::parse_duration(t).map_err(|e| format!("`{key}`: {e}")),
         None => Ok(default),
     }
 }

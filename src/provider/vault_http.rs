@@ -37,14 +37,11 @@ impl VaultConfig {
                 "{type_name} needs the server address: add `settings: {{ address: https://bao.example.com:8200 }}`"
             ))
         })?;
-        let address = url::Url::parse(address)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-            .ok_or_else(|| {
-                ProviderError::Fatal(format!(
-                    "{type_name} setting `address` is not an http(s) URL: `{address}`"
-                ))
-            })?;
+        let address = crate::net::parse_endpoint(address).map_err(|why| {
+            ProviderError::Fatal(format!(
+                "{type_name} setting `address` (`{address}`): {why}"
+            ))
+        })?;
         let mount = text("mount")
             .unwrap_or(default_mount)
             .trim_matches('/')
@@ -109,6 +106,7 @@ impl VaultHttp {
         })?;
         let token = admin.require(&["token", "value"])?.clone();
         let mut builder = reqwest::Client::builder()
+            .redirect(crate::net::redirect_policy())
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10));
         if let Some(path) = settings.get("ca_file").and_then(Value::as_str) {
@@ -202,6 +200,11 @@ impl VaultHttp {
         }
         if status >= 500 {
             return Err(ProviderError::Transient(format!("{where_}: HTTP {status}")));
+        }
+        if (300..400).contains(&status) {
+            return Err(ProviderError::Fatal(format!(
+                "{where_}: the server answered with a redirect (HTTP {status}) to another address; rekey does not send the admin token there: set `address` to the server that answers (a standby redirects to the active node)"
+            )));
         }
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Reply { status, body })

@@ -77,8 +77,8 @@ pub async fn reload(argv: &[String]) -> Result<(), ProviderError> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
-    if let Some(path) = std::env::var_os("PATH") {
-        cmd.env("PATH", path);
+    if let Some(path) = crate::env_vars::get_os(crate::env_vars::PATH) {
+        cmd.env(crate::env_vars::PATH, path);
     }
     let mut child = cmd.spawn().map_err(|e| {
         ProviderError::Fatal(format!("cannot start the reload command `{program}`: {e}"))

@@ -26,17 +26,30 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
-    fn secrets_url(&self) -> String {
-        match self.environment {
-            Some(env) => format!(
-                "{}/repos/{}/environments/{}/secrets",
-                self.base_url, self.repository, env
-            ),
-            None => format!(
-                "{}/repos/{}/actions/secrets",
-                self.base_url, self.repository
-            ),
+    /// `.../repos/{owner}/{repo}/actions/secrets/{last}` or
+    /// `.../repos/{owner}/{repo}/environments/{environment}/secrets/{last}`, each
+    /// value one percent-encoded path segment: GitHub requires an environment
+    /// name URL-encoded (`prod/eu` is `prod%2Feu`), and an unencoded `/`, `?` or
+    /// `#` would address another resource.
+    fn secrets_url(&self, last: &str) -> Result<url::Url, ProviderError> {
+        let bad = |why: &str| ProviderError::Fatal(format!("GitHub sink: {why}"));
+        let mut url = url::Url::parse(self.base_url).map_err(|_| bad("base_url is not a URL"))?;
+        let (owner, repo) = self
+            .repository
+            .split_once('/')
+            .ok_or_else(|| bad("repository is not owner/name"))?;
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|_| bad("base_url cannot have a path"))?;
+            path.pop_if_empty().extend(["repos", owner, repo]);
+            match self.environment {
+                Some(env) => path.extend(["environments", env, "secrets"]),
+                None => path.extend(["actions", "secrets"]),
+            };
+            path.push(last);
         }
+        Ok(url)
     }
 }
 
@@ -68,6 +81,7 @@ pub async fn put_secret(
     value: &Secret,
 ) -> Result<(), ProviderError> {
     let client = reqwest::Client::builder()
+        .redirect(crate::net::redirect_policy())
         .timeout(Duration::from_secs(30))
         .user_agent(concat!("rekey/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -76,20 +90,17 @@ pub async fn put_secret(
         Some(env) => format!("{} environment `{env}`", target.repository),
         None => target.repository.to_owned(),
     };
-    let request = |method: reqwest::Method, url: String| {
+    let request = |method: reqwest::Method, url: url::Url| {
         client
             .request(method, url)
             .bearer_auth(token.expose())
             .header("Accept", "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28")
     };
-    let answer = request(
-        reqwest::Method::GET,
-        format!("{}/public-key", target.secrets_url()),
-    )
-    .send()
-    .await
-    .map_err(|e| unreachable_error(target.base_url, &e))?;
+    let answer = request(reqwest::Method::GET, target.secrets_url("public-key")?)
+        .send()
+        .await
+        .map_err(|e| unreachable_error(target.base_url, &e))?;
     check(&answer, &format!("reading the public key of {where_}"))?;
     let body = answer
         .bytes()
@@ -105,7 +116,7 @@ pub async fn put_secret(
     let body = serde_json::json!({ "encrypted_value": sealed, "key_id": key.key_id });
     let answer = request(
         reqwest::Method::PUT,
-        format!("{}/{}", target.secrets_url(), target.secret_name),
+        target.secrets_url(target.secret_name)?,
     )
     .header("Content-Type", "application/json")
     .body(body.to_string())
@@ -154,6 +165,8 @@ fn check(answer: &reqwest::Response, doing: &str) -> Result<(), ProviderError> {
                 .as_secs();
             Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
         });
+    // Primary limit: 403/429 with no requests left; secondary limits: 403/429
+    // with retry-after while requests are left (GitHub's rate-limit docs).
     let limited = status.as_u16() == 429
         || (status.as_u16() == 403
             && (header("x-ratelimit-remaining").as_deref() == Some("0")
@@ -181,6 +194,29 @@ fn check(answer: &reqwest::Response, doing: &str) -> Result<(), ProviderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_part_of_a_secret_url_is_one_encoded_segment() {
+        let target = Target {
+            base_url: "https://ghe.example.com/api/v3",
+            repository: "acme/deploy",
+            environment: Some("prod/eu #1"),
+            secret_name: "API_KEY",
+        };
+        assert_eq!(
+            target.secrets_url("public-key").unwrap().as_str(),
+            "https://ghe.example.com/api/v3/repos/acme/deploy/environments/prod%2Feu%20%231/secrets/public-key"
+        );
+        let repo_level = Target {
+            environment: None,
+            base_url: "https://api.github.com",
+            ..target
+        };
+        assert_eq!(
+            repo_level.secrets_url("API_KEY").unwrap().as_str(),
+            "https://api.github.com/repos/acme/deploy/actions/secrets/API_KEY"
+        );
+    }
 
     #[test]
     fn a_sealed_value_opens_with_the_matching_private_key_only() {

@@ -83,6 +83,15 @@ pub trait SecretStore: Send + Sync {
     /// Read-only checks for `rekey plan`: the server answers and is unsealed, the
     /// token is accepted, and the mount is KV version 2.
     async fn preflight(&self) -> Result<(), StoreError>;
+
+    /// Whether the token may do what a run does, checked before it touches
+    /// anything: read and write each of `paths` (the consumers' paths), and write
+    /// and delete under `staging_prefix`. `Unauthorized` names what is missing. A
+    /// store with no policies to ask (the in-memory one) allows everything.
+    async fn check_access(&self, paths: &[String], staging_prefix: &str) -> Result<(), StoreError> {
+        let _ = (paths, staging_prefix);
+        Ok(())
+    }
 }
 
 /// What went wrong talking to the store. Every message names the path (or the

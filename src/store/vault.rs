@@ -25,7 +25,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::OnceCell;
-use tracing::{debug, warn};
+use tracing::debug;
 use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretRequest, SetSecretRequestOptions};
 use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
@@ -34,7 +34,10 @@ use zeroize::Zeroizing;
 /// Longest wait for one request, connection included: long enough for a loaded
 /// server, short enough that a black-holed address becomes a retryable error
 /// instead of a hung rotation.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one Vault request may take. Vault answers in milliseconds; a request
+/// that takes longer is stuck (a hung server, a dead proxy), and the engine's
+/// retries and circuit breaker take it from there.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many times `read` re-reads an entry that changes between its data and
 /// metadata reads (see `read`).
@@ -104,12 +107,12 @@ impl VaultStore {
     /// request is made): `preflight` does that.
     pub async fn connect(config: &VaultConfig) -> Result<VaultStore, StoreError> {
         let address = config.address.trim().trim_end_matches('/').to_owned();
-        let is_https = address.starts_with("https://");
-        if !is_https && !address.starts_with("http://") {
-            return Err(StoreError::Invalid(format!(
-                "`{address}` is not a Vault address: write it with its scheme, e.g. `https://vault.example.com:8200`"
-            )));
-        }
+        let parsed = crate::net::parse_endpoint(&address).map_err(|why| {
+            StoreError::Invalid(format!(
+                "`{address}` is not a Vault address rekey may send a token to: {why}"
+            ))
+        })?;
+        let is_https = parsed.scheme() == "https";
         let mount = config.mount.trim_matches('/').to_owned();
         if let Some(why) = path_problem(&mount) {
             return Err(StoreError::Invalid(format!(
@@ -147,9 +150,6 @@ impl VaultStore {
             }
             ca_certs.push(check_ca_file(ca_file).await?);
         }
-        if !is_https && !is_loopback(&address) {
-            warn!(address = %address, "The Vault address is plain http: the token and every value cross the network unencrypted.");
-        }
 
         // Every setting is given explicitly: the builder's defaults read VAULT_ADDR,
         // VAULT_TOKEN, VAULT_CACERT, VAULT_CAPATH, VAULT_SKIP_VERIFY and
@@ -172,7 +172,7 @@ impl VaultStore {
         settings.address = address.parse().map_err(|_| {
             StoreError::Invalid(format!("`{address}` is not a valid URL: write it as `https://host:port`, e.g. `https://vault.example.com:8200`"))
         })?;
-        let client = VaultClient::new(settings).map_err(|e| match e {
+        let mut client = VaultClient::new(settings).map_err(|e| match e {
             ClientError::FileReadError { path, .. } | ClientError::ParseCertificateError { path, .. } => {
                 StoreError::Invalid(format!("cannot use `{path}` as CA file: it must be readable PEM certificates; check `vault.ca_file`"))
             }
@@ -180,6 +180,13 @@ impl VaultStore {
             // problem (e.g. the TLS backend), not the server's.
             _ => StoreError::Invalid(format!("cannot build an HTTP client for `{address}`: {e}")),
         })?;
+        // vaultrs's HTTP client follows redirects anywhere, with the token header
+        // (reqwest keeps custom headers across origins): the same client with the
+        // same-origin redirect policy replaces it.
+        client.http.http =
+            same_origin_client(is_https, &client.settings.ca_certs).map_err(|e| {
+                StoreError::Invalid(format!("cannot build an HTTP client for `{address}`: {e}"))
+            })?;
 
         let mut store = VaultStore {
             client,
@@ -347,6 +354,7 @@ impl VaultStore {
             Verb::Patch => http
                 .patch(&url)
                 .header("Content-Type", "application/merge-patch+json"),
+            Verb::Post => http.post(&url).header("Content-Type", "application/json"),
         };
         request = request.header("X-Vault-Request", "true");
         if authenticated {
@@ -660,6 +668,81 @@ impl SecretStore for VaultStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(address = %self.address, mount = %self.mount))]
+    async fn check_access(&self, paths: &[String], staging_prefix: &str) -> Result<(), StoreError> {
+        // What the token may do on each API path (`sys/capabilities-self`, any token
+        // may ask about itself). A probe path under the staging prefix stands for
+        // every staging entry a run writes and deletes.
+        let staging = staging_prefix.trim_matches('/');
+        let probe = format!("{staging}/rekey-access-check");
+        let mut wanted: Vec<(String, &[&str])> = vec![
+            (
+                format!("{}/data/{probe}", self.mount),
+                &["create", "update", "read"],
+            ),
+            (format!("{}/metadata/{probe}", self.mount), &["delete"]),
+        ];
+        for path in paths {
+            wanted.push((format!("{}/data/{path}", self.mount), &["read", "update"]));
+        }
+        let mut missing = Vec::new();
+        for chunk in wanted.chunks(200) {
+            let body =
+                serde_json::json!({ "paths": chunk.iter().map(|(p, _)| p).collect::<Vec<_>>() });
+            let call = Call {
+                store: self,
+                action: Action::CheckToken,
+                target: "sys/capabilities-self".into(),
+                policy: None,
+            };
+            let answer = self
+                .raw(Verb::Post, "sys/capabilities-self", Some(&body), true)
+                .await
+                .map_err(|t| call.fail_with(Failure::Transport(t)))?;
+            if answer.status != 200 {
+                return Err(call.fail_with(Failure::Status {
+                    code: answer.status,
+                }));
+            }
+            let granted: Value =
+                serde_json::from_slice(&answer.body).map_err(|_| call.unreadable())?;
+            // OpenBao and Vault answer at the top level and under `data`.
+            let granted = granted
+                .get("data")
+                .filter(|d| d.is_object())
+                .unwrap_or(&granted);
+            for (path, needs) in chunk {
+                let has: Vec<&str> = granted
+                    .get(path)
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if has.contains(&"root") {
+                    continue;
+                }
+                let lacking: Vec<&str> =
+                    needs.iter().copied().filter(|n| !has.contains(n)).collect();
+                if !lacking.is_empty() {
+                    missing.push(format!("{} on `{path}`", lacking.join("+")));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let shown = missing.len().min(5);
+        Err(StoreError::Unauthorized(format!(
+            "the Vault token at {} may not do what the run needs: it lacks {}{}; give its policy those capabilities (or run with another token), then run again: nothing was changed",
+            self.address,
+            missing[..shown].join(", "),
+            if missing.len() > shown {
+                format!(" and {} more", missing.len() - shown)
+            } else {
+                String::new()
+            }
+        )))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(address = %self.address, mount = %self.mount))]
     async fn preflight(&self) -> Result<(), StoreError> {
         // In this order so each failure is explained by the first thing that is wrong:
         // an unreachable server is not a bad token, and a bad token is not a bad mount.
@@ -692,13 +775,6 @@ fn is_header_safe(value: &str) -> bool {
     !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn is_loopback(address: &str) -> bool {
-    let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
-    ["127.", "localhost", "[::1]"]
-        .iter()
-        .any(|p| rest.starts_with(p))
-}
-
 /// Why `path` cannot be a KV path (or mount), if it cannot: emptiness, empty or dot
 /// segments, and the characters Vault paths and policies treat specially. The same
 /// rules as the playbook's, applied strictly (paths reach the store normalised).
@@ -724,6 +800,26 @@ fn path_problem(path: &str) -> Option<&'static str> {
 
 /// Reads the CA file once to fail early with a clear message (vaultrs reads it again
 /// when building the client) and returns the path as vaultrs wants it.
+/// The HTTP client vaultrs would build for these settings (timeout, the system's
+/// roots plus `ca_files`, verification on), with [`crate::net::redirect_policy`].
+fn same_origin_client(is_https: bool, ca_files: &[String]) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(crate::net::redirect_policy());
+    if is_https {
+        for path in ca_files {
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|_| format!("{path} holds no readable PEM certificate"))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+    } else {
+        // As vaultrs does for http:// (reqwest issue 2988): no root store to load.
+        builder = builder.tls_certs_only(Vec::new());
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 async fn check_ca_file(path: &std::path::Path) -> Result<String, StoreError> {
     let shown = path.display();
     let bytes = tokio::fs::read(path).await.map_err(|e| {
@@ -750,6 +846,7 @@ async fn check_ca_file(path: &std::path::Path) -> Result<String, StoreError> {
 enum Verb {
     Get,
     Patch,
+    Post,
 }
 
 struct RawAnswer {
@@ -873,6 +970,9 @@ impl Call<'_> {
                     "{address} has no AppRole auth at `{target}` (HTTP 404): check `vault.auth.mount`"
                 ))
             }
+            Failure::Status { code } if (300..400).contains(&code) => StoreError::Invalid(format!(
+                "{address} answered the request to {verb} `{target}` with a redirect (HTTP {code}) to another address; rekey does not send the token there: set `vault.address` to the server that answers (a standby redirects to the active node)"
+            )),
             Failure::Status { code } => StoreError::Invalid(format!(
                 "{address} rejected the request to {verb} `{target}` (HTTP {code}): check that `{mount}` is a KV version 2 mount and that the path is right (`rekey plan` checks the mount)"
             )),

@@ -8,7 +8,7 @@
 //! Scenarios are a list: a provider or sink added later adds one entry to
 //! `scenarios()` (its playbook lines, what to seed, which commands to run).
 
-use crate::support::rekey;
+use crate::support::{KillOnDrop, rekey};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -247,6 +247,40 @@ pub fn leaks(canaries: &[String], places: &[(String, Vec<u8>)]) -> Vec<String> {
     found
 }
 
+/// Everything a provider test's run left to scan: what rekey printed and the
+/// files rekey wrote in `dir` (journal, WAL, trail, head; not the key files).
+pub fn places_in(dir: &std::path::Path, printed: &[(String, String)]) -> Vec<(String, Vec<u8>)> {
+    let mut places: Vec<(String, Vec<u8>)> = printed
+        .iter()
+        .map(|(n, t)| (n.clone(), t.clone().into_bytes()))
+        .collect();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rekeys = name.starts_with("journal") || name.starts_with("audit");
+        if rekeys && !name.ends_with(".key") && entry.path().is_file() {
+            places.push((name, std::fs::read(entry.path()).unwrap_or_default()));
+        }
+    }
+    let names: Vec<&str> = places.iter().map(|(n, _)| n.as_str()).collect();
+    for must in ["journal.db", "audit.jsonl"] {
+        assert!(names.contains(&must), "{must} scanned: {names:?}");
+    }
+    places
+}
+
+/// The parts of a PostgreSQL SCRAM verifier (`SCRAM-SHA-256$<iter>:<salt>$<stored
+/// key>:<server key>`) that would betray it in a log: the whole and each key.
+pub fn verifier_parts(verifier: &str) -> Vec<String> {
+    let mut parts = vec![verifier.to_owned()];
+    parts.extend(
+        verifier
+            .split(['$', ':'])
+            .filter(|p| p.len() >= 16)
+            .map(str::to_owned),
+    );
+    parts
+}
+
 type Scenario = fn(&mut Lab);
 
 /// Every scenario the canary test runs. Add providers and sinks here.
@@ -269,7 +303,44 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
             "killed mid-rotation (SIGKILL), then resumed",
             killed_then_resumed,
         ),
+        (
+            "HTTP provider sending the new secret in a form field (Okta client_secret_post)",
+            http_secret_in_a_form_field,
+        ),
+        (
+            "breach mode ends database sessions (PostgreSQL, MariaDB, Redis)",
+            database_sessions_ended,
+        ),
     ]
+}
+
+fn http_secret_in_a_form_field(lab: &mut Lab) {
+    use crate::http_stubs::{ADMIN_TOKEN, Api, Stub};
+    let stub = Stub::start(Api::Okta);
+    stub.with(|s| {
+        s.okta_auth_method
+            .insert("0oaCANARY".into(), "client_secret_post".into());
+    });
+    let old = "CANARYoktaoldsecret6";
+    let old_id = stub.seed_key("0oaCANARY", old, "console");
+    lab.canaries.push(ADMIN_TOKEN.into());
+    lab.seed("http/okta", json!({ "value": old, "key_id": old_id }));
+    let pb = lab.playbook(
+        "http",
+        "breach",
+        &format!("  okta: {{ type: okta_client_secret, admin: {{ env: OKTA_ADMIN }}, settings: {{ domain: example.okta.com, base_url: \"{}\" }} }}", stub.url),
+        "  - { id: okta, provider: okta, vault_path: PREFIX/http/okta, settings: { app_id: 0oaCANARY, scope: s, token_auth: client_secret_post } }\n",
+    );
+    let journal = journal_of(lab);
+    let admin = json!({ "token": ADMIN_TOKEN }).to_string();
+    let (code, out, err) = lab.rekey(
+        &["run", &pb, "--journal", &journal, "--format", "json"],
+        &[("OKTA_ADMIN", &admin)],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let new = stub.keys("0oaCANARY");
+    assert_eq!(new.len(), 1, "{new:?}");
+    lab.canaries.push(new[0].secret.clone());
 }
 
 fn journal_of(lab: &Lab) -> String {
@@ -373,7 +444,7 @@ fn everything_traced(lab: &mut Lab) {
         &[("RUST_LOG", "trace")],
     );
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(err.contains("TRACE"), "trace logging was on");
+    assert!(err.contains("DEBUG"), "verbose logging was on");
     assert!(
         out.contains("\"secret_hmac\":\"hmac-sha256:"),
         "the stdout sink got the trail lines"
@@ -442,6 +513,206 @@ fn killed_then_resumed(lab: &mut Lab) {
             .all(|r| r["outcome"] == "rotated"),
         "{out}"
     );
+}
+
+fn run_id(summary: &str) -> String {
+    serde_json::from_str::<Value>(summary).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Runs a server's own client (`program`, password in `env`) to completion;
+/// returns what it printed.
+fn client(program: &str, args: &[&str], env: (&str, &str)) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .env(env.0, env.1)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts a server's own client holding a session open; killed when dropped.
+fn hold(program: &str, args: &[&str], env: (&str, &str)) -> KillOnDrop {
+    KillOnDrop(
+        std::process::Command::new(program)
+            .args(args)
+            .env(env.0, env.1)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A PostgreSQL role, a MariaDB user and a Redis user with canary passwords, each
+/// with a session open (held by the server's own client), rotated in breach mode:
+/// the sessions are ended, and nothing of the passwords (nor the admin's) reaches
+/// the output, the journal or the trail on the way.
+fn database_sessions_ended(lab: &mut Lab) {
+    let e = lab.env.clone();
+    let name = lab.prefix.replace('-', "_");
+    let admin_pw = e["REKEY_PG_ADMIN_PASSWORD"].clone();
+    lab.canaries.push(admin_pw.clone());
+    let (pg_old, my_old, rd_old) = (
+        format!("CANARYpgold{name}"),
+        format!("CANARYmyold{name}"),
+        format!("CANARYrdold{name}"),
+    );
+    let pg = |user: &str| {
+        format!(
+            "host={} port={} user={user} dbname=postgres",
+            e["REKEY_PG_HOST"], e["REKEY_PG_PORT"]
+        )
+    };
+    let my = |user: &str| {
+        vec![
+            "--protocol=TCP".to_owned(),
+            "-h".to_owned(),
+            e["REKEY_MYSQL_HOST"].clone(),
+            "-P".to_owned(),
+            e["REKEY_MYSQL_PORT"].clone(),
+            "-u".to_owned(),
+            user.to_owned(),
+            "-e".to_owned(),
+        ]
+    };
+    let rd = vec![
+        "-h".to_owned(),
+        e["REKEY_REDIS_HOST"].clone(),
+        "-p".to_owned(),
+        e["REKEY_REDIS_PORT"].clone(),
+    ];
+    client(
+        "psql",
+        &[
+            &pg(&e["REKEY_PG_ADMIN_USER"]),
+            "-c",
+            &format!("CREATE ROLE {name} LOGIN PASSWORD '{pg_old}'"),
+        ],
+        ("PGPASSWORD", &admin_pw),
+    );
+    let mut args = my(&e["REKEY_MYSQL_ADMIN_USER"]);
+    args.push(format!("CREATE USER '{name}'@'%' IDENTIFIED BY '{my_old}'"));
+    client("mariadb", &strs(&args), ("MYSQL_PWD", &admin_pw));
+    let mut args = rd.clone();
+    args.extend(
+        [
+            "ACL",
+            "SETUSER",
+            &name,
+            "on",
+            &format!(">{rd_old}"),
+            "~*",
+            "+@all",
+        ]
+        .map(str::to_owned),
+    );
+    client("redis-cli", &strs(&args), ("REDISCLI_AUTH", ""));
+    lab.seed("sessions/pg", json!({ "value": pg_old }));
+    lab.seed("sessions/my", json!({ "value": my_old }));
+    lab.seed(
+        "sessions/rd",
+        json!({ "value": rd_old, "key_id": &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&rd_old))[..16] }),
+    );
+    let mut held = vec![hold(
+        "psql",
+        &[&pg(&name), "-c", "SELECT pg_sleep(600)"],
+        ("PGPASSWORD", &pg_old),
+    )];
+    let mut args = my(&name);
+    args.push("SELECT SLEEP(600)".into());
+    held.push(hold("mariadb", &strs(&args), ("MYSQL_PWD", &my_old)));
+    let mut args = rd.clone();
+    args.extend(["--user", &name, "BLPOP", &format!("canary:{name}"), "600"].map(str::to_owned));
+    held.push(hold("redis-cli", &strs(&args), ("REDISCLI_AUTH", &rd_old)));
+    // Each server shows its session before the run starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut args = my(&e["REKEY_MYSQL_ADMIN_USER"]);
+    args.push(format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{name}'"
+    ));
+    let mut clients = rd.clone();
+    clients.extend(["CLIENT", "LIST"].map(str::to_owned));
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{name}'");
+    let pg_admin_session = pg(&e["REKEY_PG_ADMIN_USER"]);
+    while client(
+        "psql",
+        &[&pg_admin_session, "-tAc", &sql],
+        ("PGPASSWORD", &admin_pw),
+    )
+    .trim()
+        != "1"
+        || client("mariadb", &strs(&args), ("MYSQL_PWD", &admin_pw))
+            .lines()
+            .last()
+            != Some("1")
+        || !client("redis-cli", &strs(&clients), ("REDISCLI_AUTH", ""))
+            .contains(&format!(" user={name} "))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sessions never opened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pb = lab.playbook(
+        "sessions",
+        "breach",
+        &format!(
+            "  pg: {{ type: postgres, admin: {{ env: CANARY_PG_ADMIN }}, settings: {{ host: \"{}\", port: {}, sslmode: disable }} }}\n  my: {{ type: mysql, admin: {{ env: CANARY_MY_ADMIN }}, settings: {{ host: \"{}\", port: {}, tls: disabled }} }}\n  rd: {{ type: redis, settings: {{ host: \"{}\", port: {}, persist: none }} }}",
+            e["REKEY_PG_HOST"], e["REKEY_PG_PORT"], e["REKEY_MYSQL_HOST"], e["REKEY_MYSQL_PORT"], e["REKEY_REDIS_HOST"], e["REKEY_REDIS_PORT"]
+        ),
+        &format!("  - {{ id: pg, provider: pg, account: {name}, vault_path: PREFIX/sessions/pg }}\n  - {{ id: my, provider: my, account: {name}, vault_path: PREFIX/sessions/my }}\n  - {{ id: rd, provider: rd, account: {name}, vault_path: PREFIX/sessions/rd }}\n"),
+    );
+    let journal = journal_of(lab);
+    let pg_admin =
+        json!({ "username": e["REKEY_PG_ADMIN_USER"], "password": admin_pw }).to_string();
+    let my_admin = json!({ "username": e["REKEY_MYSQL_ADMIN_USER"], "password": e["REKEY_MYSQL_ADMIN_PASSWORD"] }).to_string();
+    let (code, out, err) = lab.rekey(
+        &["run", &pb, "--journal", &journal, "--format", "json"],
+        &[
+            ("CANARY_PG_ADMIN", &pg_admin),
+            ("CANARY_MY_ADMIN", &my_admin),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let ended = std::fs::read_to_string(lab.trail())
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.contains("\"action\":\"end_sessions\"")
+                && l.contains("\"event\":\"outcome\"")
+                && l.contains(&format!(
+                    "\"run\":{}",
+                    serde_json::to_string(&run_id(&out)).unwrap()
+                ))
+                && l.contains("\"ended\":1")
+        })
+        .count();
+    assert_eq!(ended, 3, "one session ended per credential: {err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    for h in &mut held {
+        while !h.exited() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a session was not ended: {err}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
 
 #[test]

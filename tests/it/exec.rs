@@ -352,3 +352,128 @@ fn a_rate_limited_answer_is_retried_after_the_delay_the_plugin_gives() {
     );
     assert_eq!(detail["attempts"], 1, "{detail}");
 }
+
+/// A plugin that starts a helper process and then hangs: at the timeout rekey
+/// kills the plugin's whole process group, the helper too.
+#[test]
+fn a_hung_plugin_is_killed_with_its_helper_processes_at_the_timeout() {
+    let lab = Lab::new();
+    let _cleanup = KillLeftovers(&lab);
+    let settings = python(&lab, ", --misbehave, spawn, --on, create").replace("10s", "1s");
+    let pb = playbook(&lab, &settings, ONE_KEY);
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.outcome("api"), "rolled_back", "{}", run.stderr);
+    assert!(
+        wait_until(|| no_plugin_left(&lab)),
+        "the plugin's helper outlived the plugin"
+    );
+}
+
+/// A plugin whose helper process would outlive it: when rekey exits, the
+/// plugin's process group is stopped with it.
+#[test]
+fn a_plugins_helper_processes_are_stopped_when_rekey_exits() {
+    let lab = Lab::new();
+    let _cleanup = KillLeftovers(&lab);
+    let pb = playbook(&lab, &python(&lab, ", --misbehave, daemon"), ONE_KEY);
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.outcome("api"), "rotated");
+    assert!(
+        wait_until(|| no_plugin_left(&lab)),
+        "the plugin's helper outlived rekey"
+    );
+}
+
+/// rekey's own parent left a descriptor open without close-on-exec (a shell's
+/// `exec 7<file`, a CI runner): the plugin gets stdin, stdout and stderr only.
+#[test]
+fn a_plugin_inherits_no_file_descriptor_beyond_stdin_stdout_and_stderr() {
+    let lab = Lab::new();
+    let leaked = lab.path("leaked.txt");
+    std::fs::write(&leaked, "x").unwrap();
+    let c_path = std::ffi::CString::new(leaked.to_str().unwrap()).unwrap();
+    // SAFETY: open(2) of a path we own; the descriptor is closed below. No
+    // O_CLOEXEC on purpose: the spawned rekey inherits it.
+    let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_RDONLY) };
+    assert!(fd > 2);
+    let pb = playbook(&lab, &python(&lab, ", --misbehave, fds"), ONE_KEY);
+    let run = lab.rekey(&["-v", "run", &pb], None, &[]);
+    // SAFETY: closes the descriptor opened above, once.
+    unsafe { libc::close(fd) };
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("keystore fds:"))
+        .unwrap_or_else(|| panic!("the plugin's stderr is relayed: {}", run.stderr))
+        .to_owned();
+    let fds = line
+        .split("keystore fds: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next());
+    assert_eq!(fds, Some("0,1,2"), "{line}");
+}
+
+/// A plugin writing a 4 MiB stderr line: rekey relays a bounded part of it (a
+/// plugin cannot fill rekey's memory or the operator's log with one line).
+#[test]
+fn a_plugins_stderr_lines_are_cut_at_a_limit() {
+    let lab = Lab::new();
+    let pb = playbook(&lab, &python(&lab, ", --misbehave, long_line"), ONE_KEY);
+    let run = lab.rekey(&["-v", "run", &pb], None, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("keystore: xxxx"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the line is relayed: {}",
+                &run.stderr[..2000.min(run.stderr.len())]
+            )
+        })
+        .to_owned();
+    assert!(line.len() < 10_000, "{} bytes relayed", line.len());
+    assert!(
+        line.contains("bytes cut"),
+        "the cut is said: {}",
+        &line[line.len() - 200..]
+    );
+    // The plugin still worked: its later lines came through.
+    assert!(
+        run.stderr.contains("keystore: create for api"),
+        "{}",
+        run.stderr.len()
+    );
+}
+
+/// Kills, when dropped, every process left that names `lab`'s state file (a
+/// failed test must not leave a sleeping helper behind).
+struct KillLeftovers<'a>(&'a Lab);
+
+impl Drop for KillLeftovers<'_> {
+    fn drop(&mut self) {
+        let needle = self.0.path("ks.json").display().to_string();
+        for p in std::fs::read_dir("/proc").unwrap().flatten() {
+            let named = std::fs::read(p.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle));
+            if let (true, Ok(pid)) = (named, p.file_name().to_string_lossy().parse::<i32>()) {
+                // SAFETY: kill(2) of a process this test's plugin started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Polls `done` for up to 5 s (a killed process takes a moment to go away).
+fn wait_until(done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
+}

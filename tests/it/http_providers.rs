@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use crate::support::services;
 
 /// Minimal HTTP/1.0 client for the OpenBao API (tests only).
-fn vault_http(
+pub fn vault_http(
     env: &HashMap<String, String>,
     method: &str,
     path: &str,
@@ -28,19 +28,19 @@ fn vault_http(
 }
 
 /// One provider instance and one credential, in a fresh temp dir and Vault prefix.
-struct Case {
-    dir: tempfile::TempDir,
+pub struct Case {
+    pub dir: tempfile::TempDir,
     prefix: String,
-    env: HashMap<String, String>,
+    pub env: HashMap<String, String>,
     type_name: &'static str,
     instance_settings: String,
     credential: String,
-    admin: String,
+    pub admin: String,
     mode: &'static str,
 }
 
 impl Case {
-    fn new(type_name: &'static str, stub: &Stub, base_path: &str, admin: Value) -> Case {
+    pub fn new(type_name: &'static str, stub: &Stub, base_path: &str, admin: Value) -> Case {
         Case {
             dir: tempfile::tempdir().unwrap(),
             prefix: format!("http-{}", hex::encode(rand::random::<[u8; 5]>())),
@@ -55,23 +55,23 @@ impl Case {
 
     /// Routine mode: only the key Vault names is retired (breach mode retires
     /// every key the account held before the run).
-    fn routine(mut self) -> Case {
+    pub fn routine(mut self) -> Case {
         self.mode = "routine";
         self
     }
 
-    fn settings(mut self, extra: &str) -> Case {
+    pub fn settings(mut self, extra: &str) -> Case {
         self.instance_settings.push_str(", ");
         self.instance_settings.push_str(extra);
         self
     }
 
-    fn credential(mut self, extra: &str) -> Case {
+    pub fn credential(mut self, extra: &str) -> Case {
         self.credential = extra.to_owned();
         self
     }
 
-    fn playbook(&self) -> std::path::PathBuf {
+    pub fn playbook(&self) -> std::path::PathBuf {
         let text = format!(
             "version: 1\nname: http-test\nincident: {{ mode: {} }}\nvault: {{ address: \"{}\" }}\nproviders:\n  p:\n    type: {}\n    settings: {{ {} }}\n    admin: {{ env: REKEY_IT_PROVIDER_ADMIN }}\n    rate: {{ per_second: 50 }}\ncredentials:\n  - {{ id: c1, provider: p, vault_path: {}/c1{}{} }}\n",
             self.mode,
@@ -87,11 +87,11 @@ impl Case {
         path
     }
 
-    fn journal(&self) -> String {
+    pub fn journal(&self) -> String {
         self.dir.path().join("journal.db").display().to_string()
     }
 
-    fn command(&self, args: &[&str]) -> crate::support::Rekey {
+    pub fn command(&self, args: &[&str]) -> crate::support::Rekey {
         rekey()
             .env("VAULT_TOKEN", &self.env["VAULT_TOKEN"])
             .env("REKEY_IT_PROVIDER_ADMIN", &self.admin)
@@ -99,7 +99,7 @@ impl Case {
     }
 
     /// `rekey run`: (exit code, outcome of c1, stderr).
-    fn run(&self) -> (i32, String, String) {
+    pub fn run(&self) -> (i32, String, String) {
         let pb = self.playbook();
         let out = self
             .command(&[
@@ -115,7 +115,7 @@ impl Case {
     }
 
     /// Writes the credential's current value as consumers would find it.
-    fn seed_vault(&self, value: &str, key_id: Option<&str>) {
+    pub fn seed_vault(&self, value: &str, key_id: Option<&str>) {
         let mut data = json!({ "value": value });
         if let Some(k) = key_id {
             data["key_id"] = json!(k);
@@ -128,7 +128,7 @@ impl Case {
         );
     }
 
-    fn vault(&self) -> Value {
+    pub fn vault(&self) -> Value {
         vault_http(
             &self.env,
             "GET",
@@ -139,7 +139,7 @@ impl Case {
     }
 }
 
-fn outcome(stdout: &str) -> String {
+pub fn outcome(stdout: &str) -> String {
     let v: Value = serde_json::from_str(stdout).unwrap_or(Value::Null);
     v["results"]
         .as_array()
@@ -150,7 +150,7 @@ fn outcome(stdout: &str) -> String {
 }
 
 /// Nothing rekey printed holds a secret the test knows.
-fn assert_no_leak(stderr: &str, secrets: &[&str]) {
+pub fn assert_no_leak(stderr: &str, secrets: &[&str]) {
     for s in secrets {
         assert!(
             !s.is_empty() && !stderr.contains(s),
@@ -161,7 +161,7 @@ fn assert_no_leak(stderr: &str, secrets: &[&str]) {
 
 /// A dual rotation: the stub holds exactly one key of `scope` afterwards, it is
 /// the one Vault holds (id and value), it carries rekey's tag, and the old one is gone.
-fn assert_rotated_dual(
+pub fn assert_rotated_dual(
     case: &Case,
     stub: &Stub,
     scope: &str,
@@ -388,7 +388,7 @@ fn github_deploy_key_rotates_with_a_generated_key_pair() {
 }
 
 /// `ssh-keygen -y` (OpenSSH itself) derives `public` from the private key Vault holds.
-fn assert_public_key_of(private: &str, public: &str, case: &Case) {
+pub fn assert_public_key_of(private: &str, public: &str, case: &Case) {
     use std::os::unix::fs::PermissionsExt;
     let file = case.dir.path().join("id_check");
     std::fs::write(&file, private).unwrap();
@@ -722,8 +722,8 @@ fn a_request_that_would_leave_the_base_url_is_refused() {
     let custom = shipped
         .replace("name: sendgrid_api_key", "name: inhouse_keys")
         .replace(
-            "  scopes: { required: true,",
-            "  area: { required: true, description: \"Key area.\" }\n  scopes: { required: true,",
+            "  scopes: { description:",
+            "  area: { required: true, description: \"Key area.\" }\n  scopes: { description:",
         )
         .replace(
             "path: /v3/api_keys\n    query: { limit: \"100\" }",

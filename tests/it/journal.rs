@@ -28,6 +28,7 @@ fn new_run(name: &str) -> NewRun {
         mode: "breach".to_owned(),
         selection: json!({ "compromised": ["idp"], "tags": [] }),
         actor: "alice@host".to_owned(),
+        expanded_sha256: None,
     }
 }
 
@@ -675,7 +676,7 @@ fn journal_from_a_newer_rekey_is_refused() {
             err,
             JournalError::NewerSchema {
                 found: 99,
-                supported: 1,
+                supported: 3,
                 ..
             }
         ),

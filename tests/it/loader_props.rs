@@ -2,10 +2,20 @@
 //! playbooks mutated (bytes flipped, lines dropped, duplicated or swapped).
 
 use proptest::prelude::*;
-use rekey::playbook::load_bytes;
+use rekey::catalog::Catalog;
+use rekey::doc::diagnostic::Report;
+use rekey::playbook::Loaded;
+use std::sync::LazyLock;
 
 fn env(name: &str) -> Option<String> {
     (name == "VAULT_ADDR").then(|| "http://127.0.0.1:8200".to_owned())
+}
+
+/// The shipped catalog, loaded once for every case.
+static CATALOG: LazyLock<Catalog> = LazyLock::new(|| Catalog::load(None).unwrap());
+
+fn load_bytes(file: &str, bytes: &[u8]) -> Result<Loaded, Report> {
+    rekey::playbook::load_bytes(file, bytes, &env, &CATALOG)
 }
 
 fn seeds() -> Vec<Vec<u8>> {
@@ -116,7 +126,7 @@ proptest! {
 
     #[test]
     fn loader_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = load_bytes("fuzz.yaml", &bytes, &env);
+        let _ = load_bytes("fuzz.yaml", &bytes);
     }
 
     #[test]
@@ -126,7 +136,7 @@ proptest! {
         for m in &mutations {
             bytes = apply(bytes, m);
         }
-        if let Err(report) = load_bytes("mutated.yaml", &bytes, &env) {
+        if let Err(report) = load_bytes("mutated.yaml", &bytes) {
             // Every problem renders, and says where it is when it can.
             prop_assert!(report.has_errors());
             let rendered = report.render(false);
@@ -138,11 +148,11 @@ proptest! {
 #[test]
 fn loader_survives_deep_nesting_and_alias_bombs() {
     let deep = "a: ".to_owned() + &"[".repeat(10_000) + &"]".repeat(10_000);
-    assert!(load_bytes("deep.yaml", deep.as_bytes(), &env).is_err());
+    assert!(load_bytes("deep.yaml", deep.as_bytes()).is_err());
     let deep_block: String = (0..5000)
         .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
         .collect();
-    assert!(load_bytes("deep2.yaml", deep_block.as_bytes(), &env).is_err());
+    assert!(load_bytes("deep2.yaml", deep_block.as_bytes()).is_err());
     let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
     for i in 1..15 {
         bomb.push_str(&format!(
@@ -150,5 +160,5 @@ fn loader_survives_deep_nesting_and_alias_bombs() {
             vec![format!("*a{}", i - 1); 10].join(", ")
         ));
     }
-    assert!(load_bytes("bomb.yaml", bomb.as_bytes(), &env).is_err());
+    assert!(load_bytes("bomb.yaml", bomb.as_bytes()).is_err());
 }

@@ -273,7 +273,8 @@ impl Case {
         let text = format!(
             "version: 1\nname: protocol\nincident: {{ mode: {mode} }}\nvault: {{ address: \"http://127.0.0.1:1\" }}\nproviders:\n  p: {{ type: {type_name}, settings: {{ state_file: memory }} }}\ncredentials:\n  - id: cred\n    {credential}\n    vault_path: {PATH}\n{extra}"
         );
-        let playbook = rekey::playbook::load_str("protocol.yaml", &text, &|_| None)
+        let catalog = rekey::catalog::Catalog::load(None).unwrap();
+        let playbook = rekey::playbook::load_str("protocol.yaml", &text, &|_| None, &catalog)
             .unwrap_or_else(|r| panic!("test playbook: {r:?}"))
             .playbook;
         match kind {
@@ -383,6 +384,7 @@ impl Case {
             mode: if self.breach { "breach" } else { "routine" }.into(),
             selection: serde_json::Value::Null,
             actor: "test".into(),
+            expanded_sha256: None,
         }
     }
 
@@ -482,7 +484,7 @@ impl Case {
                     wrong.push(format!("staging not cleared: {:?}", self.store.paths()));
                 }
             }
-            Outcome::Quarantined { action, reason } => {
+            Outcome::Quarantined { action, reason, .. } => {
                 // A human must act: either Vault's value works, or the action names
                 // where the working value is.
                 if !self.works(&value) && !action.contains("staging") {
@@ -688,12 +690,13 @@ async fn a_rotation_without_faults_rotates_every_kind() {
 async fn breach_mode_retires_every_key_that_existed_before_the_run() {
     let mut failures = Vec::new();
     // (label, Vault's value and key_id, the account's keys, extra YAML)
-    let cases: [(
-        &str,
-        Option<(&str, Option<&str>)>,
-        &[(&str, &str, bool)],
-        &str,
-    ); 6] = [
+    type AdoptionCase<'a> = (
+        &'a str,
+        Option<(&'a str, Option<&'a str>)>,
+        &'a [(&'a str, &'a str, bool)],
+        &'a str,
+    );
+    let cases: [AdoptionCase; 6] = [
         (
             "named",
             Some((OLD, Some("k0"))),
@@ -796,7 +799,7 @@ async fn routine_mode_quarantines_an_old_key_it_cannot_identify() {
         }
         let (summary, _) = case.run().await;
         match outcome(&summary) {
-            Outcome::Quarantined { reason, action }
+            Outcome::Quarantined { reason, action, .. }
                 if reason.contains("k0") && action.contains("k0") =>
             {
                 if !case.works(&case.vault_value().await.0.unwrap_or_default()) {

@@ -678,3 +678,45 @@ fn aws_iam_throttling_answers_are_rate_limits() {
     }
     server.join().unwrap();
 }
+
+/// `aws_iam` rotates at `RUST_LOG=trace` (the HTTP crates' logs too): no secret
+/// access key, old, new or the admin's, reaches stdout, stderr, the journal or
+/// the audit trail, in any encoding (SigV4 signatures are HMACs of it, not it).
+#[test]
+fn aws_iam_at_rust_log_trace_leaks_no_secret_access_key() {
+    let moto = moto();
+    let (user, old_id, old_secret) = moto.user_with_key("trace");
+    let mut case = case_with_admin(moto.admin_json());
+    case.vars.push(("RUST_LOG".to_owned(), "trace".to_owned()));
+    case.seed("deploy", &old_secret, Some(&old_id));
+    let pb = playbook(
+        &case,
+        moto,
+        "breach",
+        "",
+        &format!(
+            "  - {{ id: deploy, provider: aws, account: {user}, vault_path: PREFIX/deploy }}\n"
+        ),
+    );
+    let ran = case.run(&pb);
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(ran.stderr.contains("DEBUG"), "verbose logging was on");
+    let new_secret = case.vault("deploy")["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let canaries = vec![
+        new_secret,
+        old_secret,
+        moto.admin.secret_access_key.expose().to_owned(),
+    ];
+    let places = crate::canary::places_in(
+        case.dir.path(),
+        &[
+            ("stdout".into(), ran.stdout.clone()),
+            ("stderr".into(), ran.stderr.clone()),
+        ],
+    );
+    let leaks = crate::canary::leaks(&canaries, &places);
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+}

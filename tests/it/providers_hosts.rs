@@ -6,7 +6,7 @@
 //! entries and Vault prefix; SSH tests each lease one of the test accounts
 //! `scripts/services` made (a lock file each), so tests run in parallel.
 
-use crate::support::{Output, rekey};
+use crate::support::{KillOnDrop, Output, rekey};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,10 +52,16 @@ impl Case {
     }
 
     fn rekey(&self, args: &[&str]) -> Output {
-        rekey()
-            .env("VAULT_TOKEN", &self.env["VAULT_TOKEN"])
-            .args(args)
-            .run()
+        self.rekey_env(args, &[])
+    }
+
+    /// `rekey` with extra environment variables (e.g. `RUST_LOG`).
+    fn rekey_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        let mut cmd = rekey().env("VAULT_TOKEN", &self.env["VAULT_TOKEN"]);
+        for (k, v) in extra {
+            cmd = cmd.env(k, v);
+        }
+        cmd.args(args).run()
     }
 
     fn run(&self, playbook: &Path) -> (Output, Value) {
@@ -295,6 +301,79 @@ mod ldap_oracle {
             assert!(rc == 0 || rc == 49, "bind answered {rc}");
             rc == 0
         })
+    }
+
+    /// The `userPassword` values of `dn` (hashes, as slapd stores them), read as
+    /// the admin.
+    pub fn stored_passwords(env: &super::HashMap<String, String>, dn: &str) -> Vec<String> {
+        block_on(async {
+            let mut ldap = admin(env).await;
+            let (entries, _) = ldap
+                .search(
+                    dn,
+                    ldap3::Scope::Base,
+                    "(objectClass=*)",
+                    vec!["userPassword"],
+                )
+                .await
+                .unwrap()
+                .success()
+                .unwrap();
+            let _ = ldap.unbind().await;
+            entries
+                .into_iter()
+                .flat_map(|e| {
+                    let e = ldap3::SearchEntry::construct(e);
+                    let text = e.attrs.get("userPassword").cloned().unwrap_or_default();
+                    let binary = e.bin_attrs.get("userPassword").cloned().unwrap_or_default();
+                    text.into_iter()
+                        .chain(
+                            binary
+                                .into_iter()
+                                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                        )
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+    }
+
+    /// A connection bound as `dn` with `password`, kept open (on its own runtime)
+    /// while the test goes on: a session someone opened before the rotation.
+    pub struct Bound {
+        runtime: tokio::runtime::Runtime,
+        ldap: ldap3::Ldap,
+    }
+
+    impl Bound {
+        pub fn open(env: &super::HashMap<String, String>, dn: &str, password: &str) -> Bound {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let ldap = runtime.block_on(async {
+                let (conn, mut ldap) = LdapConnAsync::new(&env["REKEY_LDAP_URL"]).await.unwrap();
+                ldap3::drive!(conn);
+                ldap.simple_bind(dn, password)
+                    .await
+                    .unwrap()
+                    .success()
+                    .unwrap();
+                ldap
+            });
+            Bound { runtime, ldap }
+        }
+
+        /// Who the server says this connection is bound as (WhoAmI, RFC 4532).
+        pub fn whoami(&mut self) -> String {
+            let ldap = &mut self.ldap;
+            self.runtime.block_on(async {
+                let (exop, _) = ldap
+                    .extended(ldap3::exop::WhoAmI)
+                    .await
+                    .unwrap()
+                    .success()
+                    .unwrap();
+                exop.parse::<ldap3::exop::WhoAmIResp>().authzid
+            })
+        }
     }
 
     /// Moves an entry from ou=disabled to ou=people (as the admin), where it can
@@ -1043,5 +1122,262 @@ fn ssh_run_killed_midway_is_finished_by_resume_without_orphan_keys() {
         );
         let left = case.staging_left();
         assert!(left.is_empty(), "{round}: staging left: {left:?}");
+    }
+}
+
+/// `ldap` and `ssh` rotate at `RUST_LOG=trace` (ldap3, rustls and russh logs
+/// too): no password, stored password hash or private key (old, new or the
+/// admin's) reaches stdout, stderr, the journal or the audit trail, in any
+/// encoding.
+#[test]
+fn ldap_and_ssh_at_rust_log_trace_leak_no_password_hash_or_private_key() {
+    let case = Case::new("trace");
+    let traced_run = |name: &str, pb: &Path, printed: &mut Vec<(String, String)>| {
+        let out = case.rekey_env(
+            &[
+                "-vv",
+                "run",
+                pb.to_str().unwrap(),
+                "--journal",
+                case.journal().to_str().unwrap(),
+            ],
+            &[("RUST_LOG", "trace")],
+        );
+        assert_eq!(out.code, 0, "{name}: {}\n{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("DEBUG"), "verbose logging was on");
+        printed.push((format!("stdout of {name}"), out.stdout));
+        printed.push((format!("stderr of {name}"), out.stderr));
+    };
+    // Private keys: each line of their base64 body but the first (the format's
+    // header, the same in every key).
+    let key_lines = |pem: &str| -> Vec<String> {
+        pem.lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+            .skip(1)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut printed = Vec::new();
+
+    let user = ldap_user(&case, "people");
+    let base = case.env["REKEY_LDAP_BASE_DN"].clone();
+    let ldap_pb = case.playbook(
+        "ldap.yaml",
+        &ldap_playbook(
+            &case,
+            "breach",
+            &base,
+            &format!(
+                "  - {{ id: user, provider: dir, account: {}, vault_path: PREFIX/user }}\n",
+                user.uid
+            ),
+            "",
+        ),
+    );
+    let mut canaries = vec![
+        user.old.clone(),
+        case.env["REKEY_LDAP_ADMIN_PASSWORD"].clone(),
+    ];
+    canaries.extend(ldap_oracle::stored_passwords(&case.env, &user.dn));
+    traced_run("ldap", &ldap_pb, &mut printed);
+    canaries.extend(ldap_oracle::stored_passwords(&case.env, &user.dn));
+    canaries.push(case.vault_get("user")["value"].as_str().unwrap().to_owned());
+
+    // The ssh setup replaces the admin entry in Vault with the ssh admin's.
+    let setup = ssh_setup(&case);
+    let ssh_pb = case.playbook(
+        "ssh.yaml",
+        &ssh_playbook(&case, &setup.account.name, "", ""),
+    );
+    canaries.extend(key_lines(&std::fs::read_to_string(&setup.old_key).unwrap()));
+    canaries.extend(key_lines(
+        &std::fs::read_to_string(&case.env["REKEY_SSH_ADMIN_KEY_FILE"]).unwrap(),
+    ));
+    traced_run("ssh", &ssh_pb, &mut printed);
+    canaries.extend(key_lines(case.vault_get("key")["value"].as_str().unwrap()));
+
+    let places = crate::canary::places_in(case.dir.path(), &printed);
+    let leaks = crate::canary::leaks(&canaries, &places);
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+}
+
+// ------------------------------------------------------------ Sessions (breach mode)
+
+/// The audit trail's outcome records of `step` (beside the journal).
+fn trail_outcomes(case: &Case, step: &str) -> Vec<Value> {
+    crate::support::trail_outcomes(case.dir.path(), step)
+}
+
+/// LDAP cannot end another client's bind: a connection bound with the old
+/// password stays bound after a breach run, and the run says so, naming the
+/// credential and what to do by hand; the journal and the trail record it.
+#[test]
+fn ldap_breach_run_warns_that_connections_bound_with_the_old_password_stay_bound() {
+    let case = Case::new("ldap-ses");
+    let user = ldap_user(&case, "people");
+    let mut attacker = ldap_oracle::Bound::open(&case.env, &user.dn, &user.old);
+    let base = case.env["REKEY_LDAP_BASE_DN"].clone();
+    let pb = case.playbook(
+        "ldap.yaml",
+        &ldap_playbook(
+            &case,
+            "breach",
+            &base,
+            &format!(
+                "  - {{ id: user, provider: dir, account: {}, vault_path: PREFIX/user }}\n",
+                user.uid
+            ),
+            "",
+        ),
+    );
+    let (out, summary) = case.run(&pb);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(outcome(&summary, "user"), "rotated", "{summary}");
+    assert!(!ldap_oracle::binds(&case.env, &user.dn, &user.old));
+    assert_eq!(
+        attacker.whoami(),
+        format!("dn:{}", user.dn),
+        "the connection bound before the run is still bound"
+    );
+    let warning = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("credential=user"))
+        .unwrap_or_else(|| panic!("no warning naming the credential: {}", out.stderr));
+    assert!(
+        warning.contains("no operation to end another client's bind")
+            && warning.contains("restart the directory server")
+            && warning.contains(&user.dn),
+        "{warning}"
+    );
+    let recorded = trail_outcomes(&case, "end_sessions");
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert!(
+        recorded[0]["detail"]["unsupported"].is_string(),
+        "{}",
+        recorded[0]
+    );
+}
+
+/// The account's logins on this test's sshd: its sshd processes (the
+/// unprivileged half of each login) under the listener `scripts/services`
+/// started. Other sshd servers on the machine may serve the same accounts.
+fn sshd_sessions(account: &str) -> usize {
+    let listener: u32 = std::fs::read_to_string(
+        crate::support::repo_root().join("target/services/sshd/data/sshd-own.pid"),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let out = std::process::Command::new("ps")
+        .args(["-eo", "pid=,ppid=,user:32=,comm="])
+        .output()
+        .unwrap();
+    let table: Vec<(u32, u32, String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.parse().ok()?,
+                f.get(1)?.parse().ok()?,
+                f.get(2)?.to_string(),
+                f.get(3)?.to_string(),
+            ))
+        })
+        .collect();
+    let parent = |pid: u32| table.iter().find(|p| p.0 == pid).map(|p| p.1);
+    let under_listener = |mut pid: u32| {
+        while pid > 1 {
+            if pid == listener {
+                return true;
+            }
+            pid = parent(pid).unwrap_or(0);
+        }
+        false
+    };
+    table
+        .iter()
+        .filter(|(pid, _, user, comm)| {
+            user == account && (comm == "sshd" || comm == "sshd-session") && under_listener(*pid)
+        })
+        .count()
+}
+
+/// An SSH login as `account` with `key` held open (`ssh -N`: no shell, which the
+/// test accounts do not have).
+fn ssh_session(env: &HashMap<String, String>, account: &str, key: &Path) -> KillOnDrop {
+    let before = sshd_sessions(account);
+    let child = std::process::Command::new("ssh")
+        .args([
+            "-F",
+            "none",
+            "-N",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            env["REKEY_SSH_KNOWN_HOSTS"]
+        ))
+        .args([
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-i",
+        ])
+        .arg(key)
+        .args(["-p", &env["REKEY_SSH_PORT"]])
+        .arg(format!("{account}@{}", env["REKEY_SSH_HOST"]))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut held = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sshd_sessions(account) <= before {
+        assert!(!held.exited(), "ssh gave up");
+        assert!(Instant::now() < deadline, "the ssh session never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    held
+}
+
+/// A login made with the old key before a breach run is ended on the host when
+/// rekey logs in as root (as here under `scripts/test` as root); with another
+/// admin it cannot be, and the run says so.
+#[test]
+fn ssh_breach_run_ends_the_account_s_sessions_when_rekey_is_root() {
+    let case = Case::new("ssh-ses");
+    let setup = ssh_setup(&case);
+    let account = setup.account.name.clone();
+    let mut attacker = ssh_session(&case.env, &account, &setup.old_key);
+    let pb = case.playbook("ssh.yaml", &ssh_playbook(&case, &account, "", ""));
+    let (out, summary) = case.run(&pb);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(outcome(&summary, "key"), "rotated", "{summary}");
+    assert!(!ssh_login_works(&case.env, &account, &setup.old_key));
+    let recorded = trail_outcomes(&case, "end_sessions");
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    if case.env["REKEY_SSH_ADMIN_USER"] == "root" {
+        assert_eq!(sshd_sessions(&account), 0, "the login is gone");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !attacker.exited() {
+            assert!(Instant::now() < deadline, "ssh did not notice");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(recorded[0]["detail"]["ended"], 1, "{}", recorded[0]);
+    } else {
+        assert!(recorded[0]["detail"]["unsupported"].is_string());
+        assert!(
+            out.stderr.contains("credential=key") && out.stderr.contains("pkill -KILL -u"),
+            "{}",
+            out.stderr
+        );
     }
 }

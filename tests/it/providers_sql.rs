@@ -4,11 +4,12 @@
 //! `plan --live`, and a run killed mid-rotation and finished by `rekey resume`.
 //! Each test makes its own roles/users (random suffix) so tests run in parallel.
 
-use crate::support::rekey;
+use crate::support::{KillOnDrop, rekey};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use crate::support::services;
 
@@ -101,9 +102,17 @@ impl World {
     }
 
     fn command(&self, args: &[&str]) -> crate::support::Output {
+        self.command_env(args, &[])
+    }
+
+    /// `command` with extra environment variables (e.g. `RUST_LOG`).
+    fn command_env(&self, args: &[&str], extra: &[(&str, &str)]) -> crate::support::Output {
         let e = &self.env;
-        rekey()
-            .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+        let mut cmd = rekey();
+        for (k, v) in extra {
+            cmd = cmd.env(k, v);
+        }
+        cmd.env("VAULT_TOKEN", &e["VAULT_TOKEN"])
             .env(
                 "REKEY_IT_PG_ADMIN",
                 &json!({ "username": e["REKEY_PG_ADMIN_USER"], "password": e["REKEY_PG_ADMIN_PASSWORD"] }).to_string(),
@@ -254,15 +263,6 @@ fn outcome(summary: &Value, id: &str) -> String {
         .find(|r| r["id"] == id)
         .map(|r| r["outcome"].as_str().unwrap().to_owned())
         .unwrap_or_default()
-}
-
-/// Kills a child process even when the test fails first.
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ---------------------------------------------------------------- PostgreSQL
@@ -1449,4 +1449,583 @@ fn redis_run_killed_mid_rotation_is_finished_by_resume() {
             "c{i}: orphan or leftover passwords"
         );
     }
+}
+
+// ---------------------------------------------------------------- canaries at trace level
+
+/// The SCRAM verifier PostgreSQL stores for `role`.
+fn pg_verifier(w: &World, role: &str) -> String {
+    block(async {
+        let admin = pg_admin_session(w).await;
+        admin
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+}
+
+/// Every SQL provider rotates at `RUST_LOG=trace` (every crate's logs, the
+/// database drivers' too): no password, SCRAM verifier, MySQL hash or Redis ACL
+/// hash reaches stdout, stderr, the journal or the audit trail, in any encoding.
+#[test]
+fn sql_providers_at_rust_log_trace_leak_no_password_verifier_or_hash() {
+    let w = World::new();
+    let (role, role_pw) = pg_role(&w, "rk_trace", "pg");
+    let ((blue, blue_pw), (green, green_pw)) = pga_pair(&w, "rk_tracealt", "pga");
+    let (my_user_name, my_pw) = my_user(&w, "rk_trace", "my");
+    let (rd_user_name, rd_pw) = rd_user(&w, "rk_trace", "rd", "on");
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &pga_instance(&w, "pga", ""),
+        &format!(
+            "  - {{ id: pg, provider: pg, account: {role}, vault_path: PREFIX/pg }}\n  - {{ id: pga, provider: pga, account: {blue}, vault_path: PREFIX/pga, settings: {{ alternate_role: {green} }} }}\n  - {{ id: my, provider: my, account: {my_user_name}, vault_path: PREFIX/my }}\n  - {{ id: rd, provider: rd, account: {rd_user_name}, vault_path: PREFIX/rd }}\n"
+        ),
+    );
+    let journal = w.journal();
+    let out = w.command_env(
+        &[
+            "-vv",
+            "run",
+            pb.to_str().unwrap(),
+            "--journal",
+            journal.to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "trace")],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("DEBUG"), "verbose logging was on");
+    let mut canaries = vec![
+        role_pw,
+        blue_pw,
+        green_pw,
+        my_pw,
+        rd_pw.clone(),
+        sha256_hex(&rd_pw),
+        w.env["REKEY_PG_ADMIN_PASSWORD"].clone(),
+        w.env["REKEY_MYSQL_ADMIN_PASSWORD"].clone(),
+    ];
+    for path in ["pg", "pga", "my", "rd"] {
+        let value = w.vault_value(path);
+        canaries.push(sha256_hex(&value));
+        canaries.push(value);
+    }
+    for r in [&role, &blue, &green] {
+        canaries.extend(crate::canary::verifier_parts(&pg_verifier(&w, r)));
+    }
+    for (_, hash) in my_hashes(&w, &my_user_name) {
+        canaries.push(hash.trim_start_matches('*').to_owned());
+    }
+    let places = crate::canary::places_in(
+        w.dir.path(),
+        &[
+            ("stdout".into(), out.stdout.clone()),
+            ("stderr".into(), out.stderr.clone()),
+        ],
+    );
+    let leaks = crate::canary::leaks(&canaries, &places);
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+}
+
+// ---------------------------------------------------------------- Sessions (breach mode)
+//
+// A session opened with the old password before the run (the attacker's) is held
+// by the server's own client; afterwards it is checked from outside with the
+// server's own view (pg_stat_activity, SHOW PROCESSLIST, CLIENT LIST), and the
+// passwords with the server's own client (psql, mariadb, redis-cli).
+
+/// Waits (up to 15 s) until `ready` holds.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Starts `client` (a server's own client running a long command) and waits
+/// until `sessions` (the server's count of the account's sessions) shows it.
+fn hold_session(mut client: Command, sessions: impl Fn() -> usize) -> KillOnDrop {
+    let before = sessions();
+    let held = KillOnDrop(
+        client
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the client's session is open", || sessions() > before);
+    held
+}
+
+/// Runs `client` (a server's own client that logs in and prints who it is):
+/// `true` when it is logged in as `who`, `false` when the server refused the
+/// password (`refused` in what it printed); anything else fails the test.
+fn client_login(mut client: Command, who: &str, refused: &str) -> bool {
+    let out = client.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // psql prints the role, mariadb `user@host`.
+        assert_eq!(stdout.trim().split('@').next(), Some(who), "{stdout}");
+        return true;
+    }
+    assert!(
+        stderr.contains(refused),
+        "the client failed otherwise: {stderr}"
+    );
+    false
+}
+
+/// After a breach run: the audit trail recorded one `end_sessions` step that
+/// ended `count` sessions, and neither password reached the output, the journal
+/// or the trail.
+fn assert_ended_and_not_leaked(w: &World, output: &str, count: u64, passwords: [String; 2]) {
+    let ended = trail_outcomes(w, "end_sessions");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["outcome"], "ok", "{}", ended[0]);
+    assert_eq!(ended[0]["detail"]["ended"], count, "{}", ended[0]);
+    let mut places = vec![("output".to_owned(), output.as_bytes().to_vec())];
+    for entry in std::fs::read_dir(w.dir.path()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") && !name.ends_with(".key") {
+            places.push((name, std::fs::read(entry.path()).unwrap()));
+        }
+    }
+    let leaks = crate::canary::leaks(&passwords, &places);
+    assert!(leaks.is_empty(), "passwords leaked:\n{}", leaks.join("\n"));
+}
+
+/// The audit trail's outcome records of `step` (beside the journal).
+fn trail_outcomes(w: &World, step: &str) -> Vec<Value> {
+    crate::support::trail_outcomes(w.dir.path(), step)
+}
+
+/// A breach-mode playbook of one credential `id` (Vault path `PREFIX/id`).
+fn breach_playbook(w: &World, extra: &str, id: &str, provider: &str, account: &str) -> PathBuf {
+    w.playbook(
+        "p.yaml",
+        "breach",
+        extra,
+        &format!("  - {{ id: {id}, provider: {provider}, account: {account}, vault_path: PREFIX/{id} }}\n"),
+    )
+}
+
+/// Runs a breach-mode playbook of one credential `id`, which must end rotated.
+fn breach_run(w: &World, playbook: &Path, id: &str) -> String {
+    let (code, summary, output) = w.run(playbook);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, id), "rotated", "{output}");
+    output
+}
+
+/// PostgreSQL's own client as `role` with `password`, running `sql`.
+fn psql(w: &World, role: &str, password: &str, sql: &str) -> Command {
+    let mut c = Command::new("psql");
+    c.arg(format!(
+        "host={} port={} user={role} dbname=postgres connect_timeout=5",
+        w.env["REKEY_PG_HOST"], w.env["REKEY_PG_PORT"]
+    ))
+    .args(["-X", "-q", "-t", "-A", "-c", sql])
+    .env("PGPASSWORD", password)
+    .stdin(Stdio::null());
+    c
+}
+
+fn psql_login(w: &World, role: &str, password: &str) -> bool {
+    client_login(
+        psql(w, role, password, "SELECT current_user"),
+        role,
+        "password authentication failed",
+    )
+}
+
+/// The role's backends, as PostgreSQL shows them.
+fn pg_backends(w: &World, role: &str) -> usize {
+    block(async {
+        let n: i64 = pg_admin_session(w)
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n as usize
+    })
+}
+
+/// A psql session logged in as `role`, held open by a long query.
+fn psql_session(w: &World, role: &str, password: &str) -> KillOnDrop {
+    hold_session(psql(w, role, password, "SELECT pg_sleep(600)"), || {
+        pg_backends(w, role)
+    })
+}
+
+/// An instance `name` of `pg` with other admin variable and settings.
+fn pg_instance(w: &World, name: &str, admin_env: &str, settings: &str) -> String {
+    format!(
+        "  {name}: {{ type: postgres, admin: {{ env: {admin_env} }}, settings: {{ host: \"{}\", port: {}, sslmode: disable{settings} }} }}\n",
+        w.env["REKEY_PG_HOST"], w.env["REKEY_PG_PORT"]
+    )
+}
+
+#[test]
+fn postgres_breach_run_ends_the_sessions_opened_with_the_old_password() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_ses", "db");
+    let mut attacker = psql_session(&w, &role, &old);
+    assert_eq!(pg_backends(&w, &role), 1);
+    let output = breach_run(&w, &breach_playbook(&w, "", "db", "pg", &role), "db");
+    assert_eq!(
+        pg_backends(&w, &role),
+        0,
+        "pg_stat_activity shows no session"
+    );
+    wait_until("psql notices its session ended", || attacker.exited());
+    let new = w.vault_value("db");
+    assert!(!psql_login(&w, &role, &old), "the old password is refused");
+    assert!(psql_login(&w, &role, &new), "Vault's password logs in");
+    assert_ended_and_not_leaked(&w, &output, 1, [old, new]);
+}
+
+#[test]
+fn postgres_end_sessions_false_leaves_the_session_open_and_the_run_says_so() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_keep", "db");
+    let mut attacker = psql_session(&w, &role, &old);
+    let extra = pg_instance(&w, "pg_keep", "REKEY_IT_PG_ADMIN", ", end_sessions: false");
+    let pb = breach_playbook(&w, &extra, "db", "pg_keep", &role);
+    let plan = w.command(&["plan", pb.to_str().unwrap()]);
+    assert!(
+        plan.stdout.contains("promote > clear_staging") && !plan.stdout.contains("end_sessions"),
+        "{}",
+        plan.stdout
+    );
+    let output = breach_run(&w, &pb, "db");
+    assert_eq!(pg_backends(&w, &role), 1, "the session is still open");
+    assert!(!attacker.exited());
+    let warning = output
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("credential=db"))
+        .unwrap_or_else(|| panic!("no warning naming the credential: {output}"));
+    assert!(
+        warning.contains("end_sessions: false")
+            && warning.contains(&format!(
+                "pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename IN ('{role}')"
+            )),
+        "{warning}"
+    );
+    let skipped = trail_outcomes(&w, "end_sessions");
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(
+        skipped[0]["detail"]["skipped"].is_string(),
+        "{}",
+        skipped[0]
+    );
+}
+
+#[test]
+fn postgres_routine_run_leaves_sessions_alone() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_rout", "db");
+    let mut session = psql_session(&w, &role, &old);
+    let pb = w.playbook(
+        "p.yaml",
+        "routine",
+        "",
+        &format!("  - {{ id: db, provider: pg, account: {role}, vault_path: PREFIX/db }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated");
+    assert_eq!(pg_backends(&w, &role), 1);
+    assert!(!session.exited());
+    assert!(trail_outcomes(&w, "end_sessions").is_empty());
+    assert!(!output.contains("WARN"), "{output}");
+}
+
+/// An admin role that may change passwords (CREATEROLE) but not end other roles'
+/// sessions (no superuser, no pg_signal_backend): `plan --live` says so, and the
+/// run promotes the new password but quarantines the credential with the
+/// statement to run, never "rotated".
+#[test]
+fn postgres_breach_run_quarantines_when_the_admin_may_not_end_sessions() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_nosig", "db");
+    let admin = w.name("rk_weak_admin");
+    let admin_pw = random_hex(12);
+    pg_admin(
+        &w,
+        &format!("CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{admin_pw}'"),
+    );
+    let _attacker = psql_session(&w, &role, &old);
+    let extra = pg_instance(&w, "pg_weak", "REKEY_IT_WEAK_ADMIN", "");
+    let pb = breach_playbook(&w, &extra, "db", "pg_weak", &role);
+    let weak = json!({ "username": admin, "password": admin_pw }).to_string();
+    let e = &w.env;
+    let command = |args: &[&str]| {
+        rekey()
+            .env("VAULT_TOKEN", &e["VAULT_TOKEN"])
+            .env("REKEY_IT_WEAK_ADMIN", &weak)
+            .env("REKEY_IT_PG_ADMIN", "{}")
+            .env("REKEY_IT_MY_ADMIN", "{}")
+            .args(args)
+            .run()
+    };
+    let plan = command(&["plan", pb.to_str().unwrap(), "--live"]);
+    assert_eq!(plan.code, 1, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout
+            .contains("promote > end_sessions > clear_staging"),
+        "{}",
+        plan.stdout
+    );
+    let line = preflight_line(&plan.stdout, "db");
+    assert!(line.starts_with("ok"), "the provider check passes: {line}");
+    let sessions = plan
+        .stdout
+        .lines()
+        .find(|l| l.contains(" db sessions"))
+        .unwrap_or_else(|| panic!("no sessions check: {}", plan.stdout));
+    assert!(
+        sessions.trim().starts_with("FAIL") && sessions.contains("pg_signal_backend"),
+        "{sessions}"
+    );
+    let journal = w.journal();
+    let out = command(&[
+        "run",
+        pb.to_str().unwrap(),
+        "--journal",
+        journal.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    pg_admin(&w, &format!("DROP ROLE {admin}"));
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    let summary: Value = serde_json::from_str(&out.stdout).unwrap();
+    let result = &summary["results"][0];
+    assert_eq!(result["outcome"], "quarantined", "{summary}");
+    let reason = result["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("could not be ended") && reason.contains("pg_signal_backend"),
+        "{reason}"
+    );
+    let action = result["action"].as_str().unwrap();
+    assert!(
+        action.contains(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename IN ('{role}')"
+        )),
+        "{action}"
+    );
+    assert_eq!(pg_backends(&w, &role), 1, "the session is still there");
+    // The password itself was changed and promoted: only the sessions are left.
+    let new = w.vault_value("db");
+    assert!(psql_login(&w, &role, &new) && !psql_login(&w, &role, &old));
+    let failed = trail_outcomes(&w, "end_sessions");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["outcome"], "failed");
+}
+
+#[test]
+fn postgres_alternating_breach_run_ends_the_retired_role_s_sessions_only() {
+    let w = World::new();
+    let ((blue, blue_pw), (green, green_pw)) = pga_pair(&w, "rk_altses", "db");
+    let mut attacker = psql_session(&w, &blue, &blue_pw);
+    let mut other = psql_session(&w, &green, &green_pw);
+    let pb = pga_playbook(&w, "p.yaml", "breach", "", (&blue, &green), "");
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "rotated", "{output}");
+    // blue was retired: its session is gone. green (the role now in use) got a
+    // new password, and its session, whatever opened it, is not rekey's to end.
+    assert_eq!(pg_backends(&w, &blue), 0);
+    wait_until("psql notices its session ended", || attacker.exited());
+    assert_eq!(pg_backends(&w, &green), 1);
+    assert!(!other.exited());
+    assert!(!psql_login(&w, &blue, &blue_pw));
+    let new = w.vault_value("db");
+    assert_ended_and_not_leaked(&w, &output, 1, [blue_pw, new]);
+}
+
+/// MariaDB's own client as `user` with `password` (TCP, as consumers connect).
+fn mariadb(w: &World, user: &str, password: &str, sql: &str) -> Command {
+    let mut c = Command::new("mariadb");
+    c.args([
+        "--protocol=TCP",
+        "-h",
+        &w.env["REKEY_MYSQL_HOST"],
+        "-P",
+        &w.env["REKEY_MYSQL_PORT"],
+        "-u",
+        user,
+        "--connect-timeout=5",
+        "-N",
+        "-B",
+        "-e",
+        sql,
+    ])
+    .env("MYSQL_PWD", password)
+    .stdin(Stdio::null());
+    c
+}
+
+fn mariadb_login(w: &World, user: &str, password: &str) -> bool {
+    client_login(
+        mariadb(w, user, password, "SELECT CURRENT_USER()"),
+        user,
+        "Access denied",
+    )
+}
+
+/// The user's connections, as SHOW PROCESSLIST shows them to the admin.
+fn my_processes(w: &World, user: &str) -> usize {
+    use mysql_async::prelude::Queryable;
+    block(async {
+        let mut c = mysql_async::Conn::new(my_opts(
+            w,
+            &w.env["REKEY_MYSQL_ADMIN_USER"],
+            &w.env["REKEY_MYSQL_ADMIN_PASSWORD"],
+        ))
+        .await
+        .unwrap();
+        let rows: Vec<mysql_async::Row> = c.query("SHOW PROCESSLIST").await.unwrap();
+        c.disconnect().await.unwrap();
+        rows.iter()
+            .filter(|r| r.get::<Option<String>, _>("User").flatten().as_deref() == Some(user))
+            .count()
+    })
+}
+
+#[test]
+fn mysql_breach_run_kills_the_connections_opened_with_the_old_password() {
+    let w = World::new();
+    let (user, old) = my_user(&w, "rk_ses", "db");
+    let hold = || {
+        hold_session(mariadb(&w, &user, &old, "SELECT SLEEP(600)"), || {
+            my_processes(&w, &user)
+        })
+    };
+    let (mut first, mut second) = (hold(), hold());
+    assert_eq!(my_processes(&w, &user), 2);
+    let output = breach_run(&w, &breach_playbook(&w, "", "db", "my", &user), "db");
+    assert_eq!(my_processes(&w, &user), 0, "SHOW PROCESSLIST shows none");
+    wait_until("the mariadb clients notice", || {
+        first.exited() && second.exited()
+    });
+    let new = w.vault_value("db");
+    assert!(
+        !mariadb_login(&w, &user, &old),
+        "the old password is refused"
+    );
+    assert!(mariadb_login(&w, &user, &new), "Vault's password logs in");
+    assert_ended_and_not_leaked(&w, &output, 2, [old, new]);
+}
+
+/// redis-cli (Redis's own client) as `user`, password from the environment.
+fn redis_cli(w: &World, user: &str, password: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("redis-cli");
+    c.args([
+        "-h",
+        &w.env["REKEY_REDIS_HOST"],
+        "-p",
+        &w.env["REKEY_REDIS_PORT"],
+        "--user",
+        user,
+    ])
+    .args(args)
+    .env("REDISCLI_AUTH", password)
+    .stdin(Stdio::null());
+    c
+}
+
+/// Whether redis-cli is logged in as `user` with `password`. redis-cli falls
+/// back to `default` when AUTH fails and still exits 0: ACL WHOAMI tells, not
+/// its exit code.
+fn redis_cli_login(w: &World, user: &str, password: &str) -> bool {
+    let out = redis_cli(w, user, password, &["ACL", "WHOAMI"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == user
+}
+
+/// The user's connections, as CLIENT LIST shows them.
+fn rd_clients(w: &World, user: &str) -> usize {
+    let redis::Value::BulkString(list) = rd(w, &["CLIENT", "LIST"]) else {
+        panic!("CLIENT LIST")
+    };
+    String::from_utf8_lossy(&list)
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == format!("user={user}")))
+        .count()
+}
+
+/// A redis-cli connection as `user`, held open by a blocking pop.
+fn redis_cli_session(w: &World, user: &str, password: &str) -> KillOnDrop {
+    let key = format!("rekey-it:{user}");
+    hold_session(
+        redis_cli(w, user, password, &["BLPOP", &key, "600"]),
+        || rd_clients(w, user),
+    )
+}
+
+#[test]
+fn redis_breach_run_kills_the_connections_opened_with_the_old_password() {
+    let w = World::new();
+    let (user, old) = rd_user(&w, "rk_ses", "cache", "on");
+    let mut attacker = redis_cli_session(&w, &user, &old);
+    assert_eq!(rd_clients(&w, &user), 1);
+    let output = breach_run(&w, &breach_playbook(&w, "", "cache", "rd", &user), "cache");
+    assert_eq!(rd_clients(&w, &user), 0, "CLIENT LIST shows none");
+    wait_until("redis-cli notices", || attacker.exited());
+    let new = w.vault_value("cache");
+    assert!(
+        !redis_cli_login(&w, &user, &old),
+        "the old password is refused"
+    );
+    assert!(redis_cli_login(&w, &user, &new), "Vault's password logs in");
+    assert_ended_and_not_leaked(&w, &output, 1, [old, new]);
+}
+
+/// The first day rekey is used is usually a breach day: the user holds the
+/// password the attacker knows and a stray one, Vault holds the first by hand
+/// with no `key_id`. After the run only the new password works, and the
+/// attacker's connection is gone.
+#[test]
+fn redis_first_adoption_during_a_breach_leaves_only_the_new_password() {
+    let w = World::new();
+    let user = w.name("rk_adopt");
+    let (known, stray) = (random_hex(16), random_hex(16));
+    rd(
+        &w,
+        &[
+            "ACL",
+            "SETUSER",
+            &user,
+            "on",
+            &format!(">{known}"),
+            &format!(">{stray}"),
+            "~*",
+            "+@all",
+        ],
+    );
+    w.vault_put("cache", json!({ "value": known }));
+    let mut attacker = redis_cli_session(&w, &user, &stray);
+    let output = breach_run(&w, &breach_playbook(&w, "", "cache", "rd", &user), "cache");
+    let new = w.vault_value("cache");
+    assert_eq!(rd_passwords(&w, &user), vec![sha256_hex(&new)], "{output}");
+    for old in [&known, &stray] {
+        assert!(
+            !redis_cli_login(&w, &user, old),
+            "an old password still works"
+        );
+    }
+    assert!(redis_cli_login(&w, &user, &new));
+    assert_eq!(rd_clients(&w, &user), 0);
+    wait_until("redis-cli notices", || attacker.exited());
 }

@@ -478,3 +478,60 @@ fn vault_userpass_run_killed_mid_rotation_is_finished_by_resume() {
         assert_eq!(user.login("old-password-4"), 400, "killed at {states:?}");
     }
 }
+
+/// `vault_approle` and `vault_userpass` rotate at `RUST_LOG=trace` (the HTTP and
+/// Vault client crates' logs too): no secret-id, password or token reaches
+/// stdout, stderr, the journal or the audit trail, in any encoding.
+#[test]
+fn vault_providers_at_rust_log_trace_leak_no_secret_id_password_or_token() {
+    let mut case = Case::new();
+    let token = format!("CANARYbaotoken{}", hex::encode(rand::random::<[u8; 6]>()));
+    let (s, b) = bao(
+        &case.env,
+        "POST",
+        "auth/token/create",
+        Some(&json!({ "id": token, "policies": ["root"], "ttl": "10m" })),
+    );
+    ok(s, &b, "canary token");
+    for (k, v) in [
+        (ADMIN_VAR, token.as_str()),
+        ("VAULT_TOKEN", token.as_str()),
+        ("RUST_LOG", "trace"),
+    ] {
+        case.vars.push((k.to_owned(), v.to_owned()));
+    }
+    let role = Role::create(&case.env, json!({}));
+    let (old_accessor, old_secret) = role.secret_id();
+    case.seed("ci", &old_secret, Some(&old_accessor));
+    let old_password = format!("CANARYuserpass{}", hex::encode(rand::random::<[u8; 6]>()));
+    let user = User::create(&case.env, &old_password, json!({}));
+    case.seed("svc", &old_password, None);
+    let pb = case.playbook(
+        "both.yaml",
+        &format!(
+            "version: 1\nname: vault-trace\nincident: {{ mode: breach }}\nvault: {{ address: \"VAULT\", staging_prefix: PREFIX/staging }}\nproviders:\n  ar: {{ type: vault_approle, admin: {{ env: {ADMIN_VAR} }}, settings: {{ address: \"VAULT\", mount: {} }} }}\n  up: {{ type: vault_userpass, admin: {{ env: {ADMIN_VAR} }}, settings: {{ address: \"VAULT\", mount: {} }} }}\ncredentials:\n  - {{ id: ci, provider: ar, vault_path: PREFIX/ci, settings: {{ role_name: {} }} }}\n  - {{ id: svc, provider: up, account: {}, vault_path: PREFIX/svc }}\n",
+            role.mount, user.mount, role.name, user.name
+        ),
+    );
+    let ran = case.run(&pb);
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(ran.stderr.contains("DEBUG"), "verbose logging was on");
+    let mut canaries = vec![token, old_secret, old_password];
+    for path in ["ci", "svc"] {
+        canaries.push(
+            case.vault(path)["data"]["value"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let places = crate::canary::places_in(
+        case.dir.path(),
+        &[
+            ("stdout".into(), ran.stdout.clone()),
+            ("stderr".into(), ran.stderr.clone()),
+        ],
+    );
+    let leaks = crate::canary::leaks(&canaries, &places);
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+}

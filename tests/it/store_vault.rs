@@ -665,7 +665,7 @@ async fn store_vault_refuses_bad_paths_bad_fields_and_bad_configuration_without_
         (config("vault.example.com:8200", "secret", "t"), "scheme"),
         (
             config("http://exa mple.com", "secret", "t"),
-            "not a valid URL",
+            "not an absolute URL",
         ),
         (config(&addr, "secret", "root\n"), "token"),
         (config(&addr, "", "root"), "mount"),

@@ -106,3 +106,32 @@ pub fn services() -> std::collections::HashMap<String, String> {
         .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
         .collect()
 }
+
+/// A child process (a server's client, a `rekey run`) killed and reaped when
+/// dropped, even when the test fails first.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Whether the process has ended.
+    pub fn exited(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_some()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The outcome records of `step` in the audit trail rekey keeps beside the
+/// journal in `dir` (`audit.jsonl`).
+pub fn trail_outcomes(dir: &Path, step: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["event"] == "outcome" && l["action"] == step)
+        .collect()
+}

@@ -204,7 +204,8 @@ fn unset_environment_variables_are_named() {
         "{stderr}"
     );
     assert!(stderr.contains("export REKEY_TEST_VAULT=..."), "{stderr}");
-    let (code, stderr) = plan_with_env(&text, &[("REKEY_TEST_VAULT", "http://vault.example:8200")]);
+    let (code, stderr) =
+        plan_with_env(&text, &[("REKEY_TEST_VAULT", "https://vault.example:8200")]);
     assert_eq!(code, 0, "{stderr}");
     let (code, _) = plan(&BASE.replace(
         "'http://127.0.0.1:8200'",
@@ -370,4 +371,130 @@ fn unknown_keys_do_not_hide_the_problems_behind_them() {
             "3 errors",
         ],
     );
+}
+
+/// An exec plugin's `env` cannot forward a secret: not the Vault token, not a
+/// variable the playbook reads an admin credential or a token from, not rekey's
+/// own secret variables, not a secret-looking name; each refused at its position
+/// with the fix, like `${VAR}` refuses them.
+#[test]
+fn an_exec_plugins_env_refuses_variables_that_hold_secrets() {
+    let text = "version: 1
+name: t
+vault: { address: 'http://127.0.0.1:8200', auth: { method: token, token_env: OPS_VAULT } }
+providers:
+  plug:
+    type: exec
+    admin: { env: KS_ADMIN }
+    settings:
+      command: /bin/true
+      env: [PATH, VAULT_TOKEN, KS_ADMIN, OPS_VAULT, REKEY_AUDIT_AUTHORIZATION, STRIPE_API_KEY, LANG]
+  other:
+    type: exec
+    admin: { env: OTHER_ADMIN }
+    settings: { command: /bin/true, env: [OTHER_ADMIN] }
+credentials:
+  - { id: a, provider: plug, account: x, vault_path: apps/a }
+  - { id: b, provider: other, account: y, vault_path: apps/b }
+";
+    let stderr = assert_invalid(
+        text,
+        &[
+            "PLAYBOOK:10:19: exec instance `plug` may not pass `VAULT_TOKEN` to its plugin",
+            "PLAYBOOK:10:32: exec instance `plug` may not pass `KS_ADMIN` to its plugin",
+            "PLAYBOOK:10:42: exec instance `plug` may not pass `OPS_VAULT` to its plugin",
+            "PLAYBOOK:10:53: exec instance `plug` may not pass `REKEY_AUDIT_AUTHORIZATION`",
+            "PLAYBOOK:10:80: exec instance `plug` may not pass `STRIPE_API_KEY`",
+            "PLAYBOOK:14:43: exec instance `other` may not pass `OTHER_ADMIN`",
+            "the plugin gets its admin credential in the hello",
+        ],
+    );
+    assert!(
+        !stderr.contains("`PATH`") && !stderr.contains("`LANG`"),
+        "{stderr}"
+    );
+}
+
+/// `${REKEY_AUDIT_AUTHORIZATION}` (the audit collector's credential) is refused
+/// like every other secret variable, though its name has no secret word.
+#[test]
+fn interpolating_rekeys_own_secret_variables_is_refused() {
+    let text = BASE.replace("name: t", "name: t-${REKEY_AUDIT_AUTHORIZATION}");
+    let (code, stderr) = plan_with_env(&text, &[("REKEY_AUDIT_AUTHORIZATION", "Splunk abc")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("refusing to interpolate `REKEY_AUDIT_AUTHORIZATION`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Splunk abc"), "{stderr}");
+}
+
+/// An id longer than the limit gets a diagnostic of its own that says the limit,
+/// and no diagnostic quotes a long value whole (a pasted blob must not come back
+/// in full on a terminal or in CI logs).
+#[test]
+fn an_over_long_id_gets_its_own_diagnostic_with_the_limit_and_long_values_are_not_echoed() {
+    for len in [300, 5000] {
+        let long = "a".repeat(len);
+        let text = BASE
+            .replace("  - id: b\n", &format!("  - id: {long}\n"))
+            .replace(
+                "'http://127.0.0.1:8200'",
+                &format!("'https://{long}.example'"),
+            );
+        let stderr = assert_invalid(
+            &text,
+            &[&format!(
+                "PLAYBOOK:14:9: credential id is {len} characters long; the limit is 128"
+            )],
+        );
+        let messages: Vec<&str> = stderr.lines().filter(|l| l.contains('×')).collect();
+        assert!(
+            messages.iter().all(|m| !m.contains(&long)),
+            "{len}: a message quotes the whole value: {messages:?}"
+        );
+        if len > 400 {
+            assert!(!stderr.contains(&long), "{len}: echoed in full");
+        }
+        let (_, stdout, _) = crate::support::plan_text(&text, &["--format", "json"], &[]);
+        assert!(!stdout.contains(&long), "{len}: echoed in full in JSON");
+    }
+}
+
+#[test]
+fn end_sessions_is_a_boolean_of_types_that_end_sessions() {
+    let text = BASE.replace(
+        "settings: { host: db }",
+        "settings: { host: db, end_sessions: sometimes }",
+    );
+    assert_invalid(
+        &text,
+        &[
+            "`end_sessions` must be true or false",
+            "leaves the sessions opened with an old credential open",
+        ],
+    );
+    // A `${VAR}` gives text: "true" and "false" are read as booleans, and a
+    // breach-mode plan shows the step only when it is on.
+    let text = BASE
+        .replace("name: t\n", "name: t\nincident: { mode: breach }\n")
+        .replace(
+            "settings: { host: db }",
+            "settings: { host: db, end_sessions: \"${END}\" }",
+        );
+    for (end, shown) in [("true", true), ("false", false)] {
+        let (code, stdout, stderr) = crate::support::plan_text(&text, &[], &[("END", end)]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(
+            stdout.contains("promote > end_sessions > clear_staging"),
+            shown,
+            "{stdout}"
+        );
+    }
+    // A type whose sessions rekey cannot end has no such setting.
+    let text = BASE.replace("type: postgres", "type: ldap").replace(
+        "settings: { host: db }",
+        "settings: { url: 'ldaps://db', base_dn: 'dc=x', end_sessions: false }",
+    );
+    assert_invalid(&text, &["`ldap` has no setting `end_sessions`"]);
 }

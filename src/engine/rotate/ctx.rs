@@ -95,7 +95,33 @@ impl From<StoreError> for Failure {
     }
 }
 
+impl Failure {
+    /// Whether the store (or provider) could not be reached: worth trying again
+    /// later rather than a reason to give up on the credential.
+    pub(super) fn transient(&self) -> bool {
+        self.kind == FailureKind::Transient
+    }
+}
+
 impl<'a> Ctx<'a> {
+    /// The outcome of a rotation that stopped at a Vault step before anything
+    /// visible changed: not started when Vault did not answer (`resume` starts
+    /// it), rolled back otherwise.
+    pub(super) fn nothing_changed(&self, what: &str, f: &Failure) -> crate::engine::Outcome {
+        if f.transient() {
+            crate::engine::Outcome::NotStarted {
+                reason: format!(
+                    "Vault did not answer ({what}: {}); nothing changed, and `rekey resume` starts it once Vault answers",
+                    f.message
+                ),
+            }
+        } else {
+            crate::engine::Outcome::RolledBack {
+                reason: format!("{what}: {}", f.message),
+            }
+        }
+    }
+
     /// A context for credential `index` of run `run`. `leased`: the caller took the
     /// journal lease on the credential (rotate), and steps renew it as they go.
     pub(super) fn new(
@@ -187,16 +213,42 @@ impl<'a> Ctx<'a> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Failure> + RetryHint,
     {
-        self.limited_step(step, detail, None, true, call).await
+        self.limited_step(step, detail, None, true, |_| Value::Null, call)
+            .await
     }
 
-    /// [`Ctx::step`], with transient retries drawn from `limit`'s retry budget.
+    /// [`Ctx::step`] for a call to Vault: when it still fails as unreachable after
+    /// its retries, the engine stops starting new credentials until Vault answers
+    /// again (see `Engine::vault_unreachable`).
+    pub(super) async fn vstep<T, F, Fut>(
+        &self,
+        step: Step,
+        detail: Value,
+        call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let result = self.step(step, detail, call).await?;
+        if let Err(f) = &result
+            && f.transient()
+        {
+            self.engine.vault_unreachable(&f.message);
+        }
+        Ok(result)
+    }
+
+    /// [`Ctx::step`], with transient retries drawn from `limit`'s retry budget (none
+    /// unless `retry_transient`), and `describe`'s account of a result (an object)
+    /// added to the outcome record.
     async fn limited_step<T, F, Fut, E>(
         &self,
         step: Step,
         detail: Value,
         limit: Option<&InstanceLimit>,
         retry_transient: bool,
+        describe: impl Fn(&T) -> Value,
         mut call: F,
     ) -> Result<Result<T, Failure>, EngineError>
     where
@@ -263,13 +315,14 @@ impl<'a> Ctx<'a> {
                 message: f.message.clone(),
             },
         };
-        self.engine.journal(|j| {
-            j.outcome(
-                intent,
-                recorded,
-                &json!({ "attempts": attempt, "rate_limited": rate_limited }),
-            )
-        })?;
+        let mut outcome = json!({ "attempts": attempt, "rate_limited": rate_limited });
+        if let (Ok(v), Some(o)) = (&result, outcome.as_object_mut())
+            && let Value::Object(found) = describe(v)
+        {
+            o.extend(found);
+        }
+        self.engine
+            .journal(|j| j.outcome(intent, recorded, &outcome))?;
         Ok(result)
     }
 
@@ -285,7 +338,24 @@ impl<'a> Ctx<'a> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
-        self.provider_step(step, detail, true, call).await
+        self.provider_step(step, detail, true, |_| Value::Null, call)
+            .await
+    }
+
+    /// [`Ctx::pstep`], with `describe`'s account of the result (a JSON object: what
+    /// the step found or did) in its outcome record, for the journal and the trail.
+    pub(super) async fn pstep_described<T, F, Fut>(
+        &self,
+        step: Step,
+        detail: Value,
+        describe: impl Fn(&T) -> Value,
+        call: F,
+    ) -> Result<Result<T, Failure>, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        self.provider_step(step, detail, true, describe, call).await
     }
 
     /// [`Ctx::pstep`] with a single attempt for transient errors (rate-limited
@@ -301,7 +371,8 @@ impl<'a> Ctx<'a> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
-        self.provider_step(step, detail, false, call).await
+        self.provider_step(step, detail, false, |_| Value::Null, call)
+            .await
     }
 
     async fn provider_step<T, F, Fut>(
@@ -309,6 +380,7 @@ impl<'a> Ctx<'a> {
         step: Step,
         detail: Value,
         retry_transient: bool,
+        describe: impl Fn(&T) -> Value,
         mut call: F,
     ) -> Result<Result<T, Failure>, EngineError>
     where
@@ -318,26 +390,34 @@ impl<'a> Ctx<'a> {
         let limit = self.engine.limits.get(&self.credential.provider).cloned();
         let shared = limit.clone();
         let provider = self.provider.clone();
-        self.limited_step(step, detail, limit.as_deref(), retry_transient, move || {
-            let request = call();
-            let limit = shared.clone();
-            let provider = provider.clone();
-            async move {
-                let Some(limit) = limit else {
-                    return request.await;
-                };
-                let ticket = limit.acquire().await;
-                let result = request.await;
-                match &result {
-                    Ok(_) => ticket.succeeded_with(provider.rate_hint()),
-                    Err(ProviderError::RateLimited { retry_after, .. }) => {
-                        ticket.throttled(*retry_after)
+        let limit_ref = limit.as_deref();
+        self.limited_step(
+            step,
+            detail,
+            limit_ref,
+            retry_transient,
+            describe,
+            move || {
+                let request = call();
+                let limit = shared.clone();
+                let provider = provider.clone();
+                async move {
+                    let Some(limit) = limit else {
+                        return request.await;
+                    };
+                    let ticket = limit.acquire().await;
+                    let result = request.await;
+                    match &result {
+                        Ok(_) => ticket.succeeded_with(provider.rate_hint()),
+                        Err(ProviderError::RateLimited { retry_after, .. }) => {
+                            ticket.throttled(*retry_after)
+                        }
+                        Err(_) => drop(ticket),
                     }
-                    Err(_) => drop(ticket),
+                    result
                 }
-                result
-            }
-        })
+            },
+        )
         .await
     }
 

@@ -78,9 +78,8 @@ impl Ctx<'_> {
         let current = match self.read_current().await? {
             Ok(c) => c,
             Err(f) => {
-                return Ok(Outcome::RolledBack {
-                    reason: format!("cannot read {}: {}", self.credential.vault_path, f.message),
-                });
+                let what = format!("cannot read {}", self.credential.vault_path);
+                return Ok(self.nothing_changed(&what, &f));
             }
         };
         let provider = self.provider.clone();
@@ -126,7 +125,7 @@ impl Ctx<'_> {
         let mut checkpoint = old.checkpoint(current.version);
         self.state(CredentialState::Creating, &checkpoint)?;
         let tag = self.tag();
-        let issued = match self.create_key(&tag).await? {
+        let issued = match self.create_key(&tag, old.vault_key.as_deref()).await? {
             Ok(i) => i,
             Err(message) => {
                 return Ok(Outcome::RolledBack {
@@ -140,12 +139,18 @@ impl Ctx<'_> {
         // Stored at once: until the staging write succeeds the new key exists only
         // in memory, and a crash here leaves an orphan that resume finds by its tag.
         if let Err(f) = self.stage(&issued.secret, &fields).await? {
-            return self
+            let undone = self
                 .undo_new_key(
                     &issued.key_id,
                     format!("could not stage the new key in Vault: {}", f.message),
                 )
-                .await;
+                .await?;
+            return Ok(match undone {
+                Outcome::RolledBack { .. } if f.transient() => {
+                    self.nothing_changed("could not stage the new key in Vault", &f)
+                }
+                other => other,
+            });
         }
         checkpoint.new_key_id = Some(issued.key_id.clone());
         self.state(CredentialState::Staged, &checkpoint)?;
@@ -369,11 +374,16 @@ impl Ctx<'_> {
         Ok(None)
     }
 
-    /// Creates the new key. A transient failure may hide a key that was created
-    /// though its answer was lost: nobody holds its secret, so before trying again
-    /// every key carrying this attempt's tag is revoked (it is an orphan, and it
-    /// would use up the quota).
-    async fn create_key(&self, tag: &str) -> Result<Result<Issued, String>, EngineError> {
+    /// Creates the new key, replacing `old_key` (the key Vault names, when known:
+    /// the provider may copy its scopes). A transient failure may hide a key that
+    /// was created though its answer was lost: nobody holds its secret, so before
+    /// trying again every key carrying this attempt's tag is revoked (it is an
+    /// orphan, and it would use up the quota).
+    async fn create_key(
+        &self,
+        tag: &str,
+        old_key: Option<&str>,
+    ) -> Result<Result<Issued, String>, EngineError> {
         let provider = self.provider.clone();
         let target = self.target();
         let attempts = self.engine.tuning.attempts.max(1);
@@ -383,7 +393,7 @@ impl Ctx<'_> {
                 .pstep_once(
                     Step::Create,
                     json!({ "tag": tag, "attempt": attempt }),
-                    || provider.create(target, tag),
+                    || provider.create_replacing(target, tag, old_key),
                 )
                 .await?;
             match created {
@@ -513,6 +523,7 @@ impl Ctx<'_> {
         if old.vault_key.as_deref() == Some(new_key) && !in_place {
             self.clear_staging().await?;
             return Ok(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "the provider issued key {new_key} again, the key Vault already named: it was changed in place while in use, and there is no other key to retire (not retiring {new_key}, which holds the promoted value)"
                 ),
@@ -607,11 +618,19 @@ impl Ctx<'_> {
                 }
             }
         }
+        let dead: Vec<&str> = old
+            .retire
+            .iter()
+            .filter(|k| k.as_str() != new_key && !alive.contains(k))
+            .map(String::as_str)
+            .collect();
+        let sessions = self.end_old_sessions(&dead).await?;
         self.clear_staging().await?;
         let at = &self.credential.provider;
         let account = self.credential.account.as_deref().unwrap_or(id);
         if !alive.is_empty() {
-            return Ok(Outcome::Quarantined {
+            return Ok(sessions.apply(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "the new key {new_key} is promoted (Vault version {version}), but old keys may still work: {}",
                     why.join("; ")
@@ -620,10 +639,11 @@ impl Ctx<'_> {
                     "delete key(s) {} of account `{account}` at `{at}` by hand, then check the provider lists only {new_key}",
                     alive.join(", ")
                 ),
-            });
+            }));
         }
         if old.unlisted {
-            return Ok(Outcome::Quarantined {
+            return Ok(sessions.apply(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "the new key {new_key} is promoted (Vault version {version}){}, but the provider could not list the account's keys, so others may still be active",
                     match old.retire.as_slice() {
@@ -634,10 +654,11 @@ impl Ctx<'_> {
                 action: format!(
                     "list the keys of account `{account}` at `{at}` and delete every key other than {new_key}"
                 ),
-            });
+            }));
         }
         if !old.unidentified.is_empty() {
-            return Ok(Outcome::Quarantined {
+            return Ok(sessions.apply(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "the new key {new_key} is promoted (Vault version {version}), but Vault named no old key and rekey could not tell which of {} its value belonged to: they are still active",
                     old.unidentified.join(", ")
@@ -646,7 +667,7 @@ impl Ctx<'_> {
                     "delete the key(s) of account `{account}` at `{at}` that nothing uses any more ({}); list a key that must stay under `keep:`, and put `key_id` in Vault entries written by hand",
                     old.unidentified.join(", ")
                 ),
-            });
+            }));
         }
         self.state(
             CredentialState::Retired,
@@ -657,10 +678,10 @@ impl Ctx<'_> {
                 ..Checkpoint::default()
             },
         )?;
-        Ok(Outcome::Rotated {
+        Ok(sessions.apply(Outcome::Rotated {
             key_id: Some(new_key.to_owned()),
             version,
-        })
+        }))
     }
 
     /// Promote failed: the new key is revoked; a check-and-set conflict (someone
@@ -673,6 +694,7 @@ impl Ctx<'_> {
     ) -> Result<Outcome, EngineError> {
         let id = &self.credential.id;
         let conflict = f.conflict;
+        let unreachable = f.transient();
         let undone = self.undo_new_key(new_key, String::new()).await?;
         let reason = if conflict {
             format!(
@@ -684,12 +706,16 @@ impl Ctx<'_> {
         };
         Ok(match undone {
             Outcome::RolledBack { .. } if conflict => Outcome::Quarantined {
+                resumable: false,
                 reason,
                 action: format!(
                     "find out who wrote {} and why, then run rekey again for `{id}`; the old key still works",
                     self.credential.vault_path
                 ),
             },
+            Outcome::RolledBack { .. } if unreachable => {
+                self.nothing_changed("could not promote", &f)
+            }
             Outcome::RolledBack { .. } => Outcome::RolledBack { reason },
             other => other,
         })
@@ -711,6 +737,7 @@ impl Ctx<'_> {
                 reason
             };
             return Ok(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "{reason}; `{}` retired the old value when it issued new key {key_id}",
                     self.credential.provider
@@ -733,6 +760,7 @@ impl Ctx<'_> {
         Ok(match revoked {
             Ok(()) => Outcome::RolledBack { reason },
             Err(f) => Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "{reason}; and the new key {key_id} could not be deleted: {}",
                     f.message

@@ -60,9 +60,8 @@ impl Ctx<'_> {
         let current = match self.read_current().await? {
             Ok(c) => c,
             Err(f) => {
-                return Ok(Outcome::RolledBack {
-                    reason: format!("cannot read {}: {}", self.credential.vault_path, f.message),
-                });
+                let what = format!("cannot read {}", self.credential.vault_path);
+                return Ok(self.nothing_changed(&what, &f));
             }
         };
 
@@ -178,6 +177,7 @@ impl Ctx<'_> {
         {
             Ok(version) => self.finish_single(&value, version).await,
             Err(f) => Ok(Outcome::Quarantined {
+                resumable: false,
                 reason: if f.conflict {
                     format!(
                         "{} was changed by someone else while the manual step was done; rekey never overwrites that",

@@ -10,6 +10,7 @@ mod dual;
 mod manual;
 mod reconcile;
 mod rollback;
+mod sessions;
 mod single;
 mod sinks;
 pub mod step;

@@ -39,6 +39,7 @@ impl Ctx<'_> {
             Ok(c) => c,
             Err(f) => {
                 return Ok(Some(Outcome::Quarantined {
+                    resumable: true,
                     reason: format!(
                         "cannot read {} to resume: {}",
                         self.credential.vault_path, f.message
@@ -56,6 +57,7 @@ impl Ctx<'_> {
             Ok(k) => k,
             Err(f) => {
                 return Ok(Some(Outcome::Quarantined {
+                    resumable: true,
                     reason: format!("cannot list keys to resume: {}", f.message),
                     action: "run `rekey resume` again once the provider answers".into(),
                 }));
@@ -138,6 +140,7 @@ impl Ctx<'_> {
                         .await?;
                     self.clear_staging().await?;
                     return Ok(Some(Outcome::Quarantined {
+                        resumable: false,
                         reason: format!(
                             "{} was changed by someone else while the run was interrupted; rekey never overwrites that",
                             self.credential.vault_path
@@ -150,6 +153,7 @@ impl Ctx<'_> {
                 }
                 Err(f) => {
                     return Ok(Some(Outcome::Quarantined {
+                        resumable: true,
                         reason: format!("could not promote the staged key: {}", f.message),
                         action: "run `rekey resume` again".into(),
                     }));
@@ -167,6 +171,7 @@ impl Ctx<'_> {
                 .await?
             {
                 return Ok(Some(Outcome::Quarantined {
+                    resumable: false,
                     reason: format!(
                         "the orphan key {} could not be deleted: {}",
                         orphan.id, f.message
@@ -231,6 +236,7 @@ impl Ctx<'_> {
             Ok(e) => e,
             Err(f) => {
                 return Ok(Some(Outcome::Quarantined {
+                    resumable: true,
                     reason: format!("cannot read the staging entry to resume: {}", f.message),
                     action: "run `rekey resume` again once Vault answers".into(),
                 }));
@@ -251,6 +257,7 @@ impl Ctx<'_> {
                 Ok(c) => c,
                 Err(f) => {
                     return Ok(Some(Outcome::Quarantined {
+                        resumable: true,
                         reason: format!(
                             "cannot read {}: {}",
                             self.credential.vault_path, f.message
@@ -260,11 +267,12 @@ impl Ctx<'_> {
                 }
             };
             if current.value.as_ref() == Some(&value) {
+                let sessions = self.end_old_sessions(&[]).await?;
                 self.clear_staging().await?;
-                return Ok(Some(Outcome::Rotated {
+                return Ok(Some(sessions.apply(Outcome::Rotated {
                     key_id: None,
                     version: current.version,
-                }));
+                })));
             }
             let cas = checkpoint.vault_version.unwrap_or(current.version);
             return Ok(Some(
@@ -272,8 +280,12 @@ impl Ctx<'_> {
                     .promote(&value, &self.fields(None), cas, &current.custom_metadata)
                     .await?
                 {
-                    Ok(version) => self.finish_single(&value, version).await?,
+                    Ok(version) => {
+                        let sessions = self.end_old_sessions(&[]).await?;
+                        sessions.apply(self.finish_single(&value, version).await?)
+                    }
                     Err(f) => Outcome::Quarantined {
+                        resumable: false,
                         reason: format!(
                             "the password of `{id}` was changed before the interruption, but could not be promoted: {}",
                             f.message
@@ -292,6 +304,7 @@ impl Ctx<'_> {
             Ok(c) => c,
             Err(f) => {
                 return Ok(Some(Outcome::Quarantined {
+                    resumable: true,
                     reason: format!("cannot read {}: {}", self.credential.vault_path, f.message),
                     action: "run `rekey resume` again".into(),
                 }));
@@ -312,6 +325,7 @@ impl Ctx<'_> {
             return Ok(None);
         }
         Ok(Some(Outcome::Quarantined {
+            resumable: false,
             reason: format!(
                 "neither the staged value nor the value in {} logs in to `{id}`",
                 self.credential.vault_path

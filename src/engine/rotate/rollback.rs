@@ -107,6 +107,7 @@ pub(crate) async fn roll_back(
                     ))
                 }
                 Err(f) => Ok(Outcome::Quarantined {
+                    resumable: false,
                     reason: format!(
                         "the previous password is set again at the provider, but Vault could not be updated: {}",
                         f.message
@@ -183,6 +184,7 @@ fn sinks_rolled_back(reason: String, failed: Vec<String>) -> Outcome {
         return Outcome::RolledBack { reason };
     }
     Outcome::Quarantined {
+        resumable: false,
         action: format!(
             "write the previous value to the failed sinks by hand: {}",
             failed.join("; ")

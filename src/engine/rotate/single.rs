@@ -23,18 +23,15 @@ impl Ctx<'_> {
         let current = match self.read_current().await? {
             Ok(c) => c,
             Err(f) => {
-                return Ok(Outcome::RolledBack {
-                    reason: format!("cannot read {}: {}", self.credential.vault_path, f.message),
-                });
+                let what = format!("cannot read {}", self.credential.vault_path);
+                return Ok(self.nothing_changed(&what, &f));
             }
         };
         let policy = &self.credential.password;
         let new = Secret::generate(policy.length as usize, &policy.alphabet);
         let fields = self.fields(None);
         if let Err(f) = self.stage(&new, &fields).await? {
-            return Ok(Outcome::RolledBack {
-                reason: format!("could not stage the new value in Vault: {}", f.message),
-            });
+            return Ok(self.nothing_changed("could not stage the new value in Vault", &f));
         }
         let checkpoint = Checkpoint {
             fingerprint: Some(self.fingerprint(&new)),
@@ -78,8 +75,26 @@ impl Ctx<'_> {
             .await?
         {
             Ok(v) => v,
+            // The old password is dead and the new one is only in staging: Vault
+            // that does not answer is for `resume` (it promotes what works).
+            Err(f) if f.transient() => {
+                return Ok(Outcome::Quarantined {
+                    resumable: true,
+                    reason: format!(
+                        "the password of `{id}` was changed and verified, but Vault did not answer to promote it: {}",
+                        f.message
+                    ),
+                    action: format!(
+                        "run `rekey resume` once Vault answers: it promotes the new value from the staging entry {}/{} to {}",
+                        self.engine.playbook.vault.mount,
+                        self.staging_path(),
+                        self.credential.vault_path
+                    ),
+                });
+            }
             Err(f) => {
                 return Ok(Outcome::Quarantined {
+                    resumable: false,
                     reason: format!(
                         "the password of `{id}` was changed and verified, but could not be promoted: {}",
                         f.message
@@ -93,7 +108,8 @@ impl Ctx<'_> {
                 });
             }
         };
-        self.finish_single(&new, version).await
+        let sessions = self.end_old_sessions(&[]).await?;
+        Ok(sessions.apply(self.finish_single(&new, version).await?))
     }
 
     /// The changed value does not work. Routine mode puts the old value back;
@@ -106,6 +122,7 @@ impl Ctx<'_> {
         let id = &self.credential.id;
         if self.engine.breach() {
             return Ok(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "the new password of `{id}` did not verify, and breach mode never restores the old one"
                 ),
@@ -119,6 +136,7 @@ impl Ctx<'_> {
         }
         let Some(old) = current.value.clone() else {
             return Ok(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "the new password of `{id}` did not verify and Vault held no previous value to restore"
                 ),
@@ -148,6 +166,7 @@ impl Ctx<'_> {
                 })
             }
             Err(f) => Ok(Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "the new password did not verify and the old one could not be restored: {}",
                     f.message

@@ -121,6 +121,7 @@ impl Ctx<'_> {
     pub(super) fn with_sinks(&self, outcome: Outcome, failed: Vec<String>) -> Outcome {
         match outcome {
             Outcome::Rotated { version, .. } if !failed.is_empty() => Outcome::Quarantined {
+                resumable: false,
                 reason: format!(
                     "rotated and promoted (Vault version {version}), but {} sink(s) failed: {}",
                     failed.len(),

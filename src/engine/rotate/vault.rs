@@ -13,7 +13,7 @@ impl Ctx<'_> {
     pub(super) async fn read_current(&self) -> Result<Result<Entry, Failure>, EngineError> {
         let store = self.engine.store.clone();
         let path = self.credential.vault_path.clone();
-        self.step(Step::ReadCurrent, json!({ "path": path }), || {
+        self.vstep(Step::ReadCurrent, json!({ "path": path }), || {
             let store = store.clone();
             let path = path.clone();
             async move { store.read(&path).await }
@@ -28,7 +28,7 @@ impl Ctx<'_> {
     ) -> Result<Result<u64, Failure>, EngineError> {
         let store = self.engine.store.clone();
         let path = self.staging_path();
-        self.step(
+        self.vstep(
             Step::Stage,
             json!({ "path": path, "fingerprint": self.fingerprint(secret), "fields": fields }),
             || {
@@ -80,7 +80,7 @@ impl Ctx<'_> {
         let store = self.engine.store.clone();
         let path = self.credential.vault_path.clone();
         let result = self
-            .step(
+            .vstep(
                 Step::Promote,
                 json!({ "path": path, "cas": cas, "fingerprint": self.fingerprint(secret) }),
                 || {
@@ -109,7 +109,7 @@ impl Ctx<'_> {
                 return Ok(result);
             }
             let meta_result = self
-                .step(
+                .vstep(
                     Step::SetMetadata,
                     json!({ "path": path, "version": version }),
                     || {
@@ -142,7 +142,7 @@ impl Ctx<'_> {
     pub(super) async fn read_staging(&self) -> Result<Result<Entry, Failure>, EngineError> {
         let store = self.engine.store.clone();
         let path = self.staging_path();
-        self.step(Step::ReadStaging, json!({ "path": path }), || {
+        self.vstep(Step::ReadStaging, json!({ "path": path }), || {
             let store = store.clone();
             let path = path.clone();
             async move { store.read(&path).await }

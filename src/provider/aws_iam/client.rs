@@ -97,6 +97,7 @@ pub struct Answer {
 impl QueryClient {
     pub fn new() -> Result<QueryClient, ProviderError> {
         let http = reqwest::Client::builder()
+            .redirect(crate::net::redirect_policy())
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
             .build()

@@ -25,18 +25,11 @@ pub struct Credentials {
     pub session_token: Option<Secret>,
 }
 
+/// An endpoint setting: https, or plain http to a loopback address (moto in
+/// tests): the admin key signs every request sent there.
 fn parse_url(name: &str, text: &str) -> Result<url::Url, ProviderError> {
-    let url = url::Url::parse(text).map_err(|e| {
-        ProviderError::Fatal(format!(
-            "aws_iam setting `{name}` is not a URL ({e}); write e.g. http://127.0.0.1:5000"
-        ))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(ProviderError::Fatal(format!(
-            "aws_iam setting `{name}` must be an http(s) URL with a host"
-        )));
-    }
-    Ok(url)
+    crate::net::parse_endpoint(text)
+        .map_err(|why| ProviderError::Fatal(format!("aws_iam setting `{name}` (`{text}`): {why}")))
 }
 
 impl AwsConfig {

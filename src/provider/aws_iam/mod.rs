@@ -13,8 +13,8 @@ pub mod client;
 pub mod config;
 
 use super::admin::Admin;
-use super::catalog::Kind;
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::{AccessKey, Answer, AwsError, QueryClient, Service};

@@ -4,16 +4,19 @@
 //! One plugin process per provider instance, started on first use and kept for the
 //! run; it handles one request at a time. The process gets a scrubbed environment
 //! (only the variables the playbook names), its stderr is relayed to rekey's log
-//! line by line, and every request has a timeout: when it passes, or when the
-//! plugin breaks the protocol, the process is killed (`kill_on_drop`) and the next
-//! request starts a fresh one. Secrets (the admin credential, new values, values to
+//! line by line (each cut at 4 KiB), and every request has a timeout: when it
+//! passes, or when the plugin breaks the protocol, the plugin's process group is
+//! killed (the plugin leads one of its own, `process.rs`) and the next request
+//! starts a fresh one; the group is killed too when rekey is done with the plugin.
+//! It inherits no descriptor but stdin, stdout and stderr. Secrets (the admin credential, new values, values to
 //! verify) travel only inside the protocol, never in argv or the environment.
 
+mod process;
 pub mod protocol;
 
 use super::admin::Admin;
-use super::catalog::Kind;
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use indexmap::IndexMap;
@@ -51,10 +54,16 @@ pub struct Exec {
 
 /// A running plugin that has answered the hello.
 struct Session {
-    /// Killed when dropped.
+    /// Killed with its process group when dropped.
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        process::kill_group(&self.child);
+    }
 }
 
 /// A request as it goes on the wire. Serialized straight into a buffer that is
@@ -129,8 +138,9 @@ impl Exec {
         }
         let timeout = match settings.get("timeout") {
             None => Duration::from_secs(30),
-            Some(Value::String(t)) => crate::playbook::rate::parse_duration(t)
-                .map_err(|e| bad(&format!("`timeout`: {e}")))?,
+            Some(Value::String(t)) => {
+                crate::doc::rate::parse_duration(t).map_err(|e| bad(&format!("`timeout`: {e}")))?
+            }
             Some(_) => return Err(bad("`timeout` is a duration such as `30s`")),
         };
         let kind = match settings.get("kind").and_then(Value::as_str) {
@@ -168,8 +178,9 @@ impl Exec {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        process::isolate(&mut cmd);
         for name in &self.env {
-            if let Some(value) = std::env::var_os(name) {
+            if let Some(value) = crate::env_vars::get_os(name) {
                 cmd.env(name, value);
             }
         }
@@ -187,15 +198,12 @@ impl Exec {
                 self.plugin()
             )));
         };
-        // The plugin's stderr goes to rekey's log as is: plugins must never
-        // print secrets there (docs/exec-protocol.md).
+        // The plugin's stderr goes to rekey's log as is (each line capped):
+        // plugins must never print secrets there (docs/exec-protocol.md).
         let instance = self.instance.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(plugin = %instance, "{line}");
-            }
-        });
+        tokio::spawn(process::relay_lines(stderr, move |line| {
+            tracing::info!(plugin = %instance, "{line}");
+        }));
         let mut session = Session {
             child,
             stdin,

@@ -1,8 +1,10 @@
 //! Declarative HTTP providers: a provider file's `http:` section (see
 //! providers/README.md) drives a provider's REST API with templated requests.
 //!
-//! - `definition`: the section's types and its validation (positions and hints).
-//! - `template`: minijinja rendering, secrets as opaque values, the base-URL fence.
+//! - `crate::catalog::http`: the section's types and its validation (positions and
+//!   hints), done when the catalog loads the file.
+//! - `crate::catalog::template`: minijinja rendering, secrets as opaque values, the
+//!   base-URL fence.
 //! - `sshkey`: Ed25519 key pairs for providers that take a public key.
 //!
 //! Every request goes under the instance's base URL (no redirects followed, no
@@ -10,22 +12,22 @@
 //! their status and rate-limit headers, never from their bodies, so no message
 //! can echo a secret.
 
-pub mod definition;
 pub mod sshkey;
-pub mod template;
 
 use super::admin::Admin;
-use super::catalog::{Kind, ProviderType};
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
+use crate::catalog::http::{
+    self as definition, AuthDef, CallDef, Definition, Generate, Paginate, ResetFormat, Scheme,
+};
+use crate::catalog::template::{self, Context};
+use crate::catalog::{Kind, Need, ProviderType};
 use crate::playbook::ProviderInstance;
 use crate::secret::Secret;
 use async_trait::async_trait;
-use definition::{AuthDef, CallDef, Definition, Generate, Paginate, ResetFormat, Scheme};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use template::Context;
 
 /// Most pages a list or lookup follows: far above any real account's keys, and a
 /// guard against a provider (or stub) that always says there is a next page.
@@ -114,7 +116,7 @@ impl HttpProvider {
         };
         let base = template::parse_base_url(&base_text)
             .map_err(|e| fatal(format!("base_url `{base_text}` is not usable: {e}")))?;
-        if t.admin == super::catalog::Need::Required && admin.is_none() {
+        if t.admin == Need::Required && admin.is_none() {
             return Err(fatal(format!(
                 "type `{}` needs an admin credential; add `admin: {{ vault_path: ... }}` or `admin: {{ env: VAR }}`",
                 t.name
@@ -149,7 +151,7 @@ impl HttpProvider {
             settings,
             credential: target.credential.to_owned(),
             account: target.account.map(str::to_owned),
-            admin: self.admin.clone(),
+            admin: self.admin.as_ref().map(|a| a.secrets().clone()),
             ..Context::default()
         }
     }
@@ -168,14 +170,25 @@ impl HttpProvider {
             .ok_or_else(|| self.fatal(op, format!("the definition has no `{op}` call")))
     }
 
+    /// Puts the credentials of `auth` in `headers`; returns the form fields of
+    /// `form` entries (OAuth `client_secret_post`) for the caller's form body.
     fn auth_headers(
         &self,
         op: &str,
         auth: &[AuthDef],
         cx: &Context,
         headers: &mut HeaderMap,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Vec<(String, Secret)>, ProviderError> {
+        let mut form = Vec::new();
         for a in auth {
+            if let Some(when) = &a.when {
+                let applies = template::render(when, cx)
+                    .map_err(|e| self.fatal(op, format!("auth when: {e}")))?;
+                // minijinja prints a boolean as `True` / `False`.
+                if !applies.trim().eq_ignore_ascii_case("true") {
+                    continue;
+                }
+            }
             let secret: Secret = if a.secret == "new" {
                 cx.new_secret
                     .clone()
@@ -192,10 +205,24 @@ impl HttpProvider {
                     reqwest::header::AUTHORIZATION,
                     Secret::new(format!("Bearer {}", secret.expose())),
                 ),
+                Scheme::Form => {
+                    form.push((a.name.clone().unwrap_or_default(), secret));
+                    continue;
+                }
                 Scheme::Basic => {
                     use base64::Engine as _;
-                    let user = template::render(a.username.as_deref().unwrap_or(""), cx)
-                        .map_err(|e| self.fatal(op, format!("auth username: {e}")))?;
+                    // A user name the admin credential holds (a Twilio Main key's
+                    // SID) wins over the template (the Account SID).
+                    let from_admin = a.username_from.as_deref().and_then(|f| {
+                        self.admin
+                            .as_ref()
+                            .and_then(|admin| admin.get(f.trim_start_matches("admin.")))
+                    });
+                    let user = match from_admin {
+                        Some(u) => u.expose().to_owned(),
+                        None => template::render(a.username.as_deref().unwrap_or(""), cx)
+                            .map_err(|e| self.fatal(op, format!("auth username: {e}")))?,
+                    };
                     let pair = Secret::new(format!("{user}:{}", secret.expose()));
                     (
                         reqwest::header::AUTHORIZATION,
@@ -227,7 +254,7 @@ impl HttpProvider {
             v.set_sensitive(true);
             headers.insert(name, v);
         }
-        Ok(())
+        Ok(form)
     }
 
     /// Sends one call (one page). `url` replaces the rendered path for next pages.
@@ -271,7 +298,7 @@ impl HttpProvider {
             headers.insert(name, value);
         }
         let auth = call.auth.as_deref().unwrap_or(&self.def.http.auth);
-        self.auth_headers(op, auth, cx, &mut headers)?;
+        let auth_form = self.auth_headers(op, auth, cx, &mut headers)?;
         let method = reqwest::Method::from_bytes(call.method.as_str().as_bytes())
             .unwrap_or(reqwest::Method::GET);
         let mut request = self.client.request(method, url.clone()).headers(headers);
@@ -287,14 +314,21 @@ impl HttpProvider {
             for (k, v) in form {
                 let v = template::render(v, cx)
                     .map_err(|e| self.fatal(op, format!("form `{k}`: {e}")))?;
-                ser.append_pair(k, &v);
+                // Like a query parameter, an empty field is left out.
+                if !v.is_empty() {
+                    ser.append_pair(k, &v);
+                }
             }
+            for (k, secret) in &auth_form {
+                ser.append_pair(k, secret.expose());
+            }
+            let encoded = zeroize::Zeroizing::new(ser.finish());
             request = request
                 .header(
                     reqwest::header::CONTENT_TYPE,
                     "application/x-www-form-urlencoded",
                 )
-                .body(ser.finish());
+                .body(encoded.to_string());
         }
         let response = request.send().await.map_err(|e| {
             let why = if e.is_timeout() {
@@ -362,13 +396,17 @@ impl HttpProvider {
             self.def.name,
             call.method.as_str()
         );
+        // A 403 is a rate limit when the window is used up (GitHub's primary
+        // limit: remaining 0) or when it says when to come back (GitHub's
+        // secondary limits: Retry-After while requests are still left).
         let exhausted = status == 403
-            && rl
+            && (rl
                 .remaining
                 .as_deref()
                 .and_then(|h| headers.get(h))
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.trim() == "0");
+                .is_some_and(|v| v.trim() == "0")
+                || headers.contains_key(reqwest::header::RETRY_AFTER));
         if rl.statuses.contains(&status) || exhausted {
             return ProviderError::RateLimited {
                 retry_after: retry_after(headers, rl),
@@ -392,8 +430,12 @@ impl HttpProvider {
     }
 
     /// Runs a list or lookup call over every page and returns the matching items.
-    async fn fetch(&self, op: &str, cx: &Context) -> Result<Vec<Value>, ProviderError> {
-        let call = self.call_def(op)?;
+    async fn fetch(
+        &self,
+        op: &str,
+        call: &CallDef,
+        cx: &Context,
+    ) -> Result<Vec<Value>, ProviderError> {
         let mut items_out = Vec::new();
         let mut next: Option<url::Url> = None;
         let paginate = call.paginate.as_ref().and_then(|p| p.mode().ok());
@@ -479,27 +521,66 @@ impl HttpProvider {
             .map_err(|e| self.fatal(op, format!("refused the next page: {e}")))
     }
 
-    /// Runs the definition's lookup (if any) and binds its values as `found.*`.
+    /// Runs the definition's lookups (if any) in order and binds their values
+    /// as `found.*`. Each must match exactly one item: two matches mean the
+    /// settings do not say which one is meant (another user's token of the same
+    /// name), and binding the first could rotate the wrong credential.
     async fn lookup(&self, cx: &mut Context) -> Result<(), ProviderError> {
-        let Some(call) = &self.def.http.lookup else {
+        for call in &self.def.http.lookup {
+            let items = self.fetch("lookup", call, cx).await?;
+            let filters = || call.filter.keys().cloned().collect::<Vec<_>>().join(", ");
+            let item = match items.as_slice() {
+                [one] => one,
+                [] => {
+                    return Err(self.fatal(
+                        "lookup",
+                        format!(
+                            "nothing matched ({}); check the credential's account and settings",
+                            filters()
+                        ),
+                    ));
+                }
+                many => {
+                    return Err(self.fatal(
+                        "lookup",
+                        format!(
+                            "{} items match ({}), so rekey cannot tell which one is meant; narrow the credential's settings (the provider file says how)",
+                            many.len(),
+                            filters()
+                        ),
+                    ));
+                }
+            };
+            for (name, pointer) in &call.bind {
+                let v = item.pointer(pointer).cloned().ok_or_else(|| {
+                    self.fatal("lookup", format!("the matching item has no `{pointer}`"))
+                })?;
+                cx.found.insert(name.clone(), v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the key `old` that the new key replaces (`read_old`), binding
+    /// `old.*` for the create call. Nothing is bound when the definition
+    /// has no `read_old`, rekey does not know the old key, or it is gone.
+    async fn read_old(&self, cx: &mut Context, old: Option<&str>) -> Result<(), ProviderError> {
+        let (Some(call), Some(old)) = (&self.def.http.read_old, old) else {
             return Ok(());
         };
-        let items = self.fetch("lookup", cx).await?;
-        let Some(item) = items.first() else {
-            return Err(self.fatal(
-                "lookup",
-                format!(
-                    "nothing matched ({}); check the credential's account and settings",
-                    call.filter.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        };
-        for (name, pointer) in &call.bind {
-            let v = item.pointer(pointer).cloned().ok_or_else(|| {
-                self.fatal("lookup", format!("the matching item has no `{pointer}`"))
-            })?;
-            cx.found.insert(name.clone(), v);
+        cx.old_key_id = Some(old.to_owned());
+        let answer = self.send("read_old", call, cx, None, &[]).await?;
+        if answer.seen != Seen::Expected {
+            return Ok(());
         }
+        let mut bound = std::collections::BTreeMap::new();
+        for (name, pointer) in &call.bind {
+            bound.insert(
+                name.clone(),
+                answer.body.pointer(pointer).cloned().unwrap_or(Value::Null),
+            );
+        }
+        cx.old = Some(bound);
         Ok(())
     }
 
@@ -507,7 +588,7 @@ impl HttpProvider {
         let mut cx = self.context(target);
         self.lookup(&mut cx).await?;
         let call = self.call_def("list")?;
-        let items = self.fetch("list", &cx).await?;
+        let items = self.fetch("list", call, &cx).await?;
         Ok(items.iter().filter_map(|item| key_of(call, item)).collect())
     }
 }
@@ -545,18 +626,94 @@ pub fn text(v: &Value) -> String {
     }
 }
 
-/// Seconds since the epoch from a number or an RFC 3339 / HTTP date.
+/// Seconds since the epoch from a number, an RFC 3339 time (any offset, `Z`, or
+/// none: UTC) or an RFC 2822 date (`Mon, 22 Aug 2011 20:58:45 +0000`, Twilio's;
+/// HTTP dates are RFC 2822 with `GMT`).
 pub fn epoch(v: &Value) -> Option<u64> {
     if let Some(n) = v.as_u64() {
         return Some(n);
     }
-    let s = v.as_str()?;
-    let t = humantime::parse_rfc3339_weak(s.trim_end_matches('Z').split('+').next().unwrap_or(s))
-        .ok()
-        .or_else(|| httpdate::parse_http_date(s).ok())?;
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_secs())
+    let s = v.as_str()?.trim();
+    let t = rfc3339_epoch(s).or_else(|| rfc2822_epoch(s))?;
+    u64::try_from(t).ok()
+}
+
+/// Days from 1970-01-01 to the civil date (proleptic Gregorian; Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn epoch_of(y: i64, mo: i64, d: i64, h: i64, mi: i64, sec: i64, offset_secs: i64) -> Option<i64> {
+    let valid = (1..=12).contains(&mo)
+        && (1..=31).contains(&d)
+        && (0..=23).contains(&h)
+        && (0..=59).contains(&mi)
+        && (0..=60).contains(&sec);
+    valid.then(|| days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_secs)
+}
+
+fn num(s: &str) -> Option<i64> {
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
+/// `2011-08-22T20:58:45.123-07:00`, `...Z`, or no offset (UTC).
+fn rfc3339_epoch(s: &str) -> Option<i64> {
+    let (date, rest) = s.split_at_checked(10)?;
+    let mut d = date.split('-');
+    let (y, mo, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let rest = rest.strip_prefix(['T', 't', ' '])?;
+    let (time, zone) = match rest.find(['Z', 'z', '+', '-']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let time = time.split('.').next()?;
+    let mut t = time.split(':');
+    let (h, mi, sec) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
+    let offset = match zone {
+        "" | "Z" | "z" => 0,
+        z => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = z[1..].split_once(':')?;
+            sign * (num(oh)? * 3600 + num(om)? * 60)
+        }
+    };
+    epoch_of(y, mo, day, h, mi, sec, offset)
+}
+
+/// `Mon, 22 Aug 2011 20:58:45 +0000` (the weekday optional; `GMT`/`UT`/`Z` or `±HHMM`).
+fn rfc2822_epoch(s: &str) -> Option<i64> {
+    let s = s.split_once(',').map_or(s, |(_, rest)| rest).trim();
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [day, month, year, time, zone] = parts.as_slice() else {
+        return None;
+    };
+    let mo = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ]
+    .iter()
+    .position(|m| month.eq_ignore_ascii_case(m))? as i64
+        + 1;
+    let mut t = time.split(':');
+    let (h, mi) = (num(t.next()?)?, num(t.next()?)?);
+    let sec = t.next().map_or(Some(0), num)?;
+    let offset = match *zone {
+        "GMT" | "UT" | "UTC" | "Z" => 0,
+        z if z.len() == 5 && (z.starts_with('+') || z.starts_with('-')) => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            sign * (num(&z[1..3])? * 3600 + num(&z[3..5])? * 60)
+        }
+        _ => return None,
+    };
+    epoch_of(num(year)?, mo, num(day)?, h, mi, sec, offset)
 }
 
 /// The `rel="next"` target of a Link header.
@@ -713,6 +870,15 @@ impl Provider for HttpProvider {
     }
 
     async fn create(&self, target: Target<'_>, tag: &str) -> Result<Issued, ProviderError> {
+        self.create_replacing(target, tag, None).await
+    }
+
+    async fn create_replacing(
+        &self,
+        target: Target<'_>,
+        tag: &str,
+        old_key: Option<&str>,
+    ) -> Result<Issued, ProviderError> {
         let call = self.call_def("create")?;
         let mut cx = self.context(target);
         cx.tag = Some(tag.to_owned());
@@ -725,6 +891,7 @@ impl Provider for HttpProvider {
             None => None,
         };
         self.lookup(&mut cx).await?;
+        self.read_old(&mut cx, old_key).await?;
         let answer = self.send("create", call, &cx, None, &[]).await?;
         let key_id = match (&call.key_id, &call.key_id_value) {
             (Some(p), _) => answer.body.pointer(p).map(text).filter(|s| !s.is_empty()),
@@ -820,6 +987,14 @@ impl Provider for HttpProvider {
             let got = body.pointer(pointer).map(text);
             if got.as_deref().map(str::trim) != Some(want.trim()) {
                 tracing::debug!(instance = %self.instance, pointer, "Verify check did not match.");
+                return Ok(false);
+            }
+        }
+        for (pointer, t) in &call.refused_when {
+            let refused = template::render(t, &cx)
+                .map_err(|e| self.fatal("verify", format!("refused_when: {e}")))?;
+            if body.pointer(pointer).map(text).as_deref().map(str::trim) == Some(refused.trim()) {
+                tracing::debug!(instance = %self.instance, pointer, "Verify found the new credential disabled.");
                 return Ok(false);
             }
         }
@@ -923,6 +1098,34 @@ mod tests {
         );
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("lots"));
         assert_eq!(rate_hint(&h, &github), None);
+    }
+
+    #[test]
+    fn dates_in_every_format_the_vendors_send_become_epoch_seconds() {
+        // 2011-08-22T20:58:45Z = 1314046725.
+        for (text, want) in [
+            ("2011-08-22T20:58:45Z", 1_314_046_725),
+            ("2011-08-22T20:58:45.123Z", 1_314_046_725),
+            ("2011-08-22T13:58:45-07:00", 1_314_046_725),
+            ("2011-08-23T02:28:45+05:30", 1_314_046_725),
+            ("2011-08-22 20:58:45", 1_314_046_725),
+            ("Mon, 22 Aug 2011 20:58:45 +0000", 1_314_046_725),
+            ("Mon, 22 Aug 2011 13:58:45 -0700", 1_314_046_725),
+            ("Mon, 22 Aug 2011 20:58:45 GMT", 1_314_046_725),
+            ("1970-01-01T00:00:00Z", 0),
+            ("2000-02-29T00:00:00Z", 951_782_400),
+        ] {
+            assert_eq!(epoch(&Value::from(text)), Some(want), "{text}");
+        }
+        assert_eq!(epoch(&Value::from(1_314_046_725u64)), Some(1_314_046_725));
+        for bad in [
+            "yesterday",
+            "2011-13-22T20:58:45Z",
+            "Mon, 22 Foo 2011 20:58:45 +0000",
+            "",
+        ] {
+            assert_eq!(epoch(&Value::from(bad)), None, "{bad}");
+        }
     }
 
     #[test]

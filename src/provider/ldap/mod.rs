@@ -18,8 +18,8 @@
 
 use super::admin::Admin;
 use super::settings::text;
-use super::{Provider, ProviderError, Target};
-use crate::provider::catalog::Kind;
+use super::{Provider, ProviderError, SessionsEnded, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use indexmap::IndexMap;
@@ -353,5 +353,33 @@ impl Provider for LdapProvider {
             rc::INVALID_CREDENTIALS => Ok(false),
             _ => Err(self.result_error("bind as the user", &result, &dn)),
         }
+    }
+
+    fn has_sessions(&self) -> bool {
+        true
+    }
+
+    /// LDAP (RFC 4511) has no operation that ends another client's bind, and a
+    /// client cannot tell slapd to drop connections (cn=Monitor is read-only):
+    /// a connection bound with the old password keeps its identity until it
+    /// unbinds or the server closes it.
+    async fn end_sessions(
+        &self,
+        _target: Target<'_>,
+        _retired: &[&str],
+    ) -> Result<SessionsEnded, ProviderError> {
+        Ok(SessionsEnded::Unsupported {
+            reason: "LDAP has no operation to end another client's bind, and a client cannot make slapd drop connections: connections already bound with the old password stay bound".into(),
+        })
+    }
+
+    fn end_sessions_by_hand(&self, target: Target<'_>, _retired: &[&str]) -> String {
+        let dn = self
+            .dn(target)
+            .unwrap_or_else(|_| target.account.unwrap_or_default().to_owned());
+        format!(
+            "restart the directory server(s) behind {} to drop the connections bound as `{dn}` (or let its idle timeout close them: slapd's `idletimeout`)",
+            self.url
+        )
     }
 }

@@ -11,8 +11,8 @@ mod client;
 mod config;
 
 use super::admin::Admin;
-use super::catalog::Kind;
-use super::{Provider, ProviderError, Target};
+use super::{Provider, ProviderError, SessionsEnded, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::{LoginError, MysqlClient, quote};
@@ -97,6 +97,68 @@ impl Mysql {
     }
 }
 
+/// ER_NO_SUCH_THREAD: the connection ended before KILL reached it.
+const NO_SUCH_THREAD: u16 = 1094;
+/// ER_KILL_DENIED_ERROR: not allowed to kill another account's connection.
+const KILL_DENIED: u16 = 1095;
+/// How long ended connections may take to leave the process list.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Mysql {
+    /// The global privileges of the admin session's account, by name (`PROCESS`,
+    /// `SUPER`, `CONNECTION ADMIN`...), as information_schema.USER_PRIVILEGES lists
+    /// them (privileges granted through roles are not seen).
+    async fn admin_privileges(&self, conn: &mut Conn) -> Result<Vec<String>, ProviderError> {
+        let current: Option<String> = conn
+            .query_first("SELECT CURRENT_USER()")
+            .await
+            .map_err(|e| self.client.classify(&e, "reading CURRENT_USER()"))?;
+        let current = current.unwrap_or_default();
+        let (user, host) = current.rsplit_once('@').unwrap_or((&current, ""));
+        let grantee = format!("'{}'@'{}'", user.replace('\'', "''"), host);
+        conn.exec(
+            "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = ?",
+            (grantee,),
+        )
+        .await
+        .map_err(|e| self.client.classify(&e, "reading the admin's privileges"))
+    }
+
+    /// Fails unless the admin may see every connection (PROCESS: without it
+    /// PROCESSLIST shows only its own, and ending sessions would find none).
+    async fn check_may_see_sessions(&self, conn: &mut Conn) -> Result<Vec<String>, ProviderError> {
+        let privileges = self.admin_privileges(conn).await?;
+        if !privileges.iter().any(|p| p == "PROCESS") {
+            return Err(ProviderError::Fatal(format!(
+                "MySQL at {}: the admin account `{}` lacks the PROCESS privilege, so it cannot see other accounts' connections to end them in breach mode; GRANT PROCESS, CONNECTION ADMIN ON *.* (MySQL 8: PROCESS and CONNECTION_ADMIN), or set `end_sessions: false` on the instance",
+                self.client.cfg.address(),
+                self.client.cfg.admin_user
+            )));
+        }
+        Ok(privileges)
+    }
+
+    /// Ids of `user`'s connections (every host part), rekey's own left out.
+    async fn connections(
+        &self,
+        conn: &mut Conn,
+        user: &str,
+        among: Option<&[u64]>,
+    ) -> Result<Vec<u64>, ProviderError> {
+        let ids: Vec<u64> = conn
+            .exec(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()",
+                (user,),
+            )
+            .await
+            .map_err(|e| self.client.classify(&e, "reading the process list"))?;
+        Ok(match among {
+            Some(among) => ids.into_iter().filter(|i| among.contains(i)).collect(),
+            None => ids,
+        })
+    }
+}
+
 #[async_trait]
 impl Provider for Mysql {
     fn kind(&self) -> Kind {
@@ -158,6 +220,86 @@ impl Provider for Mysql {
             }
             Err(LoginError::Rejected) => Ok(false),
             Err(LoginError::Other(e)) => Err(e),
+        }
+    }
+
+    fn has_sessions(&self) -> bool {
+        true
+    }
+
+    /// `KILL CONNECTION` for each connection of the user (every host part) in
+    /// information_schema.PROCESSLIST, never rekey's own; then waits until they
+    /// have left the list.
+    async fn end_sessions(
+        &self,
+        target: Target<'_>,
+        _retired: &[&str],
+    ) -> Result<SessionsEnded, ProviderError> {
+        let user = self.account(target)?;
+        let mut conn = self.client.admin().await?;
+        self.check_may_see_sessions(&mut conn).await?;
+        let ids = self.connections(&mut conn, user, None).await?;
+        let at = self.client.cfg.address();
+        let mut count = 0;
+        for id in &ids {
+            match conn.query_drop(format!("KILL CONNECTION {id}")).await {
+                Ok(()) => count += 1,
+                Err(mysql_async::Error::Server(e)) if e.code == NO_SUCH_THREAD => {}
+                Err(mysql_async::Error::Server(e)) if e.code == KILL_DENIED => {
+                    return Err(ProviderError::Fatal(format!(
+                        "MySQL at {at}: the admin account `{}` may not end `{user}`'s connections; GRANT CONNECTION ADMIN ON *.* (MySQL 8: CONNECTION_ADMIN; or SUPER) (error {KILL_DENIED})",
+                        self.client.cfg.admin_user
+                    )));
+                }
+                Err(e) => {
+                    return Err(self
+                        .client
+                        .classify(&e, &format!("ending connection {id} of `{user}`")));
+                }
+            }
+        }
+        // A killed connection leaves the list once its thread notices.
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        loop {
+            let left = self.connections(&mut conn, user, Some(&ids)).await?;
+            if left.is_empty() {
+                return Ok(SessionsEnded::Ended { count });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError::Transient(format!(
+                    "MySQL at {at}: {} connection(s) of `{user}` had not ended yet",
+                    left.len()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    fn end_sessions_by_hand(&self, target: Target<'_>, _retired: &[&str]) -> String {
+        let user = quote(target.account.unwrap_or_default(), true);
+        format!(
+            "as an account with PROCESS and CONNECTION ADMIN (or SUPER): KILL CONNECTION <id> for each id of SELECT ID FROM information_schema.PROCESSLIST WHERE USER = {user} (MariaDB: KILL CONNECTION USER {user})"
+        )
+    }
+
+    async fn preflight_end_sessions(
+        &self,
+        target: Target<'_>,
+    ) -> Result<Option<String>, ProviderError> {
+        self.account(target)?;
+        let mut conn = self.client.admin().await?;
+        let privileges = self.check_may_see_sessions(&mut conn).await?;
+        let admin = &self.client.cfg.admin_user;
+        match ["SUPER", "CONNECTION ADMIN", "CONNECTION_ADMIN"]
+            .iter()
+            .find(|p| privileges.iter().any(|q| q == *p))
+        {
+            Some(p) => Ok(Some(format!(
+                "the admin account `{admin}` has PROCESS and {p}: it may end other accounts' connections"
+            ))),
+            None => Ok(Some(format!(
+                "the admin account `{admin}` has PROCESS; KILL also needs CONNECTION ADMIN, CONNECTION_ADMIN or SUPER, which it holds through a role or not at all (a refused KILL quarantines the credential)"
+            ))),
         }
     }
 }

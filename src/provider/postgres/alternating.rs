@@ -39,10 +39,12 @@
 
 use super::client::PgClient;
 use super::config::PgConfig;
-use super::{account, alter_password, check_role_can_login, role_missing, verify_database};
+use super::{
+    account, alter_password, check_role_can_login, role_missing, terminate_by_hand, verify_database,
+};
+use crate::catalog::Kind;
 use crate::provider::admin::Admin;
-use crate::provider::catalog::Kind;
-use crate::provider::{Issued, KeyInfo, Provider, ProviderError, Target};
+use crate::provider::{Issued, KeyInfo, Provider, ProviderError, SessionsEnded, Target};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use indexmap::IndexMap;
@@ -423,6 +425,52 @@ impl Provider for PostgresAlternating {
         self.retire(key_id, next_stamp(marks(&states))).await?;
         tracing::info!(credential = %target.credential, role = key_id, "Retired the role's password.");
         Ok(())
+    }
+
+    fn has_sessions(&self) -> bool {
+        true
+    }
+
+    /// `pg_terminate_backend` for the backends of the retired role(s), never the
+    /// role consumers moved to.
+    async fn end_sessions(
+        &self,
+        target: Target<'_>,
+        retired: &[&str],
+    ) -> Result<SessionsEnded, ProviderError> {
+        let roles = roles(target)?;
+        for role in retired {
+            index_of(target, roles, role)?;
+        }
+        if retired.is_empty() {
+            return Ok(SessionsEnded::Unsupported {
+                reason: "no role was retired, so no session was opened with a dead password".into(),
+            });
+        }
+        let count = self.client.terminate_backends(retired).await?;
+        Ok(SessionsEnded::Ended { count })
+    }
+
+    fn end_sessions_by_hand(&self, target: Target<'_>, retired: &[&str]) -> String {
+        if retired.is_empty() {
+            let [first, second] = roles(target).unwrap_or_default();
+            return format!(
+                "once the role consumers no longer use (`{first}` or `{second}`) is retired, end its sessions as a superuser or a member of pg_signal_backend: SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '<that role>'"
+            );
+        }
+        terminate_by_hand(retired)
+    }
+
+    async fn preflight_end_sessions(
+        &self,
+        target: Target<'_>,
+    ) -> Result<Option<String>, ProviderError> {
+        let roles = roles(target)?;
+        self.client.check_admin_may_end_sessions(roles[1]).await?;
+        self.client
+            .check_admin_may_end_sessions(roles[0])
+            .await
+            .map(Some)
     }
 }
 

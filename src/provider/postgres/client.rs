@@ -12,6 +12,9 @@ use tokio_postgres::Client;
 /// Admin sessions kept open between calls; more are opened on demand.
 const MAX_IDLE: usize = 16;
 
+/// How long PostgreSQL 14+ waits for a terminated backend to exit.
+const TERMINATE_WAIT_MS: u32 = 5000;
+
 pub struct PgClient {
     pub cfg: PgConfig,
     idle: Mutex<Vec<Client>>,
@@ -162,6 +165,110 @@ impl PgClient {
             )));
         }
         Ok(())
+    }
+
+    /// Ends every backend of `roles` but this admin session's: PostgreSQL 14 and
+    /// later wait up to `TERMINATE_WAIT_MS` for each to exit, and one still there
+    /// after that is a (transient) error, so what is counted is confirmed gone.
+    /// Needs superuser or membership in pg_signal_backend (and superuser for a
+    /// superuser role's backends).
+    pub async fn terminate_backends(&self, roles: &[&str]) -> Result<u64, ProviderError> {
+        let admin = self.admin().await?;
+        let what = "ending sessions (pg_terminate_backend)";
+        let version: i32 = admin
+            .query_one(
+                "SELECT pg_catalog.current_setting('server_version_num')::int",
+                &[],
+            )
+            .await
+            .map_err(|e| self.classify(&e, what))?
+            .get(0);
+        let statement = if version >= 140000 {
+            format!(
+                "SELECT pid, pg_catalog.pg_terminate_backend(pid, {TERMINATE_WAIT_MS}) FROM pg_catalog.pg_stat_activity WHERE usename = ANY($1) AND pid <> pg_catalog.pg_backend_pid()"
+            )
+        } else {
+            "SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = ANY($1) AND pid <> pg_catalog.pg_backend_pid()".to_owned()
+        };
+        let roles: Vec<&str> = roles.to_vec();
+        let rows = match admin.query(&statement, &[&roles]).await {
+            Ok(rows) => rows,
+            Err(e) if sqlstate(&e).as_deref() == Some("42501") => {
+                return Err(ProviderError::Fatal(format!(
+                    "PostgreSQL at {}: {what}: the admin role `{}` may not end these sessions; GRANT pg_signal_backend TO {} (a superuser role's sessions need a superuser admin) (SQLSTATE 42501)",
+                    self.cfg.address(),
+                    self.cfg.admin_user,
+                    postgres_protocol::escape::escape_identifier(&self.cfg.admin_user)
+                )));
+            }
+            Err(e) => return Err(self.classify(&e, what)),
+        };
+        let ended = rows.iter().filter(|r| r.get::<_, bool>(1)).count() as u64;
+        // `false`: gone already, or (14+) still exiting after the wait. Which one
+        // the server's own view says.
+        let unsure: Vec<i32> = rows
+            .iter()
+            .filter(|r| !r.get::<_, bool>(1))
+            .map(|r| r.get(0))
+            .collect();
+        if !unsure.is_empty() {
+            let left: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = ANY($1)",
+                    &[&unsure],
+                )
+                .await
+                .map_err(|e| self.classify(&e, what))?
+                .get(0);
+            if left > 0 {
+                return Err(ProviderError::Transient(format!(
+                    "PostgreSQL at {}: {what}: {left} session(s) had not exited yet",
+                    self.cfg.address()
+                )));
+            }
+        }
+        self.release(admin);
+        Ok(ended)
+    }
+
+    /// Whether the admin role may end `role`'s sessions: superuser, or (for a role
+    /// that is not a superuser) privileges of pg_signal_backend.
+    pub async fn check_admin_may_end_sessions(&self, role: &str) -> Result<String, ProviderError> {
+        let admin = self.admin().await?;
+        let row = admin
+            .query_opt(
+                "SELECT a.rolsuper, pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE'), t.rolsuper FROM pg_catalog.pg_roles a, pg_catalog.pg_roles t WHERE a.rolname = current_user AND t.rolname = $1",
+                &[&role],
+            )
+            .await
+            .map_err(|e| self.classify(&e, "reading the admin role"))?;
+        self.release(admin);
+        let Some(row) = row else {
+            return Err(ProviderError::Fatal(format!(
+                "PostgreSQL at {}: the role `{role}` does not exist",
+                self.cfg.address()
+            )));
+        };
+        let (admin_super, signal, target_super): (bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        let user = &self.cfg.admin_user;
+        match (admin_super, signal, target_super) {
+            (true, _, _) => Ok(format!(
+                "the admin role `{user}` is a superuser: it may end `{role}`'s sessions"
+            )),
+            (false, _, true) => Err(ProviderError::Fatal(format!(
+                "PostgreSQL at {}: `{role}` is a superuser, and only a superuser admin may end its sessions in breach mode; use a superuser admin or set `end_sessions: false` on the instance",
+                self.cfg.address()
+            ))),
+            (false, true, false) => Ok(format!(
+                "the admin role `{user}` has pg_signal_backend: it may end `{role}`'s sessions"
+            )),
+            (false, false, false) => Err(ProviderError::Fatal(format!(
+                "PostgreSQL at {}: the admin role `{user}` may not end other roles' sessions, which breach mode does; GRANT pg_signal_backend TO {}, or set `end_sessions: false` on the instance",
+                self.cfg.address(),
+                postgres_protocol::escape::escape_identifier(user)
+            ))),
+        }
     }
 
     /// Whether a fresh login as `role` with `password` on `database` succeeds:

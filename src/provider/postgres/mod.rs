@@ -17,8 +17,8 @@ mod config;
 pub use alternating::PostgresAlternating;
 
 use super::admin::Admin;
-use super::catalog::Kind;
-use super::{Provider, ProviderError, Target};
+use super::{Provider, ProviderError, SessionsEnded, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::PgClient;
@@ -149,6 +149,15 @@ async fn check_role_can_login(
     }
 }
 
+/// The statement a human runs to end `roles`' sessions.
+fn terminate_by_hand(roles: &[&str]) -> String {
+    let list: Vec<String> = roles.iter().map(|r| escape_literal(r)).collect();
+    format!(
+        "as a superuser or a member of pg_signal_backend: SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename IN ({})",
+        list.join(", ")
+    )
+}
+
 #[async_trait]
 impl Provider for Postgres {
     fn kind(&self) -> Kind {
@@ -180,6 +189,36 @@ impl Provider for Postgres {
         self.client
             .password_works(role, secret, verify_database(&self.client.cfg, target))
             .await
+    }
+
+    fn has_sessions(&self) -> bool {
+        true
+    }
+
+    /// `pg_terminate_backend` for every backend of the role but rekey's own.
+    async fn end_sessions(
+        &self,
+        target: Target<'_>,
+        _retired: &[&str],
+    ) -> Result<SessionsEnded, ProviderError> {
+        let role = account(target)?;
+        let count = self.client.terminate_backends(&[role]).await?;
+        Ok(SessionsEnded::Ended { count })
+    }
+
+    fn end_sessions_by_hand(&self, target: Target<'_>, _retired: &[&str]) -> String {
+        terminate_by_hand(&[target.account.unwrap_or_default()])
+    }
+
+    async fn preflight_end_sessions(
+        &self,
+        target: Target<'_>,
+    ) -> Result<Option<String>, ProviderError> {
+        let role = account(target)?;
+        self.client
+            .check_admin_may_end_sessions(role)
+            .await
+            .map(Some)
     }
 }
 

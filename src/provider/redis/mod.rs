@@ -20,8 +20,8 @@ mod client;
 mod config;
 
 use super::admin::Admin;
-use super::catalog::Kind;
-use super::{Issued, KeyInfo, Provider, ProviderError, Target};
+use super::{Issued, KeyInfo, Provider, ProviderError, SessionsEnded, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use ::redis::Value;
 use async_trait::async_trait;
@@ -340,6 +340,76 @@ impl Provider for Redis {
                 "Redis at {}: key id {key_id} matches several passwords of `{user}`; remove the right one by hand (ACL SETUSER {user} !<sha256>)",
                 self.client.cfg.address()
             ))),
+        }
+    }
+
+    fn has_sessions(&self) -> bool {
+        true
+    }
+
+    /// `CLIENT KILL USER u`: every connection authenticated as the user (Redis
+    /// cannot tell which password a connection used), rekey's own spared
+    /// (SKIPME, the default). Called once the old passwords are removed.
+    async fn end_sessions(
+        &self,
+        target: Target<'_>,
+        _retired: &[&str],
+    ) -> Result<SessionsEnded, ProviderError> {
+        let user = self.account(target)?;
+        let mut cmd = ::redis::cmd("CLIENT");
+        cmd.arg("KILL")
+            .arg("USER")
+            .arg(user)
+            .arg("SKIPME")
+            .arg("yes");
+        match self.client.query(&cmd, "CLIENT KILL USER").await? {
+            Value::Int(n) => Ok(SessionsEnded::Ended {
+                count: u64::try_from(n).unwrap_or(0),
+            }),
+            _ => Err(ProviderError::Fatal(format!(
+                "Redis at {}: CLIENT KILL USER: unexpected answer",
+                self.client.cfg.address()
+            ))),
+        }
+    }
+
+    fn end_sessions_by_hand(&self, target: Target<'_>, _retired: &[&str]) -> String {
+        format!(
+            "as a user allowed +client|kill: CLIENT KILL USER {}",
+            target.account.unwrap_or_default()
+        )
+    }
+
+    /// `ACL DRYRUN` (Redis 7): may the admin user run CLIENT KILL?
+    async fn preflight_end_sessions(
+        &self,
+        target: Target<'_>,
+    ) -> Result<Option<String>, ProviderError> {
+        let user = self.account(target)?;
+        let admin = self.client.cfg.admin_user.as_deref().unwrap_or("default");
+        let mut cmd = ::redis::cmd("ACL");
+        cmd.arg("DRYRUN")
+            .arg(admin)
+            .arg("CLIENT")
+            .arg("KILL")
+            .arg("USER")
+            .arg(user);
+        match self.client.query(&cmd, "ACL DRYRUN").await {
+            Ok(Value::Okay) => Ok(Some(format!(
+                "the admin user `{admin}` may run CLIENT KILL"
+            ))),
+            Ok(Value::SimpleString(s)) if s == "OK" => Ok(Some(format!(
+                "the admin user `{admin}` may run CLIENT KILL"
+            ))),
+            Ok(_) => Err(ProviderError::Fatal(format!(
+                "Redis at {}: the admin user `{admin}` may not run CLIENT KILL, which breach mode uses to end `{user}`'s connections; grant it +client|kill, or set `end_sessions: false` on the instance",
+                self.client.cfg.address()
+            ))),
+            // Before Redis 7 there is no ACL DRYRUN (an ERR answer): nothing to check with.
+            Err(ProviderError::Fatal(m)) if m.ends_with("answered ERR") => Ok(Some(
+                "this server cannot tell (no ACL DRYRUN before Redis 7); the admin needs +client|kill".into(),
+            )),
+            Err(e) => Err(e),
         }
     }
 }

@@ -16,7 +16,7 @@
 //! as a real service authenticates the rotator; a wrong one is refused (fatal).
 
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
-use crate::provider::catalog::Kind;
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use indexmap::IndexMap;
@@ -92,7 +92,7 @@ impl Sandbox {
         let state_file =
             PathBuf::from(text("state_file").unwrap_or_else(|| "target/sandbox/state.json".into()));
         let latency = match text("latency") {
-            Some(l) => crate::playbook::rate::parse_duration(&l).map_err(ProviderError::Fatal)?,
+            Some(l) => crate::doc::rate::parse_duration(&l).map_err(ProviderError::Fatal)?,
             None => Duration::from_millis(5),
         };
         let failure_rate = match settings.get("failure_rate") {
@@ -116,7 +116,7 @@ impl Sandbox {
                             "sandbox: `outage` needs `{k}` as a duration, e.g. {{ after: 10s, for: 30s }}"
                         ))
                     })?;
-                    crate::playbook::rate::parse_duration(text).map_err(ProviderError::Fatal)
+                    crate::doc::rate::parse_duration(text).map_err(ProviderError::Fatal)
                 };
                 let start = std::time::Instant::now() + field("after")?;
                 Some((start, start + field("for")?))

@@ -20,8 +20,8 @@ mod client;
 
 use super::admin::Admin;
 use super::settings::text;
-use super::{Issued, KeyInfo, Provider, ProviderError, Target};
-use crate::provider::catalog::Kind;
+use super::{Issued, KeyInfo, Provider, ProviderError, SessionsEnded, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::{HostAddr, HostKeyPolicy, Login, Session};
@@ -37,12 +37,26 @@ use std::time::Duration;
 /// Reads or replaces one authorized_keys file; see the script's comments.
 const REMOTE_SCRIPT: &str = include_str!("remote.sh");
 
-/// Exit codes of the remote script.
+/// Ends an account's sshd sessions on a host; see the script's comments.
+const END_SESSIONS_SCRIPT: &str = include_str!("end_sessions.sh");
+
+/// Exit codes of the remote scripts.
 mod status {
     pub const MISSING_FILE: u32 = 3;
     pub const NO_ACCOUNT: u32 = 64;
     pub const CHANGED: u32 = 65;
     pub const WRITE_FAILED: u32 = 66;
+    pub const NOT_ROOT: u32 = 67;
+    pub const NO_PGREP: u32 = 68;
+    pub const ROOT_ACCOUNT: u32 = 69;
+}
+
+/// What a human runs on each host to end the account's sessions.
+fn pkill_by_hand(account: &str) -> String {
+    format!(
+        "pkill -KILL -u {} -x 'sshd|sshd-session'",
+        shell_quote(account)
+    )
 }
 
 pub struct SshProvider {
@@ -603,6 +617,106 @@ impl Provider for SshProvider {
         let path = self.path(target, account)?;
         let hosts = self.hosts(target)?;
         self.remove_everywhere(&hosts, account, &path, key_id).await
+    }
+
+    fn has_sessions(&self) -> bool {
+        true
+    }
+
+    /// On every host, as root: kills the account's sshd session processes (its
+    /// logins, whichever key they used; sshd cannot say which). Processes those
+    /// sessions started in the background are not touched: rekey cannot tell
+    /// them from the account's own.
+    async fn end_sessions(
+        &self,
+        target: Target<'_>,
+        _retired: &[&str],
+    ) -> Result<SessionsEnded, ProviderError> {
+        let account = self.account(target)?;
+        let command = format!(
+            "sh -c {} rekey-ssh {}",
+            shell_quote(END_SESSIONS_SCRIPT),
+            shell_quote(account)
+        );
+        let mut count = 0;
+        let mut cannot = Vec::new();
+        let mut first_error = None;
+        for addr in self.hosts(target)? {
+            let ran = async {
+                let session = self.admin_session(&addr).await?;
+                let r = session.exec(&command, b"").await;
+                session.close().await;
+                r
+            }
+            .await;
+            let r = match ran {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(host = %addr, "Could not end the account's sessions: {e}");
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            match r.status {
+                0 => {
+                    count += String::from_utf8_lossy(&r.stdout)
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or(0)
+                }
+                status::NOT_ROOT => cannot.push(format!(
+                    "{addr}: rekey logs in as `{}`, not root, and only root may end another account's sessions",
+                    self.admin_user
+                )),
+                status::ROOT_ACCOUNT => cannot.push(format!(
+                    "{addr}: `{account}` is root, whose sshd processes include the server itself"
+                )),
+                status::NO_PGREP => cannot.push(format!("{addr}: the host has no pgrep")),
+                status::NO_ACCOUNT => {
+                    first_error.get_or_insert(ProviderError::Fatal(format!(
+                        "{addr}: there is no account `{account}`; check the credential's account"
+                    )));
+                }
+                other => {
+                    first_error.get_or_insert(ProviderError::Fatal(format!(
+                        "{addr}: ending `{account}`'s sessions failed (exit {other})"
+                    )));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if !cannot.is_empty() {
+            return Ok(SessionsEnded::Unsupported {
+                reason: format!(
+                    "{}{}",
+                    cannot.join("; "),
+                    if count > 0 {
+                        format!(" ({count} session(s) ended on the other hosts)")
+                    } else {
+                        String::new()
+                    }
+                ),
+            });
+        }
+        Ok(SessionsEnded::Ended { count })
+    }
+
+    fn end_sessions_by_hand(&self, target: Target<'_>, _retired: &[&str]) -> String {
+        let hosts = self
+            .hosts(target)
+            .map(|h| {
+                h.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        format!(
+            "as root on each host ({hosts}): {}",
+            pkill_by_hand(target.account.unwrap_or_default())
+        )
     }
 }
 

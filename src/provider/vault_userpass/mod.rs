@@ -5,9 +5,9 @@ pub mod client;
 pub mod config;
 
 use super::admin::Admin;
-use super::catalog::Kind;
 use super::vault_http::VaultHttp;
 use super::{Provider, ProviderError, Target};
+use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::UserPass;

@@ -70,12 +70,19 @@ mod tests {
         a: Option<i64>,
         b: Vec<String>,
         c: f64,
-        m: super::super::model::Mode,
+        m: Mode,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(rename_all = "snake_case")]
+    enum Mode {
+        Breach,
+        Routine,
     }
 
     #[test]
     fn deserializes_structs_options_enums_and_refuses_unknown_keys() {
-        let root = crate::playbook::yaml::parse("a: 3\nb: [x, y]\nc: 2\nm: breach\n").unwrap();
+        let root = crate::doc::yaml::parse("a: 3\nb: [x, y]\nc: 2\nm: breach\n").unwrap();
         let t = T::deserialize(NodeDe(&root)).unwrap();
         assert_eq!(
             t,
@@ -83,10 +90,10 @@ mod tests {
                 a: Some(3),
                 b: vec!["x".into(), "y".into()],
                 c: 2.0,
-                m: super::super::model::Mode::Breach
+                m: Mode::Breach
             }
         );
-        let root = crate::playbook::yaml::parse("a: ~\nb: []\nc: 1\nm: routine\nz: 1\n").unwrap();
+        let root = crate::doc::yaml::parse("a: ~\nb: []\nc: 1\nm: routine\nz: 1\n").unwrap();
         assert!(T::deserialize(NodeDe(&root)).is_err());
     }
 }

@@ -1,12 +1,22 @@
 //! The catalog of provider types: what each type is (dual or single kind), its
 //! settings, its documented default rate limit and how many requests a rotation
 //! costs. It is read from the YAML files in `providers/`, embedded in the binary, so
-//! the documentation and what `rekey plan` computes cannot drift apart.
+//! the documentation and what `rekey plan` computes cannot drift apart, plus the
+//! files of `--providers DIR`. `main` loads it once (`Catalog::load`) and passes it
+//! to what needs it; playbook validation checks instances and settings against it.
+//!
+//! - `http`: the `http:` section of a declarative provider file, typed and checked
+//!   with positions and hints.
+//! - `template`: request templates (minijinja), secrets as opaque values, the fence
+//!   around the base URL.
 
-use crate::playbook::model::RawRate;
-use crate::playbook::rate::Rate;
+pub mod http;
+pub mod template;
+
+use crate::doc::rate::{Rate, RawRate};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -47,6 +57,10 @@ pub struct Setting {
     pub required: bool,
     #[serde(default)]
     pub default: Option<serde_json::Value>,
+    /// The values the setting may take, when the provider accepts only some
+    /// (checked when the playbook is validated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub one_of: Vec<serde_json::Value>,
     pub description: String,
 }
 
@@ -66,6 +80,10 @@ pub struct Requests {
     pub deactivate: u32,
     #[serde(default)]
     pub revoke: u32,
+    /// Breach mode only: ending the sessions opened with the old credential. A
+    /// type that lists it ends them (`rekey plan` shows the `end_sessions` step).
+    #[serde(default)]
+    pub end_sessions: u32,
 }
 
 impl Requests {
@@ -111,19 +129,45 @@ pub struct ProviderType {
     /// What the provider's API cannot do, and what rekey does instead.
     #[serde(default)]
     pub limitations: Vec<String>,
-    /// Declarative HTTP definition (`implementation: http`), validated on load
-    /// by `provider::http::definition` and kept in `definition`.
+    /// What the vendor requires and allows, as its documentation says (HTTP
+    /// definitions): checked against its published API description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<VendorFacts>,
+    /// Declarative HTTP definition (`implementation: http`), checked by `http::load`
+    /// and kept in `definition`.
     #[serde(default, skip_serializing)]
     pub http: Option<serde_json::Value>,
     #[serde(skip)]
     definition: HttpSlot,
 }
 
-type Loaded = Result<Option<std::sync::Arc<crate::provider::http::definition::Definition>>, String>;
+/// What a vendor requires of rekey and what its credentials allow, from its
+/// documentation; every HTTP definition states them (providers/README.md).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorFacts {
+    /// The admin credential: which kind, which permission or scope it needs.
+    pub admin: String,
+    /// Which kinds of credential the definition rotates.
+    pub covers: Vec<String>,
+    /// Which kinds it cannot, and what to do about them.
+    pub cannot: Vec<String>,
+    /// How many credentials an account may hold.
+    pub quota: String,
+    /// Expiry rules (lifetimes, maximums).
+    pub expiry: String,
+    /// How long a new credential may take to work, and how verify covers it.
+    pub propagation: String,
+    /// The contract file (tests/contracts/<name>.json) extracted from the
+    /// vendor's published API description.
+    pub contract: String,
+}
 
-/// A type's HTTP definition: validated when the catalog loads (files from
-/// `--providers DIR`, and every file in tests), or, for the shipped files at run
-/// time, parsed on first use: start-up stays quick for playbooks that use none.
+type Loaded = Result<Option<std::sync::Arc<http::Definition>>, String>;
+
+/// A type's HTTP definition: checked when the catalog loads (files from
+/// `--providers DIR`), or, for the shipped files, parsed on first use: start-up
+/// stays quick for playbooks that use none. A unit test parses every shipped one.
 #[derive(Clone, Debug, Default)]
 struct HttpSlot {
     /// `(shown file name, text)` of a shipped file not yet parsed.
@@ -139,11 +183,9 @@ impl ProviderType {
             .loaded
             .get_or_init(|| match &self.definition.source {
                 None => Ok(None),
-                Some((file, text)) => {
-                    crate::provider::http::definition::load(file, text, self, false)
-                        .map(|d| d.map(std::sync::Arc::new))
-                        .map_err(|r| r.render(false))
-                }
+                Some((file, text)) => http::load(file, text, self, false)
+                    .map(|d| d.map(std::sync::Arc::new))
+                    .map_err(|r| r.render(false)),
             })
             .clone()
     }
@@ -236,16 +278,6 @@ const SHIPPED: &[(&str, &str)] = &[
     ),
 ];
 
-/// A directory of provider files that add to or replace the shipped ones
-/// (`--providers DIR`), set once before the catalog is first read.
-static EXTRA_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
-
-/// Makes `Catalog::builtin` also read the `*.yaml` files of `dir`; a file named like
-/// a shipped one replaces it. Call before anything reads the catalog.
-pub fn use_directory(dir: std::path::PathBuf) {
-    let _ = EXTRA_DIR.set(dir);
-}
-
 /// `(path, file name, text)` of each `*.yaml` file of `dir`, sorted by name.
 fn read_dir(dir: &std::path::Path) -> Result<Vec<(String, String, String)>, CatalogError> {
     let fail = |e: std::io::Error| CatalogError {
@@ -284,36 +316,29 @@ pub struct CatalogError {
 }
 
 impl Catalog {
-    /// The catalog shipped in the binary (parsed once).
-    pub fn builtin() -> Result<&'static Catalog, CatalogError> {
-        static CATALOG: OnceLock<Result<Catalog, CatalogError>> = OnceLock::new();
-        CATALOG
-            .get_or_init(|| match EXTRA_DIR.get() {
-                None => Catalog::parse(SHIPPED),
-                Some(dir) => {
-                    let extra = read_dir(dir)?;
-                    let mut files: Vec<(&str, &str)> = SHIPPED
-                        .iter()
-                        .filter(|(name, _)| !extra.iter().any(|(_, n, _)| n == name))
-                        .copied()
-                        .collect();
-                    files.extend(
-                        extra
-                            .iter()
-                            .map(|(path, _, text)| (path.as_str(), text.as_str())),
-                    );
-                    Catalog::parse(&files)
-                }
-            })
-            .as_ref()
-            .map_err(|e| CatalogError {
-                file: e.file.clone(),
-                message: e.message.clone(),
-            })
+    /// The shipped catalog, plus the `*.yaml` files of `extra_dir` (`--providers
+    /// DIR`): a file named like a shipped one replaces it.
+    pub fn load(extra_dir: Option<&Path>) -> Result<Catalog, CatalogError> {
+        let Some(dir) = extra_dir else {
+            return Catalog::parse(SHIPPED);
+        };
+        let extra = read_dir(dir)?;
+        let mut files: Vec<(&str, &str)> = SHIPPED
+            .iter()
+            .filter(|(name, _)| !extra.iter().any(|(_, n, _)| n == name))
+            .copied()
+            .collect();
+        files.extend(
+            extra
+                .iter()
+                .map(|(path, _, text)| (path.as_str(), text.as_str())),
+        );
+        Catalog::parse(&files)
     }
 
     /// Parses provider files: `(path, text)`, where a bare file name is a
-    /// shipped file (shown as `providers/NAME`).
+    /// shipped file (shown as `providers/NAME`; its HTTP definition is parsed on
+    /// first use), any other path a file of `--providers DIR` (checked now).
     pub fn parse(files: &[(&str, &str)]) -> Result<Catalog, CatalogError> {
         let mut types = IndexMap::new();
         for (path, text) in files {
@@ -332,11 +357,11 @@ impl Catalog {
                 message: e.to_string(),
             })?;
             if t.http.is_some() {
-                if file_name == *path && !cfg!(test) {
+                if file_name == *path {
                     // Shipped: checked in full by the unit tests; parsed on first use.
                     t.definition.source = Some((file.to_string(), std::sync::Arc::from(*text)));
                 } else {
-                    match crate::provider::http::definition::load(file, text, &t, true) {
+                    match http::load(file, text, &t, true) {
                         Ok(d) => {
                             let _ = t.definition.loaded.set(Ok(d.map(std::sync::Arc::new)));
                         }
@@ -387,7 +412,7 @@ mod tests {
 
     #[test]
     fn shipped_catalog_parses_and_every_file_is_listed() {
-        let catalog = Catalog::builtin().unwrap();
+        let catalog = Catalog::load(None).unwrap();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("providers");
         let mut on_disk: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -415,5 +440,63 @@ mod tests {
                 Kind::Manual => {}
             }
         }
+    }
+
+    #[test]
+    fn every_shipped_http_definition_passes_its_checks() {
+        let catalog = Catalog::load(None).unwrap();
+        let mut checked = 0;
+        for t in catalog.types.values().filter(|t| t.http.is_some()) {
+            // Shipped definitions are parsed on first use at run time: check them
+            // here, in full, as a file of `--providers DIR` is checked on load.
+            let text = SHIPPED
+                .iter()
+                .find(|(name, _)| *name == format!("{}.yaml", t.name))
+                .map(|(_, text)| *text)
+                .unwrap();
+            if let Err(report) = http::load(&format!("providers/{}.yaml", t.name), text, t, true) {
+                panic!("{}", report.render(false));
+            }
+            assert!(matches!(t.http_definition(), Ok(Some(_))), "{}", t.name);
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} HTTP definitions");
+    }
+
+    #[test]
+    fn every_http_definition_states_what_its_vendor_requires() {
+        let catalog = Catalog::load(None).unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut http = 0;
+        for t in catalog
+            .types
+            .values()
+            .filter(|t| t.implementation == "http")
+        {
+            http += 1;
+            let v = t
+                .vendor
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} has no `vendor:` facts", t.name));
+            for (what, text) in [
+                ("admin", &v.admin),
+                ("quota", &v.quota),
+                ("expiry", &v.expiry),
+                ("propagation", &v.propagation),
+            ] {
+                assert!(
+                    !text.trim().is_empty(),
+                    "{}: vendor.{what} is empty",
+                    t.name
+                );
+            }
+            assert!(!v.covers.is_empty(), "{}: vendor.covers", t.name);
+            assert!(!v.cannot.is_empty(), "{}: vendor.cannot", t.name);
+            let contract = root
+                .join("tests/contracts")
+                .join(format!("{}.json", v.contract));
+            assert!(contract.is_file(), "{}: no {}", t.name, contract.display());
+        }
+        assert_eq!(http, 10, "the ten shipped HTTP definitions");
     }
 }

@@ -6,9 +6,8 @@
 //! `change` call. A rendered text that still holds the marker is refused, so a
 //! definition cannot send (or log) a secret by accident.
 
-use crate::provider::admin::Admin;
-use crate::provider::catalog::ProviderType;
-use crate::secret::Secret;
+use super::ProviderType;
+use crate::secret::{Secret, SecretMap};
 use minijinja::value::{Object, Value};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use std::collections::BTreeMap;
@@ -39,7 +38,7 @@ impl Object for SecretValue {
 
 /// The admin credential's fields, each a [`SecretValue`].
 #[derive(Debug)]
-struct AdminValues(Option<Admin>);
+struct AdminValues(Option<SecretMap>);
 
 impl Object for AdminValues {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
@@ -78,8 +77,10 @@ fn expose(v: Value) -> Result<Value, minijinja::Error> {
 }
 
 /// `days_from_now(90)`: the date that many days ahead, `YYYY-MM-DD` (GitLab's
-/// `expires_at`). A string like "90d" is read too.
-fn days_from_now(v: Value) -> Result<Value, minijinja::Error> {
+/// `expires_at`). A string like "90d" is read too. `days_from_now(90, 365)`
+/// refuses more than 365 days (a provider's maximum lifetime) instead of sending
+/// a date the provider would refuse after the lookups.
+fn days_from_now(v: Value, max: Option<i64>) -> Result<Value, minijinja::Error> {
     let days = match v.as_i64() {
         Some(d) => d,
         None => v
@@ -92,6 +93,20 @@ fn days_from_now(v: Value) -> Result<Value, minijinja::Error> {
                 )
             })?,
     };
+    if days < 1 {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("a lifetime of {days} days is not in the future"),
+        ));
+    }
+    if let Some(max) = max
+        && days > max
+    {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("a lifetime of {days} days is beyond the provider's maximum of {max} days"),
+        ));
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -102,6 +117,43 @@ fn days_from_now(v: Value) -> Result<Value, minijinja::Error> {
     Ok(Value::from(&s[..10]))
 }
 
+/// `urlencode_segment`: a value made into exactly one path segment: everything
+/// but RFC 3986 unreserved characters is percent-encoded, `/` included (GitLab's
+/// `group%2Fproject`, GitHub's environment names). minijinja's `urlencode` keeps
+/// `/`, which splits a namespaced id into two segments.
+fn urlencode_segment(v: Value) -> Result<Value, minijinja::Error> {
+    if v.is_undefined() || v.is_none() {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "urlencode_segment got no value (an unset setting?)",
+        ));
+    }
+    let text = match v.as_str() {
+        Some(s) => s.to_owned(),
+        None => v.to_string(),
+    };
+    Ok(Value::from(encode_segment(&text)))
+}
+
+/// Percent-encodes every byte but `A-Z a-z 0-9 - . _ ~`.
+pub fn encode_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `fail("why")`: stops the request with that message. For a value a request
+/// must not go without (`{{ settings.scopes or old.scopes or fail("...") }}`).
+fn fail(message: String) -> Result<Value, minijinja::Error> {
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+}
+
 fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
@@ -109,6 +161,8 @@ fn env() -> &'static Environment<'static> {
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.add_filter("expose", expose);
         env.add_filter("days_from_now", days_from_now);
+        env.add_filter("urlencode_segment", urlencode_segment);
+        env.add_function("fail", fail);
         env
     })
 }
@@ -125,8 +179,13 @@ pub struct Context {
     pub key_id: Option<String>,
     pub public_key: Option<String>,
     pub found: BTreeMap<String, serde_json::Value>,
+    /// The key being replaced (create), when rekey knows it.
+    pub old_key_id: Option<String>,
+    /// What `read_old` bound from the key being replaced; `None` when it was not
+    /// read (no old key known, or it is gone).
+    pub old: Option<BTreeMap<String, serde_json::Value>>,
     pub new_secret: Option<Secret>,
-    pub admin: Option<Admin>,
+    pub admin: Option<SecretMap>,
 }
 
 impl Context {
@@ -147,6 +206,15 @@ impl Context {
                 Value::from_object(AnyName)
             } else {
                 Value::from(minijinja::value::Serde(&self.found))
+            },
+        );
+        m.insert("old_key_id", opt(&self.old_key_id));
+        m.insert(
+            "old",
+            match (&self.old, validating) {
+                (_, true) => Value::from_object(AnyName),
+                (Some(old), false) => Value::from(minijinja::value::Serde(old)),
+                (None, false) => Value::from(()),
             },
         );
         let mut secret = BTreeMap::new();
@@ -258,6 +326,7 @@ pub fn dry_render(source: &str, t: &ProviderType, base_url: bool) -> Result<Stri
         account: Some("acct".into()),
         tag: Some("rekey:run:cred".into()),
         key_id: Some("key1".into()),
+        old_key_id: Some("key0".into()),
         public_key: Some("ssh-ed25519 AAAA".into()),
         new_secret: Some(Secret::new("x")),
         ..Context::default()
@@ -311,7 +380,7 @@ pub fn dry_render(source: &str, t: &ProviderType, base_url: bool) -> Result<Stri
         Err(e) => {
             let hint = match e.kind() {
                 ErrorKind::UndefinedError => format!(
-                    "a template may name settings.<name> ({}), credential, account, tag, key_id, public_key, found.<name>, secret.new, admin.<field>",
+                    "a template may name settings.<name> ({}), credential, account, tag, key_id, old_key_id, old.<name>, public_key, found.<name>, secret.new, admin.<field>",
                     if declared.is_empty() {
                         "this file declares no settings".to_owned()
                     } else {
@@ -319,7 +388,7 @@ pub fn dry_render(source: &str, t: &ProviderType, base_url: bool) -> Result<Stri
                     }
                 ),
                 ErrorKind::UnknownFilter => {
-                    "filters: expose, urlencode, days_from_now, default, lower, upper, tojson and minijinja's builtins".into()
+                    "filters: expose, urlencode, urlencode_segment, days_from_now, default, lower, upper, tojson and minijinja's builtins; function fail(message)".into()
                 }
                 ErrorKind::SyntaxError => "fix the template syntax: `{{ name }}`, `{{ value | filter }}`".into(),
                 _ => "see providers/README.md for what templates may use".into(),
@@ -336,25 +405,7 @@ pub fn dry_render(source: &str, t: &ProviderType, base_url: bool) -> Result<Stri
 /// fragment; plain http only to a loopback address (a local stub), so an admin
 /// credential never crosses a network in clear.
 pub fn parse_base_url(s: &str) -> Result<url::Url, String> {
-    let u = url::Url::parse(s).map_err(|e| format!("not an absolute URL ({e})"))?;
-    match u.scheme() {
-        "https" => {}
-        "http" => {
-            let loopback = match u.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d == "localhost",
-                None => false,
-            };
-            if !loopback {
-                return Err("plain http is allowed only to a loopback address; use https".into());
-            }
-        }
-        other => return Err(format!("scheme `{other}` is not http(s)")),
-    }
-    if u.host_str().is_none_or(str::is_empty) {
-        return Err("it has no host".into());
-    }
+    let u = crate::net::parse_endpoint(s)?;
     if !u.username().is_empty() || u.password().is_some() {
         return Err(
             "it holds a user name or password; credentials go in the admin credential".into(),

@@ -3,10 +3,10 @@
 //! problem is reported with its file, line, column, a snippet and a fix, all at once.
 
 use super::template;
-use crate::playbook::de::NodeDe;
-use crate::playbook::diagnostic::{Diagnostic, Report, did_you_mean};
-use crate::playbook::yaml::{self, Node, Pos};
-use crate::provider::catalog::{Kind, ProviderType};
+use super::{Kind, ProviderType};
+use crate::doc::de::NodeDe;
+use crate::doc::diagnostic::{Diagnostic, Report, did_you_mean};
+use crate::doc::yaml::{self, Node, Pos};
 use indexmap::IndexMap;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -35,10 +35,17 @@ pub struct HttpDef {
     /// the provider gets the public half, Vault the private half.
     #[serde(default)]
     pub generate: Option<Generate>,
-    /// A call made before every operation to find ids the other calls need
-    /// (a user id from a user name); its `bind` values are `found.<name>`.
+    /// Calls made before every operation, in order, to find ids the other calls
+    /// need (a user id from a user name); their `bind` values are `found.<name>`,
+    /// visible to the calls after them. One call or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub lookup: Vec<CallDef>,
+    /// A call made before create when rekey knows the key being replaced
+    /// (`{{ old_key_id }}`), to read what it was allowed to do; its `bind` values
+    /// are `old.<name>` in the create call (none when the old key is unknown or
+    /// gone).
     #[serde(default)]
-    pub lookup: Option<CallDef>,
+    pub read_old: Option<CallDef>,
     #[serde(default)]
     pub list: Option<CallDef>,
     #[serde(default)]
@@ -69,6 +76,9 @@ pub enum Scheme {
     Basic,
     /// `<name>: <prefix><secret>`.
     Header,
+    /// A form field `<name>=<secret>` (OAuth `client_secret_post`); only in the
+    /// `auth` of a call with a `form`.
+    Form,
 }
 
 /// One authentication header. The secret is named, never templated: `admin.<field>`
@@ -87,6 +97,14 @@ pub struct AuthDef {
     /// User name template (`basic` scheme); not secret.
     #[serde(default)]
     pub username: Option<String>,
+    /// `basic`: the admin credential's field holding the user name, used instead
+    /// of `username` when the credential has it (a Twilio Main key's SID).
+    #[serde(default)]
+    pub username_from: Option<String>,
+    /// A template: the entry applies only when it renders `true` (a setting
+    /// choosing how a client authenticates).
+    #[serde(default)]
+    pub when: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -190,6 +208,10 @@ pub struct CallDef {
     /// Verify: JSON pointers whose values must equal the templates (else refused).
     #[serde(default)]
     pub check: IndexMap<String, String>,
+    /// Verify: JSON pointers whose values, when equal to the templates, mean the
+    /// credential does not work (a disabled key that still answers 200).
+    #[serde(default)]
+    pub refused_when: IndexMap<String, String>,
     /// JSON pointer to the new secret in the answer (create).
     #[serde(default)]
     pub secret: Option<String>,
@@ -312,9 +334,35 @@ impl PaginateDef {
     }
 }
 
+/// `lookup:` as one call (a map) or a list of calls.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<CallDef>, D::Error> {
+    struct Calls;
+    impl<'de> serde::de::Visitor<'de> for Calls {
+        type Value = Vec<CallDef>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a call (method, path, ...) or a list of calls")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            CallDef::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|c| vec![c])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut calls = Vec::new();
+            while let Some(c) = seq.next_element()? {
+                calls.push(c);
+            }
+            Ok(calls)
+        }
+    }
+    d.deserialize_any(Calls)
+}
+
 /// An operation's name as written in the file, for messages and validation.
 pub const OPERATIONS: &[&str] = &[
     "lookup",
+    "read_old",
     "list",
     "create",
     "change",
@@ -324,9 +372,11 @@ pub const OPERATIONS: &[&str] = &[
 ];
 
 impl HttpDef {
+    /// The call of operation `op` (the first one for `lookup`).
     pub fn call(&self, op: &str) -> Option<&CallDef> {
         match op {
-            "lookup" => self.lookup.as_ref(),
+            "lookup" => self.lookup.first(),
+            "read_old" => self.read_old.as_ref(),
             "list" => self.list.as_ref(),
             "create" => self.create.as_ref(),
             "change" => self.change.as_ref(),
@@ -501,7 +551,7 @@ impl Checker<'_, '_> {
                 if !ops("change") {
                     self.err("/http", "a single definition needs a `change` call", "add `change:` with the request that sets `{{ secret.new | expose }}` in its body");
                 }
-                for op in ["create", "deactivate", "revoke", "list"] {
+                for op in ["create", "deactivate", "revoke", "list", "read_old"] {
                     if ops(op) {
                         self.err(&format!("/http/{op}"), format!("`{op}` is for dual (key) kinds"), "this file says `kind: single`: the value is changed in place with `change`");
                     }
@@ -581,8 +631,18 @@ impl Checker<'_, '_> {
             );
         }
         for op in OPERATIONS {
-            if let Some(call) = h.call(op) {
-                self.check_call(op, call, h);
+            if *op == "lookup" {
+                for (i, call) in h.lookup.iter().enumerate() {
+                    let base =
+                        if h.lookup.len() == 1 && self.root.pointer("/http/lookup/0").is_none() {
+                            "/http/lookup".to_owned()
+                        } else {
+                            format!("/http/lookup/{i}")
+                        };
+                    self.check_call(op, &base, call, h);
+                }
+            } else if let Some(call) = h.call(op) {
+                self.check_call(op, &format!("/http/{op}"), call, h);
             }
         }
     }
@@ -625,20 +685,42 @@ impl Checker<'_, '_> {
                     }
                     None => self.err(&p, "a `basic` auth needs a `username` template", "add `username:` (e.g. \"{{ settings.account_sid }}\"); the secret is the password"),
                 },
+                Scheme::Form => {
+                    if a.name.is_none() {
+                        self.err(&p, "a `form` auth needs a `name`", "add `name:` with the form field, e.g. client_secret");
+                    }
+                    if !is_call {
+                        self.err(&p, "a `form` auth belongs to one call", "put it in the `auth` of the call whose `form` carries it (verify)");
+                    }
+                }
                 Scheme::Bearer => {}
             }
-            if a.scheme != Scheme::Header && (a.name.is_some() || a.prefix.is_some()) {
+            if !matches!(a.scheme, Scheme::Header | Scheme::Form) && a.name.is_some()
+                || a.scheme != Scheme::Header && a.prefix.is_some()
+            {
                 self.err(
                     &p,
-                    "`name` and `prefix` apply to the `header` scheme only",
-                    "use `scheme: header` or remove them",
+                    "`name` applies to the `header` and `form` schemes, `prefix` to `header`",
+                    "use the scheme they belong to, or remove them",
                 );
+            }
+            if let Some(from) = &a.username_from {
+                let ok = a.scheme == Scheme::Basic
+                    && from.strip_prefix("admin.").is_some_and(|f| {
+                        !f.is_empty() && f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    });
+                if !ok {
+                    self.err(&format!("{p}/username_from"), "`username_from` names a field of the admin credential for a `basic` auth", "write `username_from: admin.username` beside `username:` (used when the field is absent)");
+                }
+            }
+            if let Some(when) = &a.when {
+                self.render_check(&format!("{p}/when"), when, Slot::Plain);
             }
         }
     }
 
-    fn check_call(&mut self, op: &str, c: &CallDef, h: &HttpDef) {
-        let base = format!("/http/{op}");
+    fn check_call(&mut self, op: &str, base: &str, c: &CallDef, h: &HttpDef) {
+        let base = base.to_owned();
         let field = |f: &str| format!("{base}/{f}");
         let is_list = op == "list" || op == "lookup";
         let path = self.render_check(&field("path"), &c.path, Slot::Path);
@@ -686,6 +768,13 @@ impl Checker<'_, '_> {
         }
         if let Some(a) = &c.auth {
             self.check_auth(&field("auth"), a, true);
+            if c.form.is_none() && a.iter().any(|a| a.scheme == Scheme::Form) {
+                self.err(
+                    &field("auth"),
+                    "a `form` auth needs the call to send a `form`",
+                    "add `form:` with the call's other fields",
+                );
+            }
         }
         if c.expect.is_empty() {
             self.err(
@@ -705,21 +794,22 @@ impl Checker<'_, '_> {
         }
         let allowed = |f: &str| -> bool {
             match f {
-                "gone" => matches!(op, "deactivate" | "revoke"),
-                "refused" | "check" => op == "verify",
+                "gone" => matches!(op, "deactivate" | "revoke" | "read_old"),
+                "refused" | "check" | "refused_when" => op == "verify",
                 "secret" | "key_id_value" => op == "create",
                 "key_id" => op == "create" || is_list,
                 "items" | "where" => is_list || op == "verify",
                 "paginate" => is_list,
                 "tag" | "created_at" | "active" => op == "list",
-                "bind" => op == "lookup",
+                "bind" => matches!(op, "lookup" | "read_old"),
                 _ => true,
             }
         };
-        let present: [(&str, bool); 13] = [
+        let present: [(&str, bool); 14] = [
             ("gone", !c.gone.is_empty()),
             ("refused", !c.refused.is_empty()),
             ("check", !c.check.is_empty()),
+            ("refused_when", !c.refused_when.is_empty()),
             ("secret", c.secret.is_some()),
             ("key_id_value", c.key_id_value.is_some()),
             ("key_id", c.key_id.is_some()),
@@ -737,10 +827,10 @@ impl Checker<'_, '_> {
                     &field(f),
                     format!("`{f}` does not apply to `{op}`"),
                     match f {
-                        "gone" => "only deactivate and revoke treat statuses as \"already gone\"",
-                        "refused" | "check" => "only verify decides whether a credential works",
+                        "gone" => "only deactivate, revoke and read_old treat statuses as \"already gone\"",
+                        "refused" | "check" | "refused_when" => "only verify decides whether a credential works",
                         "secret" | "key_id_value" => "only create reads a new secret",
-                        "bind" => "only lookup binds values",
+                        "bind" => "only lookup and read_old bind values",
                         _ => "only list (and lookup) read items",
                     }
                     .to_owned(),
@@ -769,6 +859,7 @@ impl Checker<'_, '_> {
             .filter
             .iter()
             .chain(c.check.iter())
+            .chain(c.refused_when.iter())
             .chain(c.bind.iter().map(|(k, v)| (v, k)))
         {
             if !(p.is_empty() || p.starts_with('/')) {
@@ -780,17 +871,18 @@ impl Checker<'_, '_> {
             }
             let _ = v;
         }
-        for (k, v) in c.filter.iter().chain(c.check.iter()) {
-            let which = if c.filter.contains_key(k) {
-                "where"
-            } else {
-                "check"
-            };
-            self.render_check(
-                &format!("{}/{}", field(which), yaml::escape(k)),
-                v,
-                Slot::Plain,
-            );
+        for (which, map) in [
+            ("where", &c.filter),
+            ("check", &c.check),
+            ("refused_when", &c.refused_when),
+        ] {
+            for (k, v) in map {
+                self.render_check(
+                    &format!("{}/{}", field(which), yaml::escape(k)),
+                    v,
+                    Slot::Plain,
+                );
+            }
         }
         if let Some(p) = &c.paginate
             && let Err(e) = p.mode()
@@ -836,6 +928,18 @@ impl Checker<'_, '_> {
                         &base,
                         "a lookup that binds nothing is useless",
                         "add `bind: { user_id: /id }` and use `{{ found.user_id }}`",
+                    );
+                }
+            }
+            "read_old" => {
+                if c.bind.is_empty() {
+                    self.err(&base, "read_old binds nothing", "add `bind: { scopes: /data/attributes/scopes }` and use `{{ old.scopes }}` in create");
+                }
+                if h.create.is_none() || h.in_place {
+                    self.err(
+                        &base,
+                        "read_old reads the key a new one replaces",
+                        "it applies to dual definitions whose create issues a second key",
                     );
                 }
             }

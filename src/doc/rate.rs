@@ -1,6 +1,8 @@
-//! Rates and durations as written in playbooks (`per_minute: 100`, `15m`, `90d`).
+//! Rates and durations as written in playbooks and provider files (`per_minute:
+//! 100`, `15m`, `90d`), and as rekey uses them.
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// A request rate limit: steady requests per second and how many may go back to back.
@@ -76,6 +78,82 @@ pub fn format_duration(d: Duration) -> String {
         (0, m, s) => format!("{m}m{s:02}s"),
         (h, m, _) if h < 48 => format!("{h}h{m:02}m"),
         (h, _, _) => format!("{}d{}h", h / 24, h % 24),
+    }
+}
+
+/// A rate limit: exactly one of `per_second`, `per_minute`, `per_hour`, or
+/// `requests` with `period`; `burst` is how many requests may go at once.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    #[serde(default)]
+    pub per_second: Option<f64>,
+    #[serde(default)]
+    pub per_minute: Option<f64>,
+    #[serde(default)]
+    pub per_hour: Option<f64>,
+    /// Requests allowed per `period` (e.g. Cloudflare: 1200 per `5m`).
+    #[serde(default)]
+    pub requests: Option<f64>,
+    /// The window for `requests`, e.g. `5m`.
+    #[serde(default)]
+    pub period: Option<DurationText>,
+    /// Requests that may be sent back to back before the rate applies. Default 1.
+    #[serde(default)]
+    pub burst: Option<i64>,
+    /// Where the figure comes from (a documentation page, a contract); not used.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+impl RawRate {
+    /// Requests per second, when exactly one way of giving the rate is used and it
+    /// parses; `validate` explains what is wrong otherwise.
+    pub fn per_second(&self) -> Option<f64> {
+        let given = [
+            self.per_second,
+            self.per_minute,
+            self.per_hour,
+            self.requests,
+        ]
+        .iter()
+        .flatten()
+        .count();
+        if given != 1 {
+            return None;
+        }
+        let per_second = match (
+            self.per_second,
+            self.per_minute,
+            self.per_hour,
+            self.requests,
+        ) {
+            (Some(s), ..) => s,
+            (_, Some(m), ..) => m / 60.0,
+            (_, _, Some(h), _) => h / 3600.0,
+            (.., Some(r)) => r / self.period.as_ref()?.parse().ok()?.as_secs_f64(),
+            _ => return None,
+        };
+        (per_second.is_finite() && per_second > 0.0).then_some(per_second)
+    }
+}
+
+/// A duration as written: a number and a unit (`30s`, `15m`, `24h`, `90d`), or a
+/// bare `0`. Other bare numbers are refused: `30` could mean seconds or minutes.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum DurationText {
+    Text(String),
+    Number(i64),
+}
+
+impl DurationText {
+    pub fn parse(&self) -> Result<Duration, String> {
+        match self {
+            DurationText::Text(t) => parse_duration(t),
+            DurationText::Number(0) => Ok(Duration::ZERO),
+            DurationText::Number(n) => Err(format!("`{n}` has no unit")),
+        }
     }
 }
 

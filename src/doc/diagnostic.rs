@@ -27,11 +27,52 @@ pub struct Diagnostic {
     pub related: Vec<(Pos, String)>,
 }
 
+/// Longest value a diagnostic quotes whole (between backticks); a longer one is
+/// cut, with its length said. A playbook value pasted by mistake (a key, a blob)
+/// must not come back in full on a terminal or in CI logs.
+const MAX_QUOTED: usize = 64;
+
+/// `text` with every backtick-quoted span longer than [`MAX_QUOTED`] characters
+/// cut to its start, an ellipsis and its length.
+fn clip_quoted(text: String) -> String {
+    let parts: Vec<&str> = text.split('`').collect();
+    // Odd indices are inside backticks (when they pair up).
+    if parts.len() < 3
+        || !parts
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .any(|q| q.chars().count() > MAX_QUOTED)
+    {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len().min(4096));
+    for (i, part) in parts.iter().enumerate() {
+        if i % 2 == 0 {
+            out.push_str(part);
+            continue;
+        }
+        out.push('`');
+        let len = part.chars().count();
+        let closed = i + 1 < parts.len();
+        if closed && len > MAX_QUOTED {
+            out.extend(part.chars().take(24));
+            out.push_str(&format!("…` ({len} characters)"));
+        } else {
+            out.push_str(part);
+            if closed {
+                out.push('`');
+            }
+        }
+    }
+    out
+}
+
 impl Diagnostic {
     pub fn error(message: impl Into<String>, pos: Option<Pos>) -> Self {
         Diagnostic {
             severity: Severity::Error,
-            message: message.into(),
+            message: clip_quoted(message.into()),
             pos,
             label: None,
             help: None,
@@ -45,11 +86,11 @@ impl Diagnostic {
         }
     }
     pub fn help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
+        self.help = Some(clip_quoted(help.into()));
         self
     }
     pub fn label(mut self, label: impl Into<String>) -> Self {
-        self.label = Some(label.into());
+        self.label = Some(clip_quoted(label.into()));
         self
     }
     pub fn related(mut self, pos: Option<Pos>, label: impl Into<String>) -> Self {
@@ -363,4 +404,18 @@ pub fn did_you_mean<'a>(
         }
     }
     best.map(|(_, c)| c.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_quoted_values_are_cut_and_short_ones_kept() {
+        let long = "x".repeat(100);
+        let cut = super::clip_quoted(format!("`a` is not `{long}`, see `b"));
+        assert_eq!(
+            cut,
+            format!("`a` is not `{}…` (100 characters), see `b", "x".repeat(24))
+        );
+        assert_eq!(super::clip_quoted("`a` and `b`".into()), "`a` and `b`");
+    }
 }

@@ -1,0 +1,172 @@
+//! `rekey plan`: validate a playbook and show what a run would do; `--live` adds
+//! read-only checks against Vault and the providers.
+
+use super::setup::{build_provider, vault_config};
+use super::{Io, Refusal, report_problems};
+use crate::catalog::{Catalog, Kind};
+use crate::cli::{Format, PlanArgs};
+use crate::exit::ExitStatus;
+use crate::plan::{self, render, select::Selection};
+use crate::playbook;
+use anyhow::{Context, Result};
+
+pub fn plan(args: &PlanArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatus> {
+    let file = args.playbook.display().to_string();
+    let loaded = match playbook::load_file(&args.playbook, &crate::env_vars::get, catalog) {
+        Ok(loaded) => loaded,
+        Err(report) => {
+            report_problems(io, &report, args.format)?;
+            return Err(Refusal::reported().into());
+        }
+    };
+    crate::harden::take_playbook_env(&loaded.playbook);
+    report_problems(io, &loaded.report, args.format)?;
+    let selection = Selection {
+        compromised: args.selection.compromised.clone(),
+        tags: args.selection.tags.clone(),
+        only: args.selection.only.clone(),
+    };
+    if let Err(errors) = plan::select::check(&loaded.playbook, &selection) {
+        return Err(Refusal::many(errors.iter().map(|e| format!("{file}: {e}")))
+            .help("selection values must name something in the playbook; a typo must not silently select nothing")
+            .into());
+    }
+    let plan = plan::build(&file, &loaded.playbook, &selection);
+    let filtered = !(selection.compromised.is_empty()
+        && selection.tags.is_empty()
+        && selection.only.is_empty());
+    if filtered && plan.totals.credentials == 0 {
+        writeln!(
+            io.stderr,
+            "warning: {file}: each selection value matches something, but together they select no credential (values of different flags narrow each other)"
+        )?;
+    }
+    match args.format {
+        Format::Text => render::text(&plan, io.stdout),
+        Format::Json => render::json(&plan, io.stdout),
+        Format::Markdown => render::markdown(&plan, io.stdout),
+    }
+    .context("cannot write the plan to stdout")?;
+    let mut status = if args.detailed_exitcode && plan.totals.has_work {
+        ExitStatus::PlanHasWork
+    } else {
+        ExitStatus::Success
+    };
+    if args.live {
+        let selected = plan::select::apply(&loaded.playbook, &selection).indices;
+        let report = live_checks(&loaded.playbook, &selected, catalog)?;
+        let failed = report.iter().any(|(_, ok, _)| !ok);
+        if args.format == Format::Json {
+            let rows: Vec<_> = report
+                .iter()
+                .map(|(what, ok, detail)| {
+                    serde_json::json!({ "check": what, "ok": ok, "detail": detail })
+                })
+                .collect();
+            writeln!(
+                io.stdout,
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "live_checks": rows }))?
+            )?;
+        } else {
+            writeln!(io.stdout, "\nLive checks")?;
+            for (what, ok, detail) in &report {
+                writeln!(
+                    io.stdout,
+                    "  {} {what}: {detail}",
+                    if *ok { "ok  " } else { "FAIL" }
+                )?;
+            }
+        }
+        if failed {
+            status = ExitStatus::Failure;
+        }
+    }
+    // The process ends right after this command: freeing a 100,000-credential
+    // playbook piece by piece would only delay the exit (about a tenth of a second).
+    drop(plan);
+    std::mem::forget(loaded);
+    Ok(status)
+}
+
+/// One live check: what was checked, whether it passed, and what was found.
+type CheckRow = (String, bool, String);
+
+/// Read-only checks for `plan --live`. Changes nothing.
+fn live_checks(
+    pb: &playbook::Playbook,
+    selected: &[usize],
+    catalog: &Catalog,
+) -> Result<Vec<CheckRow>> {
+    use crate::store::SecretStore;
+    let config = vault_config(pb)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let rows = runtime.block_on(async {
+        let mut rows = Vec::new();
+        let store = match crate::store::VaultStore::connect(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                rows.push(("vault".to_owned(), false, e.to_string()));
+                return rows;
+            }
+        };
+        match store.preflight().await {
+            Ok(()) => rows.push(("vault".to_owned(), true, format!("{} answers; mount `{}` is KV version 2", pb.vault.address, pb.vault.mount))),
+            Err(e) => {
+                rows.push(("vault".to_owned(), false, e.to_string()));
+                return rows;
+            }
+        }
+        match store.list(&pb.vault.staging_prefix).await {
+            Ok(runs) if runs.is_empty() => rows.push(("staging".to_owned(), true, "no leftover staging entries".to_owned())),
+            Ok(runs) => rows.push(("staging".to_owned(), false, format!("leftover staging entries of run(s) {}: finish them with `rekey resume RUN` first", runs.iter().map(|r| r.trim_end_matches('/')).collect::<Vec<_>>().join(", ")))),
+            Err(e) => rows.push(("staging".to_owned(), false, e.to_string())),
+        }
+        let mut providers: indexmap::IndexMap<String, Option<std::sync::Arc<dyn crate::provider::Provider>>> = indexmap::IndexMap::new();
+        for &i in selected {
+            let c = &pb.credentials[i];
+            match store.read(&c.vault_path).await {
+                Ok(entry) if entry.version == 0 => rows.push((format!("{} vault", c.id), true, format!("{} is new (no version yet)", c.vault_path))),
+                Ok(entry) => rows.push((format!("{} vault", c.id), true, format!("{} at version {}", c.vault_path, entry.version))),
+                Err(e) => rows.push((format!("{} vault", c.id), false, e.to_string())),
+            }
+            if c.kind == Kind::Manual {
+                continue;
+            }
+            if !providers.contains_key(&c.provider) {
+                let built = match pb.providers.get(&c.provider) {
+                    Some(instance) => build_provider(instance, catalog, &store).await,
+                    None => Err(format!("unknown provider instance `{}`", c.provider)),
+                };
+                if let Err(e) = &built {
+                    rows.push((format!("{} provider", c.provider), false, e.clone()));
+                }
+                providers.insert(c.provider.clone(), built.ok());
+            }
+            let Some(provider) = providers[&c.provider].clone() else {
+                rows.push((format!("{} provider", c.id), false, format!("instance `{}` could not be set up (see above); not checked", c.provider)));
+                continue;
+            };
+            let target = crate::provider::Target { credential: &c.id, account: c.account.as_deref(), settings: &c.settings };
+            match provider.preflight(target).await {
+                Ok(()) => rows.push((format!("{} provider", c.id), true, format!("{} ready", c.provider))),
+                Err(e) => rows.push((format!("{} provider", c.id), false, e.to_string())),
+            }
+            // Breach mode ends the sessions opened with the old credential: may the admin?
+            if pb.incident.mode == playbook::Mode::Breach
+                && provider.has_sessions()
+                && pb.providers.get(&c.provider).is_some_and(playbook::ProviderInstance::ends_sessions)
+            {
+                match provider.preflight_end_sessions(target).await {
+                    Ok(Some(what)) => rows.push((format!("{} sessions", c.id), true, what)),
+                    Ok(None) => {}
+                    Err(e) => rows.push((format!("{} sessions", c.id), false, e.to_string())),
+                }
+            }
+        }
+        rows
+    });
+    Ok(rows)
+}

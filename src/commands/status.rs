@@ -1,0 +1,122 @@
+//! `rekey status`: a run's credentials, and what a human must do for the ones
+//! that are quarantined or wait for an operator.
+
+use super::{Io, Refusal};
+use crate::cli::Format;
+use crate::exit::ExitStatus;
+use crate::journal::{CredentialState, RunStatus};
+use anyhow::Result;
+
+pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> {
+    if !args.journal.path.exists() {
+        return Err(
+            Refusal::new(format!("no journal at {}", args.journal.path.display()))
+                .help("runs are recorded where `rekey run --journal` pointed (default .rekey/journal.db)")
+                .into(),
+        );
+    }
+    let journal = crate::journal::Journal::open(&args.journal.path)?;
+    let run = match &args.run {
+        Some(id) => journal.run(id)?,
+        None => journal.runs()?.into_iter().next(),
+    };
+    let Some(run) = run else {
+        return Err(Refusal::new(format!("no such run in {}", args.journal.path.display())).into());
+    };
+    let states = journal.states(&run.id)?;
+    // A run recorded as running whose process is gone was killed or crashed: it
+    // is not running, and `resume` finishes it.
+    let gone = run.status == RunStatus::Running && run.process_gone();
+    let journal_arg = format!(" --journal {}", args.journal.path.display());
+    if args.format == Format::Json {
+        let mut run_json = serde_json::to_value(&run)?;
+        if gone {
+            run_json["status"] = "stopped".into();
+            run_json["process_gone"] = true.into();
+        }
+        writeln!(
+            io.stdout,
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "run": run_json, "credentials": states })
+            )?
+        )?;
+        return Ok(ExitStatus::Success);
+    }
+    let status = if gone {
+        format!(
+            "stopped: the process that ran it ({}) is gone; `rekey resume {}{journal_arg}` finishes it",
+            run.holder.as_deref().unwrap_or("?"),
+            run.id
+        )
+    } else {
+        match run.status {
+            RunStatus::AwaitingOperator => {
+                "awaiting operator (manual steps wait for their value)".into()
+            }
+            RunStatus::Interrupted => format!(
+                "interrupted (unfinished): `rekey resume {}{journal_arg}` finishes it",
+                run.id
+            ),
+            other => other.to_string(),
+        }
+    };
+    writeln!(
+        io.stdout,
+        "Run {} ({}, {} mode): {status}; started {}",
+        run.id, run.playbook_name, run.mode, run.started_at
+    )?;
+    let text = |key: &str, s: &crate::journal::CredentialRow| {
+        s.detail
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    for s in &states {
+        writeln!(io.stdout, "  {:<24} {}", s.credential, s.state)?;
+        if s.state == CredentialState::Quarantined
+            && let (Some(reason), Some(action)) = (text("reason", s), text("action", s))
+        {
+            writeln!(io.stdout, "      why: {reason}\n      to do: {action}")?;
+        }
+        if s.state == CredentialState::RolledBack
+            && let Some(reason) = text("reason", s)
+        {
+            writeln!(
+                io.stdout,
+                "      why: {reason}\n      to do: nothing changed and the old value still works; fix the cause, then `rekey run PLAYBOOK --only {}` again",
+                s.credential
+            )?;
+        }
+        if matches!(
+            s.state,
+            CredentialState::NotStarted | CredentialState::Skipped
+        ) && let Some(reason) = text("reason", s)
+        {
+            writeln!(
+                io.stdout,
+                "      why: {reason}\n      to do: `rekey resume {}{journal_arg}` takes it up",
+                run.id
+            )?;
+        }
+        if !s.state.is_final() && (gone || run.status != RunStatus::Running) {
+            writeln!(
+                io.stdout,
+                "      stopped at `{}`: `rekey resume {}{journal_arg}` reconciles it with the provider and Vault",
+                s.state, run.id
+            )?;
+        }
+        if s.state == CredentialState::AwaitingOperator
+            && let Some(instructions) = s.detail.get("instructions").and_then(|v| v.as_str())
+        {
+            writeln!(
+                io.stdout,
+                "      to do: {}\n      then: rekey resume {} --credential {} --value-stdin",
+                instructions.trim(),
+                run.id,
+                s.credential
+            )?;
+        }
+    }
+    Ok(ExitStatus::Success)
+}
