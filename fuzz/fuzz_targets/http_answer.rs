@@ -9,9 +9,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rekey::provider::catalog::Catalog;
-use rekey::provider::http::definition::{Definition, Paginate};
-use rekey::provider::http::{self, template};
+use rekey::catalog::Catalog;
+use rekey::catalog::http::{Definition, Paginate};
+use rekey::catalog::template;
+use rekey::provider::http;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use std::sync::{Arc, OnceLock};

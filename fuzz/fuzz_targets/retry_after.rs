@@ -7,7 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rekey::provider::http::{self, definition::RateLimitDef};
+use rekey::catalog::http::RateLimitDef;
+use rekey::provider::http;
 use reqwest::header::{HeaderMap, HeaderValue};
 use std::time::Duration;
 

@@ -9,10 +9,11 @@
 
 use crate::loader_props::{Mutation, apply};
 use proptest::prelude::*;
+use rekey::catalog::Catalog;
+use rekey::catalog::http::RateLimitDef;
 use rekey::provider::aws_iam::client;
-use rekey::provider::catalog::Catalog;
 use rekey::provider::exec::protocol::{self, Created, FromPlugin, Listed, Verified};
-use rekey::provider::http::{self, definition::RateLimitDef};
+use rekey::provider::http;
 use rekey::store::answer;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
@@ -313,7 +314,7 @@ proptest! {
         for link in [value.clone(), format!("<{target}>; rel=\"next\""), format!("<{value}>; rel=next, <x>; rel=last")] {
             let h = headers(&[("link", link.as_str())]);
             if let Some(next) = http::link_next(&h)
-                && let Ok(u) = http::template::confine_next(&base, &next)
+                && let Ok(u) = rekey::catalog::template::confine_next(&base, &next)
             {
                 prop_assert!(u.as_str().starts_with("https://api.example.com/v1"), "{}", u);
             }
