@@ -321,7 +321,7 @@ impl Exec {
                 "{} wrote something that is not a protocol message during `{op}` ({} bytes; {}); it was stopped. Plugins write only protocol lines on stdout (logs go to stderr)",
                 self.plugin(),
                 line.len(),
-                classify(&e)
+                protocol::describe_error(&e)
             ))
         })
     }
@@ -430,23 +430,9 @@ impl Exec {
             ProviderError::Fatal(format!(
                 "{} answered `{op}` with a result of the wrong shape ({}); see docs/exec-protocol.md",
                 self.plugin(),
-                classify(&e)
+                protocol::describe_error(&e)
             ))
         })
-    }
-}
-
-/// What was wrong with a JSON text, without quoting it.
-fn classify(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Syntax | Category::Eof => "not JSON".into(),
-        Category::Data => {
-            // serde's data errors name fields and types, never the values.
-            let text = e.to_string();
-            text.split(" at line ").next().unwrap_or(&text).to_owned()
-        }
-        Category::Io => "unreadable".into(),
     }
 }
 
