@@ -12,7 +12,7 @@ pub mod limits;
 mod rotate;
 
 pub use rotate::keys_to_retire;
-pub use rotate::step::{Checkpoint, PlannedStep, Step};
+pub use crate::protocol::{Checkpoint, PlannedStep, Step};
 
 use crate::journal::{CredentialState, Journal, JournalError, NewRun, RunStatus};
 use crate::playbook::{Mode, Playbook};

@@ -10,7 +10,7 @@
 
 use super::{CredentialPlan, Plan, ProviderPlan};
 use crate::catalog::Kind;
-use crate::engine::PlannedStep;
+use crate::protocol::PlannedStep;
 use crate::playbook::{Credential, Playbook};
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;

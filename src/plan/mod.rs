@@ -60,7 +60,7 @@ pub struct CredentialPlan<'a> {
     pub vault_path: &'a str,
     pub tags: &'a [String],
     pub depends_on: &'a [String],
-    pub steps: Vec<crate::engine::PlannedStep>,
+    pub steps: Vec<crate::protocol::PlannedStep>,
     pub provider_requests: u32,
     pub vault_requests: u32,
     pub verify: bool,

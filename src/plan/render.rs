@@ -299,7 +299,7 @@ pub fn markdown(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
     out.flush()
 }
 
-fn join_steps(steps: &[crate::engine::PlannedStep], sep: &str) -> String {
+fn join_steps(steps: &[crate::protocol::PlannedStep], sep: &str) -> String {
     steps
         .iter()
         .map(|s| s.as_str())

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // Leaves: no crate imports at all (secrets, the environment, exit codes, the
     // file checks, the rule for HTTP endpoints).
-    &["secret", "env_vars", "exit", "files", "net"],
+    &["secret", "env_vars", "exit", "files", "net", "protocol"],
     // The positioned-document toolkit: YAML with positions, diagnostics, rates.
     &["doc"],
     // What provider types exist and how their HTTP definitions read.

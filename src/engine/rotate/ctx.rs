@@ -3,7 +3,7 @@
 //! jittered backoff from the instance's budget, rate-limited answers as the
 //! instance's pause allows), the outcome record after, the lease, fingerprints.
 
-use super::step::{Checkpoint, Step};
+use crate::protocol::{Checkpoint, Step};
 use crate::engine::limits::InstanceLimit;
 use crate::engine::{Engine, EngineError};
 use crate::journal::{CredentialState, Outcome as Recorded};

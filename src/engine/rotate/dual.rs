@@ -18,7 +18,7 @@
 //! is a quarantine, not a warning.
 
 use super::ctx::{Ctx, FailureKind};
-use super::step::{Checkpoint, Step};
+use crate::protocol::{Checkpoint, Step};
 use crate::engine::{EngineError, Outcome, SiblingKeys};
 use crate::journal::CredentialState;
 use crate::provider::{Issued, KeyInfo};

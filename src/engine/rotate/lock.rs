@@ -20,7 +20,7 @@
 //! "value" is the holder's name).
 
 use super::ctx::{Ctx, Failure};
-use super::step::Step;
+use crate::protocol::Step;
 use crate::engine::{EngineError, Outcome};
 use crate::secret::Secret;
 use crate::store::{Entry, StoreError};

@@ -14,7 +14,6 @@ mod rollback;
 mod sessions;
 mod single;
 mod sinks;
-pub mod step;
 mod vault;
 
 pub(crate) use dual::OldKeys;
@@ -24,7 +23,7 @@ pub(super) use rollback::roll_back;
 use super::{Engine, EngineError, Outcome};
 use crate::provider::catalog::Kind;
 use ctx::Ctx;
-use step::Checkpoint;
+use crate::protocol::Checkpoint;
 
 pub(super) async fn rotate(
     engine: &Engine,

@@ -1,7 +1,7 @@
 //! `rekey rollback`: undoes one rotated credential of a routine-mode run.
 
 use super::ctx::Ctx;
-use super::step::{Checkpoint, Step};
+use crate::protocol::{Checkpoint, Step};
 use crate::engine::{Engine, EngineError, Outcome};
 use crate::provider::catalog::Kind;
 use serde_json::json;

@@ -364,7 +364,7 @@ mod tests {
     /// say the same, and every planned step stands for engine steps or none.
     #[test]
     fn the_plan_vocabulary_is_documented_and_tied_to_engine_steps() {
-        let doc = include_str!("../../../docs/plan-json.md");
+        let doc = include_str!("../docs/plan-json.md");
         let row = doc
             .lines()
             .find(|l| l.starts_with("| `waves[].credentials[].steps`"))
