@@ -5,6 +5,7 @@
 mod answer_props;
 mod audit;
 mod canary;
+mod chaos;
 mod cli_plan;
 mod contract;
 mod engine;
