@@ -935,3 +935,233 @@ fn a_vault_entry_without_key_id_has_its_old_key_retired_or_named() {
         }
     }
 }
+
+/// `rekey run` with `token` as VAULT_TOKEN and the playbook at `path`.
+fn run_with_token(s: &Scenario, path: &str, token: &str) -> crate::support::Output {
+    rekey()
+        .env("VAULT_TOKEN", token)
+        .args([
+            "run",
+            path,
+            "--journal",
+            s.dir.path().join("journal.db").to_str().unwrap(),
+        ])
+        .run()
+}
+
+/// Vault that cannot serve the run ends it at once with one clear error, before
+/// any provider is touched: a wrong token, a KV version 1 mount, a token whose
+/// policy cannot write the paths, a refused address, an address that accepts and
+/// never answers (not an hour of 30-second timeouts, one credential at a time).
+#[test]
+fn run_refuses_at_once_when_vault_cannot_serve_it() {
+    let s = Scenario::new();
+    let creds: String = (1..=4)
+        .map(|i| {
+            format!("  - {{ id: k{i}, provider: keys, account: a{i}, vault_path: PREFIX/k{i} }}\n")
+        })
+        .collect();
+    let good = s.playbook("breach", &creds);
+    let text = std::fs::read_to_string(&good).unwrap();
+    let untouched = |out: &crate::support::Output, says: &str| {
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(out.stderr.contains(says), "{}", out.stderr);
+        assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+        assert!(!out.stderr.contains("rolled back"), "{}", out.stderr);
+        assert!(
+            !s.dir.path().join("keys.json").exists(),
+            "a provider was touched"
+        );
+    };
+    // A wrong token.
+    untouched(&run_with_token(&s, &good, "not-a-token"), "token");
+    // A KV version 1 mount.
+    let kv1 = format!("kv1-{}", s.prefix);
+    http(
+        &s.env["VAULT_ADDR"],
+        "POST",
+        &format!("/v1/sys/mounts/{kv1}"),
+        &s.env["VAULT_TOKEN"],
+        Some(&json!({ "type": "kv", "options": { "version": "1" } })),
+    );
+    let v1 = s.dir.path().join("kv1.yaml");
+    std::fs::write(
+        &v1,
+        text.replace("vault: {", &format!("vault: {{ mount: {kv1},")),
+    )
+    .unwrap();
+    untouched(
+        &run_with_token(&s, v1.to_str().unwrap(), &s.env["VAULT_TOKEN"]),
+        "version 2",
+    );
+    // A token that may read but not write the paths.
+    let policy = format!("read-only-{}", s.prefix);
+    http(
+        &s.env["VAULT_ADDR"],
+        "PUT",
+        &format!("/v1/sys/policies/acl/{policy}"),
+        &s.env["VAULT_TOKEN"],
+        Some(&json!({ "policy": "path \"secret/*\" { capabilities = [\"read\", \"list\"] }" })),
+    );
+    let token = http(
+        &s.env["VAULT_ADDR"],
+        "POST",
+        "/v1/auth/token/create",
+        &s.env["VAULT_TOKEN"],
+        Some(&json!({ "policies": [policy], "ttl": "10m" })),
+    )["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    untouched(&run_with_token(&s, &good, &token), "lacks");
+    // Nothing listens.
+    let refused = s.dir.path().join("refused.yaml");
+    std::fs::write(
+        &refused,
+        text.replace(&s.env["VAULT_ADDR"], "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    untouched(
+        &run_with_token(&s, refused.to_str().unwrap(), &s.env["VAULT_TOKEN"]),
+        "127.0.0.1:9",
+    );
+    // Something listens and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung = s.dir.path().join("hung.yaml");
+    std::fs::write(
+        &hung,
+        text.replace(
+            &s.env["VAULT_ADDR"],
+            &format!("http://{}", listener.local_addr().unwrap()),
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    untouched(
+        &run_with_token(&s, hung.to_str().unwrap(), &s.env["VAULT_TOKEN"]),
+        "did not answer within",
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(40));
+    drop(listener);
+}
+
+/// `status` says what a tired operator needs: a run whose process was killed is
+/// "stopped" with the command that finishes it, never "running"; a rolled-back
+/// credential gets its reason and next step; the actor is the trail's.
+#[test]
+fn status_tells_a_dead_run_from_a_running_one_and_says_what_to_do() {
+    let s = Scenario::new();
+    let creds: String = (1..=5)
+        .map(|i| {
+            format!("  - {{ id: k{i}, provider: keys, account: a{i}, vault_path: PREFIX/k{i} }}\n")
+        })
+        .collect();
+    let slow = s
+        .playbook_text("breach", &creds)
+        .replace("latency: 1ms", "latency: 300ms")
+        .replace("providers:\n", "defaults: { concurrency: 1 }\nproviders:\n");
+    let path = s.dir.path().join("slow.yaml");
+    std::fs::write(&path, slow).unwrap();
+    let journal = s.dir.path().join("journal.db");
+    let mut child = s.spawn_run(&path);
+    wait_for_journal(&journal, |j, run| {
+        j.states(run)
+            .is_ok_and(|s| s.iter().any(|x| x.state == "rotated"))
+    });
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    let out = rekey()
+        .args(["status", "--journal", journal.to_str().unwrap()])
+        .run();
+    assert!(
+        out.stdout.contains("stopped: the process that ran it"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("rekey resume"), "{}", out.stdout);
+    assert!(!out.stdout.contains(": running;"), "{}", out.stdout);
+    let json: Value = serde_json::from_str(
+        &rekey()
+            .args([
+                "status",
+                "--journal",
+                journal.to_str().unwrap(),
+                "--format",
+                "json",
+            ])
+            .run()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["run"]["status"], "stopped", "{json}");
+    // The actor is the one the audit trail names.
+    let trail = std::fs::read_to_string(s.dir.path().join("audit.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(trail.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        json["run"]["actor"], first["actor"]["user"],
+        "{json}\n{first}"
+    );
+
+    // A rolled-back credential: why, and what to do.
+    let s = Scenario::new();
+    let pb = s.playbook(
+        "breach",
+        "  - { id: broken, provider: keys, account: b, vault_path: PREFIX/b, settings: { fail: verify } }\n",
+    );
+    let (_, summary, _) = s.run(&pb, &[]);
+    assert_eq!(outcome(&summary, "broken"), "rolled_back", "{summary}");
+    let out = rekey()
+        .args([
+            "status",
+            "--journal",
+            s.dir.path().join("journal.db").to_str().unwrap(),
+        ])
+        .run();
+    assert!(out.stdout.contains("why:"), "{}", out.stdout);
+    assert!(out.stdout.contains("--only broken"), "{}", out.stdout);
+}
+
+/// `resume` acts only on the instructions a run started with: the same file, and
+/// the same expansion of its `${VAR}`s.
+#[test]
+fn resume_refuses_a_playbook_that_expands_differently() {
+    let s = Scenario::new();
+    let text = s.playbook_text(
+        "breach",
+        "  - { id: m, provider: manual, vault_path: PREFIX/m, instructions: \"${HOW}\" }\n",
+    );
+    let path = s.dir.path().join("expand.yaml");
+    std::fs::write(&path, text).unwrap();
+    let journal = s.dir.path().join("journal.db");
+    let out = rekey()
+        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+        .env("HOW", "rotate it in the console")
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "--journal",
+            journal.to_str().unwrap(),
+        ])
+        .run();
+    assert_eq!(out.code, 5, "awaiting an operator: {}", out.stderr);
+    let status = rekey()
+        .args(["status", "--journal", journal.to_str().unwrap()])
+        .run();
+    assert!(
+        status.stdout.contains("awaiting operator"),
+        "{}",
+        status.stdout
+    );
+    let out = rekey()
+        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+        .env("HOW", "something else")
+        .args([
+            "resume",
+            "--journal",
+            journal.to_str().unwrap(),
+            "--confirm",
+        ])
+        .run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("expands differently"), "{}", out.stderr);
+}
