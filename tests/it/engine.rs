@@ -100,17 +100,9 @@ impl Scenario {
     }
 }
 
-/// Minimal HTTP/1.0 client for the OpenBao API (tests only).
+/// OpenBao through the tests' one client ([`crate::support::bao_request`]).
 fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {
-    use std::io::{Read, Write};
-    let host = addr.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\nX-Vault-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str(json).unwrap_or(Value::Null)
+    crate::support::bao_request(addr, token, method, path, body).1
 }
 
 /// Waits (up to 30 s) until the latest run in `journal` satisfies `ready`: tests
@@ -1164,4 +1156,81 @@ fn resume_refuses_a_playbook_that_expands_differently() {
         .run();
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("expands differently"), "{}", out.stderr);
+}
+
+/// What an operator reads, pinned: the text of `run` (its summary on stdout and its
+/// progress on stderr), `status` and `audit show` for a run where one credential
+/// rotates, one password changes, one rolls back and one is skipped. The chain of
+/// dependencies makes the order fixed; ids, times, digests and paths are filtered.
+#[test]
+fn run_status_and_audit_show_text_are_stable() {
+    let s = Scenario::new();
+    let pb = s.playbook(
+        "breach",
+        "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, depends_on: [api] }\n  - { id: broken, provider: keys, account: b, vault_path: PREFIX/b, depends_on: [db], settings: { fail: verify } }\n  - { id: after, provider: pw, account: e, vault_path: PREFIX/e, depends_on: [broken] }\n",
+    );
+    let journal = s.dir.path().join("journal.db");
+    let journal = journal.to_str().unwrap();
+    let trail = s.dir.path().join("audit.jsonl");
+    let cmd = || rekey().env("VAULT_TOKEN", &s.env["VAULT_TOKEN"]);
+    let run = cmd()
+        .args(["run", &pb, "--journal", journal, "--color", "never"])
+        .run();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let status = cmd()
+        .args(["status", "--journal", journal, "--color", "never"])
+        .run();
+    let show = cmd()
+        .args(["audit", "show", trail.to_str().unwrap(), "--color", "never"])
+        .run();
+    assert_eq!(show.code, 0, "{}", show.stderr);
+    let dir = s.dir.path().display().to_string();
+    let mut settings = insta::Settings::clone_current();
+    for (pattern, replacement) in [
+        (regex_escape(&dir), "[DIR]"),
+        (regex_escape(&s.prefix), "[PREFIX]"),
+        (regex_escape(&s.env["VAULT_ADDR"]), "[VAULT]"),
+        (r"\b[0-9a-f]{64}\b".into(), "[SHA256]"),
+        (
+            r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)".into(),
+            "[TIME]",
+        ),
+        (r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d( UTC)?".into(), "[TIME]"),
+        (r"\b\d+(\.\d+)? ?(ms|s|m)\b".into(), "[DURATION]"),
+        (
+            r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b".into(),
+            "[UUID]",
+        ),
+        (r"\br-\d{8}-\d{4}-[0-9a-f]{4}\b".into(), "[RUN]"),
+        (r"hmac-sha256:[0-9a-f]+".into(), "hmac-sha256:[HMAC]"),
+        (r"\buid \d+".into(), "uid [UID]"),
+        (r"\bsbx-[0-9a-zA-Z]+\b".into(), "[KEY]"),
+        (r"pid \d+".into(), "pid [PID]"),
+        (r"\b(user|host)[ =:]+[A-Za-z0-9_.@-]+".into(), "$1 [WHO]"),
+    ] {
+        settings.add_filter(&pattern, replacement);
+    }
+    settings.bind(|| {
+        insta::assert_snapshot!(
+            "run_text",
+            format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr)
+        );
+        insta::assert_snapshot!(
+            "status_text",
+            format!("exit {}\n{}{}", status.code, status.stdout, status.stderr)
+        );
+        insta::assert_snapshot!("audit_show_text", show.stdout);
+    });
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' || c == '-' || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
 }
