@@ -125,9 +125,6 @@ impl Scripted {
 
 #[async_trait::async_trait]
 impl Provider for Scripted {
-    fn kind(&self) -> rekey::provider::catalog::Kind {
-        rekey::provider::catalog::Kind::Dual
-    }
     async fn preflight(&self, _: Target<'_>) -> Result<(), ProviderError> {
         Ok(())
     }
