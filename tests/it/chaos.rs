@@ -2,26 +2,15 @@
 //! through the binary against the real OpenBao from `scripts/services`, and the
 //! harness's own check proved able to fail (`--sabotage`).
 
-use crate::support::{KillOnDrop, rekey, repo_root, services};
+use crate::support::{KillOnDrop, bao_request, rekey, repo_root, services};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn vault_get(env: &std::collections::HashMap<String, String>, path: &str) -> Value {
-    use std::io::{Read, Write};
-    let host = env["VAULT_ADDR"].trim_start_matches("http://").to_owned();
-    let mut s = std::net::TcpStream::connect(&host).unwrap();
-    write!(
-        s,
-        "GET /v1/secret/data/{path} HTTP/1.0\r\nHost: {host}\r\nX-Vault-Token: {}\r\n\r\n",
-        env["VAULT_TOKEN"]
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str(body).unwrap_or(Value::Null)
+    let path = format!("/v1/secret/data/{path}");
+    bao_request(&env["VAULT_ADDR"], &env["VAULT_TOKEN"], "GET", &path, None).1
 }
 
 /// The credential's state in the latest run of `journal`, as `rekey status` reads it.
