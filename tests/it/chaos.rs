@@ -24,6 +24,111 @@ fn state_of(journal: &Path, credential: &str) -> Option<String> {
         .map(|r| r.state.as_str().to_owned())
 }
 
+/// One sandbox credential `api` (type `kind`, state file `state.json`) with its
+/// own journal and Vault prefix, killed mid-rotation and resumed while the
+/// provider cannot be read.
+struct Scene {
+    env: std::collections::HashMap<String, String>,
+    dir: tempfile::TempDir,
+    prefix: String,
+    kind: &'static str,
+}
+
+impl Scene {
+    fn new(kind: &'static str) -> Scene {
+        Scene {
+            env: services(),
+            dir: tempfile::tempdir().unwrap(),
+            prefix: format!("it-{}", hex::encode(rand::random::<[u8; 5]>())),
+            kind,
+        }
+    }
+
+    /// The breach-mode playbook with the provider's simulated latency.
+    fn playbook(&self, latency: &str) -> std::path::PathBuf {
+        let d = self.dir.path().display();
+        let path = self.dir.path().join(format!("pb-{latency}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "version: 1\nname: chaos-regression\nincident: {{ mode: breach }}\nvault: {{ address: \"{}\" }}\nproviders:\n  p: {{ type: {}, settings: {{ state_file: {d}/state.json, latency: {latency} }} }}\ncredentials:\n  - {{ id: api, provider: p, account: a, vault_path: {}/api }}\n",
+                self.env["VAULT_ADDR"], self.kind, self.prefix
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn journal(&self) -> std::path::PathBuf {
+        self.dir.path().join("journal.db")
+    }
+
+    fn rekey(&self, args: &[&str]) -> crate::support::Output {
+        let journal = self.journal();
+        rekey()
+            .env("VAULT_TOKEN", &self.env["VAULT_TOKEN"])
+            .args(args)
+            .args(["--journal", journal.to_str().unwrap()])
+            .run()
+    }
+
+    fn vault(&self) -> Value {
+        vault_get(&self.env, &format!("{}/api", self.prefix))["data"]["data"].clone()
+    }
+
+    fn state(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.dir.path().join("state.json")).unwrap()).unwrap()
+    }
+
+    /// A first, quick run gives the account the value consumers use (the old
+    /// one); a second, slow one is killed once the credential reaches `state`.
+    fn kill_second_run_at(&self, state: &str) {
+        let out = self.rekey(&["run", self.playbook("1ms").to_str().unwrap()]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let journal = self.journal();
+        let mut child = KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
+                .args(["run", self.playbook("400ms").to_str().unwrap()])
+                .args(["--journal", journal.to_str().unwrap()])
+                .env("VAULT_TOKEN", &self.env["VAULT_TOKEN"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while state_of(&journal, "api").as_deref() != Some(state) {
+            assert!(Instant::now() < deadline, "the run never reached `{state}`");
+            assert!(!child.exited(), "the run ended before it was killed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(child); // SIGKILL
+    }
+
+    /// A `resume` while the provider cannot be read (a directory stands where
+    /// its state file was), then one after it answers again, which must finish.
+    fn resume_past_an_unreadable_provider(&self) {
+        let state = self.dir.path().join("state.json");
+        let aside = self.dir.path().join("state.json.aside");
+        std::fs::rename(&state, &aside).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        let out = self.rekey(&["resume"]);
+        assert_ne!(out.code, 0, "resume cannot succeed without the provider");
+        assert_eq!(
+            state_of(&self.journal(), "api").as_deref(),
+            Some("quarantined")
+        );
+        std::fs::remove_dir(&state).unwrap();
+        std::fs::rename(&aside, &state).unwrap();
+        let out = self.rekey(&["resume"]);
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    }
+}
+
+fn digest(value: &Value) -> String {
+    hex::encode(Sha256::digest(value.as_str().unwrap().as_bytes()))
+}
+
 /// Found by `scripts/chaos` (a Redis credential in breach mode): a run killed
 /// after staging its new key, a first `resume` that could not list the
 /// provider's keys (the server was restarting: the credential is quarantined,
@@ -33,74 +138,16 @@ fn state_of(journal: &Path, credential: &str) -> Option<String> {
 /// old, compromised key still worked, and the run said "rotated".
 #[test]
 fn a_resume_that_could_not_list_keys_still_retires_the_old_key_on_the_next_resume() {
-    let env = services();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    let prefix = format!("it-{}", hex::encode(rand::random::<[u8; 5]>()));
-    let playbook = |latency: &str| {
-        format!(
-            "version: 1\nname: chaos-regression\nincident: {{ mode: breach }}\nvault: {{ address: \"{}\" }}\nproviders:\n  keys: {{ type: sandbox, settings: {{ state_file: {d}/keys.json, latency: {latency} }} }}\ncredentials:\n  - {{ id: api, provider: keys, account: a, vault_path: {prefix}/api }}\n",
-            env["VAULT_ADDR"]
-        )
-    };
-    let quick = dir.path().join("quick.yaml");
-    let slow = dir.path().join("slow.yaml");
-    std::fs::write(&quick, playbook("1ms")).unwrap();
-    std::fs::write(&slow, playbook("400ms")).unwrap();
-    let journal = dir.path().join("journal.db");
-    let journal_arg = journal.to_str().unwrap();
-    let run = |args: &[&str]| {
-        rekey()
-            .env("VAULT_TOKEN", &env["VAULT_TOKEN"])
-            .args(args)
-            .run()
-    };
+    let s = Scene::new("sandbox");
+    s.kill_second_run_at("staged");
+    let old_key = s.vault()["key_id"].as_str().unwrap().to_owned();
+    s.resume_past_an_unreadable_provider();
 
-    // A first run gives the account the key consumers use (the old one).
-    let out = run(&["run", quick.to_str().unwrap(), "--journal", journal_arg]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let old_key = vault_get(&env, &format!("{prefix}/api"))["data"]["data"]["key_id"]
-        .as_str()
+    let data = s.vault();
+    let keys = s.state()["accounts"]["a"]["keys"]
+        .as_array()
         .unwrap()
-        .to_owned();
-
-    // The second run is killed once its new key is staged.
-    let mut child = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_rekey"))
-            .args(["run", slow.to_str().unwrap(), "--journal", journal_arg])
-            .env("VAULT_TOKEN", &env["VAULT_TOKEN"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while state_of(&journal, "api").as_deref() != Some("staged") {
-        assert!(Instant::now() < deadline, "the run never staged its key");
-        assert!(!child.exited(), "the run ended before it was killed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(child); // SIGKILL
-
-    // The provider cannot be read during the first resume: its state file is
-    // out of the way (a directory stands in its place).
-    let state = dir.path().join("keys.json");
-    let aside = dir.path().join("keys.json.aside");
-    std::fs::rename(&state, &aside).unwrap();
-    std::fs::create_dir(&state).unwrap();
-    let out = run(&["resume", "--journal", journal_arg]);
-    assert_ne!(out.code, 0, "resume cannot succeed without the provider");
-    assert_eq!(state_of(&journal, "api").as_deref(), Some("quarantined"));
-
-    // The provider answers again: the second resume finishes the rotation.
-    std::fs::remove_dir(&state).unwrap();
-    std::fs::rename(&aside, &state).unwrap();
-    let out = run(&["resume", "--journal", journal_arg, "--format", "json"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-
-    let data = vault_get(&env, &format!("{prefix}/api"))["data"]["data"].clone();
-    let keys: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
-    let keys = keys["accounts"]["a"]["keys"].as_array().unwrap().clone();
+        .clone();
     assert_ne!(data["key_id"], old_key.as_str(), "the new key is promoted");
     assert!(
         !keys.iter().any(|k| k["id"] == old_key.as_str()),
@@ -108,10 +155,29 @@ fn a_resume_that_could_not_list_keys_still_retires_the_old_key_on_the_next_resum
     );
     assert_eq!(keys.len(), 1, "only the promoted key is left: {keys:?}");
     assert_eq!(keys[0]["id"], data["key_id"]);
+    assert_eq!(keys[0]["secret_sha256"], digest(&data["value"]));
+}
+
+/// Found by `scripts/chaos` (a PostgreSQL role in breach mode): a run killed
+/// after changing a password, then a `resume` while the server's connections
+/// were reset. Neither login (the staged value, the value in Vault) could be
+/// tried, and resume took that for "neither value logs in": quarantined for a
+/// human, never resumable, with the new password in force at the server and the
+/// dead one in Vault. A probe that cannot reach the provider now leaves the
+/// credential to the next `resume`, which finishes it.
+#[test]
+fn a_resume_that_cannot_reach_the_provider_leaves_a_changed_password_to_the_next_resume() {
+    let s = Scene::new("sandbox_password");
+    s.kill_second_run_at("changed");
+    s.resume_past_an_unreadable_provider();
+
+    let data = s.vault();
     assert_eq!(
-        keys[0]["secret_sha256"],
-        hex::encode(Sha256::digest(data["value"].as_str().unwrap().as_bytes()))
+        s.state()["accounts"]["a"]["password_sha256"],
+        digest(&data["value"]),
+        "the value Vault holds is the account's password"
     );
+    assert_eq!(state_of(&s.journal(), "api").as_deref(), Some("rotated"));
 }
 
 /// The harness's check is not one that cannot fail: with `--sabotage` it breaks
