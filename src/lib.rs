@@ -6,15 +6,18 @@ pub mod audit;
 pub mod catalog;
 pub mod cli;
 pub mod commands;
+pub mod discover;
 pub mod doc;
 pub mod engine;
 pub mod env_vars;
 pub mod exit;
 pub mod files;
 pub mod harden;
+pub mod hygiene;
 pub mod journal;
 pub mod logging;
 pub mod net;
+pub mod notify;
 pub mod plan;
 pub mod playbook;
 pub mod progress;
@@ -24,3 +27,11 @@ pub mod sink;
 pub mod store;
 
 pub use exit::ExitStatus;
+
+/// `rekey --version`: the release and the commit it was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("REKEY_COMMIT"),
+    ")"
+);

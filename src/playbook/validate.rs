@@ -37,6 +37,7 @@ struct Resolved {
 
 /// A playbook that passed validation; `build` turns it into a `Playbook`.
 pub struct Validated {
+    notify: Vec<super::notify::Webhook>,
     incident: Incident,
     vault: Vault,
     defaults: Defaults,
@@ -87,6 +88,7 @@ impl Validated {
             providers: self.providers,
             credentials,
             warnings: self.warnings,
+            notify: self.notify,
         }
     }
 }
@@ -165,6 +167,7 @@ fn secret_sources(raw: &RawPlaybook) -> Vec<&str> {
             .flat_map(|c| &c.sinks)
             .filter_map(|s| s.token.as_ref()?.env.as_deref()),
     );
+    names.extend(super::notify::secret_env(&raw.notify));
     names
 }
 
@@ -319,10 +322,18 @@ pub fn validate(
         }
     }
 
+    let notify = super::notify::check(&raw.notify).unwrap_or_else(|problems| {
+        for p in problems {
+            cx.push(Diagnostic::error(p.message, cx.at(&p.pointer)).help(p.help));
+        }
+        Vec::new()
+    });
+
     if cx.out.iter().any(Diagnostic::is_error) {
         return Err(cx.out);
     }
     Ok(Validated {
+        notify,
         incident,
         vault,
         defaults,
