@@ -197,7 +197,7 @@ pub fn resume(args: &crate::cli::ResumeArgs, catalog: &Catalog, io: &mut Io) -> 
             id,
             age_seconds: None,
             max_age_seconds: None,
-            detail: "not due when the run started".into(),
+            detail: "not due when the run started (younger than its max_age)".into(),
         })
         .collect();
     if let Some(n) = &notifier {
@@ -429,7 +429,7 @@ fn print_summary(
         }
         writeln!(io.stdout, "{counts}")?;
         for n in not_due {
-            writeln!(io.stdout, "  {:<24} not due: {}", n.id, n.detail)?;
+            writeln!(io.stdout, "  {:<24} {}", n.id, n.detail)?;
         }
         for i in &summary.instances {
             writeln!(io.stdout, "  {}", instance_line(i))?;

@@ -164,10 +164,17 @@ pub fn assemble(
                     .map(|p| format!(", playbook `{p}`"))
                     .unwrap_or_default()
             ));
-            if let Some(p) = meta("rekey_provider")
-                && draft.instances.iter().any(|i| i.name == p)
-            {
-                e.instance = Some(p);
+            if let Some(p) = meta("rekey_provider") {
+                if draft.instances.iter().any(|i| i.name == p) {
+                    e.instance = Some(p);
+                } else {
+                    e.checks.push(format!(
+                        "rekey rotated it before through instance `{p}`{}: declare that instance (`rekey discover --instance {p}=TYPE --setting ... --admin ...`) to rotate it here",
+                        meta("rekey_playbook")
+                            .map(|b| format!(" of playbook `{b}`"))
+                            .unwrap_or_default()
+                    ));
+                }
             }
         } else {
             e.id = id_from(&f.path);
@@ -177,7 +184,7 @@ pub fn assemble(
             if let Some(i) = draft.instances.iter().find(|i| i.name == t) {
                 e.instance = Some(i.name.clone());
                 e.type_name = Some(i.type_name.clone());
-            } else if catalog.get(&t).is_some() {
+            } else if t != crate::playbook::validate::MANUAL && catalog.get(&t).is_some() {
                 e.type_name = Some(t.clone());
             }
             how.push(format!("metadata `provider: {t}`"));
@@ -619,14 +626,11 @@ pub fn write_yaml(draft: &Draft) -> String {
                 if let Some(k) = &e.key_id {
                     text += &format!(" (key {k})");
                 }
-                text += &format!(
-                    " at {}",
-                    if e.vendor.is_empty() {
-                        "its issuer"
-                    } else {
-                        &e.vendor
-                    }
-                );
+                let at = match e.vendor.as_str() {
+                    "" | "unknown" | "manual" => "its issuer",
+                    vendor => vendor,
+                };
+                text += &format!(" at {at}");
                 text += ", then give rekey the new value.";
                 if let Some(t) = &e.type_name {
                     text += &format!(

@@ -50,9 +50,19 @@ pub fn find_aws_key_id(text: &str) -> Option<String> {
 fn url_shape(value: &str) -> Option<Shape> {
     let (scheme, rest) = value.trim().split_once("://")?;
     let (type_name, vendor, what, port) = match scheme {
-        "postgres" | "postgresql" => ("postgres", "postgres", "a PostgreSQL URL", 5432),
-        "mysql" | "mariadb" => ("mysql", "mysql", "a MySQL/MariaDB URL", 3306),
-        "redis" | "rediss" => ("redis", "redis", "a Redis URL", 6379),
+        "postgres" | "postgresql" => (
+            "postgres",
+            "postgres",
+            "the password of a PostgreSQL URL",
+            5432,
+        ),
+        "mysql" | "mariadb" => (
+            "mysql",
+            "mysql",
+            "the password of a MySQL/MariaDB URL",
+            3306,
+        ),
+        "redis" | "rediss" => ("redis", "redis", "the password of a Redis URL", 6379),
         _ => return None,
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();

@@ -12,6 +12,7 @@ mod hostile;
 mod http_contracts;
 mod http_providers;
 mod http_stubs;
+mod hygiene;
 mod infra_common;
 mod journal;
 mod lab;

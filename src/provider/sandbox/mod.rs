@@ -388,6 +388,24 @@ impl Provider for Sandbox {
         })
     }
 
+    fn lists_accounts(&self) -> bool {
+        true
+    }
+
+    /// The accounts the sandbox holds keys or a password for.
+    async fn list_accounts(&self) -> Result<Vec<String>, ProviderError> {
+        self.admit()?;
+        if let Some(memory) = &self.memory {
+            let state = memory.lock().unwrap_or_else(|e| e.into_inner());
+            return Ok(state.accounts.keys().cloned().collect());
+        }
+        let _guard = self
+            .state
+            .lock()
+            .map_err(|_| ProviderError::Fatal("sandbox state lock poisoned".into()))?;
+        Ok(self.load()?.accounts.keys().cloned().collect())
+    }
+
     async fn last_used(&self, target: Target<'_>, key_id: &str) -> Result<LastUse, ProviderError> {
         self.call("last_used", target).await?;
         self.with_account(target, |a| {
