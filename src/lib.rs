@@ -21,6 +21,7 @@ pub mod notify;
 pub mod plan;
 pub mod playbook;
 pub mod progress;
+pub mod protocol;
 pub mod provider;
 pub mod secret;
 pub mod sink;

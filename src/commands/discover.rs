@@ -324,7 +324,9 @@ async fn list_instance(
     };
     let needs_settings = ptype
         .credential_settings
-        .values()
+        .declared()
+        .into_iter()
+        .flat_map(|d| d.values())
         .any(|s| s.required && s.default.is_none());
     if ptype.requests.list == 0 || ptype.account == Need::Required || needs_settings {
         return Ok((

@@ -44,7 +44,10 @@ pub fn report(args: &ReportArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitS
             let Some(instance) = pb.providers.get(name).filter(|p| p.kind != Kind::Manual) else {
                 continue;
             };
-            if !crate::provider::registry::supports(&instance.type_name, catalog) {
+            if !catalog
+                .get(&instance.type_name)
+                .is_some_and(|t| t.available)
+            {
                 unavailable.insert(
                     name.clone(),
                     format!("type `{}` cannot run in this build", instance.type_name),

@@ -430,7 +430,9 @@ pub fn assemble(
         };
         let missing: Vec<&String> = ptype
             .credential_settings
-            .iter()
+            .declared()
+            .into_iter()
+            .flatten()
             .filter(|(_, s)| s.required && s.default.is_none())
             .map(|(k, _)| k)
             .collect();

@@ -2,6 +2,7 @@
 //! (`rekey` as a process), the loader (library API, property tests), and the real
 //! services started by `scripts/services`.
 
+mod answer_props;
 mod audit;
 mod canary;
 mod cli_plan;
@@ -16,6 +17,7 @@ mod hygiene;
 mod infra_common;
 mod journal;
 mod lab;
+mod layers;
 mod loader_props;
 mod manual;
 mod protocol;
