@@ -3,8 +3,16 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// `rekey --version`: the release and the commit it was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("REKEY_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
-#[command(name = "rekey", version = crate::VERSION, about = "Credential rotation orchestrator for post-breach response", long_about = None)]
+#[command(name = "rekey", version = VERSION, about = "Credential rotation orchestrator for post-breach response", long_about = None)]
 pub struct Cli {
     /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -28,11 +28,3 @@ pub mod sink;
 pub mod store;
 
 pub use exit::ExitStatus;
-
-/// `rekey --version`: the release and the commit it was built from (`build.rs`).
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("REKEY_COMMIT"),
-    ")"
-);
