@@ -279,9 +279,14 @@ pub fn assemble(
             )
         };
         match &l.account {
-            // One credential per account (its keys rotate together).
+            // One credential per account (its keys rotate together), unless a
+            // Vault entry already names the account at this instance.
             Some(account) => {
-                if unclaimed.is_empty() && !l.keys.is_empty() {
+                let named = draft.entries.iter().any(|e| {
+                    e.instance.as_deref() == Some(l.instance.as_str())
+                        && e.account.as_deref() == Some(account.as_str())
+                });
+                if named || (unclaimed.is_empty() && !l.keys.is_empty()) {
                     continue;
                 }
                 let mut e = Entry {

@@ -292,3 +292,119 @@ fn discover_refuses_without_a_source_and_from_vault_without_a_token() {
         no_token.stderr
     );
 }
+
+/// The breach admin's path of the README, end to end: discover what is tied
+/// to the compromised vendor, plan the draft (offline, then live), run it,
+/// check the status, and watch the retired keys.
+#[test]
+fn the_breach_admins_path_discover_plan_run_status_watch() {
+    let case = Case::new();
+    let dir = case.dir.path();
+    let state = dir.join("keys.json");
+    // The sandbox (the issuing system) holds a key for each of two accounts;
+    // Vault holds them, tagged by the documented convention.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut accounts = serde_json::Map::new();
+    for (account, id, value) in [("a", "k-a", "CANARYbreachA1"), ("b", "k-b", "CANARYbreachB2")] {
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(value));
+        accounts.insert(
+            account.to_owned(),
+            json!({ "keys": [{ "id": id, "secret_sha256": digest, "active": true, "created_at": now - 86_400, "tag": "console" }] }),
+        );
+        put(
+            &case,
+            &format!("partner/{account}"),
+            json!({ "value": value, "key_id": id }),
+            Some(json!({ "provider": "partner", "account": account, "tied_to": "acme" })),
+        );
+    }
+    put(
+        &case,
+        &format!("internal/db"),
+        json!({ "url": "postgres://app:CANARYbreachPg3@db.internal:5432/app" }),
+        None,
+    );
+    std::fs::write(&state, json!({ "accounts": accounts }).to_string()).unwrap();
+
+    let rekey = |args: &[&str]| {
+        crate::support::rekey()
+            .env("VAULT_ADDR", &case.env["VAULT_ADDR"])
+            .env("VAULT_TOKEN", &case.env["VAULT_TOKEN"])
+            .args(args)
+            .run()
+    };
+    let draft = dir.join("breach.yaml");
+    let draft_arg = draft.to_str().unwrap();
+    let journal = case.journal();
+    let journal = journal.to_str().unwrap();
+    // 1. discover
+    let found = rekey(&[
+        "discover",
+        "--from-vault",
+        &case.prefix,
+        "--instance",
+        "partner=sandbox",
+        "--setting",
+        &format!("partner.state_file={}", state.display()),
+        "--compromised",
+        "acme",
+        "--output",
+        draft_arg,
+    ]);
+    assert_eq!(found.code, 0, "{}", found.stderr);
+    assert!(
+        found.stderr.contains("3 credential(s): 2 rotated by rekey, 1 manual step(s)"),
+        "{}",
+        found.stderr
+    );
+    let text = std::fs::read_to_string(&draft).unwrap();
+    assert!(!text.contains("CANARY"), "{text}");
+    // This OpenBao is shared by parallel tests: the run stages under the
+    // test's own prefix (the one edit made to the draft).
+    let text = text.replacen(
+        "\n  mount: ",
+        &format!("\n  staging_prefix: {}/staging\n  mount: ", case.prefix),
+        1,
+    );
+    std::fs::write(&draft, &text).unwrap();
+    // The reviewer rotates only what is tied to the compromised vendor.
+    // 2. plan, offline and live
+    let planned = rekey(&["plan", draft_arg, "--compromised", "acme"]);
+    assert_eq!(planned.code, 0, "{}\n{}\n{text}", planned.stdout, planned.stderr);
+    assert!(planned.stdout.contains("2 credentials"), "{}", planned.stdout);
+    let live = rekey(&["plan", draft_arg, "--compromised", "acme", "--live"]);
+    assert_eq!(live.code, 0, "{}\n{}", live.stdout, live.stderr);
+    // 3. run, status
+    let ran = rekey(&[
+        "run", draft_arg, "--compromised", "acme", "--journal", journal, "--format", "json",
+    ]);
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let outcomes: Vec<&str> = summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["rotated", "rotated"], "{summary}");
+    let status = rekey(&["status", "--journal", journal]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    // 4. watch the retired keys: nobody used them since.
+    let watched = rekey(&["watch", "--journal", journal, "--format", "json"]);
+    assert_eq!(watched.code, 0, "{}\n{}", watched.stdout, watched.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&watched.stdout).unwrap();
+    let mut keys: Vec<&str> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key_id"].as_str().unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["k-a", "k-b"], "{doc}");
+    for out in [&found, &planned, &live, &ran, &status, &watched] {
+        assert!(!out.stdout.contains("CANARY") && !out.stderr.contains("CANARY"));
+    }
+}
