@@ -308,7 +308,10 @@ fn the_breach_admins_path_discover_plan_run_status_watch() {
         .unwrap()
         .as_secs();
     let mut accounts = serde_json::Map::new();
-    for (account, id, value) in [("a", "k-a", "CANARYbreachA1"), ("b", "k-b", "CANARYbreachB2")] {
+    for (account, id, value) in [
+        ("a", "k-a", "CANARYbreachA1"),
+        ("b", "k-b", "CANARYbreachB2"),
+    ] {
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(value));
         accounts.insert(
             account.to_owned(),
@@ -356,7 +359,9 @@ fn the_breach_admins_path_discover_plan_run_status_watch() {
     ]);
     assert_eq!(found.code, 0, "{}", found.stderr);
     assert!(
-        found.stderr.contains("3 credential(s): 2 rotated by rekey, 1 manual step(s)"),
+        found
+            .stderr
+            .contains("3 credential(s): 2 rotated by rekey, 1 manual step(s)"),
         "{}",
         found.stderr
     );
@@ -373,13 +378,28 @@ fn the_breach_admins_path_discover_plan_run_status_watch() {
     // The reviewer rotates only what is tied to the compromised vendor.
     // 2. plan, offline and live
     let planned = rekey(&["plan", draft_arg, "--compromised", "acme"]);
-    assert_eq!(planned.code, 0, "{}\n{}\n{text}", planned.stdout, planned.stderr);
-    assert!(planned.stdout.contains("2 credentials"), "{}", planned.stdout);
+    assert_eq!(
+        planned.code, 0,
+        "{}\n{}\n{text}",
+        planned.stdout, planned.stderr
+    );
+    assert!(
+        planned.stdout.contains("2 credentials"),
+        "{}",
+        planned.stdout
+    );
     let live = rekey(&["plan", draft_arg, "--compromised", "acme", "--live"]);
     assert_eq!(live.code, 0, "{}\n{}", live.stdout, live.stderr);
     // 3. run, status
     let ran = rekey(&[
-        "run", draft_arg, "--compromised", "acme", "--journal", journal, "--format", "json",
+        "run",
+        draft_arg,
+        "--compromised",
+        "acme",
+        "--journal",
+        journal,
+        "--format",
+        "json",
     ]);
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
     let summary: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
