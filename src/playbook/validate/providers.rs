@@ -187,6 +187,7 @@ pub(super) fn validate_providers(
                 latency: t.latency(),
                 requests: t.requests.clone(),
                 quota: t.quota,
+                admin_key_listed: t.admin_key_listed,
             },
         );
     }
@@ -209,6 +210,7 @@ pub(super) fn validate_providers(
                 latency: t.latency(),
                 requests: t.requests.clone(),
                 quota: None,
+                admin_key_listed: false,
             },
         );
     }
