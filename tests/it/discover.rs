@@ -326,7 +326,7 @@ fn the_breach_admins_path_discover_plan_run_status_watch() {
     }
     put(
         &case,
-        &format!("internal/db"),
+        "internal/db",
         json!({ "url": "postgres://app:CANARYbreachPg3@db.internal:5432/app" }),
         None,
     );
