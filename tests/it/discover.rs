@@ -53,8 +53,9 @@ fn discover_maps_a_seeded_openbao_a_moto_account_and_scanner_reports_into_a_draf
     }
 
     // 200 entries: AWS key pairs (two of them the moto keys), database URLs,
-    // GitLab tokens, values of no known shape, the documented convention,
-    // rekey's own metadata, and a deep tree.
+    // GitLab tokens and values of no known shape (110 in one folder: its list
+    // takes two pages of 100), the documented convention, rekey's own
+    // metadata, and a deep tree.
     let mut n = 0;
     for (i, (_, id, secret)) in moto_keys.iter().enumerate() {
         put(
@@ -80,13 +81,18 @@ fn discover_maps_a_seeded_openbao_a_moto_account_and_scanner_reports_into_a_draf
             "postgres://app{i}:{}@db{i}.internal:5432/app",
             canary("pgpw", i)
         );
-        put(&case, &format!("db/svc{i}"), json!({ "url": url }), None);
+        put(
+            &case,
+            &format!("flat/db-svc{i}"),
+            json!({ "url": url }),
+            None,
+        );
         n += 1;
     }
     for i in 0..40 {
         put(
             &case,
-            &format!("ci/project{i}"),
+            &format!("flat/ci-project{i}"),
             json!({ "token": format!("glpat-{}", canary("gl", i)) }),
             None,
         );
@@ -95,7 +101,7 @@ fn discover_maps_a_seeded_openbao_a_moto_account_and_scanner_reports_into_a_draf
     for i in 0..30 {
         put(
             &case,
-            &format!("misc/thing{i}"),
+            &format!("flat/misc-thing{i}"),
             json!({ "value": canary("opaque", i) }),
             None,
         );
@@ -209,6 +215,18 @@ fn discover_maps_a_seeded_openbao_a_moto_account_and_scanner_reports_into_a_draf
         "no canary of any kind in the draft"
     );
 
+    // Every entry of the folder listed in two pages is in the draft.
+    for i in 0..40 {
+        for path in [format!("flat/db-svc{i}"), format!("flat/ci-project{i}")] {
+            assert!(text.contains(&format!("/{path}")), "{path} is missing");
+        }
+    }
+    for i in 0..30 {
+        assert!(
+            text.contains(&format!("/flat/misc-thing{i}")),
+            "misc-thing{i}"
+        );
+    }
     // The walk was bounded and said so; the deep tree stopped at --max-depth.
     assert!(
         discovered
@@ -253,6 +271,28 @@ fn discover_maps_a_seeded_openbao_a_moto_account_and_scanner_reports_into_a_draf
         credentials >= 195 + 6,
         "every entry entered (levels 6 to 10 of the deep tree were not) and every finding became a credential: {credentials}"
     );
+
+    // --max-entries stops the walk, and says so.
+    let bounded = crate::support::rekey()
+        .env("VAULT_ADDR", &case.env["VAULT_ADDR"])
+        .env("VAULT_TOKEN", &case.env["VAULT_TOKEN"])
+        .args([
+            "discover",
+            "--from-vault",
+            &case.prefix,
+            "--max-entries",
+            "50",
+        ])
+        .run();
+    assert_eq!(bounded.code, 0, "{}", bounded.stderr);
+    assert!(
+        bounded.stderr.contains(": 50 entries in ")
+            && bounded.stderr.contains("(stopped at --max-entries 50)"),
+        "{}",
+        bounded.stderr
+    );
+    assert_eq!(bounded.stdout.matches("\n  - id: ").count(), 50);
+    assert!(!bounded.stdout.contains("CANARY"));
 
     // The draft plans cleanly.
     let planned = crate::support::rekey()
