@@ -114,6 +114,20 @@ pub fn credential_plan<'a>(playbook: &'a Playbook, c: &'a Credential) -> Credent
     }
 }
 
+/// Estimated seconds of one credential's own rotation: its provider requests at
+/// the instance's latency and its Vault requests, one after another (manual
+/// steps wait for a person and count only their Vault requests).
+pub fn rotation_seconds(playbook: &Playbook, c: &Credential) -> f64 {
+    let plan = credential_plan(playbook, c);
+    let latency = playbook
+        .providers
+        .get(&c.provider)
+        .filter(|p| p.kind != Kind::Manual)
+        .map_or(0.0, |p| p.latency.as_secs_f64());
+    plan.provider_requests as f64 * latency
+        + plan.vault_requests as f64 * VAULT_LATENCY.as_secs_f64()
+}
+
 /// Fills the per-provider table, wave ETAs and totals.
 pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
     let global = playbook.defaults.concurrency.max(1) as f64;
