@@ -26,6 +26,7 @@ mod rate_limits;
 mod rate_servers;
 mod security;
 mod services;
+mod schedule;
 mod sinks;
 mod store_vault;
 mod support;
