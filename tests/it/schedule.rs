@@ -109,7 +109,8 @@ fn a_dependency_on_another_instance_is_met_once_the_new_value_is_promoted() {
 fn a_credential_waiting_for_its_rate_limit_leaves_its_slot_to_other_instances() {
     // Two global slots. `limited` sends 2 requests a second; its credentials come
     // first in the playbook and take both slots. Waiting for permits, they give
-    // them back, so `free`'s credentials finish long before `limited`'s last.
+    // them back, so `free`'s credentials finish before any of `limited`'s (each
+    // needs two permits, half a second apart).
     let providers = "  limited: { type: sandbox_password, rate: { per_second: 2, burst: 1 }, concurrency: 2, settings: { state_file: DIR/l.json, latency: 1ms } }\n  free: { type: sandbox_password, settings: { state_file: DIR/f.json, latency: 1ms } }\n";
     let mut credentials = String::new();
     for i in 1..=4 {
@@ -119,14 +120,14 @@ fn a_credential_waiting_for_its_rate_limit_leaves_its_slot_to_other_instances() 
         credentials += &password(&format!("free-{i}"), "free", "");
     }
     let (_, lines) = run(providers, &credentials, 2);
-    let last_limited = (1..=4)
+    let first_limited = (1..=4)
         .map(|i| rotated_at(&lines, &format!("limited-{i}")))
-        .max()
+        .min()
         .unwrap();
     for i in 1..=4 {
         let id = format!("free-{i}");
         assert!(
-            rotated_at(&lines, &id) < last_limited,
+            rotated_at(&lines, &id) < first_limited,
             "{id} waited for the rate-limited instance"
         );
     }
