@@ -28,6 +28,8 @@ pub struct Plan<'a> {
     pub providers: Vec<ProviderPlan<'a>>,
     pub vault: VaultPlan<'a>,
     pub totals: Totals,
+    /// The longest chain of dependencies: the run takes at least this long.
+    pub critical_path: CriticalPath<'a>,
     pub warnings: Vec<&'a str>,
 }
 
@@ -96,6 +98,14 @@ pub struct VaultPlan<'a> {
     pub requests: u64,
 }
 
+/// The longest chain of selected dependencies, first to last, and its estimated
+/// seconds (see `estimate`).
+#[derive(Debug, Default, Serialize)]
+pub struct CriticalPath<'a> {
+    pub credentials: Vec<&'a str>,
+    pub seconds: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Totals {
     pub credentials: usize,
@@ -153,6 +163,7 @@ pub fn build<'a>(file: &'a str, playbook: &'a Playbook, selection: &select::Sele
             eta_seconds: 0.0,
             has_work: false,
         },
+        critical_path: CriticalPath::default(),
         warnings: playbook
             .warnings
             .iter()
