@@ -12,8 +12,8 @@ pub mod limits;
 mod rotate;
 mod schedule;
 
-pub use rotate::keys_to_retire;
 pub use crate::protocol::{Checkpoint, PlannedStep, Step};
+pub use rotate::keys_to_retire;
 
 use crate::journal::{CredentialState, Journal, JournalError, NewRun, RunStatus};
 use crate::playbook::{Mode, Playbook};

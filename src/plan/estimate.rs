@@ -12,8 +12,8 @@
 //! wave's credentials alone. Manual steps wait for a person and are left out.
 use super::{CredentialPlan, CriticalPath, Plan, ProviderPlan};
 use crate::catalog::Kind;
-use crate::protocol::PlannedStep;
 use crate::playbook::{Credential, Playbook};
+use crate::protocol::PlannedStep;
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
 use std::time::Duration;

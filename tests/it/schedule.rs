@@ -48,7 +48,11 @@ fn at(lines: &[Value], credential: &str, event: &str, action: Option<&str>, firs
             && l["event"] == event
             && action.is_none_or(|a| l["action"] == a)
     });
-    let hit = if first { found.next() } else { found.next_back() };
+    let hit = if first {
+        found.next()
+    } else {
+        found.next_back()
+    };
     hit.unwrap_or_else(|| panic!("no {event} {action:?} line for {credential}"))
         .0
 }
