@@ -243,8 +243,8 @@ pub(crate) struct Retirement {
 
 /// Everything a run needs. Built with [`Engine::builder`] by the command layer
 /// (with Vault and the real providers) or by tests (with an in-memory store).
-/// Cloning is cheap (one shared [`Shared`]): each credential's task holds a clone,
-/// so credentials run on every thread of the runtime.
+/// Cloning is cheap (one shared [`Shared`]): each credential in flight holds a
+/// clone.
 #[derive(Clone)]
 pub struct Engine {
     shared: Arc<Shared>,
@@ -534,7 +534,7 @@ impl Engine {
     /// Rotates the credentials at `waves` (indices into the playbook's
     /// credentials, as `plan::order::waves` returns them), recording run `new_run`.
     /// Each credential starts as soon as its own dependencies allow (see
-    /// `schedule`), on any thread of the runtime.
+    /// `schedule`).
     pub async fn run(
         &self,
         new_run: &NewRun,
@@ -631,8 +631,12 @@ impl Engine {
         let mut ready = Ready::new(caps.len());
         let mut freed = graph.roots();
         freed.reverse();
-        // Dropping the set (the run dropped mid-way, as a crash) aborts every task.
-        let mut tasks = tokio::task::JoinSet::new();
+        // The credentials in flight, polled here as one set rather than spawned on
+        // the runtime's threads: the rate limiter times a provider's bucket from
+        // its permits, and on two threads of a loaded machine requests left late
+        // and in bunches. Dropping the set (the run dropped mid-way, as a crash)
+        // drops every credential's work.
+        let mut tasks = futures::stream::FuturesUnordered::new();
         let mut running = 0usize;
         let mut first_error: Option<EngineError> = None;
         let mut vault_gave_up = false;
@@ -702,7 +706,7 @@ impl Engine {
                 let engine = self.clone();
                 let run = run_id_shared.clone();
                 let last = rows.map(|rows| rows.get(&credential.id).cloned());
-                tasks.spawn(schedule::holding(held, async move {
+                tasks.push(schedule::holding(held, async move {
                     let outcome = match last {
                         None => engine.rotate_one(&run, index).await,
                         Some(last) => engine.resume_one(&run, index, last.as_ref()).await,
@@ -717,13 +721,8 @@ impl Engine {
                 break;
             }
             tokio::select! {
-                Some(joined) = tasks.join_next() => {
+                Some((p, outcome)) = futures::StreamExt::next(&mut tasks) => {
                     running -= 1;
-                    let (p, outcome) = match joined {
-                        Ok(v) => v,
-                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                        Err(e) => return Err(EngineError::Setup(format!("a credential's task ended: {e}"))),
-                    };
                     in_flight[instance_of[p]] -= 1;
                     match outcome {
                         Ok(outcome) => {
