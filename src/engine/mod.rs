@@ -960,14 +960,25 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let mut detail = serde_json::to_value(outcome).unwrap_or_default();
         if outcome.resumable()
-            && let Some(last) = last
-            && let (Some(fields), serde_json::Value::Object(checkpoint)) = (
-                detail.as_object_mut(),
-                Checkpoint::from_detail(&last.detail).to_detail(),
-            )
+            && let Some(fields) = detail.as_object_mut()
         {
-            for (name, value) in checkpoint {
-                fields.entry(name).or_insert(value);
+            // The newest checkpoint first: this resume may have started the
+            // rotation again (a new value staged, a new check-and-set version)
+            // before it was interrupted; what it did not record comes from the
+            // state before it (found by `scripts/chaos`: the older version made
+            // the next resume refuse its own write).
+            let newest = self
+                .journal(|j| j.states(run_id))?
+                .into_iter()
+                .find(|row| row.credential == id);
+            for row in newest.iter().chain(last) {
+                if let serde_json::Value::Object(checkpoint) =
+                    Checkpoint::from_detail(&row.detail).to_detail()
+                {
+                    for (name, value) in checkpoint {
+                        fields.entry(name).or_insert(value);
+                    }
+                }
             }
         }
         self.journal_durable(|j| j.set_state(run_id, id, outcome.state(), &detail))
