@@ -42,6 +42,10 @@ pub enum Effect {
     Crash,
     /// Applied, then never answers.
     CrashAfter,
+    /// Applied, then a fatal error (Redis: the password added, `ACL SAVE` refused).
+    AppliedThenFatal,
+    /// No fault: the call goes through (a slot before the faults that follow).
+    Pass,
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +116,9 @@ impl Scripted {
         match effect {
             Some(Effect::LoseAnswer) => Err(ProviderError::Transient(format!(
                 "{op:?}: connection reset before the answer"
+            ))),
+            Some(Effect::AppliedThenFatal) => Err(ProviderError::Fatal(format!(
+                "{op:?}: applied, then refused to persist"
             ))),
             Some(Effect::CrashAfter) => {
                 self.hung.notify_one();
@@ -340,6 +347,16 @@ impl Case {
             .iter()
             .map(|k| k.id.clone())
             .collect()
+    }
+
+    /// `op` succeeds `times` times, then fails as `effect` says.
+    pub fn fail_after(&self, op: Op, times: u32, effect: Effect) {
+        self.world
+            .lock()
+            .unwrap()
+            .faults
+            .push((op, Effect::Pass, times));
+        self.fail(op, effect);
     }
 
     pub fn fail(&self, op: Op, effect: Effect) {
@@ -1078,5 +1095,39 @@ async fn a_second_interruption_during_resume_keeps_the_newest_checkpoint() {
             Vec::<String>::new(),
             "breach {breach}"
         );
+    }
+}
+
+/// Found by `scripts/chaos` (iteration 75): Redis added the new password, then
+/// `ACL SAVE` failed and the undo could not reach the server; the credential was
+/// "rolled back" while a password nobody holds stayed live. A create that fails
+/// for good is followed by the sweep of this attempt's tagged keys; when the
+/// sweep itself cannot run, the credential is quarantined with the tag, never
+/// called rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_half_happened_leaves_no_key_nobody_holds() {
+    for breach in [false, true] {
+        let case = Case::new(Kind::Dual, breach);
+        case.fail(Op::Create, Effect::AppliedThenFatal);
+        let (summary, _) = case.run().await;
+        assert!(
+            matches!(outcome(&summary), Outcome::RolledBack { .. }),
+            "{:?}",
+            outcome(&summary)
+        );
+        assert_eq!(case.key_ids(), vec!["k0".to_owned()], "breach {breach}");
+        // The sweep cannot list: a human is told which key to delete.
+        let case = Case::new(Kind::Dual, breach);
+        case.fail(Op::Create, Effect::AppliedThenFatal);
+        // The list before the create answers; the sweep's list does not.
+        case.fail_after(Op::List, 1, Effect::Fatal);
+        let (summary, _) = case.run().await;
+        match outcome(&summary) {
+            Outcome::Quarantined { action, .. } => {
+                assert!(action.contains("tagged `rekey:"), "the tag: {action}")
+            }
+            other => panic!("breach {breach}: {other:?}"),
+        }
+        assert_eq!(case.key_ids().len(), 2, "the half-made key is still there");
     }
 }

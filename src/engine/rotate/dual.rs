@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! read_current → list (which keys exist: the old ones to retire; quota: revoke an
-//!   inactive stray) ─▶creating → create (a lost answer: revoke the orphan, again)
+//!   inactive stray) ─▶creating → create (any failure: revoke this attempt's tagged
+//!   keys, then again if transient; the sweep cannot list → quarantined)
 //!   → stage ─▶staged → verify ─▶verified → promote ─▶promoted → sinks → [grace]
 //!   → retire: deactivate + revoke each old key → confirm_retired (list again)
 //!   → clear_staging ─▶retired → rotated
@@ -167,9 +168,18 @@ impl Ctx<'_> {
         let tag = self.tag();
         let issued = match self.create_key(&tag, old.vault_key.as_deref()).await? {
             Ok(i) => i,
-            Err(message) => {
+            Err(CreateFailed::NothingLeft(message)) => {
                 return Ok(Outcome::RolledBack {
                     reason: format!("create failed: {message}"),
+                });
+            }
+            Err(CreateFailed::MayBeLeft(message)) => {
+                return Ok(Outcome::Quarantined {
+                    reason: format!("create failed: {message}"),
+                    action: format!(
+                        "a key may have been created without rekey learning its secret: at the provider, delete every key of this account tagged `{tag}` (nobody holds its value); the old value still works"
+                    ),
+                    resumable: false,
                 });
             }
         };
@@ -400,7 +410,7 @@ impl Ctx<'_> {
         &self,
         tag: &str,
         old_key: Option<&str>,
-    ) -> Result<Result<Issued, String>, EngineError> {
+    ) -> Result<Result<Issued, CreateFailed>, EngineError> {
         let provider = self.provider.clone();
         let target = self.target();
         let attempts = self.engine.tuning.attempts.max(1);
@@ -418,22 +428,30 @@ impl Ctx<'_> {
                     provider.create_replacing(target, tag, old_key)
                 })
                 .await?;
-            match created {
+            let f = match created {
                 Ok(issued) => return Ok(Ok(issued)),
-                Err(f) if f.kind == FailureKind::Transient => {
-                    if let Err(message) = self.revoke_tagged(None).await? {
-                        return Ok(Err(format!("{}; and {message}", f.message)));
-                    }
-                    if attempt == attempts {
-                        return Ok(Err(f.message));
-                    }
-                    tokio::time::sleep(super::ctx::jitter(delay)).await;
-                    delay = (delay * 2).min(self.engine.tuning.max_backoff);
-                }
-                Err(f) => return Ok(Err(f.message)),
+                Err(f) => f,
+            };
+            // A failed create may still have made a key (an answer lost; Redis
+            // adding the password and then failing to persist it): nobody holds
+            // its secret, so every key with this attempt's tag goes first. A
+            // refusal from a provider that cannot list is taken at its word.
+            let transient = f.kind == FailureKind::Transient;
+            if (transient || provider.lists_keys())
+                && let Err(message) = self.revoke_tagged(None).await?
+            {
+                return Ok(Err(CreateFailed::MayBeLeft(format!(
+                    "{}; and {message}",
+                    f.message
+                ))));
             }
+            if !transient || attempt == attempts {
+                return Ok(Err(CreateFailed::NothingLeft(f.message)));
+            }
+            tokio::time::sleep(super::ctx::jitter(delay)).await;
+            delay = (delay * 2).min(self.engine.tuning.max_backoff);
         }
-        Ok(Err("no attempt left".into()))
+        Ok(Err(CreateFailed::NothingLeft("no attempt left".into())))
     }
 
     /// Revokes every key carrying this run's tag for this credential, except
@@ -794,4 +812,12 @@ impl Ctx<'_> {
             },
         })
     }
+}
+
+/// Why no new key came out of `create`.
+enum CreateFailed {
+    /// The provider holds no key of this attempt (checked with its list).
+    NothingLeft(String),
+    /// A key may exist that nobody holds: the list to find it failed.
+    MayBeLeft(String),
 }
