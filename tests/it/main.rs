@@ -17,6 +17,7 @@ mod journal;
 mod lab;
 mod loader_props;
 mod manual;
+mod pg;
 mod protocol;
 mod providers_aws;
 mod providers_hosts;

@@ -334,8 +334,9 @@ fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.code().map(|c| c.code().to_owned())
 }
 
-/// TLS with certificate and host name checks: the system roots plus `ca_file`.
-fn tls_connector(
+/// TLS with certificate and host name checks: the system roots plus `ca_file`
+/// (also the shared journal's, `crate::journal::postgres`).
+pub(crate) fn tls_connector(
     ca_file: Option<&std::path::Path>,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
     use rustls::pki_types::CertificateDer;
