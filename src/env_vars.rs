@@ -1,7 +1,9 @@
 //! Every environment variable rekey reads, in one place: the constants below, and
 //! the variables a playbook names (`vault.auth.token_env`, `secret_id_env`, an
 //! admin credential's `env`, `${VAR}` in its text, an exec plugin's `env:` list),
-//! all read through [`get`] and [`get_os`]; nothing else in rekey calls `std::env`.
+//! all read through [`get`] and [`get_os`]; nothing else in rekey reads the
+//! environment (`harden` takes the secret ones out of it, through `get`;
+//! `tests/it/layers.rs` checks it).
 
 /// Default variable holding the Vault token (`vault.auth.token_env` changes it).
 pub const VAULT_TOKEN: &str = "VAULT_TOKEN";

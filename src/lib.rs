@@ -18,6 +18,7 @@ pub mod net;
 pub mod plan;
 pub mod playbook;
 pub mod progress;
+pub mod protocol;
 pub mod provider;
 pub mod secret;
 pub mod sink;

@@ -16,7 +16,8 @@ would log in to its system with the credential, without it ever being in argv/en
 --misbehave rehearses a broken plugin when request OP arrives: `timeout` (never
 answers), `crash` (exits 3), `garbage` (writes a non-JSON line), `unknown` (sends
 a message of an unknown kind first, then answers normally), `transient` (answers
-with a transient error); `version` answers the hello with protocol version 99; `rate_limited` answers the first OP with a
+with a transient error), `wrong_shape` (answers with the request's secret where the
+result's boolean goes: a plugin bug whose error must not quote the value); `version` answers the hello with protocol version 99; `rate_limited` answers the first OP with a
 rate-limited error (retry after 50 ms), then normally; `env`
 logs the names of the environment variables it got; `fds` logs the file
 descriptors it inherited; `long_line` logs one 4 MiB line; `spawn` starts a
@@ -193,6 +194,9 @@ def main():
                 continue
             elif args.misbehave == "unknown":
                 send({"type": "progress", "percent": 50})
+            elif args.misbehave == "wrong_shape":
+                send({"type": "response", "id": msg["id"], "result": {"valid": msg.get("secret") or msg.get("new_secret")}})
+                continue
             elif args.misbehave == "transient":
                 send({"type": "response", "id": msg["id"], "error": {"kind": "transient", "message": "backend busy"}})
                 continue

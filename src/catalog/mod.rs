@@ -105,7 +105,9 @@ pub struct ProviderType {
     pub kind: Kind,
     /// `native` (Rust), `http` (declarative definition), `builtin`.
     pub implementation: String,
-    /// Whether `rekey run` can rotate this type in this build.
+    /// Whether `rekey run` can rotate this type in this build: computed when the
+    /// catalog loads (a [`Native`] type, an HTTP definition, or manual steps).
+    /// Older provider files wrote it; what they say is replaced.
     #[serde(default)]
     pub available: bool,
     /// Live credentials an account may hold at once (dual kinds), if limited.
@@ -122,7 +124,7 @@ pub struct ProviderType {
     #[serde(default)]
     pub settings: IndexMap<String, Setting>,
     #[serde(default)]
-    pub credential_settings: IndexMap<String, Setting>,
+    pub credential_settings: CredentialSettings,
     /// Published documentation the definition was checked against.
     #[serde(default)]
     pub docs: Vec<String>,
@@ -139,6 +141,146 @@ pub struct ProviderType {
     pub http: Option<serde_json::Value>,
     #[serde(skip)]
     definition: HttpSlot,
+}
+
+/// The provider types implemented in Rust in this build (`provider/registry.rs`
+/// builds each): the one list of their names. A type of any other name runs only
+/// through an HTTP definition (or, `manual`, through the engine itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Native {
+    Sandbox,
+    SandboxPassword,
+    Exec,
+    AwsIam,
+    VaultApprole,
+    VaultUserpass,
+    Ldap,
+    Ssh,
+    Postgres,
+    PostgresAlternating,
+    Mysql,
+    Redis,
+}
+
+impl Native {
+    pub const ALL: [Native; 12] = [
+        Native::Sandbox,
+        Native::SandboxPassword,
+        Native::Exec,
+        Native::AwsIam,
+        Native::VaultApprole,
+        Native::VaultUserpass,
+        Native::Ldap,
+        Native::Ssh,
+        Native::Postgres,
+        Native::PostgresAlternating,
+        Native::Mysql,
+        Native::Redis,
+    ];
+
+    /// The type name, as in `providers/<name>.yaml` and a playbook's `type:`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Native::Sandbox => "sandbox",
+            Native::SandboxPassword => "sandbox_password",
+            Native::Exec => "exec",
+            Native::AwsIam => "aws_iam",
+            Native::VaultApprole => "vault_approle",
+            Native::VaultUserpass => "vault_userpass",
+            Native::Ldap => "ldap",
+            Native::Ssh => "ssh",
+            Native::Postgres => "postgres",
+            Native::PostgresAlternating => "postgres_alternating",
+            Native::Mysql => "mysql",
+            Native::Redis => "redis",
+        }
+    }
+}
+
+impl std::str::FromStr for Native {
+    type Err = UnknownNative;
+
+    fn from_str(name: &str) -> Result<Native, UnknownNative> {
+        Native::ALL
+            .into_iter()
+            .find(|n| n.name() == name)
+            .ok_or(UnknownNative)
+    }
+}
+
+/// A type name that is not one of this build's [`Native`] types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownNative;
+
+/// The settings a credential of a type takes (by default, none).
+#[derive(Clone, Debug)]
+pub enum CredentialSettings {
+    /// These, checked against what a credential writes, with defaults applied.
+    Declared(IndexMap<String, Setting>),
+    /// Whatever a credential writes, handed on unchecked: the implementation
+    /// defines its own (exec plugins). Written `credential_settings: open`.
+    Open,
+}
+
+impl Default for CredentialSettings {
+    fn default() -> CredentialSettings {
+        CredentialSettings::Declared(IndexMap::new())
+    }
+}
+
+impl CredentialSettings {
+    /// The declared settings' names (none when open).
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.declared().into_iter().flat_map(IndexMap::keys)
+    }
+
+    /// A declared setting.
+    pub fn get(&self, name: &str) -> Option<&Setting> {
+        self.declared()?.get(name)
+    }
+
+    /// The declared settings, unless they are open.
+    pub fn declared(&self) -> Option<&IndexMap<String, Setting>> {
+        match self {
+            CredentialSettings::Declared(settings) => Some(settings),
+            CredentialSettings::Open => None,
+        }
+    }
+}
+
+impl Serialize for CredentialSettings {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CredentialSettings::Declared(settings) => settings.serialize(s),
+            CredentialSettings::Open => s.serialize_str("open"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CredentialSettings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = CredentialSettings;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of settings, or `open`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "open" => Ok(CredentialSettings::Open),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                IndexMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(CredentialSettings::Declared)
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 /// What a vendor requires of rekey and what its credentials allow, from its
@@ -192,6 +334,11 @@ impl ProviderType {
 }
 
 impl ProviderType {
+    /// Whether `rekey run` can rotate this type in this build (see `available`).
+    fn runnable(&self) -> bool {
+        self.kind == Kind::Manual || self.http.is_some() || self.name.parse::<Native>().is_ok()
+    }
+
     pub fn rate(&self) -> Rate {
         let r = &self.default_rate;
         // `Catalog::parse` refuses files whose rate does not resolve.
@@ -396,6 +543,7 @@ impl Catalog {
                     message: format!("bad typical_latency `{}`", t.typical_latency),
                 });
             }
+            t.available = t.runnable();
             types.insert(t.name.clone(), t);
         }
         Ok(Catalog { types })
@@ -440,6 +588,77 @@ mod tests {
                 Kind::Manual => {}
             }
         }
+    }
+
+    #[test]
+    fn native_types_and_the_shipped_files_agree() {
+        let catalog = Catalog::load(None).unwrap();
+        for native in Native::ALL {
+            let t = catalog
+                .get(native.name())
+                .unwrap_or_else(|| panic!("providers/{}.yaml is missing", native.name()));
+            assert!(
+                matches!(t.implementation.as_str(), "native" | "builtin") && t.http.is_none(),
+                "{}: a native type's file says `implementation: native` (or builtin) and has no http section",
+                t.name
+            );
+            assert_eq!(native.name().parse::<Native>(), Ok(native));
+        }
+        for t in catalog.types.values() {
+            assert!(
+                t.available,
+                "{}: every shipped type runs in this build",
+                t.name
+            );
+            if t.http.is_none() && t.kind != Kind::Manual {
+                assert!(
+                    t.name.parse::<Native>().is_ok(),
+                    "{}: neither native nor http",
+                    t.name
+                );
+            }
+        }
+        assert_eq!("mainframe".parse::<Native>(), Err(UnknownNative));
+    }
+
+    #[test]
+    fn runnable_is_computed_whatever_a_file_says() {
+        let sandbox = SHIPPED
+            .iter()
+            .find(|(n, _)| *n == "sandbox.yaml")
+            .unwrap()
+            .1;
+        let renamed = sandbox.replace("name: sandbox\n", "name: mainframe\n");
+        let stale = format!("{sandbox}available: false\n");
+        let catalog = Catalog::parse(&[
+            ("extra/mainframe.yaml", renamed.as_str()),
+            ("extra/sandbox.yaml", stale.as_str()),
+        ])
+        .unwrap();
+        assert!(!catalog.get("mainframe").unwrap().available);
+        assert!(catalog.get("sandbox").unwrap().available);
+    }
+
+    #[test]
+    fn credential_settings_are_a_map_or_open() {
+        let exec = Catalog::load(None).unwrap().get("exec").unwrap().clone();
+        assert!(exec.credential_settings.declared().is_none());
+        assert_eq!(exec.credential_settings.keys().count(), 0);
+        let json = serde_json::to_value(&exec).unwrap();
+        assert_eq!(json["credential_settings"], "open");
+        let ldap = Catalog::load(None).unwrap().get("ldap").unwrap().clone();
+        assert!(ldap.credential_settings.get("dn").is_some());
+        let sandbox = SHIPPED
+            .iter()
+            .find(|(n, _)| *n == "sandbox.yaml")
+            .unwrap()
+            .1;
+        let wrong = sandbox.replace(
+            "credential_settings:",
+            "credential_settings: opn\nx_unused:",
+        );
+        let err = Catalog::parse(&[("extra/sandbox.yaml", wrong.as_str())]).unwrap_err();
+        assert!(err.message.contains("opn"), "{}", err.message);
     }
 
     #[test]

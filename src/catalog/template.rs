@@ -343,7 +343,7 @@ pub fn dry_render(source: &str, t: &ProviderType, base_url: bool) -> Result<Stri
         let default = t
             .settings
             .get(*k)
-            .or_else(|| t.credential_settings.get(*k))
+            .or_else(|| t.credential_settings.get(k))
             .and_then(|s| s.default.clone());
         cx.settings.insert(
             (*k).clone(),

@@ -120,14 +120,36 @@ fn live_checks(
             }
         }
         match store.list(&pb.vault.staging_prefix).await {
-            Ok(runs) if runs.is_empty() => rows.push(("staging".to_owned(), true, "no leftover staging entries".to_owned())),
-            Ok(runs) => rows.push(("staging".to_owned(), false, format!("leftover staging entries of run(s) {}: finish them with `rekey resume RUN` first", runs.iter().map(|r| r.trim_end_matches('/')).collect::<Vec<_>>().join(", ")))),
+            Ok(mut runs) => {
+                // `locks/` holds the credentials' cross-process locks, not a run.
+                let locked = runs.iter().any(|r| r == "locks/");
+                runs.retain(|r| r != "locks/");
+                if runs.is_empty() {
+                    rows.push(("staging".to_owned(), true, "no leftover staging entries".to_owned()));
+                } else {
+                    rows.push(("staging".to_owned(), false, format!("leftover staging entries of run(s) {}: finish them with `rekey resume RUN` first", runs.iter().map(|r| r.trim_end_matches('/')).collect::<Vec<_>>().join(", "))));
+                }
+                if locked {
+                    rows.push(("locks".to_owned(), false, format!("credential locks are held under {}/locks: another rekey process is rotating (or died; its locks expire)", pb.vault.staging_prefix)));
+                }
+            }
             Err(e) => rows.push(("staging".to_owned(), false, e.to_string())),
         }
         let mut providers: indexmap::IndexMap<String, Option<std::sync::Arc<dyn crate::provider::Provider>>> = indexmap::IndexMap::new();
+        // Every selected entry first: the key each credential's Vault entry names is
+        // what the breach retirement leaves to that credential.
+        let mut entries = Vec::with_capacity(selected.len());
         for &i in selected {
+            entries.push(store.read(&pb.credentials[i].vault_path).await);
+        }
+        let named: std::collections::HashMap<&str, usize> = selected
+            .iter()
+            .zip(&entries)
+            .filter_map(|(&i, e)| Some((e.as_ref().ok()?.fields.get("key_id")?.as_str(), i)))
+            .collect();
+        for (&i, entry) in selected.iter().zip(&entries) {
             let c = &pb.credentials[i];
-            match store.read(&c.vault_path).await {
+            match entry {
                 Ok(entry) if entry.version == 0 => rows.push((format!("{} vault", c.id), true, format!("{} is new (no version yet)", c.vault_path))),
                 Ok(entry) => rows.push((format!("{} vault", c.id), true, format!("{} at version {}", c.vault_path, entry.version))),
                 Err(e) => rows.push((format!("{} vault", c.id), false, e.to_string())),
@@ -153,6 +175,51 @@ fn live_checks(
             match provider.preflight(target).await {
                 Ok(()) => rows.push((format!("{} provider", c.id), true, format!("{} ready", c.provider))),
                 Err(e) => rows.push((format!("{} provider", c.id), false, e.to_string())),
+            }
+            // Which existing keys a run would retire, by id and age.
+            if c.kind == Kind::Dual && provider.lists_keys() && !provider.replaces_old_on_create() {
+                let vault_key = entry.as_ref().ok().and_then(|e| e.fields.get("key_id").cloned());
+                match provider.list(target).await {
+                    Ok(keys) => {
+                        let elsewhere = |k: &crate::provider::KeyInfo| {
+                            named.get(k.id.as_str()).is_some_and(|&j| j != i)
+                                || k.tag.as_deref().and_then(|t| t.strip_prefix("rekey:")).and_then(|t| t.split_once(':')).is_some_and(|(_, cred)| {
+                                    cred != c.id && pb.credentials.iter().any(|o| o.id == cred && o.provider == c.provider)
+                                })
+                        };
+                        let (retire, unidentified) = crate::engine::keys_to_retire(
+                            pb.incident.mode == playbook::Mode::Breach,
+                            &keys,
+                            vault_key.as_deref(),
+                            &c.keep,
+                            &elsewhere,
+                        );
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0);
+                        let described: Vec<String> = retire
+                            .iter()
+                            .map(|id| {
+                                let age = keys
+                                    .iter()
+                                    .find(|k| &k.id == id)
+                                    .and_then(|k| k.created_at)
+                                    .map(|t| format!(" ({} old)", crate::doc::rate::format_duration(std::time::Duration::from_secs(now.saturating_sub(t)))))
+                                    .unwrap_or_default();
+                                format!("{id}{age}")
+                            })
+                            .collect();
+                        if !unidentified.is_empty() {
+                            rows.push((format!("{} retires", c.id), false, format!("Vault names no key and the run cannot tell which of {} is in use: they would stay active and the credential end quarantined; put `key_id` in {} (or use `keep:`)", unidentified.join(", "), c.vault_path)));
+                        } else if described.is_empty() {
+                            rows.push((format!("{} retires", c.id), true, "no existing key to retire".into()));
+                        } else {
+                            rows.push((format!("{} retires", c.id), true, format!("would retire {}", described.join(", "))));
+                        }
+                    }
+                    Err(e) => rows.push((format!("{} retires", c.id), false, format!("cannot list the keys to retire: {e}"))),
+                }
             }
             // Breach mode ends the sessions opened with the old credential: may the admin?
             if pb.incident.mode == playbook::Mode::Breach

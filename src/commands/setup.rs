@@ -210,7 +210,7 @@ pub(super) fn prepare<'c>(
             continue;
         }
         match pb.providers.get(needed) {
-            Some(p) if crate::provider::registry::supports(&p.type_name, catalog) => {
+            Some(p) if catalog.get(&p.type_name).is_some_and(|t| t.available) => {
                 providers.insert(needed.to_owned());
             }
             Some(p) => refused.push(format!(

@@ -11,7 +11,8 @@ pub mod durable;
 pub mod limits;
 mod rotate;
 
-pub use rotate::step::{Checkpoint, PlannedStep, Step};
+pub use rotate::keys_to_retire;
+pub use crate::protocol::{Checkpoint, PlannedStep, Step};
 
 use crate::journal::{CredentialState, Journal, JournalError, NewRun, RunStatus};
 use crate::playbook::{Mode, Playbook};
@@ -378,6 +379,11 @@ impl Engine {
         }
     }
 
+    /// How this process names itself in leases and locks: `<pid>-<nonce>@<host>`.
+    pub fn holder_name(&self) -> String {
+        format!("{}@{}", self.holder, crate::journal::this_host())
+    }
+
     /// Runs `f` on the journal the engine records in (for states, intents, runs).
     pub fn with_journal<T>(&self, f: impl FnOnce(&Journal) -> T) -> T {
         f(&self.journal.lock().unwrap_or_else(|e| e.into_inner()))
@@ -464,6 +470,14 @@ impl Engine {
             }
         }
         true
+    }
+
+    /// Whether credential `index` waits for its grace period to end before its old
+    /// key is retired (its lease and lock stay held until then).
+    pub(crate) fn retiring_later(&self, index: usize) -> bool {
+        self.pending
+            .lock()
+            .is_ok_and(|p| p.iter().any(|r| r.index == index))
     }
 
     fn stopping(&self) -> bool {

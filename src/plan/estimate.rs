@@ -10,67 +10,97 @@
 
 use super::{CredentialPlan, Plan, ProviderPlan};
 use crate::catalog::Kind;
+use crate::protocol::PlannedStep;
 use crate::playbook::{Credential, Playbook};
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
 use std::time::Duration;
 
-/// Vault requests per rotation: read the current version, stage, promote, write
-/// custom metadata, clear the staging entry.
-pub const VAULT_REQUESTS_PER_CREDENTIAL: u32 = 5;
+/// Vault requests per rotation: take the credential's lock, read the current
+/// version, stage, promote, write custom metadata, clear the staging entry,
+/// release the lock.
+pub const VAULT_REQUESTS_PER_CREDENTIAL: u32 = 7;
 /// Typical duration of one Vault request, for the ETA.
 pub const VAULT_LATENCY: Duration = Duration::from_millis(5);
 
-/// The steps of one rotation, from a fixed vocabulary (docs/plan-json.md).
-/// `ends_sessions`: breach mode ends the sessions opened with the old credential.
+/// The steps of one rotation, as the engine takes them (`PlannedStep`, the
+/// vocabulary of docs/plan-json.md). `ends_sessions`: breach mode ends the
+/// sessions opened with the old credential.
 pub fn steps(
     c: &Credential,
     deactivates: bool,
     lists: bool,
     ends_sessions: bool,
-) -> Vec<&'static str> {
-    let mut steps = vec!["lock"];
+) -> Vec<PlannedStep> {
+    use PlannedStep as S;
+    let mut steps = vec![S::Lock];
     match c.kind {
         Kind::Dual => {
             if lists {
-                steps.push("check_quota");
+                steps.push(S::CheckQuota);
             }
-            steps.extend(["create", "stage"]);
+            steps.extend([S::Create, S::Stage]);
             if c.verify {
-                steps.push("verify");
+                steps.push(S::Verify);
             }
-            steps.extend(["promote", "grace"]);
+            steps.push(S::Promote);
+            // Breach mode has no grace period: the old keys go at once.
+            if !c.grace.is_zero() {
+                steps.push(S::Grace);
+            }
             if deactivates {
-                steps.push("deactivate");
+                steps.push(S::Deactivate);
             }
-            steps.push("revoke");
+            steps.push(S::Revoke);
             if ends_sessions {
-                steps.push("end_sessions");
+                steps.push(S::EndSessions);
             }
+            steps.push(S::ClearStaging);
         }
         Kind::Single => {
-            steps.extend(["generate", "stage", "change"]);
+            steps.extend([S::Generate, S::Stage, S::Change]);
             if c.verify {
-                steps.push("verify");
+                steps.push(S::Verify);
             }
-            steps.extend(["promote", "clear_staging"]);
+            steps.extend([S::Promote, S::ClearStaging]);
         }
-        Kind::Manual => steps.extend(["await_operator", "stage", "promote", "clear_staging"]),
+        Kind::Manual => steps.extend([S::AwaitOperator, S::Stage, S::Promote, S::ClearStaging]),
     }
     // Sinks receive the value right after promotion.
     if !c.sinks.is_empty()
-        && let Some(at) = steps.iter().position(|s| *s == "promote")
+        && let Some(at) = steps.iter().position(|s| *s == S::Promote)
     {
-        steps.insert(at + 1, "propagate");
+        steps.insert(at + 1, S::Propagate);
     }
     // Single kinds end them right after promotion, before the sinks.
     if ends_sessions
         && c.kind == Kind::Single
-        && let Some(at) = steps.iter().position(|s| *s == "promote")
+        && let Some(at) = steps.iter().position(|s| *s == S::Promote)
     {
-        steps.insert(at + 1, "end_sessions");
+        steps.insert(at + 1, S::EndSessions);
     }
     steps
+}
+
+/// Which old keys a dual rotation retires (docs/playbook.md), as the plan says it.
+#[derive(Debug, serde::Serialize)]
+pub struct Retires<'a> {
+    /// `every_existing_key` (breach mode) or `key_vault_names` (routine mode).
+    pub rule: &'static str,
+    /// Key ids the playbook keeps.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub keep: &'a [String],
+}
+
+pub fn retires<'a>(playbook: &Playbook, c: &'a Credential) -> Option<Retires<'a>> {
+    (c.kind == Kind::Dual).then(|| Retires {
+        rule: if playbook.incident.mode == crate::playbook::Mode::Breach {
+            "every_existing_key"
+        } else {
+            "key_vault_names"
+        },
+        keep: &c.keep,
+    })
 }
 
 pub fn credential_plan<'a>(playbook: &'a Playbook, c: &'a Credential) -> CredentialPlan<'a> {
@@ -105,6 +135,7 @@ pub fn credential_plan<'a>(playbook: &'a Playbook, c: &'a Credential) -> Credent
                 .count() as u32,
         verify: c.verify,
         grace_seconds: c.grace.as_secs_f64(),
+        retires: retires(playbook, c),
         instructions: if c.kind == Kind::Manual {
             c.instructions.as_deref()
         } else {

@@ -60,11 +60,14 @@ pub struct CredentialPlan<'a> {
     pub vault_path: &'a str,
     pub tags: &'a [String],
     pub depends_on: &'a [String],
-    pub steps: Vec<&'static str>,
+    pub steps: Vec<crate::protocol::PlannedStep>,
     pub provider_requests: u32,
     pub vault_requests: u32,
     pub verify: bool,
     pub grace_seconds: f64,
+    /// Dual kinds: which old keys the rotation retires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retires: Option<estimate::Retires<'a>>,
     /// For manual steps: what the operator must do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions: Option<&'a str>,

@@ -115,7 +115,10 @@ pub fn text(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
                 c.kind.as_str(),
                 c.vault_path
             )?;
-            writeln!(out, "      {}", c.steps.join(" > "))?;
+            writeln!(out, "      {}", join_steps(&c.steps, " > "))?;
+            if let Some(r) = &c.retires {
+                writeln!(out, "      retires: {}", retires_text(r, c.account))?;
+            }
             if let Some(instructions) = c.instructions {
                 writeln!(
                     out,
@@ -244,7 +247,7 @@ pub fn markdown(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
                 md_escape(c.type_name),
                 c.kind.as_str(),
                 md_escape(c.vault_path),
-                c.steps.join(" → ")
+                join_steps(&c.steps, " → ")
             )?;
         }
     }
@@ -294,4 +297,29 @@ pub fn markdown(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "\n> **warning:** {}", md_escape(w))?;
     }
     out.flush()
+}
+
+fn join_steps(steps: &[crate::protocol::PlannedStep], sep: &str) -> String {
+    steps
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// The retirement rule in words.
+fn retires_text(r: &super::estimate::Retires<'_>, account: Option<&str>) -> String {
+    let account = account
+        .map(|a| format!(" of account {a}"))
+        .unwrap_or_default();
+    let mut text = match r.rule {
+        "every_existing_key" => format!(
+            "every key{account} that exists before the run (breach mode; `plan --live` lists them)"
+        ),
+        _ => "the key Vault names (routine mode)".to_owned(),
+    };
+    if !r.keep.is_empty() {
+        text += &format!(", except kept {}", r.keep.join(", "));
+    }
+    text
 }

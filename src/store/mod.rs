@@ -9,6 +9,7 @@
 //! are built here from status codes and the paths involved, never from the text of a
 //! client-library error (those can echo request and response bodies).
 
+pub mod answer;
 pub mod memory;
 mod vault;
 

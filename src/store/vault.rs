@@ -17,9 +17,8 @@
 //! something else (a "write" to `secret/data/app` would create a key named
 //! `data/app`).
 
-use super::{Entry, SecretStore, StoreError};
+use super::{Entry, SecretStore, StoreError, answer};
 use crate::secret::Secret;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -295,19 +294,6 @@ impl VaultStore {
     }
 
     async fn check_mount(&self) -> Result<(), StoreError> {
-        #[derive(Deserialize)]
-        struct Answer {
-            data: MountInfo,
-        }
-        #[derive(Deserialize)]
-        struct MountInfo {
-            #[serde(rename = "type")]
-            kind: String,
-            path: String,
-            #[serde(default)]
-            options: Option<HashMap<String, String>>,
-        }
-
         let call = Call {
             store: self,
             action: Action::CheckMount,
@@ -328,21 +314,15 @@ impl VaultStore {
                 code: answer.status,
             }));
         }
-        let info = serde_json::from_slice::<Answer>(&answer.body)
-            .map_err(|_| call.unreadable())?
-            .data;
-        let found = info.path.trim_end_matches('/');
+        let info = answer::mount_answer(&answer.body).ok_or_else(|| call.unreadable())?;
+        let found = info.path.as_str();
         if found != self.mount {
             return Err(StoreError::Invalid(format!(
                 "`{}` is not a mount but a folder of the mount `{found}`: set the mount to `{found}` and write paths relative to it",
                 self.mount
             )));
         }
-        let version = info
-            .options
-            .as_ref()
-            .and_then(|o| o.get("version"))
-            .map_or("1", String::as_str);
+        let version = info.version.as_str();
         if info.kind != "kv" || version != "2" {
             let what = if info.kind == "kv" {
                 format!("KV version {version}")
@@ -410,9 +390,7 @@ impl VaultStore {
         match answer.status {
             // Active; unsealed standby; performance standby. Standbys forward requests.
             200 | 429 | 473 => {
-                let version = serde_json::from_slice::<Value>(&answer.body)
-                    .ok()
-                    .and_then(|v| v.get("version").and_then(Value::as_str).map(str::to_owned));
+                let version = answer::health_version(&answer.body);
                 debug!(address = %address, version = version.as_deref().unwrap_or("?"), "Vault is up and unsealed.");
                 Ok(())
             }
@@ -434,15 +412,6 @@ impl VaultStore {
     /// fields are read from the answer (which also holds the token); the buffer is
     /// wiped on drop.
     pub async fn identity(&self) -> Option<(Option<String>, Option<String>)> {
-        #[derive(serde::Deserialize)]
-        struct Data {
-            entity_id: Option<String>,
-            display_name: Option<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Answer {
-            data: Data,
-        }
         let answer = self
             .raw(Verb::Get, "auth/token/lookup-self", None, true)
             .await
@@ -450,9 +419,7 @@ impl VaultStore {
         if answer.status != 200 {
             return None;
         }
-        let parsed: Answer = serde_json::from_slice(&answer.body).ok()?;
-        let keep = |s: Option<String>| s.filter(|s| !s.is_empty());
-        Some((keep(parsed.data.entity_id), keep(parsed.data.display_name)))
+        answer::identity_answer(&answer.body)
     }
 
     async fn check_token(&self) -> Result<(), StoreError> {
@@ -493,12 +460,13 @@ impl SecretStore for VaultStore {
                 .expect("mount and path are set");
             let error = match vaultrs::api::exec_with_result(&self.client, request).await {
                 Ok(answer) => {
-                    let entry = entry_from_data(
-                        &call,
+                    let version = answer.metadata.version;
+                    let entry = answer::entry_from_data(
                         answer.data,
-                        answer.metadata.version,
+                        version,
                         answer.metadata.custom_metadata,
-                    )?;
+                    )
+                    .map_err(|bad| call.bad_entry(&bad, version))?;
                     debug!(path = %call.target, version = entry.version, "Read entry.");
                     return Ok(entry);
                 }
@@ -524,19 +492,9 @@ impl SecretStore for VaultStore {
                     return Err(metadata_call.fail(&e));
                 }
             };
-            let current = metadata.versions.get(&metadata.current_version.to_string());
-            if current.is_some_and(|v| v.destroyed || !v.deletion_time.is_empty()) {
-                debug!(path = %call.target, version = metadata.current_version, "The latest version is deleted.");
-                return Ok(Entry {
-                    version: metadata.current_version,
-                    value: None,
-                    fields: BTreeMap::new(),
-                    custom_metadata: metadata
-                        .custom_metadata
-                        .unwrap_or_default()
-                        .into_iter()
-                        .collect(),
-                });
+            if let Some(entry) = answer::deleted_latest(metadata) {
+                debug!(path = %call.target, version = entry.version, "The latest version is deleted.");
+                return Ok(entry);
             }
         }
         Err(StoreError::Unavailable(format!(
@@ -562,7 +520,9 @@ impl SecretStore for VaultStore {
             .expect("mount, path and version are set");
         match vaultrs::api::exec_with_result(&self.client, request).await {
             Ok(answer) if answer.metadata.version == version => {
-                Ok(entry_from_data(&call, answer.data, version, None)?.value)
+                Ok(answer::entry_from_data(answer.data, version, None)
+                    .map_err(|bad| call.bad_entry(&bad, version))?
+                    .value)
             }
             Ok(_) => Err(call.unreadable()),
             Err(e) if is_absent(&e) || is_deleted_version(&e) => Ok(None),
@@ -792,54 +752,6 @@ impl SecretStore for VaultStore {
     }
 }
 
-/// Builds an [`Entry`] from a version's data, taking strings out of the JSON without
-/// copying them (the value goes straight into a `Secret`).
-fn entry_from_data(
-    call: &Call<'_>,
-    data: Value,
-    version: u64,
-    custom_metadata: Option<HashMap<String, String>>,
-) -> Result<Entry, StoreError> {
-    let Value::Object(data) = data else {
-        return Err(call.unreadable());
-    };
-    let mut entry = Entry {
-        version,
-        value: None,
-        fields: BTreeMap::new(),
-        custom_metadata: custom_metadata.unwrap_or_default().into_iter().collect(),
-    };
-    for (key, field) in data {
-        match (key.as_str(), field) {
-            ("value", Value::String(value)) => entry.value = Some(Secret::new(value)),
-            ("value", Value::Null) => {}
-            (_, Value::String(field)) => {
-                entry.fields.insert(key, field);
-            }
-            // Only the kind is named: the field may well be secret.
-            (_, other) => {
-                return Err(StoreError::Invalid(format!(
-                    "field `{key}` of `{}` (version {version}) is {}, not a string: rekey writes the whole entry back when it rotates and only carries string fields across; store it as a string",
-                    call.target,
-                    json_kind(&other)
-                )));
-            }
-        }
-    }
-    Ok(entry)
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// A 404 with an empty error list: nothing at that path (or no such version).
 /// A missing mount is also a 404, but with a "no handler for route" error: that one
 /// must not read as "absent", or a typo in the mount would look like a fresh path.
@@ -1012,6 +924,14 @@ impl Call<'_> {
 
     fn unreadable(&self) -> StoreError {
         self.fail_with(Failure::Unreadable)
+    }
+
+    /// A version's data that rekey cannot carry across a rotation.
+    fn bad_entry(&self, bad: &answer::BadEntry, version: u64) -> StoreError {
+        match bad.message(&self.target, version) {
+            Some(message) => StoreError::Invalid(message),
+            None => self.unreadable(),
+        }
     }
 
     fn fail_with(&self, failure: Failure) -> StoreError {

@@ -203,6 +203,52 @@ fn garbage_on_a_plugins_stdout_is_a_protocol_error_that_is_not_quoted() {
     assert!(no_plugin_left(&lab));
 }
 
+/// Found while writing the oracle of the fuzz target `exec_message` (which now
+/// checks it): serde's "invalid type" errors quote the value they met, so a plugin
+/// that answered `verify` with the secret where the boolean goes had that secret
+/// copied into the error, the journal and the run's JSON.
+#[test]
+fn a_result_of_the_wrong_shape_is_refused_without_quoting_the_value() {
+    let lab = Lab::new();
+    let pb = playbook(
+        &lab,
+        &python(&lab, ", --misbehave, wrong_shape, --on, verify"),
+        ONE_KEY,
+    );
+    let run = lab.rekey(&["run", &pb], None, &[]);
+    assert_eq!(run.outcome("api"), "rolled_back", "{}", run.stderr);
+    let reason = run.json()["results"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("wrong shape"), "{reason}");
+    assert!(reason.contains("expected a boolean"), "{reason}");
+    for (what, text) in [
+        ("reason", &reason),
+        ("stdout", &run.stdout),
+        ("stderr", &run.stderr),
+    ] {
+        assert!(
+            !holds_issued_value(text.as_bytes()),
+            "the value reached the {what}: {text}"
+        );
+    }
+    for file in ["journal.db", "journal.db-wal"] {
+        let bytes = std::fs::read(lab.path(file)).unwrap_or_default();
+        assert!(!holds_issued_value(&bytes), "the value reached {file}");
+    }
+    assert!(no_plugin_left(&lab));
+}
+
+/// Whether `bytes` hold a value issued by keystore.py: `ks_` and 32 URL-safe
+/// base64 characters (`secrets.token_urlsafe(24)`).
+fn holds_issued_value(bytes: &[u8]) -> bool {
+    let urlsafe = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+    bytes
+        .windows(3 + 32)
+        .any(|w| w.starts_with(b"ks_") && w[3..].iter().all(urlsafe))
+}
+
 #[test]
 fn messages_of_unknown_kinds_are_skipped() {
     let lab = Lab::new();

@@ -26,7 +26,7 @@ fn seeds() -> Vec<Vec<u8>> {
 }
 
 #[derive(Debug, Clone)]
-enum Mutation {
+pub(crate) enum Mutation {
     SetByte(usize, u8),
     Insert(usize, Vec<u8>),
     Delete(usize, usize),
@@ -78,7 +78,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-fn apply(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
+pub(crate) fn apply(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
     if bytes.is_empty() {
         return bytes;
     }

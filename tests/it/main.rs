@@ -2,6 +2,7 @@
 //! (`rekey` as a process), the loader (library API, property tests), and the real
 //! services started by `scripts/services`.
 
+mod answer_props;
 mod audit;
 mod canary;
 mod cli_plan;
@@ -15,6 +16,7 @@ mod http_stubs;
 mod infra_common;
 mod journal;
 mod lab;
+mod layers;
 mod loader_props;
 mod manual;
 mod pg;

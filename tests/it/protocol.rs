@@ -240,7 +240,7 @@ pub struct Case {
     pub store: Arc<MemoryStore>,
     pub provider: Arc<Scripted>,
     pub world: Arc<Mutex<World>>,
-    provider_hung: Arc<Notify>,
+    pub provider_hung: Arc<Notify>,
     playbook: Arc<rekey::playbook::Playbook>,
     /// Clearing staging was refused for good: the rotation stands with a warning.
     pub staging_may_stay: bool,
@@ -355,7 +355,12 @@ impl Case {
     }
 
     pub fn engine(&self) -> Engine {
-        let journal = Journal::open(&self.journal_path()).unwrap();
+        self.engine_with_journal(&self.journal_path())
+    }
+
+    /// An engine on another journal: another rekey process.
+    pub fn engine_with_journal(&self, path: &std::path::Path) -> Engine {
+        let journal = Journal::open(path).unwrap();
         let tuning = Tuning {
             backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
@@ -376,7 +381,7 @@ impl Case {
         builder.build().unwrap()
     }
 
-    fn new_run(&self) -> NewRun {
+    pub fn new_run(&self) -> NewRun {
         NewRun {
             playbook_name: "protocol".into(),
             playbook_path: "protocol.yaml".into(),
@@ -846,4 +851,81 @@ async fn resume_after_promotion_retires_every_old_key_of_a_breach() {
         outcome(&summary)
     );
     assert_eq!(case.key_ids().len(), 1, "{:?}", case.key_ids());
+}
+
+/// Two rekey processes with different journals (two responders, a hygiene cron
+/// beside an emergency run) on one credential: the second sees the Vault lock,
+/// names who holds it, and never creates a key; the first finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_another_journal_skips_a_locked_credential() {
+    let case = Case::new(Kind::Dual, true);
+    // The first process stops inside its create: it holds the lock.
+    case.fail(Op::Create, Effect::Crash);
+    let first = case.engine();
+    let waves = vec![vec![0]];
+    let first_run = case.new_run();
+    let stuck = async {
+        tokio::select! {
+            _ = first.run(&first_run, &waves) => panic!("the first run should be stuck"),
+            _ = case.provider_hung.notified() => {}
+        }
+    };
+    stuck.await;
+    let keys_before = case.key_ids();
+    // A second process, its own journal, the same Vault and provider.
+    let other_dir = tempfile::tempdir().unwrap();
+    let second = case.engine_with_journal(&other_dir.path().join("journal.db"));
+    let summary = second.run(&case.new_run(), &waves).await.unwrap();
+    match outcome(&summary) {
+        Outcome::Skipped { reason } => {
+            assert!(reason.contains("another rekey process holds"), "{reason}");
+            assert!(reason.contains(&first.holder_name()), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        case.key_ids(),
+        keys_before,
+        "the second process created a key"
+    );
+    assert!(
+        case.store.paths().iter().any(|p| p.contains("/locks/")),
+        "the first process's lock is still there"
+    );
+}
+
+/// A lock whose holder died (expired) is taken over; what that run left (a key it
+/// created and never stored) is revoked first, as resume would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lock_is_taken_over_and_its_runs_leftovers_reconciled() {
+    let case = Case::new(Kind::Dual, true);
+    case.store.seed(
+        &format!("rekey/staging/locks/{PATH}"),
+        "12345-deadbeef@elsewhere",
+        &[
+            ("holder", "12345-deadbeef@elsewhere"),
+            ("run", "r-20000101-0000-dead"),
+            ("credential", "cred"),
+            ("playbook", "other"),
+            ("expires", "1"),
+        ],
+    );
+    {
+        let mut w = case.world.lock().unwrap();
+        w.keys.push(Key {
+            id: "orphan".into(),
+            secret: "nobody-has-it".into(),
+            active: true,
+            tag: Some("rekey:r-20000101-0000-dead:cred".into()),
+        });
+    }
+    let (summary, _) = case.run().await;
+    assert!(
+        matches!(outcome(&summary), Outcome::Rotated { .. }),
+        "{:?}",
+        outcome(&summary)
+    );
+    assert_eq!(case.key_ids().len(), 1, "{:?}", case.key_ids());
+    assert!(!case.key_ids().contains(&"orphan".to_owned()));
+    assert_eq!(case.store.paths(), [PATH], "the lock is released");
 }

@@ -2029,3 +2029,73 @@ fn redis_first_adoption_during_a_breach_leaves_only_the_new_password() {
     assert_eq!(rd_clients(&w, &user), 0);
     wait_until("redis-cli notices", || attacker.exited());
 }
+
+/// Three responders run the same breach playbook at once, each with its own
+/// journal (the default journal is relative to the current directory). Before the
+/// Vault lock, rounds like this left PostgreSQL roles whose Vault value PostgreSQL
+/// rejected. Now one process rotates at a time; the others skip, naming the
+/// holder, or rotate after it. Checked with psql: Vault's value logs in.
+#[test]
+fn concurrent_runs_with_different_journals_never_leave_a_vault_value_postgres_rejects() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_race", "db");
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        "",
+        &format!("  - {{ id: db, provider: pg, account: {role}, vault_path: PREFIX/db }}\n"),
+    );
+    for round in 0..3 {
+        let outs: Vec<(i32, String)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..3)
+                .map(|i| {
+                    let journal = w.dir.path().join(format!("j{round}-{i}.db"));
+                    let pb = &pb;
+                    let w = &w;
+                    scope.spawn(move || {
+                        let out = w.command(&[
+                            "run",
+                            pb.to_str().unwrap(),
+                            "--journal",
+                            journal.to_str().unwrap(),
+                            "--format",
+                            "json",
+                        ]);
+                        let summary: Value =
+                            serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+                        (
+                            out.code,
+                            format!(
+                                "{} {} {}",
+                                outcome(&summary, "db"),
+                                summary["results"][0]["reason"].as_str().unwrap_or_default(),
+                                out.stderr
+                            ),
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (code, said) in &outs {
+            assert!(
+                said.starts_with("rotated") || said.contains("another rekey process holds"),
+                "round {round}: exit {code}: {said}"
+            );
+        }
+        assert!(
+            outs.iter().any(|(_, s)| s.starts_with("rotated")),
+            "{outs:?}"
+        );
+        let (data, _) = w.vault_get("db");
+        let value = data["value"].as_str().unwrap();
+        assert!(
+            psql_login(&w, &role, value),
+            "round {round}: psql refuses Vault's value"
+        );
+        assert!(
+            !psql_login(&w, &role, &old),
+            "the old password still logs in"
+        );
+    }
+}

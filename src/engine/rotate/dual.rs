@@ -18,7 +18,7 @@
 //! is a quarantine, not a warning.
 
 use super::ctx::{Ctx, FailureKind};
-use super::step::{Checkpoint, Step};
+use crate::protocol::{Checkpoint, Step};
 use crate::engine::{EngineError, Outcome, SiblingKeys};
 use crate::journal::CredentialState;
 use crate::provider::{Issued, KeyInfo};
@@ -68,6 +68,46 @@ impl OldKeys {
             unlisted: self.unlisted,
             ..Checkpoint::default()
         }
+    }
+}
+
+/// The retirement rule, for the engine and for `rekey plan --live`: which of the
+/// account's `keys` (listed before the create) a rotation retires, and, in routine
+/// mode with no key identified, which active keys it leaves alive unidentified.
+/// Breach mode: every key but the kept ones and those `elsewhere` says another
+/// credential owns. Routine mode: the key Vault names (`vault_key`), if listed.
+pub fn keys_to_retire(
+    breach: bool,
+    keys: &[KeyInfo],
+    vault_key: Option<&str>,
+    keep: &[String],
+    elsewhere: &dyn Fn(&KeyInfo) -> bool,
+) -> (Vec<String>, Vec<String>) {
+    let ours = |k: &&KeyInfo| !keep.contains(&k.id) && !elsewhere(k);
+    if breach {
+        return (
+            keys.iter().filter(ours).map(|k| k.id.clone()).collect(),
+            Vec::new(),
+        );
+    }
+    match vault_key {
+        Some(old) => (
+            keys.iter()
+                .filter(|k| k.id == old && !keep.contains(&k.id))
+                .map(|k| k.id.clone())
+                .collect(),
+            Vec::new(),
+        ),
+        // Routine mode retires only the key consumers used; with none named, every
+        // active key may be in use somewhere.
+        None => (
+            Vec::new(),
+            keys.iter()
+                .filter(|k| k.active)
+                .filter(ours)
+                .map(|k| k.id.clone())
+                .collect(),
+        ),
     }
 }
 
@@ -242,12 +282,11 @@ impl Ctx<'_> {
         vault_key: Option<String>,
         siblings: &SiblingKeys,
     ) -> OldKeys {
-        let keep = &self.credential.keep;
         let Some(keys) = keys else {
             return OldKeys {
                 retire: vault_key
                     .iter()
-                    .filter(|k| !keep.contains(k))
+                    .filter(|k| !self.credential.keep.contains(k))
                     .cloned()
                     .collect(),
                 vault_key,
@@ -255,39 +294,17 @@ impl Ctx<'_> {
                 unlisted: true,
             };
         };
-        let ours = |k: &&KeyInfo| !keep.contains(&k.id) && !self.owned_elsewhere(k, siblings);
-        if self.engine.breach() {
-            return OldKeys {
-                retire: keys.iter().filter(ours).map(|k| k.id.clone()).collect(),
-                vault_key,
-                unidentified: Vec::new(),
-                unlisted: false,
-            };
-        }
-        let Some(old) = vault_key else {
-            // Routine mode retires only the key consumers used; with none named,
-            // every active key may be in use somewhere.
-            return OldKeys {
-                vault_key: None,
-                retire: Vec::new(),
-                unidentified: keys
-                    .iter()
-                    .filter(|k| k.active)
-                    .filter(ours)
-                    .map(|k| k.id.clone())
-                    .collect(),
-                unlisted: false,
-            };
-        };
+        let (retire, unidentified) = keys_to_retire(
+            self.engine.breach(),
+            keys,
+            vault_key.as_deref(),
+            &self.credential.keep,
+            &|k| self.owned_elsewhere(k, siblings),
+        );
         OldKeys {
-            // A key Vault names that the provider no longer lists is already gone.
-            retire: keys
-                .iter()
-                .filter(|k| k.id == old && !keep.contains(&k.id))
-                .map(|k| k.id.clone())
-                .collect(),
-            vault_key: Some(old),
-            unidentified: Vec::new(),
+            vault_key,
+            retire,
+            unidentified,
             unlisted: false,
         }
     }

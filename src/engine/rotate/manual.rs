@@ -5,7 +5,7 @@
 //! `awaiting operator` and `rekey resume` finishes it.
 
 use super::ctx::Ctx;
-use super::step::{Checkpoint, Step};
+use crate::protocol::{Checkpoint, Step};
 use crate::engine::{EngineError, Outcome};
 use crate::journal::CredentialState;
 use crate::provider::catalog::Kind;

@@ -7,22 +7,23 @@
 
 mod ctx;
 mod dual;
+mod lock;
 mod manual;
 mod reconcile;
 mod rollback;
 mod sessions;
 mod single;
 mod sinks;
-pub mod step;
 mod vault;
 
 pub(crate) use dual::OldKeys;
+pub use dual::keys_to_retire;
 pub(super) use rollback::roll_back;
 
 use super::{Engine, EngineError, Outcome};
 use crate::provider::catalog::Kind;
 use ctx::Ctx;
-use step::Checkpoint;
+use crate::protocol::Checkpoint;
 
 pub(super) async fn rotate(
     engine: &Engine,
@@ -57,13 +58,33 @@ pub(super) async fn rotate(
         });
     }
     let ctx = Ctx::new(engine, run, index, provider, true);
+    // The lock every rekey process sees, whatever its journal.
+    let release = |engine: &Engine| engine.journal(|j| j.release(run, &credential.id, &holder));
+    match ctx.take_lock().await? {
+        Ok(lock::Taken::Held(version)) => {
+            *ctx.locked.lock().map_err(super::poisoned)? = Some(version);
+        }
+        Ok(lock::Taken::Busy(outcome)) => {
+            release(engine)?;
+            return Ok(outcome);
+        }
+        Err(f) => {
+            release(engine)?;
+            return Ok(ctx.nothing_changed("cannot take the credential's lock in Vault", &f));
+        }
+    }
     let outcome = match credential.kind {
-        Kind::Dual => ctx.dual().await,
-        Kind::Single => ctx.single().await,
-        Kind::Manual => ctx.manual().await,
+        Kind::Dual => ctx.dual().await?,
+        Kind::Single => ctx.single().await?,
+        Kind::Manual => ctx.manual().await?,
     };
-    engine.journal(|j| j.release(run, &credential.id, &holder))?;
-    outcome
+    // In its grace period the old key is still to retire: lease and lock stay
+    // (both last the grace period) until `retire` ends it.
+    if !engine.retiring_later(index) {
+        ctx.release_lock().await?;
+        release(engine)?;
+    }
+    Ok(outcome)
 }
 
 /// After a crash: brings one credential of run `run` to a known state from what
@@ -93,6 +114,22 @@ pub(super) async fn resume(
         return rotate(engine, run, index).await;
     };
     let ctx = Ctx::new(engine, run, index, provider, false);
+    // The dead process's lock names this run: taken over. Another run's lock means
+    // another process works on the credential now: leave it to that one.
+    match ctx.take_lock().await? {
+        Ok(lock::Taken::Held(_)) => {}
+        Ok(lock::Taken::Busy(outcome)) => return Ok(outcome),
+        Err(f) => {
+            return Ok(Outcome::Quarantined {
+                resumable: f.transient(),
+                reason: format!(
+                    "cannot take the credential's lock in Vault to resume: {}",
+                    f.message
+                ),
+                action: "run `rekey resume` again once Vault answers".into(),
+            });
+        }
+    }
     let checkpoint = last
         .map(|r| Checkpoint::from_detail(&r.detail))
         .unwrap_or_default();
@@ -102,8 +139,14 @@ pub(super) async fn resume(
         Kind::Manual => None,
     };
     match reconciled {
-        Some(outcome) => Ok(outcome),
-        // Nothing was half done (or it was undone): rotate from the start.
+        Some(outcome) => {
+            if !engine.retiring_later(index) {
+                ctx.release_lock().await?;
+            }
+            Ok(outcome)
+        }
+        // Nothing was half done (or it was undone): rotate from the start (which
+        // takes the lock over again: it names this run).
         None => rotate(engine, run, index).await,
     }
 }
@@ -123,5 +166,7 @@ pub(super) async fn retire(
     };
     let ctx = Ctx::new(engine, run, r.index, provider, false);
     let outcome = ctx.retire(&r.old, &r.new_key, r.version, None).await?;
+    ctx.release_lock().await?;
+    engine.journal(|j| j.release(run, &credential.id, &engine.holder))?;
     Ok(ctx.with_sinks(outcome, r.sink_failures.clone()))
 }

@@ -13,7 +13,7 @@
 
 use super::ctx::Ctx;
 use super::dual::OldKeys;
-use super::step::{Checkpoint, Step};
+use crate::protocol::{Checkpoint, Step};
 use crate::engine::{EngineError, Outcome};
 use crate::secret::Secret;
 use crate::store::Entry;

@@ -1,7 +1,7 @@
 //! `rekey rollback`: undoes one rotated credential of a routine-mode run.
 
 use super::ctx::Ctx;
-use super::step::{Checkpoint, Step};
+use crate::protocol::{Checkpoint, Step};
 use crate::engine::{Engine, EngineError, Outcome};
 use crate::provider::catalog::Kind;
 use serde_json::json;
@@ -27,6 +27,29 @@ pub(crate) async fn roll_back(
         });
     };
     let ctx = Ctx::new(engine, run, index, provider.clone(), false);
+    // Rolling back touches the provider and Vault like a rotation: under the lock.
+    match ctx.take_lock().await? {
+        Ok(super::lock::Taken::Held(_)) => {}
+        Ok(super::lock::Taken::Busy(outcome)) => return Ok(outcome),
+        Err(f) => {
+            return Ok(Outcome::Skipped {
+                reason: format!("cannot take the credential's lock in Vault: {}", f.message),
+            });
+        }
+    }
+    let outcome = roll_back_locked(&ctx, provider, rotated_version, checkpoint).await;
+    ctx.release_lock().await?;
+    outcome
+}
+
+async fn roll_back_locked(
+    ctx: &Ctx<'_>,
+    provider: std::sync::Arc<dyn crate::provider::Provider>,
+    rotated_version: u64,
+    checkpoint: &Checkpoint,
+) -> Result<Outcome, EngineError> {
+    let engine = ctx.engine;
+    let credential = ctx.credential;
     let target = ctx.target();
     let id = &credential.id;
     let current = match ctx.read_current().await? {

@@ -16,7 +16,7 @@
 //! them (`Provider::has_sessions`), skip the step.
 
 use super::ctx::Ctx;
-use super::step::Step;
+use crate::protocol::Step;
 use crate::engine::{EngineError, Outcome};
 use crate::journal::Outcome as Recorded;
 use crate::provider::SessionsEnded;

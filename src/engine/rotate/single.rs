@@ -8,7 +8,7 @@
 //! ```
 
 use super::ctx::Ctx;
-use super::step::{Checkpoint, Step};
+use crate::protocol::{Checkpoint, Step};
 use crate::engine::{EngineError, Outcome};
 use crate::journal::CredentialState;
 use crate::secret::Secret;

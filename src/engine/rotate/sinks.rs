@@ -10,7 +10,7 @@
 //! consumers' path back.
 
 use super::ctx::Ctx;
-use super::step::Step;
+use crate::protocol::Step;
 use crate::engine::{EngineError, Outcome};
 use crate::playbook::Sink;
 use crate::provider::ProviderError;

@@ -2,7 +2,7 @@
 //! check-and-set, custom metadata) and the staging entry (the write-ahead log).
 
 use super::ctx::{Ctx, Failure};
-use super::step::Step;
+use crate::protocol::Step;
 use crate::engine::EngineError;
 use crate::secret::Secret;
 use crate::store::{Entry, StoreError};

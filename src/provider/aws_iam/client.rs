@@ -194,13 +194,22 @@ fn form_body(action: &str, version: &str, params: &[(&str, &str)]) -> String {
     form.finish()
 }
 
-/// `Code` of an AWS XML error document (`<ErrorResponse><Error><Code>`).
-fn error_code(body: &str) -> Option<String> {
+/// `Code` of an AWS XML error document (`<ErrorResponse><Error><Code>`). Only a
+/// word of at most 64 ASCII letters, digits, `.`, `_` or `-` is a code (AWS's are
+/// like `Throttling` or `AccessDenied`); any other text is not one, so a body
+/// (maybe echoing something) never reaches a message or the journal through it.
+pub fn error_code(body: &str) -> Option<String> {
     let doc = roxmltree::Document::parse(body).ok()?;
-    doc.descendants()
+    let code = doc
+        .descendants()
         .find(|n| n.has_tag_name("Code"))
-        .and_then(|n| n.text())
-        .map(|t| t.trim().to_owned())
+        .and_then(|n| n.text())?
+        .trim();
+    let is_code = (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    is_code.then(|| code.to_owned())
 }
 
 /// `YYYYMMDDTHHMMSSZ`, the SigV4 timestamp.
@@ -290,6 +299,79 @@ pub fn parse<'a>(body: &'a str, action: &str) -> Result<roxmltree::Document<'a>,
     roxmltree::Document::parse(body).map_err(|_| {
         ProviderError::Transient(format!("aws_iam: {action} answered with unreadable XML"))
     })
+}
+
+/// One access key of a ListAccessKeys answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKey {
+    pub id: String,
+    pub active: bool,
+    pub created_at: Option<u64>,
+}
+
+/// One page of a ListAccessKeys answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeysPage {
+    pub keys: Vec<AccessKey>,
+    /// The marker of the next page, when the answer is truncated and names one.
+    pub next_marker: Option<String>,
+}
+
+// The readers below are pure functions of a success body (fuzzed by
+// fuzz/fuzz_targets/aws_answer.rs, property-tested in tests/it/answer_props.rs).
+
+/// A ListAccessKeys answer: every `member` with an `AccessKeyId`.
+pub fn access_keys_page(body: &str) -> Result<KeysPage, ProviderError> {
+    let doc = parse(body, "ListAccessKeys")?;
+    let keys = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("member"))
+        .filter_map(|member| {
+            Some(AccessKey {
+                id: text_of(member, "AccessKeyId")?.to_owned(),
+                active: text_of(member, "Status") == Some("Active"),
+                created_at: text_of(member, "CreateDate").and_then(parse_timestamp),
+            })
+        })
+        .collect();
+    let truncated = text_of(doc.root(), "IsTruncated") == Some("true");
+    let next_marker = truncated
+        .then(|| text_of(doc.root(), "Marker").map(str::to_owned))
+        .flatten();
+    Ok(KeysPage { keys, next_marker })
+}
+
+/// A ListUserTags answer: `(Key, Value)` of every `member` with a `Key`.
+pub fn user_tags(body: &str) -> Result<Vec<(String, String)>, ProviderError> {
+    let doc = parse(body, "ListUserTags")?;
+    Ok(doc
+        .descendants()
+        .filter(|n| n.has_tag_name("member"))
+        .filter_map(|m| {
+            Some((
+                text_of(m, "Key")?.to_owned(),
+                text_of(m, "Value").unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect())
+}
+
+/// A CreateAccessKey answer: the new key's id and secret, or `None` when the
+/// answer does not hold both.
+pub fn created_key(body: &str) -> Option<(String, crate::secret::Secret)> {
+    let doc = roxmltree::Document::parse(body).ok()?;
+    Some((
+        text_of(doc.root(), "AccessKeyId")?.to_owned(),
+        crate::secret::Secret::new(text_of(doc.root(), "SecretAccessKey")?),
+    ))
+}
+
+/// Whether a GetCallerIdentity answer names the IAM user `user`
+/// (`arn:aws:iam::123456789012:user/optional/path/name`).
+pub fn caller_is_user(body: &str, user: &str) -> Result<bool, ProviderError> {
+    let doc = parse(body, "GetCallerIdentity")?;
+    let arn = text_of(doc.root(), "Arn").unwrap_or_default();
+    Ok(arn.contains(":user/") && arn.rsplit('/').next() == Some(user))
 }
 
 /// Seconds since the Unix epoch of an ISO 8601 timestamp as IAM writes them

@@ -14,10 +14,9 @@ pub mod config;
 
 use super::admin::Admin;
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
-use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
-use client::{Answer, AwsError, QueryClient, Service};
+use client::{AccessKey, Answer, AwsError, QueryClient, Service};
 use config::{AwsConfig, Credentials};
 use indexmap::IndexMap;
 
@@ -34,14 +33,6 @@ pub struct AwsIam {
     /// Where the admin credential came from, for error messages.
     origin: String,
     client: QueryClient,
-}
-
-/// One access key as ListAccessKeys reports it.
-#[derive(Debug, Clone)]
-struct AccessKey {
-    id: String,
-    active: bool,
-    created_at: Option<u64>,
 }
 
 impl AwsIam {
@@ -135,22 +126,10 @@ impl AwsIam {
                 params.push(("Marker", m));
             }
             let answer = self.iam_call("ListAccessKeys", user, &params).await?;
-            let doc = client::parse(&answer.body, "ListAccessKeys")?;
-            for member in doc.descendants().filter(|n| {
-                n.has_tag_name("member") && client::text_of(*n, "AccessKeyId").is_some()
-            }) {
-                keys.push(AccessKey {
-                    id: client::text_of(member, "AccessKeyId")
-                        .unwrap_or_default()
-                        .to_owned(),
-                    active: client::text_of(member, "Status") == Some("Active"),
-                    created_at: client::text_of(member, "CreateDate")
-                        .and_then(client::parse_timestamp),
-                });
-            }
-            let truncated = client::text_of(doc.root(), "IsTruncated") == Some("true");
-            marker = client::text_of(doc.root(), "Marker").map(str::to_owned);
-            if !truncated || marker.is_none() {
+            let page = client::access_keys_page(&answer.body)?;
+            keys.extend(page.keys);
+            marker = page.next_marker;
+            if marker.is_none() {
                 return Ok(keys);
             }
         }
@@ -164,17 +143,7 @@ impl AwsIam {
                 &[("UserName", user), ("MaxItems", "100")],
             )
             .await?;
-        let doc = client::parse(&answer.body, "ListUserTags")?;
-        Ok(doc
-            .descendants()
-            .filter(|n| n.has_tag_name("member"))
-            .filter_map(|m| {
-                Some((
-                    client::text_of(m, "Key")?.to_owned(),
-                    client::text_of(m, "Value").unwrap_or_default().to_owned(),
-                ))
-            })
-            .collect())
+        client::user_tags(&answer.body)
     }
 
     async fn tag_user(&self, user: &str, key: &str, value: &str) -> Result<(), ProviderError> {
@@ -236,10 +205,6 @@ fn quota_full(user: &str) -> String {
 
 #[async_trait]
 impl Provider for AwsIam {
-    fn kind(&self) -> Kind {
-        Kind::Dual
-    }
-
     /// Read-only: GetUser proves the admin credential and the user, ListAccessKeys
     /// that a slot is free or can be freed (an inactive key rekey may delete).
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
@@ -309,14 +274,7 @@ impl Provider for AwsIam {
         let answer = self
             .iam_call("CreateAccessKey", user, &[("UserName", user)])
             .await?;
-        let issued = roxmltree::Document::parse(&answer.body)
-            .ok()
-            .and_then(|doc| {
-                Some(Issued::new(
-                    client::text_of(doc.root(), "AccessKeyId")?.to_owned(),
-                    Secret::new(client::text_of(doc.root(), "SecretAccessKey")?),
-                ))
-            });
+        let issued = client::created_key(&answer.body).map(|(id, secret)| Issued::new(id, secret));
         let Some(issued) = issued else {
             // A key was created but its secret is unknown: it can never be used,
             // and the engine will not know of it, so delete it now.
@@ -371,10 +329,7 @@ impl Provider for AwsIam {
             .await
         {
             Ok(answer) => {
-                let doc = client::parse(&answer.body, "GetCallerIdentity")?;
-                let arn = client::text_of(doc.root(), "Arn").unwrap_or_default();
-                // arn:aws:iam::123456789012:user/optional/path/name
-                let is_user = arn.contains(":user/") && arn.rsplit('/').next() == Some(user);
+                let is_user = client::caller_is_user(&answer.body, user)?;
                 if !is_user {
                     tracing::warn!(credential = %target.credential, key_id, "The new key authenticates as another identity than the IAM user.");
                 }

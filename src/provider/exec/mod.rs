@@ -16,7 +16,6 @@ pub mod protocol;
 
 use super::admin::Admin;
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
-use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use indexmap::IndexMap;
@@ -46,7 +45,6 @@ pub struct Exec {
     args: Vec<String>,
     env: Vec<String>,
     timeout: Duration,
-    kind: Kind,
     admin: Option<Admin>,
     session: tokio::sync::Mutex<Option<Session>>,
     next_id: AtomicU64,
@@ -143,18 +141,14 @@ impl Exec {
             }
             Some(_) => return Err(bad("`timeout` is a duration such as `30s`")),
         };
-        let kind = match settings.get("kind").and_then(Value::as_str) {
-            None | Some("dual") => Kind::Dual,
-            Some("single") => Kind::Single,
-            Some(_) => return Err(bad("`kind` is `dual` or `single`")),
-        };
+        // `kind` (dual or single) is checked by validation and becomes the
+        // instance's kind: the engine drives the protocol, the plugin follows it.
         Ok(Exec {
             instance: instance.to_owned(),
             command: PathBuf::from(command),
             args,
             env,
             timeout,
-            kind,
             admin,
             session: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
@@ -327,7 +321,7 @@ impl Exec {
                 "{} wrote something that is not a protocol message during `{op}` ({} bytes; {}); it was stopped. Plugins write only protocol lines on stdout (logs go to stderr)",
                 self.plugin(),
                 line.len(),
-                classify(&e)
+                protocol::describe_error(&e)
             ))
         })
     }
@@ -436,32 +430,14 @@ impl Exec {
             ProviderError::Fatal(format!(
                 "{} answered `{op}` with a result of the wrong shape ({}); see docs/exec-protocol.md",
                 self.plugin(),
-                classify(&e)
+                protocol::describe_error(&e)
             ))
         })
     }
 }
 
-/// What was wrong with a JSON text, without quoting it.
-fn classify(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Syntax | Category::Eof => "not JSON".into(),
-        Category::Data => {
-            // serde's data errors name fields and types, never the values.
-            let text = e.to_string();
-            text.split(" at line ").next().unwrap_or(&text).to_owned()
-        }
-        Category::Io => "unreadable".into(),
-    }
-}
-
 #[async_trait]
 impl Provider for Exec {
-    fn kind(&self) -> Kind {
-        self.kind
-    }
-
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
         self.call(self.request("preflight", target))
             .await

@@ -100,6 +100,44 @@ pub struct Verified {
     pub valid: bool,
 }
 
+/// What was wrong with a plugin's JSON text, in rekey's words only: the error kind,
+/// the field names and the expected types of rekey's own message types. serde's
+/// data errors also quote the value they met (`invalid type: string "…"`), which
+/// may be a secret (a plugin that put its new key where a boolean goes): that part
+/// is never kept.
+pub fn describe_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => "not JSON".into(),
+        Category::Io => "unreadable".into(),
+        Category::Data => {
+            let text = e.to_string();
+            let text = text.split(" at line ").next().unwrap_or(&text);
+            // serde writes the value it met before the last `, expected `; the value
+            // may itself hold `, expected ` (found by fuzzing), so split at the last.
+            let (what, expected) = match text.rsplit_once(", expected ") {
+                Some((what, expected)) => (what, Some(expected)),
+                None => (text, None),
+            };
+            // `missing field `key_id``, `duplicate field `id``: names from rekey's
+            // own types. Anything else is cut where serde starts quoting the input.
+            let what =
+                if what.starts_with("missing field `") || what.starts_with("duplicate field `") {
+                    what
+                } else {
+                    what.split(['`', '"', ':'])
+                        .next()
+                        .unwrap_or_default()
+                        .trim_end()
+                };
+            match expected {
+                Some(expected) => format!("{what}, expected {expected}"),
+                None => what.to_owned(),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

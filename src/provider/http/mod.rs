@@ -20,7 +20,7 @@ use crate::catalog::http::{
     self as definition, AuthDef, CallDef, Definition, Generate, Paginate, ResetFormat, Scheme,
 };
 use crate::catalog::template::{self, Context};
-use crate::catalog::{Kind, Need, ProviderType};
+use crate::catalog::{Need, ProviderType};
 use crate::playbook::ProviderInstance;
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -589,37 +589,36 @@ impl HttpProvider {
         self.lookup(&mut cx).await?;
         let call = self.call_def("list")?;
         let items = self.fetch("list", call, &cx).await?;
-        let mut keys = Vec::with_capacity(items.len());
-        for item in items {
-            let Some(id) = call
-                .key_id
-                .as_deref()
-                .and_then(|p| item.pointer(p))
-                .map(text)
-            else {
-                continue;
-            };
-            let active = match &call.active {
-                Some(a) => item.pointer(&a.pointer) == Some(&a.equals),
-                None => true,
-            };
-            keys.push(KeyInfo {
-                id,
-                active,
-                created_at: call
-                    .created_at
-                    .as_deref()
-                    .and_then(|p| item.pointer(p))
-                    .and_then(epoch),
-                tag: call.tag.as_deref().and_then(|p| item.pointer(p)).map(text),
-            });
-        }
-        Ok(keys)
+        Ok(items.iter().filter_map(|item| key_of(call, item)).collect())
     }
 }
 
+/// One item of a `list` answer as a key, through the call's pointers; `None` when
+/// the item has no key id. Pure (fuzzed: fuzz/fuzz_targets/http_answer.rs).
+pub fn key_of(call: &CallDef, item: &Value) -> Option<KeyInfo> {
+    let id = call
+        .key_id
+        .as_deref()
+        .and_then(|p| item.pointer(p))
+        .map(text)?;
+    let active = match &call.active {
+        Some(a) => item.pointer(&a.pointer) == Some(&a.equals),
+        None => true,
+    };
+    Some(KeyInfo {
+        id,
+        active,
+        created_at: call
+            .created_at
+            .as_deref()
+            .and_then(|p| item.pointer(p))
+            .and_then(epoch),
+        tag: call.tag.as_deref().and_then(|p| item.pointer(p)).map(text),
+    })
+}
+
 /// A JSON value as the text a template compares it with.
-fn text(v: &Value) -> String {
+pub fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -630,7 +629,7 @@ fn text(v: &Value) -> String {
 /// Seconds since the epoch from a number, an RFC 3339 time (any offset, `Z`, or
 /// none: UTC) or an RFC 2822 date (`Mon, 22 Aug 2011 20:58:45 +0000`, Twilio's;
 /// HTTP dates are RFC 2822 with `GMT`).
-fn epoch(v: &Value) -> Option<u64> {
+pub fn epoch(v: &Value) -> Option<u64> {
     if let Some(n) = v.as_u64() {
         return Some(n);
     }
@@ -718,7 +717,7 @@ fn rfc2822_epoch(s: &str) -> Option<i64> {
 }
 
 /// The `rel="next"` target of a Link header.
-fn link_next(headers: &HeaderMap) -> Option<String> {
+pub fn link_next(headers: &HeaderMap) -> Option<String> {
     for value in headers.get_all(reqwest::header::LINK) {
         let Ok(value) = value.to_str() else { continue };
         for part in value.split(',') {
@@ -763,15 +762,34 @@ pub fn rate_hint(
         .ok()
         .filter(|n| n.is_finite() && *n >= 0.0)?;
     let reset_in = match reset.format {
-        ResetFormat::Seconds => Duration::from_secs_f64(n),
-        ResetFormat::Epoch => (SystemTime::UNIX_EPOCH + Duration::from_secs_f64(n))
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+        ResetFormat::Seconds => capped_seconds(n),
+        ResetFormat::Epoch => capped_until_epoch(n, SystemTime::now()),
     };
     Some(crate::provider::RateHint {
         remaining,
-        reset_in: reset_in.min(MAX_WAIT),
+        reset_in,
     })
+}
+
+/// `n` seconds (finite, not negative) as a delay of at most `MAX_WAIT`. A header
+/// can name any number; `Duration::from_secs_f64` panics past `u64::MAX` seconds
+/// (found by fuzzing: `Retry-After: 5e122`).
+fn capped_seconds(n: f64) -> Duration {
+    Duration::try_from_secs_f64(n).map_or(MAX_WAIT, |d| d.min(MAX_WAIT))
+}
+
+/// The time from `now` until `n` seconds after the Unix epoch: zero when that is
+/// past, at most `MAX_WAIT` (`SystemTime + Duration` panics past what a
+/// `SystemTime` holds).
+fn capped_until_epoch(n: f64, now: SystemTime) -> Duration {
+    Duration::try_from_secs_f64(n)
+        .ok()
+        .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
+        .map_or(MAX_WAIT, |at| {
+            at.duration_since(now)
+                .unwrap_or(Duration::ZERO)
+                .min(MAX_WAIT)
+        })
 }
 
 /// The delay a rate-limited answer asks for: Retry-After (seconds or an HTTP
@@ -786,7 +804,7 @@ pub fn retry_after(headers: &HeaderMap, rl: &definition::RateLimitDef) -> Option
     let now = SystemTime::now();
     let wait = if let Some(v) = header("retry-after") {
         match v.parse::<f64>() {
-            Ok(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+            Ok(s) if s.is_finite() && s >= 0.0 => Some(capped_seconds(s)),
             _ => httpdate::parse_http_date(v)
                 .ok()
                 .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO)),
@@ -798,11 +816,8 @@ pub fn retry_after(headers: &HeaderMap, rl: &definition::RateLimitDef) -> Option
         && n >= 0.0
     {
         match reset.format {
-            ResetFormat::Seconds => Some(Duration::from_secs_f64(n)),
-            ResetFormat::Epoch => {
-                let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(n);
-                Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-            }
+            ResetFormat::Seconds => Some(capped_seconds(n)),
+            ResetFormat::Epoch => Some(capped_until_epoch(n, now)),
         }
     } else {
         None
@@ -818,10 +833,6 @@ impl Provider for HttpProvider {
 
     fn replaces_old_on_create(&self) -> bool {
         self.def.http.in_place
-    }
-
-    fn kind(&self) -> Kind {
-        self.def.kind
     }
 
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {

@@ -19,7 +19,6 @@
 use super::admin::Admin;
 use super::settings::text;
 use super::{Provider, ProviderError, SessionsEnded, Target};
-use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use indexmap::IndexMap;
@@ -292,10 +291,6 @@ fn describe(e: &LdapError) -> String {
 
 #[async_trait]
 impl Provider for LdapProvider {
-    fn kind(&self) -> Kind {
-        Kind::Single
-    }
-
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
         let dn = self.dn(target)?;
         let mut ldap = self.admin().await?;

@@ -12,7 +12,6 @@ mod config;
 
 use super::admin::Admin;
 use super::{Provider, ProviderError, SessionsEnded, Target};
-use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::{LoginError, MysqlClient, quote};
@@ -161,10 +160,6 @@ impl Mysql {
 
 #[async_trait]
 impl Provider for Mysql {
-    fn kind(&self) -> Kind {
-        Kind::Single
-    }
-
     /// Admin login works and the account (every host part asked for) exists.
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
         let user = self.account(target)?;

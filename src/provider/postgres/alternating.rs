@@ -42,7 +42,6 @@ use super::config::PgConfig;
 use super::{
     account, alter_password, check_role_can_login, role_missing, terminate_by_hand, verify_database,
 };
-use crate::catalog::Kind;
 use crate::provider::admin::Admin;
 use crate::provider::{Issued, KeyInfo, Provider, ProviderError, SessionsEnded, Target};
 use crate::secret::Secret;
@@ -301,10 +300,6 @@ impl Provider for PostgresAlternating {
     /// always there.
     fn reuses_keys(&self) -> bool {
         true
-    }
-
-    fn kind(&self) -> Kind {
-        Kind::Dual
     }
 
     /// Admin login works and may change passwords; both roles exist, differ and

@@ -19,7 +19,6 @@ pub(crate) use client::tls_connector;
 
 use super::admin::Admin;
 use super::{Provider, ProviderError, SessionsEnded, Target};
-use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::PgClient;
@@ -161,10 +160,6 @@ fn terminate_by_hand(roles: &[&str]) -> String {
 
 #[async_trait]
 impl Provider for Postgres {
-    fn kind(&self) -> Kind {
-        Kind::Single
-    }
-
     /// Admin login works, the admin may change passwords, the role exists and can log in.
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
         let role = account(target)?;

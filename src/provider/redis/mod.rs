@@ -21,7 +21,6 @@ mod config;
 
 use super::admin::Admin;
 use super::{Issued, KeyInfo, Provider, ProviderError, SessionsEnded, Target};
-use crate::catalog::Kind;
 use crate::secret::Secret;
 use ::redis::Value;
 use async_trait::async_trait;
@@ -233,10 +232,6 @@ fn text(v: &Value) -> Option<String> {
 
 #[async_trait]
 impl Provider for Redis {
-    fn kind(&self) -> Kind {
-        Kind::Dual
-    }
-
     /// Admin login works, the user exists, and ACL changes can be persisted.
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
         let user = self.account(target)?;

@@ -286,10 +286,6 @@ impl Sandbox {
 
 #[async_trait]
 impl Provider for Sandbox {
-    fn kind(&self) -> Kind {
-        self.kind
-    }
-
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
         self.call("preflight", target).await?;
         let quota = self.quota;

@@ -21,7 +21,6 @@ mod client;
 use super::admin::Admin;
 use super::settings::text;
 use super::{Issued, KeyInfo, Provider, ProviderError, SessionsEnded, Target};
-use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::{HostAddr, HostKeyPolicy, Login, Session};
@@ -481,10 +480,6 @@ fn options(target: Target<'_>) -> Result<Option<String>, ProviderError> {
 
 #[async_trait]
 impl Provider for SshProvider {
-    fn kind(&self) -> Kind {
-        Kind::Dual
-    }
-
     /// Per host: the admin logs in (host key pinned), the account exists, its
     /// authorized_keys can be read.
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {

@@ -9,7 +9,6 @@ pub mod config;
 use super::admin::Admin;
 use super::vault_http::VaultHttp;
 use super::{Issued, KeyInfo, Provider, ProviderError, Target};
-use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::AppRole;
@@ -39,10 +38,6 @@ impl VaultAppRole {
 
 #[async_trait]
 impl Provider for VaultAppRole {
-    fn kind(&self) -> Kind {
-        Kind::Dual
-    }
-
     /// Read-only: the role exists (its role-id reads with the admin token), and
     /// the token may issue and destroy secret-ids.
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {

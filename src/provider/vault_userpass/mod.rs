@@ -7,7 +7,6 @@ pub mod config;
 use super::admin::Admin;
 use super::vault_http::VaultHttp;
 use super::{Provider, ProviderError, Target};
-use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::UserPass;
@@ -30,10 +29,6 @@ impl VaultUserPass {
 
 #[async_trait]
 impl Provider for VaultUserPass {
-    fn kind(&self) -> Kind {
-        Kind::Single
-    }
-
     /// Read-only: the user exists, and the admin token may set its password.
     async fn preflight(&self, target: Target<'_>) -> Result<(), ProviderError> {
         let user = config::username(&target)?;

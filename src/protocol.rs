@@ -360,6 +360,40 @@ mod tests {
         }
     }
 
+    /// docs/plan-json.md lists the vocabulary of plan steps: it and `PlannedStep`
+    /// say the same, and every planned step stands for engine steps or none.
+    #[test]
+    fn the_plan_vocabulary_is_documented_and_tied_to_engine_steps() {
+        let doc = include_str!("../docs/plan-json.md");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with("| `waves[].credentials[].steps`"))
+            .expect("the steps row of docs/plan-json.md");
+        let vocabulary = row.split("vocabulary:").nth(1).expect("a vocabulary");
+        let vocabulary = vocabulary.split(". ").next().unwrap_or(vocabulary);
+        let documented: Vec<&str> = vocabulary
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        let ours: Vec<&str> = PlannedStep::ALL.iter().map(|s| s.as_str()).collect();
+        for s in &ours {
+            assert!(documented.contains(s), "`{s}` is not in docs/plan-json.md");
+        }
+        for d in &documented {
+            assert!(
+                ours.contains(d),
+                "docs/plan-json.md lists `{d}`, which no step is"
+            );
+        }
+        for s in PlannedStep::ALL {
+            for e in s.engine_steps() {
+                assert!(Step::ALL.contains(e));
+            }
+        }
+    }
+
     #[test]
     fn a_checkpoint_keeps_the_journal_format() {
         let c = Checkpoint {
