@@ -53,6 +53,7 @@ pub fn run(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Result
 /// Refuses to act on a journal that is not there (a mistyped `--journal` would
 /// otherwise create an empty one).
 fn journal_must_exist(args: &crate::cli::JournalArgs) -> Result<()> {
+    super::setup::refuse_shared(&args.path)?;
     if args.path.exists() {
         return Ok(());
     }

@@ -8,26 +8,33 @@ use crate::journal::{CredentialState, RunStatus};
 use anyhow::Result;
 
 pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> {
-    if !args.journal.path.exists() {
-        return Err(
-            Refusal::new(format!("no journal at {}", args.journal.path.display()))
-                .help("runs are recorded where `rekey run --journal` pointed (default .rekey/journal.db)")
-                .into(),
-        );
+    // A file, or a shared journal (`postgres://`) read from any machine.
+    let location =
+        crate::journal::Location::parse(args.journal.path.as_os_str()).map_err(Refusal::new)?;
+    if let crate::journal::Location::File(path) = &location
+        && !path.exists()
+    {
+        return Err(Refusal::new(format!("no journal at {}", path.display()))
+            .help(
+                "runs are recorded where `rekey run --journal` pointed (default .rekey/journal.db)",
+            )
+            .into());
     }
-    let journal = crate::journal::Journal::open(&args.journal.path)?;
+    let journal = crate::journal::Journal::open_at(&location)?;
     let run = match &args.run {
         Some(id) => journal.run(id)?,
         None => journal.runs()?.into_iter().next(),
     };
     let Some(run) = run else {
-        return Err(Refusal::new(format!("no such run in {}", args.journal.path.display())).into());
+        return Err(Refusal::new(format!("no such run in {}", location.display())).into());
     };
     let states = journal.states(&run.id)?;
+    // Who holds each credential now (a lease not expired), and since when.
+    let holders = journal.holders(&run.id)?;
     // A run recorded as running whose process is gone was killed or crashed: it
     // is not running, and `resume` finishes it.
     let gone = run.status == RunStatus::Running && run.process_gone();
-    let journal_arg = format!(" --journal {}", args.journal.path.display());
+    let journal_arg = format!(" --journal {}", location.display());
     if args.format == Format::Json {
         let mut run_json = serde_json::to_value(&run)?;
         if gone {
@@ -38,7 +45,7 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
             io.stdout,
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "run": run_json, "credentials": states })
+                &serde_json::json!({ "run": run_json, "credentials": states, "holders": holders })
             )?
         )?;
         return Ok(ExitStatus::Success);
@@ -74,6 +81,9 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
     };
     for s in &states {
         writeln!(io.stdout, "  {:<24} {}", s.credential, s.state)?;
+        if let Some(h) = holders.iter().find(|h| h.credential == s.credential) {
+            writeln!(io.stdout, "      held by {} since {}", h.holder, h.since)?;
+        }
         if s.state == CredentialState::Quarantined
             && let (Some(reason), Some(action)) = (text("reason", s), text("action", s))
         {

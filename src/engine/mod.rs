@@ -11,8 +11,8 @@ pub mod durable;
 pub mod limits;
 mod rotate;
 
-pub use rotate::keys_to_retire;
 pub use crate::protocol::{Checkpoint, PlannedStep, Step};
+pub use rotate::keys_to_retire;
 
 use crate::journal::{CredentialState, Journal, JournalError, NewRun, RunStatus};
 use crate::playbook::{Mode, Playbook};

@@ -10,8 +10,8 @@
 
 use super::{CredentialPlan, Plan, ProviderPlan};
 use crate::catalog::Kind;
-use crate::protocol::PlannedStep;
 use crate::playbook::{Credential, Playbook};
+use crate::protocol::PlannedStep;
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
 use std::time::Duration;

@@ -29,6 +29,7 @@ mod rate_limits;
 mod rate_servers;
 mod security;
 mod services;
+mod shared_journal;
 mod sinks;
 mod store_vault;
 mod support;

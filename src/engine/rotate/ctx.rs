@@ -3,11 +3,11 @@
 //! jittered backoff from the instance's budget, rate-limited answers as the
 //! instance's pause allows), the outcome record after, the lease, fingerprints.
 
-use crate::protocol::{Checkpoint, Step};
 use crate::engine::limits::InstanceLimit;
 use crate::engine::{Engine, EngineError};
 use crate::journal::{CredentialState, Outcome as Recorded};
 use crate::playbook::Credential;
+use crate::protocol::{Checkpoint, Step};
 use crate::provider::{Provider, ProviderError, Target};
 use crate::secret::Secret;
 use crate::store::StoreError;

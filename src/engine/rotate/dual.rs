@@ -18,9 +18,9 @@
 //! is a quarantine, not a warning.
 
 use super::ctx::{Ctx, FailureKind};
-use crate::protocol::{Checkpoint, Step};
 use crate::engine::{EngineError, Outcome, SiblingKeys};
 use crate::journal::CredentialState;
+use crate::protocol::{Checkpoint, Step};
 use crate::provider::{Issued, KeyInfo};
 use crate::secret::Secret;
 use serde_json::json;

@@ -20,8 +20,8 @@
 //! "value" is the holder's name).
 
 use super::ctx::{Ctx, Failure};
-use crate::protocol::Step;
 use crate::engine::{EngineError, Outcome};
+use crate::protocol::Step;
 use crate::secret::Secret;
 use crate::store::{Entry, StoreError};
 use serde_json::json;

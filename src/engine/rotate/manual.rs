@@ -5,9 +5,9 @@
 //! `awaiting operator` and `rekey resume` finishes it.
 
 use super::ctx::Ctx;
-use crate::protocol::{Checkpoint, Step};
 use crate::engine::{EngineError, Outcome};
 use crate::journal::CredentialState;
+use crate::protocol::{Checkpoint, Step};
 use crate::provider::catalog::Kind;
 use crate::provider::manual::{Answer, Request};
 use crate::provider::{Provider, ProviderError, Target};

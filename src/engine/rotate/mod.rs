@@ -21,9 +21,9 @@ pub use dual::keys_to_retire;
 pub(super) use rollback::roll_back;
 
 use super::{Engine, EngineError, Outcome};
+use crate::protocol::Checkpoint;
 use crate::provider::catalog::Kind;
 use ctx::Ctx;
-use crate::protocol::Checkpoint;
 
 pub(super) async fn rotate(
     engine: &Engine,

@@ -13,8 +13,8 @@
 
 use super::ctx::Ctx;
 use super::dual::OldKeys;
-use crate::protocol::{Checkpoint, Step};
 use crate::engine::{EngineError, Outcome};
+use crate::protocol::{Checkpoint, Step};
 use crate::secret::Secret;
 use crate::store::Entry;
 use serde_json::json;

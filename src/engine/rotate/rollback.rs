@@ -1,8 +1,8 @@
 //! `rekey rollback`: undoes one rotated credential of a routine-mode run.
 
 use super::ctx::Ctx;
-use crate::protocol::{Checkpoint, Step};
 use crate::engine::{Engine, EngineError, Outcome};
+use crate::protocol::{Checkpoint, Step};
 use crate::provider::catalog::Kind;
 use serde_json::json;
 

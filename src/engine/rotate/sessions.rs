@@ -16,9 +16,9 @@
 //! them (`Provider::has_sessions`), skip the step.
 
 use super::ctx::Ctx;
-use crate::protocol::Step;
 use crate::engine::{EngineError, Outcome};
 use crate::journal::Outcome as Recorded;
+use crate::protocol::Step;
 use crate::provider::SessionsEnded;
 use serde_json::json;
 

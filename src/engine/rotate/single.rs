@@ -8,9 +8,9 @@
 //! ```
 
 use super::ctx::Ctx;
-use crate::protocol::{Checkpoint, Step};
 use crate::engine::{EngineError, Outcome};
 use crate::journal::CredentialState;
+use crate::protocol::{Checkpoint, Step};
 use crate::secret::Secret;
 use crate::store::Entry;
 use serde_json::json;

@@ -10,9 +10,9 @@
 //! consumers' path back.
 
 use super::ctx::Ctx;
-use crate::protocol::Step;
 use crate::engine::{EngineError, Outcome};
 use crate::playbook::Sink;
+use crate::protocol::Step;
 use crate::provider::ProviderError;
 use crate::secret::Secret;
 use crate::sink::{file, github};

@@ -2,8 +2,8 @@
 //! check-and-set, custom metadata) and the staging entry (the write-ahead log).
 
 use super::ctx::{Ctx, Failure};
-use crate::protocol::Step;
 use crate::engine::EngineError;
+use crate::protocol::Step;
 use crate::secret::Secret;
 use crate::store::{Entry, StoreError};
 use serde_json::json;

@@ -443,11 +443,13 @@ fn lost_connection(e: &tokio_postgres::Error) -> bool {
 
 /// A connection attempt that may pass on its own: refused or reset (the server is
 /// down or restarting), or the server is starting up or shutting down. A refused
-/// password does not pass.
+/// password does not pass, nor does one the server asks for and the client lacks.
 fn passing(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         Some(code) => matches!(code.code(), "57P01" | "57P02" | "57P03" | "53300"),
-        None => true,
+        // No server code: only a failed socket (refused, reset, timed out) passes.
+        None => std::error::Error::source(e)
+            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()),
     }
 }
 

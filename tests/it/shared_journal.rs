@@ -1,0 +1,207 @@
+//! The shared journal (PostgreSQL) through the real binary: `rekey status` reads
+//! a run, its credentials and who holds them from another process, with the
+//! password from `REKEY_JOURNAL_PASSWORD` and never printed; a password in the URL
+//! is refused; `run`, `resume` and `rollback` refuse a shared journal in this
+//! build instead of taking the URL for a file path.
+
+use crate::canary::Lab;
+use crate::pg::TestDb;
+use crate::support::{rekey, repo_root};
+use rekey::journal::{CredentialState, Journal, NewRun};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn new_run() -> NewRun {
+    NewRun {
+        playbook_name: "shared".to_owned(),
+        playbook_path: "playbooks/shared.yaml".to_owned(),
+        playbook_sha256: "cd".repeat(32),
+        mode: "breach".to_owned(),
+        selection: json!({ "compromised": ["idp"], "tags": [] }),
+        actor: "alice@host".to_owned(),
+        expanded_sha256: None,
+    }
+}
+
+#[test]
+fn status_reads_a_shared_journal_from_another_process_with_who_holds_what() {
+    let db = TestDb::new();
+    let journal = db.journal();
+    let run = journal.create_run(&new_run()).unwrap();
+    for (credential, state) in [
+        ("billing-db", CredentialState::Rotated),
+        ("deploy-bot", CredentialState::Staged),
+    ] {
+        journal
+            .set_state(&run, credential, state, &json!({}))
+            .unwrap();
+    }
+    let holder = Journal::new_lease_holder();
+    assert!(
+        journal
+            .lease(&run, "deploy-bot", &holder, Duration::from_secs(600))
+            .unwrap()
+    );
+
+    let url = db.url();
+    let password = db.password();
+    let status = |format: &str| {
+        rekey()
+            .args(["status", &run, "--journal", &url, "--format", format])
+            .env("REKEY_JOURNAL_PASSWORD", &password)
+            .run()
+    };
+    let text = status("text");
+    assert_eq!(text.code, 0, "{}{}", text.stdout, text.stderr);
+    assert!(
+        text.stdout.contains(&format!("Run {run}")),
+        "{}",
+        text.stdout
+    );
+    let line_of = |credential: &str| {
+        text.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(credential))
+            .unwrap_or_else(|| panic!("{credential} listed: {}", text.stdout))
+            .to_owned()
+    };
+    assert!(line_of("billing-db").contains("rotated"), "{}", text.stdout);
+    assert!(line_of("deploy-bot").contains("staged"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains(&format!("held by {holder} since ")),
+        "the lease's holder is shown: {}",
+        text.stdout
+    );
+    assert_eq!(
+        text.stdout.matches("held by").count(),
+        1,
+        "only the leased credential is held: {}",
+        text.stdout
+    );
+
+    let json_out = status("json");
+    assert_eq!(json_out.code, 0, "{}", json_out.stderr);
+    let doc: Value = serde_json::from_str(&json_out.stdout).unwrap();
+    assert_eq!(doc["run"]["id"], json!(run));
+    assert_eq!(doc["holders"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(doc["holders"][0]["credential"], json!("deploy-bot"));
+    assert_eq!(doc["holders"][0]["holder"], json!(holder));
+
+    // Released: nobody holds it any more.
+    journal.release(&run, "deploy-bot", &holder).unwrap();
+    let after = status("text");
+    assert!(!after.stdout.contains("held by"), "{}", after.stdout);
+
+    for out in [&text, &json_out, &after] {
+        assert!(
+            !out.stdout.contains(&password) && !out.stderr.contains(&password),
+            "the journal's password is never printed"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_or_missing_password_fails_without_printing_one() {
+    let db = TestDb::new();
+    let url = db.url();
+    let wrong = "CANARYjournalpw0b5e";
+    let out = rekey()
+        .args(["status", "--journal", &url])
+        .env("REKEY_JOURNAL_PASSWORD", wrong)
+        .run();
+    assert_ne!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("journal"), "{}", out.stderr);
+    assert!(!out.stdout.contains(wrong) && !out.stderr.contains(wrong));
+    // No password where the server asks for one: a refusal at once, not a wait
+    // for a server that will never accept.
+    let none = rekey().args(["status", "--journal", &url]).run();
+    assert_ne!(none.code, 0, "{}{}", none.stdout, none.stderr);
+    assert!(none.stderr.contains("password"), "{}", none.stderr);
+    assert!(!none.stderr.contains("did not answer"), "{}", none.stderr);
+}
+
+#[test]
+fn a_password_in_the_journal_url_is_refused() {
+    let out = rekey()
+        .args([
+            "status",
+            "--journal",
+            "postgres://rekey:CANARYinurl77@127.0.0.1:5432/rekey?sslmode=disable",
+        ])
+        .run();
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("REKEY_JOURNAL_PASSWORD"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("CANARYinurl77"), "{}", out.stderr);
+}
+
+#[test]
+fn run_resume_and_rollback_refuse_a_shared_journal_and_create_no_file() {
+    let mut lab = Lab::new();
+    let pb = lab.playbook(
+        "refused",
+        "breach",
+        "  keys: { type: sandbox, settings: { state_file: DIR/keys.json, latency: 1ms } }",
+        "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n",
+    );
+    let url = "postgres://rekey@127.0.0.1:1/rekey?sslmode=disable";
+    let cases: [Vec<&str>; 3] = [
+        vec!["run", &pb, "--journal", url],
+        vec!["resume", "--journal", url],
+        vec!["rollback", "r-1", "--journal", url],
+    ];
+    for args in cases {
+        let (code, out, err) = lab.rekey(&args, &[]);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains("shared journal"), "{args:?}: {err}");
+        assert!(
+            !repo_root().join("postgres:").exists(),
+            "{args:?}: the URL was taken for a path"
+        );
+    }
+    assert!(
+        !lab.dir.path().join("keys.json").exists(),
+        "nothing was rotated"
+    );
+}
+
+#[test]
+fn runners_opening_a_new_database_together_create_the_schema_once_and_a_newer_one_is_refused() {
+    let db = TestDb::new();
+    let openers: Vec<_> = (0..4)
+        .map(|_| {
+            let (location, password) = (db.url(), db.password());
+            std::thread::spawn(move || {
+                let location = rekey::journal::postgres::PgLocation::parse(&location).unwrap();
+                let password = rekey::secret::Secret::new(password);
+                rekey::journal::postgres::PgJournal::connect(&location, Some(&password))
+                    .map(|j| j.fingerprint_key())
+            })
+        })
+        .collect();
+    let keys: Vec<Vec<u8>> = openers
+        .into_iter()
+        .map(|t| t.join().unwrap().expect("every opener succeeds"))
+        .collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] == w[1]),
+        "one shared fingerprint key"
+    );
+    assert_eq!(db.value("SELECT version FROM rekey.meta"), "1");
+
+    db.sql("UPDATE rekey.meta SET version = 99");
+    let location = rekey::journal::postgres::PgLocation::parse(&db.url()).unwrap();
+    let password = rekey::secret::Secret::new(db.password());
+    let refused = rekey::journal::postgres::PgJournal::connect(&location, Some(&password))
+        .expect_err("a schema from a newer rekey is refused");
+    assert!(
+        matches!(
+            refused,
+            rekey::journal::JournalError::NewerSchema { found: 99, .. }
+        ),
+        "{refused}"
+    );
+}
