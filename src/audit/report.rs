@@ -123,7 +123,11 @@ fn describe(e: &Entry) -> String {
         parts.push(err.clone());
     }
     for (name, id) in &e.key_ids {
-        parts.push(format!("{name} key {id}"));
+        parts.push(if name == "key" {
+            format!("key {id}")
+        } else {
+            format!("{name} key {id}")
+        });
     }
     if let Some(p) = &e.vault_path {
         match e.vault_version {

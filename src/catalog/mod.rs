@@ -113,6 +113,11 @@ pub struct ProviderType {
     /// Live credentials an account may hold at once (dual kinds), if limited.
     #[serde(default)]
     pub quota: Option<u32>,
+    /// Dual kinds: the admin credential's own key can be among the keys `list`
+    /// returns (the admin is a key of the same account), so breach mode retires it
+    /// unless the credential keeps it. The plan says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin_key_listed: bool,
     pub default_rate: RawRate,
     pub default_concurrency: u32,
     /// Typical duration of one request, used for the plan's ETA.

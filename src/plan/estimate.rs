@@ -90,16 +90,27 @@ pub struct Retires<'a> {
     /// Key ids the playbook keeps.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub keep: &'a [String],
+    /// Breach mode on a type whose admin credential is itself a key of the account
+    /// (Datadog, SendGrid, a Twilio Main key): the admin's own key is retired too
+    /// unless `keep` names it, and the calls after it lose access.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub may_include_admin_key: bool,
 }
 
 pub fn retires<'a>(playbook: &Playbook, c: &'a Credential) -> Option<Retires<'a>> {
+    let breach = playbook.incident.mode == crate::playbook::Mode::Breach;
     (c.kind == Kind::Dual).then(|| Retires {
-        rule: if playbook.incident.mode == crate::playbook::Mode::Breach {
+        rule: if breach {
             "every_existing_key"
         } else {
             "key_vault_names"
         },
         keep: &c.keep,
+        may_include_admin_key: breach
+            && playbook
+                .providers
+                .get(&c.provider)
+                .is_some_and(|p| p.admin_key_listed),
     })
 }
 

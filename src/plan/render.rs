@@ -321,5 +321,8 @@ fn retires_text(r: &super::estimate::Retires<'_>, account: Option<&str>) -> Stri
     if !r.keep.is_empty() {
         text += &format!(", except kept {}", r.keep.join(", "));
     }
+    if r.may_include_admin_key {
+        text += "; CAUTION: the admin credential's own key is one of them if it belongs to this account: list its id under `keep:` to keep rekey's access";
+    }
     text
 }

@@ -110,6 +110,8 @@ pub struct ProviderInstance {
     pub requests: Requests,
     /// Live keys an account may hold at once (dual kinds), from the catalog.
     pub quota: Option<u32>,
+    /// The admin credential's own key can be among the listed keys (catalog).
+    pub admin_key_listed: bool,
 }
 
 impl ProviderInstance {

@@ -24,7 +24,6 @@ pub mod vault_userpass;
 
 use crate::secret::Secret;
 use async_trait::async_trait;
-use catalog::Kind;
 use indexmap::IndexMap;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -129,14 +128,6 @@ pub enum SessionsEnded {
 /// method is one logical operation; the engine owns retries, backoff and limits.
 #[async_trait]
 pub trait Provider: Send + Sync {
-    /// Called nowhere (how a credential rotates is its playbook instance's `kind`,
-    /// from the catalog) and implemented by no provider; kept only while
-    /// `engine::rotate::manual::NoProvider` still implements it. Remove both at once.
-    #[doc(hidden)]
-    fn kind(&self) -> Kind {
-        Kind::Manual
-    }
-
     /// Whether `create` itself retires the old value (GitLab's rotate, Cloudflare's
     /// roll): then a failed rotation cannot be undone by deleting the new key, and
     /// the new value must be kept.

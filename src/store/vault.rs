@@ -982,6 +982,10 @@ impl Call<'_> {
             Failure::Transport(Transport::Unreachable(detail)) => StoreError::Unavailable(format!(
                 "cannot reach {address} to {verb} `{target}` ({detail}): check the address and that the server is up, then retry"
             )),
+            Failure::Transport(Transport::TimedOut) => StoreError::Unavailable(format!(
+                "{address} did not answer within {} s to {verb} `{target}`: check that the server is up, unsealed and not overloaded, then retry",
+                REQUEST_TIMEOUT.as_secs()
+            )),
             Failure::Unreadable => StoreError::Invalid(format!(
                 "{address} answered the request to {verb} `{target}` with something rekey cannot read: check that it is a Vault or OpenBao server and that `{mount}` is a KV version 2 mount"
             )),
@@ -1020,8 +1024,11 @@ enum Transport {
     /// The server's certificate was not trusted: a configuration problem, not worth
     /// retrying.
     Tls(String),
-    /// Connection refused, reset, timed out, name not resolved: worth retrying.
+    /// Connection refused, reset, name not resolved: worth retrying.
     Unreachable(String),
+    /// Connected (or tried to) and no answer came within `REQUEST_TIMEOUT`: a hung
+    /// or overloaded server; worth retrying.
+    TimedOut,
 }
 
 impl Transport {
@@ -1044,6 +1051,8 @@ impl Transport {
         let detail = innermost.to_string();
         if tls {
             Transport::Tls(detail)
+        } else if detail.contains("timed out") {
+            Transport::TimedOut
         } else {
             Transport::Unreachable(detail)
         }

@@ -15,17 +15,9 @@ use std::path::PathBuf;
 
 pub use crate::support::services;
 
-/// Minimal HTTP/1.0 client for the OpenBao API (tests only).
+/// OpenBao through the tests' one client ([`crate::support::bao_request`]).
 pub fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {
-    use std::io::{Read, Write};
-    let host = addr.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\nX-Vault-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str(json).unwrap_or(Value::Null)
+    crate::support::bao_request(addr, token, method, path, body).1
 }
 
 /// One place to run scenarios: a directory (journal, trail, sandbox state), a

@@ -322,3 +322,51 @@ fn usage_errors_exit_2() {
     );
     assert_eq!(rekey().args(["frobnicate"]).run().code, 2);
 }
+
+/// Where the admin credential is itself a key of the account (Datadog here),
+/// breach mode would retire it with the others: the plan says so, in JSON and in
+/// words, and routine mode (which retires only the key Vault names) does not.
+#[test]
+fn breach_plan_cautions_where_the_admin_key_is_among_those_retired() {
+    let credential = |playbook: &str, id: &str| -> (Value, String) {
+        let json = rekey()
+            .playbook_env()
+            .args(["plan", playbook, "--format", "json"])
+            .run();
+        assert_eq!(json.code, 0, "{}", json.stderr);
+        let plan: Value = serde_json::from_str(&json.stdout).unwrap();
+        let mut found = None;
+        let mut stack = vec![&plan];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::Object(m) if m.get("id").and_then(Value::as_str) == Some(id) => {
+                    found = Some(v.clone())
+                }
+                Value::Object(m) => stack.extend(m.values()),
+                Value::Array(a) => stack.extend(a),
+                _ => {}
+            }
+        }
+        let text = rekey().playbook_env().args(["plan", playbook]).run();
+        (found.expect("credential in the plan"), text.stdout)
+    };
+    let (dd, text) = credential("playbooks/idp-breach-jumpcloud.yaml", "datadog-api-key");
+    assert_eq!(dd["retires"]["rule"], "every_existing_key", "{dd}");
+    assert_eq!(dd["retires"]["may_include_admin_key"], true, "{dd}");
+    assert!(
+        text.contains("CAUTION: the admin credential's own key"),
+        "{text}"
+    );
+    // A type whose admin is not a key of the account carries no caution.
+    let (aws, _) = credential("playbooks/idp-breach-jumpcloud.yaml", "deploy-bot-aws");
+    assert_eq!(aws["retires"]["rule"], "every_existing_key", "{aws}");
+    assert!(
+        aws["retires"].get("may_include_admin_key").is_none(),
+        "{aws}"
+    );
+    // Routine mode retires only the key Vault names.
+    let (routine, text) = credential("playbooks/hygiene-90d.yaml", "metrics-agent-key");
+    assert_eq!(routine["retires"]["rule"], "key_vault_names", "{routine}");
+    assert!(routine["retires"].get("may_include_admin_key").is_none());
+    assert!(!text.contains("CAUTION"), "{text}");
+}

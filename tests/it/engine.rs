@@ -100,17 +100,9 @@ impl Scenario {
     }
 }
 
-/// Minimal HTTP/1.0 client for the OpenBao API (tests only).
+/// OpenBao through the tests' one client ([`crate::support::bao_request`]).
 fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {
-    use std::io::{Read, Write};
-    let host = addr.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\nX-Vault-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str(json).unwrap_or(Value::Null)
+    crate::support::bao_request(addr, token, method, path, body).1
 }
 
 /// Waits (up to 30 s) until the latest run in `journal` satisfies `ready`: tests
@@ -934,4 +926,311 @@ fn a_vault_entry_without_key_id_has_its_old_key_retired_or_named() {
             );
         }
     }
+}
+
+/// `rekey run` with `token` as VAULT_TOKEN and the playbook at `path`.
+fn run_with_token(s: &Scenario, path: &str, token: &str) -> crate::support::Output {
+    rekey()
+        .env("VAULT_TOKEN", token)
+        .args([
+            "run",
+            path,
+            "--journal",
+            s.dir.path().join("journal.db").to_str().unwrap(),
+        ])
+        .run()
+}
+
+/// Vault that cannot serve the run ends it at once with one clear error, before
+/// any provider is touched: a wrong token, a KV version 1 mount, a token whose
+/// policy cannot write the paths, a refused address, an address that accepts and
+/// never answers (not an hour of 30-second timeouts, one credential at a time).
+#[test]
+fn run_refuses_at_once_when_vault_cannot_serve_it() {
+    let s = Scenario::new();
+    let creds: String = (1..=4)
+        .map(|i| {
+            format!("  - {{ id: k{i}, provider: keys, account: a{i}, vault_path: PREFIX/k{i} }}\n")
+        })
+        .collect();
+    let good = s.playbook("breach", &creds);
+    let text = std::fs::read_to_string(&good).unwrap();
+    let untouched = |out: &crate::support::Output, says: &str| {
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(out.stderr.contains(says), "{}", out.stderr);
+        assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+        assert!(!out.stderr.contains("rolled back"), "{}", out.stderr);
+        assert!(
+            !s.dir.path().join("keys.json").exists(),
+            "a provider was touched"
+        );
+    };
+    // A wrong token.
+    untouched(&run_with_token(&s, &good, "not-a-token"), "token");
+    // A KV version 1 mount.
+    let kv1 = format!("kv1-{}", s.prefix);
+    http(
+        &s.env["VAULT_ADDR"],
+        "POST",
+        &format!("/v1/sys/mounts/{kv1}"),
+        &s.env["VAULT_TOKEN"],
+        Some(&json!({ "type": "kv", "options": { "version": "1" } })),
+    );
+    let v1 = s.dir.path().join("kv1.yaml");
+    std::fs::write(
+        &v1,
+        text.replace("vault: {", &format!("vault: {{ mount: {kv1},")),
+    )
+    .unwrap();
+    untouched(
+        &run_with_token(&s, v1.to_str().unwrap(), &s.env["VAULT_TOKEN"]),
+        "version 2",
+    );
+    // A token that may read but not write the paths.
+    let policy = format!("read-only-{}", s.prefix);
+    http(
+        &s.env["VAULT_ADDR"],
+        "PUT",
+        &format!("/v1/sys/policies/acl/{policy}"),
+        &s.env["VAULT_TOKEN"],
+        Some(&json!({ "policy": "path \"secret/*\" { capabilities = [\"read\", \"list\"] }" })),
+    );
+    let token = http(
+        &s.env["VAULT_ADDR"],
+        "POST",
+        "/v1/auth/token/create",
+        &s.env["VAULT_TOKEN"],
+        Some(&json!({ "policies": [policy], "ttl": "10m" })),
+    )["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    untouched(&run_with_token(&s, &good, &token), "lacks");
+    // Nothing listens.
+    let refused = s.dir.path().join("refused.yaml");
+    std::fs::write(
+        &refused,
+        text.replace(&s.env["VAULT_ADDR"], "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    untouched(
+        &run_with_token(&s, refused.to_str().unwrap(), &s.env["VAULT_TOKEN"]),
+        "127.0.0.1:9",
+    );
+    // Something listens and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung = s.dir.path().join("hung.yaml");
+    std::fs::write(
+        &hung,
+        text.replace(
+            &s.env["VAULT_ADDR"],
+            &format!("http://{}", listener.local_addr().unwrap()),
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    untouched(
+        &run_with_token(&s, hung.to_str().unwrap(), &s.env["VAULT_TOKEN"]),
+        "did not answer within",
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(40));
+    drop(listener);
+}
+
+/// `status` says what a tired operator needs: a run whose process was killed is
+/// "stopped" with the command that finishes it, never "running"; a rolled-back
+/// credential gets its reason and next step; the actor is the trail's.
+#[test]
+fn status_tells_a_dead_run_from_a_running_one_and_says_what_to_do() {
+    let s = Scenario::new();
+    let creds: String = (1..=5)
+        .map(|i| {
+            format!("  - {{ id: k{i}, provider: keys, account: a{i}, vault_path: PREFIX/k{i} }}\n")
+        })
+        .collect();
+    let slow = s
+        .playbook_text("breach", &creds)
+        .replace("latency: 1ms", "latency: 300ms")
+        .replace("providers:\n", "defaults: { concurrency: 1 }\nproviders:\n");
+    let path = s.dir.path().join("slow.yaml");
+    std::fs::write(&path, slow).unwrap();
+    let journal = s.dir.path().join("journal.db");
+    let mut child = s.spawn_run(&path);
+    wait_for_journal(&journal, |j, run| {
+        j.states(run)
+            .is_ok_and(|s| s.iter().any(|x| x.state == "rotated"))
+    });
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    let out = rekey()
+        .args(["status", "--journal", journal.to_str().unwrap()])
+        .run();
+    assert!(
+        out.stdout.contains("stopped: the process that ran it"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("rekey resume"), "{}", out.stdout);
+    assert!(!out.stdout.contains(": running;"), "{}", out.stdout);
+    let json: Value = serde_json::from_str(
+        &rekey()
+            .args([
+                "status",
+                "--journal",
+                journal.to_str().unwrap(),
+                "--format",
+                "json",
+            ])
+            .run()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["run"]["status"], "stopped", "{json}");
+    // The actor is the one the audit trail names.
+    let trail = std::fs::read_to_string(s.dir.path().join("audit.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(trail.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        json["run"]["actor"], first["actor"]["user"],
+        "{json}\n{first}"
+    );
+
+    // A rolled-back credential: why, and what to do.
+    let s = Scenario::new();
+    let pb = s.playbook(
+        "breach",
+        "  - { id: broken, provider: keys, account: b, vault_path: PREFIX/b, settings: { fail: verify } }\n",
+    );
+    let (_, summary, _) = s.run(&pb, &[]);
+    assert_eq!(outcome(&summary, "broken"), "rolled_back", "{summary}");
+    let out = rekey()
+        .args([
+            "status",
+            "--journal",
+            s.dir.path().join("journal.db").to_str().unwrap(),
+        ])
+        .run();
+    assert!(out.stdout.contains("why:"), "{}", out.stdout);
+    assert!(out.stdout.contains("--only broken"), "{}", out.stdout);
+}
+
+/// `resume` acts only on the instructions a run started with: the same file, and
+/// the same expansion of its `${VAR}`s.
+#[test]
+fn resume_refuses_a_playbook_that_expands_differently() {
+    let s = Scenario::new();
+    let text = s.playbook_text(
+        "breach",
+        "  - { id: m, provider: manual, vault_path: PREFIX/m, instructions: \"${HOW}\" }\n",
+    );
+    let path = s.dir.path().join("expand.yaml");
+    std::fs::write(&path, text).unwrap();
+    let journal = s.dir.path().join("journal.db");
+    let out = rekey()
+        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+        .env("HOW", "rotate it in the console")
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "--journal",
+            journal.to_str().unwrap(),
+        ])
+        .run();
+    assert_eq!(out.code, 5, "awaiting an operator: {}", out.stderr);
+    let status = rekey()
+        .args(["status", "--journal", journal.to_str().unwrap()])
+        .run();
+    assert!(
+        status.stdout.contains("awaiting operator"),
+        "{}",
+        status.stdout
+    );
+    let out = rekey()
+        .env("VAULT_TOKEN", &s.env["VAULT_TOKEN"])
+        .env("HOW", "something else")
+        .args([
+            "resume",
+            "--journal",
+            journal.to_str().unwrap(),
+            "--confirm",
+        ])
+        .run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("expands differently"), "{}", out.stderr);
+}
+
+/// What an operator reads, pinned: the text of `run` (its summary on stdout and its
+/// progress on stderr), `status` and `audit show` for a run where one credential
+/// rotates, one password changes, one rolls back and one is skipped. The chain of
+/// dependencies makes the order fixed; ids, times, digests and paths are filtered.
+#[test]
+fn run_status_and_audit_show_text_are_stable() {
+    let s = Scenario::new();
+    let pb = s.playbook(
+        "breach",
+        "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, depends_on: [api] }\n  - { id: broken, provider: keys, account: b, vault_path: PREFIX/b, depends_on: [db], settings: { fail: verify } }\n  - { id: after, provider: pw, account: e, vault_path: PREFIX/e, depends_on: [broken] }\n",
+    );
+    let journal = s.dir.path().join("journal.db");
+    let journal = journal.to_str().unwrap();
+    let trail = s.dir.path().join("audit.jsonl");
+    let cmd = || rekey().env("VAULT_TOKEN", &s.env["VAULT_TOKEN"]);
+    let run = cmd()
+        .args(["run", &pb, "--journal", journal, "--color", "never"])
+        .run();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let status = cmd()
+        .args(["status", "--journal", journal, "--color", "never"])
+        .run();
+    let show = cmd()
+        .args(["audit", "show", trail.to_str().unwrap(), "--color", "never"])
+        .run();
+    assert_eq!(show.code, 0, "{}", show.stderr);
+    let dir = s.dir.path().display().to_string();
+    let mut settings = insta::Settings::clone_current();
+    for (pattern, replacement) in [
+        (regex_escape(&dir), "[DIR]"),
+        (regex_escape(&s.prefix), "[PREFIX]"),
+        (regex_escape(&s.env["VAULT_ADDR"]), "[VAULT]"),
+        (r"\b[0-9a-f]{64}\b".into(), "[SHA256]"),
+        (
+            r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)".into(),
+            "[TIME]",
+        ),
+        (r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d( UTC)?".into(), "[TIME]"),
+        (r"\b\d+(\.\d+)? ?(ms|s|m)\b".into(), "[DURATION]"),
+        (
+            r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b".into(),
+            "[UUID]",
+        ),
+        (r"\br-\d{8}-\d{4}-[0-9a-f]{4}\b".into(), "[RUN]"),
+        (r"hmac-sha256:[0-9a-f]+".into(), "hmac-sha256:[HMAC]"),
+        (r"\buid \d+".into(), "uid [UID]"),
+        (r"\bsbx-[0-9a-zA-Z]+\b".into(), "[KEY]"),
+        (r"pid \d+".into(), "pid [PID]"),
+        (r"\b(user|host)[ =:]+[A-Za-z0-9_.@-]+".into(), "$1 [WHO]"),
+    ] {
+        settings.add_filter(&pattern, replacement);
+    }
+    settings.bind(|| {
+        insta::assert_snapshot!(
+            "run_text",
+            format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr)
+        );
+        insta::assert_snapshot!(
+            "status_text",
+            format!("exit {}\n{}{}", status.code, status.stdout, status.stderr)
+        );
+        insta::assert_snapshot!("audit_show_text", show.stdout);
+    });
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' || c == '-' || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
 }

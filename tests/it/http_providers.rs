@@ -10,21 +10,14 @@ use std::collections::HashMap;
 
 use crate::support::services;
 
-/// Minimal HTTP/1.0 client for the OpenBao API (tests only).
+/// OpenBao with the root token, through the tests' one client.
 pub fn vault_http(
     env: &HashMap<String, String>,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> Value {
-    use std::io::{Read, Write};
-    let host = env["VAULT_ADDR"].trim_start_matches("http://").to_owned();
-    let mut s = std::net::TcpStream::connect(&host).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\nX-Vault-Token: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", env["VAULT_TOKEN"], body.len()).unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null)
+    crate::support::bao_env(env, method, path, body)
 }
 
 /// One provider instance and one credential, in a fresh temp dir and Vault prefix.
@@ -915,4 +908,129 @@ fn a_failed_in_place_roll_is_quarantined_with_the_new_value_kept() {
     );
     assert_no_leak(&out.stderr, &[old, &live[0], ADMIN_TOKEN]);
     assert_no_leak(&out.stdout, &[old, &live[0], ADMIN_TOKEN]);
+}
+
+/// The first day rekey is used is usually a breach day: the account holds the key
+/// consumers use (its value in Vault, written by hand without `key_id`) and a
+/// second one nobody tracks (the attacker's, or a stray). After a breach run only
+/// the new key exists, as each stub's own state shows.
+#[test]
+fn first_adoption_during_a_breach_leaves_only_the_new_key_for_every_dual_definition() {
+    type Adoption = (
+        Api,
+        &'static str,
+        &'static str,
+        Value,
+        &'static str,
+        &'static str,
+    );
+    let cases: Vec<Adoption> = vec![
+        (
+            Api::Okta,
+            "okta_client_secret",
+            "0oaAPP1",
+            json!({ "token": ADMIN_TOKEN }),
+            "domain: example.okta.com",
+            "settings: { app_id: 0oaAPP1, scope: rekey.test }",
+        ),
+        (
+            Api::Datadog,
+            "datadog_api_key",
+            "dd-api",
+            json!({ "api_key": DD_API_KEY, "app_key": ADMIN_TOKEN }),
+            "",
+            "",
+        ),
+        (
+            Api::Datadog,
+            "datadog_app_key",
+            "dd-app",
+            json!({ "api_key": DD_API_KEY, "app_key": ADMIN_TOKEN }),
+            "",
+            // Without a key id rekey cannot read the old key's scopes; it refuses to
+            // guess them, so a first adoption names them.
+            "settings: { scopes: unscoped }",
+        ),
+        (
+            Api::SendGrid,
+            "sendgrid_api_key",
+            "sendgrid",
+            json!({ "token": ADMIN_TOKEN }),
+            "",
+            "settings: { scopes: [mail.send] }",
+        ),
+        (
+            Api::Twilio,
+            "twilio_api_key",
+            "twilio",
+            json!({ "password": TWILIO_AUTH_TOKEN }),
+            "account_sid: AC0123456789abcdef0123456789abcdef",
+            "",
+        ),
+    ];
+    for (api, type_name, scope, admin, settings, credential) in cases {
+        let stub = Stub::start(api);
+        let used = format!("consumer-secret-{}", hex::encode(rand::random::<[u8; 8]>()));
+        let used_id = stub.seed_key(scope, &used, "console");
+        let stray_id = stub.seed_key(scope, "stray-secret-0123456789", "ci");
+        let mut case = Case::new(type_name, &stub, "", admin).credential(credential);
+        if !settings.is_empty() {
+            case = case.settings(settings);
+        }
+        case.seed_vault(&used, None);
+        let (code, outcome, stderr) = case.run();
+        assert_eq!(
+            (code, outcome.as_str()),
+            (0, "rotated"),
+            "{type_name}: {stderr}"
+        );
+        assert!(
+            !stub.exists(&used_id),
+            "{type_name}: the key consumers used is alive"
+        );
+        assert!(
+            !stub.exists(&stray_id),
+            "{type_name}: the stray key is alive"
+        );
+        if type_name == "okta_client_secret" {
+            // Okta client secrets carry no name to tag: the live one is Vault's.
+            let keys = stub.with(|s| s.live(scope).into_iter().cloned().collect::<Vec<_>>());
+            assert_eq!(keys.len(), 1, "{keys:?}");
+            assert_eq!(
+                case.vault()["value"].as_str(),
+                Some(keys[0].secret.as_str())
+            );
+        } else {
+            assert_rotated_dual(&case, &stub, scope, &used_id, &used);
+        }
+    }
+    // GitHub deploy keys: the secret is a private key; the stub holds public keys.
+    let stub = Stub::start(Api::GitHub);
+    let used_id = stub.seed_key(
+        "acme/infra",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUSEDUSEDUSEDUSED",
+        "ci deploy key",
+    );
+    let stray_id = stub.seed_key(
+        "acme/infra",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAISTRAYSTRAYSTRAY",
+        "laptop",
+    );
+    let case = Case::new(
+        "github_deploy_key",
+        &stub,
+        "",
+        json!({ "token": ADMIN_TOKEN }),
+    )
+    .credential("settings: { owner: acme, repo: infra }");
+    case.seed_vault(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nby-hand\n-----END OPENSSH PRIVATE KEY-----\n",
+        None,
+    );
+    let (code, outcome, stderr) = case.run();
+    assert_eq!((code, outcome.as_str()), (0, "rotated"), "github: {stderr}");
+    assert!(
+        !stub.exists(&used_id) && !stub.exists(&stray_id),
+        "github: old keys alive"
+    );
 }

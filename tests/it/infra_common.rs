@@ -235,7 +235,7 @@ pub fn bao(
     bao_as(env, &env["VAULT_TOKEN"], method, path, body)
 }
 
-/// One request to OpenBao with `token` ("" for none).
+/// One request to OpenBao with `token` ("" for none), through the tests' one client.
 pub fn bao_as(
     env: &HashMap<String, String>,
     token: &str,
@@ -243,28 +243,11 @@ pub fn bao_as(
     path: &str,
     body: Option<&Value>,
 ) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let host = env["VAULT_ADDR"].trim_start_matches("http://").to_owned();
-    let mut s = std::net::TcpStream::connect(&host).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = if token.is_empty() {
-        String::new()
-    } else {
-        format!("X-Vault-Token: {token}\r\n")
-    };
-    write!(
-        s,
-        "{method} /v1/{path} HTTP/1.0\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    crate::support::bao_request(
+        &env["VAULT_ADDR"],
+        token,
+        method,
+        &format!("/v1/{path}"),
+        body,
     )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(json).unwrap_or(Value::Null))
 }

@@ -125,9 +125,6 @@ impl Scripted {
 
 #[async_trait::async_trait]
 impl Provider for Scripted {
-    fn kind(&self) -> rekey::provider::catalog::Kind {
-        rekey::provider::catalog::Kind::Dual
-    }
     async fn preflight(&self, _: Target<'_>) -> Result<(), ProviderError> {
         Ok(())
     }
@@ -360,13 +357,23 @@ impl Case {
 
     /// An engine on another journal: another rekey process.
     pub fn engine_with_journal(&self, path: &std::path::Path) -> Engine {
+        self.build_engine(path, |_| {})
+    }
+
+    /// An engine with `tune` applied to the test tuning.
+    pub fn engine_tuned(&self, tune: impl FnOnce(&mut Tuning)) -> Engine {
+        self.build_engine(&self.journal_path(), tune)
+    }
+
+    fn build_engine(&self, path: &std::path::Path, tune: impl FnOnce(&mut Tuning)) -> Engine {
         let journal = Journal::open(path).unwrap();
-        let tuning = Tuning {
+        let mut tuning = Tuning {
             backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
             verify_attempts: 2,
             ..Tuning::default()
         };
+        tune(&mut tuning);
         let mut builder = Engine::builder(
             self.playbook.clone(),
             self.store.clone(),
@@ -928,4 +935,85 @@ async fn an_expired_lock_is_taken_over_and_its_runs_leftovers_reconciled() {
     assert_eq!(case.key_ids().len(), 1, "{:?}", case.key_ids());
     assert!(!case.key_ids().contains(&"orphan".to_owned()));
     assert_eq!(case.store.paths(), [PATH], "the lock is released");
+}
+
+/// Vault stops answering mid-run: the credentials that had not started are not
+/// started (the circuit breaker holds them until Vault answers or the patience
+/// runs out), and `resume` finishes them once Vault is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_going_down_leaves_credentials_not_started_and_resume_finishes_them() {
+    let case = Case::new(Kind::Single, true);
+    // The first Vault write fails for good (Vault is down from then on).
+    case.store
+        .inject(StoreOp::Write, None, Fault::Unavailable, u32::MAX);
+    let engine = case.engine_tuned(|t| {
+        t.vault_patience = Duration::from_millis(300);
+        t.vault_probe_every = Duration::from_millis(50);
+    });
+    let summary = engine.run(&case.new_run(), &[vec![0]]).await.unwrap();
+    match outcome(&summary) {
+        Outcome::NotStarted { reason } => assert!(reason.contains("Vault"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(summary.status(), rekey::journal::RunStatus::Interrupted);
+    assert!(case.works("old-secret-value"), "nothing changed");
+    drop(engine);
+    case.store.clear_faults();
+    let engine = case.engine();
+    let run = engine
+        .with_journal(|j| j.latest_unfinished())
+        .unwrap()
+        .expect("the run is unfinished, so resume finds it");
+    let summary = engine.resume(&run.id, &[vec![0]]).await.unwrap();
+    assert!(
+        matches!(outcome(&summary), Outcome::Rotated { .. }),
+        "{:?}",
+        outcome(&summary)
+    );
+    assert_eq!(
+        case.check_world(outcome(&summary)).await,
+        Vec::<String>::new()
+    );
+}
+
+/// The password changed, then Vault stopped answering before it was promoted: the
+/// credential waits for Vault (quarantined, resumable) and `resume` promotes the
+/// staged value that works once Vault answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_while_vault_went_down_is_promoted_by_resume() {
+    let case = Case::new(Kind::Single, true);
+    case.store
+        .inject(StoreOp::Write, Some(PATH), Fault::Unavailable, u32::MAX);
+    let summary = case
+        .engine()
+        .run(&case.new_run(), &[vec![0]])
+        .await
+        .unwrap();
+    match outcome(&summary) {
+        Outcome::Quarantined {
+            resumable: true,
+            action,
+            ..
+        } => {
+            assert!(action.contains("rekey resume"), "{action}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(summary.status(), rekey::journal::RunStatus::Interrupted);
+    case.store.clear_faults();
+    let engine = case.engine();
+    let run = engine
+        .with_journal(|j| j.latest_unfinished())
+        .unwrap()
+        .unwrap();
+    let summary = engine.resume(&run.id, &[vec![0]]).await.unwrap();
+    assert!(
+        matches!(outcome(&summary), Outcome::Rotated { .. }),
+        "{:?}",
+        outcome(&summary)
+    );
+    assert_eq!(
+        case.check_world(outcome(&summary)).await,
+        Vec::<String>::new()
+    );
 }

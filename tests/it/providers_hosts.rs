@@ -195,22 +195,9 @@ impl Case {
     }
 }
 
-/// Minimal HTTP/1.0 client for the OpenBao API.
+/// OpenBao with the root token, through the tests' one client.
 fn vault(env: &HashMap<String, String>, method: &str, path: &str, body: Option<&Value>) -> Value {
-    use std::io::{Read, Write};
-    let host = env["VAULT_ADDR"].trim_start_matches("http://").to_owned();
-    let mut s = std::net::TcpStream::connect(&host).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nX-Vault-Token: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        env["VAULT_TOKEN"],
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null)
+    crate::support::bao_env(env, method, path, body)
 }
 
 fn outcome(summary: &Value, id: &str) -> String {

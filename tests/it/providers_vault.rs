@@ -213,6 +213,34 @@ fn vault_approle_rotation_issues_a_working_secret_id_and_destroys_the_old_one() 
     case.assert_journal_clean(&[&secret, &old_secret]);
 }
 
+/// First adoption during a breach: the role has the secret-id consumers use (in
+/// Vault by hand, no `key_id`) and a second one an attacker minted. After the run
+/// only the new secret-id logs in, as OpenBao itself answers.
+#[test]
+fn vault_approle_first_adoption_during_a_breach_destroys_every_earlier_secret_id() {
+    let case = case();
+    let role = Role::create(&case.env, json!({}));
+    let (_, used) = role.secret_id();
+    let (_, minted) = role.secret_id();
+    case.seed("ci", &used, None);
+    let ran = case.run(&role.playbook(&case, "breach", ""));
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(ran.outcome("ci"), "rotated", "{}", ran.summary);
+    let entry = case.vault("ci");
+    let accessor = entry["data"]["key_id"].as_str().unwrap().to_owned();
+    let secret = entry["data"]["value"].as_str().unwrap().to_owned();
+    assert!(role.login(&secret), "the new secret-id logs in");
+    assert!(
+        !role.login(&used),
+        "the secret-id consumers used still logs in"
+    );
+    assert!(
+        !role.login(&minted),
+        "the attacker's secret-id still logs in"
+    );
+    assert_eq!(role.accessors(), vec![accessor]);
+}
+
 /// A role whose secret-ids only log in from 10.0.0.0/8: issuing works, the login
 /// from 127.0.0.1 does not, so verify fails and the new secret-id is destroyed.
 #[test]

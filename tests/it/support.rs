@@ -135,3 +135,53 @@ pub fn trail_outcomes(dir: &Path, step: &str) -> Vec<serde_json::Value> {
         .filter(|l| l["event"] == "outcome" && l["action"] == step)
         .collect()
 }
+
+/// The one OpenBao client of the tests: one HTTP/1.0 request to `addr`
+/// (`http://host:port`) with `token` ("" for none) and an optional JSON body, to
+/// `path` as given (`/v1/...`). Answers (status, JSON body or null). Tests read and
+/// write Vault through this, never through rekey's own client.
+pub fn bao_request(
+    addr: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let host = addr.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("X-Vault-Token: {token}\r\n")
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// [`bao_request`] with `addr` and the root token from the services' environment.
+pub fn bao_env(
+    env: &std::collections::HashMap<String, String>,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    bao_request(&env["VAULT_ADDR"], &env["VAULT_TOKEN"], method, path, body).1
+}

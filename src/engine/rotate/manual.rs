@@ -8,7 +8,6 @@ use super::ctx::Ctx;
 use crate::engine::{EngineError, Outcome};
 use crate::journal::CredentialState;
 use crate::protocol::{Checkpoint, Step};
-use crate::provider::catalog::Kind;
 use crate::provider::manual::{Answer, Request};
 use crate::provider::{Provider, ProviderError, Target};
 use crate::secret::Secret;
@@ -22,9 +21,6 @@ pub(super) struct NoProvider;
 
 #[async_trait]
 impl Provider for NoProvider {
-    fn kind(&self) -> Kind {
-        Kind::Manual
-    }
     async fn preflight(&self, _: Target<'_>) -> Result<(), ProviderError> {
         Ok(())
     }

@@ -186,6 +186,7 @@ pub(super) fn validate_providers(
                 latency: t.latency(),
                 requests: t.requests.clone(),
                 quota: t.quota,
+                admin_key_listed: t.admin_key_listed,
             },
         );
     }
@@ -208,6 +209,7 @@ pub(super) fn validate_providers(
                 latency: t.latency(),
                 requests: t.requests.clone(),
                 quota: None,
+                admin_key_listed: false,
             },
         );
     }
