@@ -20,7 +20,9 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
             )
             .into());
     }
-    let journal = crate::journal::Journal::open_at(&location)?;
+    let password = crate::harden::secret_env(crate::env_vars::REKEY_JOURNAL_PASSWORD)
+        .map(|p| crate::secret::Secret::new(p.as_str()));
+    let journal = crate::journal::Journal::open_at(&location, password.as_ref())?;
     let run = match &args.run {
         Some(id) => journal.run(id)?,
         None => journal.runs()?.into_iter().next(),

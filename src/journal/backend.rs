@@ -105,11 +105,14 @@ impl Journal {
     }
 
     /// Opens the journal at `location`: the SQLite file, or a connection to the
-    /// PostgreSQL database (its schema created or migrated first).
-    pub fn open_at(location: &Location) -> Result<Journal, JournalError> {
+    /// PostgreSQL database with `password` (its schema created or migrated first).
+    pub fn open_at(
+        location: &Location,
+        password: Option<&crate::secret::Secret>,
+    ) -> Result<Journal, JournalError> {
         match location {
             Location::File(path) => Journal::open(path),
-            Location::Postgres(pg) => PgJournal::open(pg).map(Journal::from),
+            Location::Postgres(pg) => PgJournal::connect(pg, password).map(Journal::from),
         }
     }
 

@@ -2,7 +2,11 @@
 //! a run, its credentials and who holds them from another process, with the
 //! password from `REKEY_JOURNAL_PASSWORD` and never printed; a password in the URL
 //! is refused; `run`, `resume` and `rollback` refuse a shared journal in this
-//! build instead of taking the URL for a file path.
+//! build instead of taking the URL for a file path. Through the library, on
+//! separate connections: the schema is created once by openers racing, a newer
+//! one refused; the work queue gives each credential to exactly one runner of
+//! its zone, only after its dependencies, and an expired claim to another runner
+//! with the state the first one left.
 
 use crate::canary::Lab;
 use crate::pg::TestDb;
@@ -204,4 +208,192 @@ fn runners_opening_a_new_database_together_create_the_schema_once_and_a_newer_on
         ),
         "{refused}"
     );
+}
+
+/// A shared run of `n` credentials `c000`...: even ones in zone `a`, odd ones in
+/// zone `b`; every tenth (from the tenth) depends on the one before it (the other
+/// zone's).
+fn shared_run(journal: &Journal, n: usize) -> String {
+    use rekey::journal::postgres::{SharedRun, TaskSpec};
+    let tasks = (0..n)
+        .map(|i| TaskSpec {
+            credential: format!("c{i:03}"),
+            zone: if i % 2 == 0 { "a" } else { "b" }.to_owned(),
+            depends_on: if i > 0 && i % 10 == 0 {
+                vec![format!("c{:03}", i - 1)]
+            } else {
+                Vec::new()
+            },
+        })
+        .collect();
+    let shared = SharedRun {
+        playbook: "version: 1\n".to_owned(),
+        variables: Default::default(),
+        tasks,
+    };
+    journal
+        .shared()
+        .unwrap()
+        .create_shared_run(&new_run(), &shared)
+        .unwrap()
+}
+
+fn all_rotated(states: &[rekey::journal::CredentialRow]) -> rekey::journal::RunStatus {
+    if states.iter().all(|s| s.state == CredentialState::Rotated) {
+        rekey::journal::RunStatus::Succeeded
+    } else {
+        rekey::journal::RunStatus::Failed
+    }
+}
+
+#[test]
+fn three_runners_of_two_zones_take_every_credential_once_and_only_after_its_dependencies() {
+    let db = TestDb::new();
+    let run = shared_run(&db.journal(), 300);
+    let taken = std::sync::Mutex::new(Vec::<(String, String, String)>::new());
+    std::thread::scope(|scope| {
+        for zone in ["a", "a", "b"] {
+            let (db, run, taken) = (&db, &run, &taken);
+            scope.spawn(move || {
+                let journal = db.journal();
+                let queue = journal.shared().unwrap();
+                let holder = Journal::new_lease_holder();
+                let zones = vec![zone.to_owned()];
+                queue.register_runner(&holder, &zones).unwrap();
+                while !queue.runs_with_work(&zones).unwrap().is_empty() {
+                    let claims = queue
+                        .claim(run, &zones, &holder, Duration::from_secs(60), 8)
+                        .unwrap();
+                    if claims.is_empty() {
+                        // Waiting for the other zone's dependencies.
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    let tasks = queue.tasks(run).unwrap();
+                    for claim in claims {
+                        let index: usize = claim.credential[1..].parse().unwrap();
+                        if index > 0 && index.is_multiple_of(10) {
+                            let dependency = format!("c{:03}", index - 1);
+                            let dep = tasks.iter().find(|t| t.credential == dependency).unwrap();
+                            assert_eq!(
+                                dep.status, "done",
+                                "{} claimed before {dependency}",
+                                claim.credential
+                            );
+                        }
+                        assert!(claim.taken_from.is_none() && claim.last.is_none());
+                        journal
+                            .set_state(run, &claim.credential, CredentialState::Rotated, &json!({}))
+                            .unwrap();
+                        assert!(queue.complete(run, &claim.credential, &holder).unwrap());
+                        taken.lock().unwrap().push((
+                            claim.credential,
+                            holder.clone(),
+                            zone.to_owned(),
+                        ));
+                    }
+                    queue.heartbeat(&holder, Duration::from_secs(60)).unwrap();
+                }
+                queue.runner_stopped(&holder).unwrap();
+            });
+        }
+    });
+    let mut taken = taken.into_inner().unwrap();
+    taken.sort();
+    assert_eq!(taken.len(), 300, "every credential taken exactly once");
+    for (i, (credential, _, zone)) in taken.iter().enumerate() {
+        assert_eq!(credential, &format!("c{i:03}"), "no credential taken twice");
+        assert_eq!(
+            zone,
+            if i % 2 == 0 { "a" } else { "b" },
+            "{credential} in its zone"
+        );
+    }
+    let zone_a_holders: std::collections::BTreeSet<_> = taken
+        .iter()
+        .filter(|t| t.2 == "a")
+        .map(|t| t.1.clone())
+        .collect();
+    assert_eq!(zone_a_holders.len(), 2, "both runners of zone a took work");
+
+    let journal = db.journal();
+    let queue = journal.shared().unwrap();
+    assert_eq!(
+        queue.finish_if_done(&run, all_rotated).unwrap(),
+        Some(rekey::journal::RunStatus::Succeeded)
+    );
+    assert_eq!(
+        queue.finish_if_done(&run, all_rotated).unwrap(),
+        None,
+        "ended once"
+    );
+    assert_eq!(queue.runners().unwrap().len(), 3);
+    assert!(
+        queue
+            .runners()
+            .unwrap()
+            .iter()
+            .all(|r| r.stopped_at.is_some())
+    );
+}
+
+#[test]
+fn an_expired_claim_is_taken_over_from_where_its_runner_left_it() {
+    let db = TestDb::new();
+    let (first, second) = (db.journal(), db.journal());
+    let (a, b) = (first.shared().unwrap(), second.shared().unwrap());
+    let run = shared_run(&first, 3);
+    let (holder_a, holder_b) = (Journal::new_lease_holder(), Journal::new_lease_holder());
+    let zones = vec!["a".to_owned()];
+    let ttl = Duration::from_millis(800);
+
+    let claimed = a.claim(&run, &zones, &holder_a, ttl, 1).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].credential, "c000");
+    first
+        .set_state(
+            &run,
+            "c000",
+            CredentialState::Staged,
+            &json!({ "step": "stage" }),
+        )
+        .unwrap();
+    let other = b.claim(&run, &zones, &holder_b, ttl, 8).unwrap();
+    assert_eq!(
+        other
+            .iter()
+            .map(|c| c.credential.as_str())
+            .collect::<Vec<_>>(),
+        ["c002"],
+        "a live claim is skipped"
+    );
+    assert!(b.complete(&run, "c002", &holder_b).unwrap());
+    let holders = second.holders(&run).unwrap();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(holders[0].holder, holder_a);
+    assert_eq!(holders[0].zone.as_deref(), Some("a"));
+
+    // No heartbeat from a: its claim lapses and b takes the credential over.
+    std::thread::sleep(ttl * 2);
+    let taken = b.claim(&run, &zones, &holder_b, ttl, 8).unwrap();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(taken[0].credential, "c000");
+    assert_eq!(taken[0].taken_from.as_deref(), Some(holder_a.as_str()));
+    assert_eq!(
+        taken[0].last.as_ref().map(|l| l.state),
+        Some(CredentialState::Staged),
+        "the state the first runner left"
+    );
+    assert!(
+        !a.complete(&run, "c000", &holder_a).unwrap(),
+        "a lost its claim"
+    );
+    assert!(b.complete(&run, "c000", &holder_b).unwrap());
+    let task = b
+        .tasks(&run)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.credential == "c000")
+        .unwrap();
+    assert_eq!((task.status.as_str(), task.reclaims), ("done", 1));
 }

@@ -75,17 +75,9 @@ impl Drop for PgJournal {
 type SharedSender = Arc<Mutex<mpsc::Sender<Job>>>;
 
 impl PgJournal {
-    /// Connects to the database at `location` (the password from
-    /// `REKEY_JOURNAL_PASSWORD`), creates or migrates the `rekey` schema, and reads
-    /// the shared keys (creating them on first use).
-    pub fn open(location: &PgLocation) -> Result<PgJournal, JournalError> {
-        let password = crate::harden::secret_env(crate::env_vars::REKEY_JOURNAL_PASSWORD)
-            .map(|p| crate::secret::Secret::new(p.as_str()));
-        PgJournal::connect(location, password.as_ref())
-    }
-
-    /// [`PgJournal::open`] with the password given (library use; the commands read
-    /// it from `REKEY_JOURNAL_PASSWORD`).
+    /// Connects to the database at `location` with `password` (the commands read
+    /// it from `REKEY_JOURNAL_PASSWORD`), creates or migrates the `rekey` schema,
+    /// and reads the shared keys (creating them on first use).
     pub fn connect(
         location: &PgLocation,
         password: Option<&crate::secret::Secret>,
@@ -111,13 +103,13 @@ impl PgJournal {
             }
             Tls::VerifyFull { ca_file } => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
-                let tls = crate::provider::postgres::tls_connector(ca_file.as_deref()).map_err(
-                    |message| JournalError::Postgres {
+                let tls = crate::net::postgres_tls(ca_file.as_deref()).map_err(|message| {
+                    JournalError::Postgres {
                         path: path.clone(),
                         doing: "setting up TLS",
                         message,
-                    },
-                )?;
+                    }
+                })?;
                 worker::Connector::Tls(tls)
             }
         };

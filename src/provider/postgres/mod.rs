@@ -15,7 +15,6 @@ mod client;
 mod config;
 
 pub use alternating::PostgresAlternating;
-pub(crate) use client::tls_connector;
 
 use super::admin::Admin;
 use super::{Provider, ProviderError, SessionsEnded, Target};
