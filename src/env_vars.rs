@@ -13,9 +13,10 @@ pub const VAULT_SECRET_ID: &str = "VAULT_SECRET_ID";
 pub const RUST_LOG: &str = "RUST_LOG";
 /// Set to a non-empty value to disable colours (https://no-color.org).
 pub const NO_COLOR: &str = "NO_COLOR";
-/// Journal for `run`, `runner`, `status`...: an SQLite file (default
+/// Journal for `run`, `resume`, `rollback`, `status`: an SQLite file (default
 /// `.rekey/journal.db` in the current directory) or a `postgres://` URL (a journal
-/// shared by runners); `--journal` overrides it.
+/// shared by runners; only `status` reads one in this build); `--journal`
+/// overrides it.
 pub const REKEY_JOURNAL: &str = "REKEY_JOURNAL";
 /// Password of the shared journal's PostgreSQL user (`--journal postgres://...`),
 /// like libpq's `PGPASSWORD`; a journal URL never holds one. Held as a secret.

@@ -31,8 +31,13 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
         return Err(Refusal::new(format!("no such run in {}", location.display())).into());
     };
     let states = journal.states(&run.id)?;
-    // Who holds each credential now (a lease not expired), and since when.
+    // Who holds each credential now (a lease not expired), and since when; for a
+    // shared journal, the runners too.
     let holders = journal.holders(&run.id)?;
+    let runners = match journal.shared() {
+        Some(pg) => pg.runners()?,
+        None => Vec::new(),
+    };
     // A run recorded as running whose process is gone was killed or crashed: it
     // is not running, and `resume` finishes it.
     let gone = run.status == RunStatus::Running && run.process_gone();
@@ -47,7 +52,7 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
             io.stdout,
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "run": run_json, "credentials": states, "holders": holders })
+                &serde_json::json!({ "run": run_json, "credentials": states, "holders": holders, "runners": runners })
             )?
         )?;
         return Ok(ExitStatus::Success);
@@ -129,6 +134,23 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
                 s.credential
             )?;
         }
+    }
+    for (i, r) in runners.iter().enumerate() {
+        if i == 0 {
+            writeln!(io.stdout, "Runners of this journal:")?;
+        }
+        let state = match &r.stopped_at {
+            Some(at) => format!("stopped {at}"),
+            None => format!("last heard {} s ago", r.silent_ms / 1000),
+        };
+        writeln!(
+            io.stdout,
+            "  {} zones {} (rekey {}, started {}): {state}",
+            r.holder,
+            r.zones.join(","),
+            r.version,
+            r.started_at
+        )?;
     }
     Ok(ExitStatus::Success)
 }

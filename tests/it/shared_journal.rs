@@ -47,6 +47,11 @@ fn status_reads_a_shared_journal_from_another_process_with_who_holds_what() {
             .unwrap()
     );
 
+    let queue = journal.shared().unwrap();
+    queue
+        .register_runner(&holder, &["eu".to_owned(), "us".to_owned()])
+        .unwrap();
+
     let url = db.url();
     let password = db.password();
     let status = |format: &str| {
@@ -76,6 +81,11 @@ fn status_reads_a_shared_journal_from_another_process_with_who_holds_what() {
         "the lease's holder is shown: {}",
         text.stdout
     );
+    assert!(
+        text.stdout.contains(&format!("{holder} zones eu,us")),
+        "the runner is listed: {}",
+        text.stdout
+    );
     assert_eq!(
         text.stdout.matches("held by").count(),
         1,
@@ -90,11 +100,15 @@ fn status_reads_a_shared_journal_from_another_process_with_who_holds_what() {
     assert_eq!(doc["holders"].as_array().unwrap().len(), 1, "{doc}");
     assert_eq!(doc["holders"][0]["credential"], json!("deploy-bot"));
     assert_eq!(doc["holders"][0]["holder"], json!(holder));
+    assert_eq!(doc["runners"][0]["zones"], json!(["eu", "us"]));
+
+    queue.runner_stopped(&holder).unwrap();
 
     // Released: nobody holds it any more.
     journal.release(&run, "deploy-bot", &holder).unwrap();
     let after = status("text");
     assert!(!after.stdout.contains("held by"), "{}", after.stdout);
+    assert!(after.stdout.contains(": stopped "), "{}", after.stdout);
 
     for out in [&text, &json_out, &after] {
         assert!(
