@@ -6,7 +6,8 @@
 //! separate connections: the schema is created once by openers racing, a newer
 //! one refused; the work queue gives each credential to exactly one runner of
 //! its zone, only after its dependencies, and an expired claim to another runner
-//! with the state the first one left.
+//! with the state the first one left; a connection the server ends is replaced
+//! and nothing recorded is lost.
 
 use crate::canary::Lab;
 use crate::pg::TestDb;
@@ -410,4 +411,34 @@ fn an_expired_claim_is_taken_over_from_where_its_runner_left_it() {
         .find(|t| t.credential == "c000")
         .unwrap();
     assert_eq!((task.status.as_str(), task.reclaims), ("done", 1));
+}
+
+#[test]
+fn a_journal_whose_connection_the_server_ends_reconnects_and_loses_nothing() {
+    let db = TestDb::new();
+    let journal = db.journal();
+    let run = journal.create_run(&new_run()).unwrap();
+    let intent = journal
+        .intent(&run, "billing-db", "create", &json!({}))
+        .unwrap();
+    // The server ends every connection to the database (as on a fast shutdown or
+    // a failover); the journal's next calls reconnect.
+    let ended = db.value(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+    assert_eq!(ended, "1", "the journal's connection was ended");
+    journal
+        .outcome(intent, rekey::journal::Outcome::Ok, &json!({}))
+        .unwrap();
+    journal
+        .set_state(&run, "billing-db", CredentialState::Rotated, &json!({}))
+        .unwrap();
+    let intents = journal.intents(&run, "billing-db").unwrap();
+    assert_eq!(intents.len(), 1);
+    assert!(intents[0].outcome.is_some(), "{intents:?}");
+    assert_eq!(
+        journal.states(&run).unwrap()[0].state,
+        CredentialState::Rotated
+    );
 }
