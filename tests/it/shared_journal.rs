@@ -7,7 +7,7 @@
 //! one refused; the work queue gives each credential to exactly one runner of
 //! its zone, only after its dependencies, and an expired claim to another runner
 //! with the state the first one left; a connection the server ends is replaced
-//! and nothing recorded is lost.
+//! and nothing recorded is lost; TLS is required by default, never given up.
 
 use crate::canary::Lab;
 use crate::pg::TestDb;
@@ -441,4 +441,25 @@ fn a_journal_whose_connection_the_server_ends_reconnects_and_loses_nothing() {
         journal.states(&run).unwrap()[0].state,
         CredentialState::Rotated
     );
+}
+
+#[test]
+fn tls_is_required_by_default_and_never_given_up_for_plain_text() {
+    // The suite's PostgreSQL speaks plain text only: a journal URL without
+    // `sslmode=disable` must fail rather than fall back to it.
+    let db = TestDb::new();
+    let url = db.url().replace("?sslmode=disable", "");
+    let out = rekey()
+        .args(["status", "--journal", &url])
+        .env("REKEY_JOURNAL_PASSWORD", &db.password())
+        .run();
+    assert_ne!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.to_lowercase().contains("tls"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("did not answer"),
+        "at once: {}",
+        out.stderr
+    );
+    let schema = db.value("SELECT count(*) FROM pg_namespace WHERE nspname = 'rekey'");
+    assert_eq!(schema, "0", "nothing was written over plain text");
 }
