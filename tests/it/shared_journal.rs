@@ -8,6 +8,9 @@
 //! its zone, only after its dependencies, and an expired claim to another runner
 //! with the state the first one left; a connection the server ends is replaced
 //! and nothing recorded is lost; TLS is required by default, never given up.
+//! Two `rekey run`s with separate SQLite journals sharing a credential, started
+//! together: the Vault lock (`engine/rotate/lock.rs`) lets one rotate it, the
+//! other names the holder, and no orphan key is left at the provider.
 
 use crate::canary::Lab;
 use crate::pg::TestDb;
@@ -462,4 +465,86 @@ fn tls_is_required_by_default_and_never_given_up_for_plain_text() {
     );
     let schema = db.value("SELECT count(*) FROM pg_namespace WHERE nspname = 'rekey'");
     assert_eq!(schema, "0", "nothing was written over plain text");
+}
+
+#[test]
+fn two_runs_with_separate_journals_sharing_a_credential_rotate_it_once_and_the_other_names_the_holder()
+ {
+    let lab = Lab::new();
+    let providers =
+        "  keys: { type: sandbox, settings: { state_file: DIR/keys.json, latency: 700ms } }";
+    let playbooks: Vec<String> = (1..=2)
+        .map(|n| {
+            lab.playbook(
+                &format!("team{n}"),
+                "breach",
+                providers,
+                &format!(
+                    "  - {{ id: api, provider: keys, account: shared, vault_path: PREFIX/api }}\n  - {{ id: own{n}, provider: keys, account: own{n}, vault_path: PREFIX/own{n} }}\n"
+                ),
+            )
+        })
+        .collect();
+    let token = lab.token.clone();
+    let outs: Vec<_> = std::thread::scope(|scope| {
+        let runs: Vec<_> = playbooks
+            .iter()
+            .enumerate()
+            .map(|(i, pb)| {
+                let journal = lab.dir.path().join(format!("j{i}/journal.db"));
+                let token = token.clone();
+                scope.spawn(move || {
+                    rekey()
+                        .env("VAULT_TOKEN", &token)
+                        .args(["run", pb, "--format", "json", "--journal"])
+                        .args([journal])
+                        .run()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let result = |out: &crate::support::Output, id: &str| -> Value {
+        let summary: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", out.stdout, out.stderr));
+        summary["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let rotated: Vec<usize> = (0..2)
+        .filter(|&i| result(&outs[i], "api")["outcome"] == "rotated")
+        .collect();
+    assert_eq!(
+        rotated.len(),
+        1,
+        "exactly one run rotates the shared credential: {}\n{}",
+        outs[0].stdout,
+        outs[1].stdout
+    );
+    let other = &outs[1 - rotated[0]];
+    let said = result(other, "api").to_string();
+    assert!(
+        said.contains("another rekey process holds"),
+        "the other run says who holds it: {said}\n{}",
+        other.stderr
+    );
+    for (i, out) in outs.iter().enumerate() {
+        assert_eq!(
+            result(out, &format!("own{}", i + 1))["outcome"],
+            "rotated",
+            "each run's own credential: {}",
+            out.stdout
+        );
+    }
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.path().join("keys.json")).unwrap()).unwrap();
+    assert_eq!(
+        state["accounts"]["shared"]["keys"].as_array().map(Vec::len),
+        Some(1),
+        "no orphan key at the provider: {state}"
+    );
 }
