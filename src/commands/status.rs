@@ -89,7 +89,16 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
     for s in &states {
         writeln!(io.stdout, "  {:<24} {}", s.credential, s.state)?;
         if let Some(h) = holders.iter().find(|h| h.credential == s.credential) {
-            writeln!(io.stdout, "      held by {} since {}", h.holder, h.since)?;
+            let zone = h
+                .zone
+                .as_deref()
+                .map(|z| format!(" (zone {z})"))
+                .unwrap_or_default();
+            writeln!(
+                io.stdout,
+                "      held by {}{zone} since {}",
+                h.holder, h.since
+            )?;
         }
         if s.state == CredentialState::Quarantined
             && let (Some(reason), Some(action)) = (text("reason", s), text("action", s))

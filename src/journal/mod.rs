@@ -1,4 +1,7 @@
-//! Durable run state for the rotation engine, in embedded SQLite.
+//! Durable run state for the rotation engine, in embedded SQLite (this file), or in a
+//! PostgreSQL database several rekey processes share (`postgres/`); [`Journal`]
+//! (`backend.rs`) is either, with the same records and semantics. What follows
+//! describes the SQLite journal; `postgres/mod.rs` says where the other differs.
 //!
 //! Every step that changes the world (at a provider or in Vault) is bracketed by two
 //! records: an **intent**, committed and synced before the step starts, and an

@@ -390,6 +390,18 @@ fn an_expired_claim_is_taken_over_from_where_its_runner_left_it() {
     assert_eq!(holders.len(), 1, "{holders:?}");
     assert_eq!(holders[0].holder, holder_a);
     assert_eq!(holders[0].zone.as_deref(), Some("a"));
+    let status = rekey()
+        .args(["status", &run, "--journal", &db.url()])
+        .env("REKEY_JOURNAL_PASSWORD", &db.password())
+        .run();
+    assert!(
+        status
+            .stdout
+            .contains(&format!("held by {holder_a} (zone a) since ")),
+        "{}{}",
+        status.stdout,
+        status.stderr
+    );
 
     // No heartbeat from a: its claim lapses and b takes the credential over.
     std::thread::sleep(ttl * 2);
