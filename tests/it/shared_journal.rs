@@ -483,16 +483,19 @@ fn tls_is_required_by_default_and_never_given_up_for_plain_text() {
 fn two_runs_with_separate_journals_sharing_a_credential_rotate_it_once_and_the_other_names_the_holder()
  {
     let lab = Lab::new();
-    let providers =
-        "  keys: { type: sandbox, settings: { state_file: DIR/keys.json, latency: 700ms } }";
+    // The sandbox keeps its state in a file that one process at a time may
+    // write: the shared credential has an instance (and file) of its own, which
+    // only the run holding the lock changes; each run's own credential another.
     let playbooks: Vec<String> = (1..=2)
         .map(|n| {
             lab.playbook(
                 &format!("team{n}"),
                 "breach",
-                providers,
                 &format!(
-                    "  - {{ id: api, provider: keys, account: shared, vault_path: PREFIX/api }}\n  - {{ id: own{n}, provider: keys, account: own{n}, vault_path: PREFIX/own{n} }}\n"
+                    "  keys: {{ type: sandbox, settings: {{ state_file: DIR/keys.json, latency: 700ms }} }}\n  mine: {{ type: sandbox, settings: {{ state_file: DIR/own{n}.json, latency: 1ms }} }}"
+                ),
+                &format!(
+                    "  - {{ id: api, provider: keys, account: shared, vault_path: PREFIX/api }}\n  - {{ id: own{n}, provider: mine, account: own{n}, vault_path: PREFIX/own{n} }}\n"
                 ),
             )
         })
