@@ -3,8 +3,16 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// `rekey --version`: the release and the commit it was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("REKEY_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
-#[command(name = "rekey", version, about = "Credential rotation orchestrator for post-breach response", long_about = None)]
+#[command(name = "rekey", version = VERSION, about = "Credential rotation orchestrator for post-breach response", long_about = None)]
 pub struct Cli {
     /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -49,6 +57,122 @@ pub enum Command {
     /// Check and read the tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The inventory of a playbook: each credential's age, last rotation, live
+    /// keys at the provider, and whether it is overdue for its max_age.
+    Report(ReportArgs),
+    /// Write a draft playbook from what exists: a Vault/OpenBao KV mount, the
+    /// accounts and keys of provider instances, secret-scanner reports.
+    Discover(DiscoverArgs),
+    /// Ask providers whether keys a run retired were used after their
+    /// retirement (exit 11 and a notification when one was).
+    Watch(WatchArgs),
+    /// Print shell completions for rekey.
+    Completions(CompletionsArgs),
+    /// Print rekey's man page (roff).
+    Man,
+}
+
+/// A duration as the playbook writes them (`90d`, `12h`, `30m`).
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::doc::rate::parse_duration(text)
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The playbook file.
+    pub playbook: PathBuf,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+    /// Overrides every credential's max_age (e.g. `90d`).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub max_age: Option<std::time::Duration>,
+    /// Journal that recorded the runs (for each credential's last rotation).
+    #[arg(long = "journal", env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
+    pub journal: PathBuf,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// Exit 10 when a credential is overdue (older than its max_age, or of
+    /// unknown age), 0 when none is.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Markdown,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// Walk this folder of the Vault/OpenBao KV v2 mount (no value: the whole
+    /// mount). Logs in with VAULT_TOKEN at --vault-addr.
+    #[arg(long, value_name = "PREFIX", num_args = 0..=1, default_missing_value = "")]
+    pub from_vault: Option<String>,
+    /// Vault/OpenBao address.
+    #[arg(long, value_name = "URL", env = crate::env_vars::VAULT_ADDR)]
+    pub vault_addr: Option<String>,
+    /// The KV version 2 mount.
+    #[arg(long, value_name = "MOUNT", default_value = "secret")]
+    pub mount: String,
+    /// Stop the walk after this many entries.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub max_entries: usize,
+    /// Do not descend deeper than this many folders below the prefix.
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    pub max_depth: usize,
+    /// Vault requests per second, at most.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub vault_rate: u32,
+    /// A provider instance to list accounts and keys of, and to map entries
+    /// to: `NAME=TYPE` (repeatable).
+    #[arg(long = "instance", value_name = "NAME=TYPE")]
+    pub instances: Vec<String>,
+    /// A setting of an instance: `NAME.KEY=VALUE` (repeatable).
+    #[arg(long = "setting", value_name = "NAME.KEY=VALUE")]
+    pub settings: Vec<String>,
+    /// Where an instance's admin credential is: `NAME=env:VAR` or
+    /// `NAME=vault:PATH` (repeatable).
+    #[arg(long = "admin", value_name = "NAME=env:VAR|vault:PATH")]
+    pub admins: Vec<String>,
+    /// A gitleaks JSON report (`gitleaks detect --report-format json`), repeatable.
+    #[arg(long = "gitleaks", value_name = "FILE")]
+    pub gitleaks: Vec<PathBuf>,
+    /// A trufflehog JSON report (`trufflehog ... --json`, one finding a line), repeatable.
+    #[arg(long = "trufflehog", value_name = "FILE")]
+    pub trufflehog: Vec<PathBuf>,
+    /// The compromised vendor: entries tied to it are marked `tied_to` it and
+    /// the draft is a breach-mode playbook (repeatable).
+    #[arg(long, value_name = "VENDOR")]
+    pub compromised: Vec<String>,
+    /// The draft's `name:`.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Write the draft here instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Run id (default: the latest run that retired keys).
+    pub run: Option<String>,
+    /// Journal that recorded the run.
+    #[arg(long = "journal", env = crate::env_vars::REKEY_JOURNAL, default_value = ".rekey/journal.db")]
+    pub journal: PathBuf,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `rekey audit ...`.
@@ -129,9 +253,13 @@ pub struct PlanArgs {
     #[arg(long)]
     pub detailed_exitcode: bool,
     /// Also check, read-only, against Vault and the providers: Vault login and
-    /// mount, current versions, leftover staging entries, provider preflights.
+    /// mount, current versions, leftover staging entries, provider preflights,
+    /// and credential ages (only what is due under max_age is planned).
     #[arg(long)]
     pub live: bool,
+    /// Overrides every credential's max_age (e.g. `90d`).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub max_age: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +280,10 @@ pub struct RunArgs {
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Overrides every credential's max_age (e.g. `90d`): only credentials
+    /// older than this (or of unknown age) are rotated.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub max_age: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]

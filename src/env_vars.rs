@@ -7,6 +7,9 @@
 
 /// Default variable holding the Vault token (`vault.auth.token_env` changes it).
 pub const VAULT_TOKEN: &str = "VAULT_TOKEN";
+/// Vault/OpenBao address for `rekey discover --from-vault` (`--vault-addr`
+/// overrides it). Playbooks name theirs in `vault.address`, often `${VAULT_ADDR}`.
+pub const VAULT_ADDR: &str = "VAULT_ADDR";
 /// Default variable holding the AppRole secret-id (`vault.auth.secret_id_env`).
 pub const VAULT_SECRET_ID: &str = "VAULT_SECRET_ID";
 /// Log filter in `tracing` syntax (e.g. `rekey=debug`); overrides `-v`/`-q`.

@@ -16,8 +16,11 @@ pub enum ExitStatus {
     /// `run`/`resume`: manual steps wait for an operator; `rekey resume` with the
     /// value finishes them (everything else ended well).
     AwaitingOperator,
-    /// `plan --detailed-exitcode` only: the plan has work to do.
+    /// `plan --detailed-exitcode`: the plan has work to do; `report
+    /// --detailed-exitcode`: a credential is due (overdue or of unknown age).
     PlanHasWork,
+    /// `watch`: a key a run retired was used after its retirement.
+    RetiredKeyUsed,
 }
 
 impl ExitStatus {
@@ -30,6 +33,7 @@ impl ExitStatus {
             ExitStatus::Interrupted => 4,
             ExitStatus::AwaitingOperator => 5,
             ExitStatus::PlanHasWork => 10,
+            ExitStatus::RetiredKeyUsed => 11,
         }
     }
 }

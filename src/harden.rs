@@ -102,6 +102,12 @@ pub fn playbook_secret_env(playbook: &crate::playbook::Playbook) -> Vec<&str> {
             }
         }
     }
+    for hook in &playbook.notify {
+        if let crate::playbook::notify::Url::Env(var) = &hook.url {
+            names.push(var);
+        }
+        names.extend(hook.authorization_env.as_deref());
+    }
     names
 }
 

@@ -40,6 +40,11 @@ fn main() -> std::process::ExitCode {
         Command::Schema => commands::schema(&mut io),
         Command::Providers(args) => catalog().and_then(|c| commands::providers(args, &c, &mut io)),
         Command::Audit(cmd) => commands::audit(cmd, &mut io),
+        Command::Report(args) => catalog().and_then(|c| commands::report(args, &c, &mut io)),
+        Command::Discover(args) => catalog().and_then(|c| commands::discover(args, &c, &mut io)),
+        Command::Watch(args) => catalog().and_then(|c| commands::watch(args, &c, &mut io)),
+        Command::Completions(args) => commands::completions(args, &mut io),
+        Command::Man => commands::man(&mut io),
     };
     let status = match result {
         Ok(status) => status,

@@ -58,6 +58,11 @@ pub struct HttpDef {
     pub deactivate: Option<CallDef>,
     #[serde(default)]
     pub revoke: Option<CallDef>,
+    /// Reads one key (`{{ key_id }}`) to learn when it was last used (`rekey
+    /// watch`); its `last_used` pointer says where, `gone` that the key no
+    /// longer exists. Without it, `list` items' `last_used` pointer is used.
+    #[serde(default)]
+    pub last_used: Option<CallDef>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -234,6 +239,10 @@ pub struct CallDef {
     /// List: pointer to the creation time (RFC 3339 or epoch seconds).
     #[serde(default)]
     pub created_at: Option<String>,
+    /// List and last_used: pointer to when the key was last used (RFC 3339 or
+    /// epoch seconds; null: never).
+    #[serde(default)]
+    pub last_used: Option<String>,
     /// List: an item is active when the pointer equals the value (else always active).
     #[serde(default)]
     pub active: Option<ActiveDef>,
@@ -369,6 +378,7 @@ pub const OPERATIONS: &[&str] = &[
     "verify",
     "deactivate",
     "revoke",
+    "last_used",
 ];
 
 impl HttpDef {
@@ -383,6 +393,7 @@ impl HttpDef {
             "verify" => self.verify.as_ref(),
             "deactivate" => self.deactivate.as_ref(),
             "revoke" => self.revoke.as_ref(),
+            "last_used" => self.last_used.as_ref(),
             _ => None,
         }
     }
@@ -551,7 +562,14 @@ impl Checker<'_, '_> {
                 if !ops("change") {
                     self.err("/http", "a single definition needs a `change` call", "add `change:` with the request that sets `{{ secret.new | expose }}` in its body");
                 }
-                for op in ["create", "deactivate", "revoke", "list", "read_old"] {
+                for op in [
+                    "create",
+                    "deactivate",
+                    "revoke",
+                    "list",
+                    "read_old",
+                    "last_used",
+                ] {
                     if ops(op) {
                         self.err(&format!("/http/{op}"), format!("`{op}` is for dual (key) kinds"), "this file says `kind: single`: the value is changed in place with `change`");
                     }
@@ -794,18 +812,19 @@ impl Checker<'_, '_> {
         }
         let allowed = |f: &str| -> bool {
             match f {
-                "gone" => matches!(op, "deactivate" | "revoke" | "read_old"),
+                "gone" => matches!(op, "deactivate" | "revoke" | "read_old" | "last_used"),
                 "refused" | "check" | "refused_when" => op == "verify",
                 "secret" | "key_id_value" => op == "create",
                 "key_id" => op == "create" || is_list,
                 "items" | "where" => is_list || op == "verify",
                 "paginate" => is_list,
                 "tag" | "created_at" | "active" => op == "list",
+                "last_used" => matches!(op, "list" | "last_used"),
                 "bind" => matches!(op, "lookup" | "read_old"),
                 _ => true,
             }
         };
-        let present: [(&str, bool); 14] = [
+        let present: [(&str, bool); 15] = [
             ("gone", !c.gone.is_empty()),
             ("refused", !c.refused.is_empty()),
             ("check", !c.check.is_empty()),
@@ -820,6 +839,7 @@ impl Checker<'_, '_> {
             ("created_at", c.created_at.is_some()),
             ("active", c.active.is_some()),
             ("bind", !c.bind.is_empty()),
+            ("last_used", c.last_used.is_some()),
         ];
         for (f, is) in present {
             if is && !allowed(f) {
@@ -827,7 +847,7 @@ impl Checker<'_, '_> {
                     &field(f),
                     format!("`{f}` does not apply to `{op}`"),
                     match f {
-                        "gone" => "only deactivate, revoke and read_old treat statuses as \"already gone\"",
+                        "gone" => "only deactivate, revoke, read_old and last_used treat statuses as \"already gone\"",
                         "refused" | "check" | "refused_when" => "only verify decides whether a credential works",
                         "secret" | "key_id_value" => "only create reads a new secret",
                         "bind" => "only lookup and read_old bind values",
@@ -843,6 +863,7 @@ impl Checker<'_, '_> {
             ("items", c.items.as_deref()),
             ("tag", c.tag.as_deref()),
             ("created_at", c.created_at.as_deref()),
+            ("last_used", c.last_used.as_deref()),
         ];
         for (f, p) in pointers {
             if let Some(p) = p
@@ -930,6 +951,13 @@ impl Checker<'_, '_> {
                         "add `bind: { user_id: /id }` and use `{{ found.user_id }}`",
                     );
                 }
+            }
+            "last_used" if c.last_used.is_none() => {
+                self.err(
+                    &base,
+                    "last_used does not say where the key's last use is",
+                    "add `last_used:` with a JSON pointer into the answer, e.g. /last_used_at",
+                );
             }
             "read_old" => {
                 if c.bind.is_empty() {

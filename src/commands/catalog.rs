@@ -1,4 +1,6 @@
-//! `rekey schema` (the playbook's JSON Schema) and `rekey providers` (the catalog).
+//! `rekey schema` (the playbook's JSON Schema), `rekey providers` (the
+//! catalog), and what packagers install: `rekey completions SHELL` and `rekey
+//! man`, both generated from the clap definition.
 
 use super::{Io, Refusal};
 use crate::catalog::Catalog;
@@ -11,6 +13,21 @@ use std::path::Path;
 /// broken provider file is refused input.
 pub fn load_catalog(extra_dir: Option<&Path>) -> Result<Catalog> {
     Catalog::load(extra_dir).map_err(|e| Refusal::new(e.to_string()).into())
+}
+
+/// Shell completions for `shell`, from the command-line definition.
+pub fn completions(args: &crate::cli::CompletionsArgs, io: &mut Io) -> Result<ExitStatus> {
+    let mut command = <crate::cli::Cli as clap::CommandFactory>::command();
+    clap_complete::generate(args.shell, &mut command, "rekey", io.stdout);
+    Ok(ExitStatus::Success)
+}
+
+/// The man page rekey(1) (roff), from the command-line definition; it lists
+/// every subcommand with its description.
+pub fn man(io: &mut Io) -> Result<ExitStatus> {
+    let command = <crate::cli::Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(command).render(io.stdout)?;
+    Ok(ExitStatus::Success)
 }
 
 pub fn schema(io: &mut Io) -> Result<ExitStatus> {

@@ -5,17 +5,23 @@
 
 mod audit;
 mod catalog;
+mod discover;
 mod operator;
 mod plan;
+mod report;
 mod run;
 mod setup;
 mod status;
+mod watch;
 
 pub use audit::audit;
-pub use catalog::{load_catalog, providers, schema};
+pub use catalog::{completions, load_catalog, man, providers, schema};
+pub use discover::discover;
 pub use plan::plan;
+pub use report::report;
 pub use run::{resume, rollback, run};
 pub use status::status;
+pub use watch::watch;
 
 use crate::cli::Format;
 use crate::doc::diagnostic::Report;

@@ -31,7 +31,26 @@ pub fn plan(args: &PlanArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatu
             .help("selection values must name something in the playbook; a typo must not silently select nothing")
             .into());
     }
-    let plan = plan::build(&file, &loaded.playbook, &selection);
+    // Ages are looked up only with --live (plan is offline otherwise), and only
+    // for credentials with a max_age.
+    let aged: Vec<usize> = plan::select::apply(&loaded.playbook, &selection)
+        .indices
+        .into_iter()
+        .filter(|&i| {
+            plan::age::effective(loaded.playbook.credentials[i].max_age, args.max_age).is_some()
+        })
+        .collect();
+    let ages = if args.live && !aged.is_empty() {
+        Some(live_ages(&loaded.playbook, &aged, catalog)?)
+    } else {
+        None
+    };
+    let hygiene = plan::Hygiene {
+        max_age: args.max_age,
+        ages: ages.as_ref(),
+        now: plan::age::now(),
+    };
+    let plan = plan::build_with(&file, &loaded.playbook, &selection, hygiene);
     let filtered = !(selection.compromised.is_empty()
         && selection.tags.is_empty()
         && selection.only.is_empty());
@@ -87,6 +106,48 @@ pub fn plan(args: &PlanArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatu
     drop(plan);
     std::mem::forget(loaded);
     Ok(status)
+}
+
+/// The ages of credentials `aged` (`--live`): Vault's metadata, then the
+/// providers that can be built. Read-only; an unreachable Vault leaves every
+/// age unknown (and the live checks say why).
+fn live_ages(
+    pb: &playbook::Playbook,
+    aged: &[usize],
+    catalog: &Catalog,
+) -> Result<rustc_hash::FxHashMap<usize, plan::age::Age>> {
+    let config = vault_config(pb)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(async {
+        let store = match crate::store::VaultStore::connect(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                return aged
+                    .iter()
+                    .map(|&i| (i, plan::age::Age::unknown(format!("Vault: {e}"), 0)))
+                    .collect();
+            }
+        };
+        let mut providers = indexmap::IndexMap::new();
+        for &i in aged {
+            let name = &pb.credentials[i].provider;
+            if providers.contains_key(name) {
+                continue;
+            }
+            if let Some(instance) = pb.providers.get(name)
+                && instance.kind != Kind::Manual
+                && catalog
+                    .get(&instance.type_name)
+                    .is_some_and(|t| t.available)
+                && let Ok(p) = build_provider(instance, catalog, &store).await
+            {
+                providers.insert(name.clone(), p);
+            }
+        }
+        crate::hygiene::ages(&store, &providers, pb, aged).await
+    }))
 }
 
 /// One live check: what was checked, whether it passed, and what was found.

@@ -3,7 +3,7 @@
 
 use super::operator::{resume_operator, terminal_operator};
 use super::setup::{
-    AuditSetup, Prepared, file_sha256, load_for_run, open_journal, prepare, with_engine,
+    AuditSetup, Hooks, Prepared, file_sha256, load_for_run, open_journal, prepare, with_engine,
 };
 use super::{Io, Refusal};
 use crate::catalog::Catalog;
@@ -20,7 +20,7 @@ pub fn run(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Result
     let prepared = prepare(&args.playbook, loaded, &selection, catalog)?;
     let (journal, key) = open_journal(&args.journal.path)?;
     let actor = crate::audit::Actor::from_os();
-    let new_run = crate::journal::NewRun {
+    let mut new_run = crate::journal::NewRun {
         playbook_name: prepared.playbook.name.clone(),
         playbook_path: std::fs::canonicalize(&args.playbook)
             .unwrap_or(args.playbook.clone())
@@ -36,18 +36,108 @@ pub fn run(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Result
         expanded_sha256: Some(expanded_sha256),
     };
     let audit = AuditSetup::from_args(&args.journal);
-    let operator = terminal_operator();
-    let summary = with_engine(
+    let notifier = crate::notify::Notifier::start(&prepared.playbook);
+    let hooks = Hooks {
+        operator: terminal_operator(),
+        notifier: notifier.clone(),
+    };
+    let max_age = args.max_age;
+    let (summary, not_due) = with_engine(
         prepared,
         journal,
         key,
         &audit,
         actor,
-        operator,
-        async |engine, waves| Ok(engine.run(&new_run, waves).await?),
+        hooks,
+        async |engine, waves| {
+            // Hygiene: only what is due under max_age runs; the rest is
+            // recorded with the run, so `resume` leaves it out too.
+            let (waves, not_due) = due_only(engine, waves, max_age).await;
+            if !not_due.is_empty() {
+                new_run.selection["not_due"] =
+                    serde_json::json!(not_due.iter().map(|n| &n.id).collect::<Vec<_>>());
+            }
+            Ok((engine.run(&new_run, &waves).await?, not_due))
+        },
     )?;
     audit.report(io)?;
-    print_summary(&summary, args.format, io)
+    if let Some(n) = &notifier {
+        n.run_ended(&summary, not_due.len());
+        report_delivery(&n.finish(), io)?;
+    }
+    print_summary(&summary, &not_due, args.format, io)
+}
+
+/// A credential a hygiene run left alone: younger than its `max_age`.
+#[derive(Debug, serde::Serialize)]
+pub(super) struct NotDue {
+    id: String,
+    /// `None` when recorded by an earlier process (`resume`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    age_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_age_seconds: Option<u64>,
+    detail: String,
+}
+
+/// Splits `waves` into what is due under each credential's `max_age` (the
+/// command line's overrides the playbook's) and what is not, from the ages
+/// Vault's metadata and the providers give. Credentials without a `max_age`
+/// are always due.
+async fn due_only(
+    engine: &crate::engine::Engine,
+    waves: &[Vec<usize>],
+    max_age: Option<std::time::Duration>,
+) -> (Vec<Vec<usize>>, Vec<NotDue>) {
+    use crate::plan::age;
+    let pb = &engine.playbook;
+    let policy = |i: usize| age::effective(pb.credentials[i].max_age, max_age);
+    let aged: Vec<usize> = waves
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|&i| policy(i).is_some())
+        .collect();
+    if aged.is_empty() {
+        return (waves.to_vec(), Vec::new());
+    }
+    let ages = crate::hygiene::ages(engine.store.as_ref(), &engine.providers, pb, &aged).await;
+    let now = age::now();
+    let mut not_due = Vec::new();
+    let mut due = Vec::new();
+    for wave in waves {
+        let mut kept = Vec::new();
+        for &i in wave {
+            let (Some(limit), Some(a)) = (policy(i), ages.get(&i)) else {
+                kept.push(i);
+                continue;
+            };
+            let id = &pb.credentials[i].id;
+            if age::judge(a, limit, now) == age::Verdict::NotDue {
+                not_due.push(NotDue {
+                    id: id.clone(),
+                    age_seconds: a.at(now).map(|d| d.as_secs()),
+                    max_age_seconds: Some(limit.as_secs()),
+                    detail: age::describe(Some(a), limit, now),
+                });
+            } else {
+                tracing::info!(credential = %id, "Due: {}", age::describe(Some(a), limit, now));
+                kept.push(i);
+            }
+        }
+        if !kept.is_empty() {
+            due.push(kept);
+        }
+    }
+    (due, not_due)
+}
+
+/// What the run's webhooks did not get, on stderr.
+fn report_delivery(delivery: &crate::notify::Delivery, io: &mut Io) -> Result<()> {
+    for failed in &delivery.failed {
+        writeln!(io.stderr, "warning: notification not delivered: {failed}")?;
+    }
+    Ok(())
 }
 
 /// Refuses to act on a journal that is not there (a mistyped `--journal` would
@@ -87,17 +177,48 @@ pub fn resume(args: &crate::cli::ResumeArgs, catalog: &Catalog, io: &mut Io) -> 
     let operator = resume_operator(&args.operator, &journal, &run.id)?;
     let run_id = run.id.clone();
     let audit = AuditSetup::from_args(&args.journal);
+    let notifier = crate::notify::Notifier::start(&prepared.playbook);
+    let hooks = Hooks {
+        operator,
+        notifier: notifier.clone(),
+    };
     let summary = with_engine(
         prepared,
         journal,
         key,
         &audit,
         crate::audit::Actor::from_os(),
-        operator,
+        hooks,
         async |engine, waves| Ok(engine.resume(&run_id, waves).await?),
     )?;
     audit.report(io)?;
-    print_summary(&summary, args.format, io)
+    let not_due: Vec<NotDue> = recorded_not_due(&run)
+        .into_iter()
+        .map(|id| NotDue {
+            id,
+            age_seconds: None,
+            max_age_seconds: None,
+            detail: "not due when the run started (younger than its max_age)".into(),
+        })
+        .collect();
+    if let Some(n) = &notifier {
+        n.run_ended(&summary, not_due.len());
+        report_delivery(&n.finish(), io)?;
+    }
+    print_summary(&summary, &not_due, args.format, io)
+}
+
+/// The credentials run `run` left out as not due (recorded in its selection).
+fn recorded_not_due(run: &crate::journal::RunRow) -> Vec<String> {
+    run.selection
+        .get("not_due")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn rollback(
@@ -138,18 +259,21 @@ pub fn rollback(
     let prepared = reload_run(&run, catalog, io)?;
     let run_id = run.id.clone();
     let audit = AuditSetup::from_args(&args.journal);
-    let nobody = std::sync::Arc::new(crate::provider::manual::Nobody);
+    let hooks = Hooks {
+        operator: std::sync::Arc::new(crate::provider::manual::Nobody),
+        notifier: None,
+    };
     let summary = with_engine(
         prepared,
         journal,
         key,
         &audit,
         crate::audit::Actor::from_os(),
-        nobody,
+        hooks,
         async |engine, waves| Ok(engine.roll_back(&run_id, waves).await?),
     )?;
     audit.report(io)?;
-    let status = print_summary(&summary, args.format, io)?;
+    let status = print_summary(&summary, &[], args.format, io)?;
     // For a rollback, "rolled back" is success.
     Ok(
         if summary.count(CredentialState::Skipped) + summary.count(CredentialState::Quarantined)
@@ -211,7 +335,9 @@ fn reload_run<'c>(
         .help("set the variables the playbook uses (VAULT_ADDR, ...) as they were when the run started; rekey acts on a run only with the instructions it started with")
         .into());
     }
-    prepare(&path, loaded, &selection, catalog)
+    let mut prepared = prepare(&path, loaded, &selection, catalog)?;
+    prepared.leave_out(&recorded_not_due(run));
+    Ok(prepared)
 }
 
 /// One instance's totals: requests, rate-limited answers, retries, and what rekey
@@ -256,11 +382,14 @@ fn instance_line(i: &crate::engine::limits::LimitStats) -> String {
 /// the exit status it means.
 fn print_summary(
     summary: &crate::engine::RunSummary,
+    not_due: &[NotDue],
     format: Format,
     io: &mut Io,
 ) -> Result<ExitStatus> {
     if format == Format::Json {
-        writeln!(io.stdout, "{}", serde_json::to_string_pretty(summary)?)?;
+        let mut doc = serde_json::to_value(summary)?;
+        doc["not_due"] = serde_json::to_value(not_due)?;
+        writeln!(io.stdout, "{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
         writeln!(io.stdout, "Run {}: {}", summary.run_id, summary.status())?;
         for r in &summary.results {
@@ -296,7 +425,13 @@ fn print_summary(
         if not_started > 0 {
             counts += &format!(", {not_started} not started");
         }
+        if !not_due.is_empty() {
+            counts += &format!(", {} not due", not_due.len());
+        }
         writeln!(io.stdout, "{counts}")?;
+        for n in not_due {
+            writeln!(io.stdout, "  {:<24} {}", n.id, n.detail)?;
+        }
         for i in &summary.instances {
             writeln!(io.stdout, "  {}", instance_line(i))?;
         }

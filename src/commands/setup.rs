@@ -181,6 +181,21 @@ pub(super) struct Prepared<'c> {
     vault: crate::store::VaultConfig,
 }
 
+impl Prepared<'_> {
+    /// Leaves out credentials `ids` (those a hygiene run found not due), so
+    /// `resume` never takes them up.
+    pub(super) fn leave_out(&mut self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let pb = &self.playbook;
+        for wave in &mut self.waves {
+            wave.retain(|&i| !ids.contains(&pb.credentials[i].id));
+        }
+        self.waves.retain(|w| !w.is_empty());
+    }
+}
+
 /// Checks that every selected credential can run in this build and that the
 /// Vault login is at hand; refuses (changing nothing) otherwise.
 pub(super) fn prepare<'c>(
@@ -351,7 +366,7 @@ fn progress_for(
 pub(super) async fn build_provider(
     instance: &playbook::ProviderInstance,
     catalog: &Catalog,
-    store: &crate::store::VaultStore,
+    store: &dyn crate::store::SecretStore,
 ) -> std::result::Result<Arc<dyn crate::provider::Provider>, String> {
     let admin = match &instance.admin {
         Some(source) => Some(crate::provider::admin::resolve(source, store).await?),
@@ -395,13 +410,20 @@ async fn check_vault(store: &crate::store::VaultStore, prepared: &Prepared<'_>) 
     }
 }
 
+/// The engine's surroundings beyond the run itself: who answers manual steps,
+/// and which webhooks are told what happens.
+pub(super) struct Hooks {
+    pub(super) operator: Arc<dyn crate::provider::manual::Operator>,
+    pub(super) notifier: Option<Arc<crate::notify::Notifier>>,
+}
+
 pub(super) fn with_engine<T>(
     prepared: Prepared<'_>,
     mut journal: crate::journal::Journal,
     key: Vec<u8>,
     audit: &AuditSetup,
     mut actor: crate::audit::Actor,
-    operator: Arc<dyn crate::provider::manual::Operator>,
+    hooks: Hooks,
     work: impl AsyncFnOnce(&crate::engine::Engine, &[Vec<usize>]) -> Result<T>,
 ) -> Result<T> {
     crate::audit::anchor::check(&journal, &audit.path, audit.new_trail)
@@ -449,11 +471,15 @@ pub(super) fn with_engine<T>(
         let mut builder =
             crate::engine::Engine::builder(prepared.playbook.clone(), Arc::new(store), journal, key)
                 .stop_flag(stop)
-                .operator(operator);
+                .operator(hooks.operator);
         for (name, provider) in providers {
             builder = builder.provider(name, provider);
         }
-        let progress = progress_for(&prepared.playbook, &prepared.waves, builder.limits());
+        let mut progress = progress_for(&prepared.playbook, &prepared.waves, builder.limits());
+        if let Some(notifier) = hooks.notifier {
+            let total = prepared.waves.iter().map(Vec::len).sum();
+            progress = Arc::new(crate::notify::Notifying::new(progress, notifier, total));
+        }
         let engine = builder.progress(progress).build()?;
         work(&engine, &prepared.waves).await
     })

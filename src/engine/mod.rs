@@ -213,6 +213,10 @@ pub trait Progress: Send + Sync {
     fn started(&self, instance: &str, credential: &str);
     /// It ended with `outcome`.
     fn finished(&self, instance: &str, credential: &str, outcome: &Outcome);
+    /// Run `run_id` starts (or resumes): its id is known from here on.
+    fn run_started(&self, run_id: &str) {
+        let _ = run_id;
+    }
     /// An operator is asked on the terminal (`true`) or has answered (`false`):
     /// a display drawing on the terminal steps aside meanwhile. Calls nest.
     fn operator_prompt(&self, active: bool) {
@@ -525,6 +529,7 @@ impl Engine {
             })
             .await?;
         tracing::info!(run = %run_id, credentials = waves.iter().map(Vec::len).sum::<usize>(), "Run started.");
+        self.progress.run_started(&run_id);
         let global = Arc::new(Semaphore::new(
             self.playbook.defaults.concurrency.max(1) as usize
         ));
@@ -682,6 +687,7 @@ impl Engine {
             journal.states(run_id)?
         };
         tracing::info!(run = %run_id, "Resuming run.");
+        self.progress.run_started(run_id);
         let mut results = Results::default();
         for wave in waves {
             for &index in wave {

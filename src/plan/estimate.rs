@@ -152,6 +152,8 @@ pub fn credential_plan<'a>(playbook: &'a Playbook, c: &'a Credential) -> Credent
         } else {
             None
         },
+        max_age_seconds: None,
+        age: None,
         line: c.line,
     }
 }
@@ -248,6 +250,7 @@ pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
         manual,
         eta_seconds: round(total_eta + max_grace),
         has_work: credentials > 0,
+        not_due: plan.not_due.len(),
     };
 }
 

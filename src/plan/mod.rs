@@ -2,6 +2,7 @@
 //! what each step costs and how long it should take (`estimate`), rendered as text,
 //! JSON or Markdown (`render`). Offline and pure: no network I/O.
 
+pub mod age;
 pub mod estimate;
 pub mod order;
 pub mod render;
@@ -29,6 +30,47 @@ pub struct Plan<'a> {
     pub vault: VaultPlan<'a>,
     pub totals: Totals,
     pub warnings: Vec<&'a str>,
+    /// Selected credentials left out because they are younger than their
+    /// `max_age` (known only when ages were looked up: `--live`, `run`).
+    pub not_due: Vec<NotDue<'a>>,
+    /// When ages are judged (seconds since the Unix epoch).
+    #[serde(skip)]
+    pub now: u64,
+}
+
+/// A selected credential younger than its `max_age`: not rotated.
+#[derive(Debug, Serialize)]
+pub struct NotDue<'a> {
+    pub id: &'a str,
+    pub provider: &'a str,
+    pub vault_path: &'a str,
+    pub max_age_seconds: u64,
+    pub age_seconds: u64,
+    pub age: &'a age::Age,
+}
+
+/// What `max_age` needs to choose: the command line's `--max-age` (which
+/// overrides the playbook's) and, once looked up, each credential's age by
+/// index. Without ages (an offline plan) nothing is left out, and each
+/// credential with a `max_age` says its age is unknown until `--live`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hygiene<'a> {
+    pub max_age: Option<std::time::Duration>,
+    pub ages: Option<&'a rustc_hash::FxHashMap<usize, age::Age>>,
+    /// Seconds since the Unix epoch the ages are judged at.
+    pub now: u64,
+}
+
+impl Hygiene<'_> {
+    /// Whether credential `c` is left out as not due.
+    pub fn not_due(&self, c: &crate::playbook::Credential) -> bool {
+        let (Some(ages), Some(max_age)) = (self.ages, age::effective(c.max_age, self.max_age))
+        else {
+            return false;
+        };
+        ages.get(&c.index)
+            .is_some_and(|a| age::judge(a, max_age, self.now) == age::Verdict::NotDue)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +113,12 @@ pub struct CredentialPlan<'a> {
     /// For manual steps: what the operator must do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions: Option<&'a str>,
+    /// `max_age` (the command line's, else the playbook's), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<u64>,
+    /// The age found (`--live`), which makes the credential due; absent offline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age: Option<&'a age::Age>,
     /// Line of the credential in the playbook.
     pub line: usize,
 }
@@ -111,11 +159,46 @@ pub struct Totals {
     pub eta_seconds: f64,
     /// Whether the plan has anything to do (drives `--detailed-exitcode`).
     pub has_work: bool,
+    /// Selected credentials left out as younger than their `max_age`.
+    pub not_due: usize,
 }
 
 /// Builds the plan of `playbook` for the selected credentials.
 pub fn build<'a>(file: &'a str, playbook: &'a Playbook, selection: &select::Selection) -> Plan<'a> {
-    let selected = select::apply(playbook, selection);
+    build_with(file, playbook, selection, Hygiene::default())
+}
+
+/// [`build`], leaving out what is not due under `hygiene`.
+pub fn build_with<'a>(
+    file: &'a str,
+    playbook: &'a Playbook,
+    selection: &select::Selection,
+    hygiene: Hygiene<'a>,
+) -> Plan<'a> {
+    let mut selected = select::apply(playbook, selection);
+    let mut not_due = Vec::new();
+    if hygiene.ages.is_some() {
+        selected.indices.retain(|&i| {
+            let c = &playbook.credentials[i];
+            if !hygiene.not_due(c) {
+                return true;
+            }
+            if let (Some(ages), Some(max_age)) =
+                (hygiene.ages, age::effective(c.max_age, hygiene.max_age))
+                && let Some(a) = ages.get(&i)
+            {
+                not_due.push(NotDue {
+                    id: &c.id,
+                    provider: &c.provider,
+                    vault_path: &c.vault_path,
+                    max_age_seconds: max_age.as_secs(),
+                    age_seconds: a.at(hygiene.now).unwrap_or_default().as_secs(),
+                    age: a,
+                });
+            }
+            false
+        });
+    }
     let waves_ix = order::waves(playbook, &selected.indices);
     let waves: Vec<Wave<'a>> = waves_ix
         .iter()
@@ -125,7 +208,15 @@ pub fn build<'a>(file: &'a str, playbook: &'a Playbook, selection: &select::Sele
             eta_seconds: 0.0,
             credentials: ids
                 .iter()
-                .map(|&ix| estimate::credential_plan(playbook, &playbook.credentials[ix]))
+                .map(|&ix| {
+                    let c = &playbook.credentials[ix];
+                    let mut p = estimate::credential_plan(playbook, c);
+                    if let Some(max_age) = age::effective(c.max_age, hygiene.max_age) {
+                        p.max_age_seconds = Some(max_age.as_secs());
+                        p.age = hygiene.ages.and_then(|a| a.get(&ix));
+                    }
+                    p
+                })
                 .collect(),
         })
         .collect();
@@ -155,12 +246,15 @@ pub fn build<'a>(file: &'a str, playbook: &'a Playbook, selection: &select::Sele
             manual: 0,
             eta_seconds: 0.0,
             has_work: false,
+            not_due: 0,
         },
         warnings: playbook
             .warnings
             .iter()
             .map(|w| w.message.as_str())
             .collect(),
+        not_due,
+        now: hygiene.now,
     };
     estimate::fill(playbook, &mut plan);
     plan

@@ -68,8 +68,13 @@ fn summary_line(plan: &Plan) -> String {
     } else {
         String::new()
     };
+    let not_due = if t.not_due > 0 {
+        format!(", {} not due", t.not_due)
+    } else {
+        String::new()
+    };
     format!(
-        "{}, {} provider requests, {} Vault requests, ETA {}{manual}",
+        "{}, {} provider requests, {} Vault requests, ETA {}{manual}{not_due}",
         plural(t.waves, "wave"),
         t.provider_requests,
         t.vault_requests,
@@ -116,6 +121,13 @@ pub fn text(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
                 c.vault_path
             )?;
             writeln!(out, "      {}", join_steps(&c.steps, " > "))?;
+            if let Some(max_age) = c.max_age_seconds {
+                writeln!(
+                    out,
+                    "      {}",
+                    super::age::describe(c.age, Duration::from_secs(max_age), plan.now)
+                )?;
+            }
             if let Some(r) = &c.retires {
                 writeln!(out, "      retires: {}", retires_text(r, c.account))?;
             }
@@ -129,6 +141,26 @@ pub fn text(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
                         .join(" ")
                 )?;
             }
+        }
+    }
+    if !plan.not_due.is_empty() {
+        writeln!(
+            out,
+            "\nNot due ({}, younger than their max age: not rotated)",
+            plan.not_due.len()
+        )?;
+        for n in &plan.not_due {
+            writeln!(
+                out,
+                "  {} -> {}: {}",
+                n.id,
+                n.vault_path,
+                super::age::describe(
+                    Some(n.age),
+                    Duration::from_secs(n.max_age_seconds),
+                    plan.now
+                )
+            )?;
         }
     }
     if !plan.providers.is_empty() {
@@ -267,6 +299,36 @@ pub fn markdown(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
                 p.requests,
                 p.rate_description,
                 eta(p.eta_seconds)
+            )?;
+        }
+    }
+    let aged: Vec<_> = plan
+        .waves
+        .iter()
+        .flat_map(|w| &w.credentials)
+        .filter_map(|c| Some((c.id, c.max_age_seconds?, c.age)))
+        .collect();
+    if !aged.is_empty() || !plan.not_due.is_empty() {
+        writeln!(out, "\n| credential | max age | age |")?;
+        writeln!(out, "|---|---|---|")?;
+        for (id, max_age, age) in aged {
+            let max_age = Duration::from_secs(max_age);
+            writeln!(
+                out,
+                "| `{}` | {} | {} |",
+                md_escape(id),
+                super::age::human(max_age),
+                md_escape(&super::age::describe(age, max_age, plan.now))
+            )?;
+        }
+        for n in &plan.not_due {
+            let max_age = Duration::from_secs(n.max_age_seconds);
+            writeln!(
+                out,
+                "| `{}` | {} | {} |",
+                md_escape(n.id),
+                super::age::human(max_age),
+                md_escape(&super::age::describe(Some(n.age), max_age, plan.now))
             )?;
         }
     }

@@ -117,7 +117,10 @@ fn secret_sources(root: &Node<'_>) -> Vec<String> {
             crate::doc::yaml::Value::Map(entries) => {
                 for (key, value) in entries {
                     if let crate::doc::yaml::Value::Str(s) = &value.value
-                        && matches!(key.name.as_ref(), "token_env" | "secret_id_env" | "env")
+                        && matches!(
+                            key.name.as_ref(),
+                            "token_env" | "secret_id_env" | "env" | "url_env" | "authorization_env"
+                        )
                         && !s.contains('$')
                     {
                         names.push(s.to_string());

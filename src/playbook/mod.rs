@@ -5,6 +5,7 @@
 
 pub mod interpolate;
 pub mod model;
+pub mod notify;
 pub mod schema;
 pub mod validate;
 
@@ -36,6 +37,8 @@ pub struct Playbook {
     pub credentials: Vec<Credential>,
     /// Problems that do not stop a run.
     pub warnings: Vec<Diagnostic>,
+    /// Webhooks told about runs (`notify:`).
+    pub notify: Vec<notify::Webhook>,
 }
 
 #[derive(Clone, Debug, Serialize)]

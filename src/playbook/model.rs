@@ -39,6 +39,39 @@ pub struct RawPlaybook {
     pub providers: IndexMap<String, RawProvider>,
     /// The credentials to rotate.
     pub credentials: Vec<RawCredential>,
+    /// Webhooks told about the run: its start and end, each quarantine, each
+    /// credential awaiting an operator, and (from `rekey watch`) a retired key
+    /// used again. A failed notification never fails or slows the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<RawNotify>,
+}
+
+/// A webhook (generic JSON or Slack-compatible). Its URL is given by `url`, or,
+/// when the URL is itself a credential (Slack's are), by `url_env`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// What messages call this webhook (they never show its URL). Default `webhook N`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `json` (default): rekey's event document. `slack`: `{"text": ...}` for
+    /// Slack-compatible incoming webhooks.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// The URL: https, or plain http to a loopback address.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The environment variable holding the URL, when the URL is a credential.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The environment variable holding the `Authorization` header's value
+    /// (e.g. `Bearer <token>`).
+    #[serde(default)]
+    pub authorization_env: Option<String>,
+    /// `run_start`, `run_end`, `quarantined`, `awaiting_operator`,
+    /// `retired_key_used`. Default: all of them.
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 /// The incident: which providers are compromised and how urgent the rotation is.

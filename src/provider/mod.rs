@@ -78,6 +78,19 @@ pub struct KeyInfo {
     pub tag: Option<String>,
 }
 
+/// When a key was last used, as the provider reports it (`rekey watch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LastUse {
+    /// Last used at this time (seconds since the Unix epoch).
+    At(u64),
+    /// The provider says the key was never used.
+    Never,
+    /// The provider no longer knows the key (deleted): it cannot be used.
+    Gone,
+    /// This provider cannot tell, and why.
+    Unknown(String),
+}
+
 /// What a provider's rate-limit headers said on its latest answer (GitHub's
 /// `X-RateLimit-Remaining` and `X-RateLimit-Reset`, Okta's `X-Rate-Limit-*`,
 /// Cloudflare's `Ratelimit`...): requests left in the current window and when it
@@ -161,6 +174,30 @@ pub trait Provider: Send + Sync {
         let _ = target;
         Err(ProviderError::Fatal(
             "this provider cannot list keys".into(),
+        ))
+    }
+
+    /// Whether `list_accounts` can name the accounts of the instance (`rekey
+    /// discover`).
+    fn lists_accounts(&self) -> bool {
+        false
+    }
+
+    /// The accounts (users) of the instance whose keys `list` can then list,
+    /// for `rekey discover`. Read-only.
+    async fn list_accounts(&self) -> Result<Vec<String>, ProviderError> {
+        Err(ProviderError::Fatal(
+            "this provider cannot list accounts".into(),
+        ))
+    }
+
+    /// When `key_id` was last used, for `rekey watch`: a retired key used after
+    /// its retirement means someone still holds it. Read-only; the default
+    /// cannot tell.
+    async fn last_used(&self, target: Target<'_>, key_id: &str) -> Result<LastUse, ProviderError> {
+        let _ = (target, key_id);
+        Ok(LastUse::Unknown(
+            "this provider does not report when a key was last used".into(),
         ))
     }
 

@@ -16,6 +16,21 @@ mod vault;
 pub use memory::MemoryStore;
 pub use vault::{VaultConfig, VaultLogin, VaultStore};
 
+/// What the store knows about a path without reading its value: the current
+/// version, when it was written, and the path's custom metadata. Ages of
+/// credentials come from here (`hygiene::age`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// 0 when nothing was ever written.
+    pub current_version: u64,
+    /// When the current version was written, in seconds since the Unix epoch,
+    /// when the store says (Vault's `created_time`).
+    pub current_created: Option<u64>,
+    /// The current version is soft-deleted or destroyed.
+    pub current_deleted: bool,
+    pub custom_metadata: BTreeMap<String, String>,
+}
+
 use crate::secret::Secret;
 use std::collections::BTreeMap;
 
@@ -46,6 +61,34 @@ pub trait SecretStore: Send + Sync {
     /// when the latest version is soft-deleted or destroyed, its version number and no
     /// value (a write must still name that version).
     async fn read(&self, path: &str) -> Result<Entry, StoreError>;
+
+    /// The path's metadata, without its value. The default reads the entry and
+    /// knows no creation time (the in-memory store); Vault reads only the
+    /// metadata endpoint.
+    async fn metadata(&self, path: &str) -> Result<Metadata, StoreError> {
+        let entry = self.read(path).await?;
+        Ok(Metadata {
+            current_version: entry.version,
+            current_created: None,
+            current_deleted: entry.version > 0 && entry.value.is_none() && entry.fields.is_empty(),
+            custom_metadata: entry.custom_metadata,
+        })
+    }
+
+    /// At most `limit` keys directly under `prefix` that sort after `after`
+    /// (folders end with `/`), for walks that must stay bounded. The default
+    /// lists everything and cuts; OpenBao pages on the server (`after`, `limit`).
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut keys = self.list(prefix).await?;
+        keys.retain(|k| after.is_none_or(|a| k.as_str() > a));
+        keys.truncate(limit);
+        Ok(keys)
+    }
 
     /// The value of one older version (for rollback). `None` when that version was
     /// deleted or destroyed, never existed, or is version 0.

@@ -17,8 +17,9 @@
 //! something else (a "write" to `secret/data/app` would create a key named
 //! `data/app`).
 
-use super::{Entry, SecretStore, StoreError, answer};
+use super::{Entry, Metadata, SecretStore, StoreError, answer};
 use crate::secret::Secret;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -503,6 +504,83 @@ impl SecretStore for VaultStore {
         )))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(path = %path))]
+    async fn metadata(&self, path: &str) -> Result<Metadata, StoreError> {
+        let call = self.call(Action::ReadMetadata, path)?;
+        self.ensure_kv2_for(&call).await?;
+        let metadata = match vaultrs::kv2::read_metadata(&self.client, &self.mount, path).await {
+            Ok(m) => m,
+            Err(e) if is_absent(&e) => return Ok(Metadata::default()),
+            Err(e) => return Err(call.fail(&e)),
+        };
+        let current = metadata.versions.get(&metadata.current_version.to_string());
+        Ok(Metadata {
+            current_version: metadata.current_version,
+            current_created: current.and_then(|v| rfc3339_seconds(&v.created_time)),
+            current_deleted: current.is_some_and(|v| v.destroyed || !v.deletion_time.is_empty()),
+            custom_metadata: metadata
+                .custom_metadata
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(prefix = %prefix))]
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            data: Keys,
+        }
+        #[derive(Deserialize)]
+        struct Keys {
+            #[serde(default)]
+            keys: Vec<String>,
+        }
+        let prefix = prefix.trim_matches('/');
+        let call = self.call(Action::List, prefix)?;
+        self.ensure_kv2_for(&call).await?;
+        // OpenBao pages a LIST with `after` and `limit`; Vault ignores both and
+        // answers every key, which is cut here to the same page.
+        let query = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("list", "true");
+            query.append_pair("limit", &limit.to_string());
+            if let Some(a) = after {
+                query.append_pair("after", a);
+            }
+            query.finish()
+        };
+        let folder = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("/{prefix}")
+        };
+        let api_path = format!("{}/metadata{folder}?{query}", self.mount);
+        let answer = self
+            .raw(Verb::Get, &api_path, None, true)
+            .await
+            .map_err(|t| call.fail_with(Failure::Transport(t)))?;
+        match answer.status {
+            200 => {}
+            404 => return Ok(Vec::new()),
+            code => return Err(call.fail_with(Failure::Status { code })),
+        }
+        let mut keys = serde_json::from_slice::<Answer>(&answer.body)
+            .map_err(|_| call.unreadable())?
+            .data
+            .keys;
+        keys.sort();
+        keys.retain(|k| after.is_none_or(|a| k.as_str() > a));
+        keys.truncate(limit);
+        Ok(keys)
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(path = %path, version))]
     async fn read_version(&self, path: &str, version: u64) -> Result<Option<Secret>, StoreError> {
         let call = self.call(Action::ReadVersion, path)?;
@@ -752,6 +830,16 @@ impl SecretStore for VaultStore {
     }
 }
 
+/// Seconds since the Unix epoch of an RFC 3339 time as Vault writes it
+/// (`2026-11-28T09:12:44.123456789Z`).
+fn rfc3339_seconds(text: &str) -> Option<u64> {
+    humantime::parse_rfc3339_weak(text.trim().trim_end_matches('Z'))
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
 /// A 404 with an empty error list: nothing at that path (or no such version).
 /// A missing mount is also a 404, but with a "no handler for route" error: that one
 /// must not read as "absent", or a typo in the mount would look like a fresh path.
@@ -861,6 +949,7 @@ enum Action {
     ReadVersion,
     Write,
     SetMetadata,
+    ReadMetadata,
     DeleteAll,
     List,
     LogIn,
@@ -877,6 +966,7 @@ impl Action {
             Action::ReadVersion => "read an older version of",
             Action::Write => "write",
             Action::SetMetadata => "set custom metadata on",
+            Action::ReadMetadata => "read the metadata of",
             Action::DeleteAll => "delete every version of",
             Action::List => "list",
             Action::LogIn => "log in with AppRole at",
@@ -889,7 +979,7 @@ impl Action {
     /// The capability a policy must grant for KV actions.
     fn capability(self) -> Option<&'static str> {
         match self {
-            Action::Read | Action::ReadVersion => Some("read"),
+            Action::Read | Action::ReadVersion | Action::ReadMetadata => Some("read"),
             Action::Write => Some("create and update"),
             Action::SetMetadata => Some("patch (and create for a new path)"),
             Action::DeleteAll => Some("delete"),

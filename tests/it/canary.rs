@@ -303,7 +303,44 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
             "breach mode ends database sessions (PostgreSQL, MariaDB, Redis)",
             database_sessions_ended,
         ),
+        (
+            "notifications: webhooks hear a breach run (quarantine, operator, end) and watch",
+            notified,
+        ),
     ]
+}
+
+/// Webhooks (`notify:`) get what the run does; every payload they received is
+/// scanned like rekey's output. The authorization header and the URL are
+/// canaries too (they are credentials): never printed.
+fn notified(lab: &mut Lab) {
+    let (url, got) = crate::notify::receiver(1);
+    lab.seed("notify/api", json!({ "value": "CANARYnotifyapi8" }));
+    lab.seed("notify/db", json!({ "value": "CANARYnotifydb9" }));
+    let auth = "Bearer CANARYnotifyauth10";
+    let down = format!("{}/CANARYnotifyurl11", crate::notify::down_url());
+    lab.canaries.extend([auth.to_owned(), down.clone()]);
+    let pb = lab.playbook(
+        "notified",
+        "breach",
+        "  keys: { type: sandbox, settings: { state_file: DIR/keys-n.json, latency: 1ms } }\n  pw: { type: sandbox_password, settings: { state_file: DIR/pw-n.json, latency: 1ms } }",
+        &format!("  - {{ id: api, provider: keys, account: n1, vault_path: PREFIX/notify/api }}\n  - {{ id: db, provider: pw, account: n2, vault_path: PREFIX/notify/db, settings: {{ fail: verify }} }}\n  - {{ id: hand, provider: manual, instructions: \"Do it by hand\", vault_path: PREFIX/notify/hand }}\nnotify:\n  - {{ name: ops, url: \"{url}/in\", authorization_env: HOOK_AUTH }}\n  - {{ name: chat, format: slack, url_env: HOOK_URL }}\n"),
+    );
+    let journal = journal_of(lab);
+    let env = [("HOOK_AUTH", auth), ("HOOK_URL", down.as_str())];
+    let (code, out, err) = lab.rekey(
+        &["run", &pb, "--journal", &journal, "--format", "json"],
+        &env,
+    );
+    assert_eq!(code, 3, "{out}\n{err}");
+    // `watch` reads the retired key's last use (and would notify): scanned too.
+    let (code, out, err) = lab.rekey(&["watch", "--journal", &journal], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let bodies = got.lock().unwrap().clone();
+    assert!(bodies.len() >= 4, "{bodies:?}");
+    for (i, (_, _, body)) in bodies.into_iter().enumerate() {
+        lab.outputs.push((format!("webhook payload {i}"), body));
+    }
 }
 
 fn http_secret_in_a_form_field(lab: &mut Lab) {

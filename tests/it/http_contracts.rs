@@ -378,6 +378,26 @@ fn gitlab_variants() -> BTreeSet<String> {
             !stub.key(&old_id).unwrap().active,
             "{what}: the old token was revoked"
         );
+        // `rekey watch` reads the revoked token's record (`last_used_at`): the
+        // rotation replaced it in place, and nothing used it since.
+        let watched = c
+            .command(&["watch", "--journal", &c.journal(), "--format", "json"])
+            .run();
+        assert_eq!(
+            watched.code, 0,
+            "{what}: {}\n{}",
+            watched.stdout, watched.stderr
+        );
+        let findings: Value = serde_json::from_str(&watched.stdout).unwrap();
+        assert_eq!(
+            (
+                findings["findings"][0]["key_id"].as_str(),
+                findings["findings"][0]["how"].as_str(),
+                findings["findings"][0]["verdict"].as_str()
+            ),
+            (Some(old_id.as_str()), Some("replaced"), Some("never_used")),
+            "{what}: {findings}"
+        );
         if what.contains("pages") {
             assert!(
                 stub.with(|s| s.seen.iter().any(|r| r.contains("page=2"))),
@@ -546,8 +566,10 @@ fn every_request_of_every_definition_is_an_operation_of_its_vendors_description(
             ops(&[
                 "personal_access_tokens/self",
                 "personal_access_tokens/list",
+                "personal_access_tokens/get",
                 "personal_access_tokens/rotate",
                 "project_access_tokens/list",
+                "project_access_tokens/get",
                 "project_access_tokens/rotate",
             ]),
         ),

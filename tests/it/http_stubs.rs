@@ -121,6 +121,8 @@ pub struct Key {
     /// Made (or rolled) through the API by the stub, not seeded: what
     /// `refuse_new` refuses.
     pub issued: bool,
+    /// GitLab: when the token last authenticated a request (`last_used_at`).
+    pub last_used: Option<u64>,
 }
 
 impl Key {
@@ -137,6 +139,7 @@ impl Key {
             owner: 0,
             expires_at: None,
             issued: false,
+            last_used: None,
         }
     }
 }
@@ -1415,7 +1418,7 @@ fn gitlab(
     let token = header(h, "private-token").to_owned();
     let message =
         |status: u16, text: &str| reply(status, json!({ "message": format!("{status} {text}") }));
-    let item = |k: &Key| json!({"id": k.id.parse::<u64>().unwrap_or(0), "name": k.name, "revoked": !k.active, "created_at": rfc3339(k.created), "description": null, "scopes": ["api"], "user_id": k.owner, "last_used_at": null, "active": k.active, "expires_at": k.expires_at});
+    let item = |k: &Key| json!({"id": k.id.parse::<u64>().unwrap_or(0), "name": k.name, "revoked": !k.active, "created_at": rfc3339(k.created), "description": null, "scopes": ["api"], "user_id": k.owner, "last_used_at": k.last_used.map(rfc3339), "active": k.active, "expires_at": k.expires_at});
     if segs == ["personal_access_tokens", "self"] && *m == Method::GET {
         if token == ADMIN_TOKEN {
             return reply(
@@ -1423,12 +1426,17 @@ fn gitlab(
                 json!({"id": 1, "name": "rekey-admin", "revoked": false, "created_at": rfc3339(now()), "description": null, "scopes": ["api"], "user_id": s.gitlab_admin_user, "last_used_at": null, "active": true, "expires_at": date_in_days(300)}),
             );
         }
+        let refuse_new = s.refuse_new;
         return match s
             .keys
-            .iter()
+            .iter_mut()
             .find(|k| k.scope.starts_with("gitlab") && k.secret == token && k.active)
         {
-            Some(k) if !(s.refuse_new && k.issued) => reply(200, item(k)),
+            Some(k) if !(refuse_new && k.issued) => {
+                // GitLab records when a token authenticates (`last_used_at`).
+                k.last_used = Some(now());
+                reply(200, item(k))
+            }
             _ => message(401, "Unauthorized"),
         };
     }
@@ -1510,6 +1518,17 @@ fn gitlab(
             }
             r
         }
+        // One token by id, revoked ones too (GitLab keeps their record). A
+        // token the admin may not see, or none: 401, or 404 for an administrator.
+        (Method::GET, [id]) => match s
+            .keys
+            .iter()
+            .find(|k| k.scope == scope && k.id == *id && visible(k))
+        {
+            Some(k) => reply(200, item(k)),
+            None if is_admin || scope != "gitlab" => message(404, "Not found"),
+            None => message(401, "Unauthorized"),
+        },
         (Method::POST, [id, "rotate"]) => {
             let b = json_body(body);
             let max = date_in_days(s.gitlab_max_lifetime_days);

@@ -29,8 +29,11 @@ const LAYERS: &[&[&str]] = &[
     &["sink"],
     // The rotation engine.
     &["engine"],
-    // What drives the engine from a terminal: progress, the command line, logs.
-    &["progress", "cli", "logging"],
+    // What drives the engine from a terminal: progress, the command line, logs;
+    // around runs: notifications, ages and last use (hygiene), discovery.
+    &[
+        "progress", "cli", "logging", "notify", "hygiene", "discover",
+    ],
     // One function per command; `main.rs` and `lib.rs` sit above everything.
     &["commands"],
 ];

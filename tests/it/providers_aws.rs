@@ -16,7 +16,7 @@ use rekey::secret::Secret;
 use std::io::Write;
 use std::sync::OnceLock;
 
-const ADMIN_VAR: &str = "REKEY_TEST_AWS_ADMIN";
+pub(crate) const ADMIN_VAR: &str = "REKEY_TEST_AWS_ADMIN";
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -27,12 +27,12 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// moto's address and the admin credential the tests created in it.
-struct Moto {
-    url: url::Url,
-    admin: Credentials,
+pub(crate) struct Moto {
+    pub(crate) url: url::Url,
+    pub(crate) admin: Credentials,
 }
 
-fn creds(id: &str, secret: &str) -> Credentials {
+pub(crate) fn creds(id: &str, secret: &str) -> Credentials {
     Credentials {
         access_key_id: id.to_owned(),
         secret_access_key: Secret::new(secret),
@@ -41,7 +41,7 @@ fn creds(id: &str, secret: &str) -> Credentials {
 }
 
 /// Signs and sends one Query API call; the error is AWS's error code.
-fn call(
+pub(crate) fn call(
     url: &url::Url,
     creds: &Credentials,
     service: &str,
@@ -64,7 +64,7 @@ fn call(
         .map_err(|e| e.code().map(str::to_owned).unwrap_or_else(|| e.to_string()))
 }
 
-fn moto() -> &'static Moto {
+pub(crate) fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(bootstrap)
 }
@@ -141,11 +141,11 @@ fn bootstrap() -> Moto {
 }
 
 impl Moto {
-    fn iam(&self, action: &str, params: &[(&str, &str)]) -> Result<String, String> {
+    pub(crate) fn iam(&self, action: &str, params: &[(&str, &str)]) -> Result<String, String> {
         call(&self.url, &self.admin, "iam", action, params)
     }
 
-    fn admin_json(&self) -> String {
+    pub(crate) fn admin_json(&self) -> String {
         serde_json::json!({
             "access_key_id": self.admin.access_key_id,
             "secret_access_key": self.admin.secret_access_key.expose(),
@@ -154,14 +154,14 @@ impl Moto {
     }
 
     /// A fresh IAM user with one access key: (user, key id, secret).
-    fn user_with_key(&self, prefix: &str) -> (String, String, String) {
+    pub(crate) fn user_with_key(&self, prefix: &str) -> (String, String, String) {
         let user = unique(prefix);
         self.iam("CreateUser", &[("UserName", &user)]).unwrap();
         let (id, secret) = self.create_key(&user);
         (user, id, secret)
     }
 
-    fn create_key(&self, user: &str) -> (String, String) {
+    pub(crate) fn create_key(&self, user: &str) -> (String, String) {
         let body = self.iam("CreateAccessKey", &[("UserName", user)]).unwrap();
         let doc = roxmltree::Document::parse(&body).unwrap();
         (
@@ -171,7 +171,7 @@ impl Moto {
     }
 
     /// The user's keys: (id, status), sorted by id.
-    fn keys(&self, user: &str) -> Vec<(String, String)> {
+    pub(crate) fn keys(&self, user: &str) -> Vec<(String, String)> {
         let body = self.iam("ListAccessKeys", &[("UserName", user)]).unwrap();
         let doc = roxmltree::Document::parse(&body).unwrap();
         let mut keys: Vec<(String, String)> = doc
@@ -189,7 +189,7 @@ impl Moto {
     }
 
     /// STS GetCallerIdentity with a key pair: the ARN, or AWS's error code.
-    fn caller(&self, id: &str, secret: &str) -> Result<String, String> {
+    pub(crate) fn caller(&self, id: &str, secret: &str) -> Result<String, String> {
         let body = call(
             &self.url,
             &creds(id, secret),

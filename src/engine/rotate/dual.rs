@@ -405,13 +405,18 @@ impl Ctx<'_> {
         let target = self.target();
         let attempts = self.engine.tuning.attempts.max(1);
         let mut delay = self.engine.tuning.backoff;
+        // A create that retires the old value itself (GitLab's rotate) names it,
+        // so `rekey watch` can ask whether it was used afterwards.
+        let retires = old_key.filter(|_| provider.replaces_old_on_create());
         for attempt in 1..=attempts {
+            let mut detail = json!({ "tag": tag, "attempt": attempt });
+            if let Some(old) = retires {
+                detail["retires"] = json!(old);
+            }
             let created = self
-                .pstep_once(
-                    Step::Create,
-                    json!({ "tag": tag, "attempt": attempt }),
-                    || provider.create_replacing(target, tag, old_key),
-                )
+                .pstep_once(Step::Create, detail, || {
+                    provider.create_replacing(target, tag, old_key)
+                })
                 .await?;
             match created {
                 Ok(issued) => return Ok(Ok(issued)),

@@ -56,6 +56,7 @@ struct Resolved {
 
 /// A playbook that passed validation; `build` turns it into a `Playbook`.
 pub struct Validated {
+    notify: Vec<super::notify::Webhook>,
     incident: Incident,
     vault: Vault,
     defaults: Defaults,
@@ -106,6 +107,7 @@ impl Validated {
             providers: self.providers,
             credentials,
             warnings: self.warnings,
+            notify: self.notify,
         }
     }
 }
@@ -254,10 +256,18 @@ pub fn validate(
         }
     }
 
+    let notify = super::notify::check(&raw.notify).unwrap_or_else(|problems| {
+        for p in problems {
+            cx.push(Diagnostic::error(p.message, cx.at(&p.pointer)).help(p.help));
+        }
+        Vec::new()
+    });
+
     if cx.out.iter().any(Diagnostic::is_error) {
         return Err(cx.out);
     }
     Ok(Validated {
+        notify,
         incident,
         vault,
         defaults,

@@ -30,6 +30,7 @@ fn secret_sources(raw: &RawPlaybook) -> Vec<&str> {
             .flat_map(|c| &c.sinks)
             .filter_map(|s| s.token.as_ref()?.env.as_deref()),
     );
+    names.extend(crate::playbook::notify::secret_env(&raw.notify));
     names
 }
 

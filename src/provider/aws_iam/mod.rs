@@ -13,7 +13,7 @@ pub mod client;
 pub mod config;
 
 use super::admin::Admin;
-use super::{Issued, KeyInfo, Provider, ProviderError, Target};
+use super::{Issued, KeyInfo, LastUse, Provider, ProviderError, Target};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use client::{AccessKey, Answer, AwsError, QueryClient, Service};
@@ -33,6 +33,8 @@ pub struct AwsIam {
     /// Where the admin credential came from, for error messages.
     origin: String,
     client: QueryClient,
+    /// `path_prefix`: the IAM path whose users `list_accounts` names (`/` for all).
+    path_prefix: String,
 }
 
 impl AwsIam {
@@ -45,6 +47,12 @@ impl AwsIam {
             admin: Credentials::from_admin(admin)?,
             origin: admin.map(|a| a.origin.clone()).unwrap_or_default(),
             client: QueryClient::new()?,
+            path_prefix: settings
+                .get("path_prefix")
+                .and_then(|v| v.as_str())
+                .filter(|p| !p.trim().is_empty())
+                .unwrap_or("/")
+                .to_owned(),
         })
     }
 
@@ -360,6 +368,64 @@ impl Provider for AwsIam {
             }
             Err(e) => Err(ProviderError::Fatal(format!("aws_iam: {e}"))),
         }
+    }
+
+    fn lists_accounts(&self) -> bool {
+        true
+    }
+
+    /// ListUsers under `path_prefix`, every page.
+    async fn list_accounts(&self) -> Result<Vec<String>, ProviderError> {
+        let mut users = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut params = vec![
+                ("PathPrefix", self.path_prefix.as_str()),
+                ("MaxItems", "100"),
+            ];
+            if let Some(m) = &marker {
+                params.push(("Marker", m));
+            }
+            let answer = self.iam_call("ListUsers", "*", &params).await?;
+            let doc = client::parse(&answer.body, "ListUsers")?;
+            users.extend(
+                doc.descendants()
+                    .filter(|n| n.has_tag_name("member"))
+                    .filter_map(|m| client::text_of(m, "UserName").map(str::to_owned)),
+            );
+            let truncated = client::text_of(doc.root(), "IsTruncated") == Some("true");
+            marker = client::text_of(doc.root(), "Marker").map(str::to_owned);
+            if !truncated || marker.is_none() {
+                return Ok(users);
+            }
+        }
+    }
+
+    /// GetAccessKeyLastUsed: when the key last signed a request. IAM keeps no
+    /// record of a deleted key (NoSuchEntity): it can no longer be used.
+    async fn last_used(&self, target: Target<'_>, key_id: &str) -> Result<LastUse, ProviderError> {
+        let user = self.user(&target)?;
+        let answer = match self
+            .client
+            .call(
+                &self.iam(),
+                &self.admin,
+                "GetAccessKeyLastUsed",
+                &[("AccessKeyId", key_id)],
+            )
+            .await
+        {
+            Ok(a) => a,
+            Err(e) if e.code() == Some("NoSuchEntity") => return Ok(LastUse::Gone),
+            Err(e) => return Err(self.classify(e, "GetAccessKeyLastUsed", user)),
+        };
+        let doc = client::parse(&answer.body, "GetAccessKeyLastUsed")?;
+        Ok(
+            match client::text_of(doc.root(), "LastUsedDate").and_then(client::parse_timestamp) {
+                Some(at) => LastUse::At(at),
+                None => LastUse::Never,
+            },
+        )
     }
 
     async fn deactivate(&self, target: Target<'_>, key_id: &str) -> Result<(), ProviderError> {

@@ -857,6 +857,64 @@ impl Provider for HttpProvider {
         Ok(())
     }
 
+    /// The definition's `last_used` call when it has one, else the `last_used`
+    /// pointer of its `list` items (a key the list lacks is gone).
+    async fn last_used(
+        &self,
+        target: Target<'_>,
+        key_id: &str,
+    ) -> Result<crate::provider::LastUse, ProviderError> {
+        use crate::provider::LastUse;
+        let read = |v: Option<&Value>| match v {
+            None | Some(Value::Null) => LastUse::Never,
+            Some(Value::String(s)) if s.is_empty() => LastUse::Never,
+            Some(v) => epoch(v).map_or_else(
+                || {
+                    LastUse::Unknown(
+                        "the provider's last-use time is not a time rekey reads".into(),
+                    )
+                },
+                LastUse::At,
+            ),
+        };
+        let mut cx = self.context(target);
+        if let Some(call) = &self.def.http.last_used {
+            self.lookup(&mut cx).await?;
+            cx.key_id = Some(key_id.to_owned());
+            let answer = self.send("last_used", call, &cx, None, &[]).await?;
+            if answer.seen == Seen::Gone {
+                return Ok(LastUse::Gone);
+            }
+            let pointer = call.last_used.as_deref().unwrap_or_default();
+            return Ok(read(answer.body.pointer(pointer)));
+        }
+        let Some(call) = self
+            .def
+            .http
+            .list
+            .as_ref()
+            .filter(|c| c.last_used.is_some())
+        else {
+            return Ok(LastUse::Unknown(format!(
+                "the `{}` definition maps no last use (`last_used`)",
+                self.def.name
+            )));
+        };
+        self.lookup(&mut cx).await?;
+        let items = self.fetch("list", call, &cx).await?;
+        let pointer = call.last_used.as_deref().unwrap_or_default();
+        let found = items.iter().find(|item| {
+            call.key_id
+                .as_deref()
+                .and_then(|p| item.pointer(p))
+                .is_some_and(|id| text(id) == key_id)
+        });
+        Ok(match found {
+            Some(item) => read(item.pointer(pointer)),
+            None => LastUse::Gone,
+        })
+    }
+
     async fn list(&self, target: Target<'_>) -> Result<Vec<KeyInfo>, ProviderError> {
         if self.def.http.in_place {
             // The create call replaces the value itself: no second key can exist.

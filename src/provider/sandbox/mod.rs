@@ -15,7 +15,7 @@
 //! must carry the admin credential whose `value` (or `password`) has that SHA-256,
 //! as a real service authenticates the rotator; a wrong one is refused (fatal).
 
-use super::{Issued, KeyInfo, Provider, ProviderError, Target};
+use super::{Issued, KeyInfo, LastUse, Provider, ProviderError, Target};
 use crate::catalog::Kind;
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -47,6 +47,10 @@ struct Key {
     active: bool,
     created_at: u64,
     tag: String,
+    /// When a request last presented this key (verify), active or not: what a
+    /// real service's "last used" records.
+    #[serde(default)]
+    last_used: Option<u64>,
 }
 
 pub struct Sandbox {
@@ -338,6 +342,7 @@ impl Provider for Sandbox {
                 active: true,
                 created_at: now(),
                 tag: tag.to_owned(),
+                last_used: None,
             });
             Ok((Issued::new(id, secret), true))
         })
@@ -367,14 +372,44 @@ impl Provider for Sandbox {
         let d = digest(secret);
         let single = self.kind == Kind::Single;
         self.with_account(target, |a| {
-            let ok = if single {
-                a.password_sha256.as_deref() == Some(d.as_str())
-            } else {
-                a.keys
-                    .iter()
-                    .any(|k| k.active && Some(k.id.as_str()) == key_id && k.secret_sha256 == d)
+            if single {
+                return Ok((a.password_sha256.as_deref() == Some(d.as_str()), false));
+            }
+            // The key presented is used, whether it is accepted or not.
+            let Some(k) = a.keys.iter_mut().find(|k| Some(k.id.as_str()) == key_id) else {
+                return Ok((false, false));
             };
-            Ok((ok, false))
+            k.last_used = Some(now());
+            Ok((k.active && k.secret_sha256 == d, true))
+        })
+    }
+
+    fn lists_accounts(&self) -> bool {
+        true
+    }
+
+    /// The accounts the sandbox holds keys or a password for.
+    async fn list_accounts(&self) -> Result<Vec<String>, ProviderError> {
+        self.admit()?;
+        if let Some(memory) = &self.memory {
+            let state = memory.lock().unwrap_or_else(|e| e.into_inner());
+            return Ok(state.accounts.keys().cloned().collect());
+        }
+        let _guard = self
+            .state
+            .lock()
+            .map_err(|_| ProviderError::Fatal("sandbox state lock poisoned".into()))?;
+        Ok(self.load()?.accounts.keys().cloned().collect())
+    }
+
+    async fn last_used(&self, target: Target<'_>, key_id: &str) -> Result<LastUse, ProviderError> {
+        self.call("last_used", target).await?;
+        self.with_account(target, |a| {
+            let used = match a.keys.iter().find(|k| k.id == key_id) {
+                Some(k) => k.last_used.map_or(LastUse::Never, LastUse::At),
+                None => LastUse::Gone,
+            };
+            Ok((used, false))
         })
     }
 
