@@ -21,7 +21,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_logging(&cli, color);
-    let mut stdout = std::io::stdout().lock();
+    // Not locked for the whole command: credentials run on the runtime's worker
+    // threads, and `--audit-sink stdout` writes its lines from there.
+    let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     let mut io = commands::Io {
         stdout: &mut stdout,

@@ -10,6 +10,7 @@
 pub mod durable;
 pub mod limits;
 mod rotate;
+mod schedule;
 
 pub use crate::protocol::{Checkpoint, PlannedStep, Step};
 pub use rotate::keys_to_retire;
@@ -24,7 +25,6 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 /// How one credential's rotation ended.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -247,7 +247,22 @@ pub(crate) struct Retirement {
 
 /// Everything a run needs. Built with [`Engine::builder`] by the command layer
 /// (with Vault and the real providers) or by tests (with an in-memory store).
+/// Cloning is cheap (one shared [`Shared`]): each credential in flight holds a
+/// clone.
+#[derive(Clone)]
 pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// What every credential of a run shares (see [`Engine`]).
+pub struct Shared {
     pub(crate) playbook: Arc<Playbook>,
     pub(crate) store: Arc<dyn SecretStore>,
     pub(crate) journal: Arc<Mutex<Journal>>,
@@ -276,6 +291,9 @@ pub struct Engine {
     /// credential starts until Vault answers again (the circuit breaker).
     vault_down: AtomicBool,
     vault_probe: tokio::sync::Mutex<()>,
+    /// While the scheduler runs: where a credential reports its new value
+    /// promoted (its index), so dependents on other instances may start.
+    promoted: Mutex<Option<tokio::sync::mpsc::UnboundedSender<usize>>>,
 }
 
 /// Key id → the credential (index) whose Vault entry names it.
@@ -331,22 +349,25 @@ impl EngineBuilder {
     pub fn build(mut self) -> Result<Engine, EngineError> {
         let durable = Arc::new(durable::GroupSync::new(self.journal.defer_sync()?));
         Ok(Engine {
-            playbook: self.playbook,
-            store: self.store,
-            journal: Arc::new(Mutex::new(self.journal)),
-            durable,
-            providers: self.providers,
-            tuning: self.tuning,
-            fingerprint_key: self.fingerprint_key,
-            holder: self.holder,
-            stop: self.stop,
-            progress: self.progress.unwrap_or_else(|| Arc::new(Silent)),
-            pending: Mutex::new(Vec::new()),
-            limits: self.limits,
-            operator: self.operator,
-            siblings: Mutex::new(IndexMap::new()),
-            vault_down: AtomicBool::new(false),
-            vault_probe: tokio::sync::Mutex::new(()),
+            shared: Arc::new(Shared {
+                playbook: self.playbook,
+                store: self.store,
+                journal: Arc::new(Mutex::new(self.journal)),
+                durable,
+                providers: self.providers,
+                tuning: self.tuning,
+                fingerprint_key: self.fingerprint_key,
+                holder: self.holder,
+                stop: self.stop,
+                progress: self.progress.unwrap_or_else(|| Arc::new(Silent)),
+                pending: Mutex::new(Vec::new()),
+                limits: self.limits,
+                operator: self.operator,
+                siblings: Mutex::new(IndexMap::new()),
+                vault_down: AtomicBool::new(false),
+                vault_probe: tokio::sync::Mutex::new(()),
+                promoted: Mutex::new(None),
+            }),
         })
     }
 }
@@ -516,6 +537,8 @@ impl Engine {
 
     /// Rotates the credentials at `waves` (indices into the playbook's
     /// credentials, as `plan::order::waves` returns them), recording run `new_run`.
+    /// Each credential starts as soon as its own dependencies allow (see
+    /// `schedule`).
     pub async fn run(
         &self,
         new_run: &NewRun,
@@ -530,142 +553,7 @@ impl Engine {
             .await?;
         tracing::info!(run = %run_id, credentials = waves.iter().map(Vec::len).sum::<usize>(), "Run started.");
         self.progress.run_started(&run_id);
-        let global = Arc::new(Semaphore::new(
-            self.playbook.defaults.concurrency.max(1) as usize
-        ));
-        let per_instance: IndexMap<String, Arc<Semaphore>> = self
-            .playbook
-            .providers
-            .iter()
-            .map(|(name, p)| {
-                (
-                    name.clone(),
-                    Arc::new(Semaphore::new(p.concurrency.max(1) as usize)),
-                )
-            })
-            .collect();
-        let mut results = Results::default();
-        for wave in waves {
-            let mut tasks = Vec::new();
-            for &index in wave {
-                let credential = &self.playbook.credentials[index];
-                // A credential whose dependency did not rotate is not attempted:
-                // its order exists because it relies on the dependency's new value.
-                let failed_dep = results.failed_dependency(credential);
-                if let Some(dep) = failed_dep {
-                    let outcome = Outcome::Skipped {
-                        reason: format!("dependency `{dep}` did not rotate"),
-                    };
-                    self.record_final(&run_id, &credential.id, &outcome).await?;
-                    results.push(CredentialResult {
-                        id: credential.id.clone(),
-                        outcome,
-                    });
-                    continue;
-                }
-                let global = global.clone();
-                let instance = per_instance.get(&credential.provider).cloned();
-                let run_id = run_id.clone();
-                tasks.push(async move {
-                    let _g = global.acquire_owned().await;
-                    let _i = match instance {
-                        Some(s) => Some(s.acquire_owned().await),
-                        None => None,
-                    };
-                    let credential = &self.playbook.credentials[index];
-                    let not_started = if self.stopping() {
-                        Some("the run was interrupted before it started")
-                    } else if !self.wait_for_vault().await {
-                        Some("Vault did not answer, so it was not started")
-                    } else {
-                        None
-                    };
-                    if let Some(why) = not_started {
-                        let outcome = Outcome::NotStarted {
-                            reason: format!("{why}; `rekey resume` starts it"),
-                        };
-                        if let Err(e) = self.record_final(&run_id, &credential.id, &outcome).await {
-                            return (index, Err(e));
-                        }
-                        return (index, Ok(Some(outcome)));
-                    }
-                    self.progress.started(&credential.provider, &credential.id);
-                    let outcome = rotate::rotate(self, &run_id, index).await;
-                    if let Ok(o) = &outcome {
-                        self.progress
-                            .finished(&credential.provider, &credential.id, o);
-                        // Recorded as soon as it ends, so a crash later in the wave
-                        // does not make resume look at it again. In its grace period a
-                        // credential is not final yet: its old key still has to go.
-                        let waiting = match self.pending.lock() {
-                            Ok(p) => p.iter().any(|r| r.index == index),
-                            Err(_) => false,
-                        };
-                        if !waiting
-                            && let Err(e) = self.record_final(&run_id, &credential.id, o).await
-                        {
-                            return (index, Err(e));
-                        }
-                    }
-                    (index, outcome.map(Some))
-                });
-            }
-            for (index, outcome) in futures::future::join_all(tasks).await {
-                let id = self.playbook.credentials[index].id.clone();
-                let Some(outcome) = outcome? else { continue };
-                results.push(CredentialResult { id, outcome });
-            }
-            if self.stopping() {
-                break;
-            }
-        }
-        // The waves Ctrl-C kept from starting: reported, and left for `resume`.
-        let missing: Vec<usize> = if self.stopping() {
-            let done: rustc_hash::FxHashSet<&str> =
-                results.list.iter().map(|r| r.id.as_str()).collect();
-            waves
-                .iter()
-                .flatten()
-                .copied()
-                .filter(|&i| !done.contains(self.playbook.credentials[i].id.as_str()))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        for index in missing {
-            let id = &self.playbook.credentials[index].id;
-            let outcome = Outcome::NotStarted {
-                reason: "the run was interrupted before it started; `rekey resume` starts it"
-                    .into(),
-            };
-            self.record_final(&run_id, id, &outcome).await?;
-            results.push(CredentialResult {
-                id: id.clone(),
-                outcome,
-            });
-        }
-        // Grace periods end: retire old keys, earliest first.
-        let mut pending = std::mem::take(&mut *self.pending.lock().map_err(poisoned)?);
-        pending.sort_by_key(|r| r.due);
-        for r in &pending {
-            if self.stopping() {
-                break; // `rekey resume` retires the rest.
-            }
-            tokio::time::sleep_until(r.due).await;
-            let id = self.playbook.credentials[r.index].id.clone();
-            let outcome = rotate::retire(self, &run_id, r).await?;
-            self.record_final(&run_id, &id, &outcome).await?;
-            if let Some(slot) = results.list.iter_mut().find(|x| x.id == id) {
-                slot.outcome = outcome;
-            }
-        }
-        let interrupted = self.stopping();
-        let summary = RunSummary {
-            run_id: run_id.clone(),
-            results: results.list,
-            interrupted,
-            instances: self.limit_stats(),
-        };
+        let summary = self.drive(&run_id, waves, Work::Rotate).await?;
         self.journal_durable(|j| j.finish_run(&run_id, summary.status()))
             .await?;
         tracing::info!(run = %run_id, status = %summary.status(), "Run finished.");
@@ -674,7 +562,7 @@ impl Engine {
 
     /// Finishes run `run_id` after a crash or an interruption: credentials that
     /// ended keep their outcome; the others are reconciled with the real state of
-    /// the provider and Vault, then completed.
+    /// the provider and Vault, then completed, scheduled as `run` schedules them.
     pub async fn resume(
         &self,
         run_id: &str,
@@ -688,50 +576,278 @@ impl Engine {
         };
         tracing::info!(run = %run_id, "Resuming run.");
         self.progress.run_started(run_id);
-        let mut results = Results::default();
-        for wave in waves {
-            for &index in wave {
-                let credential = &self.playbook.credentials[index];
-                let last = rows.iter().find(|r| r.credential == credential.id);
-                if let Some(done) =
-                    last.and_then(|r| serde_json::from_value::<Outcome>(r.detail.clone()).ok())
-                    // Waiting and never-attempted credentials are taken up again:
-                    // a dependency may have rotated since (a manual step finished),
-                    // Vault may answer again.
-                    && !done.resumable()
-                {
-                    results.push(CredentialResult {
-                        id: credential.id.clone(),
-                        outcome: done,
-                    });
-                    continue;
-                }
-                let failed_dep = results.failed_dependency(credential);
-                let outcome = match failed_dep {
-                    Some(dep) => Outcome::Skipped {
-                        reason: format!("dependency `{dep}` did not rotate"),
-                    },
-                    None => rotate::resume(self, run_id, index, last).await?,
-                };
-                self.record_final(run_id, &credential.id, &outcome).await?;
-                results.push(CredentialResult {
-                    id: credential.id.clone(),
-                    outcome,
-                });
-            }
-        }
-        let summary = RunSummary {
-            run_id: run_id.to_owned(),
-            results: results.list,
-            interrupted: false,
-            instances: self.limit_stats(),
-        };
+        let rows: rustc_hash::FxHashMap<String, crate::journal::CredentialRow> = rows
+            .into_iter()
+            .map(|r| (r.credential.clone(), r))
+            .collect();
+        let summary = self.drive(run_id, waves, Work::Resume(rows)).await?;
         self.journal_durable(|j| j.finish_run(run_id, summary.status()))
             .await?;
         tracing::info!(run = %run_id, status = %summary.status(), "Resumed run finished.");
         Ok(summary)
     }
 
+    /// Estimated seconds of one credential's rotation (the scheduler's priority).
+    fn cost(&self, index: usize) -> f64 {
+        let credential = &self.playbook.credentials[index];
+        crate::plan::estimate::rotation_seconds(&self.playbook, credential)
+    }
+
+    /// The scheduler: starts each credential of `waves` once its dependencies
+    /// allow, within the global and per-instance concurrency, records each final
+    /// outcome, then retires the old keys whose grace period ends.
+    async fn drive(
+        &self,
+        run_id: &str,
+        waves: &[Vec<usize>],
+        work: Work,
+    ) -> Result<RunSummary, EngineError> {
+        use schedule::{Graph, Held, Ready, Slots};
+        let playbook = &self.playbook;
+        let mut graph = Graph::new(playbook, waves, |i| self.cost(i));
+        let n = graph.len();
+        // Instances by position in the playbook; one more for a credential whose
+        // instance is unknown (it is skipped at once).
+        let mut caps: Vec<usize> = playbook
+            .providers
+            .values()
+            .map(|p| p.concurrency.max(1) as usize)
+            .collect();
+        caps.push(usize::MAX);
+        let instance_of: Vec<usize> = graph
+            .order
+            .iter()
+            .map(|&i| {
+                playbook
+                    .providers
+                    .get_index_of(&playbook.credentials[i].provider)
+                    .unwrap_or(caps.len() - 1)
+            })
+            .collect();
+        let mut in_flight = vec![0usize; caps.len()];
+        let slots = Arc::new(Slots::new(playbook.defaults.concurrency.max(1) as usize));
+        let (promoted_tx, mut promoted_rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.promoted.lock().map_err(poisoned)? = Some(promoted_tx);
+        let run_id_shared: Arc<str> = Arc::from(run_id);
+        let rows = match &work {
+            Work::Resume(rows) => Some(rows),
+            Work::Rotate => None,
+        };
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+        let mut ready = Ready::new(caps.len());
+        let mut freed = graph.roots();
+        freed.reverse();
+        // The credentials in flight, polled here as one set rather than spawned on
+        // the runtime's threads: the rate limiter times a provider's bucket from
+        // its permits, and on two threads of a loaded machine requests left late
+        // and in bunches. Dropping the set (the run dropped mid-way, as a crash)
+        // drops every credential's work.
+        let mut tasks = futures::stream::FuturesUnordered::new();
+        let mut running = 0usize;
+        let mut first_error: Option<EngineError> = None;
+        let mut vault_gave_up = false;
+        loop {
+            // Credentials with nothing left to wait for: ended already (resume),
+            // skipped for a failed dependency, or ready to start.
+            while let Some(p) = freed.pop() {
+                let credential = &playbook.credentials[graph.order[p]];
+                let ended = rows
+                    .and_then(|rows| rows.get(&credential.id))
+                    .and_then(|r| serde_json::from_value::<Outcome>(r.detail.clone()).ok())
+                    // Waiting and never-attempted credentials are taken up again:
+                    // a dependency may have rotated since (a manual step finished),
+                    // Vault may answer again.
+                    .filter(|o| !o.resumable());
+                let outcome = match (ended, graph.failed_dependency[p]) {
+                    (Some(done), _) => done,
+                    (None, Some(dep)) => {
+                        // Not attempted: its order exists because it relies on
+                        // the dependency's new value.
+                        let dep = &playbook.credentials[graph.order[dep]].id;
+                        let outcome = Outcome::Skipped {
+                            reason: format!("dependency `{dep}` did not rotate"),
+                        };
+                        self.record_final(run_id, &credential.id, &outcome).await?;
+                        outcome
+                    }
+                    (None, None) => {
+                        ready.push(&graph, instance_of[p], p);
+                        continue;
+                    }
+                };
+                let rotated = matches!(outcome, Outcome::Rotated { .. });
+                outcomes[p] = Some(outcome);
+                freed.extend(graph.finished(p, rotated).into_iter().rev());
+            }
+            // Start what the bounds allow.
+            while first_error.is_none() && !self.stopping() && !ready.is_empty() {
+                if !slots.try_take_new() {
+                    break;
+                }
+                let held = Held::new(slots.clone());
+                let Some(p) = ready.pop(|i| in_flight[i] < caps[i]) else {
+                    break; // `held` gives the slot back.
+                };
+                let index = graph.order[p];
+                let credential = &playbook.credentials[index];
+                if !vault_gave_up && !self.wait_for_vault().await {
+                    vault_gave_up = true;
+                }
+                if vault_gave_up || self.stopping() {
+                    let why = if vault_gave_up {
+                        "Vault did not answer, so it was not started"
+                    } else {
+                        "the run was interrupted before it started"
+                    };
+                    let outcome = Outcome::NotStarted {
+                        reason: format!("{why}; `rekey resume` starts it"),
+                    };
+                    self.record_final(run_id, &credential.id, &outcome).await?;
+                    outcomes[p] = Some(outcome);
+                    freed.extend(graph.finished(p, false).into_iter().rev());
+                    continue;
+                }
+                in_flight[instance_of[p]] += 1;
+                running += 1;
+                let engine = self.clone();
+                let run = run_id_shared.clone();
+                let last = rows.map(|rows| rows.get(&credential.id).cloned());
+                tasks.push(schedule::holding(held, async move {
+                    let outcome = match last {
+                        None => engine.rotate_one(&run, index).await,
+                        Some(last) => engine.resume_one(&run, index, last.as_ref()).await,
+                    };
+                    (p, outcome)
+                }));
+            }
+            if running == 0
+                && (ready.is_empty() || first_error.is_some() || self.stopping())
+                && freed.is_empty()
+            {
+                break;
+            }
+            tokio::select! {
+                Some((p, outcome)) = futures::StreamExt::next(&mut tasks) => {
+                    running -= 1;
+                    in_flight[instance_of[p]] -= 1;
+                    match outcome {
+                        Ok(outcome) => {
+                            let rotated = matches!(outcome, Outcome::Rotated { .. });
+                            outcomes[p] = Some(outcome);
+                            freed.extend(graph.finished(p, rotated).into_iter().rev());
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                Some(index) = promoted_rx.recv() => {
+                    if let Some(&p) = graph.position.get(&index) {
+                        freed.extend(graph.promoted(p).into_iter().rev());
+                    }
+                }
+                () = slots.freed() => {}
+            }
+        }
+        *self.promoted.lock().map_err(poisoned)? = None;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        // What Ctrl-C kept from starting: reported, and left for `resume`.
+        let mut list = Vec::with_capacity(n);
+        for (p, outcome) in outcomes.into_iter().enumerate() {
+            let id = &playbook.credentials[graph.order[p]].id;
+            let outcome = match outcome {
+                Some(o) => o,
+                None => {
+                    let outcome = Outcome::NotStarted {
+                        reason:
+                            "the run was interrupted before it started; `rekey resume` starts it"
+                                .into(),
+                    };
+                    self.record_final(run_id, id, &outcome).await?;
+                    outcome
+                }
+            };
+            list.push(CredentialResult {
+                id: id.clone(),
+                outcome,
+            });
+        }
+        // Grace periods end: retire old keys, earliest first.
+        let mut pending = std::mem::take(&mut *self.pending.lock().map_err(poisoned)?);
+        pending.sort_by_key(|r| r.due);
+        for r in &pending {
+            if self.stopping() {
+                break; // `rekey resume` retires the rest.
+            }
+            tokio::time::sleep_until(r.due).await;
+            let id = self.playbook.credentials[r.index].id.clone();
+            let outcome = rotate::retire(self, run_id, r).await?;
+            self.record_final(run_id, &id, &outcome).await?;
+            if let Some(slot) = graph.position.get(&r.index).and_then(|&p| list.get_mut(p)) {
+                slot.outcome = outcome;
+            }
+        }
+        Ok(RunSummary {
+            run_id: run_id.to_owned(),
+            results: list,
+            interrupted: self.stopping(),
+            instances: self.limit_stats(),
+        })
+    }
+
+    /// One credential's rotation in a run; its final outcome recorded as soon as
+    /// it ends, so a crash later in the run does not make resume look at it again.
+    /// In its grace period a credential is not final yet: its old key still has
+    /// to go.
+    async fn rotate_one(&self, run_id: &str, index: usize) -> Result<Outcome, EngineError> {
+        let credential = &self.playbook.credentials[index];
+        self.progress.started(&credential.provider, &credential.id);
+        let outcome = rotate::rotate(self, run_id, index).await?;
+        self.progress
+            .finished(&credential.provider, &credential.id, &outcome);
+        self.record_unless_in_grace(run_id, index, &outcome).await?;
+        Ok(outcome)
+    }
+
+    /// One credential of a resumed run: reconciled with the world, then finished.
+    async fn resume_one(
+        &self,
+        run_id: &str,
+        index: usize,
+        last: Option<&crate::journal::CredentialRow>,
+    ) -> Result<Outcome, EngineError> {
+        let outcome = rotate::resume(self, run_id, index, last).await?;
+        self.record_unless_in_grace(run_id, index, &outcome).await?;
+        Ok(outcome)
+    }
+
+    async fn record_unless_in_grace(
+        &self,
+        run_id: &str,
+        index: usize,
+        outcome: &Outcome,
+    ) -> Result<(), EngineError> {
+        let waiting = match self.pending.lock() {
+            Ok(p) => p.iter().any(|r| r.index == index),
+            Err(_) => false,
+        };
+        if !waiting {
+            let id = &self.playbook.credentials[index].id;
+            self.record_final(run_id, id, outcome).await?;
+        }
+        Ok(())
+    }
+
+    /// A credential's new value is promoted (see `schedule`).
+    pub(crate) fn note_promoted(&self, index: usize) {
+        if let Ok(tx) = self.promoted.lock()
+            && let Some(tx) = tx.as_ref()
+        {
+            let _ = tx.send(index);
+        }
+    }
     /// Rolls back run `run_id` (routine mode only; the caller refuses breach mode):
     /// rotated credentials get their previous value back, dependents first.
     pub async fn roll_back(
@@ -875,30 +991,10 @@ fn poisoned<T>(_: T) -> EngineError {
     EngineError::Setup("the journal lock was poisoned by a panic".into())
 }
 
-/// Results so far, with the ids that did not rotate kept in a set: a run can
-/// hold 100,000 credentials, and each checks its dependencies against them.
-#[derive(Default)]
-struct Results {
-    list: Vec<CredentialResult>,
-    failed: rustc_hash::FxHashSet<String>,
-}
-
-impl Results {
-    fn push(&mut self, result: CredentialResult) {
-        if !matches!(result.outcome, Outcome::Rotated { .. }) {
-            self.failed.insert(result.id.clone());
-        }
-        self.list.push(result);
-    }
-
-    /// The first dependency of `credential` that ended without rotating.
-    fn failed_dependency<'c>(
-        &self,
-        credential: &'c crate::playbook::Credential,
-    ) -> Option<&'c String> {
-        credential
-            .depends_on
-            .iter()
-            .find(|d| self.failed.contains(d.as_str()))
-    }
+/// What the scheduler does with each credential.
+enum Work {
+    /// A run: rotate each one.
+    Rotate,
+    /// A resumed run: the journal's last state of each credential.
+    Resume(rustc_hash::FxHashMap<String, crate::journal::CredentialRow>),
 }

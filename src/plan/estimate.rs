@@ -1,14 +1,16 @@
 //! The steps a credential's rotation takes, what they cost in requests, and how long
 //! the run should take given each instance's rate limit and concurrency.
 //!
-//! The ETA model, per dependency wave: an instance with `n` credentials of `r`
-//! requests each needs `max(0, n·r − burst) / rate` seconds by its rate limit and
-//! `ceil(n / concurrency) · r · latency` by its concurrency; the slower bound wins.
-//! Instances work in parallel, waves one after another, and the run ends when the
-//! longest grace period after the last promotion is over. Manual steps wait for a
-//! person and are left out.
-
-use super::{CredentialPlan, Plan, ProviderPlan};
+//! The ETA model follows the engine's scheduler, which starts each credential as
+//! soon as its own dependencies allow: the run takes at least its **critical path**
+//! (the longest chain of dependencies, each credential costing its requests at
+//! the instance's typical latency plus its Vault requests) and at least what each
+//! instance needs for all of its credentials: `max(0, n·r − burst) / rate` by its
+//! rate limit, `ceil(n / concurrency) · r · latency` by its concurrency (and the
+//! same for the run's global concurrency). The slowest of these bounds wins, then
+//! the longest grace period is added. A wave's ETA is the same bound for the
+//! wave's credentials alone. Manual steps wait for a person and are left out.
+use super::{CredentialPlan, CriticalPath, Plan, ProviderPlan};
 use crate::catalog::Kind;
 use crate::playbook::{Credential, Playbook};
 use crate::protocol::PlannedStep;
@@ -158,12 +160,29 @@ pub fn credential_plan<'a>(playbook: &'a Playbook, c: &'a Credential) -> Credent
     }
 }
 
+/// Estimated seconds of one credential's own rotation: its provider requests at
+/// the instance's latency and its Vault requests, one after another (manual
+/// steps wait for a person and count only their Vault requests).
+pub fn rotation_seconds(playbook: &Playbook, c: &Credential) -> f64 {
+    own_seconds(playbook, &credential_plan(playbook, c))
+}
+
+fn own_seconds(playbook: &Playbook, c: &CredentialPlan) -> f64 {
+    let latency = playbook
+        .providers
+        .get(c.provider)
+        .filter(|p| p.kind != Kind::Manual)
+        .map_or(0.0, |p| p.latency.as_secs_f64());
+    c.provider_requests as f64 * latency + c.vault_requests as f64 * VAULT_LATENCY.as_secs_f64()
+}
+
 /// Fills the per-provider table, wave ETAs and totals.
 pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
     let global = playbook.defaults.concurrency.max(1) as f64;
     // instance -> (credentials, requests, seconds)
     let mut per_instance: IndexMap<&'a str, (usize, u64, f64), FxBuildHasher> = IndexMap::default();
-    let mut total_eta = 0.0;
+    let mut run_work = 0.0;
+    let mut run_automated = 0usize;
     let mut max_grace: f64 = 0.0;
     let mut manual = 0;
     for wave in &mut plan.waves {
@@ -193,34 +212,34 @@ pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
                 continue;
             }
             automated += n;
-            let per_credential = |c: &&CredentialPlan<'a>| {
-                c.provider_requests as f64 * inst.latency.as_secs_f64()
-                    + c.vault_requests as f64 * VAULT_LATENCY.as_secs_f64()
-            };
-            let busy: f64 = creds.iter().map(per_credential).sum();
+            let busy: f64 = creds.iter().map(|c| busy_seconds(inst, c)).sum();
+            entry.2 += busy;
             work_seconds += busy;
-            let rate_bound =
-                (requests as f64 - inst.rate.burst as f64).max(0.0) / inst.rate.per_second;
-            let slots = (inst.concurrency as f64).min(global).max(1.0);
-            let concurrency_bound = (n as f64 / slots).ceil() * (busy / n as f64);
-            let seconds = rate_bound.max(concurrency_bound);
-            entry.2 += seconds;
+            let seconds = instance_bound(inst, n, requests, busy, global);
             wave_eta = wave_eta.max(seconds);
         }
         // The global cap bounds the wave too, whatever the instances allow.
-        if automated > 0 {
-            wave_eta = wave_eta
-                .max((automated as f64 / global).ceil() * (work_seconds / automated as f64));
-        }
+        wave_eta = wave_eta.max(global_bound(automated, work_seconds, global));
         wave.eta_seconds = round(wave_eta);
-        total_eta += wave_eta;
+        run_work += work_seconds;
+        run_automated += automated;
     }
+    let critical = critical_path(playbook, plan);
+    let mut total_eta = critical
+        .seconds
+        .max(global_bound(run_automated, run_work, global));
     let mut provider_requests = 0;
-    for (name, (credentials, requests, seconds)) in per_instance {
+    for (name, (credentials, requests, busy)) in per_instance {
         let Some(inst) = playbook.providers.get(name) else {
             continue;
         };
         provider_requests += requests;
+        let seconds = if inst.kind == Kind::Manual {
+            0.0
+        } else {
+            instance_bound(inst, credentials, requests, busy, global)
+        };
+        total_eta = total_eta.max(seconds);
         plan.providers.push(ProviderPlan {
             instance: &inst.name,
             type_name: &inst.type_name,
@@ -252,6 +271,77 @@ pub fn fill<'a>(playbook: &'a Playbook, plan: &mut Plan<'a>) {
         has_work: credentials > 0,
         not_due: plan.not_due.len(),
     };
+    plan.critical_path = critical;
+}
+
+/// Seconds one credential keeps its instance busy: its provider requests at the
+/// typical latency, its Vault requests.
+fn busy_seconds(inst: &crate::playbook::ProviderInstance, c: &CredentialPlan) -> f64 {
+    c.provider_requests as f64 * inst.latency.as_secs_f64()
+        + c.vault_requests as f64 * VAULT_LATENCY.as_secs_f64()
+}
+
+/// How long an instance needs for `n` credentials (`requests` in all, `busy`
+/// seconds of work): the slower of its rate limit and its concurrency.
+fn instance_bound(
+    inst: &crate::playbook::ProviderInstance,
+    n: usize,
+    requests: u64,
+    busy: f64,
+    global: f64,
+) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let rate_bound = (requests as f64 - inst.rate.burst as f64).max(0.0) / inst.rate.per_second;
+    let slots = (inst.concurrency as f64).min(global).max(1.0);
+    let concurrency_bound = (n as f64 / slots).ceil() * (busy / n as f64);
+    rate_bound.max(concurrency_bound)
+}
+
+/// How long the run's global concurrency needs for `automated` credentials of
+/// `work` seconds in all.
+fn global_bound(automated: usize, work: f64, global: f64) -> f64 {
+    if automated == 0 {
+        return 0.0;
+    }
+    (automated as f64 / global).ceil() * (work / automated as f64)
+}
+
+/// The longest chain of selected dependencies, each credential costing
+/// [`rotation_seconds`]: no schedule finishes sooner.
+fn critical_path<'a>(playbook: &'a Playbook, plan: &Plan<'a>) -> CriticalPath<'a> {
+    // Waves are a topological order: each dependency is seen before its dependents.
+    let mut finish: rustc_hash::FxHashMap<&'a str, (f64, Option<&'a str>)> =
+        rustc_hash::FxHashMap::default();
+    let mut end: Option<(&'a str, f64)> = None;
+    for c in plan.waves.iter().flat_map(|w| &w.credentials) {
+        let before = c
+            .depends_on
+            .iter()
+            .filter_map(|d| finish.get(d.as_str()).map(|(t, _)| (d.as_str(), *t)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let own = own_seconds(playbook, c);
+        let at = before.map_or(0.0, |(_, t)| t) + own;
+        finish.insert(c.id, (at, before.map(|(d, _)| d)));
+        if end.is_none_or(|(_, t)| at > t) {
+            end = Some((c.id, at));
+        }
+    }
+    let Some((last, seconds)) = end else {
+        return CriticalPath::default();
+    };
+    let mut credentials = vec![last];
+    let mut at = last;
+    while let Some(&(_, Some(prev))) = finish.get(at) {
+        credentials.push(prev);
+        at = prev;
+    }
+    credentials.reverse();
+    CriticalPath {
+        credentials,
+        seconds: round(seconds),
+    }
 }
 
 /// Milliseconds precision, and always finite (JSON has no infinity).

@@ -29,6 +29,8 @@ pub struct Plan<'a> {
     pub providers: Vec<ProviderPlan<'a>>,
     pub vault: VaultPlan<'a>,
     pub totals: Totals,
+    /// The longest chain of dependencies: the run takes at least this long.
+    pub critical_path: CriticalPath<'a>,
     pub warnings: Vec<&'a str>,
     /// Selected credentials left out because they are younger than their
     /// `max_age` (known only when ages were looked up: `--live`, `run`).
@@ -147,6 +149,14 @@ pub struct VaultPlan<'a> {
     pub requests: u64,
 }
 
+/// The longest chain of selected dependencies, first to last, and its estimated
+/// seconds (see `estimate`).
+#[derive(Debug, Default, Serialize)]
+pub struct CriticalPath<'a> {
+    pub credentials: Vec<&'a str>,
+    pub seconds: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Totals {
     pub credentials: usize,
@@ -248,6 +258,7 @@ pub fn build_with<'a>(
             has_work: false,
             not_due: 0,
         },
+        critical_path: CriticalPath::default(),
         warnings: playbook
             .warnings
             .iter()

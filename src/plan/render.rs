@@ -82,10 +82,40 @@ fn summary_line(plan: &Plan) -> String {
     )
 }
 
+/// The critical path, `sep` between credentials (a long chain shows its ends),
+/// or `None` when nothing is selected.
+fn critical_line(plan: &Plan, sep: &str, quote: &str) -> Option<String> {
+    let path = &plan.critical_path.credentials;
+    if path.is_empty() {
+        return None;
+    }
+    let q = |id: &&str| format!("{quote}{id}{quote}");
+    let shown = if path.len() > 8 {
+        let head: Vec<String> = path[..4].iter().map(q).collect();
+        let tail: Vec<String> = path[path.len() - 3..].iter().map(q).collect();
+        format!(
+            "{}{sep}... {} more ...{sep}{}",
+            head.join(sep),
+            path.len() - 7,
+            tail.join(sep)
+        )
+    } else {
+        path.iter().map(q).collect::<Vec<_>>().join(sep)
+    };
+    Some(format!(
+        "Critical path ({}, {}): {shown}",
+        plural(path.len(), "credential"),
+        eta(plan.critical_path.seconds)
+    ))
+}
+
 pub fn text(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
     let mut out = io::BufWriter::with_capacity(1 << 16, out);
     writeln!(out, "Plan: {}", mode_line(plan))?;
     writeln!(out, "{}; {}.", selection_line(plan), summary_line(plan))?;
+    if let Some(line) = critical_line(plan, " > ", "") {
+        writeln!(out, "{line}")?;
+    }
     if !plan.selection.unselected_dependencies.is_empty() {
         writeln!(
             out,
@@ -250,6 +280,9 @@ pub fn markdown(plan: &Plan, out: &mut dyn Write) -> io::Result<()> {
         selection_line(plan),
         summary_line(plan)
     )?;
+    if let Some(line) = critical_line(plan, " → ", "`") {
+        writeln!(out, "{}\n", md_escape(&line))?;
+    }
     if !plan.selection.unselected_dependencies.is_empty() {
         let deps: Vec<String> = plan
             .selection

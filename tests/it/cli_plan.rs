@@ -323,6 +323,57 @@ fn usage_errors_exit_2() {
     assert_eq!(rekey().args(["frobnicate"]).run().code, 2);
 }
 
+#[test]
+fn plan_shows_the_critical_path_and_its_eta_does_not_wait_for_whole_waves() {
+    // A chain c1 -> ... -> c6 and 30 keys beside it, in two waves: the chain is
+    // the critical path, and the ETA is its length, not a sum over waves.
+    let mut text = String::from(
+        "version: 1\nname: cp\nvault: { address: 'http://127.0.0.1:8200' }\ndefaults: { concurrency: 64 }\nproviders:\n  chain: { type: sandbox_password, rate: { per_second: 10000 } }\n  quick: { type: sandbox, rate: { per_second: 10000 }, concurrency: 64 }\ncredentials:\n",
+    );
+    for i in 1..=6 {
+        let dep = if i > 1 {
+            format!(", depends_on: [c{}]", i - 1)
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "  - {{ id: c{i}, provider: chain, account: c{i}, vault_path: p/{i}{dep} }}\n"
+        ));
+    }
+    for i in 0..30 {
+        let dep = if i >= 15 { ", depends_on: [k0]" } else { "" };
+        text.push_str(&format!(
+            "  - {{ id: k{i}, provider: quick, account: k{i}, vault_path: q/{i}{dep} }}\n"
+        ));
+    }
+    let (_dir, path) = crate::support::playbook_file(&text);
+    let out = rekey()
+        .args(["plan", path.to_str().unwrap(), "--format", "json"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        plan["critical_path"]["credentials"],
+        serde_json::json!(["c1", "c2", "c3", "c4", "c5", "c6"])
+    );
+    let critical = plan["critical_path"]["seconds"].as_f64().unwrap();
+    let eta = plan["totals"]["eta_seconds"].as_f64().unwrap();
+    let waves: f64 = plan["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["eta_seconds"].as_f64().unwrap())
+        .sum();
+    assert_eq!(eta, critical, "the chain bounds the run");
+    assert!(eta < waves, "eta {eta} sums the waves ({waves})");
+    let text = rekey().args(["plan", path.to_str().unwrap()]).run().stdout;
+    assert!(
+        text.contains("Critical path (6 credentials, ")
+            && text.contains("): c1 > c2 > c3 > c4 > c5 > c6"),
+        "{text}"
+    );
+}
+
 /// Where the admin credential is itself a key of the account (Datadog here),
 /// breach mode would retire it with the others: the plan says so, in JSON and in
 /// words, and routine mode (which retires only the key Vault names) does not.

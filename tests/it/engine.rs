@@ -1161,14 +1161,22 @@ fn resume_refuses_a_playbook_that_expands_differently() {
 /// What an operator reads, pinned: the text of `run` (its summary on stdout and its
 /// progress on stderr), `status` and `audit show` for a run where one credential
 /// rotates, one password changes, one rolls back and one is skipped. The chain of
-/// dependencies makes the order fixed; ids, times, digests and paths are filtered.
+/// dependencies and concurrency 1 make the order fixed (a dependency on another
+/// instance is met once its new value is promoted, so with more slots `db` would
+/// start while `api` still retires its old key); ids, times, digests and paths are
+/// filtered.
 #[test]
 fn run_status_and_audit_show_text_are_stable() {
     let s = Scenario::new();
-    let pb = s.playbook(
-        "breach",
-        "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, depends_on: [api] }\n  - { id: broken, provider: keys, account: b, vault_path: PREFIX/b, depends_on: [db], settings: { fail: verify } }\n  - { id: after, provider: pw, account: e, vault_path: PREFIX/e, depends_on: [broken] }\n",
-    );
+    let text = s
+        .playbook_text(
+            "breach",
+            "  - { id: api, provider: keys, account: a, vault_path: PREFIX/api }\n  - { id: db, provider: pw, account: d, vault_path: PREFIX/db, depends_on: [api] }\n  - { id: broken, provider: keys, account: b, vault_path: PREFIX/b, depends_on: [db], settings: { fail: verify } }\n  - { id: after, provider: pw, account: e, vault_path: PREFIX/e, depends_on: [broken] }\n",
+        )
+        .replacen("providers:\n", "defaults: { concurrency: 1 }\nproviders:\n", 1);
+    let pb = s.dir.path().join("playbook.yaml");
+    std::fs::write(&pb, text).unwrap();
+    let pb = pb.display().to_string();
     let journal = s.dir.path().join("journal.db");
     let journal = journal.to_str().unwrap();
     let trail = s.dir.path().join("audit.jsonl");

@@ -31,6 +31,7 @@ mod providers_sql;
 mod providers_vault;
 mod rate_limits;
 mod rate_servers;
+mod schedule;
 mod security;
 mod services;
 mod shared_journal;

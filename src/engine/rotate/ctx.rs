@@ -420,7 +420,8 @@ impl<'a> Ctx<'a> {
                     let Some(limit) = limit else {
                         return request.await;
                     };
-                    let ticket = limit.acquire().await;
+                    // Waiting for the permit holds no global slot.
+                    let ticket = crate::engine::schedule::without_slot(limit.acquire()).await;
                     let result = request.await;
                     match &result {
                         Ok(_) => ticket.succeeded_with(provider.rate_hint()),

@@ -91,6 +91,7 @@ impl Ctx<'_> {
             )
             .await?;
         if let Ok(version) = &result {
+            self.engine.note_promoted(self.index);
             // Which rekey credential owns the path. When it rotated, and in which
             // run, Vault's own version timestamps and the audit trail say; keys
             // that stay the same from one rotation to the next are written once,
