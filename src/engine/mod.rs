@@ -807,7 +807,8 @@ impl Engine {
         let outcome = rotate::rotate(self, run_id, index).await?;
         self.progress
             .finished(&credential.provider, &credential.id, &outcome);
-        self.record_unless_in_grace(run_id, index, &outcome).await?;
+        self.record_unless_in_grace(run_id, index, &outcome, None)
+            .await?;
         Ok(outcome)
     }
 
@@ -819,15 +820,18 @@ impl Engine {
         last: Option<&crate::journal::CredentialRow>,
     ) -> Result<Outcome, EngineError> {
         let outcome = rotate::resume(self, run_id, index, last).await?;
-        self.record_unless_in_grace(run_id, index, &outcome).await?;
+        self.record_unless_in_grace(run_id, index, &outcome, last)
+            .await?;
         Ok(outcome)
     }
 
+    /// `last`: the credential's state before a resume (see `record_resumed`).
     async fn record_unless_in_grace(
         &self,
         run_id: &str,
         index: usize,
         outcome: &Outcome,
+        last: Option<&crate::journal::CredentialRow>,
     ) -> Result<(), EngineError> {
         let waiting = match self.pending.lock() {
             Ok(p) => p.iter().any(|r| r.index == index),
@@ -835,7 +839,7 @@ impl Engine {
         };
         if !waiting {
             let id = &self.playbook.credentials[index].id;
-            self.record_final(run_id, id, outcome).await?;
+            self.record_resumed(run_id, id, outcome, last).await?;
         }
         Ok(())
     }
@@ -936,6 +940,47 @@ impl Engine {
         outcome: &Outcome,
     ) -> Result<(), EngineError> {
         let detail = serde_json::to_value(outcome).unwrap_or_default();
+        self.journal_durable(|j| j.set_state(run_id, id, outcome.state(), &detail))
+            .await?;
+        Ok(())
+    }
+
+    /// Records a resumed credential's outcome. One that `resume` takes up again
+    /// (a quarantine while Vault or the provider did not answer) keeps the
+    /// checkpoint the credential had: the old keys to retire, the check-and-set
+    /// version, the end of the grace period. The next resume reconciles from it;
+    /// without it, it promoted the staged key and retired nothing (found by
+    /// `scripts/chaos`; `tests/it/chaos.rs`).
+    async fn record_resumed(
+        &self,
+        run_id: &str,
+        id: &str,
+        outcome: &Outcome,
+        last: Option<&crate::journal::CredentialRow>,
+    ) -> Result<(), EngineError> {
+        let mut detail = serde_json::to_value(outcome).unwrap_or_default();
+        if outcome.resumable()
+            && let Some(fields) = detail.as_object_mut()
+        {
+            // The newest checkpoint first: this resume may have started the
+            // rotation again (a new value staged, a new check-and-set version)
+            // before it was interrupted; what it did not record comes from the
+            // state before it (found by `scripts/chaos`: the older version made
+            // the next resume refuse its own write).
+            let newest = self
+                .journal(|j| j.states(run_id))?
+                .into_iter()
+                .find(|row| row.credential == id);
+            for row in newest.iter().chain(last) {
+                if let serde_json::Value::Object(checkpoint) =
+                    Checkpoint::from_detail(&row.detail).to_detail()
+                {
+                    for (name, value) in checkpoint {
+                        fields.entry(name).or_insert(value);
+                    }
+                }
+            }
+        }
         self.journal_durable(|j| j.set_state(run_id, id, outcome.state(), &detail))
             .await?;
         Ok(())

@@ -5,6 +5,7 @@
 mod answer_props;
 mod audit;
 mod canary;
+mod chaos;
 mod ci_examples;
 mod cli_plan;
 mod contract;

@@ -1017,3 +1017,66 @@ async fn a_password_changed_while_vault_went_down_is_promoted_by_resume() {
         Vec::<String>::new()
     );
 }
+
+/// Found by `scripts/chaos` (iteration 82 of a long run): a run killed after it
+/// promoted a password and cleared its staging entry; the resume rotated the
+/// password again and Vault stopped answering at its promote, a resumable
+/// quarantine. That quarantine kept the checkpoint of the run before the resume
+/// (the first check-and-set version), so the next resume refused its own write as
+/// "changed outside this rotation" and left Vault holding a dead password. The
+/// newest checkpoint must win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_interruption_during_resume_keeps_the_newest_checkpoint() {
+    for breach in [false, true] {
+        let case = Case::new(Kind::Single, breach);
+        // Crash once the staging entry is cleared (the value is promoted).
+        case.store.inject(
+            StoreOp::DeleteAll,
+            Some("rekey/staging/r-"),
+            Fault::HangAfter,
+            1,
+        );
+        let waves = vec![vec![0]];
+        let engine = case.engine();
+        let new_run = case.new_run();
+        tokio::select! {
+            s = engine.run(&new_run, &waves) => panic!("the run should have crashed: {:?}", s.map(|s| s.status())),
+            _ = case.store.hung() => {}
+        }
+        drop(engine);
+        case.store.clear_faults();
+        // The resume: Vault stops answering writes to the consumers' path.
+        case.store
+            .inject(StoreOp::Write, Some(PATH), Fault::Unavailable, u32::MAX);
+        let engine = case.engine();
+        let run_id = engine
+            .with_journal(|j| j.latest_unfinished())
+            .unwrap()
+            .expect("unfinished")
+            .id;
+        let first = engine.resume(&run_id, &waves).await.unwrap();
+        drop(engine);
+        case.store.clear_faults();
+        // Whatever the first resume did, the second one ends with a working value
+        // in Vault.
+        let engine = case.engine();
+        let summary = engine.resume(&run_id, &waves).await.unwrap();
+        let last = match outcome(&first) {
+            Outcome::Quarantined {
+                resumable: true, ..
+            } => outcome(&summary),
+            other => other,
+        };
+        assert!(
+            matches!(last, Outcome::Rotated { .. }),
+            "breach {breach}: first resume {:?}, then {:?}",
+            outcome(&first),
+            outcome(&summary)
+        );
+        assert_eq!(
+            case.check_world(last).await,
+            Vec::<String>::new(),
+            "breach {breach}"
+        );
+    }
+}

@@ -247,12 +247,26 @@ impl Ctx<'_> {
         };
         let provider = self.provider.clone();
         let target = self.target();
-        if matches!(
-            self.pstep(Step::ProbeStaged, json!({}), || provider
-                .verify(target, None, &value))
-                .await?,
-            Ok(true)
-        ) {
+        // A provider that does not answer proves nothing either way: resume later
+        // rather than judge the credential (found by `scripts/chaos`).
+        let unreachable = |f: &super::ctx::Failure| {
+            Some(Outcome::Quarantined {
+                resumable: true,
+                reason: format!("cannot probe the account to resume: {}", f.message),
+                action: "run `rekey resume` again once the provider answers".into(),
+            })
+        };
+        let staged_works = self
+            .pstep(Step::ProbeStaged, json!({}), || {
+                provider.verify(target, None, &value)
+            })
+            .await?;
+        if let Err(f) = &staged_works
+            && f.transient()
+        {
+            return Ok(unreachable(f));
+        }
+        if matches!(staged_works, Ok(true)) {
             let current = match self.read_current().await? {
                 Ok(c) => c,
                 Err(f) => {
@@ -311,12 +325,16 @@ impl Ctx<'_> {
             }
         };
         let old_works = match &current.value {
-            Some(old) => matches!(
-                self.pstep(Step::ProbeCurrent, json!({}), || provider
-                    .verify(target, None, old))
-                    .await?,
-                Ok(true)
-            ),
+            Some(old) => match self
+                .pstep(Step::ProbeCurrent, json!({}), || {
+                    provider.verify(target, None, old)
+                })
+                .await?
+            {
+                Ok(works) => works,
+                Err(f) if f.transient() => return Ok(unreachable(&f)),
+                Err(_) => false,
+            },
             None => false,
         };
         if old_works || current.value.is_none() {
