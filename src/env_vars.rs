@@ -16,9 +16,14 @@ pub const VAULT_SECRET_ID: &str = "VAULT_SECRET_ID";
 pub const RUST_LOG: &str = "RUST_LOG";
 /// Set to a non-empty value to disable colours (https://no-color.org).
 pub const NO_COLOR: &str = "NO_COLOR";
-/// Journal file for `run` and `status` (default `.rekey/journal.db` in the current
-/// directory); `--journal` overrides it.
+/// Journal for `run`, `resume`, `rollback`, `status`: an SQLite file (default
+/// `.rekey/journal.db` in the current directory) or a `postgres://` URL (a journal
+/// shared by runners; only `status` reads one in this build); `--journal`
+/// overrides it.
 pub const REKEY_JOURNAL: &str = "REKEY_JOURNAL";
+/// Password of the shared journal's PostgreSQL user (`--journal postgres://...`),
+/// like libpq's `PGPASSWORD`; a journal URL never holds one. Held as a secret.
+pub const REKEY_JOURNAL_PASSWORD: &str = "REKEY_JOURNAL_PASSWORD";
 /// Audit trail file for `run`, `resume`, `rollback` and `audit` (default
 /// `audit.jsonl` beside the journal); `--audit-file` overrides it.
 pub const REKEY_AUDIT: &str = "REKEY_AUDIT";
@@ -39,7 +44,12 @@ pub const PATH: &str = "PATH";
 /// never passed to an exec plugin, removed from the environment once read
 /// (`harden.rs`), whatever the playbook says. Read them with
 /// `harden::secret_env`, not [`get`].
-pub const SECRETS: &[&str] = &[VAULT_TOKEN, VAULT_SECRET_ID, REKEY_AUDIT_AUTHORIZATION];
+pub const SECRETS: &[&str] = &[
+    VAULT_TOKEN,
+    VAULT_SECRET_ID,
+    REKEY_AUDIT_AUTHORIZATION,
+    REKEY_JOURNAL_PASSWORD,
+];
 
 /// The value of variable `name`: one of the constants above, or a name the
 /// playbook gives. `None` when unset or not Unicode.

@@ -5,6 +5,9 @@
 //! HTTP audit sink) is checked here, on the parsed URL: a string prefix would take
 //! `http://127.0.0.1.attacker.example` for loopback.
 //!
+//! `postgres_tls` is the TLS client of every PostgreSQL connection (the
+//! `postgres` providers, the shared journal): certificate and host name verified.
+//!
 //! Invariant: no request carrying a token, an admin credential or a secret value
 //! leaves over plain http to a host that is not this machine, nor follows a
 //! redirect to another origin (`redirect_policy`).
@@ -70,6 +73,43 @@ pub fn is_loopback(url: &Url) -> bool {
         Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         None => false,
     }
+}
+
+/// TLS to PostgreSQL with certificate and host name checks: the system roots plus
+/// `ca_file` (the `postgres` providers' and the shared journal's connections).
+pub fn postgres_tls(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read `ca_file` {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("`ca_file` {} is not PEM certificates: {e}", path.display()))?;
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("`ca_file` {}: {e}", path.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(
+            "no trusted CA certificates (none in the system store and no `ca_file`)".into(),
+        );
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup failed: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 #[cfg(test)]

@@ -143,6 +143,7 @@ fn report_delivery(delivery: &crate::notify::Delivery, io: &mut Io) -> Result<()
 /// Refuses to act on a journal that is not there (a mistyped `--journal` would
 /// otherwise create an empty one).
 fn journal_must_exist(args: &crate::cli::JournalArgs) -> Result<()> {
+    super::setup::refuse_shared(&args.path)?;
     if args.path.exists() {
         return Ok(());
     }

@@ -302,6 +302,7 @@ pub(super) fn vault_config(pb: &playbook::Playbook) -> Result<crate::store::Vaul
 /// Opens (creating when missing, in a 0700 directory) the journal at `path`, and
 /// its fingerprint key.
 pub(super) fn open_journal(path: &Path) -> Result<(crate::journal::Journal, Vec<u8>)> {
+    refuse_shared(path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // 0700: the journal, its key and the audit trail live here.
         use std::os::unix::fs::DirBuilderExt;
@@ -314,6 +315,23 @@ pub(super) fn open_journal(path: &Path) -> Result<(crate::journal::Journal, Vec<
     let journal = crate::journal::Journal::open(path)?;
     let key = fingerprint_key(path)?;
     Ok((journal, key))
+}
+
+/// `run`, `resume` and `rollback` refuse a shared journal (`postgres://`) in this
+/// build: its audit chain lives in the database and runs on it are taken by
+/// `rekey runner`, neither of which is built yet (docs/shared-journal.md). Without
+/// this the URL would be taken for a file path and a journal created under it.
+pub(super) fn refuse_shared(path: &Path) -> Result<()> {
+    match crate::journal::Location::parse(path.as_os_str()) {
+        Ok(location) if !location.is_shared() => Ok(()),
+        Ok(location) => Err(Refusal::new(format!(
+            "the journal {} is a shared journal (PostgreSQL): this build only reads one (`rekey status`)",
+            location.display()
+        ))
+        .help("run with an SQLite journal (--journal FILE); see docs/shared-journal.md for what a shared journal does today")
+        .into()),
+        Err(problem) => Err(Refusal::new(problem).into()),
+    }
 }
 
 pub(super) fn file_sha256(path: &Path) -> String {

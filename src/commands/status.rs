@@ -8,26 +8,40 @@ use crate::journal::{CredentialState, RunStatus};
 use anyhow::Result;
 
 pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> {
-    if !args.journal.path.exists() {
-        return Err(
-            Refusal::new(format!("no journal at {}", args.journal.path.display()))
-                .help("runs are recorded where `rekey run --journal` pointed (default .rekey/journal.db)")
-                .into(),
-        );
+    // A file, or a shared journal (`postgres://`) read from any machine.
+    let location =
+        crate::journal::Location::parse(args.journal.path.as_os_str()).map_err(Refusal::new)?;
+    if let crate::journal::Location::File(path) = &location
+        && !path.exists()
+    {
+        return Err(Refusal::new(format!("no journal at {}", path.display()))
+            .help(
+                "runs are recorded where `rekey run --journal` pointed (default .rekey/journal.db)",
+            )
+            .into());
     }
-    let journal = crate::journal::Journal::open(&args.journal.path)?;
+    let password = crate::harden::secret_env(crate::env_vars::REKEY_JOURNAL_PASSWORD)
+        .map(|p| crate::secret::Secret::new(p.as_str()));
+    let journal = crate::journal::Journal::open_at(&location, password.as_ref())?;
     let run = match &args.run {
         Some(id) => journal.run(id)?,
         None => journal.runs()?.into_iter().next(),
     };
     let Some(run) = run else {
-        return Err(Refusal::new(format!("no such run in {}", args.journal.path.display())).into());
+        return Err(Refusal::new(format!("no such run in {}", location.display())).into());
     };
     let states = journal.states(&run.id)?;
+    // Who holds each credential now (a lease not expired), and since when; for a
+    // shared journal, the runners too.
+    let holders = journal.holders(&run.id)?;
+    let runners = match journal.shared() {
+        Some(pg) => pg.runners()?,
+        None => Vec::new(),
+    };
     // A run recorded as running whose process is gone was killed or crashed: it
     // is not running, and `resume` finishes it.
     let gone = run.status == RunStatus::Running && run.process_gone();
-    let journal_arg = format!(" --journal {}", args.journal.path.display());
+    let journal_arg = format!(" --journal {}", location.display());
     if args.format == Format::Json {
         let mut run_json = serde_json::to_value(&run)?;
         if gone {
@@ -38,7 +52,7 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
             io.stdout,
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "run": run_json, "credentials": states })
+                &serde_json::json!({ "run": run_json, "credentials": states, "holders": holders, "runners": runners })
             )?
         )?;
         return Ok(ExitStatus::Success);
@@ -74,6 +88,18 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
     };
     for s in &states {
         writeln!(io.stdout, "  {:<24} {}", s.credential, s.state)?;
+        if let Some(h) = holders.iter().find(|h| h.credential == s.credential) {
+            let zone = h
+                .zone
+                .as_deref()
+                .map(|z| format!(" (zone {z})"))
+                .unwrap_or_default();
+            writeln!(
+                io.stdout,
+                "      held by {}{zone} since {}",
+                h.holder, h.since
+            )?;
+        }
         if s.state == CredentialState::Quarantined
             && let (Some(reason), Some(action)) = (text("reason", s), text("action", s))
         {
@@ -117,6 +143,23 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
                 s.credential
             )?;
         }
+    }
+    for (i, r) in runners.iter().enumerate() {
+        if i == 0 {
+            writeln!(io.stdout, "Runners of this journal:")?;
+        }
+        let state = match &r.stopped_at {
+            Some(at) => format!("stopped {at}"),
+            None => format!("last heard {} s ago", r.silent_ms / 1000),
+        };
+        writeln!(
+            io.stdout,
+            "  {} zones {} (rekey {}, started {}): {state}",
+            r.holder,
+            r.zones.join(","),
+            r.version,
+            r.started_at
+        )?;
     }
     Ok(ExitStatus::Success)
 }

@@ -8,8 +8,10 @@
 //! The files come in chains: each chain is synced in order (the audit trail before
 //! its head record, so a power cut never leaves a head that counts lines the trail
 //! lost), different chains at the same time on the blocking pool (the WAL beside
-//! the trail), so a group costs the slowest chain, not the sum of every file.
+//! the trail), so a group costs the slowest chain, not the sum of every file. A
+//! shared journal's chain is a flush of PostgreSQL instead (`SyncTarget::Flush`).
 
+use crate::journal::SyncTarget;
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -27,19 +29,30 @@ struct Counters {
 }
 
 pub struct GroupSync {
-    chains: Vec<Arc<Vec<File>>>,
+    chains: Vec<Chain>,
     counters: Mutex<Counters>,
     done: Notify,
 }
 
+/// One chain, synced as a unit on the blocking pool.
+#[derive(Clone)]
+enum Chain {
+    Files(Arc<Vec<File>>),
+    Flush(Arc<dyn Fn() -> Result<(), String> + Send + Sync>),
+}
+
 impl GroupSync {
-    /// `chains`: files synced in order within a chain, chains side by side.
-    pub fn new(chains: Vec<Vec<File>>) -> GroupSync {
+    /// `chains`: files synced in order within a chain (or a database flush),
+    /// chains side by side.
+    pub fn new(chains: Vec<SyncTarget>) -> GroupSync {
         GroupSync {
             chains: chains
                 .into_iter()
-                .filter(|c| !c.is_empty())
-                .map(Arc::new)
+                .filter_map(|c| match c {
+                    SyncTarget::Files(files) if files.is_empty() => None,
+                    SyncTarget::Files(files) => Some(Chain::Files(Arc::new(files))),
+                    SyncTarget::Flush(flush) => Some(Chain::Flush(flush)),
+                })
                 .collect(),
             counters: Mutex::new(Counters::default()),
             done: Notify::new(),
@@ -102,7 +115,10 @@ impl GroupSync {
     async fn sync_all(&self) -> Result<(), std::io::Error> {
         let syncs = self.chains.iter().map(|chain| {
             let chain = chain.clone();
-            tokio::task::spawn_blocking(move || chain.iter().try_for_each(File::sync_data))
+            tokio::task::spawn_blocking(move || match chain {
+                Chain::Files(files) => files.iter().try_for_each(File::sync_data),
+                Chain::Flush(flush) => flush().map_err(std::io::Error::other),
+            })
         });
         for joined in futures::future::join_all(syncs).await {
             joined.map_err(std::io::Error::other)??;
@@ -120,8 +136,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = |name: &str| File::create(dir.path().join(name)).unwrap();
         let sync = Arc::new(GroupSync::new(vec![
-            vec![file("trail"), file("head")],
-            vec![file("wal")],
+            SyncTarget::Files(vec![file("trail"), file("head")]),
+            SyncTarget::Files(vec![file("wal")]),
         ]));
         let tasks: Vec<_> = (0..8)
             .map(|_| {
@@ -147,7 +163,9 @@ mod tests {
         // Several waiters in one task (as `join_all` polls credentials) all finish:
         // a wait yields instead of blocking the thread the others run on.
         let dir = tempfile::tempdir().unwrap();
-        let sync = GroupSync::new(vec![vec![File::create(dir.path().join("wal")).unwrap()]]);
+        let sync = GroupSync::new(vec![SyncTarget::Files(vec![
+            File::create(dir.path().join("wal")).unwrap(),
+        ])]);
         let waits = (0..8).map(|_| {
             let ticket = sync.committed();
             sync.wait(ticket)

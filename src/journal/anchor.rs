@@ -4,7 +4,7 @@
 //! journal that has runs, cut back (with a head record rewritten to agree) or
 //! replaced by another valid trail no longer matches it (`crate::audit::anchor`).
 
-use super::{Journal, JournalError, rfc3339};
+use super::{JournalError, SqliteJournal, rfc3339};
 use rusqlite::{OptionalExtension, params};
 use std::path::Path;
 use std::time::SystemTime;
@@ -18,7 +18,7 @@ pub struct TrailAnchor {
     pub updated_at: String,
 }
 
-impl Journal {
+impl SqliteJournal {
     /// How the journal names `trail`: its file name when it lies in the journal's
     /// directory (so the pair can move together), else its absolute path.
     fn trail_key(&self, trail: &Path) -> String {

@@ -94,6 +94,26 @@ pub enum JournalError {
         source: rusqlite::Error,
     },
 
+    #[error("the journal at {path} failed while {doing}: {message}")]
+    Postgres {
+        path: PathBuf,
+        /// What the journal was doing, as a gerund phrase ("recording an intent").
+        doing: &'static str,
+        /// The server's message and SQLSTATE, or the client's error (never a row).
+        message: String,
+    },
+
+    #[error(
+        "the journal at {path} did not answer for {waited} s ({message}); nothing more was recorded: \
+         check that PostgreSQL is up and reachable from here, then run the command again (`rekey runner` \
+         picks up where the run stands)"
+    )]
+    Unreachable {
+        path: PathBuf,
+        waited: u64,
+        message: String,
+    },
+
     #[error(
         "the journal at {path} recorded {what}, but the audit trail could not be written: {reason}; nothing \
          more was done: fix the trail (`rekey audit verify`), then `rekey resume`"

@@ -72,6 +72,23 @@ pub trait Mirror: Send {
     fn defer_sync(&mut self) -> Result<Vec<std::fs::File>, String> {
         Ok(Vec::new())
     }
+
+    /// For a journal that keeps the trail in its own database (PostgreSQL, one
+    /// chain per run), inside the transaction of the record: the sealed line for
+    /// `event` as line `seq` of its chain after the line whose SHA-256 is `prev`.
+    /// `None`: this mirror writes a file of its own ([`Mirror::record`]).
+    fn chain_line(
+        &mut self,
+        _event: Event<'_>,
+        _seq: u64,
+        _prev: &str,
+    ) -> Option<Result<String, String>> {
+        None
+    }
+
+    /// A line from [`Mirror::chain_line`] was committed with its record: a mirror
+    /// copies it to its extra sinks (never before the commit).
+    fn committed(&mut self, _line: &str) {}
 }
 
 /// The journal's optional mirror. A `RefCell`: the journal is one connection used

@@ -1,4 +1,7 @@
-//! Durable run state for the rotation engine, in embedded SQLite.
+//! Durable run state for the rotation engine, in embedded SQLite (this file), or in a
+//! PostgreSQL database several rekey processes share (`postgres/`); [`Journal`]
+//! (`backend.rs`) is either, with the same records and semantics. What follows
+//! describes the SQLite journal; `postgres/mod.rs` says where the other differs.
 //!
 //! Every step that changes the world (at a provider or in Vault) is bracketed by two
 //! records: an **intent**, committed and synced before the step starts, and an
@@ -29,12 +32,15 @@
 //! and then fail with [`JournalError::Busy`].
 
 mod anchor;
+mod backend;
 mod error;
 mod file;
 mod mirror;
+pub mod postgres;
 mod schema;
 
 pub use anchor::TrailAnchor;
+pub use backend::{Journal, Location, SyncTarget};
 pub use error::JournalError;
 pub use mirror::{Event, Mirror};
 
@@ -275,15 +281,9 @@ impl RunRow {
     /// it ran on this host and its pid no longer exists (or belongs to a process
     /// started since, which `holder` cannot tell; the pid is what the kernel says).
     pub fn process_gone(&self) -> bool {
-        let Some((pid, host)) = self
-            .holder
+        self.holder
             .as_deref()
-            .and_then(|h| h.split_once('@'))
-            .and_then(|(who, host)| Some((who.split('-').next()?.parse::<u32>().ok()?, host)))
-        else {
-            return false;
-        };
-        host == this_host() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            .is_some_and(|h| h.contains('@') && holder_gone(h))
     }
 }
 
@@ -294,6 +294,33 @@ pub fn this_host() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// `holder` with this host's name after `@` when it has none (older holders).
+fn holder_on_host(holder: &str) -> String {
+    if holder.contains('@') {
+        holder.to_owned()
+    } else {
+        format!("{holder}@{}", this_host())
+    }
+}
+
+/// Whether the process behind lease or run holder `holder` (`<pid>-<nonce>@<host>`,
+/// or `<pid>-<nonce>`, meaning this host) is known to be gone: it ran on this host
+/// and its pid no longer exists, or it is this very process (an earlier engine in
+/// it, which `resume` takes over). A holder on another host is never known to be
+/// gone (its lease expires instead): a shared journal's runners live on many machines.
+pub fn holder_gone(holder: &str) -> bool {
+    let (who, host) = holder.split_once('@').unwrap_or((holder, ""));
+    if !host.is_empty() && host != this_host() {
+        return false;
+    }
+    match who.split('-').next().and_then(|p| p.parse::<u32>().ok()) {
+        Some(pid) => {
+            pid == std::process::id() || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        None => false,
+    }
+}
+
 /// A credential's position in the rotation state machine within one run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CredentialRow {
@@ -301,6 +328,23 @@ pub struct CredentialRow {
     pub state: CredentialState,
     pub detail: Value,
     pub updated_at: String,
+}
+
+/// Who holds a credential of a run now: a lease that has not expired, or (in a
+/// shared journal) a runner's claim on it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Holding {
+    pub credential: String,
+    /// `<pid>-<nonce>@<host>`.
+    pub holder: String,
+    /// RFC 3339 UTC: when this holder took it.
+    pub since: String,
+    /// When it lapses unless renewed, in milliseconds since the Unix epoch (the
+    /// clock of the journal: this host's for SQLite, the database's for PostgreSQL).
+    pub expires_at_ms: i64,
+    /// The runner's zone, for a runner's claim.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// An intent and, once the step ended, its outcome.
@@ -323,22 +367,23 @@ pub struct RecordedOutcome {
     pub finished_at: String,
 }
 
-/// The journal: one SQLite connection to one journal file.
+/// The SQLite journal: one connection to one journal file. Callers use it through
+/// [`Journal`], which also has a PostgreSQL backend (`postgres/`).
 #[derive(Debug)]
-pub struct Journal {
+pub struct SqliteJournal {
     conn: Connection,
     path: PathBuf,
     /// Where every committed record is copied (the audit trail), if anywhere.
     mirror: mirror::Slot,
 }
 
-impl Journal {
+impl SqliteJournal {
     /// Opens the journal at `path`, creating it (mode 0600, parent directories 0700) if it
     /// does not exist, and migrating its schema forward.
     ///
     /// Refuses a file group or others can access, a file that is not a rekey journal, and
     /// a journal written by a newer rekey (schema version above this build's).
-    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+    pub fn open(path: &Path) -> Result<SqliteJournal, JournalError> {
         file::ensure_private_file(path)?;
         // No SQLITE_OPEN_CREATE: the file exists, made private above, and if it vanished
         // in between we would rather fail than have SQLite create a 0644 one.
@@ -348,7 +393,7 @@ impl Journal {
             | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| map_sql(path, "opening the database", e))?;
-        let journal = Journal {
+        let journal = SqliteJournal {
             conn,
             path: path.to_path_buf(),
             mirror: mirror::Slot::default(),
@@ -364,7 +409,7 @@ impl Journal {
     /// the WAL: chains that may be synced side by side)
     /// before it relies on a record, e.g. before the step an intent announces. Many
     /// credentials' records then share one sync instead of one each.
-    pub fn defer_sync(&mut self) -> Result<Vec<Vec<std::fs::File>>, JournalError> {
+    pub fn defer_sync(&mut self) -> Result<Vec<SyncTarget>, JournalError> {
         let mut wal_name = self.path.as_os_str().to_owned();
         wal_name.push("-wal");
         let wal_path = PathBuf::from(wal_name);
@@ -388,7 +433,7 @@ impl Journal {
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| self.sql("configuring group commit", e))?;
         // The trail's files in their order, the WAL beside them.
-        Ok(vec![trail, vec![wal]])
+        Ok(vec![SyncTarget::Files(trail), SyncTarget::Files(vec![wal])])
     }
 
     /// Copies every record this connection commits from now on to `mirror` (the
@@ -428,11 +473,17 @@ impl Journal {
             .map_err(|e| self.sql("setting the busy timeout", e))
     }
 
-    /// A lease holder id for this process: `<pid>-<8 random hex>`. The pid tells an
-    /// operator which process holds a credential; the random part keeps two processes
-    /// apart when pids are reused (containers, reboots).
+    /// A lease holder id for this process: `<pid>-<8 random hex>@<host>`. The pid and
+    /// host tell an operator which process holds a credential (runners of a shared
+    /// journal run on many machines); the random part keeps two processes apart when
+    /// pids are reused (containers, reboots).
     pub fn new_lease_holder() -> String {
-        format!("{}-{:08x}", std::process::id(), rand::random::<u32>())
+        format!(
+            "{}-{:08x}@{}",
+            std::process::id(),
+            rand::random::<u32>(),
+            this_host()
+        )
     }
 
     /// Records a new run with status `running` and returns its id.
@@ -555,10 +606,10 @@ impl Journal {
         self.record_anchor()
     }
 
-    /// Records that the process `holder` (`<pid>-<nonce>`) on this host works on
-    /// run `id` now (at its start and when it is resumed).
+    /// Records that the process `holder` (`<pid>-<nonce>@<host>`, or `<pid>-<nonce>`
+    /// on this host) works on run `id` now (at its start and when it is resumed).
     pub fn claim_run(&self, id: &str, holder: &str) -> Result<(), JournalError> {
-        let holder = format!("{holder}@{}", this_host());
+        let holder = holder_on_host(holder);
         self.conn
             .execute(
                 "UPDATE runs SET holder = ?2 WHERE id = ?1",
@@ -843,6 +894,29 @@ impl Journal {
                     .optional()
             })
             .map_err(|e| self.sql("reading a lease", e))
+    }
+
+    /// The leases on credentials of `run` that have not expired, by credential.
+    pub fn holders(&self, run: &str) -> Result<Vec<Holding>, JournalError> {
+        let now = unix_millis(SystemTime::now());
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT credential, holder, taken_at, expires_at_ms FROM leases
+                 WHERE run_id = ?1 AND expires_at_ms > ?2 ORDER BY credential",
+            )
+            .map_err(|e| self.sql("reading leases", e))?;
+        stmt.query_map(params![run, now], |row| {
+            Ok(Holding {
+                credential: row.get(0)?,
+                holder: row.get(1)?,
+                since: row.get(2)?,
+                expires_at_ms: row.get(3)?,
+                zone: None,
+            })
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| self.sql("reading leases", e))
     }
 
     /// Removes `holder`'s lease on `credential` whatever its expiry, for a holder known
@@ -1291,7 +1365,7 @@ mod tests {
     #[test]
     fn connections_sync_every_commit_and_enforce_references() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(&dir.path().join("journal.db")).unwrap();
+        let journal = SqliteJournal::open(&dir.path().join("journal.db")).unwrap();
         let get = |name: &str| -> String {
             journal
                 .conn

@@ -1,6 +1,8 @@
 //! The journal through its library API, on real files: permissions, durability across a
 //! SIGKILL, leases, ordering, schema versions, several connections at once, and the
-//! promise that no secret value reaches the database or its write-ahead log.
+//! promise that no secret value reaches the database or its write-ahead log. The
+//! tests of records, leases and errors run on the SQLite file and on PostgreSQL
+//! (`on_both`).
 
 use rekey::journal::{
     CredentialState, IntentId, Journal, JournalError, NewRun, Outcome, RecordedOutcome, RunStatus,
@@ -50,6 +52,16 @@ fn side_file(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
+}
+
+/// Runs `check` on an SQLite journal, then on a PostgreSQL one (a database of its
+/// own): the same records, leases and errors on both. `open` opens one more
+/// connection to the journal under test.
+fn on_both(check: impl Fn(&dyn Fn() -> Journal)) {
+    let (_dir, path) = temp_journal();
+    check(&|| Journal::open(&path).unwrap());
+    let db = crate::pg::TestDb::new();
+    check(&|| db.journal());
 }
 
 /// The full name libtest knows this module's test `name` by (`journal::name`).
@@ -360,305 +372,311 @@ fn sigkill_mid_stream_loses_nothing_that_was_committed() {
 
 #[test]
 fn lease_is_exclusive_until_released_or_expired() {
-    let (_dir, path) = temp_journal();
-    let journal = Journal::open(&path).unwrap();
-    let run = journal.create_run(&new_run("idp")).unwrap();
-    let other_run = journal.create_run(&new_run("idp")).unwrap();
-    let (a, b) = (Journal::new_lease_holder(), Journal::new_lease_holder());
-    assert_ne!(a, b);
-    assert!(a.starts_with(&format!("{}-", std::process::id())), "{a}");
-    let minute = Duration::from_secs(60);
+    on_both(|open| {
+        let journal = open();
+        let run = journal.create_run(&new_run("idp")).unwrap();
+        let other_run = journal.create_run(&new_run("idp")).unwrap();
+        let (a, b) = (Journal::new_lease_holder(), Journal::new_lease_holder());
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("{}-", std::process::id())), "{a}");
+        let minute = Duration::from_secs(60);
 
-    assert!(journal.lease(&run, "billing-db", &a, minute).unwrap());
-    assert!(
-        !journal.lease(&run, "billing-db", &b, minute).unwrap(),
-        "held by a"
-    );
-    assert!(
-        !journal.lease(&other_run, "billing-db", &b, minute).unwrap(),
-        "held by a, whatever the run"
-    );
-    assert!(
-        journal.lease(&run, "deploy-bot-aws", &b, minute).unwrap(),
-        "leases are per credential"
-    );
-    assert!(
-        journal.lease(&run, "billing-db", &a, minute).unwrap(),
-        "the holder renews"
-    );
+        assert!(journal.lease(&run, "billing-db", &a, minute).unwrap());
+        assert!(
+            !journal.lease(&run, "billing-db", &b, minute).unwrap(),
+            "held by a"
+        );
+        assert!(
+            !journal.lease(&other_run, "billing-db", &b, minute).unwrap(),
+            "held by a, whatever the run"
+        );
+        assert!(
+            journal.lease(&run, "deploy-bot-aws", &b, minute).unwrap(),
+            "leases are per credential"
+        );
+        assert!(
+            journal.lease(&run, "billing-db", &a, minute).unwrap(),
+            "the holder renews"
+        );
 
-    journal.release(&run, "billing-db", &b).unwrap(); // not b's: changes nothing
-    assert!(!journal.lease(&run, "billing-db", &b, minute).unwrap());
-    journal.release(&run, "billing-db", &a).unwrap();
-    assert!(
-        journal.lease(&run, "billing-db", &b, minute).unwrap(),
-        "free once released"
-    );
+        journal.release(&run, "billing-db", &b).unwrap(); // not b's: changes nothing
+        assert!(!journal.lease(&run, "billing-db", &b, minute).unwrap());
+        journal.release(&run, "billing-db", &a).unwrap();
+        assert!(
+            journal.lease(&run, "billing-db", &b, minute).unwrap(),
+            "free once released"
+        );
 
-    // A zero TTL expires at once: the next taker wins, and the old holder's renewal fails.
-    assert!(
-        journal
-            .lease(&run, "redis-acl", &a, Duration::ZERO)
-            .unwrap()
-    );
-    std::thread::sleep(Duration::from_millis(2));
-    assert!(
-        journal.lease(&run, "redis-acl", &b, minute).unwrap(),
-        "an expired lease is taken"
-    );
-    assert!(
-        !journal.lease(&run, "redis-acl", &a, minute).unwrap(),
-        "a lost lease cannot be renewed"
-    );
-    journal.release(&run, "redis-acl", &a).unwrap(); // releasing a lost lease is not an error
+        // A zero TTL expires at once: the next taker wins, and the old holder's renewal fails.
+        assert!(
+            journal
+                .lease(&run, "redis-acl", &a, Duration::ZERO)
+                .unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(
+            journal.lease(&run, "redis-acl", &b, minute).unwrap(),
+            "an expired lease is taken"
+        );
+        assert!(
+            !journal.lease(&run, "redis-acl", &a, minute).unwrap(),
+            "a lost lease cannot be renewed"
+        );
+        journal.release(&run, "redis-acl", &a).unwrap(); // releasing a lost lease is not an error
 
-    let err = journal.lease("r-nope", "x", &a, minute).unwrap_err();
-    assert!(matches!(err, JournalError::UnknownRun { .. }), "{err:?}");
+        let err = journal.lease("r-nope", "x", &a, minute).unwrap_err();
+        assert!(matches!(err, JournalError::UnknownRun { .. }), "{err:?}");
+    });
 }
 
 #[test]
 fn lease_of_a_dead_holder_can_be_seen_and_broken() {
-    let (_dir, path) = temp_journal();
-    let journal = Journal::open(&path).unwrap();
-    let run = journal.create_run(&new_run("idp")).unwrap();
-    let (dead, alive) = (Journal::new_lease_holder(), Journal::new_lease_holder());
-    assert_eq!(journal.lease_holder("billing-db").unwrap(), None);
-    assert!(
-        journal
-            .lease(&run, "billing-db", &dead, Duration::from_secs(600))
-            .unwrap()
-    );
-    assert_eq!(
-        journal.lease_holder("billing-db").unwrap(),
-        Some((run.clone(), dead.clone()))
-    );
+    on_both(|open| {
+        let journal = open();
+        let run = journal.create_run(&new_run("idp")).unwrap();
+        let (dead, alive) = (Journal::new_lease_holder(), Journal::new_lease_holder());
+        assert_eq!(journal.lease_holder("billing-db").unwrap(), None);
+        assert!(
+            journal
+                .lease(&run, "billing-db", &dead, Duration::from_secs(600))
+                .unwrap()
+        );
+        assert_eq!(
+            journal.lease_holder("billing-db").unwrap(),
+            Some((run.clone(), dead.clone()))
+        );
 
-    assert!(
-        !journal.break_lease("billing-db", &alive).unwrap(),
-        "only the named holder's lease is broken"
-    );
-    assert!(journal.break_lease("billing-db", &dead).unwrap());
-    assert_eq!(journal.lease_holder("billing-db").unwrap(), None);
-    assert!(
-        journal
-            .lease(&run, "billing-db", &alive, Duration::from_secs(600))
-            .unwrap()
-    );
+        assert!(
+            !journal.break_lease("billing-db", &alive).unwrap(),
+            "only the named holder's lease is broken"
+        );
+        assert!(journal.break_lease("billing-db", &dead).unwrap());
+        assert_eq!(journal.lease_holder("billing-db").unwrap(), None);
+        assert!(
+            journal
+                .lease(&run, "billing-db", &alive, Duration::from_secs(600))
+                .unwrap()
+        );
+    });
 }
 
 #[test]
 fn lease_held_by_one_connection_excludes_another() {
-    let (_dir, path) = temp_journal();
-    let first = Journal::open(&path).unwrap();
-    let second = Journal::open(&path).unwrap();
-    let run = first.create_run(&new_run("idp")).unwrap();
-    let (a, b) = (Journal::new_lease_holder(), Journal::new_lease_holder());
-    assert!(
-        first
-            .lease(&run, "billing-db", &a, Duration::from_secs(60))
-            .unwrap()
-    );
-    assert!(
-        !second
-            .lease(&run, "billing-db", &b, Duration::from_secs(60))
-            .unwrap()
-    );
+    on_both(|open| {
+        let (first, second) = (open(), open());
+        let run = first.create_run(&new_run("idp")).unwrap();
+        let (a, b) = (Journal::new_lease_holder(), Journal::new_lease_holder());
+        assert!(
+            first
+                .lease(&run, "billing-db", &a, Duration::from_secs(60))
+                .unwrap()
+        );
+        assert!(
+            !second
+                .lease(&run, "billing-db", &b, Duration::from_secs(60))
+                .unwrap()
+        );
+    });
 }
 
 #[test]
 fn states_keep_first_insertion_order_and_intents_their_sequence() {
-    let (_dir, path) = temp_journal();
-    let journal = Journal::open(&path).unwrap();
-    let run = journal.create_run(&new_run("idp")).unwrap();
-    for credential in ["zeta", "alpha", "mid"] {
+    on_both(|open| {
+        let journal = open();
+        let run = journal.create_run(&new_run("idp")).unwrap();
+        for credential in ["zeta", "alpha", "mid"] {
+            journal
+                .set_state(&run, credential, CredentialState::Creating, &json!({}))
+                .unwrap();
+        }
         journal
-            .set_state(&run, credential, CredentialState::Creating, &json!({}))
+            .set_state(
+                &run,
+                "alpha",
+                CredentialState::Staged,
+                &json!({ "key_id": "AKIA1" }),
+            )
             .unwrap();
-    }
-    journal
-        .set_state(
-            &run,
-            "alpha",
-            CredentialState::Staged,
-            &json!({ "key_id": "AKIA1" }),
-        )
-        .unwrap();
-    let states = journal.states(&run).unwrap();
-    let order: Vec<_> = states
-        .iter()
-        .map(|s| (s.credential.as_str(), s.state.as_str()))
-        .collect();
-    assert_eq!(
-        order,
-        [
-            ("zeta", "creating"),
-            ("alpha", "staged"),
-            ("mid", "creating")
-        ]
-    );
-    assert_eq!(states[1].detail, json!({ "key_id": "AKIA1" }));
+        let states = journal.states(&run).unwrap();
+        let order: Vec<_> = states
+            .iter()
+            .map(|s| (s.credential.as_str(), s.state.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("zeta", "creating"),
+                ("alpha", "staged"),
+                ("mid", "creating")
+            ]
+        );
+        assert_eq!(states[1].detail, json!({ "key_id": "AKIA1" }));
 
-    let steps = ["check_quota", "create_key", "stage", "verify", "promote"];
-    let mut ids = Vec::new();
-    for step in steps {
-        let id = journal.intent(&run, "alpha", step, &json!({})).unwrap();
-        journal.intent(&run, "zeta", step, &json!({})).unwrap(); // interleaved, other credential
-        ids.push(id);
-    }
-    let failure = Outcome::Failed {
-        kind: "transient".into(),
-        message: "connection reset".into(),
-    };
-    journal
-        .outcome(ids[1], failure.clone(), &json!({ "attempt": 1 }))
-        .unwrap();
-    journal.outcome(ids[0], Outcome::Ok, &json!({})).unwrap();
+        let steps = ["check_quota", "create_key", "stage", "verify", "promote"];
+        let mut ids = Vec::new();
+        for step in steps {
+            let id = journal.intent(&run, "alpha", step, &json!({})).unwrap();
+            journal.intent(&run, "zeta", step, &json!({})).unwrap(); // interleaved, other credential
+            ids.push(id);
+        }
+        let failure = Outcome::Failed {
+            kind: "transient".into(),
+            message: "connection reset".into(),
+        };
+        journal
+            .outcome(ids[1], failure.clone(), &json!({ "attempt": 1 }))
+            .unwrap();
+        journal.outcome(ids[0], Outcome::Ok, &json!({})).unwrap();
 
-    let alpha = journal.intents(&run, "alpha").unwrap();
-    assert_eq!(
-        alpha.iter().map(|i| i.step.as_str()).collect::<Vec<_>>(),
-        steps
-    );
-    assert_eq!(alpha.iter().map(|i| i.id).collect::<Vec<_>>(), ids);
-    assert_eq!(
-        alpha[1].outcome.as_ref().map(|o| &o.outcome),
-        Some(&failure)
-    );
-    assert_eq!(
-        alpha[0].outcome.as_ref().map(|o| &o.outcome),
-        Some(&Outcome::Ok)
-    );
+        let alpha = journal.intents(&run, "alpha").unwrap();
+        assert_eq!(
+            alpha.iter().map(|i| i.step.as_str()).collect::<Vec<_>>(),
+            steps
+        );
+        assert_eq!(alpha.iter().map(|i| i.id).collect::<Vec<_>>(), ids);
+        assert_eq!(
+            alpha[1].outcome.as_ref().map(|o| &o.outcome),
+            Some(&failure)
+        );
+        assert_eq!(
+            alpha[0].outcome.as_ref().map(|o| &o.outcome),
+            Some(&Outcome::Ok)
+        );
 
-    let open = journal.open_intents(&run).unwrap();
-    assert_eq!(open.len(), 8, "10 intents, 2 outcomes");
-    assert!(open.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+        let open = journal.open_intents(&run).unwrap();
+        assert_eq!(open.len(), 8, "10 intents, 2 outcomes");
+        assert!(open.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+    });
 }
 
 #[test]
 fn outcome_is_recorded_once_and_only_for_a_known_intent() {
-    let (_dir, path) = temp_journal();
-    let journal = Journal::open(&path).unwrap();
-    let run = journal.create_run(&new_run("idp")).unwrap();
-    let intent = journal
-        .intent(&run, "billing-db", "change_password", &json!({}))
-        .unwrap();
-    journal.outcome(intent, Outcome::Ok, &json!({})).unwrap();
+    on_both(|open| {
+        let journal = open();
+        let run = journal.create_run(&new_run("idp")).unwrap();
+        let intent = journal
+            .intent(&run, "billing-db", "change_password", &json!({}))
+            .unwrap();
+        journal.outcome(intent, Outcome::Ok, &json!({})).unwrap();
 
-    let err = journal
-        .outcome(intent, Outcome::Ok, &json!({}))
-        .unwrap_err();
-    assert!(
-        matches!(err, JournalError::OutcomeAlreadyRecorded { id, .. } if id == intent.0),
-        "{err:?}"
-    );
-    let err = journal
-        .outcome(IntentId(intent.0 + 100), Outcome::Ok, &json!({}))
-        .unwrap_err();
-    assert!(matches!(err, JournalError::UnknownIntent { .. }), "{err:?}");
-    let err = journal
-        .intent("r-20000101-0000-0000", "billing-db", "x", &json!({}))
-        .unwrap_err();
-    assert!(matches!(err, JournalError::UnknownRun { .. }), "{err:?}");
-    let err = journal
-        .set_state(
-            "r-20000101-0000-0000",
-            "billing-db",
-            CredentialState::Creating,
-            &json!({}),
-        )
-        .unwrap_err();
-    assert!(matches!(err, JournalError::UnknownRun { .. }), "{err:?}");
-    let err = journal.open_intents("r-20000101-0000-0000").unwrap_err();
-    assert!(
-        matches!(err, JournalError::UnknownRun { .. }),
-        "a mistyped run id must not read as 'nothing in flight'"
-    );
+        let err = journal
+            .outcome(intent, Outcome::Ok, &json!({}))
+            .unwrap_err();
+        assert!(
+            matches!(err, JournalError::OutcomeAlreadyRecorded { id, .. } if id == intent.0),
+            "{err:?}"
+        );
+        let err = journal
+            .outcome(IntentId(intent.0 + 100), Outcome::Ok, &json!({}))
+            .unwrap_err();
+        assert!(matches!(err, JournalError::UnknownIntent { .. }), "{err:?}");
+        let err = journal
+            .intent("r-20000101-0000-0000", "billing-db", "x", &json!({}))
+            .unwrap_err();
+        assert!(matches!(err, JournalError::UnknownRun { .. }), "{err:?}");
+        let err = journal
+            .set_state(
+                "r-20000101-0000-0000",
+                "billing-db",
+                CredentialState::Creating,
+                &json!({}),
+            )
+            .unwrap_err();
+        assert!(matches!(err, JournalError::UnknownRun { .. }), "{err:?}");
+        let err = journal.open_intents("r-20000101-0000-0000").unwrap_err();
+        assert!(
+            matches!(err, JournalError::UnknownRun { .. }),
+            "a mistyped run id must not read as 'nothing in flight'"
+        );
+    });
 }
 
 #[test]
 fn outcome_and_state_are_recorded_together_or_not_at_all() {
-    let (_dir, path) = temp_journal();
-    let journal = Journal::open(&path).unwrap();
-    let run = journal.create_run(&new_run("idp")).unwrap();
-    journal
-        .set_state(&run, "billing-db", CredentialState::Creating, &json!({}))
-        .unwrap();
-    let intent = journal
-        .intent(&run, "billing-db", "stage", &json!({}))
-        .unwrap();
+    on_both(|open| {
+        let journal = open();
+        let run = journal.create_run(&new_run("idp")).unwrap();
+        journal
+            .set_state(&run, "billing-db", CredentialState::Creating, &json!({}))
+            .unwrap();
+        let intent = journal
+            .intent(&run, "billing-db", "stage", &json!({}))
+            .unwrap();
 
-    journal
-        .outcome_and_state(
-            intent,
-            Outcome::Ok,
-            &json!({ "version": 2 }),
-            CredentialState::Staged,
-            &json!({ "version": 2 }),
-        )
-        .unwrap();
-    let states = journal.states(&run).unwrap();
-    assert_eq!(
-        (states[0].state.as_str(), &states[0].detail),
-        ("staged", &json!({ "version": 2 }))
-    );
-    assert!(journal.open_intents(&run).unwrap().is_empty());
+        journal
+            .outcome_and_state(
+                intent,
+                Outcome::Ok,
+                &json!({ "version": 2 }),
+                CredentialState::Staged,
+                &json!({ "version": 2 }),
+            )
+            .unwrap();
+        let states = journal.states(&run).unwrap();
+        assert_eq!(
+            (states[0].state.as_str(), &states[0].detail),
+            ("staged", &json!({ "version": 2 }))
+        );
+        assert!(journal.open_intents(&run).unwrap().is_empty());
 
-    // The second outcome is refused, and the state change that came with it is rolled back.
-    let err = journal
-        .outcome_and_state(
-            intent,
-            Outcome::Ok,
-            &json!({}),
-            CredentialState::Verified,
-            &json!({}),
-        )
-        .unwrap_err();
-    assert!(
-        matches!(err, JournalError::OutcomeAlreadyRecorded { .. }),
-        "{err:?}"
-    );
-    assert_eq!(journal.states(&run).unwrap()[0].state, "staged");
+        // The second outcome is refused, and the state change that came with it is rolled back.
+        let err = journal
+            .outcome_and_state(
+                intent,
+                Outcome::Ok,
+                &json!({}),
+                CredentialState::Verified,
+                &json!({}),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, JournalError::OutcomeAlreadyRecorded { .. }),
+            "{err:?}"
+        );
+        assert_eq!(journal.states(&run).unwrap()[0].state, "staged");
+    });
 }
 
 #[test]
 fn runs_are_listed_newest_first_and_resume_finds_the_unfinished_one() {
-    let (_dir, path) = temp_journal();
-    let journal = Journal::open(&path).unwrap();
-    assert_eq!(journal.latest_unfinished().unwrap(), None);
-    let first = journal.create_run(&new_run("first")).unwrap();
-    let second = journal.create_run(&new_run("second")).unwrap();
-    let third = journal.create_run(&new_run("third")).unwrap();
-    let ids: Vec<_> = journal.runs().unwrap().into_iter().map(|r| r.id).collect();
-    assert_eq!(ids, [third.clone(), second.clone(), first.clone()]);
+    on_both(|open| {
+        let journal = open();
+        assert_eq!(journal.latest_unfinished().unwrap(), None);
+        let first = journal.create_run(&new_run("first")).unwrap();
+        let second = journal.create_run(&new_run("second")).unwrap();
+        let third = journal.create_run(&new_run("third")).unwrap();
+        let ids: Vec<_> = journal.runs().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, [third.clone(), second.clone(), first.clone()]);
 
-    journal.finish_run(&third, RunStatus::Succeeded).unwrap();
-    journal.finish_run(&second, RunStatus::Interrupted).unwrap();
-    assert_eq!(
-        journal.latest_unfinished().unwrap().map(|r| r.id),
-        Some(second.clone()),
-        "interrupted is resumable"
-    );
-    journal.finish_run(&second, RunStatus::Quarantined).unwrap();
-    assert_eq!(
-        journal.latest_unfinished().unwrap().map(|r| r.id),
-        Some(first.clone()),
-        "still running (crashed)"
-    );
-    journal.finish_run(&first, RunStatus::Failed).unwrap();
-    assert_eq!(journal.latest_unfinished().unwrap(), None);
+        journal.finish_run(&third, RunStatus::Succeeded).unwrap();
+        journal.finish_run(&second, RunStatus::Interrupted).unwrap();
+        assert_eq!(
+            journal.latest_unfinished().unwrap().map(|r| r.id),
+            Some(second.clone()),
+            "interrupted is resumable"
+        );
+        journal.finish_run(&second, RunStatus::Quarantined).unwrap();
+        assert_eq!(
+            journal.latest_unfinished().unwrap().map(|r| r.id),
+            Some(first.clone()),
+            "still running (crashed)"
+        );
+        journal.finish_run(&first, RunStatus::Failed).unwrap();
+        assert_eq!(journal.latest_unfinished().unwrap(), None);
 
-    journal.reopen_run(&first).unwrap();
-    let row = journal.run(&first).unwrap().unwrap();
-    assert_eq!((row.status, row.finished_at), (RunStatus::Running, None));
+        journal.reopen_run(&first).unwrap();
+        let row = journal.run(&first).unwrap().unwrap();
+        assert_eq!((row.status, row.finished_at), (RunStatus::Running, None));
 
-    let err = journal.finish_run(&first, RunStatus::Running).unwrap_err();
-    assert!(
-        matches!(err, JournalError::RunningIsNotFinal { .. }),
-        "{err:?}"
-    );
-    let err = journal.finish_run("r-nope", RunStatus::Failed).unwrap_err();
-    assert!(matches!(err, JournalError::UnknownRun { .. }), "{err:?}");
-    assert_eq!(journal.run("r-nope").unwrap(), None);
+        let err = journal.finish_run(&first, RunStatus::Running).unwrap_err();
+        assert!(
+            matches!(err, JournalError::RunningIsNotFinal { .. }),
+            "{err:?}"
+        );
+        let err = journal.finish_run("r-nope", RunStatus::Failed).unwrap_err();
+        assert!(matches!(err, JournalError::UnknownRun { .. }), "{err:?}");
+        assert_eq!(journal.run("r-nope").unwrap(), None);
+    });
 }
 
 #[test]
@@ -767,44 +785,38 @@ fn second_connection_waits_for_a_writer_then_reports_busy_when_it_never_ends() {
 
 #[test]
 fn concurrent_writers_on_separate_connections_all_land() {
-    let (_dir, path) = temp_journal();
-    let run = Journal::open(&path)
-        .unwrap()
-        .create_run(&new_run("idp"))
-        .unwrap();
-    let workers: Vec<_> = (0..4)
-        .map(|w| {
-            let (path, run) = (path.clone(), run.clone());
-            std::thread::spawn(move || {
-                let journal = Journal::open(&path).unwrap();
-                for n in 0..25 {
-                    let id = journal
-                        .intent(&run, &format!("cred-{w}"), "create_key", &json!({ "n": n }))
-                        .unwrap();
-                    journal.outcome(id, Outcome::Ok, &json!({})).unwrap();
-                    journal
-                        .set_state(
-                            &run,
-                            &format!("cred-{w}"),
-                            CredentialState::Staged,
-                            &json!({ "n": n }),
-                        )
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.join().expect("no writer gave up on the lock");
-    }
-    let journal = Journal::open(&path).unwrap();
-    for w in 0..4 {
-        let intents = journal.intents(&run, &format!("cred-{w}")).unwrap();
-        assert_eq!(intents.len(), 25);
-        assert!(intents.iter().all(|i| i.outcome.is_some()));
-    }
-    assert!(journal.open_intents(&run).unwrap().is_empty());
-    assert_eq!(journal.states(&run).unwrap().len(), 4);
+    on_both(|open| {
+        let run = open().create_run(&new_run("idp")).unwrap();
+        std::thread::scope(|scope| {
+            for w in 0..4 {
+                let (journal, run) = (open(), run.clone());
+                scope.spawn(move || {
+                    for n in 0..25 {
+                        let id = journal
+                            .intent(&run, &format!("cred-{w}"), "create_key", &json!({ "n": n }))
+                            .unwrap();
+                        journal.outcome(id, Outcome::Ok, &json!({})).unwrap();
+                        journal
+                            .set_state(
+                                &run,
+                                &format!("cred-{w}"),
+                                CredentialState::Staged,
+                                &json!({ "n": n }),
+                            )
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let journal = open();
+        for w in 0..4 {
+            let intents = journal.intents(&run, &format!("cred-{w}")).unwrap();
+            assert_eq!(intents.len(), 25);
+            assert!(intents.iter().all(|i| i.outcome.is_some()));
+        }
+        assert!(journal.open_intents(&run).unwrap().is_empty());
+        assert_eq!(journal.states(&run).unwrap().len(), 4);
+    });
 }
 
 /// The engine hands the journal fingerprints, never values; this checks the bytes on disk

@@ -102,14 +102,12 @@ pub(super) async fn resume(
         // Before anything else: a manual step, which has no provider, takes the
         // lease again in `rotate`.
         let journal = engine.journal.lock().map_err(super::poisoned)?;
-        if let Some((_, holder)) = journal.lease_holder(&credential.id)? {
-            let pid = holder.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| {
-                p != std::process::id() && std::path::Path::new(&format!("/proc/{p}")).exists()
-            });
-            if !alive {
-                journal.break_lease(&credential.id, &holder)?;
-            }
+        // A holder on another host (a shared journal's runner) is left to its
+        // lease's expiry.
+        if let Some((_, holder)) = journal.lease_holder(&credential.id)?
+            && crate::journal::holder_gone(&holder)
+        {
+            journal.break_lease(&credential.id, &holder)?;
         }
     }
     let Some(provider) = engine.providers.get(&credential.provider).cloned() else {

@@ -4,9 +4,10 @@
 //! (server messages can quote the statement, which holds the password).
 
 use super::config::{PgConfig, SslMode};
+use crate::net::postgres_tls as tls_connector;
 use crate::provider::ProviderError;
 use crate::secret::Secret;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use tokio_postgres::Client;
 
 /// Admin sessions kept open between calls; more are opened on demand.
@@ -332,40 +333,4 @@ impl PgClient {
 
 fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.code().map(|c| c.code().to_owned())
-}
-
-/// TLS with certificate and host name checks: the system roots plus `ca_file`.
-fn tls_connector(
-    ca_file: Option<&std::path::Path>,
-) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("cannot read `ca_file` {}: {e}", path.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("`ca_file` {} is not PEM certificates: {e}", path.display()))?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("`ca_file` {}: {e}", path.display()))?;
-        }
-    }
-    if roots.is_empty() {
-        return Err(
-            "no trusted CA certificates (none in the system store and no `ca_file`)".into(),
-        );
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS setup failed: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
