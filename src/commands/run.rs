@@ -443,9 +443,11 @@ fn print_summary(
             summary.run_id
         )?;
     } else if summary.status() == crate::journal::RunStatus::Interrupted {
+        // Vault (the circuit breaker, a promote) or a provider (a probe, a
+        // list) did not answer: each credential's reason says which.
         writeln!(
             io.stderr,
-            "run {} is unfinished: Vault did not answer; `rekey resume {}` finishes it once Vault answers",
+            "run {} is unfinished: Vault or a provider did not answer (`rekey status` gives each credential's reason); `rekey resume {}` finishes it once they answer",
             summary.run_id, summary.run_id
         )?;
     }

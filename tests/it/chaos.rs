@@ -114,6 +114,12 @@ impl Scene {
         std::fs::create_dir(&state).unwrap();
         let out = self.rekey(&["resume"]);
         assert_ne!(out.code, 0, "resume cannot succeed without the provider");
+        // The provider did not answer, not Vault: the message blames neither.
+        assert!(
+            out.stderr.contains("Vault or a provider did not answer"),
+            "{}",
+            out.stderr
+        );
         assert_eq!(
             state_of(&self.journal(), "api").as_deref(),
             Some("quarantined")
