@@ -1131,3 +1131,53 @@ async fn a_create_that_half_happened_leaves_no_key_nobody_holds() {
         assert_eq!(case.key_ids().len(), 2, "the half-made key is still there");
     }
 }
+
+/// Found by `scripts/chaos` (200-iteration run, iteration 169): a dual promote
+/// whose write landed with its answer lost, then every retry unanswered (OpenBao
+/// restarting). The engine took it for "not promoted" and revoked the new key
+/// that Vault now named: Vault held a dead key, and the next attempt, finding no
+/// key of Vault's alive, retired nothing, so the old key stayed alive under a
+/// "rotated". An unanswered promote now leaves the new key staged for `resume`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_promote_vault_did_not_answer_is_finished_by_resume() {
+    for lands in [false, true] {
+        for breach in [false, true] {
+            let case = Case::new(Kind::Dual, breach);
+            if lands {
+                case.store
+                    .inject(StoreOp::Write, Some(PATH), Fault::LoseAnswer, 1);
+            }
+            case.store
+                .inject(StoreOp::Write, Some(PATH), Fault::Unavailable, u32::MAX);
+            let summary = case
+                .engine()
+                .run(&case.new_run(), &[vec![0]])
+                .await
+                .unwrap();
+            match outcome(&summary) {
+                Outcome::Quarantined {
+                    resumable: true, ..
+                } => {}
+                other => panic!("lands {lands} breach {breach}: {other:?}"),
+            }
+            assert_eq!(case.key_ids().len(), 2, "the new key is kept for resume");
+            case.store.clear_faults();
+            let engine = case.engine();
+            let run = engine
+                .with_journal(|j| j.latest_unfinished())
+                .unwrap()
+                .unwrap();
+            let summary = engine.resume(&run.id, &[vec![0]]).await.unwrap();
+            assert!(
+                matches!(outcome(&summary), Outcome::Rotated { .. }),
+                "lands {lands} breach {breach}: {:?}",
+                outcome(&summary)
+            );
+            assert_eq!(
+                case.check_world(outcome(&summary)).await,
+                Vec::<String>::new(),
+                "lands {lands} breach {breach}"
+            );
+        }
+    }
+}

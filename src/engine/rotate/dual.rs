@@ -725,7 +725,8 @@ impl Ctx<'_> {
     }
 
     /// Promote failed: the new key is revoked; a check-and-set conflict (someone
-    /// wrote the path since it was read) is a quarantine, never an overwrite.
+    /// wrote the path since it was read) is a quarantine, never an overwrite; a
+    /// Vault that did not answer leaves the new key staged for `resume`.
     async fn promote_failed(
         &self,
         new_key: &str,
@@ -735,6 +736,26 @@ impl Ctx<'_> {
         let id = &self.credential.id;
         let conflict = f.conflict;
         let unreachable = f.transient();
+        if unreachable && !conflict {
+            // Vault did not answer: one of the writes may have landed with its
+            // answer lost, so Vault may already name the new key. Revoking it
+            // could leave Vault holding a dead key (found by `scripts/chaos`);
+            // `resume` reads Vault and either finishes the promotion from the
+            // staging entry or sees that it landed.
+            return Ok(Outcome::Quarantined {
+                resumable: true,
+                reason: format!(
+                    "the new key {new_key} of `{id}` was verified, but Vault did not answer to promote it (the write may have landed): {}",
+                    f.message
+                ),
+                action: format!(
+                    "run `rekey resume` once Vault answers: it promotes the new key from the staging entry {}/{} to {} (or finds it promoted), then retires the old key",
+                    self.engine.playbook.vault.mount,
+                    self.staging_path(),
+                    self.credential.vault_path
+                ),
+            });
+        }
         let undone = self.undo_new_key(new_key, String::new()).await?;
         let reason = if conflict {
             format!(
@@ -753,9 +774,6 @@ impl Ctx<'_> {
                     self.credential.vault_path
                 ),
             },
-            Outcome::RolledBack { .. } if unreachable => {
-                self.nothing_changed("could not promote", &f)
-            }
             Outcome::RolledBack { .. } => Outcome::RolledBack { reason },
             other => other,
         })
