@@ -8,7 +8,8 @@
 //!   → stage ─▶staged → verify ─▶verified → promote ─▶promoted → sinks → [grace]
 //!   → retire: deactivate + revoke each old key → confirm_retired (list again)
 //!   → clear_staging ─▶retired → rotated
-//! any failure before promote → undo_new_key (revoke the new key, clear staging)
+//! any failure before promote → undo_new_key (revoke the new key, clear staging),
+//!   except a promote Vault did not answer (it may have landed): staged, resumable
 //! an old key left alive, or one rekey cannot name → quarantined, never rotated
 //! ```
 //!
