@@ -1174,59 +1174,31 @@ impl SqliteJournal {
              {filter}
              ORDER BY i.id"
         );
-        type RawOutcome = (String, Option<String>, Option<String>, String, String);
         let mut stmt = self
             .conn
             .prepare_cached(&sql)
             .map_err(|e| self.sql(doing, e))?;
         let raw = stmt
             .query_map(params, |row| {
-                let intent: (i64, String, String, String, String) = (
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                );
                 let outcome: Option<RawOutcome> = match row.get::<_, Option<String>>(5)? {
                     None => None,
                     Some(result) => {
                         Some((result, row.get(6)?, row.get(7)?, row.get(8)?, row.get(9)?))
                     }
                 };
-                Ok((intent, outcome))
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    outcome,
+                ))
             })
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .and_then(Iterator::collect::<Result<Vec<RawIntent>, _>>)
             .map_err(|e| self.sql(doing, e))?;
         raw.into_iter()
-            .map(|((id, credential, step, detail, started_at), outcome)| {
-                let outcome = match outcome {
-                    None => None,
-                    Some((result, kind, message, detail, finished_at)) => Some(RecordedOutcome {
-                        outcome: match (result.as_str(), kind, message) {
-                            ("ok", None, None) => Outcome::Ok,
-                            ("failed", Some(kind), Some(message)) => {
-                                Outcome::Failed { kind, message }
-                            }
-                            _ => {
-                                return Err(
-                                    self.corrupt(format!("intent {id} has a malformed outcome"))
-                                );
-                            }
-                        },
-                        detail: self.json(&detail, "an outcome's detail")?,
-                        finished_at,
-                    }),
-                };
-                Ok(IntentRow {
-                    id: IntentId(id),
-                    credential,
-                    step,
-                    detail: self.json(&detail, "an intent's detail")?,
-                    started_at,
-                    outcome,
-                })
-            })
+            .map(|raw| intent_row(raw, |detail| self.corrupt(detail)))
             .collect()
     }
 
@@ -1349,6 +1321,43 @@ fn new_run_id(started_at: &str) -> RunId {
         &digits[8..12],
         rand::random::<u16>()
     )
+}
+
+/// An intent row as both backends store it (id, credential, step, detail,
+/// started_at, outcome), before its JSON and outcome are read.
+pub(crate) type RawIntent = (i64, String, String, String, String, Option<RawOutcome>);
+/// An outcome as stored: result, error kind, error message, detail, finished_at.
+pub(crate) type RawOutcome = (String, Option<String>, Option<String>, String, String);
+
+/// Reads a stored intent row, for either backend; `corrupt` names the store.
+pub(crate) fn intent_row(
+    (id, credential, step, detail, started_at, outcome): RawIntent,
+    corrupt: impl Fn(String) -> JournalError,
+) -> Result<IntentRow, JournalError> {
+    // serde_json's message gives a line and column, never the text itself.
+    let json = |text: &str, what: &str| {
+        serde_json::from_str(text).map_err(|e| corrupt(format!("{what} is not valid JSON ({e})")))
+    };
+    let outcome = match outcome {
+        None => None,
+        Some((result, kind, message, detail, finished_at)) => Some(RecordedOutcome {
+            outcome: match (result.as_str(), kind, message) {
+                ("ok", None, None) => Outcome::Ok,
+                ("failed", Some(kind), Some(message)) => Outcome::Failed { kind, message },
+                _ => return Err(corrupt(format!("intent {id} has a malformed outcome"))),
+            },
+            detail: json(&detail, "an outcome's detail")?,
+            finished_at,
+        }),
+    };
+    Ok(IntentRow {
+        id: IntentId(id),
+        credential,
+        step,
+        detail: json(&detail, "an intent's detail")?,
+        started_at,
+        outcome,
+    })
 }
 
 #[cfg(test)]

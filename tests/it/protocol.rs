@@ -433,13 +433,18 @@ impl Case {
             return (summary, false);
         }
         drop(engine);
+        (self.resume_latest().await, true)
+    }
+
+    /// A new engine (a new process) resumes the latest unfinished run.
+    pub async fn resume_latest(&self) -> RunSummary {
         let engine = self.engine();
         let run_id = engine
             .with_journal(|j| j.latest_unfinished())
             .unwrap()
-            .expect("the crashed run is unfinished")
+            .expect("the run is unfinished, so resume finds it")
             .id;
-        (engine.resume(&run_id, &waves).await.unwrap(), true)
+        engine.resume(&run_id, &[vec![0]]).await.unwrap()
     }
 
     /// The value at the consumers' path.
@@ -976,12 +981,7 @@ async fn vault_going_down_leaves_credentials_not_started_and_resume_finishes_the
     assert!(case.works("old-secret-value"), "nothing changed");
     drop(engine);
     case.store.clear_faults();
-    let engine = case.engine();
-    let run = engine
-        .with_journal(|j| j.latest_unfinished())
-        .unwrap()
-        .expect("the run is unfinished, so resume finds it");
-    let summary = engine.resume(&run.id, &[vec![0]]).await.unwrap();
+    let summary = case.resume_latest().await;
     assert!(
         matches!(outcome(&summary), Outcome::Rotated { .. }),
         "{:?}",
@@ -1018,12 +1018,7 @@ async fn a_password_changed_while_vault_went_down_is_promoted_by_resume() {
     }
     assert_eq!(summary.status(), rekey::journal::RunStatus::Interrupted);
     case.store.clear_faults();
-    let engine = case.engine();
-    let run = engine
-        .with_journal(|j| j.latest_unfinished())
-        .unwrap()
-        .unwrap();
-    let summary = engine.resume(&run.id, &[vec![0]]).await.unwrap();
+    let summary = case.resume_latest().await;
     assert!(
         matches!(outcome(&summary), Outcome::Rotated { .. }),
         "{:?}",
@@ -1065,19 +1060,11 @@ async fn a_second_interruption_during_resume_keeps_the_newest_checkpoint() {
         // The resume: Vault stops answering writes to the consumers' path.
         case.store
             .inject(StoreOp::Write, Some(PATH), Fault::Unavailable, u32::MAX);
-        let engine = case.engine();
-        let run_id = engine
-            .with_journal(|j| j.latest_unfinished())
-            .unwrap()
-            .expect("unfinished")
-            .id;
-        let first = engine.resume(&run_id, &waves).await.unwrap();
-        drop(engine);
+        let first = case.resume_latest().await;
         case.store.clear_faults();
         // Whatever the first resume did, the second one ends with a working value
         // in Vault.
-        let engine = case.engine();
-        let summary = engine.resume(&run_id, &waves).await.unwrap();
+        let summary = case.resume_latest().await;
         let last = match outcome(&first) {
             Outcome::Quarantined {
                 resumable: true, ..
@@ -1162,12 +1149,7 @@ async fn a_dual_promote_vault_did_not_answer_is_finished_by_resume() {
             }
             assert_eq!(case.key_ids().len(), 2, "the new key is kept for resume");
             case.store.clear_faults();
-            let engine = case.engine();
-            let run = engine
-                .with_journal(|j| j.latest_unfinished())
-                .unwrap()
-                .unwrap();
-            let summary = engine.resume(&run.id, &[vec![0]]).await.unwrap();
+            let summary = case.resume_latest().await;
             assert!(
                 matches!(outcome(&summary), Outcome::Rotated { .. }),
                 "lands {lands} breach {breach}: {:?}",

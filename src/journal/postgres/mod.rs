@@ -29,7 +29,7 @@ pub use trail::RunChain;
 
 use super::{
     CredentialRow, CredentialState, Event, Holding, IntentId, IntentRow, JournalError, Mirror,
-    NewRun, Outcome, RecordedOutcome, RunId, RunRow, RunStatus, SyncTarget,
+    NewRun, Outcome, RunId, RunRow, RunStatus, SyncTarget,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -968,59 +968,25 @@ impl Worker {
              {filter}
              ORDER BY i.id"
         );
-        type RawIntent = (
-            i64,
-            String,
-            String,
-            String,
-            String,
-            Option<(String, Option<String>, Option<String>, String, String)>,
-        );
-        let rows: Vec<RawIntent> = self.transact("reading intents", false, async |tx, _| {
-            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-                .iter()
-                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
-            let rows = tx.query(&sql, &refs).await?;
-            Ok(rows
-                .iter()
-                .map(|r| {
-                    let outcome = r
-                        .get::<_, Option<String>>(5)
-                        .map(|result| (result, r.get(6), r.get(7), r.get(8), r.get(9)));
-                    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), outcome)
-                })
-                .collect::<Vec<_>>())
-        })?;
+        let rows: Vec<super::RawIntent> =
+            self.transact("reading intents", false, async |tx, _| {
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                let rows = tx.query(&sql, &refs).await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        let outcome = r
+                            .get::<_, Option<String>>(5)
+                            .map(|result| (result, r.get(6), r.get(7), r.get(8), r.get(9)));
+                        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), outcome)
+                    })
+                    .collect::<Vec<_>>())
+            })?;
         rows.into_iter()
-            .map(|(id, credential, step, detail, started_at, outcome)| {
-                let outcome = match outcome {
-                    None => None,
-                    Some((result, kind, message, detail, finished_at)) => Some(RecordedOutcome {
-                        outcome: match (result.as_str(), kind, message) {
-                            ("ok", None, None) => Outcome::Ok,
-                            ("failed", Some(kind), Some(message)) => {
-                                Outcome::Failed { kind, message }
-                            }
-                            _ => {
-                                return Err(
-                                    self.corrupt(format!("intent {id} has a malformed outcome"))
-                                );
-                            }
-                        },
-                        detail: self.json(&detail, "an outcome's detail")?,
-                        finished_at,
-                    }),
-                };
-                Ok(IntentRow {
-                    id: IntentId(id),
-                    credential,
-                    step,
-                    detail: self.json(&detail, "an intent's detail")?,
-                    started_at,
-                    outcome,
-                })
-            })
+            .map(|raw| super::intent_row(raw, |detail| self.corrupt(detail)))
             .collect()
     }
 
