@@ -1988,6 +1988,40 @@ fn redis_breach_run_kills_the_connections_opened_with_the_old_password() {
 /// password the attacker knows and a stray one, Vault holds the first by hand
 /// with no `key_id`. After the run only the new password works, and the
 /// attacker's connection is gone.
+/// A create that half happened, on the real Redis: `ACL SETUSER` adds the
+/// password, then the persist step fails (the suite's Redis runs without a
+/// config file, so `CONFIG REWRITE` answers an error). The credential is rolled
+/// back and, as redis-cli sees it, the user holds only the old password, which
+/// still logs in (the `scripts/chaos` finding behind
+/// `protocol::a_create_that_half_happened_leaves_no_key_nobody_holds`).
+#[test]
+fn redis_a_create_whose_persist_fails_leaves_only_the_old_password() {
+    let w = World::new();
+    let (user, old) = rd_user(&w, "rk_half", "cache", "on");
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &format!(
+            "  rdw: {{ type: redis, settings: {{ host: \"{}\", port: {}, persist: config_rewrite }} }}\n",
+            w.env["REKEY_REDIS_HOST"], w.env["REKEY_REDIS_PORT"]
+        ),
+        &format!("  - {{ id: cache, provider: rdw, account: {user}, vault_path: PREFIX/cache }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_eq!(code, 1, "{output}");
+    assert_eq!(outcome(&summary, "cache"), "rolled_back", "{output}");
+    assert_eq!(
+        rd_passwords(&w, &user),
+        vec![sha256_hex(&old)],
+        "no password nobody holds: {output}"
+    );
+    assert!(
+        redis_cli_login(&w, &user, &old),
+        "the old password still works"
+    );
+    assert_eq!(w.vault_value("cache"), old, "Vault keeps the old value");
+}
+
 #[test]
 fn redis_first_adoption_during_a_breach_leaves_only_the_new_password() {
     let w = World::new();
