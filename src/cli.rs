@@ -50,6 +50,9 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Show a run's credentials and what a human must do for quarantined ones.
     Status(StatusArgs),
+    /// Work on shared runs (a `postgres://` journal): take the credentials of
+    /// this runner's zones whose dependencies are done, rotate them, repeat.
+    Runner(RunnerArgs),
     /// Print the JSON Schema of playbooks (for editors).
     Schema,
     /// List the provider types this rekey knows.
@@ -179,7 +182,7 @@ pub struct CompletionsArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain (and the head record beside it); exit 1 naming the first bad line.
-    Verify(AuditFileArgs),
+    Verify(AuditVerifyArgs),
     /// Per-credential timeline of the trail (text by default).
     Show(AuditShowArgs),
     /// The trail as JSON (default) or CSV, for an incident report or a SIEM.
@@ -194,6 +197,19 @@ pub struct AuditFileArgs {
     /// The trail (default: audit.jsonl beside the default journal).
     #[arg(env = crate::env_vars::REKEY_AUDIT, default_value = ".rekey/audit.jsonl")]
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub trail: AuditFileArgs,
+    /// Verify the chains a shared journal keeps in its database instead of a
+    /// file (`postgres://...`; password from REKEY_JOURNAL_PASSWORD).
+    #[arg(long, value_name = "URL")]
+    pub journal: Option<std::ffi::OsString>,
+    /// With --journal: only this run's chain (default: every run's).
+    #[arg(long, value_name = "ID", requires = "journal")]
+    pub run: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -284,6 +300,37 @@ pub struct RunArgs {
     /// older than this (or of unknown age) are rotated.
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub max_age: Option<std::time::Duration>,
+    /// With a shared journal (`postgres://`): only record the run and its
+    /// credentials, print its id and the `rekey runner` command for each zone,
+    /// and leave the work to the runners (by default `run` also works as a runner
+    /// of every zone until the run is done).
+    #[arg(long)]
+    pub no_work: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
+    /// The shared journal: `postgres://USER@HOST[:PORT]/DATABASE[?sslmode=...]`
+    /// (password from REKEY_JOURNAL_PASSWORD).
+    #[arg(long = "journal", env = crate::env_vars::REKEY_JOURNAL, value_name = "URL")]
+    pub journal: std::ffi::OsString,
+    /// A zone whose credentials this runner takes (repeatable): the `zone:` of
+    /// the playbook's provider instances (`default` when they name none).
+    #[arg(long = "zone", value_name = "ZONE", required = true)]
+    pub zones: Vec<String>,
+    /// Exit once no run has work left in these zones (default: wait for more).
+    #[arg(long)]
+    pub once: bool,
+    /// Only this run (default: every running run with work in these zones).
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
+    /// How long a claim on a credential (and its lease and Vault lock) lasts
+    /// without a heartbeat: another runner of the zone takes it over after that.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "30s")]
+    pub lease: std::time::Duration,
+    /// Also send each audit line to `stdout` or an http(s):// collector (repeatable).
+    #[arg(long = "audit-sink", value_name = "SINK")]
+    pub audit_sinks: Vec<String>,
 }
 
 #[derive(Debug, Args)]

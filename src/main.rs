@@ -39,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Resume(args) => catalog().and_then(|c| commands::resume(args, &c, &mut io)),
         Command::Rollback(args) => catalog().and_then(|c| commands::rollback(args, &c, &mut io)),
         Command::Status(args) => commands::status(args, &mut io),
+        Command::Runner(args) => catalog().and_then(|c| commands::runner(args, &c, &mut io)),
         Command::Schema => commands::schema(&mut io),
         Command::Providers(args) => catalog().and_then(|c| commands::providers(args, &c, &mut io)),
         Command::Audit(cmd) => commands::audit(cmd, &mut io),

@@ -22,11 +22,13 @@
 
 pub mod anchor;
 pub mod chain;
+pub mod chain_mirror;
 pub mod report;
 pub mod sink;
 pub mod trail;
 
 pub use chain::{Head, Problem, Verdict};
+pub use chain_mirror::ChainMirror;
 pub use sink::Sink;
 pub use trail::{CredentialInfo, Trail};
 

@@ -38,6 +38,19 @@ pub struct Trail {
     /// The head file is known to be exactly one record long (checked at the first
     /// write, not on every line).
     head_sized: bool,
+    lines: LineMaker,
+    /// (file length after our last write, seq, hash of the last line).
+    tail: Option<(u64, u64, String)>,
+    sinks: Vec<Sink>,
+    /// Whether each line is synced as it is written; `false` once the journal's
+    /// group commit syncs the trail's files for a batch of records.
+    sync_each: bool,
+}
+
+/// What turns journal events into the fields and sealed lines of a trail: the
+/// file trail here ([`Trail`]) and the chains a shared journal keeps in its
+/// database (`super::chain_mirror`) write the same lines.
+pub(super) struct LineMaker {
     key: Vec<u8>,
     actor: Actor,
     credentials: HashMap<String, CredentialInfo>,
@@ -46,12 +59,6 @@ pub struct Trail {
     /// What each open intent's line said (key ids, Vault path, secret), repeated
     /// on its outcome's line so each line reads on its own.
     open_intents: HashMap<i64, Map<String, Value>>,
-    /// (file length after our last write, seq, hash of the last line).
-    tail: Option<(u64, u64, String)>,
-    sinks: Vec<Sink>,
-    /// Whether each line is synced as it is written; `false` once the journal's
-    /// group commit syncs the trail's files for a batch of records.
-    sync_each: bool,
 }
 
 impl std::fmt::Debug for Trail {
@@ -136,11 +143,7 @@ impl Trail {
             head,
             head_writer,
             head_sized: false,
-            key,
-            actor,
-            credentials,
-            hmacs: HashMap::new(),
-            open_intents: HashMap::new(),
+            lines: LineMaker::new(key, actor, credentials),
             tail: None,
             sinks,
             sync_each: true,
@@ -206,7 +209,7 @@ impl Trail {
 
     /// The HMAC of `secret` under this trail's key, as lines show it.
     pub fn hmac(&self, secret: &Secret) -> String {
-        format!("{HMAC_PREFIX}{}", secret.fingerprint(&self.key))
+        self.lines.hmac(secret)
     }
 
     /// Appends one line built from `fields` (seq, ts, actor, prev and hash are
@@ -246,21 +249,7 @@ impl Trail {
         }
         let (_, seq, prev) = self.tail.clone().unwrap_or((0, 0, GENESIS.into()));
         let seq = seq + 1;
-        let mut body = Map::new();
-        body.insert("seq".into(), json!(seq));
-        body.insert(
-            "ts".into(),
-            json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
-        );
-        body.insert(
-            "actor".into(),
-            serde_json::to_value(&self.actor).unwrap_or_default(),
-        );
-        for (k, v) in fields {
-            body.insert(k, v);
-        }
-        body.insert("prev".into(), json!(prev));
-        let line = chain::seal(&Value::Object(body).to_string());
+        let line = self.lines.seal(seq, &prev, fields);
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
@@ -315,8 +304,72 @@ impl Trail {
         Ok(line)
     }
 
+}
+
+impl LineMaker {
+    pub(super) fn new(
+        key: Vec<u8>,
+        actor: Actor,
+        credentials: HashMap<String, CredentialInfo>,
+    ) -> LineMaker {
+        LineMaker {
+            key,
+            actor,
+            credentials,
+            hmacs: HashMap::new(),
+            open_intents: HashMap::new(),
+        }
+    }
+
+    /// The HMAC of `secret` under the trail's key, as lines show it.
+    pub(super) fn hmac(&self, secret: &Secret) -> String {
+        format!("{HMAC_PREFIX}{}", secret.fingerprint(&self.key))
+    }
+
+    /// Line `seq` of a chain, after the line whose SHA-256 is `prev`: `fields`
+    /// with the time and the actor, sealed (see `chain::seal`).
+    pub(super) fn seal(&self, seq: u64, prev: &str, fields: Map<String, Value>) -> String {
+        let mut body = Map::new();
+        body.insert("seq".into(), json!(seq));
+        body.insert(
+            "ts".into(),
+            json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
+        );
+        body.insert(
+            "actor".into(),
+            serde_json::to_value(&self.actor).unwrap_or_default(),
+        );
+        for (k, v) in fields {
+            body.insert(k, v);
+        }
+        body.insert("prev".into(), json!(prev));
+        chain::seal(&Value::Object(body).to_string())
+    }
+
+    /// The fields of `event`'s line; an outcome repeats what its intent's line said.
+    pub(super) fn fields(&mut self, event: Event<'_>) -> Map<String, Value> {
+        let mut fields = self.fields_for(&event);
+        match event {
+            Event::Intent { intent, .. } => {
+                let said: Map<String, Value> =
+                    ["key_ids", "vault_path", "vault_version", "secret_hmac"]
+                        .iter()
+                        .filter_map(|k| Some((k.to_string(), fields.get(*k)?.clone())))
+                        .collect();
+                self.open_intents.insert(intent.0, said);
+            }
+            Event::Outcome { intent, .. } => {
+                for (k, v) in self.open_intents.remove(&intent.0).unwrap_or_default() {
+                    fields.insert(k, v);
+                }
+            }
+            _ => {}
+        }
+        fields
+    }
+
     /// Remembers the trail HMAC of a value the journal refers to by `fingerprint`.
-    fn learn(&mut self, fingerprint: &str, secret: &Secret) {
+    pub(super) fn learn(&mut self, fingerprint: &str, secret: &Secret) {
         if !self.hmacs.contains_key(fingerprint) {
             let hmac = self.hmac(secret);
             self.hmacs.insert(fingerprint.to_owned(), hmac);
@@ -503,27 +556,11 @@ impl Mirror for Trail {
     }
 
     fn record(&mut self, event: Event<'_>) -> Result<(), String> {
-        let mut fields = self.fields_for(&event);
-        match event {
-            Event::Intent { intent, .. } => {
-                let said: Map<String, Value> =
-                    ["key_ids", "vault_path", "vault_version", "secret_hmac"]
-                        .iter()
-                        .filter_map(|k| Some((k.to_string(), fields.get(*k)?.clone())))
-                        .collect();
-                self.open_intents.insert(intent.0, said);
-            }
-            Event::Outcome { intent, .. } => {
-                for (k, v) in self.open_intents.remove(&intent.0).unwrap_or_default() {
-                    fields.insert(k, v);
-                }
-            }
-            _ => {}
-        }
+        let fields = self.lines.fields(event);
         self.append(fields).map_err(|e| e.to_string())
     }
 
     fn note_secret(&mut self, fingerprint: &str, secret: &Secret) {
-        self.learn(fingerprint, secret);
+        self.lines.learn(fingerprint, secret);
     }
 }

@@ -7,8 +7,14 @@ use anyhow::{Context, Result};
 
 pub fn audit(cmd: &AuditCommand, io: &mut Io) -> Result<ExitStatus> {
     use crate::audit::report::{self, Entry, Filter};
+    if let AuditCommand::Verify(a) = cmd
+        && let Some(journal) = &a.journal
+    {
+        return verify_shared(journal, a.run.as_deref(), io);
+    }
     let file = match cmd {
-        AuditCommand::Verify(a) | AuditCommand::Hmac(a) => &a.file,
+        AuditCommand::Verify(a) => &a.trail.file,
+        AuditCommand::Hmac(a) => &a.file,
         AuditCommand::Show(a) | AuditCommand::Export(a) => &a.trail.file,
     };
     let mut entries = Vec::new();
@@ -133,6 +139,76 @@ pub fn audit(cmd: &AuditCommand, io: &mut Io) -> Result<ExitStatus> {
             }
             complain(io)?;
         }
+    }
+    Ok(status)
+}
+
+/// `rekey audit verify --journal postgres://... [--run ID]`: every run's chain
+/// (or one) as the shared journal keeps it, checked line by line against its
+/// head on the run's row; exit 1 naming the run and the first bad line.
+fn verify_shared(journal: &std::ffi::OsStr, run: Option<&str>, io: &mut Io) -> Result<ExitStatus> {
+    let location = crate::journal::Location::parse(journal).map_err(Refusal::new)?;
+    if !location.is_shared() {
+        return Err(Refusal::new(format!(
+            "{} is not a shared journal: only a `postgres://` journal keeps its audit trail in its database",
+            location.display()
+        ))
+        .help("for a file trail, give the trail: `rekey audit verify .rekey/audit.jsonl`")
+        .into());
+    }
+    let password = crate::harden::secret_env(crate::env_vars::REKEY_JOURNAL_PASSWORD)
+        .map(|p| crate::secret::Secret::new(p.as_str()));
+    let journal = crate::journal::Journal::open_at(&location, password.as_ref())?;
+    let Some(pg) = journal.shared() else {
+        return Err(Refusal::new("not a shared journal").into());
+    };
+    let chains = pg.chains(run)?;
+    if let Some(id) = run
+        && chains.is_empty()
+    {
+        return Err(Refusal::new(format!("no run `{id}` in {}", location.display())).into());
+    }
+    let mut status = ExitStatus::Success;
+    let mut total = 0u64;
+    for chain in &chains {
+        let mut bytes = Vec::new();
+        for line in &chain.lines {
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
+        }
+        let head = crate::audit::Head {
+            lines: chain.head_lines,
+            last: chain.head_last.clone(),
+        };
+        let verdict = crate::audit::chain::verify(&bytes, Some(&head), |_, _| {});
+        total += verdict.lines;
+        match &verdict.problem {
+            None => writeln!(
+                io.stdout,
+                "run {}: {} lines verified; last line sha256 {}",
+                chain.run, verdict.lines, verdict.last
+            )?,
+            Some(p) => {
+                status = ExitStatus::Failure;
+                print_problem(
+                    io.stderr,
+                    &format!(
+                        "{}: run {}: line {}: {}",
+                        location.display(),
+                        chain.run,
+                        p.line,
+                        p.reason.escape_debug()
+                    ),
+                    Some(&format!(
+                        "the run's chain in the database was changed after rekey wrote it: keep a dump of `rekey.audit` as evidence and compare it with the collector's copy (--audit-sink); lines before {} are intact",
+                        p.line
+                    )),
+                )?;
+            }
+        }
+    }
+    if status == ExitStatus::Success {
+        writeln!(io.stdout, "{} runs, {total} lines verified", chains.len())?;
     }
     Ok(status)
 }

@@ -10,6 +10,7 @@ mod operator;
 mod plan;
 mod report;
 mod run;
+mod runner;
 mod setup;
 mod status;
 mod watch;
@@ -20,6 +21,7 @@ pub use discover::discover;
 pub use plan::plan;
 pub use report::report;
 pub use run::{resume, rollback, run};
+pub use runner::runner;
 pub use status::status;
 pub use watch::watch;
 

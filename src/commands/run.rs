@@ -15,6 +15,13 @@ use anyhow::Result;
 use std::path::PathBuf;
 
 pub fn run(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatus> {
+    if crate::journal::Location::parse(args.journal.path.as_os_str()).is_ok_and(|l| l.is_shared())
+    {
+        return run_shared(args, catalog, io);
+    }
+    if args.no_work {
+        return Err(Refusal::new("--no-work records a run for runners: it needs a shared journal (--journal postgres://...)").into());
+    }
     let (loaded, selection, expanded_sha256) =
         load_for_run(&args.playbook, &args.selection, catalog, io)?;
     let prepared = prepare(&args.playbook, loaded, &selection, catalog)?;
@@ -66,6 +73,161 @@ pub fn run(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Result
         report_delivery(&n.finish(), io)?;
     }
     print_summary(&summary, &not_due, args.format, io)
+}
+
+/// `rekey run PLAYBOOK --journal postgres://...`: records a shared run (the
+/// playbook, its variables, one task per selected credential with its zone and
+/// dependencies) and, unless `--no-work`, works on it as a runner of every zone
+/// it has until it is done, then prints the summary as `run` does.
+fn run_shared(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatus> {
+    use super::runner::{Options, journal_password, serve, shared_location};
+    use crate::journal::postgres::{SharedRun, TaskSpec};
+    let location = shared_location(args.journal.path.as_os_str())?;
+    if args.journal.audit.is_some() || args.journal.new_trail {
+        return Err(Refusal::new(
+            "a shared journal keeps its audit trail in its database: --audit-file and --new-trail do not apply",
+        )
+        .help("check it with `rekey audit verify --journal URL`")
+        .into());
+    }
+    let (loaded, selection, variables) =
+        super::setup::load_expanding(&args.playbook, &args.selection, catalog, io)?;
+    let pb = loaded.playbook;
+    let selected = crate::plan::select::apply(&pb, &selection);
+    if args.max_age.is_some() || selected.indices.iter().any(|&i| pb.credentials[i].max_age.is_some()) {
+        return Err(Refusal::new(
+            "hygiene runs (max_age) are not built for a shared journal yet",
+        )
+        .help("run them with an SQLite journal, or leave max_age out of the selection")
+        .into());
+    }
+    let waves = crate::plan::order::waves(&pb, &selected.indices);
+    let ids: std::collections::HashSet<&str> = waves
+        .iter()
+        .flatten()
+        .map(|&i| pb.credentials[i].id.as_str())
+        .collect();
+    let tasks: Vec<TaskSpec> = waves
+        .iter()
+        .flatten()
+        .map(|&i| {
+            let c = &pb.credentials[i];
+            TaskSpec {
+                credential: c.id.clone(),
+                zone: pb
+                    .providers
+                    .get(&c.provider)
+                    .map_or_else(|| crate::playbook::DEFAULT_ZONE.to_owned(), |p| p.zone.clone()),
+                depends_on: c
+                    .depends_on
+                    .iter()
+                    .filter(|d| ids.contains(d.as_str()))
+                    .cloned()
+                    .collect(),
+            }
+        })
+        .collect();
+    let mut zones: indexmap::IndexMap<String, usize> = indexmap::IndexMap::new();
+    for t in &tasks {
+        *zones.entry(t.zone.clone()).or_default() += 1;
+    }
+    let actor = crate::audit::Actor::from_os();
+    let new_run = crate::journal::NewRun {
+        playbook_name: pb.name.clone(),
+        playbook_path: std::fs::canonicalize(&args.playbook)
+            .unwrap_or(args.playbook.clone())
+            .display()
+            .to_string(),
+        playbook_sha256: file_sha256(&args.playbook),
+        mode: match pb.incident.mode {
+            playbook::Mode::Breach => "breach".into(),
+            playbook::Mode::Routine => "routine".into(),
+        },
+        selection: serde_json::json!({ "compromised": selection.compromised, "tags": selection.tags, "only": selection.only }),
+        actor: actor.user.clone(),
+        expanded_sha256: None,
+    };
+    let shared = SharedRun {
+        playbook: std::fs::read_to_string(&args.playbook)?,
+        variables,
+        tasks,
+    };
+    let password = journal_password();
+    let mut journal = crate::journal::Journal::open_at(&location, password.as_ref())?;
+    let audit_key = journal
+        .shared()
+        .map(|pg| pg.audit_key())
+        .unwrap_or_default();
+    journal.set_mirror(Box::new(crate::audit::ChainMirror::new(
+        audit_key,
+        actor,
+        super::setup::credential_infos(&pb),
+        super::setup::audit_sinks(&args.journal.audit_sinks)?,
+    )));
+    let run_id = match journal.shared() {
+        Some(pg) => pg.create_shared_run(&new_run, &shared)?,
+        None => unreachable!("a postgres:// location opens a shared journal"),
+    };
+    drop(journal);
+    let url = location.display();
+    let counts: Vec<String> = zones.iter().map(|(z, n)| format!("{z} ({n})")).collect();
+    writeln!(
+        io.stderr,
+        "run {run_id} recorded in {url}: {} credentials in zones {}",
+        shared.tasks.len(),
+        counts.join(", ")
+    )?;
+    if args.no_work {
+        writeln!(io.stdout, "{run_id}")?;
+        writeln!(io.stderr, "start a runner in each zone (REKEY_JOURNAL_PASSWORD and the playbook's Vault login in its environment):")?;
+        for zone in zones.keys() {
+            writeln!(io.stderr, "  rekey runner --journal '{url}' --zone {zone}")?;
+        }
+        writeln!(io.stderr, "then: rekey status {run_id} --journal '{url}'")?;
+        return Ok(ExitStatus::Success);
+    }
+    let options = Options {
+        zones: zones.keys().cloned().collect(),
+        once: true,
+        only_run: Some(run_id.clone()),
+        lease: std::time::Duration::from_secs(30),
+        sinks: args.journal.audit_sinks.clone(),
+    };
+    let served = serve(&location, &options, catalog, io)?;
+    let journal = crate::journal::Journal::open_at(&location, password.as_ref())?;
+    let states: std::collections::HashMap<String, crate::journal::CredentialRow> = journal
+        .states(&run_id)?
+        .into_iter()
+        .map(|r| (r.credential.clone(), r))
+        .collect();
+    let results = shared
+        .tasks
+        .iter()
+        .map(|t| crate::engine::CredentialResult {
+            id: t.credential.clone(),
+            outcome: states
+                .get(&t.credential)
+                .and_then(|r| serde_json::from_value(r.detail.clone()).ok())
+                .unwrap_or(crate::engine::Outcome::NotStarted {
+                    reason: "not finished by a runner yet; `rekey runner` takes it up".into(),
+                }),
+        })
+        .collect();
+    let summary = crate::engine::RunSummary {
+        run_id: run_id.clone(),
+        results,
+        interrupted: served.interrupted,
+        instances: Vec::new(),
+    };
+    writeln!(
+        io.stderr,
+        "audit: `rekey audit verify --journal '{url}' --run {run_id}` checks the run's chain"
+    )?;
+    if served.journal_failed {
+        print_summary(&summary, &[], args.format, io)?;
+        return Ok(ExitStatus::Failure);
+    }
+    print_summary(&summary, &[], args.format, io)
 }
 
 /// A credential a hygiene run left alone: younger than its `max_age`.

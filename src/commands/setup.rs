@@ -19,6 +19,21 @@ pub(super) fn load_for_run(
     catalog: &Catalog,
     io: &mut Io,
 ) -> Result<(playbook::Loaded, Selection, String)> {
+    let (loaded, selection, expanded) = load_expanding(path, args, catalog, io)?;
+    Ok((loaded, selection, expanded_sha256(path, &expanded)))
+}
+
+/// The value of each `${VAR}` a playbook expanded (`None`: unset).
+pub(super) type Expanded = std::collections::BTreeMap<String, Option<String>>;
+
+/// [`load_for_run`], with the values the playbook's `${VAR}`s expanded to (a
+/// shared run stores them, so that runners elsewhere load the same playbook).
+pub(super) fn load_expanding(
+    path: &Path,
+    args: &crate::cli::SelectionArgs,
+    catalog: &Catalog,
+    io: &mut Io,
+) -> Result<(playbook::Loaded, Selection, Expanded)> {
     let file = path.display().to_string();
     if path == Path::new(playbook::STDIN) {
         return Err(Refusal::new(
@@ -54,8 +69,7 @@ pub(super) fn load_for_run(
     if let Err(errors) = plan::select::check(&loaded.playbook, &selection) {
         return Err(Refusal::many(errors.iter().map(|e| format!("{file}: {e}"))).into());
     }
-    let expanded = expanded.into_inner().unwrap_or_default();
-    Ok((loaded, selection, expanded_sha256(path, &expanded)))
+    Ok((loaded, selection, expanded.into_inner().unwrap_or_default()))
 }
 
 /// SHA-256 of the playbook file and of each variable it expanded (name and value,
@@ -93,6 +107,38 @@ pub(super) fn key_file(path: &Path) -> Result<Vec<u8>> {
     crate::files::key_file(path).map_err(anyhow::Error::msg)
 }
 
+/// Each credential's provider instance and Vault path, for its audit lines.
+pub(super) fn credential_infos(
+    pb: &playbook::Playbook,
+) -> std::collections::HashMap<String, crate::audit::CredentialInfo> {
+    pb.credentials
+        .iter()
+        .map(|c| {
+            (
+                c.id.clone(),
+                crate::audit::CredentialInfo {
+                    provider: c.provider.clone(),
+                    vault_path: c.vault_path.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The audit sinks `--audit-sink` names (the HTTP ones with
+/// `REKEY_AUDIT_AUTHORIZATION`).
+pub(super) fn audit_sinks(specs: &[String]) -> Result<Vec<crate::audit::Sink>> {
+    let authorization = crate::harden::secret_env(crate::env_vars::REKEY_AUDIT_AUTHORIZATION)
+        .map(|v| crate::secret::Secret::new(v.trim()));
+    let mut sinks = Vec::new();
+    for spec in specs {
+        sinks.push(
+            crate::audit::Sink::parse(spec, authorization.clone()).map_err(anyhow::Error::msg)?,
+        );
+    }
+    Ok(sinks)
+}
+
 /// Where the audit trail goes for `run`, `resume` and `rollback`.
 pub(super) struct AuditSetup {
     path: PathBuf,
@@ -125,29 +171,9 @@ impl AuditSetup {
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let key = key_file(&crate::audit::key_path(&self.path))?;
-        let authorization = crate::harden::secret_env(crate::env_vars::REKEY_AUDIT_AUTHORIZATION)
-            .map(|v| crate::secret::Secret::new(v.trim()));
-        let mut sinks = Vec::new();
-        for spec in &self.sinks {
-            sinks.push(
-                crate::audit::Sink::parse(spec, authorization.clone())
-                    .map_err(anyhow::Error::msg)?,
-            );
-        }
-        let credentials = pb
-            .credentials
-            .iter()
-            .map(|c| {
-                (
-                    c.id.clone(),
-                    crate::audit::CredentialInfo {
-                        provider: c.provider.clone(),
-                        vault_path: c.vault_path.clone(),
-                    },
-                )
-            })
-            .collect();
-        let trail = crate::audit::Trail::open(&self.path, key, actor, credentials, sinks)?;
+        let sinks = audit_sinks(&self.sinks)?;
+        let trail =
+            crate::audit::Trail::open(&self.path, key, actor, credential_infos(pb), sinks)?;
         journal.set_mirror(Box::new(trail));
         Ok(())
     }
@@ -317,18 +343,17 @@ pub(super) fn open_journal(path: &Path) -> Result<(crate::journal::Journal, Vec<
     Ok((journal, key))
 }
 
-/// `run`, `resume` and `rollback` refuse a shared journal (`postgres://`) in this
-/// build: its audit chain lives in the database and runs on it are taken by
-/// `rekey runner`, neither of which is built yet (docs/shared-journal.md). Without
+/// `resume` and `rollback` refuse a shared journal (`postgres://`): its runs are
+/// taken by `rekey runner` (`run` records one: `run.rs`, `run_shared`). Without
 /// this the URL would be taken for a file path and a journal created under it.
 pub(super) fn refuse_shared(path: &Path) -> Result<()> {
     match crate::journal::Location::parse(path.as_os_str()) {
         Ok(location) if !location.is_shared() => Ok(()),
         Ok(location) => Err(Refusal::new(format!(
-            "the journal {} is a shared journal (PostgreSQL): this build only reads one (`rekey status`)",
+            "the journal {} is a shared journal (PostgreSQL): its runs are finished by `rekey runner`, not `resume` or `rollback`",
             location.display()
         ))
-        .help("run with an SQLite journal (--journal FILE); see docs/shared-journal.md for what a shared journal does today")
+        .help("start `rekey runner --journal URL --zone Z` in each zone: a credential whose runner died is taken over once its claim expires (docs/shared-journal.md)")
         .into()),
         Err(problem) => Err(Refusal::new(problem).into()),
     }

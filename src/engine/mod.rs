@@ -145,6 +145,30 @@ impl RunSummary {
         }
     }
 
+    /// How a shared run ended, from its credentials' final states as the journal
+    /// holds them (`rekey runner` ends the run when its last task is done): as
+    /// [`RunSummary::status`]; a state that is not an outcome counts as not started.
+    pub fn status_of_rows(rows: &[crate::journal::CredentialRow]) -> RunStatus {
+        let results = rows
+            .iter()
+            .map(|row| CredentialResult {
+                id: row.credential.clone(),
+                outcome: serde_json::from_value(row.detail.clone()).unwrap_or(
+                    Outcome::NotStarted {
+                        reason: String::new(),
+                    },
+                ),
+            })
+            .collect();
+        RunSummary {
+            run_id: String::new(),
+            results,
+            interrupted: false,
+            instances: Vec::new(),
+        }
+        .status()
+    }
+
     /// Credentials a human must act on now (not those `resume` finishes alone).
     pub fn needs_a_human(&self) -> usize {
         self.results
@@ -338,6 +362,13 @@ impl EngineBuilder {
     }
     pub fn operator(mut self, operator: Arc<dyn Operator>) -> Self {
         self.operator = operator;
+        self
+    }
+    /// The name this engine holds leases and locks under (default: a fresh
+    /// [`Journal::new_lease_holder`]); a runner gives its own, which its claims
+    /// and heartbeats carry too.
+    pub fn holder(mut self, holder: String) -> Self {
+        self.holder = holder;
         self
     }
     /// The limiter of each provider instance (a progress display shows them).
@@ -822,6 +853,62 @@ impl Engine {
         let outcome = rotate::resume(self, run_id, index, last).await?;
         self.record_unless_in_grace(run_id, index, &outcome, last)
             .await?;
+        Ok(outcome)
+    }
+
+    /// One credential of shared run `run_id` that a runner claimed (`rekey
+    /// runner`): skipped when `failed_dependency` names a dependency that did not
+    /// rotate; kept when `last` is already a final outcome (its runner recorded it
+    /// and died before marking the task done); reconciled and finished as
+    /// `resume` does when a runner's claim on it expired (`taken_over`) or it was
+    /// started before (`last`); otherwise rotated. A grace period is waited out
+    /// here (the claim stays held, renewed by the runner's heartbeat), so the
+    /// outcome returned is final and recorded.
+    pub async fn work_claimed(
+        &self,
+        run_id: &str,
+        index: usize,
+        last: Option<&crate::journal::CredentialRow>,
+        taken_over: bool,
+        failed_dependency: Option<&str>,
+    ) -> Result<Outcome, EngineError> {
+        let id = self.playbook.credentials[index].id.clone();
+        if let Some(dep) = failed_dependency {
+            let outcome = Outcome::Skipped {
+                reason: format!("dependency `{dep}` did not rotate"),
+            };
+            self.record_final(run_id, &id, &outcome).await?;
+            return Ok(outcome);
+        }
+        if let Some(done) = last
+            .and_then(|r| serde_json::from_value::<Outcome>(r.detail.clone()).ok())
+            .filter(|o| !o.resumable())
+        {
+            return Ok(done);
+        }
+        let outcome = if taken_over || last.is_some() {
+            self.progress.started(
+                &self.playbook.credentials[index].provider,
+                &id,
+            );
+            let outcome = self.resume_one(run_id, index, last).await?;
+            self.progress
+                .finished(&self.playbook.credentials[index].provider, &id, &outcome);
+            outcome
+        } else {
+            self.rotate_one(run_id, index).await?
+        };
+        let waiting = {
+            let mut pending = self.pending.lock().map_err(poisoned)?;
+            let at = pending.iter().position(|r| r.index == index);
+            at.map(|at| pending.remove(at))
+        };
+        let Some(r) = waiting else {
+            return Ok(outcome);
+        };
+        tokio::time::sleep_until(r.due).await;
+        let outcome = rotate::retire(self, run_id, &r).await?;
+        self.record_final(run_id, &id, &outcome).await?;
         Ok(outcome)
     }
 

@@ -115,7 +115,13 @@ pub struct ProviderInstance {
     pub quota: Option<u32>,
     /// The admin credential's own key can be among the listed keys (catalog).
     pub admin_key_listed: bool,
+    /// The network zone it is reachable from (`DEFAULT_ZONE` unless the playbook
+    /// names one): which `rekey runner --zone` takes its credentials.
+    pub zone: String,
 }
+
+/// The zone of a provider instance that names none.
+pub const DEFAULT_ZONE: &str = "default";
 
 impl ProviderInstance {
     /// Whether breach mode ends the sessions opened with its old credentials: the

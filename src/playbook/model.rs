@@ -200,6 +200,11 @@ pub struct RawProvider {
     /// How many of this instance's credentials rotate at once.
     #[serde(default)]
     pub concurrency: Option<i64>,
+    /// The network zone this instance is reachable from (letters, digits, `-`,
+    /// `_`, `.`; default `default`). On a shared journal, `rekey runner --zone Z`
+    /// rotates only the credentials of zone Z's instances.
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 /// Where the provider's admin credential comes from: a Vault KV path or an

@@ -173,6 +173,7 @@ pub(super) fn validate_providers(
                 1024,
             )
             .unwrap_or(t.default_concurrency);
+        let zone = validate_zone(cx, p.zone.as_deref(), &format!("{base}/zone"));
         out.insert(
             name.clone(),
             ProviderInstance {
@@ -188,6 +189,7 @@ pub(super) fn validate_providers(
                 requests: t.requests.clone(),
                 quota: t.quota,
                 admin_key_listed: t.admin_key_listed,
+                zone,
             },
         );
     }
@@ -211,10 +213,35 @@ pub(super) fn validate_providers(
                 requests: t.requests.clone(),
                 quota: None,
                 admin_key_listed: false,
+                zone: crate::playbook::DEFAULT_ZONE.into(),
             },
         );
     }
     out
+}
+
+/// A zone name: what `rekey runner --zone` matches, so the same short,
+/// shell-safe alphabet as credential ids. Unset: `default`.
+fn validate_zone(cx: &mut Ctx, zone: Option<&str>, pointer: &str) -> String {
+    let Some(zone) = zone else {
+        return crate::playbook::DEFAULT_ZONE.into();
+    };
+    let fine = !zone.is_empty()
+        && zone.len() <= 64
+        && zone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !fine {
+        cx.push(
+            Diagnostic::error(
+                format!("`{}` is not a zone name", zone.escape_debug()),
+                cx.at(pointer),
+            )
+            .label("not a zone name")
+            .help("a zone is 1 to 64 letters, digits, `-`, `_` or `.`, e.g. `prod-vpc` (what `rekey runner --zone` names)"),
+        );
+    }
+    zone.to_owned()
 }
 
 fn validate_rate(cx: &mut Ctx, rate: &RawRate, pointer: &str) -> Option<Rate> {
