@@ -303,7 +303,6 @@ impl Trail {
         self.tail = Some((len + bytes.len() as u64, seq, last));
         Ok(line)
     }
-
 }
 
 impl LineMaker {

@@ -15,8 +15,7 @@ use anyhow::Result;
 use std::path::PathBuf;
 
 pub fn run(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Result<ExitStatus> {
-    if crate::journal::Location::parse(args.journal.path.as_os_str()).is_ok_and(|l| l.is_shared())
-    {
+    if crate::journal::Location::parse(args.journal.path.as_os_str()).is_ok_and(|l| l.is_shared()) {
         return run_shared(args, catalog, io);
     }
     if args.no_work {
@@ -94,12 +93,17 @@ fn run_shared(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Res
         super::setup::load_expanding(&args.playbook, &args.selection, catalog, io)?;
     let pb = loaded.playbook;
     let selected = crate::plan::select::apply(&pb, &selection);
-    if args.max_age.is_some() || selected.indices.iter().any(|&i| pb.credentials[i].max_age.is_some()) {
-        return Err(Refusal::new(
-            "hygiene runs (max_age) are not built for a shared journal yet",
-        )
-        .help("run them with an SQLite journal, or leave max_age out of the selection")
-        .into());
+    if args.max_age.is_some()
+        || selected
+            .indices
+            .iter()
+            .any(|&i| pb.credentials[i].max_age.is_some())
+    {
+        return Err(
+            Refusal::new("hygiene runs (max_age) are not built for a shared journal yet")
+                .help("run them with an SQLite journal, or leave max_age out of the selection")
+                .into(),
+        );
     }
     let waves = crate::plan::order::waves(&pb, &selected.indices);
     let ids: std::collections::HashSet<&str> = waves
@@ -114,10 +118,10 @@ fn run_shared(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Res
             let c = &pb.credentials[i];
             TaskSpec {
                 credential: c.id.clone(),
-                zone: pb
-                    .providers
-                    .get(&c.provider)
-                    .map_or_else(|| crate::playbook::DEFAULT_ZONE.to_owned(), |p| p.zone.clone()),
+                zone: pb.providers.get(&c.provider).map_or_else(
+                    || crate::playbook::DEFAULT_ZONE.to_owned(),
+                    |p| p.zone.clone(),
+                ),
                 depends_on: c
                     .depends_on
                     .iter()
@@ -179,7 +183,10 @@ fn run_shared(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Res
     )?;
     if args.no_work {
         writeln!(io.stdout, "{run_id}")?;
-        writeln!(io.stderr, "start a runner in each zone (REKEY_JOURNAL_PASSWORD and the playbook's Vault login in its environment):")?;
+        writeln!(
+            io.stderr,
+            "start a runner in each zone (REKEY_JOURNAL_PASSWORD and the playbook's Vault login in its environment):"
+        )?;
         for zone in zones.keys() {
             writeln!(io.stderr, "  rekey runner --journal '{url}' --zone {zone}")?;
         }

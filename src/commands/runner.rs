@@ -333,10 +333,7 @@ impl Worker<'_> {
                 () = tokio::time::sleep(BUSY_POLL) => {}
             }
         }
-        if let Some(status) = self
-            .queue
-            .finish_if_done(run, RunSummary::status_of_rows)?
-        {
+        if let Some(status) = self.queue.finish_if_done(run, RunSummary::status_of_rows)? {
             eprintln!("run {run} finished: {status}");
         }
         Ok(worked)
@@ -351,10 +348,9 @@ impl Worker<'_> {
             .queue
             .run(run)?
             .with_context(|| format!("run {run} vanished from the journal"))?;
-        let (text, variables) = self
-            .queue
-            .shared_run(run)?
-            .with_context(|| format!("run {run} is not a shared run (it has no stored playbook)"))?;
+        let (text, variables) = self.queue.shared_run(run)?.with_context(|| {
+            format!("run {run} is not a shared run (it has no stored playbook)")
+        })?;
         let env = |name: &str| variables.get(name).cloned().flatten();
         let loaded = crate::playbook::load_str(&row.playbook_path, &text, &env, self.catalog)
             .map_err(|report| {

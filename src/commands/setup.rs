@@ -172,8 +172,7 @@ impl AuditSetup {
         }
         let key = key_file(&crate::audit::key_path(&self.path))?;
         let sinks = audit_sinks(&self.sinks)?;
-        let trail =
-            crate::audit::Trail::open(&self.path, key, actor, credential_infos(pb), sinks)?;
+        let trail = crate::audit::Trail::open(&self.path, key, actor, credential_infos(pb), sinks)?;
         journal.set_mirror(Box::new(trail));
         Ok(())
     }

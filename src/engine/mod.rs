@@ -887,10 +887,8 @@ impl Engine {
             return Ok(done);
         }
         let outcome = if taken_over || last.is_some() {
-            self.progress.started(
-                &self.playbook.credentials[index].provider,
-                &id,
-            );
+            self.progress
+                .started(&self.playbook.credentials[index].provider, &id);
             let outcome = self.resume_one(run_id, index, last).await?;
             self.progress
                 .finished(&self.playbook.credentials[index].provider, &id, &outcome);

@@ -24,6 +24,7 @@ mod layers;
 mod loader_props;
 mod manual;
 mod notify;
+mod own_pg;
 mod pg;
 mod protocol;
 mod providers_aws;

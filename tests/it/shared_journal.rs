@@ -11,10 +11,21 @@
 //! Two `rekey run`s with separate SQLite journals sharing a credential, started
 //! together: the Vault lock (`engine/rotate/lock.rs`) lets one rotate it, the
 //! other names the holder, and no orphan key is left at the provider.
+//!
+//! Runners, as processes of the real binary on real PostgreSQL and OpenBao:
+//! `rekey run --journal postgres://` works every zone itself (one of them the
+//! suite's Redis, checked with redis-cli), and `rekey audit verify --journal`
+//! names the line an UPDATE through psql changed; three `rekey runner`s in two
+//! zones finish 300 credentials, each rotated by exactly one runner (one create
+//! per credential in the journal, one key per account at the provider, the one
+//! Vault holds); a runner SIGKILLed mid-run has its credentials finished by
+//! another after its claims expire, with no orphan key; a test-owned PostgreSQL
+//! stopped and started mid-run: the runners reconnect and finish.
 
 use crate::canary::Lab;
+use crate::own_pg::OwnPg;
 use crate::pg::TestDb;
-use crate::support::{rekey, repo_root};
+use crate::support::{KillOnDrop, rekey, repo_root};
 use rekey::journal::{CredentialState, Journal, NewRun};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -161,7 +172,7 @@ fn a_password_in_the_journal_url_is_refused() {
 }
 
 #[test]
-fn run_resume_and_rollback_refuse_a_shared_journal_and_create_no_file() {
+fn resume_and_rollback_refuse_a_shared_journal_and_create_no_file() {
     let mut lab = Lab::new();
     let pb = lab.playbook(
         "refused",
@@ -171,7 +182,8 @@ fn run_resume_and_rollback_refuse_a_shared_journal_and_create_no_file() {
     );
     let url = "postgres://rekey@127.0.0.1:1/rekey?sslmode=disable";
     let cases: [Vec<&str>; 3] = [
-        vec!["run", &pb, "--journal", url],
+        // --no-work records a run for runners: only on a shared journal.
+        vec!["run", &pb, "--no-work", "--journal", "no-work.db"],
         vec!["resume", "--journal", url],
         vec!["rollback", "r-1", "--journal", url],
     ];
@@ -562,4 +574,535 @@ fn two_runs_with_separate_journals_sharing_a_credential_rotate_it_once_and_the_o
         Some(1),
         "no orphan key at the provider: {state}"
     );
+}
+
+/// A shared run's surroundings: the lab's OpenBao (and its token) and a
+/// journal URL, with its password when it needs one.
+struct Fleet {
+    lab: Lab,
+    url: String,
+    password: Option<String>,
+}
+
+impl Fleet {
+    fn on(db: &TestDb) -> Fleet {
+        Fleet {
+            lab: Lab::new(),
+            url: db.url(),
+            password: Some(db.password()),
+        }
+    }
+
+    fn rekey(&self) -> crate::support::Rekey {
+        let r = rekey().env("VAULT_TOKEN", &self.lab.token);
+        match &self.password {
+            Some(p) => r.env("REKEY_JOURNAL_PASSWORD", p),
+            None => r,
+        }
+    }
+
+    /// `rekey run --no-work`: the run's id.
+    fn record(&self, playbook: &str) -> String {
+        let out = self
+            .rekey()
+            .args(["run", playbook, "--no-work", "--journal", &self.url])
+            .run();
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        out.stdout.trim().to_owned()
+    }
+
+    /// `rekey runner --once` of `zones`, with `extra` arguments, logging to `log`.
+    fn runner(&self, zones: &[&str], extra: &[&str], log: &str) -> KillOnDrop {
+        let mut r = self
+            .rekey()
+            .args(["runner", "--once", "--journal", &self.url]);
+        for z in zones {
+            r = r.args(["--zone", z]);
+        }
+        r.args(extra).spawn_logged(&self.lab.dir.path().join(log))
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.lab.dir.path().join(name)).unwrap_or_default()
+    }
+
+    fn audit_verify(&self, run: &str) -> crate::support::Output {
+        self.rekey()
+            .args(["audit", "verify", "--journal", &self.url, "--run", run])
+            .run()
+    }
+
+    /// A playbook of `n` sandbox credentials per zone (`east`, `west`), each
+    /// account holding one old key (`old-<account>`) that breach mode must
+    /// retire; every tenth west credential depends on its east twin.
+    fn zoned_playbook(&self, n: usize, latency: &str, concurrency: u32) -> String {
+        let dir = self.lab.dir.path();
+        let mut text = format!(
+            "version: 1\nname: zones\nincident: {{ mode: breach }}\nvault: {{ address: \"{}\" }}\ndefaults: {{ concurrency: {concurrency} }}\nproviders:\n",
+            self.lab.env["VAULT_ADDR"]
+        );
+        for zone in ["east", "west"] {
+            text += &format!(
+                "  {zone}: {{ type: sandbox, zone: {zone}, settings: {{ state_file: {}/{zone}.json, latency: {latency} }} }}\n",
+                dir.display()
+            );
+        }
+        text += "credentials:\n";
+        for zone in ["east", "west"] {
+            let mut state = serde_json::Map::new();
+            for i in 0..n {
+                let account = format!("{zone}{i}");
+                let depends = if zone == "west" && i % 10 == 0 {
+                    format!(", depends_on: [east{i}]")
+                } else {
+                    String::new()
+                };
+                text += &format!(
+                    "  - {{ id: {account}, provider: {zone}, account: {account}, vault_path: {}/{account}{depends} }}\n",
+                    self.lab.prefix
+                );
+                state.insert(
+                    account.clone(),
+                    json!({ "keys": [{ "id": format!("old-{account}"), "secret_sha256": "00".repeat(32),
+                                       "active": true, "created_at": 1, "tag": "seed" }] }),
+                );
+            }
+            std::fs::write(
+                dir.join(format!("{zone}.json")),
+                json!({ "accounts": state }).to_string(),
+            )
+            .unwrap();
+        }
+        let path = dir.join("zones.yaml");
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    /// Every credential of `zoned_playbook(n)`, checked at the provider and in
+    /// Vault: its account holds exactly one key (the old one retired, no orphan),
+    /// the one Vault's entry names, whose value Vault holds.
+    fn assert_each_rotated_once(&self, n: usize) {
+        for zone in ["east", "west"] {
+            let state: Value = serde_json::from_slice(
+                &std::fs::read(self.lab.dir.path().join(format!("{zone}.json"))).unwrap(),
+            )
+            .unwrap();
+            for i in 0..n {
+                let account = format!("{zone}{i}");
+                let keys = state["accounts"][&account]["keys"].as_array().unwrap();
+                assert_eq!(keys.len(), 1, "{account}: one key, no orphan: {keys:?}");
+                let key = &keys[0];
+                assert_ne!(key["id"], json!(format!("old-{account}")), "{account}");
+                let entry = crate::canary::http(
+                    &self.lab.env["VAULT_ADDR"],
+                    "GET",
+                    &format!("/v1/secret/data/{}/{account}", self.lab.prefix),
+                    &self.lab.env["VAULT_TOKEN"],
+                    None,
+                );
+                let data = &entry["data"]["data"];
+                assert_eq!(data["key_id"], key["id"], "{account}: Vault names the key");
+                let value = data["value"].as_str().unwrap();
+                assert_eq!(
+                    json!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                        value.as_bytes()
+                    ))),
+                    key["secret_sha256"],
+                    "{account}: Vault holds the key's value"
+                );
+            }
+        }
+    }
+}
+
+/// Waits up to `limit` for `child` to end; its exit code.
+fn wait_exit(child: &mut KillOnDrop, limit: Duration) -> i32 {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process did not end within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Each credential of `run` had exactly one create (one runner rotated it), and
+/// every task is done by a runner serving its zone.
+fn assert_one_create_each_by_a_runner_of_its_zone(db: &TestDb, run: &str, n: usize) {
+    let creates = db.sql(&format!(
+        "SELECT credential, count(*) FROM rekey.intents WHERE run_id = '{run}' AND step = 'create'
+         GROUP BY credential HAVING count(*) <> 1"
+    ));
+    assert!(
+        creates.is_empty(),
+        "credentials created more than once: {creates:?}"
+    );
+    assert_eq!(
+        db.value(&format!(
+            "SELECT count(DISTINCT credential) FROM rekey.intents WHERE run_id = '{run}' AND step = 'create'"
+        )),
+        n.to_string()
+    );
+    assert_eq!(
+        db.value(&format!(
+            "SELECT count(*) FROM rekey.tasks t JOIN rekey.runners r ON r.holder = t.holder
+             WHERE t.run_id = '{run}' AND t.status = 'done' AND t.zone = ANY (r.zones)"
+        )),
+        n.to_string(),
+        "every task done by a runner of its zone"
+    );
+}
+
+#[test]
+fn rekey_run_on_a_shared_journal_works_every_zone_and_audit_verify_names_a_line_changed_through_psql()
+ {
+    let db = TestDb::new();
+    let fleet = Fleet::on(&db);
+    let env = &fleet.lab.env;
+    // A real server in one zone: the suite's Redis, an ACL user with an old password.
+    let user = format!("rk_runner_{}", hex::encode(rand::random::<[u8; 4]>()));
+    let old = hex::encode(rand::random::<[u8; 16]>());
+    let redis_cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-h",
+                &env["REKEY_REDIS_HOST"],
+                "-p",
+                &env["REKEY_REDIS_PORT"],
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        redis_cli(&[
+            "ACL",
+            "SETUSER",
+            &user,
+            "on",
+            &format!(">{old}"),
+            "~*",
+            "+@all"
+        ]),
+        "OK"
+    );
+    let sha = |v: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(v.as_bytes()));
+    let vault = |method: &str, path: &str, body: Option<&Value>| {
+        crate::canary::http(
+            &env["VAULT_ADDR"],
+            method,
+            &format!("/v1/secret/data/{}/{path}", fleet.lab.prefix),
+            &env["VAULT_TOKEN"],
+            body,
+        )
+    };
+    vault(
+        "POST",
+        "cache",
+        Some(&json!({ "data": { "value": old, "key_id": &sha(&old)[..16] } })),
+    );
+    let pb = fleet.lab.playbook(
+        "two-zones",
+        "breach",
+        &format!(
+            "  keys: {{ type: sandbox, zone: saas, settings: {{ state_file: DIR/keys.json, latency: 1ms }} }}\n  rd: {{ type: redis, zone: cache-vpc, settings: {{ host: \"{}\", port: {}, persist: none }} }}",
+            env["REKEY_REDIS_HOST"], env["REKEY_REDIS_PORT"]
+        ),
+        &format!(
+            "  - {{ id: cache, provider: rd, account: {user}, vault_path: PREFIX/cache }}\n  - {{ id: api, provider: keys, account: a, vault_path: PREFIX/api, depends_on: [cache] }}\n  - {{ id: api2, provider: keys, account: b, vault_path: PREFIX/api2 }}\n"
+        ),
+    );
+    let out = fleet
+        .rekey()
+        .args(["run", &pb, "--journal", &fleet.url, "--format", "json"])
+        .run();
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let summary: Value = serde_json::from_str(&out.stdout).unwrap();
+    let run = summary["run_id"].as_str().unwrap().to_owned();
+    for r in summary["results"].as_array().unwrap() {
+        assert_eq!(r["outcome"], "rotated", "{summary}");
+    }
+    assert!(
+        out.stderr.contains("zones cache-vpc (1), saas (2)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        db.value(&format!("SELECT status FROM rekey.runs WHERE id = '{run}'")),
+        "succeeded"
+    );
+    // Redis, as its own client sees it: the new password logs in, the old one
+    // does not (redis-cli falls back to `default` when AUTH fails), and the ACL
+    // holds exactly the new password's hash.
+    let new = vault("GET", "cache", None)["data"]["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new, old);
+    let whoami = |pw: &str| {
+        redis_cli(&[
+            "--user",
+            &user,
+            "--pass",
+            pw,
+            "--no-auth-warning",
+            "ACL",
+            "WHOAMI",
+        ])
+    };
+    assert_eq!(whoami(&new), user, "the new password works");
+    assert_ne!(whoami(&old), user, "the old password is retired");
+    let acl = redis_cli(&["ACL", "GETUSER", &user]);
+    assert!(
+        acl.contains(&sha(&new)) && !acl.contains(&sha(&old)),
+        "{acl}"
+    );
+    redis_cli(&["ACL", "DELUSER", &user, &format!("rekey-tags:{user}")]);
+
+    let verified = fleet.audit_verify(&run);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+    let lines: u64 = db
+        .value(&format!(
+            "SELECT count(*) FROM rekey.audit WHERE run_id = '{run}'"
+        ))
+        .parse()
+        .unwrap();
+    assert!(lines > 20, "a line per record: {lines}");
+    assert!(
+        verified
+            .stdout
+            .contains(&format!("run {run}: {lines} lines verified")),
+        "{}",
+        verified.stdout
+    );
+    // The audit key is the database's: the trail's HMAC of the new value is on
+    // the line that staged it, and no value is.
+    let all: String = db
+        .sql(&format!(
+            "SELECT line FROM rekey.audit WHERE run_id = '{run}' ORDER BY seq"
+        ))
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    assert!(
+        !all.contains(&new) && !all.contains(&old),
+        "no value in the chain"
+    );
+    assert!(all.contains("secret_hmac"), "values are named by HMAC");
+
+    // One line changed through psql (PostgreSQL's own client): verify names it.
+    let tamper = std::process::Command::new("psql")
+        .env("PGPASSWORD", db.password())
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            &env["REKEY_PG_HOST"],
+            "-p",
+            &env["REKEY_PG_PORT"],
+            "-U",
+            &env["REKEY_PG_ADMIN_USER"],
+            "-d",
+            &db.name,
+            "-c",
+            &format!(
+                "UPDATE rekey.audit SET line = replace(line, '\"seq\":7,', '\"seq\":7,\"note\":\"x\",') WHERE run_id = '{run}' AND seq = 7"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        tamper.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tamper.stderr)
+    );
+    let broken = fleet.audit_verify(&run);
+    assert_eq!(broken.code, 1, "{}{}", broken.stdout, broken.stderr);
+    assert!(
+        broken.stderr.contains(&format!("run {run}: line 7:")),
+        "{}",
+        broken.stderr
+    );
+    let everything = fleet
+        .rekey()
+        .args(["audit", "verify", "--journal", &fleet.url])
+        .run();
+    assert_eq!(everything.code, 1, "{}", everything.stderr);
+}
+
+#[test]
+fn three_runners_in_two_zones_finish_300_credentials_each_rotated_by_exactly_one() {
+    let db = TestDb::new();
+    let fleet = Fleet::on(&db);
+    let n = 150;
+    let pb = fleet.zoned_playbook(n, "1ms", 16);
+    let run = fleet.record(&pb);
+    let mut runners = [
+        fleet.runner(&["east"], &[], "east1.log"),
+        fleet.runner(&["east"], &[], "east2.log"),
+        fleet.runner(&["west"], &[], "west.log"),
+    ];
+    for (r, log) in runners
+        .iter_mut()
+        .zip(["east1.log", "east2.log", "west.log"])
+    {
+        assert_eq!(
+            wait_exit(r, Duration::from_secs(240)),
+            0,
+            "{}",
+            fleet.log(log)
+        );
+    }
+    assert_eq!(
+        db.value(&format!("SELECT status FROM rekey.runs WHERE id = '{run}'")),
+        "succeeded"
+    );
+    assert_eq!(
+        db.value(&format!(
+            "SELECT count(*) FROM rekey.credential_states WHERE run_id = '{run}' AND state = 'rotated'"
+        )),
+        (2 * n).to_string()
+    );
+    assert_one_create_each_by_a_runner_of_its_zone(&db, &run, 2 * n);
+    fleet.assert_each_rotated_once(n);
+    let verified = fleet.audit_verify(&run);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+}
+
+#[test]
+fn a_runner_killed_mid_run_has_its_credentials_finished_by_another_after_its_claims_expire() {
+    let db = TestDb::new();
+    let fleet = Fleet::on(&db);
+    let n = 20;
+    let pb = fleet.zoned_playbook(n, "150ms", 8);
+    let run = fleet.record(&pb);
+    let mut first = fleet.runner(&["east", "west"], &["--lease", "2s"], "first.log");
+    let done = || -> u64 {
+        db.value(&format!(
+            "SELECT count(*) FROM rekey.tasks WHERE run_id = '{run}' AND status = 'done'"
+        ))
+        .parse()
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while done() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            fleet.log("first.log")
+        );
+        assert!(!first.exited(), "{}", fleet.log("first.log"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.0.kill().unwrap(); // SIGKILL: no goodbye, claims left to expire.
+    first.0.wait().unwrap();
+    let held: u64 = db
+        .value(&format!(
+            "SELECT count(*) FROM rekey.tasks WHERE run_id = '{run}' AND status = 'claimed'"
+        ))
+        .parse()
+        .unwrap();
+    assert!(held > 0, "killed with credentials in flight");
+    assert!(done() < (2 * n) as u64, "killed mid-run");
+
+    let mut second = fleet.runner(&["east", "west"], &["--lease", "2s"], "second.log");
+    assert_eq!(
+        wait_exit(&mut second, Duration::from_secs(120)),
+        0,
+        "{}",
+        fleet.log("second.log")
+    );
+    assert_eq!(
+        db.value(&format!("SELECT status FROM rekey.runs WHERE id = '{run}'")),
+        "succeeded",
+        "{}",
+        fleet.log("second.log")
+    );
+    let taken_over: u64 = db
+        .value(&format!(
+            "SELECT coalesce(sum(reclaims), 0) FROM rekey.tasks WHERE run_id = '{run}'"
+        ))
+        .parse()
+        .unwrap();
+    assert_eq!(
+        taken_over, held,
+        "each claim the dead runner held was taken over once"
+    );
+    fleet.assert_each_rotated_once(n);
+    let verified = fleet.audit_verify(&run);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+}
+
+#[test]
+fn runners_reconnect_and_finish_when_their_postgresql_restarts_mid_run() {
+    let pg = OwnPg::new();
+    let fleet = Fleet {
+        lab: Lab::new(),
+        url: pg.url(),
+        password: None,
+    };
+    let n = 20;
+    let pb = fleet.zoned_playbook(n, "100ms", 4);
+    let run = fleet.record(&pb);
+    let journal = {
+        let location = rekey::journal::postgres::PgLocation::parse(&pg.url()).unwrap();
+        Journal::from(rekey::journal::postgres::PgJournal::connect(&location, None).unwrap())
+    };
+    let done = |journal: &Journal| {
+        journal
+            .shared()
+            .unwrap()
+            .tasks(&run)
+            .unwrap()
+            .iter()
+            .filter(|t| t.status == "done")
+            .count()
+    };
+    let mut east = fleet.runner(&["east"], &[], "east.log");
+    let mut west = fleet.runner(&["west"], &[], "west.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while done(&journal) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            fleet.log("east.log")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pg.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !east.exited() && !west.exited(),
+        "runners wait for the journal"
+    );
+    pg.start();
+    for (r, log) in [(&mut east, "east.log"), (&mut west, "west.log")] {
+        assert_eq!(
+            wait_exit(r, Duration::from_secs(120)),
+            0,
+            "{}",
+            fleet.log(log)
+        );
+    }
+    assert!(
+        fleet
+            .log("east.log")
+            .contains("The journal does not answer")
+            && fleet
+                .log("west.log")
+                .contains("The journal does not answer"),
+        "both runners lost the journal: {}",
+        fleet.log("east.log")
+    );
+    assert_eq!(done(&journal), 2 * n);
+    let run_row = journal.run(&run).unwrap().unwrap();
+    assert_eq!(run_row.status, rekey::journal::RunStatus::Succeeded);
+    fleet.assert_each_rotated_once(n);
+    let verified = fleet.audit_verify(&run);
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
 }

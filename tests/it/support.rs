@@ -45,6 +45,15 @@ impl Rekey {
     pub fn playbook_env(self) -> Self {
         self.env("VAULT_ADDR", "http://127.0.0.1:8200")
     }
+    /// Starts it without waiting, stdout and stderr into `log`; killed and
+    /// reaped when the handle is dropped (a test that fails stops it too).
+    pub fn spawn_logged(mut self, log: &Path) -> KillOnDrop {
+        let file = std::fs::File::create(log).expect("create the log file");
+        self.cmd
+            .stdout(file.try_clone().expect("clone the log file"))
+            .stderr(file);
+        KillOnDrop(self.cmd.spawn().expect("rekey binary starts"))
+    }
     pub fn run(mut self) -> Output {
         let out = self.cmd.output().expect("rekey binary runs");
         Output {

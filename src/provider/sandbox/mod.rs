@@ -172,6 +172,31 @@ impl Sandbox {
         }
     }
 
+    /// An exclusive lock on `<state_file>.lock`, held while the state is read,
+    /// changed and written: several rekey processes (the runners of one zone)
+    /// share one state file as they would share one real service.
+    fn lock_file(&self) -> Result<std::fs::File, ProviderError> {
+        let mut name = self.state_file.clone().into_os_string();
+        name.push(".lock");
+        let fail = |e: std::io::Error| {
+            ProviderError::Transient(format!(
+                "cannot lock sandbox state {}: {e}",
+                self.state_file.display()
+            ))
+        };
+        if let Some(dir) = self.state_file.parent() {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(name)
+            .map_err(fail)?;
+        file.lock().map_err(fail)?;
+        Ok(file)
+    }
+
     /// Writes the state durably and atomically: a crash leaves the old or the new file.
     fn save(&self, state: &State) -> Result<(), ProviderError> {
         use std::io::Write;
@@ -279,6 +304,7 @@ impl Sandbox {
             .state
             .lock()
             .map_err(|_| ProviderError::Fatal("sandbox state lock poisoned".into()))?;
+        let _file_lock = self.lock_file()?;
         let mut state = self.load()?;
         let (value, changed) = f(state.accounts.entry(account.to_owned()).or_default())?;
         if changed {
@@ -399,6 +425,7 @@ impl Provider for Sandbox {
             .state
             .lock()
             .map_err(|_| ProviderError::Fatal("sandbox state lock poisoned".into()))?;
+        let _file_lock = self.lock_file()?;
         Ok(self.load()?.accounts.keys().cloned().collect())
     }
 
