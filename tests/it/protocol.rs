@@ -1218,3 +1218,51 @@ async fn a_retirement_the_provider_did_not_answer_is_finished_by_resume() {
         }
     }
 }
+
+/// Finding 3 of `scripts/chaos`, in process: Vault stops answering deletes
+/// under the staging prefix after promotion. The credential is rotated; the
+/// summary names the staging entry and the lock it left; `resume` of the
+/// finished run removes both once Vault answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_vault_would_not_delete_is_named_and_removed_by_resume() {
+    for kind in [Kind::Dual, Kind::Single] {
+        let case = Case::new(kind, true);
+        case.store.inject(
+            StoreOp::DeleteAll,
+            Some("rekey/staging"),
+            Fault::Unavailable,
+            u32::MAX,
+        );
+        let summary = case
+            .engine()
+            .run(&case.new_run(), &[vec![0]])
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome(&summary), Outcome::Rotated { .. }),
+            "{kind:?}: {:?}",
+            outcome(&summary)
+        );
+        let mut kinds: Vec<&str> = summary.leftovers.iter().map(|l| l.kind).collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            ["lock", "staging"],
+            "{kind:?}: {:?}",
+            summary.leftovers
+        );
+        assert_eq!(case.store.paths().len(), 3, "{kind:?}");
+        case.store.clear_faults();
+        let resumed = case
+            .engine()
+            .resume(&summary.run_id, &[vec![0]])
+            .await
+            .unwrap();
+        assert_eq!(resumed.leftovers, Vec::new(), "{kind:?}");
+        assert_eq!(case.store.paths(), [PATH], "{kind:?}");
+        assert!(
+            matches!(outcome(&resumed), Outcome::Rotated { .. }),
+            "{kind:?}"
+        );
+    }
+}
