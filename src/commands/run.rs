@@ -225,6 +225,9 @@ fn run_shared(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Res
         results,
         interrupted: served.interrupted,
         instances: Vec::new(),
+        // The runner that ends the run removes them (`runner.rs`); what Vault
+        // did not let it remove is in its log and `rekey status`.
+        leftovers: Vec::new(),
     };
     writeln!(
         io.stderr,

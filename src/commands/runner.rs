@@ -335,6 +335,18 @@ impl Worker<'_> {
         }
         if let Some(status) = self.queue.finish_if_done(run, RunSummary::status_of_rows)? {
             eprintln!("run {run} finished: {status}");
+            // What Vault did not let the run remove (staging copies, locks).
+            let left = engine.tidy(run).await?;
+            if !left.is_empty() {
+                eprintln!(
+                    "run {run}: Vault still holds {} entries it could not remove: {}",
+                    left.len(),
+                    left.iter()
+                        .map(|l| l.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
         }
         Ok(worked)
     }

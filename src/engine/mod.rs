@@ -169,6 +169,7 @@ impl RunSummary {
             results,
             interrupted: false,
             instances: Vec::new(),
+            leftovers: Vec::new(),
         }
         .status()
     }
@@ -628,7 +629,7 @@ impl Engine {
     /// while Vault answers; returns what is still there. Nothing is tried while
     /// Vault is known down or the run is stopping: the summary names them and
     /// `rekey resume` tries again.
-    async fn tidy(&self, run_id: &str) -> Result<Vec<tidy::Leftover>, EngineError> {
+    pub async fn tidy(&self, run_id: &str) -> Result<Vec<tidy::Leftover>, EngineError> {
         let left = self.journal(|j| tidy::leftovers(j, run_id))?;
         if left.is_empty() {
             return Ok(left);
