@@ -498,3 +498,24 @@ fn end_sessions_is_a_boolean_of_types_that_end_sessions() {
     );
     assert_invalid(&text, &["`ldap` has no setting `end_sessions`"]);
 }
+
+#[test]
+fn a_zone_name_is_checked_where_it_is_written() {
+    let good = BASE.replace(
+        "    settings: { host: db }",
+        "    settings: { host: db }\n    zone: prod-vpc.eu_1",
+    );
+    let (code, stderr) = plan(&good);
+    assert_eq!(code, 0, "{stderr}");
+    let bad = BASE.replace(
+        "    settings: { host: db }",
+        "    settings: { host: db }\n    zone: \"prod vpc/1\"",
+    );
+    assert_invalid(
+        &bad,
+        &[
+            "PLAYBOOK:8:11: `prod vpc/1` is not a zone name",
+            "a zone is 1 to 64 letters, digits",
+        ],
+    );
+}
