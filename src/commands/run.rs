@@ -91,7 +91,14 @@ fn run_shared(args: &crate::cli::RunArgs, catalog: &Catalog, io: &mut Io) -> Res
     }
     let (loaded, selection, variables) =
         super::setup::load_expanding(&args.playbook, &args.selection, catalog, io)?;
-    let pb = loaded.playbook;
+    // Working on it here needs what a run on one machine needs (runnable
+    // providers, the Vault login): refused before anything is recorded.
+    let pb = if args.no_work {
+        loaded.playbook
+    } else {
+        let prepared = prepare(&args.playbook, loaded, &selection, catalog)?;
+        std::sync::Arc::unwrap_or_clone(prepared.playbook)
+    };
     let selected = crate::plan::select::apply(&pb, &selection);
     if args.max_age.is_some()
         || selected
