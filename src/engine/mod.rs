@@ -473,10 +473,21 @@ impl Engine {
             if members.len() < 2 {
                 return Arc::new(keys);
             }
-            let reads = members
-                .iter()
-                .map(|c| async move { (c.index, self.store.read(&c.vault_path).await) });
-            for (index, read) in futures::future::join_all(reads).await {
+            // As many reads at once as the run's concurrency: all of an instance's
+            // thousand entries at once opened a thousand connections to Vault, each
+            // with its buffers kept in the pool (found by `scripts/load`: most of
+            // a 10,000-credential run's memory).
+            let width = self.playbook.defaults.concurrency.max(1) as usize;
+            let reads = futures::StreamExt::buffer_unordered(
+                futures::stream::iter(
+                    members
+                        .iter()
+                        .map(|c| async move { (c.index, self.store.read(&c.vault_path).await) }),
+                ),
+                width,
+            );
+            let reads: Vec<_> = futures::StreamExt::collect(reads).await;
+            for (index, read) in reads {
                 match read {
                     Ok(entry) => {
                         if let Some(k) = entry.fields.get("key_id") {

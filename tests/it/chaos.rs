@@ -477,8 +477,24 @@ fn a_full_then_read_only_journal_disk_stops_cleanly_and_resume_finishes() {
         out.stderr
     );
 
+    // A line cut short by a write that failed (the disk filled mid-append, or
+    // the process died mid-write): what the head record vouches for is whole,
+    // so the next process keeps the torn bytes aside and goes on.
+    let trail = jdir.join("audit.jsonl");
+    let torn = b"{\"seq\":99999,\"ts\":\"2026-12-02T";
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&trail)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, torn))
+        .unwrap();
     let out = resume();
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("cut short"), "{}", out.stderr);
+    let kept = std::fs::read(jdir.join("audit.jsonl.torn")).unwrap();
+    assert!(
+        kept.starts_with(torn),
+        "the torn bytes are kept as evidence"
+    );
     let keys: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("keys.json")).unwrap()).unwrap();
     for i in 0..n {

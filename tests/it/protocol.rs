@@ -1266,3 +1266,55 @@ async fn what_vault_would_not_delete_is_named_and_removed_by_resume() {
         );
     }
 }
+
+/// Found by `scripts/chaos` (200-iteration run, iteration 55, PostgreSQL behind
+/// a connection reset): a password change whose answer was lost, then a probe
+/// of the new value that could not reach the provider either. The engine took
+/// "no answer" for "it did not happen", deleted the staging entry and said
+/// rolled back, while the new password was in force and nobody held it. It is
+/// now a resumable quarantine with the staging entry kept, and `resume`
+/// finishes it, whether the change landed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_nobody_can_confirm_keeps_its_staging_entry_for_resume() {
+    // (the change answered, the change's answer lost, the change not made)
+    for (answered, landed) in [(true, true), (false, true), (false, false)] {
+        for breach in [false, true] {
+            let label = format!("answered {answered} landed {landed} breach {breach}");
+            let case = Case::new(Kind::Single, breach);
+            if !answered {
+                case.fail(
+                    Op::Change,
+                    if landed {
+                        Effect::LoseAnswer
+                    } else {
+                        Effect::TransientOnce
+                    },
+                );
+                // Every retry of the change: no answer.
+                case.fail(Op::Change, Effect::Unreachable);
+            }
+            // The probe (or the verify after a change that answered): no answer.
+            case.fail(Op::Verify, Effect::Unreachable);
+            let (summary, _) = case.run().await;
+            match outcome(&summary) {
+                Outcome::Quarantined {
+                    resumable: true, ..
+                } => {}
+                other => panic!("{label}: {other:?}"),
+            }
+            assert_eq!(case.store.paths().len(), 2, "{label}: staging kept");
+            case.heal();
+            let summary = case.resume_latest().await;
+            assert!(
+                matches!(outcome(&summary), Outcome::Rotated { .. }),
+                "{label}: {:?}",
+                outcome(&summary)
+            );
+            assert_eq!(
+                case.check_world(outcome(&summary)).await,
+                Vec::<String>::new(),
+                "{label}"
+            );
+        }
+    }
+}
