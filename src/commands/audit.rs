@@ -133,8 +133,7 @@ fn verify_shared(journal: &std::ffi::OsStr, run: Option<&str>, io: &mut Io) -> R
         .help("for a file trail, give the trail: `rekey audit verify .rekey/audit.jsonl`")
         .into());
     }
-    let password = crate::harden::secret_env(crate::env_vars::REKEY_JOURNAL_PASSWORD)
-        .map(|p| crate::secret::Secret::new(p.as_str()));
+    let password = super::runner::journal_password();
     let journal = crate::journal::Journal::open_at(&location, password.as_ref())?;
     let Some(pg) = journal.shared() else {
         return Err(Refusal::new("not a shared journal").into());

@@ -72,14 +72,9 @@ pub(super) fn journal_password() -> Option<crate::secret::Secret> {
         .map(|p| crate::secret::Secret::new(p.as_str()))
 }
 
-/// The same rule as the playbook's `zone:` (`playbook/validate/providers.rs`).
+/// The playbook's rule for `zone:` (`playbook::is_zone_name`).
 fn check_zone(zone: &str) -> Result<()> {
-    let fine = !zone.is_empty()
-        && zone.len() <= 64
-        && zone
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if fine {
+    if crate::playbook::is_zone_name(zone) {
         Ok(())
     } else {
         Err(

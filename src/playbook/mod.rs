@@ -123,6 +123,16 @@ pub struct ProviderInstance {
 /// The zone of a provider instance that names none.
 pub const DEFAULT_ZONE: &str = "default";
 
+/// Whether `zone` is a zone name: 1 to 64 letters, digits, `-`, `_` or `.` (what
+/// the playbook's `zone:` and `rekey runner --zone` take).
+pub fn is_zone_name(zone: &str) -> bool {
+    !zone.is_empty()
+        && zone.len() <= 64
+        && zone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 impl ProviderInstance {
     /// Whether breach mode ends the sessions opened with its old credentials: the
     /// `end_sessions` setting (a boolean once validated), on unless `false`.

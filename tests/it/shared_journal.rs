@@ -894,6 +894,26 @@ fn rekey_run_on_a_shared_journal_works_every_zone_and_audit_verify_names_a_line_
         "no value in the chain"
     );
     assert!(all.contains("secret_hmac"), "values are named by HMAC");
+    // Nor in the journal's records, nor in what the command printed (the Vault
+    // token is the lab's canary).
+    let records: String = db
+        .sql(&format!(
+            "SELECT detail FROM rekey.intents WHERE run_id = '{run}'
+             UNION ALL SELECT o.detail FROM rekey.outcomes o JOIN rekey.intents i ON i.id = o.intent_id WHERE i.run_id = '{run}'
+             UNION ALL SELECT detail FROM rekey.credential_states WHERE run_id = '{run}'"
+        ))
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    for canary in [&new, &old, &fleet.lab.token] {
+        for (place, text) in [
+            ("journal", &records),
+            ("stdout", &out.stdout),
+            ("stderr", &out.stderr),
+        ] {
+            assert!(!text.contains(canary.as_str()), "a secret in the {place}");
+        }
+    }
 
     // One line changed through psql (PostgreSQL's own client): verify names it.
     let tamper = std::process::Command::new("psql")

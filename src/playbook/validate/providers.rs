@@ -226,12 +226,7 @@ fn validate_zone(cx: &mut Ctx, zone: Option<&str>, pointer: &str) -> String {
     let Some(zone) = zone else {
         return crate::playbook::DEFAULT_ZONE.into();
     };
-    let fine = !zone.is_empty()
-        && zone.len() <= 64
-        && zone
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !fine {
+    if !crate::playbook::is_zone_name(zone) {
         cx.push(
             Diagnostic::error(
                 format!("`{}` is not a zone name", zone.escape_debug()),
