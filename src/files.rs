@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 /// Why a file or its directory is refused, each saying what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}: {source}{}", disk_hint(source))]
     Io {
         path: PathBuf,
         action: &'static str,
@@ -49,6 +49,20 @@ pub enum FileError {
         "{path} belongs to uid {owner}, neither the user running rekey (uid {me}) nor root: its owner can replace rekey's files in it; keep them in a directory of your own"
     )]
     DirOwner { path: PathBuf, owner: u32, me: u32 },
+}
+
+/// What to do when the file system under rekey's files is full or read-only
+/// (empty for other errors): the run stops there, and `resume` finishes it.
+pub fn disk_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            " (the file system is full: free space there, or move the journal's directory to a larger disk and point --journal at it, then `rekey resume`: what was in flight is in the journal)"
+        }
+        ErrorKind::ReadOnlyFilesystem => {
+            " (the file system is read-only: make it writable, or copy the journal's directory elsewhere and point --journal at it, then `rekey resume`)"
+        }
+        _ => "",
+    }
 }
 
 fn me() -> u32 {

@@ -143,20 +143,45 @@ pub fn check_line(
 pub fn verify(
     bytes: &[u8],
     head: Option<&Head>,
-    mut each: impl FnMut(u64, serde_json::Map<String, serde_json::Value>),
+    each: impl FnMut(u64, serde_json::Map<String, serde_json::Value>),
 ) -> Verdict {
+    // A slice cannot fail to read.
+    verify_reader(bytes, head, each).unwrap_or_else(|e| Verdict {
+        lines: 0,
+        last: GENESIS.to_owned(),
+        problem: Some(Problem {
+            line: 1,
+            reason: format!("unreadable: {e}"),
+        }),
+        notes: Vec::new(),
+    })
+}
+
+/// [`verify`] reading the trail line by line from `reader`: memory holds one
+/// line at a time, whatever the trail's size.
+pub fn verify_reader(
+    mut reader: impl std::io::BufRead,
+    head: Option<&Head>,
+    mut each: impl FnMut(u64, serde_json::Map<String, serde_json::Value>),
+) -> std::io::Result<Verdict> {
     let mut prev = GENESIS.to_owned();
     let mut n = 0u64;
     let mut hashes_at_head: Option<String> = None;
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let (line, next, complete) = match rest.iter().position(|b| *b == b'\n') {
-            Some(i) => (&rest[..i], &rest[i + 1..], true),
-            None => (rest, &rest[rest.len()..], false),
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        let complete = buf.last() == Some(&b'\n');
+        let line = if complete {
+            &buf[..buf.len() - 1]
+        } else {
+            &buf[..]
         };
         n += 1;
         if !complete {
-            return Verdict {
+            return Ok(Verdict {
                 lines: n - 1,
                 last: prev,
                 problem: Some(Problem {
@@ -164,24 +189,23 @@ pub fn verify(
                     reason: "the last line has no newline: a write was cut short, or the line was altered".into(),
                 }),
                 notes: Vec::new(),
-            };
+            });
         }
         match check_line(n, line, &prev) {
             Ok(map) => each(n, map),
             Err(reason) => {
-                return Verdict {
+                return Ok(Verdict {
                     lines: n - 1,
                     last: prev,
                     problem: Some(Problem { line: n, reason }),
                     notes: Vec::new(),
-                };
+                });
             }
         }
         prev = sha256_hex(line);
         if head.is_some_and(|h| h.lines == n) {
             hashes_at_head = Some(prev.clone());
         }
-        rest = next;
     }
     let mut verdict = Verdict {
         lines: n,
@@ -194,7 +218,7 @@ pub fn verify(
             "no head record beside the trail: lines removed from its end could not be detected"
                 .into(),
         );
-        return verdict;
+        return Ok(verdict);
     };
     if head.lines > n {
         verdict.problem = Some(Problem {
@@ -228,7 +252,7 @@ pub fn verify(
             ),
         });
     }
-    verdict
+    Ok(verdict)
 }
 
 /// What kind of JSON error, without serde's message (which quotes the input).

@@ -128,9 +128,11 @@ pub fn verify_file(
     path: &Path,
     each: impl FnMut(u64, serde_json::Map<String, serde_json::Value>),
 ) -> std::io::Result<Verdict> {
-    let bytes = std::fs::read(path)?;
-    let unchecked_end = |reason: String, each| {
-        let mut v = chain::verify(&bytes, None, each);
+    let open = || std::fs::File::open(path).map(|f| std::io::BufReader::with_capacity(1 << 16, f));
+    // Fail on an unreadable trail before looking at its head.
+    drop(open()?);
+    let unchecked_end = |reason: String, each| -> std::io::Result<Verdict> {
+        let mut v = chain::verify_reader(open()?, None, each)?;
         v.notes.clear();
         if v.problem.is_none() {
             v.problem = Some(Problem {
@@ -138,32 +140,32 @@ pub fn verify_file(
                 reason,
             });
         }
-        v
+        Ok(v)
     };
     let head = match std::fs::read(head_path(path)) {
         Ok(b) => match chain::parse_head(&b) {
             Some(h) => Some(h),
             None => {
-                return Ok(unchecked_end(
+                return unchecked_end(
                     format!(
                         "the head record {} is unreadable, so the end of the trail cannot be checked",
                         head_path(path).display()
                     ),
                     each,
-                ));
+                );
             }
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && key_path(path).exists() => {
-            return Ok(unchecked_end(
+            return unchecked_end(
                 format!(
                     "the head record {} is missing (rekey writes it beside every trail it keeps, with the key file), so lines removed from the end cannot be detected; restore it from a backup",
                     head_path(path).display()
                 ),
                 each,
-            ));
+            );
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    Ok(chain::verify(&bytes, head.as_ref(), each))
+    chain::verify_reader(open()?, head.as_ref(), each)
 }

@@ -179,7 +179,14 @@ impl Trail {
                 last: GENESIS.into(),
             })
         });
-        let verdict = chain::verify(&bytes, head.as_ref(), |_, _| {});
+        let mut verdict = chain::verify(&bytes, head.as_ref(), |_, _| {});
+        if verdict.problem.is_some()
+            && head.is_some()
+            && let Some(cut) = self.torn_tail(&bytes, head.as_ref())?
+        {
+            bytes.truncate(cut);
+            verdict = chain::verify(&bytes, head.as_ref(), |_, _| {});
+        }
         if let Some(problem) = verdict.problem {
             return Err(AuditError::Broken {
                 path: self.path.clone(),
@@ -189,6 +196,49 @@ impl Trail {
         }
         self.tail = Some((bytes.len() as u64, verdict.lines, verdict.last));
         Ok(())
+    }
+
+    /// A last line cut short by a failed write (a full disk, a crash mid-write)
+    /// after every whole line the head record vouches for: the torn bytes are
+    /// kept in `<trail>.torn` as evidence and cut from the trail, so the run can
+    /// go on (found by `scripts/chaos`, the journal's disk filled mid-append).
+    /// `Some(length kept)`; `None` when the trail is broken in any other way,
+    /// which stays an error for a human.
+    fn torn_tail(
+        &mut self,
+        bytes: &[u8],
+        head: Option<&Head>,
+    ) -> Result<Option<usize>, AuditError> {
+        if bytes.last().is_none_or(|b| *b == b'\n') {
+            return Ok(None);
+        }
+        let cut = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let intact = chain::verify(&bytes[..cut], head, |_, _| {});
+        if intact.problem.is_some() || head.is_none_or(|h| h.lines != intact.lines) {
+            return Ok(None);
+        }
+        let torn = side_file(&self.path, ".torn");
+        let mut evidence = open_private(&torn)?;
+        evidence
+            .write_all(&bytes[cut..])
+            .and_then(|()| evidence.write_all(b"\n"))
+            .and_then(|()| evidence.sync_data())
+            .and_then(|()| self.file.set_len(cut as u64))
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| AuditError::Io {
+                path: self.path.clone(),
+                action: "cut a torn last line from",
+                source,
+            })?;
+        tracing::warn!(
+            trail = %self.path.display(),
+            torn = %torn.display(),
+            "The trail's last line was cut short by a failed write after line {}; its bytes are kept in {} and the trail goes on from line {}.",
+            intact.lines,
+            torn.display(),
+            intact.lines
+        );
+        Ok(Some(cut))
     }
 
     fn read_head(&self) -> Result<Option<Head>, AuditError> {
@@ -275,10 +325,16 @@ impl Trail {
                     Ok(())
                 }
             })
-            .map_err(|source| AuditError::Io {
-                path: self.path.clone(),
-                action: "append to",
-                source,
+            .map_err(|source| {
+                // A line cut short (a full disk) is taken back, so the trail stays
+                // whole for the next write; should that fail too, the next open
+                // cuts it (`torn_tail`).
+                let _ = self.file.set_len(len);
+                AuditError::Io {
+                    path: self.path.clone(),
+                    action: "append to",
+                    source,
+                }
             })?;
         let last = chain::sha256_hex(line.as_bytes());
         let mut record = serde_json::to_string(&Head {

@@ -12,8 +12,13 @@ pub fn audit(cmd: &AuditCommand, io: &mut Io) -> Result<ExitStatus> {
         AuditCommand::Show(a) | AuditCommand::Export(a) => &a.trail.file,
     };
     let mut entries = Vec::new();
-    let mut lines = Vec::new();
-    let keep_lines = matches!(cmd, AuditCommand::Hmac(_));
+    // `hmac`: the value's HMAC under the trail's key, looked for while the trail
+    // is read (one line in memory at a time, as for `verify`).
+    let hmac = match cmd {
+        AuditCommand::Hmac(_) => Some(value_hmac(file)?),
+        _ => None,
+    };
+    let keep_entries = matches!(cmd, AuditCommand::Show(_) | AuditCommand::Export(_));
     let filter = match cmd {
         AuditCommand::Show(a) | AuditCommand::Export(a) => Filter {
             credentials: a.credential.clone(),
@@ -22,12 +27,15 @@ pub fn audit(cmd: &AuditCommand, io: &mut Io) -> Result<ExitStatus> {
         _ => Filter::default(),
     };
     let verdict = crate::audit::verify_file(file, |_, map| {
-        let entry = Entry::from_line(&map);
-        if filter.keeps(&entry) {
-            entries.push(entry);
-        }
-        if keep_lines {
-            lines.push(map);
+        if let Some(hmac) = &hmac {
+            if map.get("secret_hmac").and_then(|v| v.as_str()) == Some(hmac.as_str()) {
+                entries.push(Entry::from_line(&map));
+            }
+        } else if keep_entries {
+            let entry = Entry::from_line(&map);
+            if filter.keeps(&entry) {
+                entries.push(entry);
+            }
         }
     })
     .map_err(|e| {
@@ -83,50 +91,19 @@ pub fn audit(cmd: &AuditCommand, io: &mut Io) -> Result<ExitStatus> {
             }
         }
         AuditCommand::Hmac(_) => {
-            use std::io::Read;
-            let key_path = crate::audit::key_path(file);
-            let key = match std::fs::read(&key_path) {
-                Ok(k) if k.len() == 32 => k,
-                _ => {
-                    return Err(Refusal::new(format!(
-                        "no trail key at {} (the trail's HMAC key, created with it)",
-                        key_path.display()
-                    ))
-                    .into());
-                }
-            };
-            let mut value = zeroize::Zeroizing::new(String::new());
-            std::io::stdin()
-                .take(1 << 20)
-                .read_to_string(&mut value)
-                .context("cannot read the value from stdin")?;
-            // One trailing newline is the shell's (`echo`), not the value's.
-            let trimmed = value
-                .strip_suffix('\n')
-                .map(|v| v.strip_suffix('\r').unwrap_or(v))
-                .unwrap_or(&value);
-            let hmac = format!(
-                "{}{}",
-                crate::audit::HMAC_PREFIX,
-                crate::secret::Secret::new(trimmed).fingerprint(&key)
-            );
-            writeln!(io.stdout, "{hmac}")?;
-            let mut found = 0;
-            for map in &lines {
-                if map.get("secret_hmac").and_then(|v| v.as_str()) == Some(hmac.as_str()) {
-                    let e = Entry::from_line(map);
-                    found += 1;
-                    writeln!(
-                        io.stdout,
-                        "  line {}: {} {} {} {} {}",
-                        e.seq,
-                        e.ts,
-                        e.run,
-                        e.credential.as_deref().unwrap_or("-"),
-                        e.event,
-                        e.action
-                    )?;
-                }
+            writeln!(io.stdout, "{}", hmac.as_deref().unwrap_or_default())?;
+            let found = entries.len();
+            for e in &entries {
+                writeln!(
+                    io.stdout,
+                    "  line {}: {} {} {} {} {}",
+                    e.seq,
+                    e.ts,
+                    e.run,
+                    e.credential.as_deref().unwrap_or("-"),
+                    e.event,
+                    e.action
+                )?;
             }
             if found == 0 {
                 writeln!(io.stderr, "no line of {shown} refers to this value")?;
@@ -135,4 +112,36 @@ pub fn audit(cmd: &AuditCommand, io: &mut Io) -> Result<ExitStatus> {
         }
     }
     Ok(status)
+}
+
+/// The HMAC under trail `file`'s key of the value on stdin, as the trail's
+/// `secret_hmac` fields hold it.
+fn value_hmac(file: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let key_path = crate::audit::key_path(file);
+    let key = match std::fs::read(&key_path) {
+        Ok(k) if k.len() == 32 => k,
+        _ => {
+            return Err(Refusal::new(format!(
+                "no trail key at {} (the trail's HMAC key, created with it)",
+                key_path.display()
+            ))
+            .into());
+        }
+    };
+    let mut value = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .take(1 << 20)
+        .read_to_string(&mut value)
+        .context("cannot read the value from stdin")?;
+    // One trailing newline is the shell's (`echo`), not the value's.
+    let trimmed = value
+        .strip_suffix('\n')
+        .map(|v| v.strip_suffix('\r').unwrap_or(v))
+        .unwrap_or(&value);
+    Ok(format!(
+        "{}{}",
+        crate::audit::HMAC_PREFIX,
+        crate::secret::Secret::new(trimmed).fingerprint(&key)
+    ))
 }

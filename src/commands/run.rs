@@ -451,6 +451,13 @@ fn print_summary(
             summary.run_id, summary.run_id
         )?;
     }
+    if !summary.leftovers.is_empty() {
+        writeln!(
+            io.stderr,
+            "{}",
+            crate::engine::tidy::describe(&summary.run_id, &summary.leftovers, "")
+        )?;
+    }
     let waiting: Vec<&str> = summary
         .results
         .iter()

@@ -38,6 +38,8 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
         Some(pg) => pg.runners()?,
         None => Vec::new(),
     };
+    // What the run could not remove from Vault (see `engine::tidy`).
+    let leftovers = crate::engine::tidy::leftovers(&journal, &run.id)?;
     // A run recorded as running whose process is gone was killed or crashed: it
     // is not running, and `resume` finishes it.
     let gone = run.status == RunStatus::Running && run.process_gone();
@@ -52,7 +54,7 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
             io.stdout,
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "run": run_json, "credentials": states, "holders": holders, "runners": runners })
+                &serde_json::json!({ "run": run_json, "credentials": states, "holders": holders, "runners": runners, "leftovers": leftovers })
             )?
         )?;
         return Ok(ExitStatus::Success);
@@ -143,6 +145,13 @@ pub fn status(args: &crate::cli::StatusArgs, io: &mut Io) -> Result<ExitStatus> 
                 s.credential
             )?;
         }
+    }
+    if !leftovers.is_empty() {
+        writeln!(
+            io.stdout,
+            "{}",
+            crate::engine::tidy::describe(&run.id, &leftovers, &journal_arg)
+        )?;
     }
     for (i, r) in runners.iter().enumerate() {
         if i == 0 {

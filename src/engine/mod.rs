@@ -11,6 +11,7 @@ pub mod durable;
 pub mod limits;
 mod rotate;
 mod schedule;
+pub mod tidy;
 
 pub use crate::protocol::{Checkpoint, PlannedStep, Step};
 pub use rotate::keys_to_retire;
@@ -108,6 +109,9 @@ pub struct RunSummary {
     /// Requests, rate-limited answers, retries and the rate each provider instance
     /// ended at (only instances that were used).
     pub instances: Vec<limits::LimitStats>,
+    /// Entries Vault still holds that the run could not remove (see `tidy`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<tidy::Leftover>,
 }
 
 impl RunSummary {
@@ -437,10 +441,21 @@ impl Engine {
             if members.len() < 2 {
                 return Arc::new(keys);
             }
-            let reads = members
-                .iter()
-                .map(|c| async move { (c.index, self.store.read(&c.vault_path).await) });
-            for (index, read) in futures::future::join_all(reads).await {
+            // As many reads at once as the run's concurrency: all of an instance's
+            // thousand entries at once opened a thousand connections to Vault, each
+            // with its buffers kept in the pool (found by `scripts/load`: most of
+            // a 10,000-credential run's memory).
+            let width = self.playbook.defaults.concurrency.max(1) as usize;
+            let reads = futures::StreamExt::buffer_unordered(
+                futures::stream::iter(
+                    members
+                        .iter()
+                        .map(|c| async move { (c.index, self.store.read(&c.vault_path).await) }),
+                ),
+                width,
+            );
+            let reads: Vec<_> = futures::StreamExt::collect(reads).await;
+            for (index, read) in reads {
                 match read {
                     Ok(entry) => {
                         if let Some(k) = entry.fields.get("key_id") {
@@ -553,7 +568,8 @@ impl Engine {
             .await?;
         tracing::info!(run = %run_id, credentials = waves.iter().map(Vec::len).sum::<usize>(), "Run started.");
         self.progress.run_started(&run_id);
-        let summary = self.drive(&run_id, waves, Work::Rotate).await?;
+        let mut summary = self.drive(&run_id, waves, Work::Rotate).await?;
+        summary.leftovers = self.tidy(&run_id).await?;
         self.journal_durable(|j| j.finish_run(&run_id, summary.status()))
             .await?;
         tracing::info!(run = %run_id, status = %summary.status(), "Run finished.");
@@ -580,11 +596,41 @@ impl Engine {
             .into_iter()
             .map(|r| (r.credential.clone(), r))
             .collect();
-        let summary = self.drive(run_id, waves, Work::Resume(rows)).await?;
+        let mut summary = self.drive(run_id, waves, Work::Resume(rows)).await?;
+        summary.leftovers = self.tidy(run_id).await?;
         self.journal_durable(|j| j.finish_run(run_id, summary.status()))
             .await?;
         tracing::info!(run = %run_id, status = %summary.status(), "Resumed run finished.");
         Ok(summary)
+    }
+
+    /// Removes what the run left in Vault (staging entries, locks: see `tidy`)
+    /// while Vault answers; returns what is still there. Nothing is tried while
+    /// Vault is known down or the run is stopping: the summary names them and
+    /// `rekey resume` tries again.
+    async fn tidy(&self, run_id: &str) -> Result<Vec<tidy::Leftover>, EngineError> {
+        let left = self.journal(|j| tidy::leftovers(j, run_id))?;
+        if left.is_empty() {
+            return Ok(left);
+        }
+        // Vault seen down: one probe says whether it answers again.
+        if self.vault_down.load(Ordering::SeqCst) {
+            let probe = tokio::time::timeout(Duration::from_secs(5), self.store.preflight()).await;
+            if matches!(probe, Ok(Ok(()))) {
+                self.vault_down.store(false, Ordering::SeqCst);
+            }
+        }
+        for leftover in &left {
+            if self.stopping() || self.vault_down.load(Ordering::SeqCst) {
+                break;
+            }
+            rotate::tidy(self, run_id, leftover).await?;
+        }
+        let left = self.journal(|j| tidy::leftovers(j, run_id))?;
+        if !left.is_empty() {
+            tracing::warn!(run = %run_id, entries = left.len(), "Vault still holds entries this run could not remove.");
+        }
+        Ok(left)
     }
 
     /// Estimated seconds of one credential's rotation (the scheduler's priority).
@@ -794,6 +840,7 @@ impl Engine {
             results: list,
             interrupted: self.stopping(),
             instances: self.limit_stats(),
+            leftovers: Vec::new(),
         })
     }
 
@@ -918,6 +965,7 @@ impl Engine {
             results,
             interrupted: false,
             instances: self.limit_stats(),
+            leftovers: Vec::new(),
         };
         let status = if summary.count(CredentialState::Quarantined) > 0 {
             RunStatus::Quarantined

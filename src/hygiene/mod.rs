@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 /// How many credentials' ages are looked up at once.
-const LOOKUPS_IN_FLIGHT: usize = 8;
+pub(crate) const LOOKUPS_IN_FLIGHT: usize = 8;
 
 /// The custom metadata key rekey writes on each path it promotes, naming the
 /// credential (`engine/rotate/vault.rs`).

@@ -247,6 +247,10 @@ impl Journal {
         each!(self, j => j.intents(run, credential))
     }
 
+    pub fn cleanup_intents(&self, run: &str) -> Result<Vec<IntentRow>, JournalError> {
+        each!(self, j => j.cleanup_intents(run))
+    }
+
     pub fn lease(
         &self,
         run: &str,

@@ -13,7 +13,10 @@ pub enum JournalError {
     #[error(transparent)]
     File(#[from] crate::files::FileError),
 
-    #[error("cannot {action} the journal at {path}: {source}")]
+    #[error(
+        "cannot {action} the journal at {path}: {source}{}",
+        crate::files::disk_hint(source)
+    )]
     Io {
         path: PathBuf,
         /// What was being attempted, as a verb phrase ("create", "check the permissions of").
@@ -84,6 +87,19 @@ pub enum JournalError {
          `reopen_run` to resume a run)"
     )]
     RunningIsNotFinal { path: PathBuf, id: String },
+
+    #[error(
+        "the journal at {path} could not be written while {doing}: {}; nothing more was done: {}, then \
+         `rekey resume` (what was in flight is in the journal)",
+        if *.read_only { "its file system is read-only" } else { "its file system is full" },
+        if *.read_only { "make it writable (or copy the journal's directory elsewhere and point --journal at it)" }
+        else { "free space there (or move the journal's directory to a larger disk and point --journal at it)" }
+    )]
+    Disk {
+        path: PathBuf,
+        doing: &'static str,
+        read_only: bool,
+    },
 
     #[error("the journal at {path} failed while {doing}: {source}")]
     Sqlite {

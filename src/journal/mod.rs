@@ -840,6 +840,17 @@ impl SqliteJournal {
         )
     }
 
+    /// Every intent of run `run` that tidies Vault (`clear_staging`, `unlock`),
+    /// oldest first, each with its outcome: what `engine::tidy` reads to find the
+    /// entries a run could not remove.
+    pub fn cleanup_intents(&self, run: &str) -> Result<Vec<IntentRow>, JournalError> {
+        self.require_run(run)?;
+        self.query_intents(
+            "WHERE i.run_id = ?1 AND i.step IN ('clear_staging', 'unlock')",
+            &[&run],
+        )
+    }
+
     /// Takes or renews the lease on `credential` for `holder` (see
     /// [`Journal::new_lease_holder`]) until `ttl` from now. Returns `false` if another
     /// holder's lease has not expired: the caller must not touch the credential.
@@ -1326,6 +1337,11 @@ fn map_sql(path: &Path, doing: &'static str, e: rusqlite::Error) -> JournalError
             detail: format!(
                 "it is not an SQLite database ({e}): the wrong file, or a damaged journal"
             ),
+        },
+        Some(code @ (ErrorCode::DiskFull | ErrorCode::ReadOnly)) => JournalError::Disk {
+            path,
+            doing,
+            read_only: code == ErrorCode::ReadOnly,
         },
         Some(ErrorCode::DatabaseCorrupt) => JournalError::Corrupt {
             path,

@@ -891,8 +891,11 @@ fn path_problem(path: &str) -> Option<&'static str> {
 /// The HTTP client vaultrs would build for these settings (timeout, the system's
 /// roots plus `ca_files`, verification on), with [`crate::net::redirect_policy`].
 fn same_origin_client(is_https: bool, ca_files: &[String]) -> Result<reqwest::Client, String> {
+    // Idle connections kept for reuse: enough for any run's concurrency, not one
+    // per request of a burst (each holds its buffers).
     let mut builder = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(64)
         .redirect(crate::net::redirect_policy());
     if is_https {
         for path in ca_files {

@@ -46,6 +46,8 @@ pub enum Effect {
     AppliedThenFatal,
     /// No fault: the call goes through (a slot before the faults that follow).
     Pass,
+    /// A transient error every time (the provider is down) until `heal`.
+    Unreachable,
 }
 
 #[derive(Clone, Debug)]
@@ -103,7 +105,7 @@ impl Scripted {
         let effect = self.fault(op);
         match effect {
             Some(Effect::Fatal) => return Err(ProviderError::Fatal(format!("{op:?} refused"))),
-            Some(Effect::TransientOnce) => {
+            Some(Effect::TransientOnce | Effect::Unreachable) => {
                 return Err(ProviderError::Transient(format!("{op:?} timed out")));
             }
             Some(Effect::Crash) => {
@@ -360,8 +362,17 @@ impl Case {
     }
 
     pub fn fail(&self, op: Op, effect: Effect) {
-        let times = if effect == Effect::Fatal { u32::MAX } else { 1 };
+        let times = if matches!(effect, Effect::Fatal | Effect::Unreachable) {
+            u32::MAX
+        } else {
+            1
+        };
         self.world.lock().unwrap().faults.push((op, effect, times));
+    }
+
+    /// The provider answers again: every armed fault is dropped.
+    pub fn heal(&self) {
+        self.world.lock().unwrap().faults.clear();
     }
 
     fn journal_path(&self) -> std::path::PathBuf {
@@ -1159,6 +1170,150 @@ async fn a_dual_promote_vault_did_not_answer_is_finished_by_resume() {
                 case.check_world(outcome(&summary)).await,
                 Vec::<String>::new(),
                 "lands {lands} breach {breach}"
+            );
+        }
+    }
+}
+
+/// Found by `scripts/chaos` (finding 4): the provider did not answer the old
+/// key's deletion, or the list that confirms it, after the new key was promoted.
+/// The credential went to a human ("delete by hand") although nothing had
+/// refused anything. It is now a resumable quarantine that names the keys, and
+/// `resume` retires them once the provider answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retirement_the_provider_did_not_answer_is_finished_by_resume() {
+    for breach in [false, true] {
+        for (op, passes) in [(Op::Revoke, 0), (Op::List, 1)] {
+            let label = format!("breach {breach} {op:?}");
+            let case = Case::new(Kind::Dual, breach);
+            if passes > 0 {
+                case.fail_after(op, passes, Effect::Unreachable);
+            } else {
+                case.fail(op, Effect::Unreachable);
+            }
+            let (summary, _) = case.run().await;
+            match outcome(&summary) {
+                Outcome::Quarantined {
+                    resumable: true,
+                    action,
+                    ..
+                } => assert!(action.contains("rekey resume"), "{label}: {action}"),
+                other => panic!("{label}: {other:?}"),
+            }
+            // The new key is in Vault and works meanwhile.
+            let (value, _) = case.vault_value().await;
+            assert!(case.works(&value.unwrap()), "{label}");
+            case.heal();
+            let summary = case.resume_latest().await;
+            assert!(
+                matches!(outcome(&summary), Outcome::Rotated { .. }),
+                "{label}: {:?}",
+                outcome(&summary)
+            );
+            assert_eq!(
+                case.check_world(outcome(&summary)).await,
+                Vec::<String>::new(),
+                "{label}"
+            );
+        }
+    }
+}
+
+/// Finding 3 of `scripts/chaos`, in process: Vault stops answering deletes
+/// under the staging prefix after promotion. The credential is rotated; the
+/// summary names the staging entry and the lock it left; `resume` of the
+/// finished run removes both once Vault answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_vault_would_not_delete_is_named_and_removed_by_resume() {
+    for kind in [Kind::Dual, Kind::Single] {
+        let case = Case::new(kind, true);
+        case.store.inject(
+            StoreOp::DeleteAll,
+            Some("rekey/staging"),
+            Fault::Unavailable,
+            u32::MAX,
+        );
+        let summary = case
+            .engine()
+            .run(&case.new_run(), &[vec![0]])
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome(&summary), Outcome::Rotated { .. }),
+            "{kind:?}: {:?}",
+            outcome(&summary)
+        );
+        let mut kinds: Vec<&str> = summary.leftovers.iter().map(|l| l.kind).collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            ["lock", "staging"],
+            "{kind:?}: {:?}",
+            summary.leftovers
+        );
+        assert_eq!(case.store.paths().len(), 3, "{kind:?}");
+        case.store.clear_faults();
+        let resumed = case
+            .engine()
+            .resume(&summary.run_id, &[vec![0]])
+            .await
+            .unwrap();
+        assert_eq!(resumed.leftovers, Vec::new(), "{kind:?}");
+        assert_eq!(case.store.paths(), [PATH], "{kind:?}");
+        assert!(
+            matches!(outcome(&resumed), Outcome::Rotated { .. }),
+            "{kind:?}"
+        );
+    }
+}
+
+/// Found by `scripts/chaos` (200-iteration run, iteration 55, PostgreSQL behind
+/// a connection reset): a password change whose answer was lost, then a probe
+/// of the new value that could not reach the provider either. The engine took
+/// "no answer" for "it did not happen", deleted the staging entry and said
+/// rolled back, while the new password was in force and nobody held it. It is
+/// now a resumable quarantine with the staging entry kept, and `resume`
+/// finishes it, whether the change landed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_nobody_can_confirm_keeps_its_staging_entry_for_resume() {
+    // (the change answered, the change's answer lost, the change not made)
+    for (answered, landed) in [(true, true), (false, true), (false, false)] {
+        for breach in [false, true] {
+            let label = format!("answered {answered} landed {landed} breach {breach}");
+            let case = Case::new(Kind::Single, breach);
+            if !answered {
+                case.fail(
+                    Op::Change,
+                    if landed {
+                        Effect::LoseAnswer
+                    } else {
+                        Effect::TransientOnce
+                    },
+                );
+                // Every retry of the change: no answer.
+                case.fail(Op::Change, Effect::Unreachable);
+            }
+            // The probe (or the verify after a change that answered): no answer.
+            case.fail(Op::Verify, Effect::Unreachable);
+            let (summary, _) = case.run().await;
+            match outcome(&summary) {
+                Outcome::Quarantined {
+                    resumable: true, ..
+                } => {}
+                other => panic!("{label}: {other:?}"),
+            }
+            assert_eq!(case.store.paths().len(), 2, "{label}: staging kept");
+            case.heal();
+            let summary = case.resume_latest().await;
+            assert!(
+                matches!(outcome(&summary), Outcome::Rotated { .. }),
+                "{label}: {:?}",
+                outcome(&summary)
+            );
+            assert_eq!(
+                case.check_world(outcome(&summary)).await,
+                Vec::<String>::new(),
+                "{label}"
             );
         }
     }

@@ -575,6 +575,10 @@ impl Ctx<'_> {
         }
         let mut alive: Vec<String> = Vec::new();
         let mut why: Vec<String> = Vec::new();
+        // Whether a human must look: something refused or contradicted the
+        // retirement. A provider that only did not answer leaves it to `resume`
+        // (found by `scripts/chaos`, finding 4).
+        let mut refused = false;
         for key in old.retire.iter().filter(|k| k.as_str() != new_key) {
             if let Err(f) = self
                 .pstep(Step::Deactivate, json!({ "key_id": key }), || {
@@ -590,6 +594,7 @@ impl Ctx<'_> {
                 })
                 .await?
             {
+                refused |= f.kind == super::ctx::FailureKind::Fatal;
                 why.push(format!("{key} could not be deleted: {}", f.message));
                 alive.push(key.clone());
             }
@@ -602,6 +607,7 @@ impl Ctx<'_> {
                 })
                 .await?;
             if matches!(still, Ok(true)) {
+                refused = true;
                 why.push(format!("the previous value of {new_key} still works"));
                 alive.push(new_key.to_owned());
             }
@@ -622,6 +628,7 @@ impl Ctx<'_> {
                             && old.retire.contains(&k.id)
                             && !alive.contains(&k.id)
                         {
+                            refused = true;
                             why.push(format!("{} is still active after it was retired", k.id));
                             alive.push(k.id.clone());
                         }
@@ -636,6 +643,7 @@ impl Ctx<'_> {
                             })
                             .await?
                         {
+                            refused |= f.kind == super::ctx::FailureKind::Fatal;
                             why.push(format!(
                                 "{} (created by this run without an answer) could not be deleted: {}",
                                 orphan.id, f.message
@@ -645,6 +653,7 @@ impl Ctx<'_> {
                     }
                 }
                 Err(f) => {
+                    refused |= f.kind == super::ctx::FailureKind::Fatal;
                     why.push(format!(
                         "the provider's list could not confirm it: {}",
                         f.message
@@ -669,6 +678,22 @@ impl Ctx<'_> {
         self.clear_staging().await?;
         let at = &self.credential.provider;
         let account = self.credential.account.as_deref().unwrap_or(id);
+        if !alive.is_empty() && !refused {
+            // The new key is promoted and stays; `resume` finds Vault naming it
+            // and retires what the provider still lists (`finish_promoted`).
+            return Ok(sessions.apply(Outcome::Quarantined {
+                resumable: true,
+                reason: format!(
+                    "the new key {new_key} is promoted (Vault version {version}), but the provider did not answer to retire the old key(s) {}: {}",
+                    alive.join(", "),
+                    why.join("; ")
+                ),
+                action: format!(
+                    "run `rekey resume` once `{at}` answers: it deletes key(s) {} of account `{account}` and confirms the provider lists only {new_key}",
+                    alive.join(", ")
+                ),
+            }));
+        }
         if !alive.is_empty() {
             return Ok(sessions.apply(Outcome::Quarantined {
                 resumable: false,

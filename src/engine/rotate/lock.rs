@@ -218,6 +218,41 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// The lock this run could not release (Vault did not answer), removed after
+    /// the run: deleted while it still names this run and has at least a minute
+    /// left, so no other process can have taken it over meanwhile. Gone, another
+    /// run's, or expired (its next taker replaces it): nothing to remove.
+    pub(super) async fn tidy_lock(&self) -> Result<(), EngineError> {
+        let store = self.engine.store.clone();
+        let path = self.lock_path();
+        let run = self.run.to_owned();
+        let released = self
+            .vstep(Step::Unlock, json!({ "path": path, "tidy": true }), || {
+                let store = store.clone();
+                let path = path.clone();
+                let run = run.clone();
+                async move {
+                    let entry = store.read(&path).await?;
+                    let ours = entry.fields.get("run") == Some(&run);
+                    let expires = entry
+                        .fields
+                        .get("expires")
+                        .and_then(|e| e.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    if ours && expires > now() + 60 {
+                        store.delete_all(&path).await
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await?;
+        if let Err(f) = released {
+            tracing::warn!(credential = %self.credential.id, "Could not remove the lock on {}; it expires by itself: {}", self.credential.vault_path, f.message);
+        }
+        Ok(())
+    }
+
     /// What run `run` left behind for `credential` when its process died holding
     /// the lock, tidied as `resume` would: keys it created (tagged
     /// `rekey:<run>:<credential>`) that Vault does not name are revoked, its staging

@@ -170,3 +170,31 @@ pub(super) async fn retire(
     engine.journal(|j| j.release(run, &credential.id, &engine.holder))?;
     Ok(ctx.with_sinks(outcome, r.sink_failures.clone()))
 }
+
+/// Removes one entry a run left in Vault (see `engine::tidy`); the attempt is
+/// journaled like the step it repeats.
+pub(super) async fn tidy(
+    engine: &Engine,
+    run: &str,
+    leftover: &super::tidy::Leftover,
+) -> Result<(), EngineError> {
+    let Some(index) = engine
+        .playbook
+        .credentials
+        .iter()
+        .position(|c| c.id == leftover.credential)
+    else {
+        return Ok(());
+    };
+    let credential = &engine.playbook.credentials[index];
+    let provider = match engine.providers.get(&credential.provider).cloned() {
+        Some(p) => p,
+        None => manual::no_provider(),
+    };
+    let ctx = Ctx::new(engine, run, index, provider, false);
+    match leftover.kind {
+        "staging" if leftover.path == ctx.staging_path() => ctx.clear_staging().await,
+        "lock" if leftover.path == ctx.lock_path() => ctx.tidy_lock().await,
+        _ => Ok(()),
+    }
+}

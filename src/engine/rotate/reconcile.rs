@@ -72,12 +72,13 @@ impl Ctx<'_> {
         let recorded_version = checkpoint.vault_version;
 
         // Promoted already: only the old key's retirement may be missing, once the
-        // grace period that was running when the process died is over.
-        if let Some(promoted) = current
-            .fields
-            .get("key_id")
-            .filter(|k| ours.iter().any(|o| &&o.id == k))
-        {
+        // grace period that was running when the process died is over. The key is
+        // ours by the provider's tag, or it is the key this run's checkpoint
+        // recorded creating (a provider that keeps no tags) and still listed.
+        if let Some(promoted) = current.fields.get("key_id").filter(|k| {
+            ours.iter().any(|o| &&o.id == k)
+                || (checkpoint.new_key_id.as_ref() == Some(*k) && keys.iter().any(|o| &&o.id == k))
+        }) {
             let now = SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

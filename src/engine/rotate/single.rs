@@ -3,8 +3,10 @@
 //! ```text
 //! read_current → generate → stage ─▶staged → change ─▶changed → verify
 //!   → promote → sinks → clear_staging ─▶rotated
-//! change failed: probe_new (did it happen anyway?) → if not, clear staging, rolled back
-//! verify failed: routine → rollback_change (old value set again); breach → quarantined
+//! change failed: probe_new (did it happen anyway?) → if not, clear staging, rolled back;
+//!   no answer → quarantined (resumable), staging kept for `resume`
+//! verify failed: routine → rollback_change (old value set again); breach → quarantined;
+//!   no answer → quarantined (resumable), staging kept for `resume`
 //! ```
 
 use super::ctx::Ctx;
@@ -51,22 +53,65 @@ impl Ctx<'_> {
             .await?;
         if let Err(f) = changed {
             // Did the change happen anyway? Ask the provider rather than guess.
-            let took = matches!(
-                self.pstep(Step::ProbeNew, json!({}), || provider
-                    .verify(target, None, &new))
-                    .await?,
-                Ok(true)
-            );
-            if !took {
-                self.clear_staging().await?;
-                return Ok(Outcome::RolledBack {
-                    reason: format!("change failed: {}", f.message),
-                });
+            match self
+                .pstep(Step::ProbeNew, json!({}), || {
+                    provider.verify(target, None, &new)
+                })
+                .await?
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.clear_staging().await?;
+                    return Ok(Outcome::RolledBack {
+                        reason: format!("change failed: {}", f.message),
+                    });
+                }
+                // The provider cannot say: the change may have landed with its
+                // answer lost, and the staging entry may hold the only copy of
+                // the password in force. Clearing it lost that password (found
+                // by `scripts/chaos`: PostgreSQL behind a connection reset).
+                // `resume` probes again and promotes or starts over.
+                Err(p) => {
+                    return Ok(Outcome::Quarantined {
+                        resumable: true,
+                        reason: format!(
+                            "the password change of `{id}` got no clear answer ({}), and the provider did not answer to check whether it happened: {}",
+                            f.message, p.message
+                        ),
+                        action: format!(
+                            "run `rekey resume` once `{}` answers: it logs in with the staged value (Vault {}/{}) and with Vault's, then promotes the one in force or starts again",
+                            self.credential.provider,
+                            self.engine.playbook.vault.mount,
+                            self.staging_path()
+                        ),
+                    });
+                }
             }
         }
         self.state(CredentialState::Changed, &checkpoint)?;
 
         let verified = self.verify(None, &new).await?;
+        if let Err(f) = &verified
+            && f.transient()
+        {
+            // Changed, but the provider did not answer the login that checks it:
+            // neither "works" nor "does not work" is known, so nothing is undone
+            // (an undo that cannot reach the provider would leave a human with
+            // it); `resume` logs in again and promotes or starts over.
+            return Ok(Outcome::Quarantined {
+                resumable: true,
+                reason: format!(
+                    "the password of `{id}` was changed, but the provider did not answer to verify it: {}",
+                    f.message
+                ),
+                action: format!(
+                    "run `rekey resume` once `{}` answers: it logs in with the staged value (Vault {}/{}) and promotes it, or starts again",
+                    self.credential.provider,
+                    self.engine.playbook.vault.mount,
+                    self.staging_path()
+                ),
+            });
+        }
         if !matches!(verified, Ok(true)) {
             return self.single_verify_failed(&new, &current).await;
         }

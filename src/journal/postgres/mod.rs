@@ -376,6 +376,18 @@ impl PgJournal {
         })
     }
 
+    /// See `SqliteJournal::cleanup_intents`.
+    pub fn cleanup_intents(&self, run: &str) -> Result<Vec<IntentRow>, JournalError> {
+        let run = run.to_owned();
+        self.call(move |w| {
+            w.require_run(&run)?;
+            w.query_intents(
+                "WHERE i.run_id = $1 AND i.step IN ('clear_staging', 'unlock')",
+                vec![run],
+            )
+        })
+    }
+
     /// See `SqliteJournal::lease`; expiry is on the database's clock.
     pub fn lease(
         &self,
