@@ -290,9 +290,14 @@ impl RunRow {
 
 /// This machine's host name, for run holders (`/proc/sys/kernel/hostname`).
 pub fn this_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into())
+    // Read once: every lock and lease names it.
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into())
+    })
+    .clone()
 }
 
 /// `holder` with this host's name after `@` when it has none (older holders).
@@ -896,10 +901,10 @@ impl SqliteJournal {
     pub fn release(&self, run: &str, credential: &str, holder: &str) -> Result<(), JournalError> {
         let changed = self
             .conn
-            .execute(
+            .prepare_cached(
                 "DELETE FROM leases WHERE credential = ?1 AND holder = ?2 AND run_id = ?3",
-                params![credential, holder, run],
             )
+            .and_then(|mut stmt| stmt.execute(params![credential, holder, run]))
             .map_err(|e| self.sql("releasing a lease", e))?;
         if changed == 0 {
             warn!(
