@@ -66,6 +66,8 @@ pub struct World {
     faults: Vec<(Op, Effect, u32)>,
     /// The provider has no way to list an account's keys.
     pub cannot_list: bool,
+    /// Every key id a `revoke` call reached (applied), in order.
+    pub revokes: Vec<String>,
 }
 
 /// A key service (dual) or a password (single) in memory, with faults.
@@ -216,6 +218,7 @@ impl Provider for Scripted {
         // Deleting a key that is already gone is done, as real providers answer 404.
         self.call(Op::Revoke, move |w| {
             w.keys.retain(|k| k.id != key_id);
+            w.revokes.push(key_id);
             Ok(())
         })
         .await
@@ -1316,5 +1319,43 @@ async fn a_password_change_nobody_can_confirm_keeps_its_staging_entry_for_resume
                 "{label}"
             );
         }
+    }
+}
+
+/// Found by `scripts/chaos` (200-iteration run, iteration 124, Redis in breach
+/// mode): the process died inside the old key's `revoke`, after the provider
+/// removed it in memory and before it persisted that (`ACL SAVE`). `resume`
+/// listed the keys, saw the old one gone, and retired nothing; Redis restarted
+/// from its aclfile with the old password alive under a "rotated". A revoke
+/// in flight when the process died is now asked again, whatever the list says
+/// (the Redis provider persists on a revoke of a password already gone:
+/// `providers_sql::redis_a_revoke_that_stopped_before_acl_save_is_saved_when_asked_again`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_in_flight_when_the_process_died_is_asked_again_by_resume() {
+    for breach in [false, true] {
+        let case = Case::new(Kind::Dual, breach);
+        case.fail(Op::Revoke, Effect::CrashAfter);
+        // The run dies in the revoke; a new engine resumes it.
+        let (summary, crashed) = case.run().await;
+        assert!(
+            crashed,
+            "breach {breach}: the run died in revoke: {summary:?}"
+        );
+        let left = case.key_ids();
+        assert!(
+            matches!(outcome(&summary), Outcome::Rotated { .. }),
+            "breach {breach}: {:?}",
+            outcome(&summary)
+        );
+        let revokes = case.world.lock().unwrap().revokes.clone();
+        assert_eq!(revokes.len(), 2, "breach {breach}: {revokes:?}");
+        assert_eq!(
+            revokes[0], revokes[1],
+            "breach {breach}: resume asks the provider to finish the revoke it did not answer"
+        );
+        assert!(
+            !left.contains(&revokes[0]),
+            "the old key was the one revoked"
+        );
     }
 }

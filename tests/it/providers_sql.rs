@@ -2125,3 +2125,107 @@ fn concurrent_runs_with_different_journals_never_leave_a_vault_value_postgres_re
         );
     }
 }
+
+/// A redis-server of this test's own, with an aclfile under `dir`, on `port`.
+fn redis_with_aclfile(dir: &Path, port: u16) -> KillOnDrop {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--aclfile")
+        .arg(dir.join("users.acl"))
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = KillOnDrop(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(!server.exited(), "redis-server did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server
+}
+
+/// Found by `scripts/chaos` (iteration 124, breach mode): a run killed inside
+/// the old password's revoke, after `ACL SETUSER u !<hash>` and before `ACL
+/// SAVE`. The password was gone from memory, so `resume` (which now asks for
+/// that revoke again) found nothing to remove, and the Redis provider then did
+/// not persist: the restart of Redis read the aclfile and the old, compromised
+/// password logged in again. Asked to revoke a password already gone, the
+/// provider now persists. Checked with redis-cli after a restart of a
+/// redis-server with an aclfile (the suite's own Redis has none).
+#[test]
+fn redis_a_revoke_that_stopped_before_acl_save_is_saved_when_asked_again() {
+    use rekey::provider::Provider;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("users.acl"),
+        "user default on nopass ~* &* +@all\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cli = |user: &str, password: &str, args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--user", user])
+            .args(args)
+            .env("REDISCLI_AUTH", password)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let logs_in = |password: &str| cli("app", password, &["ACL", "WHOAMI"]) == "app";
+    let (old, new) = ("old-password-of-app", "new-password-of-app");
+    let mut server = redis_with_aclfile(dir.path(), port);
+    let admin = |args: &[&str]| cli("default", "", args);
+    assert_eq!(
+        admin(&[
+            "ACL",
+            "SETUSER",
+            "app",
+            "on",
+            &format!(">{old}"),
+            &format!(">{new}"),
+            "~*",
+            "+@all"
+        ]),
+        "OK"
+    );
+    assert_eq!(admin(&["ACL", "SAVE"]), "OK");
+    // The revoke that stopped half-way: removed in memory, never saved.
+    assert_eq!(admin(&["ACL", "SETUSER", "app", &format!("<{old}")]), "OK");
+    assert!(!logs_in(old) && logs_in(new));
+
+    let mut settings = indexmap::IndexMap::new();
+    settings.insert("host".to_owned(), json!("127.0.0.1"));
+    settings.insert("port".to_owned(), json!(port));
+    settings.insert("persist".to_owned(), json!("acl_save"));
+    let provider = rekey::provider::redis::Redis::new("rd", &settings, None).unwrap();
+    let target = rekey::provider::Target {
+        credential: "app",
+        account: Some("app"),
+        settings: &indexmap::IndexMap::new(),
+    };
+    let old_id = rekey::provider::redis::key_id(&rekey::secret::Secret::new(old));
+    block(provider.revoke(target, &old_id)).unwrap();
+
+    // Redis restarted: what it reads back from its aclfile is what holds.
+    drop(server);
+    server = redis_with_aclfile(dir.path(), port);
+    assert!(logs_in(new), "the new password survives the restart");
+    assert!(
+        !logs_in(old),
+        "the old password came back from the aclfile after a restart"
+    );
+    drop(server);
+}

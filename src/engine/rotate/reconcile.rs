@@ -211,18 +211,36 @@ impl Ctx<'_> {
             Some(v) => self.propagate(v).await?,
             None => Vec::new(),
         };
-        // Only keys the provider still has are left to retire.
+        // Only keys the provider still has are left to retire, and those whose
+        // deletion was in flight when the process died: the provider may have
+        // applied it without finishing (Redis: the password removed in memory,
+        // `ACL SAVE` not run, so a restart brings it back; found by
+        // `scripts/chaos`). Asked again, the provider finishes it.
+        let in_flight = self.unanswered_revokes()?;
         let old = OldKeys {
             retire: old
                 .retire
                 .iter()
-                .filter(|o| keys.iter().any(|k| &k.id == *o))
+                .filter(|o| keys.iter().any(|k| &k.id == *o) || in_flight.contains(*o))
                 .cloned()
                 .collect(),
             ..old.clone()
         };
         let outcome = self.retire(&old, promoted, version, None).await?;
         Ok(self.with_sinks(outcome, sink_failures))
+    }
+
+    /// The keys of this credential whose `revoke` in this run has no outcome
+    /// recorded: in flight when the process stopped.
+    fn unanswered_revokes(&self) -> Result<Vec<String>, EngineError> {
+        let intents = self
+            .engine
+            .journal(|j| j.intents(self.run, &self.credential.id))?;
+        Ok(intents
+            .iter()
+            .filter(|i| i.step == Step::Revoke.as_str() && i.outcome.is_none())
+            .filter_map(|i| i.detail.get("key_id")?.as_str().map(str::to_owned))
+            .collect())
     }
 
     /// Single: the staging entry is the write-ahead log. If the staged value

@@ -324,7 +324,12 @@ impl Provider for Redis {
         let hashes = self.password_hashes(user).await?;
         let matching: Vec<&String> = hashes.iter().filter(|h| h.starts_with(key_id)).collect();
         match matching.as_slice() {
-            [] => self.forget_tag(user, key_id).await,
+            // Gone already, perhaps by a revoke that stopped before persisting
+            // it: persisted again, or a restart would bring the password back.
+            [] => {
+                self.forget_tag(user, key_id).await?;
+                self.persist().await
+            }
             [hash] => {
                 self.setuser(user, &format!("!{hash}"), "ACL SETUSER (remove password)")
                     .await?;
