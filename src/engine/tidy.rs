@@ -27,35 +27,46 @@ pub struct Leftover {
     pub path: String,
 }
 
-/// The leftovers of run `run`, from its journal.
+/// The leftovers of run `run`, from its journal: a cleanup that did not
+/// succeed (usually none, so this is one small query), unless a later attempt on
+/// the same path did.
 pub fn leftovers(journal: &Journal, run: &str) -> Result<Vec<Leftover>, JournalError> {
+    let failed = journal.unfinished_cleanups(run)?;
+    if failed.is_empty() {
+        return Ok(Vec::new());
+    }
     let ended: rustc_hash::FxHashSet<String> = journal
         .states(run)?
         .into_iter()
         .filter(|s| s.state.is_final())
         .map(|s| s.credential)
         .collect();
+    let mut credentials: Vec<&str> = failed.iter().map(|i| i.credential.as_str()).collect();
+    credentials.sort_unstable();
+    credentials.dedup();
     // The last attempt on each path decides.
     let mut last: indexmap::IndexMap<(String, &'static str, String), bool> =
         indexmap::IndexMap::new();
-    for intent in journal.cleanup_intents(run)? {
-        let kind = match intent.step.as_str() {
-            "clear_staging" => "staging",
-            "unlock" => "lock",
-            _ => continue,
-        };
-        let Some(path) = intent.detail.get("path").and_then(|p| p.as_str()) else {
-            continue;
-        };
-        let done = matches!(
-            intent.outcome.as_ref().map(|o| &o.outcome),
-            Some(Outcome::Ok)
-        );
-        last.insert((intent.credential, kind, path.to_owned()), done);
+    for credential in credentials.into_iter().filter(|c| ended.contains(*c)) {
+        for intent in journal.intents(run, credential)? {
+            let kind = match intent.step.as_str() {
+                "clear_staging" => "staging",
+                "unlock" => "lock",
+                _ => continue,
+            };
+            let Some(path) = intent.detail.get("path").and_then(|p| p.as_str()) else {
+                continue;
+            };
+            let done = matches!(
+                intent.outcome.as_ref().map(|o| &o.outcome),
+                Some(Outcome::Ok)
+            );
+            last.insert((intent.credential, kind, path.to_owned()), done);
+        }
     }
     Ok(last
         .into_iter()
-        .filter(|((credential, _, _), done)| !done && ended.contains(credential))
+        .filter(|(_, done)| !done)
         .map(|((credential, kind, path), _)| Leftover {
             credential,
             kind,

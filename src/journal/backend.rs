@@ -247,8 +247,8 @@ impl Journal {
         each!(self, j => j.intents(run, credential))
     }
 
-    pub fn cleanup_intents(&self, run: &str) -> Result<Vec<IntentRow>, JournalError> {
-        each!(self, j => j.cleanup_intents(run))
+    pub fn unfinished_cleanups(&self, run: &str) -> Result<Vec<IntentRow>, JournalError> {
+        each!(self, j => j.unfinished_cleanups(run))
     }
 
     pub fn lease(

@@ -845,13 +845,14 @@ impl SqliteJournal {
         )
     }
 
-    /// Every intent of run `run` that tidies Vault (`clear_staging`, `unlock`),
-    /// oldest first, each with its outcome: what `engine::tidy` reads to find the
-    /// entries a run could not remove.
-    pub fn cleanup_intents(&self, run: &str) -> Result<Vec<IntentRow>, JournalError> {
+    /// The intents of run `run` that tidy Vault (`clear_staging`, `unlock`) and
+    /// did not succeed (failed, or no outcome), oldest first: where
+    /// `engine::tidy` starts looking for the entries a run could not remove.
+    pub fn unfinished_cleanups(&self, run: &str) -> Result<Vec<IntentRow>, JournalError> {
         self.require_run(run)?;
         self.query_intents(
-            "WHERE i.run_id = ?1 AND i.step IN ('clear_staging', 'unlock')",
+            "WHERE i.run_id = ?1 AND i.step IN ('clear_staging', 'unlock') \
+             AND (o.result IS NULL OR o.result <> 'ok')",
             &[&run],
         )
     }

@@ -376,13 +376,14 @@ impl PgJournal {
         })
     }
 
-    /// See `SqliteJournal::cleanup_intents`.
-    pub fn cleanup_intents(&self, run: &str) -> Result<Vec<IntentRow>, JournalError> {
+    /// See `SqliteJournal::unfinished_cleanups`.
+    pub fn unfinished_cleanups(&self, run: &str) -> Result<Vec<IntentRow>, JournalError> {
         let run = run.to_owned();
         self.call(move |w| {
             w.require_run(&run)?;
             w.query_intents(
-                "WHERE i.run_id = $1 AND i.step IN ('clear_staging', 'unlock')",
+                "WHERE i.run_id = $1 AND i.step IN ('clear_staging', 'unlock') \
+             AND (o.result IS NULL OR o.result <> 'ok')",
                 vec![run],
             )
         })
