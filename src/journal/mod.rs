@@ -49,6 +49,7 @@ use rusqlite::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -289,9 +290,14 @@ impl RunRow {
 
 /// This machine's host name, for run holders (`/proc/sys/kernel/hostname`).
 pub fn this_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into())
+    // Read once: every lock and lease names it.
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into())
+    })
+    .clone()
 }
 
 /// `holder` with this host's name after `@` when it has none (older holders).
@@ -375,7 +381,16 @@ pub struct SqliteJournal {
     path: PathBuf,
     /// Where every committed record is copied (the audit trail), if anywhere.
     mirror: mirror::Slot,
+    /// Run, credential and step of each intent this connection recorded and has
+    /// not closed yet, so recording its outcome is one `INSERT` (the primary key
+    /// refuses a second outcome) instead of a transaction around a lookup. An
+    /// intent not found here (another process's, or one whose outcome failed to
+    /// record) is looked up in the table.
+    open_intents: std::sync::Mutex<HashMap<i64, OpenIntent>>,
 }
+
+/// What the mirror needs to know about an open intent: run, credential, step.
+type OpenIntent = (String, String, String);
 
 impl SqliteJournal {
     /// Opens the journal at `path`, creating it (mode 0600, parent directories 0700) if it
@@ -397,6 +412,7 @@ impl SqliteJournal {
             conn,
             path: path.to_path_buf(),
             mirror: mirror::Slot::default(),
+            open_intents: std::sync::Mutex::default(),
         };
         journal.configure()?;
         journal.migrate()?;
@@ -715,6 +731,13 @@ impl SqliteJournal {
             .map_err(|e| self.write_error(run, "recording an intent", e))?;
         let id = IntentId(self.conn.last_insert_rowid());
         debug!(run, credential, step, intent = %id, "Intent recorded.");
+        self.open_intents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id.0,
+                (run.to_owned(), credential.to_owned(), step.to_owned()),
+            );
         self.mirror(
             "an intent",
             Event::Intent {
@@ -739,10 +762,8 @@ impl SqliteJournal {
         outcome: Outcome,
         detail: &Value,
     ) -> Result<(), JournalError> {
-        let doing = "recording an outcome";
-        let tx = self.immediate(doing)?;
-        let (run, credential, step) = self.insert_outcome(&tx, intent, &outcome, detail)?;
-        tx.commit().map_err(|e| self.sql(doing, e))?;
+        // One statement: it commits by itself.
+        let (run, credential, step) = self.insert_outcome(&self.conn, intent, &outcome, detail)?;
         self.mirror(
             "an outcome",
             Event::Outcome {
@@ -881,10 +902,10 @@ impl SqliteJournal {
     pub fn release(&self, run: &str, credential: &str, holder: &str) -> Result<(), JournalError> {
         let changed = self
             .conn
-            .execute(
+            .prepare_cached(
                 "DELETE FROM leases WHERE credential = ?1 AND holder = ?2 AND run_id = ?3",
-                params![credential, holder, run],
             )
+            .and_then(|mut stmt| stmt.execute(params![credential, holder, run]))
             .map_err(|e| self.sql("releasing a lease", e))?;
         if changed == 0 {
             warn!(
@@ -953,18 +974,64 @@ impl SqliteJournal {
 
     // ---- private helpers ----
 
-    /// Inserts the outcome of `intent` inside `tx` (an IMMEDIATE transaction: the write
-    /// lock is held from the start, so nobody can slip an outcome in between the check
-    /// and the insert). Returns the intent's run, credential and step.
+    /// Inserts the outcome of `intent` on `conn` (the connection, or a transaction
+    /// around more writes): the intent's primary key in `outcomes` refuses a second
+    /// outcome, even one another connection slipped in. Returns the intent's run,
+    /// credential and step.
     fn insert_outcome(
         &self,
-        tx: &Transaction<'_>,
+        conn: &Connection,
         intent: IntentId,
         outcome: &Outcome,
         detail: &Value,
     ) -> Result<(String, String, String), JournalError> {
         let doing = "recording an outcome";
-        let found: Option<(String, String, Option<i64>, String)> = tx
+        let known = self
+            .open_intents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&intent.0);
+        let (run, credential, step) = match known {
+            Some(known) => known,
+            None => self.closable_intent(conn, intent)?,
+        };
+        let (result, kind, message) = match outcome {
+            Outcome::Ok => ("ok", None, None),
+            Outcome::Failed { kind, message } => {
+                ("failed", Some(kind.as_str()), Some(message.as_str()))
+            }
+        };
+        conn.prepare_cached(
+            "INSERT INTO outcomes (intent_id, result, error_kind, error_message, detail, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![intent.0, result, kind, message, detail.to_string(), rfc3339(SystemTime::now())])
+        })
+        .map_err(|e| match e {
+            // Another connection recorded it in between.
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                JournalError::OutcomeAlreadyRecorded {
+                    path: self.path.clone(),
+                    id: intent.0,
+                }
+            }
+            e => self.sql(doing, e),
+        })?;
+        debug!(run, credential, intent = %intent, result, kind, "Outcome recorded.");
+        Ok((run, credential, step))
+    }
+
+    /// Run, credential and step of `intent`, read from the table: an error when
+    /// there is no such intent or its outcome is recorded already.
+    fn closable_intent(
+        &self,
+        conn: &Connection,
+        intent: IntentId,
+    ) -> Result<OpenIntent, JournalError> {
+        let found: Option<(String, String, Option<i64>, String)> = conn
             .prepare_cached(
                 "SELECT i.run_id, i.credential, o.intent_id, i.step
                  FROM intents i LEFT JOIN outcomes o ON o.intent_id = i.id WHERE i.id = ?1",
@@ -975,38 +1042,18 @@ impl SqliteJournal {
                 })
                 .optional()
             })
-            .map_err(|e| self.sql(doing, e))?;
-        let (run, credential, step) = match found {
-            None => {
-                return Err(JournalError::UnknownIntent {
-                    path: self.path.clone(),
-                    id: intent.0,
-                });
-            }
-            Some((_, _, Some(_), _)) => {
-                return Err(JournalError::OutcomeAlreadyRecorded {
-                    path: self.path.clone(),
-                    id: intent.0,
-                });
-            }
-            Some((run, credential, None, step)) => (run, credential, step),
-        };
-        let (result, kind, message) = match outcome {
-            Outcome::Ok => ("ok", None, None),
-            Outcome::Failed { kind, message } => {
-                ("failed", Some(kind.as_str()), Some(message.as_str()))
-            }
-        };
-        tx.prepare_cached(
-            "INSERT INTO outcomes (intent_id, result, error_kind, error_message, detail, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![intent.0, result, kind, message, detail.to_string(), rfc3339(SystemTime::now())])
-        })
-        .map_err(|e| self.sql(doing, e))?;
-        debug!(run, credential, intent = %intent, result, kind, "Outcome recorded.");
-        Ok((run, credential, step))
+            .map_err(|e| self.sql("recording an outcome", e))?;
+        match found {
+            None => Err(JournalError::UnknownIntent {
+                path: self.path.clone(),
+                id: intent.0,
+            }),
+            Some((_, _, Some(_), _)) => Err(JournalError::OutcomeAlreadyRecorded {
+                path: self.path.clone(),
+                id: intent.0,
+            }),
+            Some((run, credential, None, step)) => Ok((run, credential, step)),
+        }
     }
 
     /// Connection settings. `journal_mode` is stored in the file; the others are per
@@ -1386,6 +1433,70 @@ mod tests {
         let id = new_run_id("2026-11-28T07:42:13.123Z");
         assert!(id.starts_with("r-20261128-0742-"), "{id}");
         assert_eq!(id.len(), "r-20261128-0742-3f9a".len());
+    }
+
+    /// The statements of a credential's hot path (intent, outcome, state) are
+    /// prepared once and reused: a statement SQLite re-prepares costs a parse each
+    /// time (the profile of `examples/engine_vs_vault.rs` before outcomes became
+    /// one `INSERT` had 8% of rekey's samples re-preparing in the outcome's
+    /// lookup-and-insert transaction). SQLite counts re-preparations per statement.
+    #[test]
+    fn recording_steps_never_reprepares_a_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(&dir.path().join("journal.db")).unwrap();
+        let run = journal
+            .create_run(&NewRun {
+                playbook_name: "p".into(),
+                playbook_path: "p.yaml".into(),
+                playbook_sha256: "ab".repeat(32),
+                mode: "breach".into(),
+                selection: serde_json::json!({}),
+                actor: "a@h".into(),
+                expanded_sha256: None,
+            })
+            .unwrap();
+        for i in 0..50 {
+            let credential = format!("c{i}");
+            let detail = serde_json::json!({ "path": credential });
+            let a = journal.intent(&run, &credential, "stage", &detail).unwrap();
+            journal.outcome(a, Outcome::Ok, &detail).unwrap();
+            let b = journal
+                .intent(&run, &credential, "change", &detail)
+                .unwrap();
+            journal
+                .outcome_and_state(b, Outcome::Ok, &detail, CredentialState::Changed, &detail)
+                .unwrap();
+            journal
+                .set_state(&run, &credential, CredentialState::Promoted, &detail)
+                .unwrap();
+        }
+        // A closed intent goes through the lookup, which refuses it.
+        let c = journal
+            .intent(&run, "x", "stage", &serde_json::json!({}))
+            .unwrap();
+        journal
+            .outcome(c, Outcome::Ok, &serde_json::json!({}))
+            .unwrap();
+        assert!(matches!(
+            journal.outcome(c, Outcome::Ok, &serde_json::json!({})),
+            Err(JournalError::OutcomeAlreadyRecorded { .. })
+        ));
+        let mut reprepared = Vec::new();
+        for sql in [
+            "INSERT INTO intents (run_id, credential, step, detail, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO outcomes (intent_id, result, error_kind, error_message, detail, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            UPSERT_STATE,
+            "SELECT i.run_id, i.credential, o.intent_id, i.step
+                 FROM intents i LEFT JOIN outcomes o ON o.intent_id = i.id WHERE i.id = ?1",
+        ] {
+            let stmt = journal.conn.prepare_cached(sql).unwrap();
+            let n = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+            if n > 0 {
+                reprepared.push((sql.to_owned(), n));
+            }
+        }
+        assert!(reprepared.is_empty(), "re-prepared: {reprepared:?}");
     }
 
     #[test]
