@@ -461,6 +461,22 @@ impl Case {
         engine.resume(&run_id, &[vec![0]]).await.unwrap()
     }
 
+    /// A new engine resumes the latest unfinished run (the faults gone): the
+    /// credential must end rotated with the world clean (`check_world`).
+    pub async fn resume_rotates(&self, label: &str) {
+        let summary = self.resume_latest().await;
+        assert!(
+            matches!(outcome(&summary), Outcome::Rotated { .. }),
+            "{label}: {:?}",
+            outcome(&summary)
+        );
+        assert_eq!(
+            self.check_world(outcome(&summary)).await,
+            Vec::<String>::new(),
+            "{label}"
+        );
+    }
+
     /// The value at the consumers' path.
     pub async fn vault_value(&self) -> (Option<String>, Option<String>) {
         let e = self.store.read(PATH).await.unwrap();
@@ -1163,17 +1179,8 @@ async fn a_dual_promote_vault_did_not_answer_is_finished_by_resume() {
             }
             assert_eq!(case.key_ids().len(), 2, "the new key is kept for resume");
             case.store.clear_faults();
-            let summary = case.resume_latest().await;
-            assert!(
-                matches!(outcome(&summary), Outcome::Rotated { .. }),
-                "lands {lands} breach {breach}: {:?}",
-                outcome(&summary)
-            );
-            assert_eq!(
-                case.check_world(outcome(&summary)).await,
-                Vec::<String>::new(),
-                "lands {lands} breach {breach}"
-            );
+            case.resume_rotates(&format!("lands {lands} breach {breach}"))
+                .await;
         }
     }
 }
@@ -1207,17 +1214,7 @@ async fn a_retirement_the_provider_did_not_answer_is_finished_by_resume() {
             let (value, _) = case.vault_value().await;
             assert!(case.works(&value.unwrap()), "{label}");
             case.heal();
-            let summary = case.resume_latest().await;
-            assert!(
-                matches!(outcome(&summary), Outcome::Rotated { .. }),
-                "{label}: {:?}",
-                outcome(&summary)
-            );
-            assert_eq!(
-                case.check_world(outcome(&summary)).await,
-                Vec::<String>::new(),
-                "{label}"
-            );
+            case.resume_rotates(&label).await;
         }
     }
 }
@@ -1307,17 +1304,7 @@ async fn a_password_change_nobody_can_confirm_keeps_its_staging_entry_for_resume
             }
             assert_eq!(case.store.paths().len(), 2, "{label}: staging kept");
             case.heal();
-            let summary = case.resume_latest().await;
-            assert!(
-                matches!(outcome(&summary), Outcome::Rotated { .. }),
-                "{label}: {:?}",
-                outcome(&summary)
-            );
-            assert_eq!(
-                case.check_world(outcome(&summary)).await,
-                Vec::<String>::new(),
-                "{label}"
-            );
+            case.resume_rotates(&label).await;
         }
     }
 }
