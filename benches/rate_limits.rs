@@ -20,6 +20,8 @@
 //! N, default 1000, and REAL, default 40). The journal lives on /dev/shm when it
 //! exists, so that disk syncs do not blur what is measured: the rate limiter.
 
+#[path = "../examples/bench_support/mod.rs"]
+mod bench_support;
 #[path = "../tests/it/rate_servers.rs"]
 mod rate_servers;
 
@@ -27,27 +29,6 @@ use rate_servers::{RateServer, Window};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
-
-fn service_env(root: &Path) -> Vec<(String, String)> {
-    let path = root.join("target/services/env");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        eprintln!(
-            "{}: {e}\nstart the services first: scripts/services up",
-            path.display()
-        );
-        std::process::exit(1)
-    });
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| {
-            (
-                k.to_owned(),
-                v.trim_matches('\'').trim_matches('"').to_owned(),
-            )
-        })
-        .collect()
-}
 
 struct Measured {
     seconds: f64,
@@ -124,13 +105,8 @@ fn main() {
     let credentials: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let real: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(40);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("cargo")
-        .args(["build", "--release", "--quiet", "--bin", "rekey"])
-        .current_dir(root)
-        .status()
-        .expect("cargo builds rekey");
-    assert!(status.success());
-    let env = service_env(root);
+    bench_support::release_rekey();
+    let env: Vec<(String, String)> = bench_support::services().into_iter().collect();
     let shm = Path::new("/dev/shm");
     let tmp = std::env::temp_dir();
     let work = tempfile_dir(if shm.is_dir() { shm } else { &tmp });

@@ -19,6 +19,8 @@
 //! measures). Prints a Markdown table; README.md records it. Not a test: figures
 //! depend on the machine.
 
+mod bench_support;
+
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,16 +28,6 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const CONCURRENCY: usize = 32;
-
-fn services(root: &Path) -> HashMap<String, String> {
-    let path = root.join("target/services/env");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/services up first", path.display()));
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
-}
 
 /// Raw KV v2 writes per second: `writes` writes at concurrency 32.
 fn raw_kv_writes(env: &HashMap<String, String>, writes: usize) -> f64 {
@@ -175,15 +167,8 @@ fn main() {
         .map(|a| a.parse::<usize>().expect("a number"));
     let n = args.next().unwrap_or(2_000);
     let large = args.next().unwrap_or(10_000);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("cargo")
-        .args(["build", "--release", "--quiet", "--bin", "rekey"])
-        .current_dir(root)
-        .status()
-        .expect("cargo builds rekey");
-    assert!(status.success());
-    let rekey = root.join("target/release/rekey");
-    let env = services(root);
+    let rekey = bench_support::release_rekey();
+    let env = bench_support::services();
     let shm = Path::new("/dev/shm");
     let dir = if shm.is_dir() {
         tempfile::tempdir_in(shm).unwrap()

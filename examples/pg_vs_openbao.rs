@@ -18,6 +18,8 @@
 //! Prints rotations per second for each (median of ROUNDS rounds) and the ratios.
 //! Not a test: figures depend on the machine; README.md records them.
 
+mod bench_support;
+
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -25,16 +27,6 @@ use std::time::{Duration, Instant};
 
 const CONCURRENCY: usize = 8;
 const MOUNT: &str = "bench-db";
-
-fn services() -> HashMap<String, String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/services/env");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/services up first", path.display()));
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
-}
 
 /// A small HTTP/1.1 client for the OpenBao API (one connection per request).
 async fn bao(
@@ -66,22 +58,6 @@ async fn bao(
     let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
     // Chunked bodies are not parsed: the callers only need status codes.
     (status, serde_json::from_str(json).unwrap_or(Value::Null))
-}
-
-async fn pg_admin(env: &HashMap<String, String>) -> tokio_postgres::Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(&env["REKEY_PG_HOST"])
-        .port(env["REKEY_PG_PORT"].parse().unwrap())
-        .user(&env["REKEY_PG_ADMIN_USER"])
-        .password(&env["REKEY_PG_ADMIN_PASSWORD"])
-        .dbname("postgres");
-    let (client, conn) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL answers");
-    tokio::spawn(conn);
-    client
 }
 
 fn role(i: usize) -> String {
@@ -190,7 +166,7 @@ fn measured<T>(pids: &Pids, f: impl FnOnce() -> T) -> (T, Duration, Cpu) {
 async fn setup(env: &HashMap<String, String>, roles: usize) {
     let (addr, token) = (&env["VAULT_ADDR"], &env["VAULT_TOKEN"]);
     let _ = bao(addr, token, "DELETE", &format!("sys/mounts/{MOUNT}"), None).await;
-    let pg = pg_admin(env).await;
+    let pg = bench_support::pg_admin(env, "postgres").await;
     let mut sql = String::new();
     for i in 0..roles {
         let r = role(i);
@@ -261,7 +237,7 @@ async fn teardown(env: &HashMap<String, String>, roles: usize) {
         None,
     )
     .await;
-    let pg = pg_admin(env).await;
+    let pg = bench_support::pg_admin(env, "postgres").await;
     let sql: String = (0..roles)
         .map(|i| format!("DROP ROLE IF EXISTS {};", role(i)))
         .collect();
@@ -372,7 +348,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let roles: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(300);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
-    let env = services();
+    let env = bench_support::services();
     // rekey reads its Vault token and the admin credential from the environment.
     // SAFETY: set before any other thread starts.
     unsafe {

@@ -16,22 +16,14 @@
 //! wall-clock times; README.md and docs/shared-journal.md record it. Not a test:
 //! figures depend on the machine.
 
+mod bench_support;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const ZONES: [&str; 3] = ["a", "b", "c"];
-
-fn services(root: &Path) -> HashMap<String, String> {
-    let path = root.join("target/services/env");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/services up first", path.display()));
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
-}
 
 /// Runs `sql` as the suite's PostgreSQL admin in database `db`.
 fn admin_sql(env: &HashMap<String, String>, db: &str, sql: &str) {
@@ -40,17 +32,7 @@ fn admin_sql(env: &HashMap<String, String>, db: &str, sql: &str) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&env["REKEY_PG_HOST"])
-            .port(env["REKEY_PG_PORT"].parse().unwrap())
-            .user(&env["REKEY_PG_ADMIN_USER"])
-            .password(env["REKEY_PG_ADMIN_PASSWORD"].as_bytes())
-            .dbname(db);
-        let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let client = bench_support::pg_admin(env, db).await;
         client.batch_execute(sql).await.unwrap();
     });
 }
@@ -161,20 +143,11 @@ fn main() {
         .map(|n| n.parse().expect("a number"))
         .unwrap_or(60);
     let latency = positional.get(1).cloned().unwrap_or_else(|| "50ms".into());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let rekey = match rekey_arg {
         Some(p) => p,
-        None => {
-            let status = Command::new("cargo")
-                .args(["build", "--release", "--quiet", "--bin", "rekey"])
-                .current_dir(root)
-                .status()
-                .expect("cargo builds rekey");
-            assert!(status.success());
-            root.join("target/release/rekey")
-        }
+        None => bench_support::release_rekey(),
     };
-    let env = services(root);
+    let env = bench_support::services();
     let dir = tempfile::tempdir().unwrap();
     let total = per_zone * ZONES.len();
     eprintln!("1 runner, {total} credentials in 3 zones...");

@@ -450,6 +450,15 @@ impl Case {
         (self.resume_latest().await, true)
     }
 
+    /// Runs the credential once, with no crash to resume from (the faults, if
+    /// any, only fail steps).
+    pub async fn run_to_end(&self) -> RunSummary {
+        self.engine()
+            .run(&self.new_run(), &[vec![0]])
+            .await
+            .unwrap()
+    }
+
     /// A new engine (a new process) resumes the latest unfinished run.
     pub async fn resume_latest(&self) -> RunSummary {
         let engine = self.engine();
@@ -1031,11 +1040,7 @@ async fn a_password_changed_while_vault_went_down_is_promoted_by_resume() {
     let case = Case::new(Kind::Single, true);
     case.store
         .inject(StoreOp::Write, Some(PATH), Fault::Unavailable, u32::MAX);
-    let summary = case
-        .engine()
-        .run(&case.new_run(), &[vec![0]])
-        .await
-        .unwrap();
+    let summary = case.run_to_end().await;
     match outcome(&summary) {
         Outcome::Quarantined {
             resumable: true,
@@ -1166,11 +1171,7 @@ async fn a_dual_promote_vault_did_not_answer_is_finished_by_resume() {
             }
             case.store
                 .inject(StoreOp::Write, Some(PATH), Fault::Unavailable, u32::MAX);
-            let summary = case
-                .engine()
-                .run(&case.new_run(), &[vec![0]])
-                .await
-                .unwrap();
+            let summary = case.run_to_end().await;
             match outcome(&summary) {
                 Outcome::Quarantined {
                     resumable: true, ..
@@ -1233,11 +1234,7 @@ async fn what_vault_would_not_delete_is_named_and_removed_by_resume() {
             Fault::Unavailable,
             u32::MAX,
         );
-        let summary = case
-            .engine()
-            .run(&case.new_run(), &[vec![0]])
-            .await
-            .unwrap();
+        let summary = case.run_to_end().await;
         assert!(
             matches!(outcome(&summary), Outcome::Rotated { .. }),
             "{kind:?}: {:?}",

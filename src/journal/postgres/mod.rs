@@ -269,17 +269,7 @@ impl PgJournal {
             w.transact("recording a credential state", true, async |tx, lines| {
                 upsert_state(tx, &path, &run, &credential, state, &detail).await?;
                 lines
-                    .append(
-                        tx,
-                        &run,
-                        Event::State {
-                            run: &run,
-                            credential: &credential,
-                            state: state.as_str(),
-                            detail: &detail,
-                        },
-                        "a credential state",
-                    )
+                    .append_state(tx, &run, &credential, state, &detail)
                     .await
             })
         })
@@ -918,17 +908,7 @@ impl Worker {
                 .await?;
             if let Some((state, state_detail)) = state {
                 lines
-                    .append(
-                        tx,
-                        &run,
-                        Event::State {
-                            run: &run,
-                            credential: &credential,
-                            state: state.as_str(),
-                            detail: state_detail,
-                        },
-                        "a credential state",
-                    )
+                    .append_state(tx, &run, &credential, state, state_detail)
                     .await?;
             }
             Ok(())

@@ -77,6 +77,29 @@ pub(super) struct Lines<'m> {
 }
 
 impl Lines<'_> {
+    /// [`Lines::append`] of the line for `credential`'s new `state` in `run`.
+    pub(super) async fn append_state(
+        &mut self,
+        tx: &Transaction<'_>,
+        run: &str,
+        credential: &str,
+        state: crate::journal::CredentialState,
+        detail: &serde_json::Value,
+    ) -> Result<(), Fail> {
+        self.append(
+            tx,
+            run,
+            super::super::Event::State {
+                run,
+                credential,
+                state: state.as_str(),
+                detail,
+            },
+            "a credential state",
+        )
+        .await
+    }
+
     /// Appends the line for `event` to `run`'s chain inside `tx`: the run's row is
     /// locked by the update of its head, so runners appending to one run take turns,
     /// each line chained to the one committed before it.
