@@ -2229,3 +2229,123 @@ fn redis_a_revoke_that_stopped_before_acl_save_is_saved_when_asked_again() {
     );
     drop(server);
 }
+
+/// A TCP proxy to the suite's PostgreSQL with the worst realistic timing: it
+/// forwards the first `ALTER ROLE` to the server, then drops the server's answer
+/// and closes every connection, old and new (each accepted and closed at once),
+/// until `heal`. The change lands; nobody hears of it.
+struct AnswerLostProxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AnswerLostProxy {
+    fn start(upstream: (String, u16)) -> AnswerLostProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (c, a) = (cut.clone(), armed.clone());
+        // Detached: it ends with the test process, as the suite's own stubs do.
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c.load(SeqCst) {
+                    continue; // closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect((upstream.0.as_str(), upstream.1))
+                else {
+                    continue;
+                };
+                let (c1, a1) = (c.clone(), a.clone());
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = from_client.read(&mut buf) {
+                        if n == 0 || c1.load(SeqCst) {
+                            break;
+                        }
+                        let alter = buf[..n].windows(10).any(|w| w == b"ALTER ROLE");
+                        if alter && a1.swap(false, SeqCst) {
+                            c1.store(true, SeqCst); // its answer is never forwarded
+                        }
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = from_client.shutdown(std::net::Shutdown::Both);
+                });
+                let c2 = c.clone();
+                let (mut from_server, mut to_client) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = from_server.read(&mut buf) {
+                        if n == 0 || c2.load(SeqCst) || to_client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown(std::net::Shutdown::Both);
+                    let _ = from_server.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        AnswerLostProxy { port, cut, armed }
+    }
+
+    fn heal(&self) {
+        self.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Chaos finding 11 against the real PostgreSQL: `ALTER ROLE` reaches the
+/// server and commits, its answer is lost, and the server cannot be reached for
+/// the retries or the probe of the new password. Before the fix, rekey called
+/// that "rolled back" and deleted the staging entry while the new password was
+/// in force and nobody held it. Now it is a resumable quarantine, and `resume`
+/// (with the server reachable again) promotes the password that logs in.
+/// Checked with PostgreSQL's own logins, not through rekey.
+#[test]
+fn postgres_a_password_change_whose_answer_was_lost_is_finished_by_resume() {
+    let w = World::new();
+    let (role, old) = pg_role(&w, "rk_lost", "db");
+    let proxy = AnswerLostProxy::start((
+        w.env["REKEY_PG_HOST"].clone(),
+        w.env["REKEY_PG_PORT"].parse().unwrap(),
+    ));
+    let pb = w.playbook(
+        "p.yaml",
+        "breach",
+        &format!(
+            "  pgx: {{ type: postgres, admin: {{ env: REKEY_IT_PG_ADMIN }}, settings: {{ host: \"127.0.0.1\", port: {}, sslmode: disable, connect_timeout: 2s }} }}\n",
+            proxy.port
+        ),
+        &format!("  - {{ id: db, provider: pgx, account: {role}, vault_path: PREFIX/db }}\n"),
+    );
+    let (code, summary, output) = w.run(&pb);
+    assert_ne!(code, 0, "{output}");
+    assert_eq!(outcome(&summary, "db"), "quarantined", "{output}");
+    assert!(
+        !pg_login(&w, &role, &old),
+        "the change landed: the old password no longer logs in"
+    );
+    assert_eq!(
+        w.vault_get("db").0["value"],
+        old.as_str(),
+        "Vault still holds the old one"
+    );
+
+    proxy.heal();
+    let out = w.command(&["resume", "--journal", w.journal().to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let value = w.vault_get("db").0["value"].as_str().unwrap().to_owned();
+    assert_ne!(value, old);
+    assert!(
+        pg_login(&w, &role, &value),
+        "the password Vault holds logs in"
+    );
+}
