@@ -42,7 +42,7 @@ struct Measured {
 }
 
 fn scenario(
-    root: &Path,
+    rekey: &Path,
     env: &[(String, String)],
     work: &Path,
     name: &str,
@@ -61,7 +61,7 @@ fn scenario(
     std::fs::write(&file, pb).unwrap();
     let journal = work.join(format!("{name}.db"));
     let start = Instant::now();
-    let out = Command::new(root.join("target/release/rekey"))
+    let out = Command::new(rekey)
         .args([
             "run",
             file.to_str().unwrap(),
@@ -104,8 +104,7 @@ fn main() {
         .collect();
     let credentials: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let real: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(40);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    bench_support::release_rekey();
+    let rekey = bench_support::release_rekey();
     let env: Vec<(String, String)> = bench_support::services().into_iter().collect();
     let shm = Path::new("/dev/shm");
     let tmp = std::env::temp_dir();
@@ -119,7 +118,7 @@ fn main() {
     );
 
     let nginx = rate_servers::nginx(real, 5);
-    let m = scenario(root, &env, &work, "equal", &nginx, credentials, real_f);
+    let m = scenario(&rekey, &env, &work, "equal", &nginx, credentials, real_f);
     drop(nginx);
     let achieved = m.requests as f64 / m.seconds;
     println!(
@@ -136,7 +135,7 @@ fn main() {
 
     let nginx = rate_servers::nginx(real, 5);
     let m = scenario(
-        root,
+        &rekey,
         &env,
         &work,
         "five-times",
@@ -163,7 +162,7 @@ fn main() {
     let after = (ideal / 3.0).round();
     // A limit far above the rate: only the block refuses.
     let blocking = rate_servers::limits(Window::Moving, real * 100, 1, Some((after, block)));
-    let m = scenario(root, &env, &work, "block", &blocking, credentials, real_f);
+    let m = scenario(&rekey, &env, &work, "block", &blocking, credentials, real_f);
     drop(blocking);
     let expected = ideal + block;
     println!(

@@ -12,7 +12,10 @@
 //!    the goal 0.8 x (raw KV requests/s / Vault requests per rotation), where
 //!    Vault requests per rotation is what `rekey plan --format json` counts for
 //!    the same playbook. rekey's own CPU per rotation comes from wait4's rusage.
-//! 3. `rekey run` of LARGE (default 10,000) such credentials: peak RSS (goal
+//! 3. The same CREDENTIALS spread over 4 sandbox instances (a breach playbook
+//!    names several providers): one poller task per instance, so the instances
+//!    work on both threads of the runtime.
+//! 4. `rekey run` of LARGE (default 10,000) such credentials: peak RSS (goal
 //!    under 150 MB).
 //!
 //! Journals go to /dev/shm when it exists (fsync latency is not what this
@@ -106,15 +109,29 @@ fn measure(mut cmd: Command) -> Measured {
     }
 }
 
-/// A playbook of `n` zero-latency `sandbox_password` credentials.
-fn playbook(env: &HashMap<String, String>, dir: &Path, name: &str, n: usize) -> String {
+/// A playbook of `n` zero-latency `sandbox_password` credentials, spread over
+/// `instances` provider instances.
+fn playbook(
+    env: &HashMap<String, String>,
+    dir: &Path,
+    name: &str,
+    n: usize,
+    instances: usize,
+) -> String {
     let mut text = format!(
-        "version: 1\nname: engine-bench\nincident: {{ mode: breach }}\nvault: {{ address: \"{}\" }}\ndefaults: {{ verify: false, concurrency: {CONCURRENCY} }}\nproviders:\n  noop: {{ type: sandbox_password, concurrency: {CONCURRENCY}, rate: {{ per_second: 1000000, burst: 10000 }}, settings: {{ state_file: memory, latency: 0ms }} }}\ncredentials:\n",
+        "version: 1\nname: engine-bench\nincident: {{ mode: breach }}\nvault: {{ address: \"{}\" }}\ndefaults: {{ verify: false, concurrency: {CONCURRENCY} }}\nproviders:\n",
         env["VAULT_ADDR"]
     );
+    for k in 0..instances {
+        text.push_str(&format!(
+            "  noop{k}: {{ type: sandbox_password, concurrency: {CONCURRENCY}, rate: {{ per_second: 1000000, burst: 10000 }}, settings: {{ state_file: memory, latency: 0ms }} }}\n"
+        ));
+    }
+    text.push_str("credentials:\n");
     for i in 0..n {
         text.push_str(&format!(
-            "  - {{ id: {name}{i}, provider: noop, account: a{i}, vault_path: rekey-bench/{name}/c{i} }}\n"
+            "  - {{ id: {name}{i}, provider: noop{}, account: a{i}, vault_path: rekey-bench/{name}/c{i} }}\n",
+            i % instances
         ));
     }
     let path = dir.join(format!("{name}.yaml"));
@@ -129,8 +146,9 @@ fn rekey_run(
     dir: &Path,
     name: &str,
     n: usize,
+    instances: usize,
 ) -> Measured {
-    let playbook = playbook(env, dir, name, n);
+    let playbook = playbook(env, dir, name, n, instances);
     let journal = dir.join(format!("{name}.db"));
     let mut cmd = Command::new(rekey);
     cmd.args(["run", &playbook, "--format", "json", "--journal"])
@@ -148,7 +166,7 @@ fn rekey_run(
 
 /// Vault requests per rotation, as `rekey plan` counts them for the playbook.
 fn vault_requests_per_rotation(rekey: &Path, env: &HashMap<String, String>, dir: &Path) -> f64 {
-    let playbook = playbook(env, dir, "plan", 10);
+    let playbook = playbook(env, dir, "plan", 10, 1);
     let out = Command::new(rekey)
         .args(["plan", &playbook, "--format", "json"])
         .output()
@@ -179,9 +197,11 @@ fn main() {
     eprintln!("raw KV v2 writes...");
     let raw = raw_kv_writes(&env, n * 2);
     eprintln!("rekey run of {n} credentials...");
-    let run = rekey_run(&rekey, &env, dir.path(), "small", n);
+    let run = rekey_run(&rekey, &env, dir.path(), "small", n, 1);
+    eprintln!("rekey run of {n} credentials over 4 instances...");
+    let spread = rekey_run(&rekey, &env, dir.path(), "spread", n, 4);
     eprintln!("rekey run of {large} credentials...");
-    let big = rekey_run(&rekey, &env, dir.path(), "large", large);
+    let big = rekey_run(&rekey, &env, dir.path(), "large", large, 1);
     let rate = n as f64 / run.seconds;
     let limit = raw / per_rotation;
     let big_rate = large as f64 / big.seconds;
@@ -200,6 +220,15 @@ fn main() {
     println!(
         "| rekey CPU per rotation (user + system) | {:.2} ms | | | |",
         run.cpu_seconds * 1000.0 / n as f64
+    );
+    let spread_rate = n as f64 / spread.seconds;
+    println!(
+        "| `rekey run`, {n} rotations over 4 sandbox instances/s | {spread_rate:.0} | {limit:.0}/s | **{:.2}** | >= 0.8 |",
+        spread_rate / limit
+    );
+    println!(
+        "| rekey CPU per rotation, 4 instances | {:.2} ms | | | |",
+        spread.cpu_seconds * 1000.0 / n as f64
     );
     println!(
         "| `rekey run`, {large} credentials: peak RSS | {:.0} MB | 150 MB | **{:.2}** | <= 1 |",

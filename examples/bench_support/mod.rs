@@ -36,6 +36,11 @@ pub fn services() -> HashMap<String, String> {
 
 /// Builds the release `rekey` binary and returns its path.
 pub fn release_rekey() -> PathBuf {
+    // Another build to measure beside this one (an earlier commit's binary, run
+    // alternately with this one in the same session).
+    if let Some(path) = std::env::var_os("REKEY_BENCH_REKEY") {
+        return PathBuf::from(path);
+    }
     let status = std::process::Command::new("cargo")
         .args(["build", "--release", "--quiet", "--bin", "rekey"])
         .current_dir(root())

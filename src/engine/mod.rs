@@ -478,14 +478,16 @@ impl Engine {
             // with its buffers kept in the pool (found by `scripts/load`: most of
             // a 10,000-credential run's memory).
             let width = self.playbook.defaults.concurrency.max(1) as usize;
-            let reads = futures::StreamExt::buffer_unordered(
-                futures::stream::iter(
-                    members
-                        .iter()
-                        .map(|c| async move { (c.index, self.store.read(&c.vault_path).await) }),
-                ),
-                width,
-            );
+            // The reads built first, each owning what it reads: a closure over
+            // borrowed credentials inside the stream would keep this future from
+            // being sent to another thread (rustc's higher-ranked closure limit).
+            let store = &self.store;
+            let reads: Vec<_> = members
+                .iter()
+                .map(|c| (c.index, c.vault_path.clone()))
+                .map(|(index, path)| async move { (index, store.read(&path).await) })
+                .collect();
+            let reads = futures::StreamExt::buffer_unordered(futures::stream::iter(reads), width);
             let reads: Vec<_> = futures::StreamExt::collect(reads).await;
             for (index, read) in reads {
                 match read {
@@ -715,12 +717,8 @@ impl Engine {
         let mut ready = Ready::new(caps.len());
         let mut freed = graph.roots();
         freed.reverse();
-        // The credentials in flight, polled here as one set rather than spawned on
-        // the runtime's threads: the rate limiter times a provider's bucket from
-        // its permits, and on two threads of a loaded machine requests left late
-        // and in bunches. Dropping the set (the run dropped mid-way, as a crash)
-        // drops every credential's work.
-        let mut tasks = futures::stream::FuturesUnordered::new();
+        // The credentials in flight: one poller task per instance (see `Pollers`).
+        let mut tasks = schedule::Pollers::new(caps.len());
         let mut running = 0usize;
         let mut first_error: Option<EngineError> = None;
         let mut vault_gave_up = false;
@@ -790,7 +788,7 @@ impl Engine {
                 let engine = self.clone();
                 let run = run_id_shared.clone();
                 let last = rows.map(|rows| rows.get(&credential.id).cloned());
-                tasks.push(schedule::holding(held, async move {
+                tasks.push(instance_of[p], schedule::holding(held, async move {
                     let outcome = match last {
                         None => engine.rotate_one(&run, index).await,
                         Some(last) => engine.resume_one(&run, index, last.as_ref()).await,
@@ -805,7 +803,7 @@ impl Engine {
                 break;
             }
             tokio::select! {
-                Some((p, outcome)) = futures::StreamExt::next(&mut tasks) => {
+                (p, outcome) = tasks.next() => {
                     running -= 1;
                     in_flight[instance_of[p]] -= 1;
                     match outcome {

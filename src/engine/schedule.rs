@@ -121,6 +121,94 @@ impl Slots {
     }
 }
 
+/// One credential's work as the scheduler hands it to its instance's poller.
+type Work<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The credentials in flight: one task per provider instance, on the runtime's
+/// threads, each polling its instance's credentials as one set. Instances work
+/// side by side on every thread; one instance's credentials stay on one task, so
+/// its rate limiter's permits are taken, and its requests leave, in the order and
+/// at the times the limiter gave them. (Each credential its own task was tried:
+/// on two threads of a loaded machine one instance's requests left late and in
+/// bunches, and the fit of the provider's bucket learned a rate too low; the nginx
+/// and moving-window tests of `tests/it/rate_limits.rs` failed 6 of 8 times under
+/// two busy loops.) Dropping it (the run dropped mid-way, as a crash) aborts every
+/// poller, which drops its credentials' work at their next await.
+pub(crate) struct Pollers<T> {
+    jobs: Vec<Option<tokio::sync::mpsc::UnboundedSender<Work<T>>>>,
+    tasks: tokio::task::JoinSet<()>,
+    done_tx: tokio::sync::mpsc::UnboundedSender<T>,
+    done: tokio::sync::mpsc::UnboundedReceiver<T>,
+}
+
+impl<T: Send + 'static> Pollers<T> {
+    /// Pollers for instances `0..instances` (started at an instance's first credential).
+    pub(crate) fn new(instances: usize) -> Pollers<T> {
+        let (done_tx, done) = tokio::sync::mpsc::unbounded_channel();
+        Pollers {
+            jobs: (0..instances).map(|_| None).collect(),
+            tasks: tokio::task::JoinSet::new(),
+            done_tx,
+            done,
+        }
+    }
+
+    /// Starts `work` on `instance`'s poller.
+    pub(crate) fn push(&mut self, instance: usize, work: impl Future<Output = T> + Send + 'static) {
+        let jobs = self.jobs[instance].get_or_insert_with(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            self.tasks.spawn(poll_instance(rx, self.done_tx.clone()));
+            tx
+        });
+        if jobs.send(Box::pin(work)).is_err() {
+            // The poller is gone only after a panic, which `next` raises.
+            tracing::error!("an instance's poller ended early");
+        }
+    }
+
+    /// What the next credential to end returned (pending while none is in flight).
+    /// A panic in a credential's work is raised here, as if it were polled here.
+    /// Cancel safe.
+    pub(crate) async fn next(&mut self) -> T {
+        loop {
+            tokio::select! {
+                Some(done) = self.done.recv() => return done,
+                Some(joined) = self.tasks.join_next() => {
+                    if let Err(e) = joined
+                        && e.is_panic()
+                    {
+                        std::panic::resume_unwind(e.into_panic());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One instance's poller: its credentials' work as one set, each result sent to
+/// `done` as it ends; returns once the scheduler drops its sender and the set is
+/// empty.
+async fn poll_instance<T>(
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<Work<T>>,
+    done: tokio::sync::mpsc::UnboundedSender<T>,
+) {
+    let mut set = futures::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            job = jobs.recv() => match job {
+                Some(work) => set.push(work),
+                None => break,
+            },
+            Some(result) = futures::StreamExt::next(&mut set), if !set.is_empty() => {
+                let _ = done.send(result);
+            }
+        }
+    }
+    while let Some(result) = futures::StreamExt::next(&mut set).await {
+        let _ = done.send(result);
+    }
+}
+
 /// The global slot one credential's task holds (a task-local, so the rate-limit
 /// wait deep in a provider step can hand it back without the slot being passed
 /// through every call).
@@ -375,6 +463,56 @@ impl Ready {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two instances' credentials each block their thread until the other has
+    /// started: polled on one task, the first would wait its 5 s out alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_work_side_by_side_on_the_runtimes_threads() {
+        let mut pollers = Pollers::new(2);
+        let (a_started, a_seen) = std::sync::mpsc::channel();
+        let (b_started, b_seen) = std::sync::mpsc::channel();
+        let patience = std::time::Duration::from_secs(5);
+        pollers.push(0, async move {
+            a_started.send(()).unwrap();
+            b_seen.recv_timeout(patience).is_ok()
+        });
+        pollers.push(1, async move {
+            b_started.send(()).unwrap();
+            a_seen.recv_timeout(patience).is_ok()
+        });
+        assert!(pollers.next().await, "instance 1 did not start meanwhile");
+        assert!(pollers.next().await, "instance 0 did not start meanwhile");
+    }
+
+    /// A credential's work that panics stops the scheduler, as it did when the
+    /// scheduler polled the work itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[should_panic(expected = "a provider bug")]
+    async fn a_panic_in_a_credentials_work_reaches_the_scheduler() {
+        let mut pollers = Pollers::<()>::new(1);
+        pollers.push(0, async { panic!("a provider bug") });
+        pollers.next().await;
+    }
+
+    /// Results come back from every instance, and an instance's later credentials
+    /// go to the poller it already has.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_result_comes_back() {
+        let mut pollers = Pollers::new(3);
+        for i in 0..30usize {
+            pollers.push(i % 3, async move {
+                tokio::time::sleep(std::time::Duration::from_millis((i % 7) as u64)).await;
+                i
+            });
+        }
+        let mut got = Vec::new();
+        for _ in 0..30 {
+            got.push(pollers.next().await);
+        }
+        got.sort_unstable();
+        assert_eq!(got, (0..30).collect::<Vec<_>>());
+        assert_eq!(pollers.tasks.len(), 3, "one poller per instance");
+    }
 
     #[tokio::test]
     async fn a_returning_credential_goes_before_a_new_one() {
