@@ -50,30 +50,49 @@ fn judge(journal: &Journal, trail: &Path, new_trail: bool) -> Result<Option<Stri
     let Some(anchor) = anchor else {
         return Ok(None);
     };
-    let bytes = std::fs::read(trail).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let lines: Vec<&[u8]> = bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    // Read a line at a time, keeping only the line the anchor names: the trail
+    // of a journal used for months is not held in memory.
+    let (count, line) =
+        nth_line(trail, anchor.lines).map_err(|e| format!("cannot read {shown}: {e}"))?;
     let evidence = "keep this copy as evidence and compare it with the collector's copy (--audit-sink); rekey will not extend it";
-    let Some(line) = usize::try_from(anchor.lines)
-        .ok()
-        .and_then(|n| n.checked_sub(1))
-        .and_then(|i| lines.get(i))
-    else {
+    let Some(line) = line else {
         return Err(format!(
             "the audit trail {shown} has {} lines, but the journal {journal_shown} recorded {} (last line sha256 {}) at {}: lines were cut or the trail was replaced; {evidence}",
-            lines.len(),
+            count,
             anchor.lines,
             anchor.last,
             anchor.updated_at
         ));
     };
-    if super::chain::sha256_hex(line) != anchor.last {
+    if super::chain::sha256_hex(&line) != anchor.last {
         return Err(format!(
             "the audit trail {shown} was replaced: its line {} is not the one the journal {journal_shown} recorded at {} (sha256 {}); {evidence}",
             anchor.lines, anchor.updated_at, anchor.last
         ));
     }
     Ok(None)
+}
+
+/// The number of non-empty lines of `trail`, and its `n`th non-empty line (from
+/// 1) without its newline, read a line at a time.
+fn nth_line(trail: &Path, n: u64) -> std::io::Result<(u64, Option<Vec<u8>>)> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(trail)?);
+    let (mut count, mut found) = (0u64, None);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        if line.is_empty() {
+            continue;
+        }
+        count += 1;
+        if count == n {
+            found = Some(line.to_vec());
+        }
+    }
+    Ok((count, found))
 }

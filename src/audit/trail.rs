@@ -163,32 +163,46 @@ impl Trail {
         &self.path
     }
 
-    /// Reads and verifies the whole trail (under the lock).
+    /// Verifies the whole trail (under the lock), reading it a line at a time:
+    /// a trail of hundreds of megabytes (a journal used for months) is not held in
+    /// memory by every run that extends it. Only a trail whose end is broken is
+    /// read whole, to keep a torn last line as evidence.
     fn check_existing(&mut self) -> Result<(), AuditError> {
-        let mut bytes = Vec::new();
-        let mut f = &self.file;
-        f.seek(SeekFrom::Start(0))
-            .and_then(|_| f.read_to_end(&mut bytes))
-            .map_err(|source| AuditError::Io {
-                path: self.path.clone(),
+        let read_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| AuditError::Io {
+                path,
                 action: "read",
                 source,
-            })?;
+            }
+        };
+        let mut f = &self.file;
+        let len = f
+            .seek(SeekFrom::End(0))
+            .and_then(|len| f.seek(SeekFrom::Start(0)).map(|_| len))
+            .map_err(read_error(&self.path))?;
         let head = self.read_head()?;
         // A brand-new trail has no head yet.
         let head = head.or_else(|| {
-            bytes.is_empty().then(|| Head {
+            (len == 0).then(|| Head {
                 lines: 0,
                 last: GENESIS.into(),
             })
         });
-        let mut verdict = chain::verify(&bytes, head.as_ref(), |_, _| {});
-        if verdict.problem.is_some()
-            && head.is_some()
-            && let Some(cut) = self.torn_tail(&bytes, head.as_ref())?
-        {
-            bytes.truncate(cut);
-            verdict = chain::verify(&bytes, head.as_ref(), |_, _| {});
+        let reader = std::io::BufReader::with_capacity(1 << 16, &self.file);
+        let mut verdict = chain::verify_reader(reader, head.as_ref(), |_, _| {})
+            .map_err(read_error(&self.path))?;
+        let mut kept = len;
+        if verdict.problem.is_some() && head.is_some() {
+            let mut bytes = Vec::new();
+            let mut f = &self.file;
+            f.seek(SeekFrom::Start(0))
+                .and_then(|_| f.read_to_end(&mut bytes))
+                .map_err(read_error(&self.path))?;
+            if let Some(cut) = self.torn_tail(&bytes, head.as_ref())? {
+                verdict = chain::verify(&bytes[..cut], head.as_ref(), |_, _| {});
+                kept = cut as u64;
+            }
         }
         if let Some(problem) = verdict.problem {
             return Err(AuditError::Broken {
@@ -197,7 +211,7 @@ impl Trail {
                 reason: problem.reason,
             });
         }
-        self.tail = Some((bytes.len() as u64, verdict.lines, verdict.last));
+        self.tail = Some((kept, verdict.lines, verdict.last));
         Ok(())
     }
 
