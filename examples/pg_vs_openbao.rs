@@ -298,9 +298,14 @@ fn rekey_round_with(
     for i in 0..roles {
         text.push_str(&format!("  - {{ id: r{i}, provider: {provider}, account: {}, vault_path: bench/{provider}/r{i} }}\n", role(i)));
     }
-    let playbook = dir.join(format!("bench-{provider}-{verify}-{round}.yaml"));
+    // A directory per run: the audit trail beside the journal is verified whole
+    // when a run opens it, and a trail shared by the benchmark's runs would make
+    // each run pay for the ones before it.
+    let dir = dir.join(format!("{provider}-{verify}-{round}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let playbook = dir.join("playbook.yaml");
     std::fs::write(&playbook, text).unwrap();
-    let journal = dir.join(format!("journal-{provider}-{verify}-{round}.db"));
+    let journal = dir.join("journal.db");
     use clap::Parser;
     let cli = rekey::cli::Cli::parse_from([
         "rekey",
