@@ -270,16 +270,21 @@ impl Worker<'_> {
             }
         };
         let slots = engine.playbook.defaults.concurrency.max(1) as usize;
-        let mut in_flight = futures::stream::FuturesUnordered::new();
+        // The claimed credentials in flight, one poller task per provider instance
+        // (as `rekey run` drives them: instances side by side on the runtime's
+        // threads, one instance's requests in its rate limiter's order).
+        let instances = engine.playbook.providers.len() + 1;
+        let mut in_flight = crate::engine::Pollers::new(instances);
+        let mut running = 0usize;
         let mut worked = false;
         loop {
-            if !self.stop.load(Ordering::SeqCst) && in_flight.len() < slots {
+            if !self.stop.load(Ordering::SeqCst) && running < slots {
                 let claims = self.queue.claim(
                     run,
                     &self.options.zones,
                     self.holder,
                     self.options.lease,
-                    slots - in_flight.len(),
+                    slots - running,
                 )?;
                 for claim in claims {
                     let Some(index) = engine
@@ -295,9 +300,15 @@ impl Worker<'_> {
                     if let Some(from) = &claim.taken_from {
                         tracing::warn!(run, credential = %claim.credential, from = %from, "Claim expired: taking the credential over and reconciling it.");
                     }
+                    let instance = engine
+                        .playbook
+                        .providers
+                        .get_index_of(&engine.playbook.credentials[index].provider)
+                        .unwrap_or(instances - 1);
                     let engine = engine.clone();
                     let run = run.to_owned();
-                    in_flight.push(async move {
+                    running += 1;
+                    in_flight.push(instance, async move {
                         let outcome = engine
                             .work_claimed(
                                 &run,
@@ -311,11 +322,12 @@ impl Worker<'_> {
                     });
                 }
             }
-            if in_flight.is_empty() {
+            if running == 0 {
                 break;
             }
             tokio::select! {
-                Some((credential, outcome)) = futures::StreamExt::next(&mut in_flight) => {
+                (credential, outcome) = in_flight.next() => {
+                    running -= 1;
                     worked = true;
                     let outcome = outcome?;
                     if !matches!(outcome, Outcome::Rotated { .. }) {

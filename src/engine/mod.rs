@@ -11,6 +11,7 @@ pub mod durable;
 pub mod limits;
 mod rotate;
 mod schedule;
+pub(crate) use schedule::Pollers;
 pub mod tidy;
 
 pub use crate::protocol::{Checkpoint, PlannedStep, Step};
