@@ -227,8 +227,18 @@ fn main() {
         let raw = raw_kv_writes(&env, n * 2);
         eprintln!("round {}: rekey run of {n} credentials...", round + 1);
         let run = rekey_run(&rekey, &env, dir.path(), &format!("one{tag}r{round}"), n, 1);
-        eprintln!("round {}: rekey run of {n} credentials over 4 instances...", round + 1);
-        let spread = rekey_run(&rekey, &env, dir.path(), &format!("four{tag}r{round}"), n, 4);
+        eprintln!(
+            "round {}: rekey run of {n} credentials over 4 instances...",
+            round + 1
+        );
+        let spread = rekey_run(
+            &rekey,
+            &env,
+            dir.path(),
+            &format!("four{tag}r{round}"),
+            n,
+            4,
+        );
         let limit = raw / per_rotation;
         let (rate, spread_rate) = (n as f64 / run.seconds, n as f64 / spread.seconds);
         eprintln!(

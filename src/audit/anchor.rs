@@ -58,10 +58,7 @@ fn judge(journal: &Journal, trail: &Path, new_trail: bool) -> Result<Option<Stri
     let Some(line) = line else {
         return Err(format!(
             "the audit trail {shown} has {} lines, but the journal {journal_shown} recorded {} (last line sha256 {}) at {}: lines were cut or the trail was replaced; {evidence}",
-            count,
-            anchor.lines,
-            anchor.last,
-            anchor.updated_at
+            count, anchor.lines, anchor.last, anchor.updated_at
         ));
     };
     if super::chain::sha256_hex(&line) != anchor.last {

@@ -789,13 +789,16 @@ impl Engine {
                 let engine = self.clone();
                 let run = run_id_shared.clone();
                 let last = rows.map(|rows| rows.get(&credential.id).cloned());
-                tasks.push(instance_of[p], schedule::holding(held, async move {
-                    let outcome = match last {
-                        None => engine.rotate_one(&run, index).await,
-                        Some(last) => engine.resume_one(&run, index, last.as_ref()).await,
-                    };
-                    (p, outcome)
-                }));
+                tasks.push(
+                    instance_of[p],
+                    schedule::holding(held, async move {
+                        let outcome = match last {
+                            None => engine.rotate_one(&run, index).await,
+                            Some(last) => engine.resume_one(&run, index, last.as_ref()).await,
+                        };
+                        (p, outcome)
+                    }),
+                );
             }
             if running == 0
                 && (ready.is_empty() || first_error.is_some() || self.stopping())
