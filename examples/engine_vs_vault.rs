@@ -151,12 +151,7 @@ fn rekey_run(
     instances: usize,
 ) -> Measured {
     let playbook = playbook(env, dir, name, n, instances);
-    // A directory per run: the audit trail beside the journal is verified whole
-    // when a run opens it, and a trail shared by the benchmark's runs would make
-    // each run pay for the ones before it (about 54 µs per rotation of history).
-    let dir = dir.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let journal = dir.join("journal.db");
+    let journal = bench_support::run_dir(dir, name).join("journal.db");
     let mut cmd = Command::new(rekey);
     cmd.args(["run", &playbook, "--format", "json", "--journal"])
         .arg(&journal)
@@ -183,11 +178,6 @@ fn vault_requests_per_rotation(rekey: &Path, env: &HashMap<String, String>, dir:
         .as_f64()
         .expect("vault_requests")
         / 10.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -257,7 +247,7 @@ fn main() {
     }
     eprintln!("rekey run of {large} credentials...");
     let big = rekey_run(&rekey, &env, dir.path(), &format!("large{tag}"), large, 1);
-    let raw = median(raws);
+    let raw = bench_support::median(raws);
     let limit = raw / per_rotation;
     let big_rate = large as f64 / big.seconds;
     println!(
@@ -270,21 +260,21 @@ fn main() {
     println!("| raw KV v2 writes/s ({} writes) | {raw:.0} | | | |", n * 2);
     println!(
         "| `rekey run`, {n} zero-latency sandbox rotations/s | {:.0} | raw / {per_rotation:.0} Vault requests per rotation = {limit:.0}/s | **{:.2}** | >= 0.8 |",
-        median(runs),
-        median(ratio_one)
+        bench_support::median(runs),
+        bench_support::median(ratio_one)
     );
     println!(
         "| rekey CPU per rotation (user + system) | {:.2} ms | | | |",
-        median(cpu_one)
+        bench_support::median(cpu_one)
     );
     println!(
         "| `rekey run`, {n} rotations over 4 sandbox instances/s | {:.0} | {limit:.0}/s | **{:.2}** | >= 0.8 |",
-        median(spreads),
-        median(ratio_four)
+        bench_support::median(spreads),
+        bench_support::median(ratio_four)
     );
     println!(
         "| rekey CPU per rotation, 4 instances | {:.2} ms | | | |",
-        median(cpu_four)
+        bench_support::median(cpu_four)
     );
     println!(
         "| `rekey run`, {large} credentials: peak RSS | {:.0} MB | 150 MB | **{:.2}** | <= 1 |",

@@ -298,11 +298,7 @@ fn rekey_round_with(
     for i in 0..roles {
         text.push_str(&format!("  - {{ id: r{i}, provider: {provider}, account: {}, vault_path: bench/{provider}/r{i} }}\n", role(i)));
     }
-    // A directory per run: the audit trail beside the journal is verified whole
-    // when a run opens it, and a trail shared by the benchmark's runs would make
-    // each run pay for the ones before it.
-    let dir = dir.join(format!("{provider}-{verify}-{round}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = bench_support::run_dir(dir, &format!("{provider}-{verify}-{round}"));
     let playbook = dir.join("playbook.yaml");
     std::fs::write(&playbook, text).unwrap();
     let journal = dir.join("journal.db");
@@ -342,11 +338,6 @@ fn rekey_round_with(
         String::from_utf8_lossy(&err)
     );
     elapsed
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -407,7 +398,7 @@ fn main() {
     });
     add(&mut rates, &mut cpu, 3, wall, c);
     let runs = [rounds, rounds, rounds, 1];
-    let [b, off, on, engine_only] = rates.map(median);
+    let [b, off, on, engine_only] = rates.map(bench_support::median);
     println!("{roles} PostgreSQL roles, concurrency {CONCURRENCY}, median of {rounds} rounds");
     println!();
     println!("| rotation of {roles} roles | rotations/s | vs OpenBao | goal |");

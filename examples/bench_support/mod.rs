@@ -1,6 +1,7 @@
 //! What the benchmark examples (`engine_vs_vault`, `pg_vs_openbao`, `runners`)
 //! and `benches/rate_limits.rs` share: the services' environment, the release
-//! `rekey` binary, an admin connection to the suite's PostgreSQL. Not an example
+//! `rekey` binary, an admin connection to the suite's PostgreSQL, a directory
+//! per run, medians. Not an example
 //! itself (Cargo takes `examples/*.rs` and `examples/*/main.rs`); each user
 //! includes it with `mod bench_support;` (benches with a `#[path]`).
 #![allow(dead_code)]
@@ -48,6 +49,22 @@ pub fn release_rekey() -> PathBuf {
         .expect("cargo builds rekey");
     assert!(status.success());
     root().join("target/release/rekey")
+}
+
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// A directory of its own under `parent` for one `rekey run` (its journal and
+/// the audit trail beside it): a run verifies the whole trail it extends, so a
+/// trail shared by a benchmark's runs would make each run pay for the ones
+/// before it (about 54 µs per rotation of history).
+pub fn run_dir(parent: &Path, name: &str) -> PathBuf {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir).expect("a run directory");
+    dir
 }
 
 /// A connection to database `db` of the suite's PostgreSQL as its admin.

@@ -70,12 +70,12 @@ fn judge(journal: &Journal, trail: &Path, new_trail: bool) -> Result<Option<Stri
     Ok(None)
 }
 
-/// The number of non-empty lines of `trail`, and its `n`th non-empty line (from
-/// 1) without its newline, read a line at a time.
+/// The `n`th non-empty line of `trail` (from 1) without its newline, read a line
+/// at a time up to it; when the trail is shorter, its number of lines.
 fn nth_line(trail: &Path, n: u64) -> std::io::Result<(u64, Option<Vec<u8>>)> {
     use std::io::BufRead;
     let mut reader = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(trail)?);
-    let (mut count, mut found) = (0u64, None);
+    let mut count = 0u64;
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -88,8 +88,8 @@ fn nth_line(trail: &Path, n: u64) -> std::io::Result<(u64, Option<Vec<u8>>)> {
         }
         count += 1;
         if count == n {
-            found = Some(line.to_vec());
+            return Ok((count, Some(line.to_vec())));
         }
     }
-    Ok((count, found))
+    Ok((count, None))
 }

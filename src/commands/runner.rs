@@ -300,11 +300,7 @@ impl Worker<'_> {
                     if let Some(from) = &claim.taken_from {
                         tracing::warn!(run, credential = %claim.credential, from = %from, "Claim expired: taking the credential over and reconciling it.");
                     }
-                    let instance = engine
-                        .playbook
-                        .providers
-                        .get_index_of(&engine.playbook.credentials[index].provider)
-                        .unwrap_or(instances - 1);
+                    let instance = engine.instance_of(index);
                     let engine = engine.clone();
                     let run = run.to_owned();
                     running += 1;

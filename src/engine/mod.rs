@@ -668,6 +668,16 @@ impl Engine {
         Ok(left)
     }
 
+    /// The position of credential `index`'s provider instance in the playbook; one
+    /// past the last for an instance the playbook does not name (the credential
+    /// is skipped at once). The scheduler's and the runner's poller for it.
+    pub(crate) fn instance_of(&self, index: usize) -> usize {
+        let providers = &self.playbook.providers;
+        providers
+            .get_index_of(&self.playbook.credentials[index].provider)
+            .unwrap_or(providers.len())
+    }
+
     /// Estimated seconds of one credential's rotation (the scheduler's priority).
     fn cost(&self, index: usize) -> f64 {
         let credential = &self.playbook.credentials[index];
@@ -695,16 +705,7 @@ impl Engine {
             .map(|p| p.concurrency.max(1) as usize)
             .collect();
         caps.push(usize::MAX);
-        let instance_of: Vec<usize> = graph
-            .order
-            .iter()
-            .map(|&i| {
-                playbook
-                    .providers
-                    .get_index_of(&playbook.credentials[i].provider)
-                    .unwrap_or(caps.len() - 1)
-            })
-            .collect();
+        let instance_of: Vec<usize> = graph.order.iter().map(|&i| self.instance_of(i)).collect();
         let mut in_flight = vec![0usize; caps.len()];
         let slots = Arc::new(Slots::new(playbook.defaults.concurrency.max(1) as usize));
         let (promoted_tx, mut promoted_rx) = tokio::sync::mpsc::unbounded_channel();
